@@ -1,0 +1,16 @@
+//! deal_store: a due-diligence deal store inside PostgreSQL.
+//!
+//! This file only wires the capability modules together; each lives in its own file.
+pgrx::pg_module_magic!();
+
+mod schema;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}
