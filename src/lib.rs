@@ -1,7 +1,7 @@
 //! deal_store: a due-diligence deal store inside PostgreSQL.
 //!
 //! This file only wires the capability modules together; each lives in its own file.
-pgrx::pg_module_magic!();
+pgrx::pg_module_magic!(name, version);
 
 mod schema;
 

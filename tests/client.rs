@@ -65,7 +65,7 @@ fn load_deal(c: &mut Client) -> uuid::Uuid {
     for i in 1..=20 {
         tx.execute(
             "INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, evidence, details, source_document_id, source_page_numbers) \
-             VALUES ($1, $2, 'applications', $3, 'see page ' || $4::text, $5, $6, ARRAY[$4::int])",
+             VALUES ($1, $2, 'applications', $3, 'see page ' || $4::int, $5, $6, ARRAY[$4::int])",
             &[&deal, &format!("F-APP-{i:03}"), &format!("Application {i} runs on Oracle 19c"), &i,
               &serde_json::json!({"users": i * 10, "vendor": "Oracle"}), &doc],
         )
@@ -103,7 +103,8 @@ fn write_read_and_dump_restore_round_trip() {
     };
     let mut admin = Client::connect(&with_db(&url, "postgres"), NoTls).expect("connect");
     for db in ["deal_store_client", "deal_store_client_restored"] {
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}")).unwrap();
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
     }
     let mut c = Client::connect(&with_db(&url, "deal_store_client"), NoTls).expect("connect");
     c.batch_execute("CREATE EXTENSION deal_store CASCADE").unwrap();
