@@ -3,7 +3,14 @@
 //! This file only wires the capability modules together; each lives in its own file.
 pgrx::pg_module_magic!(name, version);
 
+mod errors;
 mod schema;
+mod settings;
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::init();
+}
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -1,7 +1,16 @@
-//! The tables, constraints and indexes (`sql/schema.sql`).
+//! The SQL surface, in dependency order: tables (`sql/schema.sql`), soft delete
+//! and views (`sql/soft_delete.sql`), analysis runs (`sql/runs.sql`) and the
+//! dashboard reads (`sql/dashboard.sql`).
 use pgrx::prelude::*;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!(
+    "../sql/soft_delete.sql",
+    name = "soft_delete",
+    requires = ["schema", settings::current_actor]
+);
+extension_sql_file!("../sql/runs.sql", name = "runs", requires = ["soft_delete"]);
+extension_sql_file!("../sql/dashboard.sql", name = "dashboard", requires = ["runs"]);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
@@ -14,5 +23,20 @@ mod tests {
             "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'deal_store'",
         );
         assert_eq!(n, Ok(Some(11)));
+    }
+
+    #[pg_test]
+    fn every_public_object_is_commented() {
+        let missing = Spi::get_one::<String>(
+            "SELECT string_agg(x, ', ') FROM (
+               SELECT p.oid::regprocedure::text AS x FROM pg_catalog.pg_proc p
+               WHERE p.pronamespace = 'deal_store'::regnamespace AND obj_description(p.oid, 'pg_proc') IS NULL
+               UNION ALL
+               SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
+               WHERE c.relnamespace = 'deal_store'::regnamespace AND c.relkind IN ('r', 'v')
+                 AND obj_description(c.oid, 'pg_class') IS NULL) s",
+        )
+        .unwrap();
+        assert_eq!(missing, None, "objects without COMMENT ON");
     }
 }

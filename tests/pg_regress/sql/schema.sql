@@ -12,7 +12,7 @@ WHERE c.relkind = 'r' ORDER BY 1;
 -- primary keys lead with deal_id on every deal-owned table
 SELECT conrelid::regclass AS tbl, pg_get_constraintdef(oid) AS pk
 FROM pg_constraint WHERE contype = 'p' AND connamespace = 'deal_store'::regnamespace
-ORDER BY 1::text;
+ORDER BY tbl::text;
 
 -- every unique index of a deal-owned table includes deal_id
 SELECT i.indexrelid::regclass AS unique_index
@@ -21,7 +21,7 @@ WHERE t.relnamespace = 'deal_store'::regnamespace AND i.indisunique
   AND t.relname NOT IN ('users', 'deals', 'deal_activity_log', 'notifications')
   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.oid AND a.attname = 'deal_id'
                   AND a.attnum = ANY (i.indkey))
-ORDER BY 1::text;
+ORDER BY 1;
 
 -- every foreign key has an index whose leading columns are the key's columns
 SELECT c.conname AS unindexed_fk FROM pg_constraint c
@@ -37,7 +37,7 @@ WHERE table_schema = 'deal_store' AND data_type = 'timestamp without time zone';
 
 -- the reference indexes
 SELECT indexrelid::regclass AS idx, pg_get_expr(indpred, indrelid) AS predicate
-FROM pg_index WHERE indrelid = 'deal_store.facts'::regclass ORDER BY 1::text;
+FROM pg_index WHERE indrelid = 'deal_store.facts'::regclass ORDER BY 1;
 
 -- some data to break constraints against
 INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-00000000000a', 'ana@example.com');

@@ -1,5 +1,6 @@
 -- Runs first: the extension and a helper that shows an error as SQLSTATE,
--- constraint and message, so golden files state exactly what failed.
+-- constraint and message, so golden files state exactly what failed. Generated
+-- uuids (any not starting 00000000-) are shown as <uuid> to keep output stable.
 CREATE EXTENSION deal_store CASCADE;
 CREATE SCHEMA regress;
 CREATE FUNCTION regress.expect_error(stmt text) RETURNS text
@@ -11,5 +12,6 @@ BEGIN
     RETURN 'no error';
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, cons = CONSTRAINT_NAME;
-    RETURN state || coalesce(' [' || nullif(cons, '') || ']', '') || ': ' || msg;
+    RETURN state || coalesce(' [' || nullif(cons, '') || ']', '') || ': '
+        || regexp_replace(msg, '(?!00000000-)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g');
 END $$;

@@ -1,0 +1,122 @@
+-- The reads and small writes a deal dashboard needs, each one call.
+
+CREATE FUNCTION deal_store._require_live_deal(deal_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM 1 FROM deal_store.active_deals d WHERE d.id = deal_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist or is deleted', deal_id USING ERRCODE = 'P0002';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._require_live_deal(uuid) IS 'Internal: raises P0002 unless the deal exists and is live.';
+
+CREATE FUNCTION deal_store.deal_summary(deal_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._require_live_deal(deal_id);
+    RETURN jsonb_build_object(
+        'deal', (SELECT jsonb_build_object('id', d.id, 'name', d.name, 'target_name', d.target_name,
+                                           'deal_type', d.deal_type, 'status', d.status)
+                 FROM deal_store.deals d WHERE d.id = deal_summary.deal_id),
+        'facts_by_domain', coalesce((
+            SELECT jsonb_object_agg(s.domain, s.n ORDER BY s.domain)
+            FROM (SELECT f.domain, count(*) AS n FROM deal_store.current_facts f
+                  WHERE f.deal_id = deal_summary.deal_id GROUP BY f.domain) s), '{}'),
+        'findings', coalesce((
+            SELECT jsonb_object_agg(t.finding_type, t.by_severity ORDER BY t.finding_type)
+            FROM (SELECT s.finding_type,
+                         jsonb_object_agg(s.severity, jsonb_build_object('count', s.n, 'cost_low', s.low, 'cost_high', s.high)
+                                          ORDER BY s.severity) AS by_severity
+                  FROM (SELECT f.finding_type, coalesce(f.severity, 'unrated') AS severity, count(*) AS n,
+                               coalesce(sum(f.cost_estimate_low), 0) AS low, coalesce(sum(f.cost_estimate_high), 0) AS high
+                        FROM deal_store.current_findings f WHERE f.deal_id = deal_summary.deal_id
+                        GROUP BY 1, 2) s
+                  GROUP BY s.finding_type) t), '{}'),
+        'open_gaps_by_importance', coalesce((
+            SELECT jsonb_object_agg(s.importance, s.n ORDER BY s.importance)
+            FROM (SELECT g.importance, count(*) AS n FROM deal_store.current_gaps g
+                  WHERE g.deal_id = deal_summary.deal_id AND g.resolved_at IS NULL GROUP BY g.importance) s), '{}'),
+        'pending_changes_by_tier', coalesce((
+            SELECT jsonb_object_agg(s.confidence_tier::text, s.n ORDER BY s.confidence_tier)
+            FROM (SELECT c.confidence_tier, count(*) AS n FROM deal_store.pending_changes c
+                  WHERE c.deal_id = deal_summary.deal_id AND c.status IN ('pending', 'deferred')
+                  GROUP BY c.confidence_tier) s), '{}'),
+        'latest_run', (
+            SELECT jsonb_build_object('id', r.id, 'run_number', r.run_number, 'completed_at', r.completed_at,
+                                      'documents_processed', r.documents_processed, 'facts_created', r.facts_created,
+                                      'facts_updated', r.facts_updated, 'findings_created', r.findings_created,
+                                      'gaps_created', r.gaps_created)
+            FROM deal_store.analysis_runs r
+            WHERE r.deal_id = deal_summary.deal_id AND r.status = 'completed'
+            ORDER BY r.run_number DESC LIMIT 1));
+END $$;
+COMMENT ON FUNCTION deal_store.deal_summary(uuid) IS
+    'Dashboard of one live deal as jsonb: current facts by domain, findings by type and severity with count and summed cost range, open gaps by importance, pending changes (pending or deferred) by tier, and the latest completed run with its counts. P0002 when the deal does not exist or is deleted.';
+
+CREATE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
+RETURNS SETOF deal_store.deals
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT d.* FROM deal_store.deals d
+    WHERE d.user_id = deals_for_user.user_id AND d.deleted_at IS NULL
+      AND (d.status <> 'archived' OR coalesce(deals_for_user.include_archived, false))
+    ORDER BY d.updated_at DESC, d.id;
+END;
+COMMENT ON FUNCTION deal_store.deals_for_user(uuid, boolean) IS
+    'A user''s live deals, most recently updated first; archived ones only when include_archived.';
+
+CREATE FUNCTION deal_store._set_deal_status(deal_id uuid, from_status text, to_status text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cur text;
+BEGIN
+    SELECT d.status INTO cur FROM deal_store.active_deals d WHERE d.id = deal_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist or is deleted', deal_id USING ERRCODE = 'P0002';
+    ELSIF cur <> from_status THEN
+        RAISE EXCEPTION 'deal % is %, not %', deal_id, cur, from_status USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.deals d SET status = to_status WHERE d.id = deal_id;
+END $$;
+COMMENT ON FUNCTION deal_store._set_deal_status(uuid, text, text) IS 'Internal: checked status transition of a live deal.';
+
+CREATE FUNCTION deal_store.archive_deal(deal_id uuid) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store._set_deal_status(deal_id, 'active', 'archived'); END;
+COMMENT ON FUNCTION deal_store.archive_deal(uuid) IS
+    'Archives an active deal (hidden from deals_for_user by default). P0002 no such live deal, 55000 not active.';
+
+CREATE FUNCTION deal_store.unarchive_deal(deal_id uuid) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store._set_deal_status(deal_id, 'archived', 'active'); END;
+COMMENT ON FUNCTION deal_store.unarchive_deal(uuid) IS
+    'Makes an archived deal active again. P0002 no such live deal, 55000 not archived.';
+
+CREATE FUNCTION deal_store._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g record;
+BEGIN
+    SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.id = gap_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'gap % does not exist or is deleted', gap_id USING ERRCODE = 'P0002';
+    ELSIF resolve AND g.resolved_at IS NOT NULL THEN
+        RAISE EXCEPTION 'gap % is already resolved', gap_id USING ERRCODE = '55000';
+    ELSIF NOT resolve AND g.resolved_at IS NULL THEN
+        RAISE EXCEPTION 'gap % is not resolved', gap_id USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.gaps x SET
+        resolved_at = CASE WHEN resolve THEN now() END,
+        resolved_by = CASE WHEN resolve THEN deal_store.current_actor() END,
+        resolution_note = CASE WHEN resolve THEN note END
+    WHERE x.deal_id = g.deal_id AND x.id = gap_id;
+END $$;
+COMMENT ON FUNCTION deal_store._set_gap_resolution(uuid, boolean, text) IS 'Internal: shared body of resolve_gap and reopen_gap.';
+
+CREATE FUNCTION deal_store.resolve_gap(gap_id uuid, note text DEFAULT NULL) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store._set_gap_resolution(gap_id, true, note); END;
+COMMENT ON FUNCTION deal_store.resolve_gap(uuid, text) IS
+    'Marks a gap answered: resolved_at = now(), resolved_by = deal_store.actor, resolution_note = note. P0002 no such live gap, 55000 already resolved.';
+
+CREATE FUNCTION deal_store.reopen_gap(gap_id uuid) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store._set_gap_resolution(gap_id, false, NULL); END;
+COMMENT ON FUNCTION deal_store.reopen_gap(uuid) IS
+    'Reopens a resolved gap (clears resolved_at, resolved_by, resolution_note). P0002 no such live gap, 55000 not resolved.';

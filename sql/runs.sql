@@ -1,0 +1,118 @@
+-- Analysis runs: start, complete, fail; and the run-scoped views that show
+-- only what completed runs (or people) wrote.
+
+CREATE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false)
+RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+    run_id uuid;
+BEGIN
+    IF domains IS NOT NULL AND (array_position(domains, NULL) IS NOT NULL
+                                OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN
+        RAISE EXCEPTION 'domains must not contain NULL or empty names' USING ERRCODE = '22023';
+    END IF;
+    -- The deal's row lock serialises run starts per deal, so two sessions
+    -- never compute the same run_number. NO KEY UPDATE leaves FK checks free.
+    SELECT x.id, x.deleted_at INTO d FROM deal_store.deals x WHERE x.id = start_run.deal_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist', start_run.deal_id USING ERRCODE = 'P0002';
+    ELSIF d.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'deal % is deleted', start_run.deal_id USING ERRCODE = '55000';
+    END IF;
+    INSERT INTO deal_store.analysis_runs (deal_id, run_number, is_incremental, domains_analyzed, triggered_by)
+    SELECT start_run.deal_id, coalesce(max(r.run_number), 0) + 1, coalesce(incremental, false), domains,
+           deal_store.current_actor()
+    FROM deal_store.analysis_runs r WHERE r.deal_id = start_run.deal_id
+    RETURNING id INTO run_id;
+    RETURN run_id;
+END $$;
+COMMENT ON FUNCTION deal_store.start_run(uuid, text[], boolean) IS
+    'Starts an analysis run of a deal and returns its id. run_number is the deal''s next number, safe under concurrent starts. domains: what the run covers (NULL = all); incremental runs never propose removals. Errors: P0002 no such deal, 55000 deal deleted, 22023 bad domains.';
+
+CREATE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
+    FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
+    WHERE x.id = run_id FOR NO KEY UPDATE OF x;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'analysis run % does not exist', run_id USING ERRCODE = 'P0002';
+    ELSIF r.status <> 'running' THEN
+        RAISE EXCEPTION 'analysis run % is already %', run_id, r.status USING ERRCODE = '55000';
+    ELSIF r.deal_deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'the deal of analysis run % is deleted', run_id USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.analysis_runs x SET
+        status = new_status,
+        error = _finish_run.error,
+        completed_at = clock_timestamp(),
+        duration_seconds = round(extract(epoch FROM clock_timestamp() - x.started_at)::numeric, 3),
+        documents_processed = (SELECT count(DISTINCT f.source_document_id) FROM deal_store.facts f
+                               WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        facts_created = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NULL),
+        facts_updated = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NOT NULL),
+        findings_created = (SELECT count(*) FROM deal_store.findings f WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        gaps_created = (SELECT count(*) FROM deal_store.gaps g WHERE g.deal_id = r.deal_id AND g.analysis_run_id = run_id)
+    WHERE x.deal_id = r.deal_id AND x.id = run_id;
+END $$;
+COMMENT ON FUNCTION deal_store._finish_run(uuid, text, text) IS
+    'Internal: shared body of complete_run and fail_run.';
+
+CREATE FUNCTION deal_store.complete_run(run_id uuid) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT deal_store._finish_run(run_id, 'completed', NULL);
+END;
+COMMENT ON FUNCTION deal_store.complete_run(uuid) IS
+    'Marks a running run completed: sets completed_at, duration_seconds and the counts of what it wrote; its rows become visible in the current_* views. Errors: P0002 no such run, 55000 already finished or deal deleted.';
+
+CREATE FUNCTION deal_store.fail_run(run_id uuid, error text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT deal_store._finish_run(run_id, 'failed', error);
+END;
+COMMENT ON FUNCTION deal_store.fail_run(uuid, text) IS
+    'Marks a running run failed with an error message; what it wrote stays stored but hidden from the current_* views. Errors: P0002, 55000.';
+
+CREATE FUNCTION deal_store.latest_completed_run(deal_id uuid) RETURNS uuid
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT r.id FROM deal_store.analysis_runs r
+    WHERE r.deal_id = latest_completed_run.deal_id AND r.status = 'completed'
+    ORDER BY r.run_number DESC LIMIT 1;
+END;
+COMMENT ON FUNCTION deal_store.latest_completed_run(uuid) IS
+    'The deal''s completed run with the highest run_number, or NULL.';
+
+-- ---------------------------------------------------------------------------
+-- Run-scoped views: active rows written by hand (analysis_run_id NULL) or by a
+-- completed run. Rows of a running or failed run stay stored but are not shown.
+
+CREATE VIEW deal_store.current_facts AS
+    SELECT f.* FROM deal_store.active_facts f
+    WHERE f.analysis_run_id IS NULL
+       OR EXISTS (SELECT 1 FROM deal_store.analysis_runs r
+                  WHERE r.deal_id = f.deal_id AND r.id = f.analysis_run_id AND r.status = 'completed');
+COMMENT ON VIEW deal_store.current_facts IS
+    'Current live facts entered by hand or written by a completed run: the deterministic picture a reader should see.';
+
+CREATE VIEW deal_store.current_findings AS
+    SELECT f.* FROM deal_store.active_findings f
+    WHERE f.analysis_run_id IS NULL
+       OR EXISTS (SELECT 1 FROM deal_store.analysis_runs r
+                  WHERE r.deal_id = f.deal_id AND r.id = f.analysis_run_id AND r.status = 'completed');
+COMMENT ON VIEW deal_store.current_findings IS
+    'Live findings entered by hand or written by a completed run.';
+
+CREATE VIEW deal_store.current_gaps AS
+    SELECT g.* FROM deal_store.active_gaps g
+    WHERE g.analysis_run_id IS NULL
+       OR EXISTS (SELECT 1 FROM deal_store.analysis_runs r
+                  WHERE r.deal_id = g.deal_id AND r.id = g.analysis_run_id AND r.status = 'completed');
+COMMENT ON VIEW deal_store.current_gaps IS
+    'Live gaps entered by hand or written by a completed run.';

@@ -1,0 +1,238 @@
+-- Soft delete: nothing is ever really deleted. Views that hide deleted rows,
+-- soft_delete / restore with cascade and batches, DELETE turned into a soft
+-- delete, purge as the only real delete, and updated_at kept by trigger.
+
+CREATE FUNCTION deal_store.touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- updated_at is the system's: a client's own value is ignored.
+    NEW.updated_at := OLD.updated_at;
+    IF NEW IS DISTINCT FROM OLD THEN
+        NEW.updated_at := pg_catalog.now();
+    END IF;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION deal_store.touch_updated_at() IS
+    'Trigger: keeps updated_at: now() when an UPDATE changes the row, unchanged otherwise (a client cannot set it).';
+
+CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.users FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
+CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.deals FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
+CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.documents FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
+CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.analysis_runs FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
+CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.findings FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
+CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.gaps FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
+CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.pending_changes FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
+CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.facts FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
+
+-- ---------------------------------------------------------------------------
+-- Views that show what a UI should show.
+
+CREATE VIEW deal_store.active_deals AS
+    SELECT * FROM deal_store.deals WHERE deleted_at IS NULL;
+COMMENT ON VIEW deal_store.active_deals IS 'Deals that are not soft-deleted. DELETE through it soft-deletes.';
+
+CREATE VIEW deal_store.active_documents AS
+    SELECT * FROM deal_store.documents WHERE deleted_at IS NULL;
+COMMENT ON VIEW deal_store.active_documents IS 'Documents that are not soft-deleted. DELETE through it soft-deletes.';
+
+CREATE VIEW deal_store.active_facts AS
+    SELECT * FROM deal_store.facts WHERE deleted_at IS NULL AND superseded_at IS NULL;
+COMMENT ON VIEW deal_store.active_facts IS 'The current version of every fact that is not soft-deleted. DELETE through it soft-deletes.';
+
+CREATE VIEW deal_store.active_findings AS
+    SELECT * FROM deal_store.findings WHERE deleted_at IS NULL;
+COMMENT ON VIEW deal_store.active_findings IS 'Findings that are not soft-deleted. DELETE through it soft-deletes.';
+
+CREATE VIEW deal_store.active_gaps AS
+    SELECT * FROM deal_store.gaps WHERE deleted_at IS NULL;
+COMMENT ON VIEW deal_store.active_gaps IS 'Gaps that are not soft-deleted (open and resolved). DELETE through it soft-deletes.';
+
+CREATE VIEW deal_store.active_fact_finding_links AS
+    SELECT l.* FROM deal_store.fact_finding_links l
+    WHERE EXISTS (SELECT 1 FROM deal_store.facts f
+                  WHERE f.deal_id = l.deal_id AND f.id = l.fact_id AND f.deleted_at IS NULL)
+      AND EXISTS (SELECT 1 FROM deal_store.findings g
+                  WHERE g.deal_id = l.deal_id AND g.id = l.finding_id AND g.deleted_at IS NULL);
+COMMENT ON VIEW deal_store.active_fact_finding_links IS
+    'Links whose fact and finding are both live. A soft delete never removes or nulls a link; this view hides it.';
+
+-- ---------------------------------------------------------------------------
+-- soft_delete / restore / purge.
+
+CREATE FUNCTION deal_store._soft_deletable(entity regclass) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF entity IS NULL OR entity NOT IN ('deal_store.deals'::regclass, 'deal_store.documents'::regclass,
+            'deal_store.facts'::regclass, 'deal_store.findings'::regclass, 'deal_store.gaps'::regclass) THEN
+        RAISE EXCEPTION '% is not a soft-deletable table', coalesce(entity::text, 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'Use deal_store.deals, deal_store.documents, deal_store.facts, deal_store.findings or deal_store.gaps.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._soft_deletable(regclass) IS
+    'Internal: raises 22023 unless entity is one of the five soft-deletable tables.';
+
+-- Finds the row, locks its deal (serialising soft delete, restore, purge and
+-- run starts per deal) and then the row itself; returns the row's state.
+CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid,
+    OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    current_only text := CASE WHEN entity = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END;
+    deal_col text := CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END;
+BEGIN
+    PERFORM deal_store._soft_deletable(entity);
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    EXECUTE format('SELECT %I FROM %s WHERE id = $1%s', deal_col, entity, current_only)
+        INTO _lock_row.deal_id USING id;
+    IF _lock_row.deal_id IS NULL THEN
+        RAISE EXCEPTION '% has no row with id %', entity, id USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM 1 FROM deal_store.deals d WHERE d.id = _lock_row.deal_id FOR NO KEY UPDATE;
+    EXECUTE format('SELECT deleted_at, delete_batch FROM %s WHERE %I = $1 AND id = $2%s FOR UPDATE',
+                   entity, deal_col, current_only)
+        INTO _lock_row.deleted_at, _lock_row.delete_batch USING _lock_row.deal_id, id;
+END $$;
+COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid) IS
+    'Internal: validates entity and id, locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
+
+CREATE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    batch uuid := gen_random_uuid();
+    actor uuid := deal_store.current_actor();
+    total integer := 0;
+    n integer;
+    t record;
+BEGIN
+    r := deal_store._lock_row(entity, id);
+    IF r.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION '% row % is already deleted', entity, id
+            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
+    END IF;
+    -- the row itself, then what it owns: a deal owns its documents, facts,
+    -- findings and gaps; a document owns the facts sourced from it.
+    FOR t IN
+        SELECT * FROM (VALUES
+            (entity, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id = $6' ELSE 'deal_id = $5 AND id = $6' END),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.documents'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.facts'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.findings'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.gaps'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.documents'::regclass THEN 'deal_store.facts'::regclass END,
+             'deal_id = $5 AND source_document_id = $6')
+        ) AS c(tbl, cond) WHERE c.tbl IS NOT NULL
+    LOOP
+        EXECUTE format('UPDATE %s SET deleted_at = $1, deleted_by = $2, delete_reason = $3, delete_batch = $4 '
+                       'WHERE %s AND deleted_at IS NULL%s', t.tbl, t.cond,
+                       CASE WHEN t.tbl = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END)
+            USING now(), actor, reason, batch, r.deal_id, id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := total + n;
+    END LOOP;
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text) IS
+    'Soft-deletes one row of deals, documents, facts, findings or gaps and what it owns (a deal: its documents, facts, findings, gaps; a document: the facts sourced from it). All rows get one delete_batch, deleted_by = deal_store.actor and the reason. Returns the number of rows marked. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 already deleted.';
+
+CREATE FUNCTION deal_store.restore(entity regclass, id uuid) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    total integer := 0;
+    n integer;
+    t regclass;
+BEGIN
+    r := deal_store._lock_row(entity, id);
+    IF r.deleted_at IS NULL THEN
+        RAISE EXCEPTION '% row % is not deleted', entity, id USING ERRCODE = '55000';
+    END IF;
+    IF entity <> 'deal_store.deals'::regclass
+       AND EXISTS (SELECT 1 FROM deal_store.deals d WHERE d.id = r.deal_id AND d.deleted_at IS NOT NULL
+                   AND d.delete_batch IS DISTINCT FROM r.delete_batch) THEN
+        RAISE EXCEPTION 'cannot restore % row %: its deal is deleted', entity, id
+            USING ERRCODE = '55000', HINT = 'Restore the deal first.';
+    END IF;
+    BEGIN
+        UPDATE deal_store.deals d SET deleted_at = NULL, deleted_by = NULL, delete_reason = NULL, delete_batch = NULL
+        WHERE d.id = r.deal_id AND d.delete_batch = r.delete_batch;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := n;
+        FOREACH t IN ARRAY ARRAY['deal_store.documents', 'deal_store.facts', 'deal_store.findings', 'deal_store.gaps']::regclass[] LOOP
+            EXECUTE format('UPDATE %s SET deleted_at = NULL, deleted_by = NULL, delete_reason = NULL, delete_batch = NULL '
+                           'WHERE deal_id = $1 AND delete_batch = $2', t)
+                USING r.deal_id, r.delete_batch;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            total := total + n;
+        END LOOP;
+    EXCEPTION WHEN unique_violation THEN
+        DECLARE
+            msg text; cons text;
+        BEGIN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, cons = CONSTRAINT_NAME;
+            RAISE EXCEPTION 'cannot restore % row %: a live row has taken its name since', entity, id
+                USING ERRCODE = '23505', CONSTRAINT = cons, DETAIL = msg,
+                      HINT = 'Rename or delete the live row, then restore again.';
+        END;
+    END;
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION deal_store.restore(regclass, uuid) IS
+    'Restores a soft-deleted row and exactly the rows deleted in the same batch (not rows deleted earlier for another reason). Returns the number of rows restored. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 not deleted or its deal is deleted, 23505 a live row has taken its name (nothing is restored).';
+
+CREATE FUNCTION deal_store.purge(entity regclass, id uuid) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    n integer;
+BEGIN
+    r := deal_store._lock_row(entity, id);
+    IF r.deleted_at IS NULL THEN
+        RAISE EXCEPTION 'cannot purge % row %: it is not deleted', entity, id
+            USING ERRCODE = '55000', HINT = 'Soft-delete it first with deal_store.soft_delete.';
+    END IF;
+    PERFORM set_config('deal_store.hard_delete', 'on', true);
+    IF entity = 'deal_store.deals'::regclass THEN
+        DELETE FROM deal_store.deals d WHERE d.id = r.deal_id;
+    ELSIF entity = 'deal_store.facts'::regclass THEN
+        -- the fact and every history row of its version chain
+        WITH RECURSIVE chain(vid) AS (
+            SELECT purge.id
+            UNION ALL
+            SELECT f.previous_version_id FROM chain c
+            JOIN deal_store.facts f ON f.deal_id = r.deal_id AND f.id = c.vid
+            WHERE f.previous_version_id IS NOT NULL
+        )
+        DELETE FROM deal_store.facts f USING chain c WHERE f.deal_id = r.deal_id AND f.id = c.vid;
+    ELSE
+        EXECUTE format('DELETE FROM %s WHERE deal_id = $1 AND id = $2', entity) USING r.deal_id, id;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM set_config('deal_store.hard_delete', 'off', true);
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION deal_store.purge(regclass, uuid) IS
+    'Really deletes a soft-deleted row (a fact with its whole version history; a deal with everything it owns). The only real delete. Errors: 22023, P0002, 55000 when the row is not soft-deleted first.';
+
+CREATE FUNCTION deal_store.delete_to_soft_delete() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('deal_store.hard_delete', true) = 'on' THEN
+        RETURN OLD;
+    END IF;
+    IF OLD.deleted_at IS NULL AND (to_jsonb(OLD) ->> 'superseded_at') IS NULL THEN
+        PERFORM deal_store.soft_delete(TG_RELID::regclass, OLD.id, 'DELETE statement');
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION deal_store.delete_to_soft_delete() IS
+    'Trigger: turns a DELETE of a live row into deal_store.soft_delete (with cascade) and skips the real delete. Only deal_store.purge deletes for real.';
+
+CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.deals FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
+CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.documents FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
+CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.facts FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
+CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.findings FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
+CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.gaps FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();

@@ -1,0 +1,105 @@
+//! The extension's settings (GUCs) and the actor: who is doing what.
+//!
+//! `deal_store.actor` holds the acting user's uuid. It is a real GUC with a check
+//! hook, so `SET deal_store.actor = 'nonsense'` fails at SET time with 22023.
+//! A value set before the library was loaded in a session is only a placeholder
+//! that PostgreSQL has not checked; `current_actor()` therefore parses it again.
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::prelude::*;
+use std::ffi::{c_char, c_void, CStr, CString};
+
+pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static HARD_DELETE: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+pub fn init() {
+    // SAFETY: the check hook is a plain function that cannot panic.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"deal_store.actor",
+            c"The acting user's uuid, recorded by everything that records who did something.",
+            c"Set it per session or with SET LOCAL per transaction. Empty means no actor.",
+            &ACTOR,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_uuid),
+            None,
+            None,
+        );
+    }
+    GucRegistry::define_bool_guc(
+        c"deal_store.hard_delete",
+        c"Lets DELETE remove rows of soft-deletable tables for real.",
+        c"deal_store.purge sets it for its own transaction; leave it off otherwise.",
+        &HARD_DELETE,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL,
+    );
+    // Typos such as `SET deal_store.actr = ...` become errors instead of placeholders.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"deal_store".as_ptr()) };
+}
+
+/// GUC check hook: accept NULL, the empty string or a uuid.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_uuid(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let value = unsafe { *newval };
+    if value.is_null() {
+        return true;
+    }
+    let text = unsafe { CStr::from_ptr(value) }.to_string_lossy();
+    if text.trim().is_empty() || uuid::Uuid::parse_str(text.trim()).is_ok() {
+        return true;
+    }
+    unsafe {
+        pg_sys::GUC_check_errdetail_string =
+            pg_sys::pstrdup(c"deal_store.actor must be a user uuid, e.g. 7d0c3c1e-2f57-4d0e-9a57-5b8f0b0a0001.".as_ptr());
+    }
+    false
+}
+
+/// The uuid in `deal_store.actor`, or None when unset.
+pub fn actor() -> Option<pgrx::Uuid> {
+    let raw = ACTOR.get()?;
+    let text = raw.to_string_lossy();
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    match uuid::Uuid::parse_str(text) {
+        Ok(u) => Some(pgrx::Uuid::from_bytes(*u.as_bytes())),
+        Err(_) => crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid value for parameter \"deal_store.actor\": \"{text}\""),
+            Some("deal_store.actor must be a user uuid.".into()),
+        ),
+    }
+}
+
+/// The acting user: the uuid in `deal_store.actor`, NULL when it is not set.
+#[pg_extern(stable, parallel_safe)]
+fn current_actor() -> Option<pgrx::Uuid> {
+    actor()
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn actor_round_trips_and_rejects_garbage() {
+        Spi::run("SET deal_store.actor = '7d0c3c1e-2f57-4d0e-9a57-5b8f0b0a0001'").unwrap();
+        let got = Spi::get_one::<String>("SELECT deal_store.current_actor()::text").unwrap();
+        assert_eq!(got.as_deref(), Some("7d0c3c1e-2f57-4d0e-9a57-5b8f0b0a0001"));
+        Spi::run("SET deal_store.actor = ''").unwrap();
+        assert_eq!(Spi::get_one::<pgrx::Uuid>("SELECT deal_store.current_actor()").unwrap(), None);
+    }
+
+    #[pg_test(error = "invalid value for parameter \"deal_store.actor\": \"bob\"")]
+    fn actor_must_be_a_uuid() {
+        Spi::run("SET deal_store.actor = 'bob'").unwrap();
+    }
+}
