@@ -3,7 +3,10 @@
 //! This file only wires the capability modules together; each lives in its own file.
 pgrx::pg_module_magic!(name, version);
 
+mod checksum;
+mod diff;
 mod errors;
+mod facts;
 mod schema;
 mod settings;
 

@@ -1,6 +1,7 @@
 //! The SQL surface, in dependency order: tables (`sql/schema.sql`), soft delete
 //! and views (`sql/soft_delete.sql`), analysis runs (`sql/runs.sql`) and the
-//! dashboard reads (`sql/dashboard.sql`).
+//! dashboard reads (`sql/dashboard.sql`), fact checksums, versions, diffs and
+//! export / import (`sql/facts.sql`).
 use pgrx::prelude::*;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
@@ -11,6 +12,11 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/runs.sql", name = "runs", requires = ["soft_delete"]);
 extension_sql_file!("../sql/dashboard.sql", name = "dashboard", requires = ["runs"]);
+extension_sql_file!(
+    "../sql/facts.sql",
+    name = "facts",
+    requires = ["dashboard", checksum::fact_checksum, checksum::fact_canonical, facts::fact_versions, diff::diff_facts]
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

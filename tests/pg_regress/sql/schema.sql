@@ -99,17 +99,5 @@ UPDATE facts SET superseded_at = now() WHERE legacy_id = 'F-1';
 INSERT INTO facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0000-0000000000d1', 'F-1', 'applications', 'SAP S/4HANA');
 UPDATE findings SET deleted_at = now(), delete_batch = gen_random_uuid() WHERE legacy_id = 'R-1';
 INSERT INTO findings (deal_id, legacy_id, finding_type, domain, title) VALUES ('00000000-0000-0000-0000-0000000000d1', 'R-1', 'risk', 'applications', 'again');
-SELECT count(*) AS deals_named_birch FROM deals WHERE name = 'Project Birch';
-SELECT count(*) AS f1_rows FROM facts WHERE legacy_id = 'F-1';
-
--- \dx describes it
-SELECT extname, extversion, extnamespace::regnamespace, extrelocatable,
-       obj_description(oid, 'pg_extension') IS NOT NULL AS described
-FROM pg_extension WHERE extname = 'deal_store';
-
--- DROP EXTENSION then CREATE EXTENSION again
-RESET search_path;
-DROP EXTENSION deal_store;
-SELECT count(*) AS schemas_left FROM pg_namespace WHERE nspname = 'deal_store';
-CREATE EXTENSION deal_store;
-SELECT count(*) AS tables FROM pg_tables WHERE schemaname = 'deal_store';
+SELECT count(*) AS deals_named_birch FROM deals WHERE user_id = '00000000-0000-0000-0000-00000000000a' AND name = 'Project Birch';
+SELECT count(*) AS f1_rows FROM facts WHERE deal_id = '00000000-0000-0000-0000-0000000000d1' AND legacy_id = 'F-1';

@@ -1,0 +1,129 @@
+-- Fact checksums, versions, diffs and the JSON export / import.
+-- The logic is in Rust (checksum.rs, facts.rs, diff.rs); this file wires it
+-- and adds what SQL says best.
+
+COMMENT ON FUNCTION deal_store.current_actor() IS
+    'The acting user: the uuid in deal_store.actor, or NULL when it is not set.';
+COMMENT ON FUNCTION deal_store.fact_checksum(jsonb) IS
+    'MD5 (32 lowercase hex) of the canonical form of a fact''s content: domain, category, item, status, details, evidence, entity, source_page_numbers. Strings trimmed and white space folded, keys sorted at every depth, numbers in one form, NULL = missing. See README "Canonical form". 22023 when not a JSON object.';
+COMMENT ON FUNCTION deal_store.fact_canonical(jsonb) IS
+    'The canonical text that fact_checksum hashes (md5(fact_canonical(x)) = fact_checksum(x)), for checking another implementation.';
+COMMENT ON FUNCTION deal_store.fact_versions() IS
+    'Trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and writes the old content as a history row (superseded_at set) linked by previous_version_id.';
+COMMENT ON FUNCTION deal_store.diff_facts(uuid, jsonb, text[]) IS
+    'Diff of incoming facts (JSON array of objects keyed by legacy_id; missing content fields take the column defaults) against the deal''s current live facts: new, changed (with changed_fields), unchanged, removed (only inside domains; all when NULL). 22023 on a non-array, a non-object element, a missing/empty or repeated legacy_id; P0002 when the deal does not exist.';
+
+CREATE TRIGGER fact_versions BEFORE INSERT OR UPDATE ON deal_store.facts
+    FOR EACH ROW EXECUTE FUNCTION deal_store.fact_versions();
+
+CREATE FUNCTION deal_store.diff_summary(deal_id uuid, incoming jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(new bigint, changed bigint, unchanged bigint, removed bigint)
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT count(*) FILTER (WHERE d.change = 'new'), count(*) FILTER (WHERE d.change = 'changed'),
+           count(*) FILTER (WHERE d.change = 'unchanged'), count(*) FILTER (WHERE d.change = 'removed')
+    FROM deal_store.diff_facts(deal_id, incoming, domains) d;
+END;
+COMMENT ON FUNCTION deal_store.diff_summary(uuid, jsonb, text[]) IS
+    'The four counts of deal_store.diff_facts: new, changed, unchanged, removed.';
+
+CREATE FUNCTION deal_store.fact_history(fact_id uuid)
+RETURNS TABLE(version integer, version_id uuid, is_current boolean, item text, item_checksum text,
+              content jsonb, analysis_run_id uuid, run_number integer, written_at timestamptz, superseded_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deal uuid;
+BEGIN
+    SELECT f.deal_id INTO deal FROM deal_store.facts f WHERE f.id = fact_id AND f.superseded_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
+    END IF;
+    RETURN QUERY
+    WITH RECURSIVE chain AS (
+        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_history.fact_id
+        UNION ALL
+        SELECT f.*, c.depth + 1 FROM chain c
+        JOIN deal_store.facts f ON f.deal_id = c.deal_id AND f.id = c.previous_version_id
+    )
+    SELECT (max(c.depth) OVER () - c.depth + 1)::integer, c.id, c.depth = 0, c.item, c.item_checksum,
+           jsonb_build_object('domain', c.domain, 'category', c.category, 'item', c.item, 'status', c.status,
+                              'details', c.details, 'evidence', c.evidence, 'entity', c.entity,
+                              'source_page_numbers', c.source_page_numbers),
+           c.analysis_run_id, r.run_number, c.updated_at, c.superseded_at
+    FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id
+    ORDER BY c.depth;
+END $$;
+COMMENT ON FUNCTION deal_store.fact_history(uuid) IS
+    'A fact''s versions, newest first: version number (1 = oldest), the row holding it, its content and checksum, the run that wrote it, when it was written and when it was superseded. P0002 when the fact does not exist.';
+
+-- ---------------------------------------------------------------------------
+-- JSON export / import: a lossless backup of one deal.
+
+CREATE FUNCTION deal_store.export_deal(deal_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d deal_store.deals;
+BEGIN
+    SELECT * INTO d FROM deal_store.deals x WHERE x.id = deal_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
+    END IF;
+    RETURN jsonb_build_object(
+        'format', 'deal_store.export',
+        'format_version', 1,
+        'owner', (SELECT to_jsonb(u) FROM deal_store.users u WHERE u.id = d.user_id),
+        'deal', to_jsonb(d),
+        'documents', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.documents x WHERE x.deal_id = d.id), '[]'),
+        'analysis_runs', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.run_number) FROM deal_store.analysis_runs x WHERE x.deal_id = d.id), '[]'),
+        'facts', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id) FROM deal_store.facts x
+                           WHERE x.deal_id = d.id AND x.superseded_at IS NULL AND x.deleted_at IS NULL), '[]'),
+        'deleted_facts', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.facts x
+                           WHERE x.deal_id = d.id AND x.superseded_at IS NULL AND x.deleted_at IS NOT NULL), '[]'),
+        'fact_history', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.superseded_at, x.id) FROM deal_store.facts x
+                           WHERE x.deal_id = d.id AND x.superseded_at IS NOT NULL), '[]'),
+        'findings', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.findings x WHERE x.deal_id = d.id), '[]'),
+        'gaps', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.gaps x WHERE x.deal_id = d.id), '[]'),
+        'fact_finding_links', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.fact_finding_links x WHERE x.deal_id = d.id), '[]'));
+END $$;
+COMMENT ON FUNCTION deal_store.export_deal(uuid) IS
+    'One deal as jsonb: its owner, the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
+
+CREATE FUNCTION deal_store.import_deal(doc jsonb) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deal uuid;
+BEGIN
+    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
+       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
+    END IF;
+    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
+        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
+    END IF;
+    deal := (doc -> 'deal' ->> 'id')::uuid;
+    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
+        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
+            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                                           'findings', 'gaps', 'fact_finding_links']) k,
+                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
+               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
+        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO deal_store.users SELECT * FROM jsonb_populate_record(NULL::deal_store.users, doc -> 'owner')
+    WHERE doc -> 'owner' IS NOT NULL AND jsonb_typeof(doc -> 'owner') = 'object'
+    ON CONFLICT (id) DO NOTHING;
+    INSERT INTO deal_store.deals SELECT * FROM jsonb_populate_record(NULL::deal_store.deals, doc -> 'deal');
+    INSERT INTO deal_store.documents SELECT * FROM jsonb_populate_recordset(NULL::deal_store.documents, coalesce(doc -> 'documents', '[]'));
+    INSERT INTO deal_store.analysis_runs SELECT * FROM jsonb_populate_recordset(NULL::deal_store.analysis_runs, coalesce(doc -> 'analysis_runs', '[]'));
+    INSERT INTO deal_store.facts SELECT * FROM jsonb_populate_recordset(NULL::deal_store.facts,
+        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
+    INSERT INTO deal_store.findings SELECT * FROM jsonb_populate_recordset(NULL::deal_store.findings, coalesce(doc -> 'findings', '[]'));
+    INSERT INTO deal_store.gaps SELECT * FROM jsonb_populate_recordset(NULL::deal_store.gaps, coalesce(doc -> 'gaps', '[]'));
+    INSERT INTO deal_store.fact_finding_links SELECT * FROM jsonb_populate_recordset(NULL::deal_store.fact_finding_links, coalesce(doc -> 'fact_finding_links', '[]'));
+    RETURN deal;
+END $$;
+COMMENT ON FUNCTION deal_store.import_deal(jsonb) IS
+    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The owner is created when missing. 23505 when the deal already exists (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import.';

@@ -1,0 +1,201 @@
+//! Checksum-based diff of incoming facts against a deal's current facts.
+//!
+//! Incoming facts are keyed by `legacy_id`; each gets the column defaults for
+//! the content fields it leaves out, then its checksum is compared with the
+//! stored `item_checksum` of the current live fact with that legacy_id. Only
+//! for checksums that differ are the stored contents read to name the fields
+//! that changed.
+use crate::checksum::{apply_defaults, canonical, content_checksum, json_type, CONTENT_FIELDS};
+use crate::errors::raise;
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+
+/// One incoming fact, validated.
+pub struct Incoming {
+    pub legacy_id: String,
+    pub fact: Map<String, Value>,
+    pub checksum: String,
+}
+
+/// One line of a diff.
+pub struct Change {
+    pub legacy_id: String,
+    pub change: &'static str,
+    pub fact_id: Option<Uuid>,
+    pub old_checksum: Option<String>,
+    pub new_checksum: Option<String>,
+    pub changed_fields: Option<Vec<String>>,
+    /// The incoming fact (with defaults) for new and changed lines.
+    pub incoming: Option<Map<String, Value>>,
+}
+
+fn bad_input(message: String) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, None)
+}
+
+/// Validates `incoming` (an array of objects with unique, non-empty legacy_id).
+pub fn parse_incoming(incoming: Value) -> Vec<Incoming> {
+    let Value::Array(items) = incoming else {
+        bad_input(format!("incoming must be a JSON array of facts, not a JSON {}", json_type(&incoming)))
+    };
+    let mut seen: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::Object(mut fact) = item else {
+            bad_input(format!("incoming element {i} is a JSON {}, not an object", json_type(&item)))
+        };
+        let legacy_id = match fact.get("legacy_id") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            _ => bad_input(format!("incoming element {i} has no legacy_id (a non-empty string)")),
+        };
+        if let Some(first) = seen.insert(legacy_id.clone(), i) {
+            bad_input(format!("incoming element {i} repeats legacy_id \"{legacy_id}\" of element {first}"));
+        }
+        apply_defaults(&mut fact);
+        let checksum = content_checksum(&fact);
+        out.push(Incoming { legacy_id, fact, checksum });
+    }
+    out
+}
+
+struct Stored {
+    id: Uuid,
+    checksum: Option<String>,
+    domain: String,
+}
+
+fn check_domains(domains: &Option<Vec<Option<String>>>) -> Option<Vec<String>> {
+    domains.as_ref().map(|d| {
+        d.iter()
+            .map(|x| x.clone().unwrap_or_else(|| bad_input("domains must not contain NULL".into())))
+            .collect()
+    })
+}
+
+/// Diffs validated incoming facts against the deal's current live facts.
+/// `removed` is only inferred for stored facts inside `domains` (all when None).
+pub fn diff(deal_id: Uuid, incoming: Vec<Incoming>, domains: Option<&[String]>) -> Vec<Change> {
+    let stored: HashMap<String, Stored> = Spi::connect(|client| {
+        let exists = client
+            .select("SELECT 1 FROM deal_store.deals WHERE id = $1", Some(1), &[deal_id.into()])
+            .map(|t| !t.is_empty())
+            .unwrap_or(false);
+        if !exists {
+            raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("deal {deal_id} does not exist"), None);
+        }
+        let rows = client
+            .select(
+                "SELECT legacy_id, id, item_checksum, domain FROM deal_store.facts \
+                 WHERE deal_id = $1 AND deleted_at IS NULL AND superseded_at IS NULL",
+                None,
+                &[deal_id.into()],
+            )
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+        rows.map(|r| {
+            let legacy: String = r.get(1).ok().flatten().unwrap_or_default();
+            let stored = Stored {
+                id: r.get(2).ok().flatten().expect("id is NOT NULL"),
+                checksum: r.get(3).ok().flatten(),
+                domain: r.get(4).ok().flatten().unwrap_or_default(),
+            };
+            (legacy, stored)
+        })
+        .collect()
+    });
+
+    let mut changes: Vec<Change> = Vec::with_capacity(incoming.len() + stored.len() / 10);
+    let mut seen = HashSet::with_capacity(incoming.len());
+    for inc in incoming {
+        seen.insert(inc.legacy_id.clone());
+        let (change, fact_id, old_checksum) = match stored.get(&inc.legacy_id) {
+            None => ("new", None, None),
+            Some(s) if s.checksum.as_deref() == Some(inc.checksum.as_str()) => ("unchanged", Some(s.id), s.checksum.clone()),
+            Some(s) => ("changed", Some(s.id), s.checksum.clone()),
+        };
+        changes.push(Change {
+            legacy_id: inc.legacy_id,
+            change,
+            fact_id,
+            old_checksum,
+            new_checksum: Some(inc.checksum),
+            changed_fields: (change == "unchanged").then(Vec::new),
+            incoming: (change != "unchanged").then_some(inc.fact),
+        });
+    }
+    for (legacy_id, s) in &stored {
+        if !seen.contains(legacy_id) && domains.is_none_or(|d| d.iter().any(|x| *x == s.domain)) {
+            changes.push(Change {
+                legacy_id: legacy_id.clone(),
+                change: "removed",
+                fact_id: Some(s.id),
+                old_checksum: s.checksum.clone(),
+                new_checksum: None,
+                changed_fields: None,
+                incoming: None,
+            });
+        }
+    }
+    name_changed_fields(deal_id, &mut changes);
+    changes.sort_by(|a, b| a.legacy_id.cmp(&b.legacy_id));
+    changes
+}
+
+/// Reads the stored content of the changed facts and names the fields that differ.
+fn name_changed_fields(deal_id: Uuid, changes: &mut [Change]) {
+    let ids: Vec<Uuid> = changes.iter().filter(|c| c.change == "changed").filter_map(|c| c.fact_id).collect();
+    if ids.is_empty() {
+        return;
+    }
+    let stored: HashMap<[u8; 16], Map<String, Value>> = Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT id, jsonb_build_object('domain', domain, 'category', category, 'item', item, 'status', status, \
+                   'details', details, 'evidence', evidence, 'entity', entity, 'source_page_numbers', source_page_numbers) \
+                 FROM deal_store.facts WHERE deal_id = $1 AND id = ANY($2) AND superseded_at IS NULL",
+                None,
+                &[deal_id.into(), ids.into()],
+            )
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+        rows.filter_map(|r| {
+            let id: Uuid = r.get(1).ok().flatten()?;
+            let JsonB(Value::Object(m)) = r.get::<JsonB>(2).ok().flatten()? else { return None };
+            Some((*id.as_bytes(), m))
+        })
+        .collect()
+    });
+    for c in changes.iter_mut().filter(|c| c.change == "changed") {
+        let (Some(old), Some(new)) = (c.fact_id.and_then(|id| stored.get(id.as_bytes())), c.incoming.as_ref()) else {
+            continue;
+        };
+        let field = |m: &Map<String, Value>, f: &str| canonical(m.get(f).unwrap_or(&Value::Null));
+        c.changed_fields = Some(
+            CONTENT_FIELDS.iter().filter(|f| field(old, f) != field(new, f)).map(|f| f.to_string()).collect(),
+        );
+    }
+}
+
+/// Diff of `incoming` (a JSON array of facts keyed by legacy_id) against the deal's current facts.
+#[pg_extern(volatile)]
+fn diff_facts(
+    deal_id: Uuid,
+    incoming: JsonB,
+    domains: default!(Option<Vec<Option<String>>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(legacy_id, String),
+        name!(change, String),
+        name!(fact_id, Option<Uuid>),
+        name!(old_checksum, Option<String>),
+        name!(new_checksum, Option<String>),
+        name!(changed_fields, Option<Vec<String>>),
+    ),
+> {
+    let domains = check_domains(&domains);
+    let changes = diff(deal_id, parse_incoming(incoming.0), domains.as_deref());
+    TableIterator::new(changes.into_iter().map(|c| {
+        (c.legacy_id, c.change.to_string(), c.fact_id, c.old_checksum, c.new_checksum, c.changed_fields)
+    }))
+}

@@ -1,0 +1,131 @@
+//! Fact versions: the trigger that keeps `facts.item_checksum` right and turns
+//! a content-changing UPDATE of a current fact into a new version.
+//!
+//! On INSERT it computes the checksum (a client's own value is replaced). On
+//! UPDATE of a current fact whose checksum changes, it copies the old row into a
+//! history row (new id, `superseded_at` set) and points the updated row's
+//! `previous_version_id` at it, so the fact keeps its id and links keep working.
+//! An UPDATE that leaves the checksum alone writes no version.
+use crate::checksum::content_checksum;
+use crate::errors::raise;
+use pgrx::prelude::*;
+use pgrx::{JsonB, WhoAllocated};
+use serde_json::{Map, Value};
+use std::fmt::Display;
+
+/// Internal failures (a column missing or of another type) are bugs: report them as XX000.
+fn internal<T, E: Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store fact trigger: {e}"), None))
+}
+
+fn text<A: WhoAllocated>(row: &PgHeapTuple<'_, A>, col: &str) -> Value {
+    internal(row.get_by_name::<String>(col)).map_or(Value::Null, Value::String)
+}
+
+/// The content fields of a facts row as a JSON object.
+fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> Map<String, Value> {
+    let mut m = Map::new();
+    for col in ["domain", "category", "item", "status", "evidence", "entity"] {
+        m.insert(col.into(), text(row, col));
+    }
+    let details = internal(row.get_by_name::<JsonB>("details")).map_or(Value::Null, |j| j.0);
+    m.insert("details".into(), details);
+    let pages = internal(row.get_by_name::<pgrx::Array<'_, i32>>("source_page_numbers"));
+    m.insert(
+        "source_page_numbers".into(),
+        pages.map_or(Value::Null, |p| Value::Array(p.iter().map(|n| n.map_or(Value::Null, Value::from)).collect())),
+    );
+    m
+}
+
+/// A row's primary key.
+fn key<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> (Option<pgrx::Uuid>, Option<pgrx::Uuid>) {
+    (internal(row.get_by_name::<pgrx::Uuid>("deal_id")), internal(row.get_by_name::<pgrx::Uuid>("id")))
+}
+
+#[pg_trigger]
+fn fact_versions<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
+    let mut new = trigger.new().ok_or(PgTriggerError::NullTriggerData)?.into_owned();
+    let checksum = content_checksum(&content_of(&new));
+    match trigger.op()? {
+        PgTriggerOperation::Update => {
+            let old = trigger.old().ok_or(PgTriggerError::NullTriggerData)?;
+            let (deal_id, id) = key(&old);
+            if key(&new) != (deal_id, id) {
+                raise(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "a fact's deal_id and id cannot change",
+                    Some("Insert a new fact instead; ids are what links and history point to.".into()),
+                );
+            }
+            let was_current = internal(old.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_none();
+            let stays_current = internal(new.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_none();
+            let old_checksum = internal(old.get_by_name::<String>("item_checksum"));
+            if was_current && stays_current && old_checksum.as_deref() != Some(checksum.as_str()) {
+                let history_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+                // The old version is still the visible row: copy it with a new id.
+                internal(Spi::run_with_args(
+                    "INSERT INTO deal_store.facts \
+                     SELECT (pg_catalog.jsonb_populate_record(f, pg_catalog.jsonb_build_object(\
+                        'id', $3::uuid, 'superseded_at', pg_catalog.now()))).* \
+                     FROM deal_store.facts f WHERE f.deal_id = $1 AND f.id = $2",
+                    &[deal_id.into(), id.into(), history_id.into()],
+                ));
+                internal(new.set_by_name("previous_version_id", history_id));
+            }
+            if let Some(actor) = crate::settings::actor() {
+                internal(new.set_by_name("updated_by", actor));
+            }
+        }
+        _ => {} // INSERT (a restore or an import included) only gets its checksum
+    }
+    internal(new.set_by_name("item_checksum", checksum));
+    Ok(Some(new))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn setup() {
+        Spi::run(
+            "INSERT INTO deal_store.users (id, email) VALUES ('00000000-0000-0000-0000-0000000000a1', 'u@example.com');
+             INSERT INTO deal_store.deals (id, user_id, name, target_name)
+             VALUES ('00000000-0000-0000-0000-0000000000d1', '00000000-0000-0000-0000-0000000000a1', 'T', 'T');
+             INSERT INTO deal_store.facts (deal_id, id, legacy_id, domain, item, item_checksum)
+             VALUES ('00000000-0000-0000-0000-0000000000d1', '00000000-0000-0000-0000-0000000000f1', 'F-1', 'network', 'MPLS', md5('lie'))",
+        )
+        .unwrap();
+    }
+
+    fn count(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn stored_checksum_is_always_the_computed_one() {
+        setup();
+        assert_eq!(count("SELECT count(*) FROM deal_store.facts WHERE item_checksum = deal_store.fact_checksum(to_jsonb(facts))"), 1);
+        Spi::run("UPDATE deal_store.facts SET item_checksum = md5('lie again')").unwrap();
+        assert_eq!(count("SELECT count(*) FROM deal_store.facts WHERE item_checksum = deal_store.fact_checksum(to_jsonb(facts))"), 1);
+    }
+
+    #[pg_test]
+    fn content_change_makes_a_version_and_keeps_the_id() {
+        setup();
+        Spi::run("UPDATE deal_store.facts SET confidence_score = 0.9").unwrap();
+        assert_eq!(count("SELECT count(*) FROM deal_store.facts"), 1, "no version for a volatile field");
+        Spi::run("UPDATE deal_store.facts SET item = 'MPLS WAN' WHERE id = '00000000-0000-0000-0000-0000000000f1'").unwrap();
+        Spi::run("UPDATE deal_store.facts SET item = '  MPLS   WAN ' WHERE id = '00000000-0000-0000-0000-0000000000f1'").unwrap();
+        assert_eq!(count("SELECT count(*) FROM deal_store.facts"), 2, "white space alone is no change");
+        assert_eq!(
+            count("SELECT count(*) FROM deal_store.facts c JOIN deal_store.facts h ON h.id = c.previous_version_id
+                   WHERE c.id = '00000000-0000-0000-0000-0000000000f1' AND c.superseded_at IS NULL
+                     AND h.superseded_at IS NOT NULL AND h.item = 'MPLS' AND c.item = '  MPLS   WAN '"),
+            1
+        );
+    }
+}
