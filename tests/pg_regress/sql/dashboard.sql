@@ -1,4 +1,7 @@
 -- The dashboard reads: deal_summary, deals_for_user, archive, gap resolution.
+-- every test file starts from a fresh install
+DROP EXTENSION IF EXISTS deal_store;
+CREATE EXTENSION deal_store;
 SET search_path = deal_store, public;
 INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000a4', 'dash@example.com');
 INSERT INTO deals (id, user_id, name, target_name) VALUES
