@@ -385,6 +385,7 @@ CREATE TABLE deal_store.deal_activity_log (
     action          text        NOT NULL,
     entity_type     text,
     entity_id       uuid,
+    entity_key      jsonb,
     analysis_run_id uuid,
     reason          text,
     txid            bigint      NOT NULL DEFAULT txid_current(),
@@ -393,13 +394,16 @@ CREATE TABLE deal_store.deal_activity_log (
     CONSTRAINT deal_activity_log_pkey PRIMARY KEY (id),
     CONSTRAINT deal_activity_log_action_check CHECK (btrim(action) <> '')
 );
-CREATE INDEX deal_activity_log_deal_id_idx ON deal_store.deal_activity_log (deal_id, created_at DESC);
+CREATE INDEX deal_activity_log_deal_id_idx ON deal_store.deal_activity_log (deal_id, seq);
 CREATE INDEX deal_activity_log_entity_idx ON deal_store.deal_activity_log (entity_type, entity_id, seq);
 COMMENT ON TABLE deal_store.deal_activity_log IS 'Audit trail: who did what to which row, when and why. Outlives the rows it describes, so it has no foreign keys.';
 COMMENT ON COLUMN deal_store.deal_activity_log.seq IS 'Orders entries, even inside one transaction.';
 COMMENT ON COLUMN deal_store.deal_activity_log.user_id IS 'The actor (deal_store.actor) or NULL.';
 COMMENT ON COLUMN deal_store.deal_activity_log.action IS 'insert, update, soft_delete, restore, purge, or an application action.';
 COMMENT ON COLUMN deal_store.deal_activity_log.entity_type IS 'The table the row belongs to.';
+COMMENT ON COLUMN deal_store.deal_activity_log.entity_id IS 'The row''s id (its uuid column "id").';
+COMMENT ON COLUMN deal_store.deal_activity_log.entity_key IS 'The row''s primary key as an object, for audited tables without a uuid id column.';
+COMMENT ON COLUMN deal_store.deal_activity_log.reason IS 'Why: deal_store.reason when the change was made.';
 COMMENT ON COLUMN deal_store.deal_activity_log.txid IS 'The transaction that made the change.';
 COMMENT ON COLUMN deal_store.deal_activity_log.details IS 'What changed: the new row, the old row, or {"col": {"old": ..., "new": ...}}.';
 

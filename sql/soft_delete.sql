@@ -101,6 +101,7 @@ COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid) IS
 CREATE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    prev_reason text := current_setting('deal_store.reason', true);
     r record;
     batch uuid := gen_random_uuid();
     actor uuid := deal_store.current_actor();
@@ -113,6 +114,8 @@ BEGIN
         RAISE EXCEPTION '% row % is already deleted', entity, id
             USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
     END IF;
+    -- the audit log records the reason of this delete
+    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
     -- the row itself, then what it owns: a deal owns its documents, facts,
     -- findings and gaps; a document owns the facts sourced from it.
     FOR t IN
@@ -133,6 +136,7 @@ BEGIN
         GET DIAGNOSTICS n = ROW_COUNT;
         total := total + n;
     END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
     RETURN total;
 END $$;
 COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text) IS

@@ -3,6 +3,7 @@
 //! This file only wires the capability modules together; each lives in its own file.
 pgrx::pg_module_magic!(name, version);
 
+mod audit;
 mod checksum;
 mod diff;
 mod errors;

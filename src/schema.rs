@@ -1,7 +1,7 @@
 //! The SQL surface, in dependency order: tables (`sql/schema.sql`), soft delete
 //! and views (`sql/soft_delete.sql`), analysis runs (`sql/runs.sql`) and the
 //! dashboard reads (`sql/dashboard.sql`), fact checksums, versions, diffs and
-//! export / import (`sql/facts.sql`).
+//! export / import (`sql/facts.sql`), the audit log (`sql/audit.sql`).
 use pgrx::prelude::*;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
@@ -17,6 +17,7 @@ extension_sql_file!(
     name = "facts",
     requires = ["dashboard", checksum::fact_checksum, checksum::fact_canonical, facts::fact_versions, diff::diff_facts]
 );
+extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["facts", audit::audit_row]);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

@@ -10,6 +10,9 @@ use std::ffi::{c_char, c_void, CStr, CString};
 
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static HARD_DELETE: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static AUDIT_PURGE: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static REASON: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static RUN_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     // SAFETY: the check hook is a plain function that cannot panic.
@@ -25,7 +28,34 @@ pub fn init() {
             None,
             None,
         );
+        GucRegistry::define_string_guc_with_hooks(
+            c"deal_store.run_id",
+            c"The analysis run on whose behalf changes are made, recorded in the audit log.",
+            c"Empty means: the changed row's own analysis_run_id.",
+            &RUN_ID,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_uuid),
+            None,
+            None,
+        );
     }
+    GucRegistry::define_string_guc(
+        c"deal_store.reason",
+        c"Why the current changes are made; recorded in the audit log.",
+        c"Set it with SET LOCAL for one transaction.",
+        &REASON,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"deal_store.audit_purge",
+        c"Set by deal_store.purge_audit for its own transaction.",
+        c"Only a superuser with this on may delete audit rows.",
+        &AUDIT_PURGE,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL,
+    );
     GucRegistry::define_bool_guc(
         c"deal_store.hard_delete",
         c"Lets DELETE remove rows of soft-deletable tables for real.",
@@ -55,7 +85,7 @@ unsafe extern "C-unwind" fn check_uuid(
     }
     unsafe {
         pg_sys::GUC_check_errdetail_string =
-            pg_sys::pstrdup(c"deal_store.actor must be a user uuid, e.g. 7d0c3c1e-2f57-4d0e-9a57-5b8f0b0a0001.".as_ptr());
+            pg_sys::pstrdup(c"The value must be a uuid, e.g. 7d0c3c1e-2f57-4d0e-9a57-5b8f0b0a0001.".as_ptr());
     }
     false
 }

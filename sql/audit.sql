@@ -1,0 +1,136 @@
+-- The audit log: the Rust trigger deal_store.audit_row on every table of the
+-- extension (and on users' tables through enable_audit), an append-only log,
+-- and the functions that read it.
+
+COMMENT ON FUNCTION deal_store.audit_row() IS
+    'Trigger (AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW): writes one deal_activity_log row per meaningful change with actor, reason, run, action (insert, update, soft_delete, restore, purge) and details (new row, old row, or the changed columns as {"col": {"old", "new"}}). Updates of noise columns only (updated_at, search_vector, item_checksum) write nothing.';
+
+CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.users FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.deals FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.documents FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.analysis_runs FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.facts FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.findings FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.fact_finding_links FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.gaps FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.pending_changes FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.notifications FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+
+-- ---------------------------------------------------------------------------
+-- Append-only: no UPDATE, DELETE or TRUNCATE, for any role, owner included.
+
+CREATE FUNCTION deal_store.audit_log_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('deal_store.audit_purge', true) = 'on'
+       AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'deal_store.deal_activity_log is append-only: % is not allowed', TG_OP
+        USING ERRCODE = '42501', HINT = 'Only deal_store.purge_audit, run by a superuser, removes entries.';
+END $$;
+COMMENT ON FUNCTION deal_store.audit_log_append_only() IS
+    'Trigger: rejects UPDATE, DELETE and TRUNCATE of deal_activity_log with 42501, except the DELETE that purge_audit performs for a superuser.';
+
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON deal_store.deal_activity_log
+    FOR EACH ROW EXECUTE FUNCTION deal_store.audit_log_append_only();
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON deal_store.deal_activity_log
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.audit_log_append_only();
+
+CREATE FUNCTION deal_store.purge_audit(older_than interval) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
+        RAISE EXCEPTION 'only a superuser may purge the audit log' USING ERRCODE = '42501';
+    END IF;
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
+    END IF;
+    PERFORM set_config('deal_store.audit_purge', 'on', true);
+    DELETE FROM deal_store.deal_activity_log l WHERE l.created_at < now() - older_than;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM set_config('deal_store.audit_purge', 'off', true);
+    INSERT INTO deal_store.deal_activity_log (user_id, action, entity_type, reason, details)
+    VALUES (deal_store.current_actor(), 'purge_audit', 'deal_activity_log',
+            nullif(current_setting('deal_store.reason', true), ''),
+            jsonb_build_object('older_than', older_than::text, 'rows', n));
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION deal_store.purge_audit(interval) IS
+    'Removes audit entries older than older_than; superusers only (42501 otherwise). The purge itself is logged as action purge_audit. Returns the number of entries removed.';
+
+-- ---------------------------------------------------------------------------
+-- Auditing a user's own tables.
+
+CREATE FUNCTION deal_store.enable_audit(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tbl IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p')
+       OR tbl = 'deal_store.deal_activity_log'::regclass THEN
+        RAISE EXCEPTION '% cannot be audited: not an ordinary table, or the log itself', tbl USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = tbl AND i.indisprimary) THEN
+        RAISE EXCEPTION '% has no primary key', tbl USING ERRCODE = '55000',
+            HINT = 'The audit log identifies a row by its primary key.';
+    END IF;
+    EXECUTE format('CREATE OR REPLACE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row()', tbl);
+END $$;
+COMMENT ON FUNCTION deal_store.enable_audit(regclass) IS
+    'Puts the deal_store audit trigger on a table (any primary key, composite included; idempotent). 55000 when the table has no primary key, 22023 when it is not an ordinary table.';
+
+CREATE FUNCTION deal_store.disable_audit(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'tbl must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS deal_store_audit ON %s', tbl);
+END $$;
+COMMENT ON FUNCTION deal_store.disable_audit(regclass) IS
+    'Removes the deal_store audit trigger from a table (idempotent).';
+
+-- ---------------------------------------------------------------------------
+-- Reading the log.
+
+CREATE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid)
+RETURNS SETOF deal_store.deal_activity_log
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT l.* FROM deal_store.deal_activity_log l
+    WHERE l.entity_type = entity_history.entity_type AND l.entity_id = entity_history.entity_id
+    ORDER BY l.seq;
+END;
+COMMENT ON FUNCTION deal_store.entity_history(text, uuid) IS
+    'Every audit entry of one row (entity_type is the table name, e.g. facts), oldest first.';
+
+CREATE FUNCTION deal_store.deal_activity(deal_id uuid, since timestamptz DEFAULT NULL, lim integer DEFAULT 100)
+RETURNS SETOF deal_store.deal_activity_log
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF lim IS NULL OR lim < 1 OR lim > 10000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 10000' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    SELECT l.* FROM deal_store.deal_activity_log l
+    WHERE l.deal_id = deal_activity.deal_id AND (since IS NULL OR l.created_at >= since)
+    ORDER BY l.seq DESC LIMIT lim;
+END $$;
+COMMENT ON FUNCTION deal_store.deal_activity(uuid, timestamptz, integer) IS
+    'A deal''s activity feed, newest first: at most lim entries (1 to 10000, 22023 otherwise), since a moment when given.';
+
+CREATE FUNCTION deal_store.fact_as_of(fact_id uuid, at timestamptz) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT v.content FROM (
+        SELECT h.content, h.superseded_at,
+               coalesce(lag(h.superseded_at) OVER (ORDER BY h.version),
+                        (SELECT f.created_at FROM deal_store.facts f WHERE f.id = h.version_id)) AS valid_from
+        FROM deal_store.fact_history(fact_as_of.fact_id) h) v
+    WHERE v.valid_from <= fact_as_of.at AND (v.superseded_at IS NULL OR fact_as_of.at < v.superseded_at)
+    LIMIT 1;
+END;
+COMMENT ON FUNCTION deal_store.fact_as_of(uuid, timestamptz) IS
+    'The fact''s content (the checksummed fields) as it was at that moment, from its version history; NULL before the fact existed. P0002 for an unknown fact.';
