@@ -340,6 +340,7 @@ CREATE TABLE deal_store.pending_changes (
     old_value        jsonb,
     new_value        jsonb,
     base_checksum    text,
+    proposed_checksum text,
     confidence_tier  integer     NOT NULL DEFAULT 2,
     status           text        NOT NULL DEFAULT 'pending',
     decided_by       uuid,
@@ -362,7 +363,10 @@ CREATE TABLE deal_store.pending_changes (
 CREATE INDEX pending_changes_id_idx ON deal_store.pending_changes (id);
 CREATE INDEX pending_changes_deal_id_status_idx ON deal_store.pending_changes (deal_id, status, confidence_tier);
 CREATE INDEX pending_changes_analysis_run_id_idx ON deal_store.pending_changes (deal_id, analysis_run_id);
-CREATE INDEX pending_changes_entity_idx ON deal_store.pending_changes (deal_id, entity_type, legacy_entity_id)
+-- at most one open (pending or deferred) change per row
+CREATE UNIQUE INDEX pending_changes_open_key ON deal_store.pending_changes (deal_id, entity_type, legacy_entity_id)
+    WHERE status IN ('pending', 'deferred');
+CREATE INDEX pending_changes_queue_idx ON deal_store.pending_changes (created_at, id)
     WHERE status IN ('pending', 'deferred');
 COMMENT ON TABLE deal_store.pending_changes IS 'The merge queue: each difference a run found against stored data, waiting to be applied, reviewed or superseded.';
 COMMENT ON COLUMN deal_store.pending_changes.change_type IS 'new, update or delete.';
@@ -372,6 +376,7 @@ COMMENT ON COLUMN deal_store.pending_changes.legacy_entity_id IS 'The target''s 
 COMMENT ON COLUMN deal_store.pending_changes.old_value IS 'The target''s content when the change was proposed.';
 COMMENT ON COLUMN deal_store.pending_changes.new_value IS 'The proposed content; NULL for delete.';
 COMMENT ON COLUMN deal_store.pending_changes.base_checksum IS 'The target''s checksum when the change was proposed; a different checksum at accept time is a conflict.';
+COMMENT ON COLUMN deal_store.pending_changes.proposed_checksum IS 'Checksum of new_value; a proposal of the same content by the same run adds nothing.';
 COMMENT ON COLUMN deal_store.pending_changes.confidence_tier IS '1 = apply now, 2 = batch review, 3 = review one by one.';
 COMMENT ON COLUMN deal_store.pending_changes.status IS 'pending, accepted, rejected, deferred, superseded (a newer run proposed again) or conflict (the target moved).';
 COMMENT ON COLUMN deal_store.pending_changes.decided_by IS 'The reviewer (deal_store.actor) who decided it.';
@@ -416,6 +421,7 @@ CREATE TABLE deal_store.notifications (
     message    text,
     read       boolean     NOT NULL DEFAULT false,
     read_at    timestamptz,
+    payload    jsonb       NOT NULL DEFAULT '{}',
     created_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT notifications_pkey PRIMARY KEY (id),
     CONSTRAINT notifications_user_id_fkey FOREIGN KEY (user_id) REFERENCES deal_store.users (id) ON DELETE CASCADE,
@@ -427,7 +433,31 @@ CREATE INDEX notifications_user_id_idx ON deal_store.notifications (user_id);
 CREATE INDEX notifications_deal_id_idx ON deal_store.notifications (deal_id) WHERE deal_id IS NOT NULL;
 COMMENT ON TABLE deal_store.notifications IS 'Messages to users, e.g. changes waiting for review.';
 COMMENT ON COLUMN deal_store.notifications.type IS 'Kind of message, e.g. review_needed.';
+COMMENT ON COLUMN deal_store.notifications.payload IS 'Machine-readable details, e.g. {"run_id": ..., "counts": ...} of a review_needed message.';
 COMMENT ON COLUMN deal_store.notifications.read_at IS 'When the user read it; set exactly when read is true.';
+
+CREATE TABLE deal_store.tier_policies (
+    id             uuid        NOT NULL DEFAULT gen_random_uuid(),
+    deal_id        uuid,
+    entity_type    text,
+    change_type    text        NOT NULL,
+    min_confidence float8      NOT NULL DEFAULT 0,
+    tier           integer     NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT tier_policies_pkey PRIMARY KEY (id),
+    CONSTRAINT tier_policies_deal_id_fkey FOREIGN KEY (deal_id) REFERENCES deal_store.deals (id) ON DELETE CASCADE,
+    CONSTRAINT tier_policies_rule_key UNIQUE NULLS NOT DISTINCT (deal_id, entity_type, change_type, min_confidence),
+    CONSTRAINT tier_policies_entity_type_check CHECK (entity_type IN ('fact', 'finding', 'gap')),
+    CONSTRAINT tier_policies_change_type_check CHECK (change_type IN ('new', 'update', 'delete')),
+    CONSTRAINT tier_policies_min_confidence_check CHECK (min_confidence BETWEEN 0 AND 1),
+    CONSTRAINT tier_policies_tier_check CHECK (tier BETWEEN 1 AND 3)
+);
+CREATE INDEX tier_policies_deal_id_idx ON deal_store.tier_policies (deal_id);
+COMMENT ON TABLE deal_store.tier_policies IS 'Overrides of the merge queue''s confidence tiers. For a change, the most specific scope with a rule for its change_type decides (this deal and entity type, this deal, all deals and this entity type, all deals); in it, the rule with the highest min_confidence not above the change''s confidence gives the tier (2 when none does). Without any rule: new with confidence >= 0.8 -> 1, other new and update -> 2, delete -> 3.';
+COMMENT ON COLUMN deal_store.tier_policies.deal_id IS 'The deal the rule is for; NULL for every deal.';
+COMMENT ON COLUMN deal_store.tier_policies.entity_type IS 'fact, finding or gap; NULL for all three.';
+COMMENT ON COLUMN deal_store.tier_policies.min_confidence IS 'The rule applies to changes whose confidence_score is at least this.';
+COMMENT ON COLUMN deal_store.tier_policies.tier IS '1 = apply now, 2 = batch review, 3 = review one by one.';
 
 -- pg_dump skips the rows of extension tables unless they are registered here.
 SELECT pg_catalog.pg_extension_config_dump('deal_store.users', '');
@@ -442,3 +472,4 @@ SELECT pg_catalog.pg_extension_config_dump('deal_store.pending_changes', '');
 SELECT pg_catalog.pg_extension_config_dump('deal_store.deal_activity_log', '');
 SELECT pg_catalog.pg_extension_config_dump('deal_store.deal_activity_log_seq_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('deal_store.notifications', '');
+SELECT pg_catalog.pg_extension_config_dump('deal_store.tier_policies', '');

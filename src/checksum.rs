@@ -17,13 +17,56 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{Map, Value};
 
-/// The fields whose values make up a fact's content, in canonical (sorted) order.
-pub const CONTENT_FIELDS: [&str; 8] =
-    ["category", "details", "domain", "entity", "evidence", "item", "source_page_numbers", "status"];
+/// A kind of diffable row: its table, its content fields (sorted) and the
+/// column defaults a missing incoming field takes before hashing.
+pub struct Kind {
+    pub entity_type: &'static str,
+    pub table: &'static str,
+    pub fields: &'static [&'static str],
+    pub defaults: &'static [(&'static str, &'static str)],
+    /// facts keep versions and a stored checksum (`item_checksum`)
+    pub versioned: bool,
+}
 
-/// Column defaults a missing incoming field takes before hashing (see `sql/schema.sql`).
-pub const CONTENT_DEFAULTS: [(&str, &str); 3] =
-    [("details", "{}"), ("entity", "\"target\""), ("status", "\"documented\"")];
+pub const FACT: Kind = Kind {
+    entity_type: "fact",
+    table: "deal_store.facts",
+    fields: &["category", "details", "domain", "entity", "evidence", "item", "source_page_numbers", "status"],
+    defaults: &[("details", "{}"), ("entity", "\"target\""), ("status", "\"documented\"")],
+    versioned: true,
+};
+
+pub const FINDING: Kind = Kind {
+    entity_type: "finding",
+    table: "deal_store.findings",
+    fields: &["cost_currency", "cost_estimate_high", "cost_estimate_low", "description", "domain", "finding_type",
+              "mitigation", "phase", "reasoning", "severity", "title"],
+    defaults: &[("cost_currency", "\"USD\"")],
+    versioned: false,
+};
+
+pub const GAP: Kind = Kind {
+    entity_type: "gap",
+    table: "deal_store.gaps",
+    fields: &["category", "description", "domain", "importance", "suggested_sources"],
+    defaults: &[("importance", "\"important\"")],
+    versioned: false,
+};
+
+impl Kind {
+    pub fn of(entity_type: &str) -> &'static Kind {
+        match entity_type {
+            "fact" => &FACT,
+            "finding" => &FINDING,
+            "gap" => &GAP,
+            other => crate::errors::raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("unknown entity type \"{other}\""),
+                Some("Use fact, finding or gap.".into()),
+            ),
+        }
+    }
+}
 
 /// Trims and folds inner white space to single spaces.
 fn fold_whitespace(s: &str) -> String {
@@ -106,10 +149,10 @@ pub fn canonical(v: &Value) -> String {
     out
 }
 
-/// Canonical text of a fact's content: the eight content fields of `fact`.
-pub fn canonical_content(fact: &Map<String, Value>) -> String {
+/// Canonical text of a row's content: the content fields of its kind.
+pub fn canonical_content(kind: &Kind, fact: &Map<String, Value>) -> String {
     let mut out = String::from("{");
-    for (i, field) in CONTENT_FIELDS.iter().enumerate() {
+    for (i, field) in kind.fields.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -132,14 +175,14 @@ pub fn md5_hex(text: &str) -> String {
     hex
 }
 
-/// Checksum of a fact's content given as a JSON object.
-pub fn content_checksum(fact: &Map<String, Value>) -> String {
-    md5_hex(&canonical_content(fact))
+/// Checksum of a row's content given as a JSON object.
+pub fn content_checksum(kind: &Kind, fact: &Map<String, Value>) -> String {
+    md5_hex(&canonical_content(kind, fact))
 }
 
-/// Fills the column defaults into fields an incoming fact leaves out (or sets NULL).
-pub fn apply_defaults(fact: &mut Map<String, Value>) {
-    for (field, default) in CONTENT_DEFAULTS {
+/// Fills the column defaults into fields an incoming row leaves out (or sets NULL).
+pub fn apply_defaults(kind: &Kind, fact: &mut Map<String, Value>) {
+    for &(field, default) in kind.defaults {
         if fact.get(field).is_none_or(Value::is_null) {
             fact.insert(field.to_string(), serde_json::from_str(default).expect("valid default"));
         }
@@ -151,7 +194,7 @@ pub fn apply_defaults(fact: &mut Map<String, Value>) {
 #[pg_extern(immutable, parallel_safe, strict)]
 fn fact_checksum(fact: JsonB) -> String {
     match fact.0 {
-        Value::Object(map) => content_checksum(&map),
+        Value::Object(map) => content_checksum(&FACT, &map),
         other => crate::errors::raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "fact_checksum expects a JSON object",
@@ -164,13 +207,33 @@ fn fact_checksum(fact: JsonB) -> String {
 #[pg_extern(immutable, parallel_safe, strict)]
 fn fact_canonical(fact: JsonB) -> String {
     match fact.0 {
-        Value::Object(map) => canonical_content(&map),
+        Value::Object(map) => canonical_content(&FACT, &map),
         other => crate::errors::raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "fact_canonical expects a JSON object",
             Some(format!("Got a JSON {}.", json_type(&other))),
         ),
     }
+}
+
+/// Content checksum of a fact, finding or gap given as JSON (e.g. `to_jsonb(row)`).
+#[pg_extern(immutable, parallel_safe, strict)]
+fn content_checksum_of(entity_type: &str, row: JsonB) -> String {
+    let kind = Kind::of(entity_type);
+    match row.0 {
+        Value::Object(map) => content_checksum(kind, &map),
+        other => crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "content_checksum_of expects a JSON object",
+            Some(format!("Got a JSON {}.", json_type(&other))),
+        ),
+    }
+}
+
+/// The content fields of a fact, finding or gap (what its checksum covers).
+#[pg_extern(immutable, parallel_safe, strict)]
+fn content_fields(entity_type: &str) -> Vec<String> {
+    Kind::of(entity_type).fields.iter().map(|f| f.to_string()).collect()
 }
 
 pub fn json_type(v: &Value) -> &'static str {
@@ -191,7 +254,7 @@ mod tests {
     use serde_json::json;
 
     fn sum(v: Value) -> String {
-        content_checksum(v.as_object().unwrap())
+        content_checksum(&FACT, v.as_object().unwrap())
     }
 
     #[pg_test]
@@ -248,7 +311,7 @@ mod tests {
         // the canonical text of this fact and its md5, computable by any program
         let fact = json!({"domain": "network", "item": " MPLS  WAN ", "details": {"sites": 3.0, "carrier": "Orange"},
                           "source_page_numbers": [4, 5]});
-        let text = canonical_content(fact.as_object().unwrap());
+        let text = canonical_content(&FACT, fact.as_object().unwrap());
         assert_eq!(text, r#"{"category":null,"details":{"carrier":"Orange","sites":3},"domain":"network","entity":null,"evidence":null,"item":"MPLS WAN","source_page_numbers":[4,5],"status":null}"#);
         let sql_md5 = Spi::get_one_with_args::<String>("SELECT md5($1)", &[text.as_str().into()]).unwrap();
         assert_eq!(Some(md5_hex(&text)), sql_md5);
@@ -256,18 +319,35 @@ mod tests {
 
     #[pg_test]
     fn defaults_match_the_column_defaults() {
-        for (field, default) in CONTENT_DEFAULTS {
+        for kind in [&FACT, &FINDING, &GAP] {
+        for &(field, default) in kind.defaults {
             let sql_default = Spi::get_one_with_args::<JsonB>(
                 "SELECT to_jsonb(pg_get_expr(d.adbin, d.adrelid)) FROM pg_attrdef d JOIN pg_attribute a \
                  ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
-                 WHERE d.adrelid = 'deal_store.facts'::regclass AND a.attname = $1",
-                &[field.into()],
+                 WHERE d.adrelid = $2::regclass AND a.attname = $1",
+                &[field.into(), kind.table.into()],
             )
             .unwrap()
             .unwrap();
             let expr = sql_default.0.as_str().unwrap().to_string();
             let value = Spi::get_one::<JsonB>(&format!("SELECT to_jsonb({expr})")).unwrap().unwrap();
             assert_eq!(value.0, serde_json::from_str::<Value>(default).unwrap(), "{field}");
+        }
+        }
+    }
+
+    #[pg_test]
+    fn content_fields_are_sorted_columns_of_their_table() {
+        for kind in [&FACT, &FINDING, &GAP] {
+            assert!(kind.fields.windows(2).all(|w| w[0] < w[1]), "{} fields sorted", kind.entity_type);
+            for field in kind.fields {
+                let n = Spi::get_one_with_args::<i64>(
+                    "SELECT count(*) FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped",
+                    &[kind.table.into(), (*field).into()],
+                )
+                .unwrap();
+                assert_eq!(n, Some(1), "{}.{field}", kind.table);
+            }
         }
     }
 }

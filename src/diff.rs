@@ -1,11 +1,12 @@
-//! Checksum-based diff of incoming facts against a deal's current facts.
+//! Checksum-based diff of incoming rows (facts, findings or gaps) against a
+//! deal's current live rows.
 //!
-//! Incoming facts are keyed by `legacy_id`; each gets the column defaults for
+//! Incoming rows are keyed by `legacy_id`; each gets the column defaults for
 //! the content fields it leaves out, then its checksum is compared with the
-//! stored `item_checksum` of the current live fact with that legacy_id. Only
-//! for checksums that differ are the stored contents read to name the fields
-//! that changed.
-use crate::checksum::{apply_defaults, canonical, content_checksum, json_type, CONTENT_FIELDS};
+//! stored one (facts keep it in `item_checksum`; findings and gaps are hashed
+//! as they are read). Only for checksums that differ are the stored contents
+//! read to name the fields that changed.
+use crate::checksum::{apply_defaults, canonical, content_checksum, json_type, Kind, FACT};
 use crate::errors::raise;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
@@ -36,7 +37,7 @@ fn bad_input(message: String) -> ! {
 }
 
 /// Validates `incoming` (an array of objects with unique, non-empty legacy_id).
-pub fn parse_incoming(incoming: Value) -> Vec<Incoming> {
+pub fn parse_incoming(kind: &Kind, incoming: Value) -> Vec<Incoming> {
     let Value::Array(items) = incoming else {
         bad_input(format!("incoming must be a JSON array of facts, not a JSON {}", json_type(&incoming)))
     };
@@ -53,8 +54,8 @@ pub fn parse_incoming(incoming: Value) -> Vec<Incoming> {
         if let Some(first) = seen.insert(legacy_id.clone(), i) {
             bad_input(format!("incoming element {i} repeats legacy_id \"{legacy_id}\" of element {first}"));
         }
-        apply_defaults(&mut fact);
-        let checksum = content_checksum(&fact);
+        apply_defaults(kind, &mut fact);
+        let checksum = content_checksum(kind, &fact);
         out.push(Incoming { legacy_id, fact, checksum });
     }
     out
@@ -66,7 +67,7 @@ struct Stored {
     domain: String,
 }
 
-fn check_domains(domains: &Option<Vec<Option<String>>>) -> Option<Vec<String>> {
+pub fn check_domains(domains: &Option<Vec<Option<String>>>) -> Option<Vec<String>> {
     domains.as_ref().map(|d| {
         d.iter()
             .map(|x| x.clone().unwrap_or_else(|| bad_input("domains must not contain NULL".into())))
@@ -74,9 +75,19 @@ fn check_domains(domains: &Option<Vec<Option<String>>>) -> Option<Vec<String>> {
     })
 }
 
-/// Diffs validated incoming facts against the deal's current live facts.
-/// `removed` is only inferred for stored facts inside `domains` (all when None).
-pub fn diff(deal_id: Uuid, incoming: Vec<Incoming>, domains: Option<&[String]>) -> Vec<Change> {
+/// Content of the current live rows of a kind, as `jsonb_build_object(...)` SQL.
+fn content_sql(kind: &Kind) -> String {
+    let pairs: Vec<String> = kind.fields.iter().map(|f| format!("'{f}', {f}")).collect();
+    format!("jsonb_build_object({})", pairs.join(", "))
+}
+
+fn current_rows_sql(kind: &Kind) -> &'static str {
+    if kind.versioned { "deleted_at IS NULL AND superseded_at IS NULL" } else { "deleted_at IS NULL" }
+}
+
+/// Diffs validated incoming rows against the deal's current live rows of that kind.
+/// `removed` is only inferred for stored rows inside `domains` (all when None).
+pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option<&[String]>) -> Vec<Change> {
     let stored: HashMap<String, Stored> = Spi::connect(|client| {
         let exists = client
             .select("SELECT 1 FROM deal_store.deals WHERE id = $1", Some(1), &[deal_id.into()])
@@ -85,19 +96,26 @@ pub fn diff(deal_id: Uuid, incoming: Vec<Incoming>, domains: Option<&[String]>) 
         if !exists {
             raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("deal {deal_id} does not exist"), None);
         }
+        let checksum = if kind.versioned { "item_checksum".to_string() } else { content_sql(kind) };
+        let sql = format!(
+            "SELECT legacy_id, id, {checksum}::text, domain FROM {} WHERE deal_id = $1 AND {}",
+            kind.table,
+            current_rows_sql(kind)
+        );
         let rows = client
-            .select(
-                "SELECT legacy_id, id, item_checksum, domain FROM deal_store.facts \
-                 WHERE deal_id = $1 AND deleted_at IS NULL AND superseded_at IS NULL",
-                None,
-                &[deal_id.into()],
-            )
+            .select(&sql, None, &[deal_id.into()])
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
         rows.map(|r| {
             let legacy: String = r.get(1).ok().flatten().unwrap_or_default();
+            let raw: Option<String> = r.get(3).ok().flatten();
+            let checksum = if kind.versioned {
+                raw
+            } else {
+                raw.and_then(|t| serde_json::from_str::<Map<String, Value>>(&t).ok()).map(|m| content_checksum(kind, &m))
+            };
             let stored = Stored {
                 id: r.get(2).ok().flatten().expect("id is NOT NULL"),
-                checksum: r.get(3).ok().flatten(),
+                checksum,
                 domain: r.get(4).ok().flatten().unwrap_or_default(),
             };
             (legacy, stored)
@@ -137,26 +155,26 @@ pub fn diff(deal_id: Uuid, incoming: Vec<Incoming>, domains: Option<&[String]>) 
             });
         }
     }
-    name_changed_fields(deal_id, &mut changes);
+    name_changed_fields(kind, deal_id, &mut changes);
     changes.sort_by(|a, b| a.legacy_id.cmp(&b.legacy_id));
     changes
 }
 
 /// Reads the stored content of the changed facts and names the fields that differ.
-fn name_changed_fields(deal_id: Uuid, changes: &mut [Change]) {
+fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
     let ids: Vec<Uuid> = changes.iter().filter(|c| c.change == "changed").filter_map(|c| c.fact_id).collect();
     if ids.is_empty() {
         return;
     }
     let stored: HashMap<[u8; 16], Map<String, Value>> = Spi::connect(|client| {
+        let sql = format!(
+            "SELECT id, {} FROM {} WHERE deal_id = $1 AND id = ANY($2) AND {}",
+            content_sql(kind),
+            kind.table,
+            current_rows_sql(kind)
+        );
         let rows = client
-            .select(
-                "SELECT id, jsonb_build_object('domain', domain, 'category', category, 'item', item, 'status', status, \
-                   'details', details, 'evidence', evidence, 'entity', entity, 'source_page_numbers', source_page_numbers) \
-                 FROM deal_store.facts WHERE deal_id = $1 AND id = ANY($2) AND superseded_at IS NULL",
-                None,
-                &[deal_id.into(), ids.into()],
-            )
+            .select(&sql, None, &[deal_id.into(), ids.into()])
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
         rows.filter_map(|r| {
             let id: Uuid = r.get(1).ok().flatten()?;
@@ -171,7 +189,7 @@ fn name_changed_fields(deal_id: Uuid, changes: &mut [Change]) {
         };
         let field = |m: &Map<String, Value>, f: &str| canonical(m.get(f).unwrap_or(&Value::Null));
         c.changed_fields = Some(
-            CONTENT_FIELDS.iter().filter(|f| field(old, f) != field(new, f)).map(|f| f.to_string()).collect(),
+            kind.fields.iter().filter(|f| field(old, f) != field(new, f)).map(|f| f.to_string()).collect(),
         );
     }
 }
@@ -194,7 +212,7 @@ fn diff_facts(
     ),
 > {
     let domains = check_domains(&domains);
-    let changes = diff(deal_id, parse_incoming(incoming.0), domains.as_deref());
+    let changes = diff(&FACT, deal_id, parse_incoming(&FACT, incoming.0), domains.as_deref());
     TableIterator::new(changes.into_iter().map(|c| {
         (c.legacy_id, c.change.to_string(), c.fact_id, c.old_checksum, c.new_checksum, c.changed_fields)
     }))

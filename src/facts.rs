@@ -6,7 +6,7 @@
 //! history row (new id, `superseded_at` set) and points the updated row's
 //! `previous_version_id` at it, so the fact keeps its id and links keep working.
 //! An UPDATE that leaves the checksum alone writes no version.
-use crate::checksum::content_checksum;
+use crate::checksum::{content_checksum, FACT};
 use crate::errors::raise;
 use pgrx::prelude::*;
 use pgrx::{JsonB, WhoAllocated};
@@ -48,7 +48,7 @@ fn fact_versions<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
     let mut new = trigger.new().ok_or(PgTriggerError::NullTriggerData)?.into_owned();
-    let checksum = content_checksum(&content_of(&new));
+    let checksum = content_checksum(&FACT, &content_of(&new));
     match trigger.op()? {
         PgTriggerOperation::Update => {
             let old = trigger.old().ok_or(PgTriggerError::NullTriggerData)?;

@@ -1,7 +1,8 @@
 //! The SQL surface, in dependency order: tables (`sql/schema.sql`), soft delete
 //! and views (`sql/soft_delete.sql`), analysis runs (`sql/runs.sql`) and the
 //! dashboard reads (`sql/dashboard.sql`), fact checksums, versions, diffs and
-//! export / import (`sql/facts.sql`), the audit log (`sql/audit.sql`).
+//! export / import (`sql/facts.sql`), the audit log (`sql/audit.sql`) and the
+//! merge queue (`sql/queue.sql`).
 use pgrx::prelude::*;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
@@ -18,6 +19,19 @@ extension_sql_file!(
     requires = ["dashboard", checksum::fact_checksum, checksum::fact_canonical, facts::fact_versions, diff::diff_facts]
 );
 extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["facts", audit::audit_row]);
+extension_sql_file!(
+    "../sql/queue.sql",
+    name = "queue",
+    requires = [
+        "audit",
+        checksum::content_checksum_of,
+        checksum::content_fields,
+        queue::propose_facts,
+        queue::propose_findings,
+        queue::propose_gaps,
+        queue::confidence_tier
+    ]
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
@@ -25,11 +39,11 @@ mod tests {
     use pgrx::prelude::*;
 
     #[pg_test]
-    fn creates_the_eleven_tables() {
+    fn creates_the_twelve_tables() {
         let n = Spi::get_one::<i64>(
             "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'deal_store'",
         );
-        assert_eq!(n, Ok(Some(11)));
+        assert_eq!(n, Ok(Some(12)));
     }
 
     #[pg_test]

@@ -11,6 +11,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static HARD_DELETE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUDIT_PURGE: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static AUTO_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static REASON: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static RUN_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -45,6 +46,14 @@ pub fn init() {
         c"Why the current changes are made; recorded in the audit log.",
         c"Set it with SET LOCAL for one transaction.",
         &REASON,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"deal_store.auto_apply",
+        c"Apply tier-1 merge-queue changes in the transaction that proposes them.",
+        c"Off: tier-1 changes wait like the others (process_queue or accept_changes apply them).",
+        &AUTO_APPLY,
         GucContext::Userset,
         GucFlags::default(),
     );

@@ -8,9 +8,9 @@
 use postgres::{Client, NoTls};
 use std::process::Command;
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 12] = [
     "users", "deals", "documents", "analysis_runs", "facts", "findings",
-    "fact_finding_links", "gaps", "pending_changes", "deal_activity_log", "notifications",
+    "fact_finding_links", "gaps", "pending_changes", "deal_activity_log", "notifications", "tier_policies",
 ];
 
 fn url() -> Option<String> {

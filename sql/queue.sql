@@ -1,0 +1,285 @@
+-- The merge queue's deciding side: applying a change (with the conflict check),
+-- accept / reject / defer, batch accept, the worker procedure, signals and
+-- the views a review UI reads. Proposing is Rust (queue.rs).
+
+COMMENT ON FUNCTION deal_store.content_checksum_of(text, jsonb) IS
+    'Content checksum of a fact, finding or gap given as jsonb (e.g. to_jsonb(row)); for facts it equals fact_checksum.';
+COMMENT ON FUNCTION deal_store.content_fields(text) IS
+    'The content fields (what the checksum covers) of fact, finding or gap.';
+COMMENT ON FUNCTION deal_store.confidence_tier(uuid, text, text, double precision) IS
+    'The tier the policy (deal_store.tier_policies, else the built-in default) gives a change of this deal, entity type, change type and confidence.';
+COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[]) IS
+    'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update, delete) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. Removals only inside domains (default: the domains of the given facts, within the run''s domains); an incremental run never removes. Idempotent; a newer run supersedes an older run''s open change. Returns counts by change type and tier.';
+COMMENT ON FUNCTION deal_store.propose_findings(uuid, jsonb, text[]) IS
+    'propose_facts for findings (content checksum over deal_store.content_fields(''finding'')).';
+COMMENT ON FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]) IS
+    'propose_facts for gaps (content checksum over deal_store.content_fields(''gap'')).';
+
+-- Applies one change if its target has not moved; returns 'accepted' or 'conflict'.
+CREATE FUNCTION deal_store._apply_change(c deal_store.pending_changes, OUT result text, OUT problem text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tbl regclass := CASE c.entity_type WHEN 'fact' THEN 'deal_store.facts'::regclass
+                                       WHEN 'finding' THEN 'deal_store.findings'::regclass
+                                       ELSE 'deal_store.gaps'::regclass END;
+    current_only text := CASE WHEN c.entity_type = 'fact' THEN ' AND superseded_at IS NULL' ELSE '' END;
+    content text[] := deal_store.content_fields(c.entity_type);
+    extra text[] := CASE WHEN c.entity_type = 'fact' THEN ARRAY['confidence_score', 'source_document_id'] ELSE '{}' END;
+    cols text; src text; cur jsonb; run_number integer;
+BEGIN
+    result := 'conflict';
+    IF c.change_type = 'new' THEN
+        EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE deal_id = $1 AND legacy_id = $2 AND deleted_at IS NULL%s',
+                       tbl, current_only) INTO cur USING c.deal_id, c.legacy_entity_id;
+        IF cur IS NOT NULL THEN
+            problem := 'a live row with this legacy_id exists';
+            RETURN;
+        END IF;
+        -- only the columns the proposal carries: the others take their defaults
+        SELECT string_agg(quote_ident(k), ', '), string_agg('r.' || quote_ident(k), ', ') INTO cols, src
+        FROM unnest(content || extra) k WHERE c.new_value ? k;
+        EXECUTE format('INSERT INTO %s (deal_id, legacy_id, analysis_run_id%s) SELECT $1, $2, $3%s '
+                       'FROM jsonb_populate_record(NULL::%s, $4) r',
+                       tbl, coalesce(', ' || cols, ''), coalesce(', ' || src, ''), tbl::text)
+            USING c.deal_id, c.legacy_entity_id, c.analysis_run_id, c.new_value;
+    ELSE
+        EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE deal_id = $1 AND id = $2%s FOR UPDATE', tbl, current_only)
+            INTO cur USING c.deal_id, c.entity_id;
+        IF cur IS NULL OR cur ->> 'deleted_at' IS NOT NULL THEN
+            problem := 'the target is gone or deleted';
+            RETURN;
+        END IF;
+        IF (CASE WHEN c.entity_type = 'fact' THEN cur ->> 'item_checksum'
+                 ELSE deal_store.content_checksum_of(c.entity_type, cur) END) IS DISTINCT FROM c.base_checksum THEN
+            problem := 'the target changed since the proposal';
+            RETURN;
+        END IF;
+        IF c.change_type = 'update' THEN
+            -- every content column (a missing one is NULL, as it was hashed); extras when given
+            SELECT string_agg(quote_ident(k), ', '), string_agg('r.' || quote_ident(k), ', ') INTO cols, src
+            FROM unnest(content || extra) k WHERE k = ANY (content) OR c.new_value ? k;
+            EXECUTE format('UPDATE %s t SET (%s, analysis_run_id) = (SELECT %s, $3 FROM jsonb_populate_record(NULL::%s, $4) r) '
+                           'WHERE t.deal_id = $1 AND t.id = $2', tbl, cols, src, tbl::text)
+                USING c.deal_id, c.entity_id, c.analysis_run_id, c.new_value;
+        ELSE
+            SELECT r.run_number INTO run_number FROM deal_store.analysis_runs r
+            WHERE r.deal_id = c.deal_id AND r.id = c.analysis_run_id;
+            PERFORM deal_store.soft_delete(tbl, c.entity_id, format('removed by analysis run %s', run_number));
+        END IF;
+    END IF;
+    result := 'accepted';
+EXCEPTION WHEN integrity_constraint_violation THEN
+    -- e.g. a live row took the legacy_id meanwhile, or the proposal breaks a constraint
+    GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+    result := 'conflict';
+END $$;
+COMMENT ON FUNCTION deal_store._apply_change(deal_store.pending_changes) IS
+    'Internal: applies one change (new inserts with the run as analysis_run_id, update makes a new version, delete soft-deletes naming the run) unless its target moved (checksum differs from base_checksum, target deleted, or a live row took the legacy_id of a new). Returns accepted or conflict with the reason.';
+
+-- Applies a locked, open change and records the decision.
+CREATE FUNCTION deal_store._settle(c deal_store.pending_changes, note text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a record;
+    prev_reason text := current_setting('deal_store.reason', true);
+BEGIN
+    PERFORM set_config('deal_store.reason', coalesce(note, prev_reason, ''), true);
+    a := deal_store._apply_change(c);
+    UPDATE deal_store.pending_changes p SET status = a.result, decided_by = deal_store.current_actor(), decided_at = now(),
+        review_note = concat_ws(' / ', note, a.problem)
+    WHERE p.deal_id = c.deal_id AND p.id = c.id;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    RETURN a.result;
+END $$;
+COMMENT ON FUNCTION deal_store._settle(deal_store.pending_changes, text) IS
+    'Internal: applies a locked open change and records accepted or conflict with the reviewer (deal_store.actor) and note.';
+
+CREATE FUNCTION deal_store._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.pending_changes;
+BEGIN
+    FOR c IN SELECT * FROM deal_store.pending_changes p
+             WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
+             ORDER BY p.created_at, p.id FOR UPDATE LOOP
+        PERFORM deal_store._settle(c, 'auto-applied (tier 1)');
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION deal_store._apply_changes(uuid, uuid[]) IS 'Internal: auto-applies the given tier-1 changes of a proposal.';
+
+CREATE FUNCTION deal_store._signal_review(deal_id uuid, run_id uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    counts jsonb;
+    waiting bigint;
+    owner uuid;
+    run_number integer;
+BEGIN
+    SELECT count(*), jsonb_build_object('tier_1', count(*) FILTER (WHERE p.confidence_tier = 1),
+                                        'tier_2', count(*) FILTER (WHERE p.confidence_tier = 2),
+                                        'tier_3', count(*) FILTER (WHERE p.confidence_tier = 3))
+    INTO waiting, counts
+    FROM deal_store.pending_changes p
+    WHERE p.deal_id = _signal_review.deal_id AND p.analysis_run_id = run_id AND p.status = 'pending';
+    IF waiting = 0 THEN
+        RETURN;
+    END IF;
+    SELECT d.user_id INTO owner FROM deal_store.deals d WHERE d.id = _signal_review.deal_id;
+    SELECT r.run_number INTO run_number FROM deal_store.analysis_runs r WHERE r.deal_id = _signal_review.deal_id AND r.id = run_id;
+    -- one notification per deal owner per run, kept up to date
+    UPDATE deal_store.notifications n SET payload = jsonb_build_object('run_id', run_id, 'pending', waiting) || counts,
+        title = format('%s changes of analysis run %s wait for review', waiting, run_number)
+    WHERE n.user_id = owner AND n.deal_id = _signal_review.deal_id AND n.type = 'review_needed'
+      AND n.payload ->> 'run_id' = run_id::text;
+    IF NOT FOUND THEN
+        INSERT INTO deal_store.notifications (user_id, deal_id, type, title, message, payload)
+        VALUES (owner, _signal_review.deal_id, 'review_needed',
+                format('%s changes of analysis run %s wait for review', waiting, run_number),
+                'Review them with deal_store.accept_change / reject_change / defer_change or accept_changes.',
+                jsonb_build_object('run_id', run_id, 'pending', waiting) || counts);
+    END IF;
+    -- NOTIFY is delivered when the transaction commits, and not at all when it rolls back
+    PERFORM pg_notify('deal_store_queue',
+        (jsonb_build_object('deal_id', _signal_review.deal_id, 'run_id', run_id, 'pending', waiting) || counts)::text);
+END $$;
+COMMENT ON FUNCTION deal_store._signal_review(uuid, uuid) IS
+    'Internal: when changes of a run wait for review, keeps one review_needed notification for the deal owner per run and sends pg_notify(''deal_store_queue'', {deal_id, run_id, pending, tier_1..3}) on commit.';
+
+-- ---------------------------------------------------------------------------
+-- Review.
+
+CREATE FUNCTION deal_store._decide(change_id uuid, decision text, note text, until timestamptz) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.pending_changes;
+BEGIN
+    SELECT * INTO c FROM deal_store.pending_changes p WHERE p.id = change_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pending change % does not exist', change_id USING ERRCODE = 'P0002';
+    ELSIF c.status NOT IN ('pending', 'deferred') THEN
+        RAISE EXCEPTION 'change % is %, not pending', change_id, c.status USING ERRCODE = '55000';
+    END IF;
+    IF decision = 'accept' THEN
+        RETURN deal_store._settle(c, note);
+    END IF;
+    UPDATE deal_store.pending_changes p SET
+        status = CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END,
+        decided_by = deal_store.current_actor(),
+        decided_at = CASE decision WHEN 'reject' THEN now() END,
+        deferred_until = CASE decision WHEN 'defer' THEN until END,
+        review_note = note
+    WHERE p.deal_id = c.deal_id AND p.id = c.id;
+    RETURN CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END;
+END $$;
+COMMENT ON FUNCTION deal_store._decide(uuid, text, text, timestamptz) IS 'Internal: shared body of accept_change, reject_change and defer_change.';
+
+CREATE FUNCTION deal_store.accept_change(change_id uuid, note text DEFAULT NULL) RETURNS text
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store._decide(change_id, 'accept', note, NULL); END;
+COMMENT ON FUNCTION deal_store.accept_change(uuid, text) IS
+    'Accepts an open (pending or deferred) change: applies it and returns accepted, or returns conflict (nothing applied) when its target moved since the proposal. The reviewer is deal_store.actor. P0002 unknown change, 55000 not open.';
+
+CREATE FUNCTION deal_store.reject_change(change_id uuid, note text DEFAULT NULL) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store._decide(change_id, 'reject', note, NULL); END;
+COMMENT ON FUNCTION deal_store.reject_change(uuid, text) IS
+    'Rejects an open change; nothing is applied. P0002 unknown change, 55000 not open.';
+
+CREATE FUNCTION deal_store.defer_change(change_id uuid, until timestamptz DEFAULT NULL, note text DEFAULT NULL) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store._decide(change_id, 'defer', note, until); END;
+COMMENT ON FUNCTION deal_store.defer_change(uuid, timestamptz, text) IS
+    'Defers an open change: it waits (status deferred) and becomes eligible for process_queue / accept_changes again after until (never by itself when until is NULL). P0002, 55000.';
+
+CREATE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL)
+RETURNS TABLE(status text, n bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.pending_changes;
+    tally jsonb := '{}';
+    r text;
+BEGIN
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    FOR c IN SELECT * FROM deal_store.pending_changes p
+             WHERE p.deal_id = accept_changes.deal_id AND p.confidence_tier <= max_tier
+               AND (accept_changes.run_id IS NULL OR p.analysis_run_id = accept_changes.run_id)
+               AND (p.status = 'pending' OR (p.status = 'deferred' AND p.deferred_until <= now()))
+             ORDER BY p.created_at, p.id
+             FOR UPDATE SKIP LOCKED LOOP
+        r := deal_store._settle(c, 'batch accept');
+        tally := jsonb_set(tally, ARRAY[r], to_jsonb(coalesce((tally ->> r)::bigint, 0) + 1));
+    END LOOP;
+    RETURN QUERY SELECT k, v::bigint FROM jsonb_each_text(tally) AS e(k, v) ORDER BY k;
+END $$;
+COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid) IS
+    'Accepts every open change of a deal up to max_tier (of one run when run_id is given; deferred ones once their time has come), skipping rows another session holds. Returns how many were accepted and how many turned out to be conflicts.';
+
+CREATE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c deal_store.pending_changes;
+    n integer;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
+    END IF;
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    LOOP
+        n := 0;
+        FOR c IN SELECT * FROM deal_store.pending_changes p
+                 WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+                   AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+                 ORDER BY p.created_at, p.id
+                 LIMIT batch_size
+                 FOR UPDATE SKIP LOCKED LOOP
+            PERFORM deal_store._settle(c, 'process_queue');
+            n := n + 1;
+        END LOOP;
+        COMMIT;
+        EXIT WHEN n < batch_size;
+    END LOOP;
+END $$;
+COMMENT ON PROCEDURE deal_store.process_queue(integer, integer) IS
+    'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size, committing after each batch. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a crash loses at most the uncommitted batch, never half a change. CALL it outside a transaction block.';
+
+-- ---------------------------------------------------------------------------
+-- What a review UI reads.
+
+CREATE FUNCTION deal_store.conflicts(deal_id uuid)
+RETURNS TABLE(change_id uuid, entity_type text, legacy_id text, change_type text, base_checksum text,
+              current_checksum text, base_value jsonb, current_value jsonb, proposed_value jsonb,
+              analysis_run_id uuid, decided_at timestamptz, note text)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.entity_type, c.legacy_entity_id, c.change_type, c.base_checksum,
+           deal_store.content_checksum_of(c.entity_type, cur.v), c.old_value, cur.v, c.new_value,
+           c.analysis_run_id, c.decided_at, c.review_note
+    FROM deal_store.pending_changes c
+    LEFT JOIN LATERAL (
+        SELECT to_jsonb(f) AS v FROM deal_store.facts f
+        WHERE c.entity_type = 'fact' AND f.deal_id = c.deal_id AND f.superseded_at IS NULL
+          AND (f.id = c.entity_id OR (c.entity_id IS NULL AND f.legacy_id = c.legacy_entity_id AND f.deleted_at IS NULL))
+        UNION ALL
+        SELECT to_jsonb(g) FROM deal_store.findings g
+        WHERE c.entity_type = 'finding' AND g.deal_id = c.deal_id
+          AND (g.id = c.entity_id OR (c.entity_id IS NULL AND g.legacy_id = c.legacy_entity_id AND g.deleted_at IS NULL))
+        UNION ALL
+        SELECT to_jsonb(x) FROM deal_store.gaps x
+        WHERE c.entity_type = 'gap' AND x.deal_id = c.deal_id
+          AND (x.id = c.entity_id OR (c.entity_id IS NULL AND x.legacy_id = c.legacy_entity_id AND x.deleted_at IS NULL))
+        LIMIT 1) cur ON true
+    WHERE c.deal_id = conflicts.deal_id AND c.status = 'conflict'
+    ORDER BY c.decided_at, c.id;
+END;
+COMMENT ON FUNCTION deal_store.conflicts(uuid) IS
+    'A deal''s changes that became conflicts, with the base (when proposed), current and proposed values and checksums side by side.';
+
+CREATE VIEW deal_store.queue_stats AS
+    SELECT p.deal_id, p.status, p.confidence_tier, count(*) AS changes,
+           min(p.created_at) FILTER (WHERE p.status IN ('pending', 'deferred')) AS oldest_open_at,
+           now() - min(p.created_at) FILTER (WHERE p.status IN ('pending', 'deferred')) AS oldest_open_age
+    FROM deal_store.pending_changes p
+    GROUP BY p.deal_id, p.status, p.confidence_tier;
+COMMENT ON VIEW deal_store.queue_stats IS
+    'Merge queue counts by deal, status and tier, with the age of the oldest open (pending or deferred) change.';

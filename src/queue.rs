@@ -1,0 +1,352 @@
+//! The merge queue's proposal side: a run's output is diffed against what is
+//! stored, each difference becomes at most one open `pending_changes` row per
+//! target, and tier-1 changes apply themselves.
+//!
+//! The state machine of a proposal line:
+//! - unchanged: nothing is written; an open change of an older run for that row
+//!   is superseded (the newer run agrees with what is stored);
+//! - new / update / delete with no open change: a pending change is written;
+//! - the same run already proposed the same thing: nothing (idempotent);
+//! - an open change of the same or an older run: it is superseded, the new one written;
+//! - an open change of a newer run: this older run's line is dropped.
+//!
+//! Deciding (accept, reject, defer, conflicts) is SQL in `sql/queue.sql`.
+use crate::checksum::{Kind, FACT, FINDING, GAP};
+use crate::diff::{check_domains, diff, parse_incoming};
+use crate::errors::raise;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, Uuid};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+
+/// One tier rule of `deal_store.tier_policies`.
+pub struct Rule {
+    deal_specific: bool,
+    entity_type: Option<String>,
+    change_type: String,
+    min_confidence: f64,
+    tier: i32,
+}
+
+/// The tier of a change: the most specific scope with a rule for the change type
+/// decides; within it the rule with the highest min_confidence not above the
+/// confidence. Without rules: new >= 0.8 -> 1, new and update -> 2, delete -> 3.
+pub fn tier(rules: &[Rule], entity_type: &str, change_type: &str, confidence: f64) -> i32 {
+    let scopes: [(bool, bool); 4] = [(true, true), (true, false), (false, true), (false, false)];
+    for (deal_specific, entity_specific) in scopes {
+        let in_scope: Vec<&Rule> = rules
+            .iter()
+            .filter(|r| r.change_type == change_type && r.deal_specific == deal_specific)
+            .filter(|r| match (&r.entity_type, entity_specific) {
+                (Some(e), true) => e == entity_type,
+                (None, false) => true,
+                _ => false,
+            })
+            .collect();
+        if !in_scope.is_empty() {
+            return in_scope
+                .iter()
+                .filter(|r| r.min_confidence <= confidence)
+                .max_by(|a, b| a.min_confidence.total_cmp(&b.min_confidence))
+                .map_or(2, |r| r.tier);
+        }
+    }
+    match change_type {
+        "new" if confidence >= 0.8 => 1,
+        "delete" => 3,
+        _ => 2,
+    }
+}
+
+fn load_rules(client: &SpiClient<'_>, deal_id: Uuid) -> Vec<Rule> {
+    client
+        .select(
+            "SELECT deal_id IS NOT NULL, entity_type, change_type, min_confidence, tier \
+             FROM deal_store.tier_policies WHERE deal_id = $1 OR deal_id IS NULL",
+            None,
+            &[deal_id.into()],
+        )
+        .map(|t| {
+            t.map(|r| Rule {
+                deal_specific: r.get(1).ok().flatten().unwrap_or(false),
+                entity_type: r.get(2).ok().flatten(),
+                change_type: r.get(3).ok().flatten().unwrap_or_default(),
+                min_confidence: r.get(4).ok().flatten().unwrap_or(0.0),
+                tier: r.get(5).ok().flatten().unwrap_or(2),
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The tier the policy gives a change (see `deal_store.tier_policies`).
+#[pg_extern(stable)]
+fn confidence_tier(deal_id: Uuid, entity_type: &str, change_type: &str, confidence: default!(f64, 0.5)) -> i32 {
+    Kind::of(entity_type);
+    if !["new", "update", "delete"].contains(&change_type) {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown change type \"{change_type}\""), None);
+    }
+    let rules = Spi::connect(|c| load_rules(c, deal_id));
+    tier(&rules, entity_type, change_type, confidence)
+}
+
+struct Run {
+    deal_id: Uuid,
+    run_number: i32,
+    incremental: bool,
+    domains: Option<Vec<String>>,
+}
+
+/// Locks the run's deal (proposals of one deal are serialised) and checks the run.
+fn lock_run(client: &mut SpiClient<'_>, run_id: Uuid) -> Run {
+    let rows = client
+        .update(
+            "SELECT r.deal_id, r.run_number, r.is_incremental, r.domains_analyzed, r.status, d.deleted_at IS NOT NULL \
+             FROM deal_store.analysis_runs r JOIN deal_store.deals d ON d.id = r.deal_id \
+             WHERE r.id = $1 FOR NO KEY UPDATE OF d",
+            Some(1),
+            &[run_id.into()],
+        )
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+    let Some(r) = rows.into_iter().next() else {
+        raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("analysis run {run_id} does not exist"), None)
+    };
+    let status: String = r.get(5).ok().flatten().unwrap_or_default();
+    if status != "running" {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("analysis run {run_id} is {status}; only a running run proposes changes"),
+            None,
+        );
+    }
+    if r.get::<bool>(6).ok().flatten().unwrap_or(false) {
+        raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("the deal of analysis run {run_id} is deleted"), None);
+    }
+    Run {
+        deal_id: r.get(1).ok().flatten().expect("deal_id"),
+        run_number: r.get(2).ok().flatten().unwrap_or(0),
+        incremental: r.get(3).ok().flatten().unwrap_or(false),
+        domains: r.get::<Vec<Option<String>>>(4).ok().flatten().map(|d| d.into_iter().flatten().collect()),
+    }
+}
+
+struct Open {
+    id: Uuid,
+    run_number: i32,
+    same_run: bool,
+    change_type: String,
+    proposed_checksum: Option<String>,
+}
+
+type Counts = BTreeMap<(String, i32), i64>;
+
+fn propose(kind: &Kind, run_id: Uuid, incoming: Value, domains: Option<Vec<String>>) -> Counts {
+    let incoming = parse_incoming(kind, incoming);
+    Spi::connect_mut(|client| {
+        let run = lock_run(client, run_id);
+        // removals are inferred only inside the domains this call covers
+        let scope: Option<Vec<String>> = if run.incremental {
+            Some(Vec::new())
+        } else {
+            let called: Vec<String> = domains.unwrap_or_else(|| {
+                let mut d: Vec<String> =
+                    incoming.iter().filter_map(|i| i.fact.get("domain").and_then(Value::as_str).map(str::to_string)).collect();
+                d.sort();
+                d.dedup();
+                d
+            });
+            Some(match &run.domains {
+                Some(run_domains) => called.into_iter().filter(|d| run_domains.contains(d)).collect(),
+                None => called,
+            })
+        };
+        // lock the open changes first, so the diff below reads what they left
+        let open: HashMap<String, Open> = client
+            .update(
+                "SELECT c.legacy_entity_id, c.id, r.run_number, c.analysis_run_id = $3, c.change_type, c.proposed_checksum \
+                 FROM deal_store.pending_changes c JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id \
+                 WHERE c.deal_id = $1 AND c.entity_type = $2 AND c.status IN ('pending', 'deferred') FOR UPDATE OF c",
+                None,
+                &[run.deal_id.into(), kind.entity_type.into(), run_id.into()],
+            )
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
+            .filter_map(|r| {
+                Some((
+                    r.get::<String>(1).ok().flatten()?,
+                    Open {
+                        id: r.get(2).ok().flatten()?,
+                        run_number: r.get(3).ok().flatten().unwrap_or(0),
+                        same_run: r.get(4).ok().flatten().unwrap_or(false),
+                        change_type: r.get(5).ok().flatten().unwrap_or_default(),
+                        proposed_checksum: r.get(6).ok().flatten(),
+                    },
+                ))
+            })
+            .collect();
+        let rules = load_rules(client, run.deal_id);
+        let changes = diff(kind, run.deal_id, incoming, scope.as_deref());
+
+        let mut supersede: Vec<Uuid> = Vec::new();
+        let mut rows: Vec<Value> = Vec::new();
+        for c in changes {
+            let change_type = match c.change {
+                "new" => "new",
+                "changed" => "update",
+                "removed" => "delete",
+                _ => {
+                    if let Some(o) = open.get(&c.legacy_id).filter(|o| !o.same_run && o.run_number < run.run_number) {
+                        supersede.push(o.id);
+                    }
+                    continue;
+                }
+            };
+            if let Some(o) = open.get(&c.legacy_id) {
+                if o.run_number > run.run_number {
+                    continue; // a newer run's proposal stands
+                }
+                if o.same_run && o.change_type == change_type && o.proposed_checksum == c.new_checksum {
+                    continue; // proposed already
+                }
+                supersede.push(o.id);
+            }
+            let confidence = c
+                .incoming
+                .as_ref()
+                .and_then(|f| f.get("confidence_score"))
+                .and_then(Value::as_f64)
+                .unwrap_or(if kind.versioned { 0.5 } else { 0.0 });
+            let mut new_value = c.incoming.map(Value::Object).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut new_value {
+                m.insert("legacy_id".into(), Value::String(c.legacy_id.clone()));
+            }
+            rows.push(json!({
+                "change_type": change_type,
+                "entity_id": c.fact_id.map(|u| u.to_string()),
+                "legacy_entity_id": c.legacy_id,
+                "new_value": new_value,
+                "base_checksum": c.old_checksum,
+                "proposed_checksum": c.new_checksum,
+                "confidence_tier": tier(&rules, kind.entity_type, change_type, confidence),
+            }));
+        }
+        if !supersede.is_empty() {
+            client
+                .update(
+                    "UPDATE deal_store.pending_changes SET status = 'superseded', decided_at = now(), \
+                     review_note = 'superseded by analysis run ' || $3 WHERE deal_id = $1 AND id = ANY($2)",
+                    None,
+                    &[run.deal_id.into(), supersede.into(), run.run_number.to_string().into()],
+                )
+                .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+        }
+        let mut counts = Counts::new();
+        if rows.is_empty() {
+            return counts;
+        }
+        let current = if kind.versioned { " AND t.superseded_at IS NULL" } else { "" };
+        let sql = format!(
+            "INSERT INTO deal_store.pending_changes (deal_id, analysis_run_id, change_type, entity_type, entity_id, \
+               legacy_entity_id, old_value, new_value, base_checksum, proposed_checksum, confidence_tier) \
+             SELECT $1, $2, x.change_type, $3, x.entity_id, x.legacy_entity_id, \
+                    (SELECT to_jsonb(t) FROM {} t WHERE t.deal_id = $1 AND t.id = x.entity_id{current}), \
+                    nullif(x.new_value, 'null'), x.base_checksum, x.proposed_checksum, x.confidence_tier \
+             FROM jsonb_to_recordset($4) AS x(change_type text, entity_id uuid, legacy_entity_id text, new_value jsonb, \
+                  base_checksum text, proposed_checksum text, confidence_tier integer) \
+             RETURNING id, change_type, confidence_tier",
+            kind.table
+        );
+        let inserted = client
+            .update(&sql, None, &[run.deal_id.into(), run_id.into(), kind.entity_type.into(), JsonB(Value::Array(rows)).into()])
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+        let mut tier_one: Vec<Uuid> = Vec::new();
+        for r in inserted {
+            let id: Uuid = r.get(1).ok().flatten().expect("id");
+            let ct: String = r.get(2).ok().flatten().unwrap_or_default();
+            let t: i32 = r.get(3).ok().flatten().unwrap_or(2);
+            if t == 1 {
+                tier_one.push(id);
+            }
+            *counts.entry((ct, t)).or_default() += 1;
+        }
+        if crate::settings::AUTO_APPLY.get() && !tier_one.is_empty() {
+            client
+                .update("SELECT deal_store._apply_changes($1, $2)", None, &[run.deal_id.into(), tier_one.into()])
+                .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+        }
+        client
+            .update("SELECT deal_store._signal_review($1, $2)", None, &[run.deal_id.into(), run_id.into()])
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+        counts
+    })
+}
+
+type ProposeRow = (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64));
+
+fn propose_rows(kind: &Kind, run_id: Uuid, incoming: JsonB, domains: Option<Vec<Option<String>>>) -> TableIterator<'static, ProposeRow> {
+    let counts = propose(kind, run_id, incoming.0, check_domains(&domains));
+    TableIterator::new(counts.into_iter().map(|((ct, t), n)| (ct, t, n)))
+}
+
+/// Diffs a run's facts against the deal's current facts and queues the differences.
+#[pg_extern(volatile)]
+fn propose_facts(
+    run_id: Uuid,
+    facts: JsonB,
+    domains: default!(Option<Vec<Option<String>>>, "NULL"),
+) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64))> {
+    propose_rows(&FACT, run_id, facts, domains)
+}
+
+/// Diffs a run's findings against the deal's live findings and queues the differences.
+#[pg_extern(volatile)]
+fn propose_findings(
+    run_id: Uuid,
+    findings: JsonB,
+    domains: default!(Option<Vec<Option<String>>>, "NULL"),
+) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64))> {
+    propose_rows(&FINDING, run_id, findings, domains)
+}
+
+/// Diffs a run's gaps against the deal's live gaps and queues the differences.
+#[pg_extern(volatile)]
+fn propose_gaps(
+    run_id: Uuid,
+    gaps: JsonB,
+    domains: default!(Option<Vec<Option<String>>>, "NULL"),
+) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64))> {
+    propose_rows(&GAP, run_id, gaps, domains)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    fn rule(deal_specific: bool, entity_type: Option<&str>, change_type: &str, min_confidence: f64, tier: i32) -> Rule {
+        Rule { deal_specific, entity_type: entity_type.map(String::from), change_type: change_type.into(), min_confidence, tier }
+    }
+
+    #[pg_test]
+    fn default_tiers() {
+        assert_eq!(tier(&[], "fact", "new", 0.8), 1);
+        assert_eq!(tier(&[], "fact", "new", 0.79), 2);
+        assert_eq!(tier(&[], "fact", "update", 0.99), 2);
+        assert_eq!(tier(&[], "gap", "delete", 1.0), 3);
+    }
+
+    #[pg_test]
+    fn the_most_specific_scope_decides() {
+        let rules = [
+            rule(false, None, "new", 0.5, 1),
+            rule(true, None, "new", 0.95, 1),
+            rule(true, Some("finding"), "update", 0.0, 3),
+        ];
+        // the deal's own rule for new facts replaces the global one: 0.9 is not enough
+        assert_eq!(tier(&rules, "fact", "new", 0.9), 2);
+        assert_eq!(tier(&rules, "fact", "new", 0.96), 1);
+        assert_eq!(tier(&rules, "finding", "update", 0.9), 3);
+        // no rule for fact updates anywhere: the built-in default
+        assert_eq!(tier(&rules, "fact", "update", 0.9), 2);
+    }
+}
