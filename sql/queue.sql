@@ -157,7 +157,8 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pending change % does not exist', change_id USING ERRCODE = 'P0002';
     ELSIF c.status NOT IN ('pending', 'deferred') THEN
-        RAISE EXCEPTION 'change % is %, not pending', change_id, c.status USING ERRCODE = '55000';
+        RAISE EXCEPTION 'the change to % % is %, not pending', c.entity_type, c.legacy_entity_id, c.status
+            USING ERRCODE = '55000', DETAIL = format('Change %s was decided at %s.', change_id, c.decided_at);
     END IF;
     IF decision = 'accept' THEN
         RETURN deal_store._settle(c, note);
