@@ -6,7 +6,7 @@ DROP EXTENSION IF EXISTS deal_store;
 CREATE EXTENSION deal_store;
 SET search_path = deal_store, public;
 
--- the eleven tables, all owned by the extension
+-- the twelve tables, all owned by the extension
 SELECT c.relname, obj_description(c.oid, 'pg_class') IS NOT NULL AS commented
 FROM pg_class c JOIN pg_depend d ON d.objid = c.oid AND d.deptype = 'e'
 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'deal_store'
@@ -17,11 +17,12 @@ SELECT conrelid::regclass AS tbl, pg_get_constraintdef(oid) AS pk
 FROM pg_constraint WHERE contype = 'p' AND connamespace = 'deal_store'::regnamespace
 ORDER BY tbl::text;
 
--- every unique index of a deal-owned table includes deal_id
+-- every unique index of a deal-owned table includes deal_id (users, deals and
+-- tier_policies are reference tables; the log and notifications may have no deal)
 SELECT i.indexrelid::regclass AS unique_index
 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid
 WHERE t.relnamespace = 'deal_store'::regnamespace AND i.indisunique
-  AND t.relname NOT IN ('users', 'deals', 'deal_activity_log', 'notifications')
+  AND t.relname NOT IN ('users', 'deals', 'deal_activity_log', 'notifications', 'tier_policies')
   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.oid AND a.attname = 'deal_id'
                   AND a.attnum = ANY (i.indkey))
 ORDER BY 1;
