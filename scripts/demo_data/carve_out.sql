@@ -93,7 +93,7 @@ VALUES
  ('5f1a6a52-93c4-4c65-a7f4-000000000001', 'G-002', 'infrastructure', 'disaster_recovery', 'RTO and RPO targets for the MES and SAP', 'important', ARRAY['IT continuity plan'], :'run_id'),
  ('5f1a6a52-93c4-4c65-a7f4-000000000001', 'G-003', 'cybersecurity', 'assessment', 'Remediation status of the four high pentest findings', 'important', ARRAY['CISO', 'Pentest report appendix'], :'run_id'),
  ('5f1a6a52-93c4-4c65-a7f4-000000000001', 'G-004', 'network', 'contracts', 'Orange MPLS contract term and exit fees', 'nice_to_have', ARRAY['Network contracts folder'], :'run_id');
-SELECT deal_store.complete_run(:'run_id');
+SELECT deal_store.complete_run(:'run_id') \g /dev/null
 COMMIT;
 \echo 'loaded Project Falcon'
 \else
