@@ -59,6 +59,20 @@ COMMENT ON FUNCTION deal_store.fact_history(uuid) IS
 -- ---------------------------------------------------------------------------
 -- JSON export / import: a lossless backup of one deal.
 
+-- Inserts jsonb rows into a table: only its stored columns (generated ones are computed).
+CREATE FUNCTION deal_store._insert_rows(tbl regclass, rows jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cols text;
+BEGIN
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%s, $1)', tbl, cols, cols, tbl)
+        USING coalesce(rows, '[]');
+END $$;
+COMMENT ON FUNCTION deal_store._insert_rows(regclass, jsonb) IS 'Internal: inserts a jsonb array of rows into a table (stored columns only).';
+
 CREATE FUNCTION deal_store.export_deal(deal_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -75,11 +89,11 @@ BEGIN
         'deal', to_jsonb(d),
         'documents', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.documents x WHERE x.deal_id = d.id), '[]'),
         'analysis_runs', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.run_number) FROM deal_store.analysis_runs x WHERE x.deal_id = d.id), '[]'),
-        'facts', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id) FROM deal_store.facts x
+        'facts', coalesce((SELECT jsonb_agg(to_jsonb(x) - 'search_vector' ORDER BY x.legacy_id) FROM deal_store.facts x
                            WHERE x.deal_id = d.id AND x.superseded_at IS NULL AND x.deleted_at IS NULL), '[]'),
-        'deleted_facts', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.facts x
+        'deleted_facts', coalesce((SELECT jsonb_agg(to_jsonb(x) - 'search_vector' ORDER BY x.legacy_id, x.id) FROM deal_store.facts x
                            WHERE x.deal_id = d.id AND x.superseded_at IS NULL AND x.deleted_at IS NOT NULL), '[]'),
-        'fact_history', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.superseded_at, x.id) FROM deal_store.facts x
+        'fact_history', coalesce((SELECT jsonb_agg(to_jsonb(x) - 'search_vector' ORDER BY x.legacy_id, x.superseded_at, x.id) FROM deal_store.facts x
                            WHERE x.deal_id = d.id AND x.superseded_at IS NOT NULL), '[]'),
         'findings', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.findings x WHERE x.deal_id = d.id), '[]'),
         'gaps', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.gaps x WHERE x.deal_id = d.id), '[]'),
@@ -112,17 +126,18 @@ BEGIN
                WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
         RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
     END IF;
-    INSERT INTO deal_store.users SELECT * FROM jsonb_populate_record(NULL::deal_store.users, doc -> 'owner')
-    WHERE doc -> 'owner' IS NOT NULL AND jsonb_typeof(doc -> 'owner') = 'object'
-    ON CONFLICT (id) DO NOTHING;
-    INSERT INTO deal_store.deals SELECT * FROM jsonb_populate_record(NULL::deal_store.deals, doc -> 'deal');
-    INSERT INTO deal_store.documents SELECT * FROM jsonb_populate_recordset(NULL::deal_store.documents, coalesce(doc -> 'documents', '[]'));
-    INSERT INTO deal_store.analysis_runs SELECT * FROM jsonb_populate_recordset(NULL::deal_store.analysis_runs, coalesce(doc -> 'analysis_runs', '[]'));
-    INSERT INTO deal_store.facts SELECT * FROM jsonb_populate_recordset(NULL::deal_store.facts,
+    IF jsonb_typeof(doc -> 'owner') = 'object'
+       AND NOT EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = (doc -> 'owner' ->> 'id')::uuid) THEN
+        PERFORM deal_store._insert_rows('deal_store.users', jsonb_build_array(doc -> 'owner'));
+    END IF;
+    PERFORM deal_store._insert_rows('deal_store.deals', jsonb_build_array(doc -> 'deal'));
+    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
+    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    PERFORM deal_store._insert_rows('deal_store.facts',
         coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
-    INSERT INTO deal_store.findings SELECT * FROM jsonb_populate_recordset(NULL::deal_store.findings, coalesce(doc -> 'findings', '[]'));
-    INSERT INTO deal_store.gaps SELECT * FROM jsonb_populate_recordset(NULL::deal_store.gaps, coalesce(doc -> 'gaps', '[]'));
-    INSERT INTO deal_store.fact_finding_links SELECT * FROM jsonb_populate_recordset(NULL::deal_store.fact_finding_links, coalesce(doc -> 'fact_finding_links', '[]'));
+    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
+    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
+    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
     RETURN deal;
 END $$;
 COMMENT ON FUNCTION deal_store.import_deal(jsonb) IS

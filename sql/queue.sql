@@ -258,7 +258,7 @@ BEGIN ATOMIC
            c.analysis_run_id, c.decided_at, c.review_note
     FROM deal_store.pending_changes c
     LEFT JOIN LATERAL (
-        SELECT to_jsonb(f) AS v FROM deal_store.facts f
+        SELECT to_jsonb(f) - 'search_vector' AS v FROM deal_store.facts f
         WHERE c.entity_type = 'fact' AND f.deal_id = c.deal_id AND f.superseded_at IS NULL
           AND (f.id = c.entity_id OR (c.entity_id IS NULL AND f.legacy_id = c.legacy_entity_id AND f.deleted_at IS NULL))
         UNION ALL

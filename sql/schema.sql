@@ -143,6 +143,16 @@ COMMENT ON COLUMN deal_store.analysis_runs.domains_analyzed IS 'Domains the run 
 COMMENT ON COLUMN deal_store.analysis_runs.duration_seconds IS 'completed_at - started_at, in seconds.';
 COMMENT ON COLUMN deal_store.analysis_runs.triggered_by IS 'The actor who started the run.';
 
+CREATE FUNCTION deal_store.fact_search_vector(cfg regconfig, item text, category text, domain text,
+                                              evidence text, details jsonb) RETURNS tsvector
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.setweight(pg_catalog.to_tsvector(cfg, coalesce(item, '')), 'A')
+    || pg_catalog.setweight(pg_catalog.to_tsvector(cfg, coalesce(category, '') || ' ' || coalesce(domain, '')), 'B')
+    || pg_catalog.setweight(pg_catalog.to_tsvector(cfg, coalesce(evidence, '')), 'C')
+    || pg_catalog.setweight(pg_catalog.jsonb_to_tsvector(cfg, coalesce(details, '{}'), '["string"]'), 'D');
+COMMENT ON FUNCTION deal_store.fact_search_vector(regconfig, text, text, text, text, jsonb) IS
+    'The weighted search vector of a fact: item A, category and domain B, evidence C, string values of details D.';
+
 CREATE TABLE deal_store.facts (
     deal_id             uuid        NOT NULL,
     id                  uuid        NOT NULL DEFAULT gen_random_uuid(),
@@ -174,6 +184,8 @@ CREATE TABLE deal_store.facts (
     deleted_by          uuid,
     delete_reason       text,
     delete_batch        uuid,
+    search_vector       tsvector GENERATED ALWAYS AS
+                            (deal_store.fact_search_vector('english', item, category, domain, evidence, details)) STORED,
     CONSTRAINT facts_pkey PRIMARY KEY (deal_id, id),
     CONSTRAINT facts_deal_id_fkey FOREIGN KEY (deal_id) REFERENCES deal_store.deals (id) ON DELETE CASCADE,
     CONSTRAINT facts_source_document_id_fkey FOREIGN KEY (deal_id, source_document_id)
@@ -201,8 +213,8 @@ CREATE INDEX facts_checksum_idx ON deal_store.facts (deal_id, item_checksum);
 CREATE INDEX facts_source_document_id_idx ON deal_store.facts (deal_id, source_document_id) WHERE source_document_id IS NOT NULL;
 CREATE INDEX facts_previous_version_id_idx ON deal_store.facts (deal_id, previous_version_id) WHERE previous_version_id IS NOT NULL;
 CREATE INDEX facts_analysis_run_id_idx ON deal_store.facts (deal_id, analysis_run_id) WHERE analysis_run_id IS NOT NULL;
-CREATE INDEX facts_fulltext_idx ON deal_store.facts
-    USING gin (to_tsvector('english'::regconfig, item || ' ' || coalesce(evidence, '')));
+CREATE INDEX facts_search_vector_idx ON deal_store.facts USING gin (search_vector);
+CREATE INDEX facts_item_trgm_idx ON deal_store.facts USING gin (item gin_trgm_ops);
 COMMENT ON TABLE deal_store.facts IS 'Statements extracted from documents. A fact keeps its id across edits; each older version is a history row (superseded_at set) chained by previous_version_id.';
 COMMENT ON COLUMN deal_store.facts.legacy_id IS 'The id the analysis gave the fact (e.g. F-APP-001); unique per deal among current live facts.';
 COMMENT ON COLUMN deal_store.facts.domain IS 'Analysis domain: applications, infrastructure, organization, cybersecurity, identity_access, network ...';
@@ -217,6 +229,7 @@ COMMENT ON COLUMN deal_store.facts.superseded_at IS 'NULL for the current versio
 COMMENT ON COLUMN deal_store.facts.analysis_run_id IS 'The run that last wrote this fact; NULL when entered by hand.';
 COMMENT ON COLUMN deal_store.facts.verification_status IS 'pending, verified, disputed or rejected.';
 COMMENT ON COLUMN deal_store.facts.deleted_at IS 'Soft delete: see deals.deleted_at.';
+COMMENT ON COLUMN deal_store.facts.search_vector IS 'Weighted full-text vector (english): item A, category and domain B, evidence C, string values of details D.';
 COMMENT ON COLUMN deal_store.facts.delete_batch IS 'Soft delete: see deals.delete_batch.';
 
 CREATE TABLE deal_store.findings (

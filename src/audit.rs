@@ -32,7 +32,7 @@ SELECT $1, $2, $3, $4, $5,
        CASE WHEN $5 IS NULL THEN (SELECT pg_catalog.jsonb_object_agg(k, coalesce(x.n, x.o) -> k)
                                   FROM pg_catalog.unnest($10::pg_catalog.text[]) k) END,
        $6, $7,
-       CASE $3 WHEN 'insert' THEN x.n WHEN 'purge' THEN x.o
+       CASE $3 WHEN 'insert' THEN x.n - 'search_vector' WHEN 'purge' THEN x.o - 'search_vector'
             ELSE (SELECT pg_catalog.jsonb_object_agg(k, pg_catalog.jsonb_build_object('old', x.o -> k, 'new', x.n -> k))
                   FROM pg_catalog.unnest($11::pg_catalog.text[]) k) END
 FROM (SELECT CASE WHEN $3 <> 'insert' THEN pg_catalog.to_jsonb($8) END AS o,

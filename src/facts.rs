@@ -38,6 +38,31 @@ fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> Map<String, Value> {
     m
 }
 
+thread_local! {
+    static HISTORY_INSERT: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
+}
+
+/// The statement that copies the old version into a history row: every stored
+/// (not generated) column, with a new id and superseded_at set.
+fn history_insert() -> String {
+    HISTORY_INSERT.with(|cell| {
+        cell.get_or_init(|| {
+            let cols = internal(Spi::get_one::<String>(
+                "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_catalog.pg_attribute \
+                 WHERE attrelid = 'deal_store.facts'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
+            ))
+            .expect("facts has columns");
+            let src = cols.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ");
+            format!(
+                "INSERT INTO deal_store.facts ({cols}) SELECT {src} FROM deal_store.facts f, \
+                 pg_catalog.jsonb_populate_record(f, pg_catalog.jsonb_build_object('id', $3::uuid, 'superseded_at', pg_catalog.now())) r \
+                 WHERE f.deal_id = $1 AND f.id = $2"
+            )
+        })
+        .clone()
+    })
+}
+
 /// A row's primary key.
 fn key<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> (Option<pgrx::Uuid>, Option<pgrx::Uuid>) {
     (internal(row.get_by_name::<pgrx::Uuid>("deal_id")), internal(row.get_by_name::<pgrx::Uuid>("id")))
@@ -66,13 +91,7 @@ fn fact_versions<'a>(
             if was_current && stays_current && old_checksum.as_deref() != Some(checksum.as_str()) {
                 let history_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
                 // The old version is still the visible row: copy it with a new id.
-                internal(Spi::run_with_args(
-                    "INSERT INTO deal_store.facts \
-                     SELECT (pg_catalog.jsonb_populate_record(f, pg_catalog.jsonb_build_object(\
-                        'id', $3::uuid, 'superseded_at', pg_catalog.now()))).* \
-                     FROM deal_store.facts f WHERE f.deal_id = $1 AND f.id = $2",
-                    &[deal_id.into(), id.into(), history_id.into()],
-                ));
+                internal(Spi::run_with_args(&history_insert(), &[deal_id.into(), id.into(), history_id.into()]));
                 internal(new.set_by_name("previous_version_id", history_id));
             }
             if let Some(actor) = crate::settings::actor() {

@@ -10,6 +10,7 @@ mod errors;
 mod facts;
 mod queue;
 mod schema;
+mod search;
 mod settings;
 
 #[pgrx::pg_guard]

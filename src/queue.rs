@@ -249,7 +249,7 @@ fn propose(kind: &Kind, run_id: Uuid, incoming: Value, domains: Option<Vec<Strin
             "INSERT INTO deal_store.pending_changes (deal_id, analysis_run_id, change_type, entity_type, entity_id, \
                legacy_entity_id, old_value, new_value, base_checksum, proposed_checksum, confidence_tier) \
              SELECT $1, $2, x.change_type, $3, x.entity_id, x.legacy_entity_id, \
-                    (SELECT to_jsonb(t) FROM {} t WHERE t.deal_id = $1 AND t.id = x.entity_id{current}), \
+                    (SELECT to_jsonb(t) - 'search_vector' FROM {} t WHERE t.deal_id = $1 AND t.id = x.entity_id{current}), \
                     nullif(x.new_value, 'null'), x.base_checksum, x.proposed_checksum, x.confidence_tier \
              FROM jsonb_to_recordset($4) AS x(change_type text, entity_id uuid, legacy_entity_id text, new_value jsonb, \
                   base_checksum text, proposed_checksum text, confidence_tier integer) \

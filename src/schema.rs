@@ -2,7 +2,7 @@
 //! and views (`sql/soft_delete.sql`), analysis runs (`sql/runs.sql`) and the
 //! dashboard reads (`sql/dashboard.sql`), fact checksums, versions, diffs and
 //! export / import (`sql/facts.sql`), the audit log (`sql/audit.sql`) and the
-//! merge queue (`sql/queue.sql`).
+//! merge queue (`sql/queue.sql`) and fact search (`sql/search.sql`).
 use pgrx::prelude::*;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
@@ -32,6 +32,7 @@ extension_sql_file!(
         queue::confidence_tier
     ]
 );
+extension_sql_file!("../sql/search.sql", name = "search", requires = ["queue", search::typo_tsquery]);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

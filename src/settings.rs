@@ -14,6 +14,14 @@ pub static AUDIT_PURGE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUTO_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static REASON: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static RUN_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static SEARCH_CONFIG: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"english"));
+pub static HEADLINE_START: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"<b>"));
+pub static HEADLINE_STOP: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"</b>"));
+
+/// A plain text setting anyone may change.
+fn text_guc(name: &'static CStr, short: &'static CStr, long: &'static CStr, setting: &'static GucSetting<Option<CString>>) {
+    GucRegistry::define_string_guc(name, short, long, setting, GucContext::Userset, GucFlags::default());
+}
 
 pub fn init() {
     // SAFETY: the check hook is a plain function that cannot panic.
@@ -41,14 +49,20 @@ pub fn init() {
             None,
         );
     }
-    GucRegistry::define_string_guc(
+    text_guc(
         c"deal_store.reason",
         c"Why the current changes are made; recorded in the audit log.",
         c"Set it with SET LOCAL for one transaction.",
         &REASON,
-        GucContext::Userset,
-        GucFlags::default(),
     );
+    text_guc(
+        c"deal_store.search_config",
+        c"Text search configuration of search_facts and search_deal.",
+        c"The stored search vector is built with english; another configuration is computed on the fly.",
+        &SEARCH_CONFIG,
+    );
+    text_guc(c"deal_store.headline_start", c"Tag put before a matched word in search headlines.", c"Default <b>.", &HEADLINE_START);
+    text_guc(c"deal_store.headline_stop", c"Tag put after a matched word in search headlines.", c"Default </b>.", &HEADLINE_STOP);
     GucRegistry::define_bool_guc(
         c"deal_store.auto_apply",
         c"Apply tier-1 merge-queue changes in the transaction that proposes them.",

@@ -1,0 +1,165 @@
+-- Full-text fact search: web-search syntax, prefix matching on the last word,
+-- ranked and highlighted, filtered and paginated in SQL, with a trigram and
+-- then a typo-tolerant fallback.
+
+COMMENT ON FUNCTION deal_store.typo_tsquery(uuid, text, text) IS
+    'A tsquery (as text) of the deal''s lexemes within a small edit distance of each query word (Damerau-Levenshtein: 1 for words of 4-5 letters, 2 from 6), or NULL. Used by search_facts when nothing else matches.';
+
+CREATE FUNCTION deal_store.search_config() RETURNS regconfig
+LANGUAGE sql STABLE
+RETURN coalesce(nullif(current_setting('deal_store.search_config', true), ''), 'english')::regconfig;
+COMMENT ON FUNCTION deal_store.search_config() IS
+    'The text search configuration searches use: deal_store.search_config, default english.';
+
+CREATE FUNCTION deal_store.search_tsquery(query text, cfg regconfig DEFAULT NULL) RETURNS tsquery
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    c regconfig := coalesce(cfg, deal_store.search_config());
+    q text := btrim(coalesce(query, ''));
+    last text := substring(q FROM '(?:^|\s)([[:alnum:]_]+)$');
+    head text;
+    prefix tsquery;
+BEGIN
+    -- the last word also matches as a prefix, unless it is inside quotes, excluded or "or"
+    IF last IS NULL OR lower(last) = 'or' OR (length(q) - length(replace(q, '"', ''))) % 2 = 1 THEN
+        RETURN websearch_to_tsquery(c, q);
+    END IF;
+    prefix := to_tsquery(c, last || ':*');   -- last is letters and digits only: never a syntax error
+    IF numnode(prefix) = 0 THEN
+        RETURN websearch_to_tsquery(c, q);   -- a stop word
+    END IF;
+    head := btrim(left(q, length(q) - length(last)));
+    IF head = '' THEN
+        RETURN prefix;
+    ELSIF head ~* '(^|\s)or$' THEN
+        RETURN websearch_to_tsquery(c, regexp_replace(head, '(^|\s)or$', '', 'i')) || prefix;
+    END IF;
+    RETURN websearch_to_tsquery(c, head) && prefix;
+END $$;
+COMMENT ON FUNCTION deal_store.search_tsquery(text, regconfig) IS
+    'The tsquery search_facts runs: websearch syntax ("phrase", or, -word) with the last word also matching as a prefix. Never raises a syntax error.';
+
+CREATE TYPE deal_store.fact_search_hit AS (fact_id uuid, legacy_id text, domain text, category text, item text,
+                                           rank real, headline text, total bigint);
+COMMENT ON TYPE deal_store.fact_search_hit IS 'One row of search_facts.';
+
+CREATE FUNCTION deal_store.search_facts(deal_id uuid, query text, domain text DEFAULT NULL, category text DEFAULT NULL,
+    entity text DEFAULT NULL, min_confidence float8 DEFAULT NULL, lim integer DEFAULT 20, off integer DEFAULT 0)
+RETURNS SETOF deal_store.fact_search_hit
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    cfg regconfig := deal_store.search_config();
+    tsq tsquery;
+    vec text;
+    opts text := format('StartSel="%s", StopSel="%s", MaxWords=35, MinWords=15',
+                        replace(coalesce(nullif(current_setting('deal_store.headline_start', true), ''), '<b>'), '"', ''),
+                        replace(coalesce(nullif(current_setting('deal_store.headline_stop', true), ''), '</b>'), '"', ''));
+    trgm text := (SELECT quote_ident(n.nspname) FROM pg_catalog.pg_extension e
+                  JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm');
+    filters text := ' AND f.deal_id = $1 AND f.deleted_at IS NULL AND f.superseded_at IS NULL'
+                    ' AND ($3 IS NULL OR f.domain = $3) AND ($4 IS NULL OR f.category = $4)'
+                    ' AND ($5 IS NULL OR f.entity = $5) AND ($6 IS NULL OR f.confidence_score >= $6)';
+    page text := ' ORDER BY rank DESC, f.legacy_id, f.id LIMIT $7 OFFSET $8';
+    typo text;
+    tsq_found boolean := false;
+BEGIN
+    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
+    ELSIF off IS NULL OR off < 0 THEN
+        RAISE EXCEPTION 'off must not be negative' USING ERRCODE = '22023';
+    ELSIF query IS NULL OR btrim(query) = '' THEN
+        RETURN;
+    END IF;
+    -- the stored vector is built with english; another configuration computes it on the fly
+    vec := CASE WHEN cfg = 'english'::regconfig THEN 'f.search_vector'
+                ELSE format('deal_store.fact_search_vector(%L, f.item, f.category, f.domain, f.evidence, f.details)', cfg) END;
+    tsq := deal_store.search_tsquery(query, cfg);
+    -- 1. full-text match: rank > 0; the headline is computed for the returned page only
+    IF numnode(tsq) > 0 THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM deal_store.facts f WHERE %s @@ $2 %s)', vec, filters)
+            INTO STRICT tsq_found USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category,
+                 search_facts.entity, min_confidence;
+    END IF;
+    IF numnode(tsq) > 0 AND tsq_found THEN
+        RETURN QUERY EXECUTE format(
+            'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item, f.evidence,
+                               ts_rank_cd(%1$s, $2, 32)::real AS rank, count(*) OVER () AS total
+                        FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
+             SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
+                    CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN ts_headline($9, m.item, $2, $10)
+                         ELSE ts_headline($9, m.evidence, $2, $10) END, m.total
+             FROM m ORDER BY m.rank DESC, m.legacy_id, m.id', vec, filters, page)
+            USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category, search_facts.entity,
+                  min_confidence, lim, off, cfg, opts;
+        RETURN;
+    END IF;
+    -- 2. trigram fallback (pg_trgm word similarity): rank = similarity - 1, so <= 0
+    RETURN QUERY EXECUTE format(
+        'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item,
+                           (%1$s.word_similarity($2::text, f.item) - 1)::real AS rank, count(*) OVER () AS total
+                    FROM deal_store.facts f WHERE $2::text OPERATOR(%1$s.<%%) f.item %2$s %3$s)
+         SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank, m.item, m.total
+         FROM m ORDER BY m.rank DESC, m.legacy_id, m.id', trgm, filters, page)
+        USING search_facts.deal_id, btrim(query), search_facts.domain, search_facts.category, search_facts.entity,
+              min_confidence, lim, off;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    -- 3. typo fallback: the deal's lexemes within a small edit distance; rank = ts_rank_cd - 1
+    typo := deal_store.typo_tsquery(search_facts.deal_id, query, cfg::text);
+    IF typo IS NOT NULL THEN
+        RETURN QUERY EXECUTE format(
+            'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item, f.evidence,
+                               (ts_rank_cd(%1$s, $2, 32) - 1)::real AS rank, count(*) OVER () AS total
+                        FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
+             SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
+                    CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN ts_headline($9, m.item, $2, $10)
+                         ELSE ts_headline($9, m.evidence, $2, $10) END, m.total
+             FROM m ORDER BY m.rank DESC, m.legacy_id, m.id', vec, filters, page)
+            USING search_facts.deal_id, typo::tsquery, search_facts.domain, search_facts.category, search_facts.entity,
+                  min_confidence, lim, off, cfg, opts;
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store.search_facts(uuid, text, text, text, text, double precision, integer, integer) IS
+    'Ranked search over a deal''s current live facts. query: web-search syntax ("quoted phrase", or, -excluded), the last word also matching as a prefix. Filters: domain, category, entity, min_confidence. Ordered by rank then legacy_id and id (stable pages); total = all matches. headline marks the matched words (tags deal_store.headline_start / headline_stop) in the item, or in the evidence when the item has none. rank in (0, 1): full-text match (ts_rank_cd normalised to rank/(rank+1)); rank <= 0: fallback (trigram word similarity - 1, or the typo-tolerant match's rank - 1). NULL or blank query: no rows. 22023 for lim outside 1..1000 or negative off.';
+
+CREATE FUNCTION deal_store.search_deal(deal_id uuid, query text, lim integer DEFAULT 20)
+RETURNS TABLE(entity_type text, entity_id uuid, title text, rank real, headline text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    cfg regconfig := deal_store.search_config();
+    tsq tsquery;
+    opts text := format('StartSel="%s", StopSel="%s", MaxWords=35, MinWords=15',
+                        replace(coalesce(nullif(current_setting('deal_store.headline_start', true), ''), '<b>'), '"', ''),
+                        replace(coalesce(nullif(current_setting('deal_store.headline_stop', true), ''), '</b>'), '"', ''));
+BEGIN
+    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
+    ELSIF query IS NULL OR btrim(query) = '' THEN
+        RETURN;
+    END IF;
+    tsq := deal_store.search_tsquery(query, cfg);
+    IF numnode(tsq) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH hits AS (
+        SELECT 'fact'::text AS kind, s.fact_id AS id, s.item AS title, s.rank, s.headline
+        FROM deal_store.search_facts(search_deal.deal_id, query, lim => search_deal.lim) s WHERE s.rank > 0
+        UNION ALL
+        SELECT 'finding', g.id, g.title, ts_rank_cd(v.vec, tsq, 32)::real,
+               ts_headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
+        FROM deal_store.findings g,
+             LATERAL (SELECT setweight(to_tsvector(cfg, g.title), 'A') || setweight(to_tsvector(cfg, coalesce(g.description, '')), 'C') AS vec) v
+        WHERE g.deal_id = search_deal.deal_id AND g.deleted_at IS NULL AND v.vec @@ tsq
+        UNION ALL
+        SELECT 'gap', x.id, x.description, ts_rank_cd(v.vec, tsq, 32)::real, ts_headline(cfg, x.description, tsq, opts)
+        FROM deal_store.gaps x,
+             LATERAL (SELECT setweight(to_tsvector(cfg, x.description), 'A') AS vec) v
+        WHERE x.deal_id = search_deal.deal_id AND x.deleted_at IS NULL AND v.vec @@ tsq)
+    SELECT h.kind, h.id, h.title, h.rank, h.headline FROM hits h
+    ORDER BY h.rank DESC, h.kind, h.title, h.id
+    LIMIT lim;
+END $$;
+COMMENT ON FUNCTION deal_store.search_deal(uuid, text, integer) IS
+    'One ranked list over a deal''s live facts (item, category, evidence, details), findings (title, description) and gaps (description), with highlighted headlines. Same query syntax as search_facts; 22023 for lim outside 1..1000.';
