@@ -8,6 +8,27 @@ COMMENT ON FUNCTION deal_store.content_fields(text) IS
     'The content fields (what the checksum covers) of fact, finding or gap.';
 COMMENT ON FUNCTION deal_store.confidence_tier(uuid, text, text, double precision) IS
     'The tier the policy (deal_store.tier_policies, else the built-in default) gives a change of this deal, entity type, change type and confidence.';
+COMMENT ON FUNCTION deal_store._propose(text, uuid, anyelement, text[]) IS
+    'Internal: the Rust body of propose_facts, propose_findings and propose_gaps.';
+
+CREATE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint)
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT * FROM deal_store._propose('fact', run_id, facts, domains);
+END;
+CREATE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint)
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT * FROM deal_store._propose('finding', run_id, findings, domains);
+END;
+CREATE FUNCTION deal_store.propose_gaps(run_id uuid, gaps jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint)
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT * FROM deal_store._propose('gap', run_id, gaps, domains);
+END;
 COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[]) IS
     'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update, delete) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. Removals only inside domains (default: the domains of the given facts, within the run''s domains); an incremental run never removes. Idempotent; a newer run supersedes an older run''s open change. Returns counts by change type and tier.';
 COMMENT ON FUNCTION deal_store.propose_findings(uuid, jsonb, text[]) IS

@@ -72,8 +72,11 @@ END $$;
 COMMENT ON FUNCTION deal_store._soft_deletable(regclass) IS
     'Internal: raises 22023 unless entity is one of the five soft-deletable tables.';
 
--- Finds the row, locks its deal (serialising soft delete, restore, purge and
--- run starts per deal) and then the row itself; returns the row's state.
+-- Finds the row, locks its deal and then the row itself; returns the row's
+-- state. The deal is locked FOR SHARE: changes to different rows of one deal
+-- (e.g. two queue workers soft-deleting facts) run side by side, while a
+-- soft delete or restore of the deal itself (FOR UPDATE of the deal row)
+-- waits for them and they for it.
 CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -90,7 +93,9 @@ BEGIN
     IF _lock_row.deal_id IS NULL THEN
         RAISE EXCEPTION '% has no row with id %', entity, id USING ERRCODE = 'P0002';
     END IF;
-    PERFORM 1 FROM deal_store.deals d WHERE d.id = _lock_row.deal_id FOR NO KEY UPDATE;
+    IF entity <> 'deal_store.deals'::regclass THEN
+        PERFORM 1 FROM deal_store.deals d WHERE d.id = _lock_row.deal_id FOR SHARE;
+    END IF;
     EXECUTE format('SELECT deleted_at, delete_batch FROM %s WHERE %I = $1 AND id = $2%s FOR UPDATE',
                    entity, deal_col, current_only)
         INTO _lock_row.deleted_at, _lock_row.delete_batch USING _lock_row.deal_id, id;

@@ -68,9 +68,25 @@ impl Kind {
     }
 }
 
-/// Trims and folds inner white space to single spaces.
-fn fold_whitespace(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Writes `s` trimmed, inner white space folded to single spaces, as a JSON string.
+fn write_folded_string(s: &str, out: &mut String) {
+    out.push('"');
+    for (i, word) in s.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        for ch in word.chars() {
+            match ch {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\u{08}' => out.push_str("\\b"),
+                '\u{0c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+    }
+    out.push('"');
 }
 
 /// Rewrites a JSON number's text as a plain canonical decimal.
@@ -114,7 +130,7 @@ pub fn write_canonical(v: &Value, out: &mut String) {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => out.push_str(&canonical_number(&n.to_string())),
-        Value::String(s) => out.push_str(&Value::String(fold_whitespace(s)).to_string()),
+        Value::String(s) => write_folded_string(s, out),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -149,28 +165,53 @@ pub fn canonical(v: &Value) -> String {
     out
 }
 
-/// Canonical text of a row's content: the content fields of its kind.
-pub fn canonical_content(kind: &Kind, fact: &Map<String, Value>) -> String {
+/// Canonical text of one JSON value given as `jsonb_typeof` and `->>` text
+/// (how diffs read incoming rows without turning the whole document into text);
+/// a missing or null value takes `default` (a JSON text) when there is one.
+pub fn canonical_typed(ty: Option<&str>, text: Option<&str>, default: Option<&str>) -> String {
+    match (ty, text) {
+        (Some("string"), Some(t)) => {
+            let mut out = String::with_capacity(t.len() + 2);
+            write_folded_string(t, &mut out);
+            out
+        }
+        (Some("number"), Some(t)) => canonical_number(t),
+        (Some("boolean"), Some(t)) => t.to_string(),
+        (Some("object" | "array"), Some(t)) => canonical(&serde_json::from_str(t).unwrap_or(Value::Null)),
+        _ => default.map_or_else(|| "null".to_string(), |d| canonical(&serde_json::from_str(d).expect("valid default"))),
+    }
+}
+
+/// Canonical content text from the canonical texts of a kind's fields, in order.
+pub fn assemble_content(kind: &Kind, parts: &[String]) -> String {
     let mut out = String::from("{");
-    for (i, field) in kind.fields.iter().enumerate() {
+    for (i, (field, part)) in kind.fields.iter().zip(parts).enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push('"');
         out.push_str(field);
         out.push_str("\":");
-        write_canonical(fact.get(*field).unwrap_or(&Value::Null), &mut out);
+        out.push_str(part);
     }
     out.push('}');
     out
 }
 
+/// Canonical text of a row's content: the content fields of its kind.
+pub fn canonical_content(kind: &Kind, fact: &Map<String, Value>) -> String {
+    let parts: Vec<String> = kind.fields.iter().map(|f| canonical(fact.get(*f).unwrap_or(&Value::Null))).collect();
+    assemble_content(kind, &parts)
+}
+
 /// Lowercase hex MD5 of `text`.
 pub fn md5_hex(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Md5::digest(text.as_bytes());
     let mut hex = String::with_capacity(32);
     for byte in digest {
-        hex.push_str(&format!("{byte:02x}"));
+        hex.push(HEX[(byte >> 4) as usize] as char);
+        hex.push(HEX[(byte & 15) as usize] as char);
     }
     hex
 }
@@ -180,12 +221,29 @@ pub fn content_checksum(kind: &Kind, fact: &Map<String, Value>) -> String {
     md5_hex(&canonical_content(kind, fact))
 }
 
-/// Fills the column defaults into fields an incoming row leaves out (or sets NULL).
-pub fn apply_defaults(kind: &Kind, fact: &mut Map<String, Value>) {
-    for &(field, default) in kind.defaults {
-        if fact.get(field).is_none_or(Value::is_null) {
-            fact.insert(field.to_string(), serde_json::from_str(default).expect("valid default"));
-        }
+impl Kind {
+    /// The column default (JSON text) of a content field, if it has one.
+    pub fn default_of(&self, field: &str) -> Option<&'static str> {
+        self.defaults.iter().find(|(f, _)| *f == field).map(|(_, d)| *d)
+    }
+
+    /// The defaults as one JSON object.
+    pub fn defaults_object(&self) -> Value {
+        Value::Object(
+            self.defaults.iter().map(|(f, d)| (f.to_string(), serde_json::from_str(d).expect("valid default"))).collect(),
+        )
+    }
+}
+
+/// The object inside a jsonb argument; 22023 naming the function otherwise.
+fn object_arg(function: &str, arg: JsonB) -> Map<String, Value> {
+    match arg.0 {
+        Value::Object(map) => map,
+        other => crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{function} expects a JSON object"),
+            Some(format!("Got a JSON {}.", json_type(&other))),
+        ),
     }
 }
 
@@ -193,41 +251,19 @@ pub fn apply_defaults(kind: &Kind, fact: &mut Map<String, Value>) {
 /// category, item, status, details, evidence, entity, source_page_numbers).
 #[pg_extern(immutable, parallel_safe, strict)]
 fn fact_checksum(fact: JsonB) -> String {
-    match fact.0 {
-        Value::Object(map) => content_checksum(&FACT, &map),
-        other => crate::errors::raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "fact_checksum expects a JSON object",
-            Some(format!("Got a JSON {}.", json_type(&other))),
-        ),
-    }
+    content_checksum(&FACT, &object_arg("fact_checksum", fact))
 }
 
 /// The canonical text that `fact_checksum` hashes, for checking another implementation.
 #[pg_extern(immutable, parallel_safe, strict)]
 fn fact_canonical(fact: JsonB) -> String {
-    match fact.0 {
-        Value::Object(map) => canonical_content(&FACT, &map),
-        other => crate::errors::raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "fact_canonical expects a JSON object",
-            Some(format!("Got a JSON {}.", json_type(&other))),
-        ),
-    }
+    canonical_content(&FACT, &object_arg("fact_canonical", fact))
 }
 
 /// Content checksum of a fact, finding or gap given as JSON (e.g. `to_jsonb(row)`).
 #[pg_extern(immutable, parallel_safe, strict)]
 fn content_checksum_of(entity_type: &str, row: JsonB) -> String {
-    let kind = Kind::of(entity_type);
-    match row.0 {
-        Value::Object(map) => content_checksum(kind, &map),
-        other => crate::errors::raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "content_checksum_of expects a JSON object",
-            Some(format!("Got a JSON {}.", json_type(&other))),
-        ),
-    }
+    content_checksum(Kind::of(entity_type), &object_arg("content_checksum_of", row))
 }
 
 /// The content fields of a fact, finding or gap (what its checksum covers).
@@ -269,6 +305,21 @@ mod tests {
         let c: Value = serde_json::from_str(r#"{"item": "x", "details": {"n": 1e0}}"#).unwrap();
         assert_eq!(a, sum(b));
         assert_eq!(a, sum(c));
+    }
+
+    #[pg_test]
+    fn typed_canonical_agrees_with_the_value_path() {
+        for v in [json!("  a \t b "), json!(1.50), json!(true), json!({"b": [1, "x  y"], "a": null}), json!("quote \" back \\ ctl \u{1}")] {
+            let (ty, text) = match &v {
+                Value::String(s) => ("string", s.clone()),
+                Value::Number(n) => ("number", n.to_string()),
+                Value::Bool(b) => ("boolean", b.to_string()),
+                other => ("object", other.to_string()),
+            };
+            assert_eq!(canonical_typed(Some(ty), Some(&text), None), canonical(&v), "{v}");
+        }
+        assert_eq!(canonical_typed(None, None, Some("\"target\"")), "\"target\"");
+        assert_eq!(canonical_typed(Some("null"), None, None), "null");
     }
 
     #[pg_test]

@@ -6,18 +6,23 @@
 //! stored one (facts keep it in `item_checksum`; findings and gaps are hashed
 //! as they are read). Only for checksums that differ are the stored contents
 //! read to name the fields that changed.
-use crate::checksum::{apply_defaults, canonical, content_checksum, json_type, Kind, FACT};
+use crate::checksum::{assemble_content, canonical, canonical_typed, content_checksum, md5_hex, Kind, FACT};
 use crate::errors::raise;
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::{AnyElement, JsonB, Uuid};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 
-/// One incoming fact, validated.
+/// One incoming row, validated and canonicalised.
 pub struct Incoming {
     pub legacy_id: String,
-    pub fact: Map<String, Value>,
+    /// its position in the incoming array
+    pub ordinal: usize,
+    /// canonical text of each content field (defaults applied), in `kind.fields` order
+    pub fields: Vec<String>,
     pub checksum: String,
+    pub confidence: Option<f64>,
 }
 
 /// One line of a diff.
@@ -28,37 +33,72 @@ pub struct Change {
     pub old_checksum: Option<String>,
     pub new_checksum: Option<String>,
     pub changed_fields: Option<Vec<String>>,
-    /// The incoming fact (with defaults) for new and changed lines.
-    pub incoming: Option<Map<String, Value>>,
+    /// The incoming row, for new and changed lines.
+    pub incoming: Option<Incoming>,
 }
 
 fn bad_input(message: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, None)
 }
 
-/// Validates `incoming` (an array of objects with unique, non-empty legacy_id).
-pub fn parse_incoming(kind: &Kind, incoming: Value) -> Vec<Incoming> {
-    let Value::Array(items) = incoming else {
-        bad_input(format!("incoming must be a JSON array of facts, not a JSON {}", json_type(&incoming)))
-    };
-    let mut seen: HashMap<String, usize> = HashMap::with_capacity(items.len());
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let Value::Object(mut fact) = item else {
-            bad_input(format!("incoming element {i} is a JSON {}, not an object", json_type(&item)))
-        };
-        let legacy_id = match fact.get("legacy_id") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            _ => bad_input(format!("incoming element {i} has no legacy_id (a non-empty string)")),
-        };
-        if let Some(first) = seen.insert(legacy_id.clone(), i) {
-            bad_input(format!("incoming element {i} repeats legacy_id \"{legacy_id}\" of element {first}"));
-        }
-        apply_defaults(kind, &mut fact);
-        let checksum = content_checksum(kind, &fact);
-        out.push(Incoming { legacy_id, fact, checksum });
+/// The jsonb argument as an SPI parameter, without converting it.
+pub fn jsonb_arg(incoming: AnyElement) -> DatumWithOid<'static> {
+    if incoming.oid() != pg_sys::JSONBOID {
+        bad_input("incoming must be jsonb".into());
     }
-    out
+    // SAFETY: the datum is a jsonb value that lives for the whole call
+    unsafe { DatumWithOid::new(incoming, pg_sys::JSONBOID) }
+}
+
+/// Validates and canonicalises `incoming`: a jsonb array of objects with
+/// unique, non-empty legacy_id. Its fields are read in SQL (`jsonb_typeof`,
+/// `->>`), so the document is never turned into text as a whole.
+pub fn parse_incoming(kind: &Kind, incoming: AnyElement) -> Vec<Incoming> {
+    let columns: String =
+        kind.fields.iter().map(|f| format!(", jsonb_typeof(e.v -> '{f}'), e.v ->> '{f}'")).collect();
+    let sql = format!(
+        "SELECT jsonb_typeof(e.v), jsonb_typeof(e.v -> 'legacy_id'), e.v ->> 'legacy_id', \
+                jsonb_typeof(e.v -> 'confidence_score'), e.v ->> 'confidence_score'{columns} \
+         FROM jsonb_array_elements($1) AS e(v)"
+    );
+    Spi::connect(|client| {
+        let top: Option<String> = client
+            .select("SELECT jsonb_typeof($1)", Some(1), &[jsonb_arg(incoming)])
+            .ok()
+            .and_then(|t| t.first().get_one().ok().flatten());
+        if top.as_deref() != Some("array") {
+            bad_input(format!("incoming must be a JSON array of facts, not a JSON {}", top.unwrap_or_default()));
+        }
+        let rows = client
+            .select(&sql, None, &[jsonb_arg(incoming)])
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+        let mut seen: HashMap<String, usize> = HashMap::with_capacity(rows.len());
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, r) in rows.enumerate() {
+            let text = |n: usize| r.get::<String>(n).ok().flatten();
+            let ty = text(1).unwrap_or_default();
+            if ty != "object" {
+                bad_input(format!("incoming element {i} is a JSON {ty}, not an object"));
+            }
+            let legacy_id = match (text(2).as_deref(), text(3)) {
+                (Some("string"), Some(s)) if !s.trim().is_empty() => s,
+                _ => bad_input(format!("incoming element {i} has no legacy_id (a non-empty string)")),
+            };
+            if let Some(first) = seen.insert(legacy_id.clone(), i) {
+                bad_input(format!("incoming element {i} repeats legacy_id \"{legacy_id}\" of element {first}"));
+            }
+            let confidence = (text(4).as_deref() == Some("number")).then(|| text(5)).flatten().and_then(|t| t.parse().ok());
+            let fields: Vec<String> = kind
+                .fields
+                .iter()
+                .enumerate()
+                .map(|(j, f)| canonical_typed(text(6 + 2 * j).as_deref(), text(7 + 2 * j).as_deref(), kind.default_of(f)))
+                .collect();
+            let checksum = md5_hex(&assemble_content(kind, &fields));
+            out.push(Incoming { legacy_id, ordinal: i, fields, checksum, confidence });
+        }
+        out
+    })
 }
 
 struct Stored {
@@ -133,13 +173,13 @@ pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option
             Some(s) => ("changed", Some(s.id), s.checksum.clone()),
         };
         changes.push(Change {
-            legacy_id: inc.legacy_id,
+            legacy_id: inc.legacy_id.clone(),
             change,
             fact_id,
             old_checksum,
-            new_checksum: Some(inc.checksum),
+            new_checksum: Some(inc.checksum.clone()),
             changed_fields: (change == "unchanged").then(Vec::new),
-            incoming: (change != "unchanged").then_some(inc.fact),
+            incoming: (change != "unchanged").then_some(inc),
         });
     }
     for (legacy_id, s) in &stored {
@@ -187,19 +227,24 @@ fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
         let (Some(old), Some(new)) = (c.fact_id.and_then(|id| stored.get(id.as_bytes())), c.incoming.as_ref()) else {
             continue;
         };
-        let field = |m: &Map<String, Value>, f: &str| canonical(m.get(f).unwrap_or(&Value::Null));
         c.changed_fields = Some(
-            kind.fields.iter().filter(|f| field(old, f) != field(new, f)).map(|f| f.to_string()).collect(),
+            kind.fields
+                .iter()
+                .zip(&new.fields)
+                .filter(|(f, part)| canonical(old.get(**f).unwrap_or(&Value::Null)) != **part)
+                .map(|(f, _)| f.to_string())
+                .collect(),
         );
     }
 }
 
-/// Diff of `incoming` (a JSON array of facts keyed by legacy_id) against the deal's current facts.
-#[pg_extern(volatile)]
-fn diff_facts(
+/// Diff of `incoming` (a jsonb array of facts keyed by legacy_id) against the
+/// deal's current facts. Called by the SQL function `deal_store.diff_facts`.
+#[pg_extern(volatile, name = "_diff_facts")]
+fn diff_facts_internal(
     deal_id: Uuid,
-    incoming: JsonB,
-    domains: default!(Option<Vec<Option<String>>>, "NULL"),
+    incoming: AnyElement,
+    domains: Option<Vec<Option<String>>>,
 ) -> TableIterator<
     'static,
     (
@@ -212,7 +257,7 @@ fn diff_facts(
     ),
 > {
     let domains = check_domains(&domains);
-    let changes = diff(&FACT, deal_id, parse_incoming(&FACT, incoming.0), domains.as_deref());
+    let changes = diff(&FACT, deal_id, parse_incoming(&FACT, incoming), domains.as_deref());
     TableIterator::new(changes.into_iter().map(|c| {
         (c.legacy_id, c.change.to_string(), c.fact_id, c.old_checksum, c.new_checksum, c.changed_fields)
     }))

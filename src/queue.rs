@@ -11,12 +11,12 @@
 //! - an open change of a newer run: this older run's line is dropped.
 //!
 //! Deciding (accept, reject, defer, conflicts) is SQL in `sql/queue.sql`.
-use crate::checksum::{Kind, FACT, FINDING, GAP};
-use crate::diff::{check_domains, diff, parse_incoming};
+use crate::checksum::Kind;
+use crate::diff::{check_domains, diff, jsonb_arg, parse_incoming};
 use crate::errors::raise;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, Uuid};
+use pgrx::{AnyElement, JsonB, Uuid};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
@@ -141,8 +141,8 @@ struct Open {
 
 type Counts = BTreeMap<(String, i32), i64>;
 
-fn propose(kind: &Kind, run_id: Uuid, incoming: Value, domains: Option<Vec<String>>) -> Counts {
-    let incoming = parse_incoming(kind, incoming);
+fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<String>>) -> Counts {
+    let incoming = parse_incoming(kind, doc);
     Spi::connect_mut(|client| {
         let run = lock_run(client, run_id);
         // removals are inferred only inside the domains this call covers
@@ -150,8 +150,10 @@ fn propose(kind: &Kind, run_id: Uuid, incoming: Value, domains: Option<Vec<Strin
             Some(Vec::new())
         } else {
             let called: Vec<String> = domains.unwrap_or_else(|| {
+                // the domains of the rows passed (their canonical text is a JSON string)
+                let at = kind.fields.iter().position(|f| *f == "domain").expect("every kind has a domain");
                 let mut d: Vec<String> =
-                    incoming.iter().filter_map(|i| i.fact.get("domain").and_then(Value::as_str).map(str::to_string)).collect();
+                    incoming.iter().filter_map(|i| serde_json::from_str::<String>(&i.fields[at]).ok()).collect();
                 d.sort();
                 d.dedup();
                 d
@@ -210,21 +212,13 @@ fn propose(kind: &Kind, run_id: Uuid, incoming: Value, domains: Option<Vec<Strin
                 }
                 supersede.push(o.id);
             }
-            let confidence = c
-                .incoming
-                .as_ref()
-                .and_then(|f| f.get("confidence_score"))
-                .and_then(Value::as_f64)
-                .unwrap_or(if kind.versioned { 0.5 } else { 0.0 });
-            let mut new_value = c.incoming.map(Value::Object).unwrap_or(Value::Null);
-            if let Value::Object(m) = &mut new_value {
-                m.insert("legacy_id".into(), Value::String(c.legacy_id.clone()));
-            }
+            let confidence =
+                c.incoming.as_ref().and_then(|i| i.confidence).unwrap_or(if kind.versioned { 0.5 } else { 0.0 });
             rows.push(json!({
                 "change_type": change_type,
                 "entity_id": c.fact_id.map(|u| u.to_string()),
                 "legacy_entity_id": c.legacy_id,
-                "new_value": new_value,
+                "ordinal": c.incoming.as_ref().map(|i| i.ordinal),
                 "base_checksum": c.old_checksum,
                 "proposed_checksum": c.new_checksum,
                 "confidence_tier": tier(&rules, kind.entity_type, change_type, confidence),
@@ -250,14 +244,27 @@ fn propose(kind: &Kind, run_id: Uuid, incoming: Value, domains: Option<Vec<Strin
                legacy_entity_id, old_value, new_value, base_checksum, proposed_checksum, confidence_tier) \
              SELECT $1, $2, x.change_type, $3, x.entity_id, x.legacy_entity_id, \
                     (SELECT to_jsonb(t) - 'search_vector' FROM {} t WHERE t.deal_id = $1 AND t.id = x.entity_id{current}), \
-                    nullif(x.new_value, 'null'), x.base_checksum, x.proposed_checksum, x.confidence_tier \
-             FROM jsonb_to_recordset($4) AS x(change_type text, entity_id uuid, legacy_entity_id text, new_value jsonb, \
+                    CASE WHEN x.ordinal IS NOT NULL THEN $6 || (SELECT coalesce(jsonb_object_agg(j.k, j.v), '{{}}') \
+                         FROM jsonb_each($5 -> x.ordinal) AS j(k, v) WHERE j.v <> 'null'::jsonb) END, \
+                    x.base_checksum, x.proposed_checksum, x.confidence_tier \
+             FROM jsonb_to_recordset($4) AS x(change_type text, entity_id uuid, legacy_entity_id text, ordinal integer, \
                   base_checksum text, proposed_checksum text, confidence_tier integer) \
              RETURNING id, change_type, confidence_tier",
             kind.table
         );
         let inserted = client
-            .update(&sql, None, &[run.deal_id.into(), run_id.into(), kind.entity_type.into(), JsonB(Value::Array(rows)).into()])
+            .update(
+                &sql,
+                None,
+                &[
+                    run.deal_id.into(),
+                    run_id.into(),
+                    kind.entity_type.into(),
+                    JsonB(Value::Array(rows)).into(),
+                    jsonb_arg(doc),
+                    JsonB(kind.defaults_object()).into(),
+                ],
+            )
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
         let mut tier_one: Vec<Uuid> = Vec::new();
         for r in inserted {
@@ -281,41 +288,18 @@ fn propose(kind: &Kind, run_id: Uuid, incoming: Value, domains: Option<Vec<Strin
     })
 }
 
-type ProposeRow = (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64));
-
-fn propose_rows(kind: &Kind, run_id: Uuid, incoming: JsonB, domains: Option<Vec<Option<String>>>) -> TableIterator<'static, ProposeRow> {
-    let counts = propose(kind, run_id, incoming.0, check_domains(&domains));
+/// Diffs a running run's rows (facts, findings or gaps) against what is stored
+/// and queues the differences. Called by `deal_store.propose_facts`,
+/// `propose_findings` and `propose_gaps`.
+#[pg_extern(volatile, name = "_propose")]
+fn propose_internal(
+    entity_type: &str,
+    run_id: Uuid,
+    incoming: AnyElement,
+    domains: Option<Vec<Option<String>>>,
+) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64))> {
+    let counts = propose(Kind::of(entity_type), run_id, incoming, check_domains(&domains));
     TableIterator::new(counts.into_iter().map(|((ct, t), n)| (ct, t, n)))
-}
-
-/// Diffs a run's facts against the deal's current facts and queues the differences.
-#[pg_extern(volatile)]
-fn propose_facts(
-    run_id: Uuid,
-    facts: JsonB,
-    domains: default!(Option<Vec<Option<String>>>, "NULL"),
-) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64))> {
-    propose_rows(&FACT, run_id, facts, domains)
-}
-
-/// Diffs a run's findings against the deal's live findings and queues the differences.
-#[pg_extern(volatile)]
-fn propose_findings(
-    run_id: Uuid,
-    findings: JsonB,
-    domains: default!(Option<Vec<Option<String>>>, "NULL"),
-) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64))> {
-    propose_rows(&FINDING, run_id, findings, domains)
-}
-
-/// Diffs a run's gaps against the deal's live gaps and queues the differences.
-#[pg_extern(volatile)]
-fn propose_gaps(
-    run_id: Uuid,
-    gaps: JsonB,
-    domains: default!(Option<Vec<Option<String>>>, "NULL"),
-) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64))> {
-    propose_rows(&GAP, run_id, gaps, domains)
 }
 
 #[cfg(any(test, feature = "pg_test"))]

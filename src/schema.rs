@@ -16,7 +16,7 @@ extension_sql_file!("../sql/dashboard.sql", name = "dashboard", requires = ["run
 extension_sql_file!(
     "../sql/facts.sql",
     name = "facts",
-    requires = ["dashboard", checksum::fact_checksum, checksum::fact_canonical, facts::fact_versions, diff::diff_facts]
+    requires = ["dashboard", checksum::fact_checksum, checksum::fact_canonical, facts::fact_versions, diff::diff_facts_internal]
 );
 extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["facts", audit::audit_row]);
 extension_sql_file!(
@@ -26,9 +26,7 @@ extension_sql_file!(
         "audit",
         checksum::content_checksum_of,
         checksum::content_fields,
-        queue::propose_facts,
-        queue::propose_findings,
-        queue::propose_gaps,
+        queue::propose_internal,
         queue::confidence_tier
     ]
 );
