@@ -11,13 +11,17 @@ COMMENT ON FUNCTION deal_store.fact_canonical(jsonb) IS
 COMMENT ON FUNCTION deal_store.fact_versions() IS
     'Trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and writes the old content as a history row (superseded_at set) linked by previous_version_id.';
 COMMENT ON FUNCTION deal_store._diff_facts(uuid, anyelement, text[]) IS
-    'Internal: the Rust body of diff_facts (takes the jsonb as is, without converting it to text).';
+    'Internal: the Rust body of diff_facts; returns the diff as parallel arrays in one row.';
 
 CREATE FUNCTION deal_store.diff_facts(deal_id uuid, incoming jsonb, domains text[] DEFAULT NULL)
 RETURNS TABLE(legacy_id text, change text, fact_id uuid, old_checksum text, new_checksum text, changed_fields text[])
 LANGUAGE sql VOLATILE
 BEGIN ATOMIC
-    SELECT * FROM deal_store._diff_facts(deal_id, incoming, domains);
+    SELECT u.legacy_id, u.change, u.fact_id, u.old_checksum, u.new_checksum, string_to_array(u.fields, ',')
+    FROM deal_store._diff_facts(deal_id, incoming, domains) d,
+         unnest(d.legacy_ids, d.changes, d.fact_ids, d.old_checksums, d.new_checksums, d.changed_fields)
+             WITH ORDINALITY AS u(legacy_id, change, fact_id, old_checksum, new_checksum, fields, n)
+    ORDER BY u.n;
 END;
 COMMENT ON FUNCTION deal_store.diff_facts(uuid, jsonb, text[]) IS
     'Diff of incoming facts (JSON array of objects keyed by legacy_id; missing content fields take the column defaults) against the deal''s current live facts: new, changed (with changed_fields), unchanged, removed (only inside domains; all when NULL). 22023 on a non-array, a non-object element, a missing/empty or repeated legacy_id; P0002 when the deal does not exist.';

@@ -165,23 +165,6 @@ pub fn canonical(v: &Value) -> String {
     out
 }
 
-/// Canonical text of one JSON value given as `jsonb_typeof` and `->>` text
-/// (how diffs read incoming rows without turning the whole document into text);
-/// a missing or null value takes `default` (a JSON text) when there is one.
-pub fn canonical_typed(ty: Option<&str>, text: Option<&str>, default: Option<&str>) -> String {
-    match (ty, text) {
-        (Some("string"), Some(t)) => {
-            let mut out = String::with_capacity(t.len() + 2);
-            write_folded_string(t, &mut out);
-            out
-        }
-        (Some("number"), Some(t)) => canonical_number(t),
-        (Some("boolean"), Some(t)) => t.to_string(),
-        (Some("object" | "array"), Some(t)) => canonical(&serde_json::from_str(t).unwrap_or(Value::Null)),
-        _ => default.map_or_else(|| "null".to_string(), |d| canonical(&serde_json::from_str(d).expect("valid default"))),
-    }
-}
-
 /// Canonical content text from the canonical texts of a kind's fields, in order.
 pub fn assemble_content(kind: &Kind, parts: &[String]) -> String {
     let mut out = String::from("{");
@@ -305,21 +288,6 @@ mod tests {
         let c: Value = serde_json::from_str(r#"{"item": "x", "details": {"n": 1e0}}"#).unwrap();
         assert_eq!(a, sum(b));
         assert_eq!(a, sum(c));
-    }
-
-    #[pg_test]
-    fn typed_canonical_agrees_with_the_value_path() {
-        for v in [json!("  a \t b "), json!(1.50), json!(true), json!({"b": [1, "x  y"], "a": null}), json!("quote \" back \\ ctl \u{1}")] {
-            let (ty, text) = match &v {
-                Value::String(s) => ("string", s.clone()),
-                Value::Number(n) => ("number", n.to_string()),
-                Value::Bool(b) => ("boolean", b.to_string()),
-                other => ("object", other.to_string()),
-            };
-            assert_eq!(canonical_typed(Some(ty), Some(&text), None), canonical(&v), "{v}");
-        }
-        assert_eq!(canonical_typed(None, None, Some("\"target\"")), "\"target\"");
-        assert_eq!(canonical_typed(Some("null"), None, None), "null");
     }
 
     #[pg_test]

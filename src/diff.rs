@@ -6,7 +6,7 @@
 //! stored one (facts keep it in `item_checksum`; findings and gaps are hashed
 //! as they are read). Only for checksums that differ are the stored contents
 //! read to name the fields that changed.
-use crate::checksum::{assemble_content, canonical, canonical_typed, content_checksum, md5_hex, Kind, FACT};
+use crate::checksum::{assemble_content, canonical, content_checksum, json_type, md5_hex, Kind, FACT};
 use crate::errors::raise;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -51,54 +51,46 @@ pub fn jsonb_arg(incoming: AnyElement) -> DatumWithOid<'static> {
 }
 
 /// Validates and canonicalises `incoming`: a jsonb array of objects with
-/// unique, non-empty legacy_id. Its fields are read in SQL (`jsonb_typeof`,
-/// `->>`), so the document is never turned into text as a whole.
+/// unique, non-empty legacy_id.
 pub fn parse_incoming(kind: &Kind, incoming: AnyElement) -> Vec<Incoming> {
-    let columns: String =
-        kind.fields.iter().map(|f| format!(", jsonb_typeof(e.v -> '{f}'), e.v ->> '{f}'")).collect();
-    let sql = format!(
-        "SELECT jsonb_typeof(e.v), jsonb_typeof(e.v -> 'legacy_id'), e.v ->> 'legacy_id', \
-                jsonb_typeof(e.v -> 'confidence_score'), e.v ->> 'confidence_score'{columns} \
-         FROM jsonb_array_elements($1) AS e(v)"
-    );
-    Spi::connect(|client| {
-        let top: Option<String> = client
-            .select("SELECT jsonb_typeof($1)", Some(1), &[jsonb_arg(incoming)])
-            .ok()
-            .and_then(|t| t.first().get_one().ok().flatten());
-        if top.as_deref() != Some("array") {
-            bad_input(format!("incoming must be a JSON array of facts, not a JSON {}", top.unwrap_or_default()));
+    if incoming.oid() != pg_sys::JSONBOID {
+        bad_input("incoming must be jsonb".into());
+    }
+    // SAFETY: the datum is a jsonb value
+    let doc: Option<JsonB> = unsafe { AnyElement::into::<JsonB>(&incoming) };
+    let items = match doc.map(|d| d.0) {
+        Some(Value::Array(items)) => items,
+        other => bad_input(format!(
+            "incoming must be a JSON array of facts, not a JSON {}",
+            other.as_ref().map_or("null", json_type)
+        )),
+    };
+    let mut seen: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::Object(row) = item else {
+            bad_input(format!("incoming element {i} is a JSON {}, not an object", json_type(&item)))
+        };
+        let legacy_id = match row.get("legacy_id") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            _ => bad_input(format!("incoming element {i} has no legacy_id (a non-empty string)")),
+        };
+        if let Some(first) = seen.insert(legacy_id.clone(), i) {
+            bad_input(format!("incoming element {i} repeats legacy_id \"{legacy_id}\" of element {first}"));
         }
-        let rows = client
-            .select(&sql, None, &[jsonb_arg(incoming)])
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
-        let mut seen: HashMap<String, usize> = HashMap::with_capacity(rows.len());
-        let mut out = Vec::with_capacity(rows.len());
-        for (i, r) in rows.enumerate() {
-            let text = |n: usize| r.get::<String>(n).ok().flatten();
-            let ty = text(1).unwrap_or_default();
-            if ty != "object" {
-                bad_input(format!("incoming element {i} is a JSON {ty}, not an object"));
-            }
-            let legacy_id = match (text(2).as_deref(), text(3)) {
-                (Some("string"), Some(s)) if !s.trim().is_empty() => s,
-                _ => bad_input(format!("incoming element {i} has no legacy_id (a non-empty string)")),
-            };
-            if let Some(first) = seen.insert(legacy_id.clone(), i) {
-                bad_input(format!("incoming element {i} repeats legacy_id \"{legacy_id}\" of element {first}"));
-            }
-            let confidence = (text(4).as_deref() == Some("number")).then(|| text(5)).flatten().and_then(|t| t.parse().ok());
-            let fields: Vec<String> = kind
-                .fields
-                .iter()
-                .enumerate()
-                .map(|(j, f)| canonical_typed(text(6 + 2 * j).as_deref(), text(7 + 2 * j).as_deref(), kind.default_of(f)))
-                .collect();
-            let checksum = md5_hex(&assemble_content(kind, &fields));
-            out.push(Incoming { legacy_id, ordinal: i, fields, checksum, confidence });
-        }
-        out
-    })
+        let fields: Vec<String> = kind
+            .fields
+            .iter()
+            .map(|f| match (row.get(*f), kind.default_of(f)) {
+                (None | Some(Value::Null), Some(default)) => canonical(&serde_json::from_str(default).expect("valid default")),
+                (v, _) => canonical(v.unwrap_or(&Value::Null)),
+            })
+            .collect();
+        let checksum = md5_hex(&assemble_content(kind, &fields));
+        let confidence = row.get("confidence_score").and_then(Value::as_f64);
+        out.push(Incoming { legacy_id, ordinal: i, fields, checksum, confidence });
+    }
+    out
 }
 
 struct Stored {
@@ -239,7 +231,9 @@ fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
 }
 
 /// Diff of `incoming` (a jsonb array of facts keyed by legacy_id) against the
-/// deal's current facts. Called by the SQL function `deal_store.diff_facts`.
+/// deal's current facts, as parallel arrays (one call, no per-row overhead);
+/// the SQL function `deal_store.diff_facts` unnests them into rows.
+/// changed_fields is a comma-separated list.
 #[pg_extern(volatile, name = "_diff_facts")]
 fn diff_facts_internal(
     deal_id: Uuid,
@@ -248,17 +242,26 @@ fn diff_facts_internal(
 ) -> TableIterator<
     'static,
     (
-        name!(legacy_id, String),
-        name!(change, String),
-        name!(fact_id, Option<Uuid>),
-        name!(old_checksum, Option<String>),
-        name!(new_checksum, Option<String>),
-        name!(changed_fields, Option<Vec<String>>),
+        name!(legacy_ids, Vec<String>),
+        name!(changes, Vec<String>),
+        name!(fact_ids, Vec<Option<Uuid>>),
+        name!(old_checksums, Vec<Option<String>>),
+        name!(new_checksums, Vec<Option<String>>),
+        name!(changed_fields, Vec<Option<String>>),
     ),
 > {
     let domains = check_domains(&domains);
     let changes = diff(&FACT, deal_id, parse_incoming(&FACT, incoming), domains.as_deref());
-    TableIterator::new(changes.into_iter().map(|c| {
-        (c.legacy_id, c.change.to_string(), c.fact_id, c.old_checksum, c.new_checksum, c.changed_fields)
-    }))
+    let n = changes.len();
+    let (mut a, mut b, mut c, mut d, mut e, mut f) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for ch in changes {
+        a.push(ch.legacy_id);
+        b.push(ch.change.to_string());
+        c.push(ch.fact_id);
+        d.push(ch.old_checksum);
+        e.push(ch.new_checksum);
+        f.push(ch.changed_fields.map(|x| x.join(",")));
+    }
+    TableIterator::once((a, b, c, d, e, f))
 }
