@@ -165,6 +165,22 @@ pub fn canonical(v: &Value) -> String {
     out
 }
 
+/// Canonical text of one JSON value given as raw JSON text (as jsonb_out writes
+/// it): strings, numbers and literals are rewritten without building a tree.
+pub fn canonical_raw(raw: &str) -> String {
+    match raw.as_bytes().first() {
+        Some(b'"') => {
+            let s: std::borrow::Cow<str> = serde_json::from_str(raw).unwrap_or_default();
+            let mut out = String::with_capacity(s.len() + 2);
+            write_folded_string(&s, &mut out);
+            out
+        }
+        Some(b'-' | b'0'..=b'9') => canonical_number(raw),
+        Some(b'{' | b'[') => canonical(&serde_json::from_str(raw).unwrap_or(Value::Null)),
+        _ => raw.to_string(), // true, false, null
+    }
+}
+
 /// Canonical content text from the canonical texts of a kind's fields, in order.
 pub fn assemble_content(kind: &Kind, parts: &[String]) -> String {
     let mut out = String::from("{");
@@ -288,6 +304,15 @@ mod tests {
         let c: Value = serde_json::from_str(r#"{"item": "x", "details": {"n": 1e0}}"#).unwrap();
         assert_eq!(a, sum(b));
         assert_eq!(a, sum(c));
+    }
+
+    #[pg_test]
+    fn raw_canonical_agrees_with_the_value_path() {
+        for raw in [r#""  a \t b ""#, "1.50", "-0", "2e3", "true", "null", r#"{"b": [1, "x  y"], "a": null}"#,
+                    r#""quote \" back \\ ctl \u0001 \u00e9""#] {
+            let v: Value = serde_json::from_str(raw).unwrap();
+            assert_eq!(canonical_raw(raw), canonical(&v), "{raw}");
+        }
     }
 
     #[pg_test]

@@ -6,11 +6,12 @@
 //! stored one (facts keep it in `item_checksum`; findings and gaps are hashed
 //! as they are read). Only for checksums that differ are the stored contents
 //! read to name the fields that changed.
-use crate::checksum::{assemble_content, canonical, content_checksum, json_type, md5_hex, Kind, FACT};
+use crate::checksum::{assemble_content, canonical, canonical_raw, content_checksum, md5_hex, Kind, FACT};
 use crate::errors::raise;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{AnyElement, JsonB, Uuid};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 
@@ -50,29 +51,43 @@ pub fn jsonb_arg(incoming: AnyElement) -> DatumWithOid<'static> {
     unsafe { DatumWithOid::new(incoming, pg_sys::JSONBOID) }
 }
 
+/// The JSON type named by the first character of a JSON text.
+fn raw_type(raw: &str) -> &'static str {
+    match raw.trim_start().as_bytes().first() {
+        Some(b'{') => "object",
+        Some(b'[') => "array",
+        Some(b'"') => "string",
+        Some(b't' | b'f') => "boolean",
+        Some(b'n') | None => "null",
+        _ => "number",
+    }
+}
+
 /// Validates and canonicalises `incoming`: a jsonb array of objects with
-/// unique, non-empty legacy_id.
+/// unique, non-empty legacy_id. The text is read with borrowed slices
+/// (`RawValue`), so no JSON tree is built for strings and numbers.
 pub fn parse_incoming(kind: &Kind, incoming: AnyElement) -> Vec<Incoming> {
     if incoming.oid() != pg_sys::JSONBOID {
         bad_input("incoming must be jsonb".into());
     }
-    // SAFETY: the datum is a jsonb value
-    let doc: Option<JsonB> = unsafe { AnyElement::into::<JsonB>(&incoming) };
-    let items = match doc.map(|d| d.0) {
-        Some(Value::Array(items)) => items,
-        other => bad_input(format!(
-            "incoming must be a JSON array of facts, not a JSON {}",
-            other.as_ref().map_or("null", json_type)
-        )),
+    // SAFETY: a jsonb datum; jsonb_out returns a palloc'd C string of its text
+    let text: &std::ffi::CStr = unsafe {
+        let detoasted = pg_sys::pg_detoast_datum_packed(incoming.datum().cast_mut_ptr());
+        pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(pg_sys::Datum::from(detoasted))])
+            .expect("jsonb_out returns text")
     };
+    let text = text.to_str().unwrap_or_default();
+    let items: Vec<&RawValue> = serde_json::from_str(text).unwrap_or_else(|_| {
+        bad_input(format!("incoming must be a JSON array of facts, not a JSON {}", raw_type(text)))
+    });
     let mut seen: HashMap<String, usize> = HashMap::with_capacity(items.len());
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let Value::Object(row) = item else {
-            bad_input(format!("incoming element {i} is a JSON {}, not an object", json_type(&item)))
-        };
-        let legacy_id = match row.get("legacy_id") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        let row: HashMap<String, &RawValue> = serde_json::from_str(item.get()).unwrap_or_else(|_| {
+            bad_input(format!("incoming element {i} is a JSON {}, not an object", raw_type(item.get())))
+        });
+        let legacy_id = match row.get("legacy_id").map(|r| serde_json::from_str::<String>(r.get())) {
+            Some(Ok(s)) if !s.trim().is_empty() => s,
             _ => bad_input(format!("incoming element {i} has no legacy_id (a non-empty string)")),
         };
         if let Some(first) = seen.insert(legacy_id.clone(), i) {
@@ -81,13 +96,14 @@ pub fn parse_incoming(kind: &Kind, incoming: AnyElement) -> Vec<Incoming> {
         let fields: Vec<String> = kind
             .fields
             .iter()
-            .map(|f| match (row.get(*f), kind.default_of(f)) {
-                (None | Some(Value::Null), Some(default)) => canonical(&serde_json::from_str(default).expect("valid default")),
-                (v, _) => canonical(v.unwrap_or(&Value::Null)),
+            .map(|f| match (row.get(*f).map(|r| r.get()), kind.default_of(f)) {
+                (None | Some("null"), Some(default)) => canonical_raw(default),
+                (Some(raw), _) => canonical_raw(raw),
+                (None, None) => "null".to_string(),
             })
             .collect();
         let checksum = md5_hex(&assemble_content(kind, &fields));
-        let confidence = row.get("confidence_score").and_then(Value::as_f64);
+        let confidence = row.get("confidence_score").and_then(|r| r.get().parse::<f64>().ok());
         out.push(Incoming { legacy_id, ordinal: i, fields, checksum, confidence });
     }
     out
