@@ -62,6 +62,15 @@ DECLARE
     page text := ' ORDER BY rank DESC, f.legacy_id, f.id LIMIT $7 OFFSET $8';
     typo text;
     tsq_found boolean := false;
+    -- the ranked page: %1$s the vector, %2$s the filters, %3$s the page, %4$s added to the rank;
+    -- the headline is computed for the returned rows only
+    ranked text := 'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item, f.evidence,
+                                      (ts_rank_cd(%1$s, $2, 32) + %4$s)::real AS rank, count(*) OVER () AS total
+                               FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
+                    SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
+                           CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN ts_headline($9, m.item, $2, $10)
+                                ELSE ts_headline($9, m.evidence, $2, $10) END, m.total
+                    FROM m ORDER BY m.rank DESC, m.legacy_id, m.id';
 BEGIN
     IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
@@ -81,14 +90,7 @@ BEGIN
                  search_facts.entity, min_confidence;
     END IF;
     IF numnode(tsq) > 0 AND tsq_found THEN
-        RETURN QUERY EXECUTE format(
-            'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item, f.evidence,
-                               ts_rank_cd(%1$s, $2, 32)::real AS rank, count(*) OVER () AS total
-                        FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
-             SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
-                    CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN ts_headline($9, m.item, $2, $10)
-                         ELSE ts_headline($9, m.evidence, $2, $10) END, m.total
-             FROM m ORDER BY m.rank DESC, m.legacy_id, m.id', vec, filters, page)
+        RETURN QUERY EXECUTE format(ranked, vec, filters, page, '0')
             USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category, search_facts.entity,
                   min_confidence, lim, off, cfg, opts;
         RETURN;
@@ -108,14 +110,7 @@ BEGIN
     -- 3. typo fallback: the deal's lexemes within a small edit distance; rank = ts_rank_cd - 1
     typo := deal_store.typo_tsquery(search_facts.deal_id, query, cfg::text);
     IF typo IS NOT NULL THEN
-        RETURN QUERY EXECUTE format(
-            'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item, f.evidence,
-                               (ts_rank_cd(%1$s, $2, 32) - 1)::real AS rank, count(*) OVER () AS total
-                        FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
-             SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
-                    CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN ts_headline($9, m.item, $2, $10)
-                         ELSE ts_headline($9, m.evidence, $2, $10) END, m.total
-             FROM m ORDER BY m.rank DESC, m.legacy_id, m.id', vec, filters, page)
+        RETURN QUERY EXECUTE format(ranked, vec, filters, page, '-1')
             USING search_facts.deal_id, typo::tsquery, search_facts.domain, search_facts.category, search_facts.entity,
                   min_confidence, lim, off, cfg, opts;
     END IF;
