@@ -83,17 +83,23 @@ BEGIN
     vec := CASE WHEN cfg = 'english'::regconfig THEN 'f.search_vector'
                 ELSE format('deal_store.fact_search_vector(%L, f.item, f.category, f.domain, f.evidence, f.details)', cfg) END;
     tsq := deal_store.search_tsquery(query, cfg);
-    -- 1. full-text match: rank > 0; the headline is computed for the returned page only
+    -- 1. full-text match: rank in (0, 1)
     IF numnode(tsq) > 0 THEN
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM deal_store.facts f WHERE %s @@ $2 %s)', vec, filters)
-            INTO STRICT tsq_found USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category,
-                 search_facts.entity, min_confidence;
-    END IF;
-    IF numnode(tsq) > 0 AND tsq_found THEN
         RETURN QUERY EXECUTE format(ranked, vec, filters, page, '0')
             USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category, search_facts.entity,
                   min_confidence, lim, off, cfg, opts;
-        RETURN;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- an empty page past the end of a non-empty result is not a reason to go fuzzy
+        IF off > 0 THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM deal_store.facts f WHERE %s @@ $2 %s)', vec, filters)
+                INTO STRICT tsq_found USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category,
+                     search_facts.entity, min_confidence;
+            IF tsq_found THEN
+                RETURN;
+            END IF;
+        END IF;
     END IF;
     -- 2. trigram fallback (pg_trgm word similarity): rank = similarity - 1, so <= 0
     RETURN QUERY EXECUTE format(
