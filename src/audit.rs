@@ -25,66 +25,18 @@ use std::ffi::CStr;
 /// Columns whose changes carry no meaning on their own.
 const NOISE: [&str; 3] = ["updated_at", "search_vector", "item_checksum"];
 
-/// A column derived from others and left out of logged rows.
-const DERIVED: &str = "search_vector";
-
-/// A double-quoted SQL identifier.
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A single-quoted SQL literal.
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-/// The INSERT into the log for one table. Parameters: $1 deal, $2 actor,
-/// $3 action, $4 entity type, $5 entity id, $6 run, $7 reason, $8 old row,
-/// $9 new row, $10 changed columns. The details are built from the row's own
-/// columns (without the derived search vector), and for an update from the
-/// changed meaningful columns only, so no column is turned into JSON that the
-/// entry leaves out.
-fn log_insert_sql(columns: &[&str], meaningful: &[&str], key: Option<&[String]>) -> String {
-    let row = |p: u8| {
-        if columns.len() <= 50 {
-            let pairs: Vec<String> = columns.iter().map(|c| format!("{}, (${p}).{}", literal(c), ident(c))).collect();
-            format!("pg_catalog.jsonb_build_object({})", pairs.join(", "))
-        } else {
-            // jsonb_build_object takes at most 100 arguments
-            format!("pg_catalog.to_jsonb(${p}) - {}", literal(DERIVED))
-        }
-    };
-    let changes: Vec<String> = meaningful
-        .iter()
-        .map(|c| {
-            format!(
-                "({l}, CASE WHEN {l} = ANY ($10) THEN pg_catalog.jsonb_build_object('old', ($8).{i}, 'new', ($9).{i}) END)",
-                l = literal(c),
-                i = ident(c)
-            )
-        })
-        .collect();
-    let key_expr = match key {
-        Some(cols) if !cols.is_empty() => {
-            let pairs: Vec<String> = cols
-                .iter()
-                .map(|c| format!("{}, (CASE WHEN $3 = 'purge' THEN $8 ELSE $9 END).{}", literal(c), ident(c)))
-                .collect();
-            format!("pg_catalog.jsonb_build_object({})", pairs.join(", "))
-        }
-        _ => "NULL::pg_catalog.jsonb".to_string(),
-    };
-    format!(
-        "INSERT INTO deal_store.deal_activity_log \
-           (deal_id, user_id, action, entity_type, entity_id, entity_key, analysis_run_id, reason, details) \
-         SELECT $1, $2, $3, $4, $5, {key_expr}, $6, $7, \
-           CASE $3 WHEN 'insert' THEN {new_row} WHEN 'purge' THEN {old_row} \
-             ELSE (SELECT pg_catalog.jsonb_object_agg(t.k, t.v) FROM (VALUES {changes}) AS t(k, v) WHERE t.v IS NOT NULL) END",
-        new_row = row(9),
-        old_row = row(8),
-        changes = changes.join(", ")
-    )
-}
+const LOG_INSERT: &str = "\
+INSERT INTO deal_store.deal_activity_log
+    (deal_id, user_id, action, entity_type, entity_id, entity_key, analysis_run_id, reason, details)
+SELECT $1, $2, $3, $4, $5,
+       CASE WHEN $5 IS NULL THEN (SELECT pg_catalog.jsonb_object_agg(k, coalesce(x.n, x.o) -> k)
+                                  FROM pg_catalog.unnest($10::pg_catalog.text[]) k) END,
+       $6, $7,
+       CASE $3 WHEN 'insert' THEN x.n - 'search_vector' WHEN 'purge' THEN x.o - 'search_vector'
+            ELSE (SELECT pg_catalog.jsonb_object_agg(k, pg_catalog.jsonb_build_object('old', x.o -> k, 'new', x.n -> k))
+                  FROM pg_catalog.unnest($11::pg_catalog.text[]) k) END
+FROM (SELECT CASE WHEN $3 <> 'insert' THEN pg_catalog.to_jsonb($8) END AS o,
+             CASE WHEN $3 <> 'purge' THEN pg_catalog.to_jsonb($9) END AS n) x";
 
 /// What the trigger needs to know about one audited table, computed once per session.
 struct TableInfo {
@@ -98,6 +50,7 @@ struct TableInfo {
     superseded_at: Option<i32>,
     /// attribute number, name, whether it is noise, typbyval, typlen
     columns: Vec<(i32, String, bool, bool, i16)>,
+    key_columns: Vec<String>,
     is_deals: bool,
     plan: OwnedPreparedStatement,
 }
@@ -167,27 +120,24 @@ fn table_info(client: &SpiClient<'_>, rel: &PgRelation) -> TableInfo {
     let ts = pg_sys::TIMESTAMPTZOID;
     let arg_types: Vec<PgOid> = [uuid, uuid, pg_sys::TEXTOID, pg_sys::TEXTOID, uuid, uuid, pg_sys::TEXTOID, rowtype, rowtype]
         .into_iter()
-        .chain([pg_sys::TEXTARRAYOID])
+        .chain([pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID])
         .map(PgOid::from)
         .collect();
-    let id = find(&info_cols, "id", uuid);
-    let stored: Vec<&str> = info_cols.iter().map(|c| c.1.as_str()).filter(|c| *c != DERIVED).collect();
-    let meaningful: Vec<&str> = info_cols.iter().filter(|c| !c.2).map(|c| c.1.as_str()).collect();
-    let sql = log_insert_sql(&stored, &meaningful, if id.is_some() { None } else { Some(&key_columns) });
     let plan = client
-        .prepare_mut(&sql, &arg_types)
+        .prepare_mut(LOG_INSERT, &arg_types)
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("audit plan: {e}"), None))
         .keep();
     TableInfo {
         natts: tupdesc.len() as i32,
         deal_id: find(&info_cols, "deal_id", uuid),
-        id,
+        id: find(&info_cols, "id", uuid),
         run_id: find(&info_cols, "analysis_run_id", uuid),
         deleted_at: find(&info_cols, "deleted_at", ts),
         superseded_at: find(&info_cols, "superseded_at", ts),
         is_deals: schema == "deal_store" && rel.name() == "deals",
         entity_type,
         columns: info_cols,
+        key_columns,
         plan,
     }
 }
@@ -295,6 +245,7 @@ fn audit_row<'a>(
                 reason.into(),
                 composite(old),
                 composite(new),
+                t.key_columns.clone().into(),
                 changed.into(),
             ];
             client
