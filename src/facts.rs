@@ -9,6 +9,7 @@
 use crate::checksum::{content_checksum, FACT};
 use crate::errors::raise;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{JsonB, WhoAllocated};
 use serde_json::{Map, Value};
 use std::fmt::Display;
@@ -39,27 +40,39 @@ fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> Map<String, Value> {
 }
 
 thread_local! {
-    static HISTORY_INSERT: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
+    static HISTORY_INSERT: std::cell::OnceCell<OwnedPreparedStatement> = const { std::cell::OnceCell::new() };
 }
 
-/// The statement that copies the old version into a history row: every stored
-/// (not generated) column, with a new id and superseded_at set.
-fn history_insert() -> String {
+/// Copies the old version of a fact into a history row: every stored (not
+/// generated) column, with a new id and superseded_at set. The plan is prepared
+/// once per session.
+fn insert_history_row(deal_id: Option<pgrx::Uuid>, id: Option<pgrx::Uuid>, history_id: pgrx::Uuid) {
     HISTORY_INSERT.with(|cell| {
-        cell.get_or_init(|| {
-            let cols = internal(Spi::get_one::<String>(
-                "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_catalog.pg_attribute \
-                 WHERE attrelid = 'deal_store.facts'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
-            ))
-            .expect("facts has columns");
-            let src = cols.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ");
-            format!(
-                "INSERT INTO deal_store.facts ({cols}) SELECT {src} FROM deal_store.facts f, \
-                 pg_catalog.jsonb_populate_record(f, pg_catalog.jsonb_build_object('id', $3::uuid, 'superseded_at', pg_catalog.now())) r \
-                 WHERE f.deal_id = $1 AND f.id = $2"
-            )
+        Spi::connect_mut(|client| {
+            let plan = cell.get_or_init(|| {
+                let cols: String = internal(
+                    client
+                        .select(
+                            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_catalog.pg_attribute \
+                             WHERE attrelid = 'deal_store.facts'::regclass AND attnum > 0 AND NOT attisdropped \
+                             AND attgenerated = ''",
+                            Some(1),
+                            &[],
+                        )
+                        .and_then(|t| t.first().get_one::<String>()),
+                )
+                .expect("facts has columns");
+                let src = cols.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ");
+                let sql = format!(
+                    "INSERT INTO deal_store.facts ({cols}) SELECT {src} FROM deal_store.facts f, \
+                     pg_catalog.jsonb_populate_record(f, pg_catalog.jsonb_build_object('id', $3, 'superseded_at', pg_catalog.now())) r \
+                     WHERE f.deal_id = $1 AND f.id = $2"
+                );
+                let uuid = PgOid::from(pg_sys::UUIDOID);
+                internal(client.prepare_mut(sql.as_str(), &[uuid, uuid, uuid])).keep()
+            });
+            internal(client.update(plan, None, &[deal_id.into(), id.into(), history_id.into()]));
         })
-        .clone()
     })
 }
 
@@ -91,7 +104,7 @@ fn fact_versions<'a>(
             if was_current && stays_current && old_checksum.as_deref() != Some(checksum.as_str()) {
                 let history_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
                 // The old version is still the visible row: copy it with a new id.
-                internal(Spi::run_with_args(&history_insert(), &[deal_id.into(), id.into(), history_id.into()]));
+                insert_history_row(deal_id, id, history_id);
                 internal(new.set_by_name("previous_version_id", history_id));
             }
             if let Some(actor) = crate::settings::actor() {
