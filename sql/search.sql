@@ -11,6 +11,14 @@ RETURN coalesce(nullif(current_setting('deal_store.search_config', true), ''), '
 COMMENT ON FUNCTION deal_store.search_config() IS
     'The text search configuration searches use: deal_store.search_config, default english.';
 
+CREATE FUNCTION deal_store.headline_options() RETURNS text
+LANGUAGE sql STABLE
+RETURN format('StartSel="%s", StopSel="%s", MaxWords=35, MinWords=15',
+              replace(coalesce(nullif(current_setting('deal_store.headline_start', true), ''), '<b>'), '"', ''),
+              replace(coalesce(nullif(current_setting('deal_store.headline_stop', true), ''), '</b>'), '"', ''));
+COMMENT ON FUNCTION deal_store.headline_options() IS
+    'The ts_headline options searches use: tags from deal_store.headline_start / headline_stop (default <b> and </b>).';
+
 CREATE FUNCTION deal_store.search_tsquery(query text, cfg regconfig DEFAULT NULL) RETURNS tsquery
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
 DECLARE
@@ -51,9 +59,7 @@ DECLARE
     cfg regconfig := deal_store.search_config();
     tsq tsquery;
     vec text;
-    opts text := format('StartSel="%s", StopSel="%s", MaxWords=35, MinWords=15',
-                        replace(coalesce(nullif(current_setting('deal_store.headline_start', true), ''), '<b>'), '"', ''),
-                        replace(coalesce(nullif(current_setting('deal_store.headline_stop', true), ''), '</b>'), '"', ''));
+    opts text := deal_store.headline_options();
     trgm text := (SELECT quote_ident(n.nspname) FROM pg_catalog.pg_extension e
                   JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm');
     filters text := ' AND f.deal_id = $1 AND f.deleted_at IS NULL AND f.superseded_at IS NULL'
@@ -130,9 +136,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_mes
 DECLARE
     cfg regconfig := deal_store.search_config();
     tsq tsquery;
-    opts text := format('StartSel="%s", StopSel="%s", MaxWords=35, MinWords=15',
-                        replace(coalesce(nullif(current_setting('deal_store.headline_start', true), ''), '<b>'), '"', ''),
-                        replace(coalesce(nullif(current_setting('deal_store.headline_stop', true), ''), '</b>'), '"', ''));
+    opts text := deal_store.headline_options();
 BEGIN
     IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';

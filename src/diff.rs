@@ -42,11 +42,16 @@ fn bad_input(message: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, None)
 }
 
-/// The jsonb argument as an SPI parameter, without converting it.
-pub fn jsonb_arg(incoming: AnyElement) -> DatumWithOid<'static> {
+/// Raises 22023 unless the polymorphic argument is jsonb.
+fn require_jsonb(incoming: &AnyElement) {
     if incoming.oid() != pg_sys::JSONBOID {
         bad_input("incoming must be jsonb".into());
     }
+}
+
+/// The jsonb argument as an SPI parameter, without converting it.
+pub fn jsonb_arg(incoming: AnyElement) -> DatumWithOid<'static> {
+    require_jsonb(&incoming);
     // SAFETY: the datum is a jsonb value that lives for the whole call
     unsafe { DatumWithOid::new(incoming, pg_sys::JSONBOID) }
 }
@@ -67,9 +72,7 @@ fn raw_type(raw: &str) -> &'static str {
 /// unique, non-empty legacy_id. The text is read with borrowed slices
 /// (`RawValue`), so no JSON tree is built for strings and numbers.
 pub fn parse_incoming(kind: &Kind, incoming: AnyElement) -> Vec<Incoming> {
-    if incoming.oid() != pg_sys::JSONBOID {
-        bad_input("incoming must be jsonb".into());
-    }
+    require_jsonb(&incoming);
     // SAFETY: a jsonb datum; jsonb_out returns a palloc'd C string of its text
     let text: &std::ffi::CStr = unsafe {
         let detoasted = pg_sys::pg_detoast_datum_packed(incoming.datum().cast_mut_ptr());
