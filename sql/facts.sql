@@ -4,10 +4,29 @@
 
 COMMENT ON FUNCTION deal_store.current_actor() IS
     'The acting user: the uuid in deal_store.actor, or NULL when it is not set.';
+CREATE FUNCTION deal_store.fact_checksum(fact jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN deal_store._content_checksum('fact', fact);
 COMMENT ON FUNCTION deal_store.fact_checksum(jsonb) IS
     'MD5 (32 lowercase hex) of the canonical form of a fact''s content: domain, category, item, status, details, evidence, entity, source_page_numbers. Strings trimmed and white space folded, keys sorted at every depth, numbers in one form, NULL = missing. See README "Canonical form". 22023 when not a JSON object.';
+
+CREATE FUNCTION deal_store.fact_canonical(fact jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN deal_store._content_canonical('fact', fact);
 COMMENT ON FUNCTION deal_store.fact_canonical(jsonb) IS
     'The canonical text that fact_checksum hashes (md5(fact_canonical(x)) = fact_checksum(x)), for checking another implementation.';
+
+CREATE FUNCTION deal_store.content_checksum_of(entity_type text, row_value jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN deal_store._content_checksum(entity_type, row_value);
+COMMENT ON FUNCTION deal_store.content_checksum_of(text, jsonb) IS
+    'Content checksum of a fact, finding or gap given as jsonb (e.g. to_jsonb(row)); for facts it equals fact_checksum. 22023 for another entity type or a non-object.';
+COMMENT ON FUNCTION deal_store.content_fields(text) IS
+    'The content fields of a fact, finding or gap: what its checksum covers and what changed_fields names.';
+COMMENT ON FUNCTION deal_store._content_checksum(text, anyelement) IS
+    'Internal: the Rust body of fact_checksum and content_checksum_of (reads the jsonb in place).';
+COMMENT ON FUNCTION deal_store._content_canonical(text, anyelement) IS
+    'Internal: the Rust body of fact_canonical.';
 COMMENT ON FUNCTION deal_store.fact_versions() IS
     'Trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and writes the old content as a history row (superseded_at set) linked by previous_version_id.';
 COMMENT ON FUNCTION deal_store._diff_facts(uuid, anyelement, text[]) IS

@@ -2,10 +2,6 @@
 -- accept / reject / defer, batch accept, the worker procedure, signals and
 -- the views a review UI reads. Proposing is Rust (queue.rs).
 
-COMMENT ON FUNCTION deal_store.content_checksum_of(text, jsonb) IS
-    'Content checksum of a fact, finding or gap given as jsonb (e.g. to_jsonb(row)); for facts it equals fact_checksum.';
-COMMENT ON FUNCTION deal_store.content_fields(text) IS
-    'The content fields (what the checksum covers) of fact, finding or gap.';
 COMMENT ON FUNCTION deal_store.confidence_tier(uuid, text, text, double precision) IS
     'The tier the policy (deal_store.tier_policies, else the built-in default) gives a change of this deal, entity type, change type and confidence.';
 COMMENT ON FUNCTION deal_store._propose(text, uuid, anyelement, text[]) IS

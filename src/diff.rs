@@ -6,24 +6,36 @@
 //! stored one (facts keep it in `item_checksum`; findings and gaps are hashed
 //! as they are read). Only for checksums that differ are the stored contents
 //! read to name the fields that changed.
-use crate::checksum::{assemble_content, canonical, canonical_raw, content_checksum, md5_hex, Kind, FACT};
+use crate::checksum::{hex, md5_digest, object_content, Kind, FACT};
 use crate::errors::raise;
+use crate::jsonb::{self, JsonbDatum, Node};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{AnyElement, JsonB, Uuid};
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
-use std::collections::{HashMap, HashSet};
+use pgrx::{AnyElement, Uuid};
+use std::collections::HashMap;
+use std::ops::Range;
+
+/// An MD5 digest; written as 32 lowercase hex digits only for output.
+pub type Digest = [u8; 16];
 
 /// One incoming row, validated and canonicalised.
 pub struct Incoming {
     pub legacy_id: String,
     /// its position in the incoming array
     pub ordinal: usize,
-    /// canonical text of each content field (defaults applied), in `kind.fields` order
-    pub fields: Vec<String>,
-    pub checksum: String,
+    /// canonical content text (defaults applied) and each field's range in it,
+    /// in `kind.fields` order
+    content: String,
+    spans: Vec<Range<usize>>,
+    pub checksum: Digest,
     pub confidence: Option<f64>,
+}
+
+impl Incoming {
+    /// The canonical text of the i-th content field.
+    pub fn field(&self, i: usize) -> &str {
+        &self.content[self.spans[i].clone()]
+    }
 }
 
 /// One line of a diff.
@@ -31,9 +43,10 @@ pub struct Change {
     pub legacy_id: String,
     pub change: &'static str,
     pub fact_id: Option<Uuid>,
-    pub old_checksum: Option<String>,
-    pub new_checksum: Option<String>,
-    pub changed_fields: Option<Vec<String>>,
+    pub old_checksum: Option<Digest>,
+    pub new_checksum: Option<Digest>,
+    /// the content fields that differ (changed lines; empty for unchanged ones)
+    pub changed_fields: Option<Vec<&'static str>>,
     /// The incoming row, for new and changed lines.
     pub incoming: Option<Incoming>,
 }
@@ -42,80 +55,61 @@ fn bad_input(message: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, None)
 }
 
-/// Raises 22023 unless the polymorphic argument is jsonb.
-fn require_jsonb(incoming: &AnyElement) {
+/// The jsonb argument as an SPI parameter, without converting it.
+pub fn jsonb_arg(incoming: AnyElement) -> DatumWithOid<'static> {
     if incoming.oid() != pg_sys::JSONBOID {
         bad_input("incoming must be jsonb".into());
     }
-}
-
-/// The jsonb argument as an SPI parameter, without converting it.
-pub fn jsonb_arg(incoming: AnyElement) -> DatumWithOid<'static> {
-    require_jsonb(&incoming);
     // SAFETY: the datum is a jsonb value that lives for the whole call
     unsafe { DatumWithOid::new(incoming, pg_sys::JSONBOID) }
 }
 
-/// The JSON type named by the first character of a JSON text.
-fn raw_type(raw: &str) -> &'static str {
-    match raw.trim_start().as_bytes().first() {
-        Some(b'{') => "object",
-        Some(b'[') => "array",
-        Some(b'"') => "string",
-        Some(b't' | b'f') => "boolean",
-        Some(b'n') | None => "null",
-        _ => "number",
+/// FNV-1a: the maps here are keyed by short ids from the database, where
+/// SipHash's flood resistance buys nothing and costs a third of a lookup.
+#[derive(Default)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
     }
 }
+
+pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 
 /// Validates and canonicalises `incoming`: a jsonb array of objects with
-/// unique, non-empty legacy_id. The text is read with borrowed slices
-/// (`RawValue`), so no JSON tree is built for strings and numbers.
-pub fn parse_incoming(kind: &Kind, incoming: AnyElement) -> Vec<Incoming> {
-    require_jsonb(&incoming);
-    // SAFETY: a jsonb datum; jsonb_out returns a palloc'd C string of its text
-    let text: &std::ffi::CStr = unsafe {
-        let detoasted = pg_sys::pg_detoast_datum_packed(incoming.datum().cast_mut_ptr());
-        pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(pg_sys::Datum::from(detoasted))])
-            .expect("jsonb_out returns text")
+/// unique, non-empty legacy_id. The jsonb is read in place (see `jsonb.rs`).
+pub fn parse_incoming(kind: &Kind, incoming: &AnyElement) -> Vec<Incoming> {
+    let items = match jsonb::root(incoming) {
+        Node::Array(items) => items,
+        other => bad_input(format!("incoming must be a JSON array of facts, not a JSON {}", other.type_name())),
     };
-    let text = text.to_str().unwrap_or_default();
-    let items: Vec<&RawValue> = serde_json::from_str(text).unwrap_or_else(|_| {
-        bad_input(format!("incoming must be a JSON array of facts, not a JSON {}", raw_type(text)))
-    });
-    let mut seen: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    let mut seen: FastMap<&str, usize> = FastMap::with_capacity_and_hasher(items.len(), Default::default());
     let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let row: HashMap<String, &RawValue> = serde_json::from_str(item.get()).unwrap_or_else(|_| {
-            bad_input(format!("incoming element {i} is a JSON {}, not an object", raw_type(item.get())))
-        });
-        let legacy_id = match row.get("legacy_id").map(|r| serde_json::from_str::<String>(r.get())) {
-            Some(Ok(s)) if !s.trim().is_empty() => s,
+    for (i, (_, item)) in items.iter().enumerate() {
+        let Node::Object(row) = item else {
+            bad_input(format!("incoming element {i} is a JSON {}, not an object", item.type_name()))
+        };
+        let legacy_id = match row.get("legacy_id") {
+            Some(Node::String(s)) if !s.trim().is_empty() => s,
             _ => bad_input(format!("incoming element {i} has no legacy_id (a non-empty string)")),
         };
-        if let Some(first) = seen.insert(legacy_id.clone(), i) {
+        if let Some(first) = seen.insert(legacy_id, i) {
             bad_input(format!("incoming element {i} repeats legacy_id \"{legacy_id}\" of element {first}"));
         }
-        let fields: Vec<String> = kind
-            .fields
-            .iter()
-            .map(|f| match (row.get(*f).map(|r| r.get()), kind.default_of(f)) {
-                (None | Some("null"), Some(default)) => canonical_raw(default),
-                (Some(raw), _) => canonical_raw(raw),
-                (None, None) => "null".to_string(),
-            })
-            .collect();
-        let checksum = md5_hex(&assemble_content(kind, &fields));
-        let confidence = row.get("confidence_score").and_then(|r| r.get().parse::<f64>().ok());
-        out.push(Incoming { legacy_id, ordinal: i, fields, checksum, confidence });
+        let (content, spans) = object_content(kind, row, true);
+        let checksum = md5_digest(&content);
+        let confidence = row.get("confidence_score").and_then(|n| n.as_f64());
+        out.push(Incoming { legacy_id: legacy_id.to_string(), ordinal: i, content, spans, checksum, confidence });
     }
     out
-}
-
-struct Stored {
-    id: Uuid,
-    checksum: Option<String>,
-    domain: String,
 }
 
 pub fn check_domains(domains: &Option<Vec<Option<String>>>) -> Option<Vec<String>> {
@@ -129,17 +123,44 @@ pub fn check_domains(domains: &Option<Vec<Option<String>>>) -> Option<Vec<String
 /// Content of the current live rows of a kind, as `jsonb_build_object(...)` SQL.
 fn content_sql(kind: &Kind) -> String {
     let pairs: Vec<String> = kind.fields.iter().map(|f| format!("'{f}', {f}")).collect();
-    format!("jsonb_build_object({})", pairs.join(", "))
+    format!("pg_catalog.jsonb_build_object({})", pairs.join(", "))
 }
 
 fn current_rows_sql(kind: &Kind) -> &'static str {
     if kind.versioned { "deleted_at IS NULL AND superseded_at IS NULL" } else { "deleted_at IS NULL" }
 }
 
+/// A stored checksum (32 hex digits) as a digest; None when it is not one.
+fn parse_hex(hex: &str) -> Option<Digest> {
+    let mut d = [0u8; 16];
+    if hex.len() != 32 {
+        return None;
+    }
+    for (i, byte) in d.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(d)
+}
+
+/// The content of a stored row read as `jsonb_build_object` of its content fields.
+fn stored_content(kind: &Kind, row: Option<JsonbDatum>) -> Option<(String, Vec<Range<usize>>)> {
+    match row?.root() {
+        Node::Object(obj) => Some(object_content(kind, obj, false)),
+        _ => None,
+    }
+}
+
+struct Stored<'a> {
+    id: Uuid,
+    checksum: Option<Digest>,
+    domain: &'a str,
+}
+
 /// Diffs validated incoming rows against the deal's current live rows of that kind.
 /// `removed` is only inferred for stored rows inside `domains` (all when None).
+/// Lines come sorted by legacy_id.
 pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option<&[String]>) -> Vec<Change> {
-    let stored: HashMap<String, Stored> = Spi::connect(|client| {
+    let mut changes: Vec<Change> = Spi::connect(|client| {
         let exists = client
             .select("SELECT 1 FROM deal_store.deals WHERE id = $1", Some(1), &[deal_id.into()])
             .map(|t| !t.is_empty())
@@ -149,77 +170,82 @@ pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option
         }
         let checksum = if kind.versioned { "item_checksum".to_string() } else { content_sql(kind) };
         let sql = format!(
-            "SELECT legacy_id, id, {checksum}::text, domain FROM {} WHERE deal_id = $1 AND {}",
+            "SELECT legacy_id, id, {checksum}, domain FROM {} WHERE deal_id = $1 AND {}",
             kind.table,
             current_rows_sql(kind)
         );
         let rows = client
             .select(&sql, None, &[deal_id.into()])
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
-        rows.map(|r| {
-            let legacy: String = r.get(1).ok().flatten().unwrap_or_default();
-            let raw: Option<String> = r.get(3).ok().flatten();
+        // the strings borrow from the SPI result, which lives until this closure returns
+        let mut stored: FastMap<&str, Stored<'_>> = FastMap::with_capacity_and_hasher(rows.len(), Default::default());
+        for r in rows {
             let checksum = if kind.versioned {
-                raw
+                r.get::<&str>(3).ok().flatten().and_then(parse_hex)
             } else {
-                raw.and_then(|t| serde_json::from_str::<Map<String, Value>>(&t).ok()).map(|m| content_checksum(kind, &m))
+                stored_content(kind, r.get::<JsonbDatum>(3).ok().flatten()).map(|(text, _)| md5_digest(&text))
             };
-            let stored = Stored {
-                id: r.get(2).ok().flatten().expect("id is NOT NULL"),
-                checksum,
-                domain: r.get(4).ok().flatten().unwrap_or_default(),
-            };
-            (legacy, stored)
-        })
-        .collect()
-    });
+            let legacy: &str = r.get(1).ok().flatten().unwrap_or_default();
+            let id = r.get(2).ok().flatten().expect("id is NOT NULL");
+            stored.insert(legacy, Stored { id, checksum, domain: r.get(4).ok().flatten().unwrap_or_default() });
+        }
 
-    let mut changes: Vec<Change> = Vec::with_capacity(incoming.len() + stored.len() / 10);
-    let mut seen = HashSet::with_capacity(incoming.len());
-    for inc in incoming {
-        seen.insert(inc.legacy_id.clone());
-        let (change, fact_id, old_checksum) = match stored.get(&inc.legacy_id) {
-            None => ("new", None, None),
-            Some(s) if s.checksum.as_deref() == Some(inc.checksum.as_str()) => ("unchanged", Some(s.id), s.checksum.clone()),
-            Some(s) => ("changed", Some(s.id), s.checksum.clone()),
-        };
-        changes.push(Change {
-            legacy_id: inc.legacy_id.clone(),
-            change,
-            fact_id,
-            old_checksum,
-            new_checksum: Some(inc.checksum.clone()),
-            changed_fields: (change == "unchanged").then(Vec::new),
-            incoming: (change != "unchanged").then_some(inc),
-        });
-    }
-    for (legacy_id, s) in &stored {
-        if !seen.contains(legacy_id) && domains.is_none_or(|d| d.iter().any(|x| *x == s.domain)) {
+        let mut changes: Vec<Change> = Vec::with_capacity(incoming.len() + stored.len() / 10);
+        for inc in incoming {
+            let found = stored.remove(inc.legacy_id.as_str());
+            let (change, fact_id, old_checksum) = match found {
+                None => ("new", None, None),
+                Some(s) if s.checksum == Some(inc.checksum) => ("unchanged", Some(s.id), s.checksum),
+                Some(s) => ("changed", Some(s.id), s.checksum),
+            };
+            let unchanged = change == "unchanged";
+            let new_checksum = Some(inc.checksum);
+            let (legacy_id, incoming) = if unchanged { (inc.legacy_id, None) } else { (inc.legacy_id.clone(), Some(inc)) };
             changes.push(Change {
-                legacy_id: legacy_id.clone(),
-                change: "removed",
-                fact_id: Some(s.id),
-                old_checksum: s.checksum.clone(),
-                new_checksum: None,
-                changed_fields: None,
-                incoming: None,
+                legacy_id,
+                change,
+                fact_id,
+                old_checksum,
+                new_checksum,
+                changed_fields: unchanged.then(Vec::new),
+                incoming,
             });
         }
-    }
+        for (legacy_id, s) in stored {
+            if domains.is_none_or(|d| d.iter().any(|x| x == s.domain)) {
+                changes.push(Change {
+                    legacy_id: legacy_id.to_string(),
+                    change: "removed",
+                    fact_id: Some(s.id),
+                    old_checksum: s.checksum,
+                    new_checksum: None,
+                    changed_fields: None,
+                    incoming: None,
+                });
+            }
+        }
+        changes
+    });
     name_changed_fields(kind, deal_id, &mut changes);
-    changes.sort_by(|a, b| a.legacy_id.cmp(&b.legacy_id));
+    changes.sort_unstable_by(|a, b| a.legacy_id.cmp(&b.legacy_id));
     changes
 }
 
-/// Reads the stored content of the changed facts and names the fields that differ.
+/// Reads the stored content of the changed rows and names the fields that differ.
 fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
-    let ids: Vec<Uuid> = changes.iter().filter(|c| c.change == "changed").filter_map(|c| c.fact_id).collect();
-    if ids.is_empty() {
+    let by_id: FastMap<[u8; 16], usize> = changes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.change == "changed")
+        .filter_map(|(i, c)| Some((*c.fact_id?.as_bytes(), i)))
+        .collect();
+    if by_id.is_empty() {
         return;
     }
-    let stored: HashMap<[u8; 16], Map<String, Value>> = Spi::connect(|client| {
+    let ids: Vec<Uuid> = by_id.keys().map(|b| Uuid::from_bytes(*b)).collect();
+    Spi::connect(|client| {
         let sql = format!(
-            "SELECT id, {} FROM {} WHERE deal_id = $1 AND id = ANY($2) AND {}",
+            "SELECT t.id, {} FROM {} t JOIN pg_catalog.unnest($2::uuid[]) AS x(id) ON t.deal_id = $1 AND t.id = x.id WHERE {}",
             content_sql(kind),
             kind.table,
             current_rows_sql(kind)
@@ -227,26 +253,21 @@ fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
         let rows = client
             .select(&sql, None, &[deal_id.into(), ids.into()])
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
-        rows.filter_map(|r| {
-            let id: Uuid = r.get(1).ok().flatten()?;
-            let JsonB(Value::Object(m)) = r.get::<JsonB>(2).ok().flatten()? else { return None };
-            Some((*id.as_bytes(), m))
-        })
-        .collect()
-    });
-    for c in changes.iter_mut().filter(|c| c.change == "changed") {
-        let (Some(old), Some(new)) = (c.fact_id.and_then(|id| stored.get(id.as_bytes())), c.incoming.as_ref()) else {
-            continue;
-        };
-        c.changed_fields = Some(
-            kind.fields
-                .iter()
-                .zip(&new.fields)
-                .filter(|(f, part)| canonical(old.get(**f).unwrap_or(&Value::Null)) != **part)
-                .map(|(f, _)| f.to_string())
-                .collect(),
-        );
-    }
+        for r in rows {
+            let Some(&at) = r.get::<Uuid>(1).ok().flatten().and_then(|id| by_id.get(id.as_bytes())) else { continue };
+            let Some((old, spans)) = stored_content(kind, r.get::<JsonbDatum>(2).ok().flatten()) else { continue };
+            let c = &mut changes[at];
+            let Some(new) = c.incoming.as_ref() else { continue };
+            c.changed_fields = Some(
+                kind.fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| old[spans[*i].clone()] != *new.field(*i))
+                    .map(|(_, f)| *f)
+                    .collect(),
+            );
+        }
+    })
 }
 
 /// Diff of `incoming` (a jsonb array of facts keyed by legacy_id) against the
@@ -270,7 +291,7 @@ fn diff_facts_internal(
     ),
 > {
     let domains = check_domains(&domains);
-    let changes = diff(&FACT, deal_id, parse_incoming(&FACT, incoming), domains.as_deref());
+    let changes = diff(&FACT, deal_id, parse_incoming(&FACT, &incoming), domains.as_deref());
     let n = changes.len();
     let (mut a, mut b, mut c, mut d, mut e, mut f) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -278,8 +299,8 @@ fn diff_facts_internal(
         a.push(ch.legacy_id);
         b.push(ch.change.to_string());
         c.push(ch.fact_id);
-        d.push(ch.old_checksum);
-        e.push(ch.new_checksum);
+        d.push(ch.old_checksum.as_ref().map(hex));
+        e.push(ch.new_checksum.as_ref().map(hex));
         f.push(ch.changed_fields.map(|x| x.join(",")));
     }
     TableIterator::once((a, b, c, d, e, f))

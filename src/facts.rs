@@ -6,12 +6,12 @@
 //! history row (new id, `superseded_at` set) and points the updated row's
 //! `previous_version_id` at it, so the fact keeps its id and links keep working.
 //! An UPDATE that leaves the checksum alone writes no version.
-use crate::checksum::{content_checksum, FACT};
+use crate::checksum::{content_text, md5_hex, write_canonical, write_folded_string, FACT};
 use crate::errors::raise;
+use crate::jsonb::JsonbDatum;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{JsonB, WhoAllocated};
-use serde_json::{Map, Value};
+use pgrx::WhoAllocated;
 use std::fmt::Display;
 
 /// Internal failures (a column missing or of another type) are bugs: report them as XX000.
@@ -19,24 +19,29 @@ fn internal<T, E: Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store fact trigger: {e}"), None))
 }
 
-fn text<A: WhoAllocated>(row: &PgHeapTuple<'_, A>, col: &str) -> Value {
-    internal(row.get_by_name::<String>(col)).map_or(Value::Null, Value::String)
-}
-
-/// The content fields of a facts row as a JSON object.
-fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> Map<String, Value> {
-    let mut m = Map::new();
-    for col in ["domain", "category", "item", "status", "evidence", "entity"] {
-        m.insert(col.into(), text(row, col));
-    }
-    let details = internal(row.get_by_name::<JsonB>("details")).map_or(Value::Null, |j| j.0);
-    m.insert("details".into(), details);
-    let pages = internal(row.get_by_name::<pgrx::Array<'_, i32>>("source_page_numbers"));
-    m.insert(
-        "source_page_numbers".into(),
-        pages.map_or(Value::Null, |p| Value::Array(p.iter().map(|n| n.map_or(Value::Null, Value::from)).collect())),
-    );
-    m
+/// The canonical content text of a facts row (see `checksum.rs`), read
+/// column by column: no JSON is built.
+fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> String {
+    content_text(&FACT, |i, out| match FACT.fields[i] {
+        "details" => match internal(row.get_by_name::<JsonbDatum>("details")) {
+            Some(details) => write_canonical(details.root(), out),
+            None => out.push_str("null"),
+        },
+        "source_page_numbers" => match internal(row.get_by_name::<pgrx::Array<'_, i32>>("source_page_numbers")) {
+            Some(pages) => {
+                let pages: Vec<String> = pages.iter().map(|n| n.map_or("null".into(), |n| n.to_string())).collect();
+                out.push('[');
+                out.push_str(&pages.join(","));
+                out.push(']');
+            }
+            None => out.push_str("null"),
+        },
+        text_column => match internal(row.get_by_name::<&str>(text_column)) {
+            Some(s) => write_folded_string(s, out),
+            None => out.push_str("null"),
+        },
+    })
+    .0
 }
 
 thread_local! {
@@ -86,7 +91,7 @@ fn fact_versions<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
     let mut new = trigger.new().ok_or(PgTriggerError::NullTriggerData)?.into_owned();
-    let checksum = content_checksum(&FACT, &content_of(&new));
+    let checksum = md5_hex(&content_of(&new));
     match trigger.op()? {
         PgTriggerOperation::Update => {
             let old = trigger.old().ok_or(PgTriggerError::NullTriggerData)?;

@@ -8,6 +8,7 @@ mod checksum;
 mod diff;
 mod errors;
 mod facts;
+mod jsonb;
 mod queue;
 mod schema;
 mod search;

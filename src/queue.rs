@@ -11,7 +11,7 @@
 //! - an open change of a newer run: this older run's line is dropped.
 //!
 //! Deciding (accept, reject, defer, conflicts) is SQL in `sql/queue.sql`.
-use crate::checksum::Kind;
+use crate::checksum::{hex, Kind};
 use crate::diff::{check_domains, diff, jsonb_arg, parse_incoming};
 use crate::errors::raise;
 use pgrx::prelude::*;
@@ -142,7 +142,7 @@ struct Open {
 type Counts = BTreeMap<(String, i32), i64>;
 
 fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<String>>) -> Counts {
-    let incoming = parse_incoming(kind, doc);
+    let incoming = parse_incoming(kind, &doc);
     Spi::connect_mut(|client| {
         let run = lock_run(client, run_id);
         // removals are inferred only inside the domains this call covers
@@ -153,7 +153,7 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                 // the domains of the rows passed (their canonical text is a JSON string)
                 let at = kind.fields.iter().position(|f| *f == "domain").expect("every kind has a domain");
                 let mut d: Vec<String> =
-                    incoming.iter().filter_map(|i| serde_json::from_str::<String>(&i.fields[at]).ok()).collect();
+                    incoming.iter().filter_map(|i| serde_json::from_str::<String>(i.field(at)).ok()).collect();
                 d.sort();
                 d.dedup();
                 d
@@ -207,7 +207,7 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                 if o.run_number > run.run_number {
                     continue; // a newer run's proposal stands
                 }
-                if o.same_run && o.change_type == change_type && o.proposed_checksum == c.new_checksum {
+                if o.same_run && o.change_type == change_type && o.proposed_checksum == c.new_checksum.as_ref().map(hex) {
                     continue; // proposed already
                 }
                 supersede.push(o.id);
@@ -219,8 +219,8 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                 "entity_id": c.fact_id.map(|u| u.to_string()),
                 "legacy_entity_id": c.legacy_id,
                 "ordinal": c.incoming.as_ref().map(|i| i.ordinal),
-                "base_checksum": c.old_checksum,
-                "proposed_checksum": c.new_checksum,
+                "base_checksum": c.old_checksum.as_ref().map(hex),
+                "proposed_checksum": c.new_checksum.as_ref().map(hex),
                 "confidence_tier": tier(&rules, kind.entity_type, change_type, confidence),
             }));
         }

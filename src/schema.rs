@@ -16,7 +16,14 @@ extension_sql_file!("../sql/dashboard.sql", name = "dashboard", requires = ["run
 extension_sql_file!(
     "../sql/facts.sql",
     name = "facts",
-    requires = ["dashboard", checksum::fact_checksum, checksum::fact_canonical, facts::fact_versions, diff::diff_facts_internal]
+    requires = [
+        "dashboard",
+        checksum::content_canonical_internal,
+        checksum::content_checksum_internal,
+        checksum::content_fields,
+        facts::fact_versions,
+        diff::diff_facts_internal
+    ]
 );
 extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["facts", audit::audit_row]);
 extension_sql_file!(
@@ -24,8 +31,6 @@ extension_sql_file!(
     name = "queue",
     requires = [
         "audit",
-        checksum::content_checksum_of,
-        checksum::content_fields,
         queue::propose_internal,
         queue::confidence_tier
     ]
