@@ -1,9 +1,10 @@
 //! Canonical form and MD5 checksum of a fact's content.
 //!
-//! The content is the eight fields in [`CONTENT_FIELDS`]; everything else
-//! (ids, confidence, verification, timestamps) is volatile and not hashed.
-//! The canonical text is compact JSON of an object holding exactly those eight
-//! keys (missing and NULL both become `null`), with:
+//! The content is the fields of a [`Kind`] (a fact's eight: domain, category,
+//! item, status, details, evidence, entity, source_page_numbers); everything
+//! else (ids, confidence, verification, timestamps) is volatile and not hashed.
+//! The canonical text is compact JSON of an object holding exactly those keys
+//! (missing and NULL both become `null`), with:
 //! - object keys sorted by their UTF-8 bytes, at every depth;
 //! - every string value trimmed and each inner run of white space folded to one
 //!   space (keys are left as they are);
@@ -11,7 +12,9 @@
 //!   zeros, no trailing fractional zeros, `-0` as `0` (so 1, 1.0 and 1e0 agree);
 //! - strings escaped as JSON does (`"`, `\` and control characters), all other
 //!   characters written as UTF-8.
-//! The checksum is the lowercase hex MD5 of that text.
+//!
+//! The checksum is the lowercase hex MD5 of that text. Values are read from
+//! jsonb in place (`jsonb.rs`); the README's "Canonical form" is the spec.
 use crate::jsonb::{Container, Node};
 use md5::{Digest, Md5};
 use pgrx::prelude::*;
