@@ -111,16 +111,84 @@ END $$;
 COMMENT ON FUNCTION deal_store._settle(deal_store.pending_changes, text) IS
     'Internal: applies a locked open change and records accepted or conflict with the reviewer (deal_store.actor) and note.';
 
+-- Settles open changes the caller has locked, in one go: a run's fact news and
+-- updates set-based (three statements for the whole set, with the same
+-- conflict rules as _apply_change), everything else one by one. When a
+-- constraint rejects the set, the set is undone and settled one by one.
+CREATE FUNCTION deal_store._settle_batch(ids uuid[], note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ch deal_store.pending_changes;
+    prev_reason text := current_setting('deal_store.reason', true);
+BEGIN
+    PERFORM set_config('deal_store.reason', coalesce(note, prev_reason, ''), true);
+    BEGIN
+        WITH todo AS (
+            SELECT p.* FROM deal_store.pending_changes p
+            WHERE p.id = ANY (ids) AND p.status IN ('pending', 'deferred')
+              AND p.entity_type = 'fact' AND p.change_type IN ('new', 'update')),
+        updated AS (
+            -- the checksum test is re-checked on the newest row version when another session moved it
+            UPDATE deal_store.facts t
+            SET (domain, category, item, status, details, evidence, entity, source_page_numbers,
+                 confidence_score, source_document_id, analysis_run_id) =
+                (r.domain, r.category, r.item, r.status, r.details, r.evidence, r.entity, r.source_page_numbers,
+                 CASE WHEN todo.new_value ? 'confidence_score' THEN r.confidence_score ELSE t.confidence_score END,
+                 CASE WHEN todo.new_value ? 'source_document_id' THEN r.source_document_id ELSE t.source_document_id END,
+                 todo.analysis_run_id)
+            FROM todo, LATERAL pg_catalog.jsonb_populate_record(NULL::deal_store.facts, todo.new_value) r
+            WHERE todo.change_type = 'update' AND t.deal_id = todo.deal_id AND t.id = todo.entity_id
+              AND t.superseded_at IS NULL AND t.deleted_at IS NULL AND t.item_checksum = todo.base_checksum
+            RETURNING todo.id),
+        inserted AS (
+            INSERT INTO deal_store.facts (deal_id, legacy_id, analysis_run_id, domain, category, item, status, details,
+                                          evidence, entity, source_page_numbers, confidence_score, source_document_id)
+            SELECT todo.deal_id, todo.legacy_entity_id, todo.analysis_run_id, r.domain, r.category, r.item,
+                   coalesce(r.status, 'documented'), coalesce(r.details, '{}'), r.evidence, coalesce(r.entity, 'target'),
+                   r.source_page_numbers, coalesce(r.confidence_score, 0.5), r.source_document_id
+            FROM todo, LATERAL pg_catalog.jsonb_populate_record(NULL::deal_store.facts, todo.new_value) r
+            WHERE todo.change_type = 'new'
+            ON CONFLICT (deal_id, legacy_id) WHERE deleted_at IS NULL AND superseded_at IS NULL DO NOTHING
+            RETURNING deal_id, legacy_id)
+        UPDATE deal_store.pending_changes p
+        SET status = CASE WHEN done.ok THEN 'accepted' ELSE 'conflict' END,
+            decided_by = deal_store.current_actor(), decided_at = pg_catalog.now(),
+            review_note = pg_catalog.concat_ws(' / ', note, CASE
+                WHEN done.ok THEN NULL
+                WHEN todo.change_type = 'new' THEN 'a live row with this legacy_id exists'
+                WHEN EXISTS (SELECT 1 FROM deal_store.facts f WHERE f.deal_id = todo.deal_id AND f.id = todo.entity_id
+                               AND f.superseded_at IS NULL AND f.deleted_at IS NULL)
+                    THEN 'the target changed since the proposal'
+                ELSE 'the target is gone or deleted' END)
+        FROM todo, LATERAL (SELECT todo.id IN (SELECT u.id FROM updated u)
+                                OR (todo.deal_id, todo.legacy_entity_id) IN (SELECT i.deal_id, i.legacy_id FROM inserted i)
+                                AND todo.change_type = 'new' AS ok) done
+        WHERE p.deal_id = todo.deal_id AND p.id = todo.id;
+    EXCEPTION WHEN integrity_constraint_violation THEN
+        NULL; -- nothing of the set was applied: the loop below settles each change on its own
+    END;
+    FOR ch IN SELECT * FROM deal_store.pending_changes p
+              WHERE p.id = ANY (ids) AND p.status IN ('pending', 'deferred')
+              ORDER BY p.created_at, p.id LOOP
+        PERFORM deal_store._settle(ch, note);
+    END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+END $$;
+COMMENT ON FUNCTION deal_store._settle_batch(uuid[], text) IS
+    'Internal: settles open changes the caller has locked: fact news and updates set-based, the rest (deletes, findings, gaps, and any set a constraint rejects) one by one through _settle. Same results as settling each change alone.';
+
 CREATE FUNCTION deal_store._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    c deal_store.pending_changes;
+    locked uuid[];
 BEGIN
-    FOR c IN SELECT * FROM deal_store.pending_changes p
-             WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
-             ORDER BY p.created_at, p.id FOR UPDATE LOOP
-        PERFORM deal_store._settle(c, 'auto-applied (tier 1)');
-    END LOOP;
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
+        ORDER BY p.created_at, p.id FOR UPDATE) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store._settle_batch(locked, 'auto-applied (tier 1)');
+    END IF;
 END $$;
 COMMENT ON FUNCTION deal_store._apply_changes(uuid, uuid[]) IS 'Internal: auto-applies the given tier-1 changes of a proposal.';
 
@@ -210,23 +278,24 @@ CREATE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT
 RETURNS TABLE(status text, n bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    c deal_store.pending_changes;
-    tally jsonb := '{}';
-    r text;
+    locked uuid[];
 BEGIN
     IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
         RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
     END IF;
-    FOR c IN SELECT * FROM deal_store.pending_changes p
-             WHERE p.deal_id = accept_changes.deal_id AND p.confidence_tier <= max_tier
-               AND (accept_changes.run_id IS NULL OR p.analysis_run_id = accept_changes.run_id)
-               AND (p.status = 'pending' OR (p.status = 'deferred' AND p.deferred_until <= now()))
-             ORDER BY p.created_at, p.id
-             FOR UPDATE SKIP LOCKED LOOP
-        r := deal_store._settle(c, 'batch accept');
-        tally := jsonb_set(tally, ARRAY[r], to_jsonb(coalesce((tally ->> r)::bigint, 0) + 1));
-    END LOOP;
-    RETURN QUERY SELECT k, v::bigint FROM jsonb_each_text(tally) AS e(k, v) ORDER BY k;
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = accept_changes.deal_id AND p.confidence_tier <= max_tier
+          AND (accept_changes.run_id IS NULL OR p.analysis_run_id = accept_changes.run_id)
+          AND (p.status = 'pending' OR (p.status = 'deferred' AND p.deferred_until <= now()))
+        ORDER BY p.created_at, p.id
+        FOR UPDATE SKIP LOCKED) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store._settle_batch(locked, 'batch accept');
+    END IF;
+    RETURN QUERY SELECT p.status, count(*) FROM deal_store.pending_changes p
+                 WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked)
+                 GROUP BY p.status ORDER BY p.status;
 END $$;
 COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid) IS
     'Accepts every open change of a deal up to max_tier (of one run when run_id is given; deferred ones once their time has come), skipping rows another session holds. Returns how many were accepted and how many turned out to be conflicts.';
@@ -234,7 +303,7 @@ COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid) IS
 CREATE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1)
 LANGUAGE plpgsql AS $$
 DECLARE
-    c deal_store.pending_changes;
+    claimed uuid[];
     n integer;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
@@ -244,16 +313,17 @@ BEGIN
         RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
     END IF;
     LOOP
-        n := 0;
-        FOR c IN SELECT * FROM deal_store.pending_changes p
-                 WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
-                   AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
-                 ORDER BY p.created_at, p.id
-                 LIMIT batch_size
-                 FOR UPDATE SKIP LOCKED LOOP
-            PERFORM deal_store._settle(c, 'process_queue');
-            n := n + 1;
-        END LOOP;
+        SELECT array_agg(p.id) INTO claimed FROM (
+            SELECT p.id FROM deal_store.pending_changes p
+            WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+              AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+            ORDER BY p.created_at, p.id
+            LIMIT batch_size
+            FOR UPDATE SKIP LOCKED) p;
+        n := coalesce(cardinality(claimed), 0);
+        IF n > 0 THEN
+            PERFORM deal_store._settle_batch(claimed, 'process_queue');
+        END IF;
         COMMIT;
         EXIT WHEN n < batch_size;
     END LOOP;
