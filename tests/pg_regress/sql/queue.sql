@@ -99,6 +99,13 @@ SELECT * FROM propose_facts(:'run4', '[{"legacy_id": "F-9", "domain": "network",
 SELECT status FROM pending_changes WHERE legacy_entity_id = 'F-9';
 RESET deal_store.auto_apply;
 
+-- a batch where one change breaks a constraint: the batch falls back to one by
+-- one, the good change applies, the bad one becomes a conflict naming the constraint
+SELECT * FROM propose_facts(:'run4', '[{"legacy_id": "F-10", "domain": "network", "item": "WAN optimisers"},
+  {"legacy_id": "F-11", "domain": "network", "item": "Who owns this?", "entity": "nobody"}]', ARRAY[]::text[]);
+SELECT * FROM accept_changes('00000000-0000-0000-0000-0000000000d8', 2, :'run4');
+SELECT legacy_entity_id, status, review_note FROM pending_changes WHERE legacy_entity_id IN ('F-10', 'F-11') ORDER BY 1;
+
 -- errors
 SELECT regress.expect_error(s) FROM (VALUES
   ($$SELECT * FROM deal_store.propose_facts('00000000-0000-0000-0000-000000000999', '[]')$$),
