@@ -111,10 +111,12 @@ END $$;
 COMMENT ON FUNCTION deal_store._settle(deal_store.pending_changes, text) IS
     'Internal: applies a locked open change and records accepted or conflict with the reviewer (deal_store.actor) and note.';
 
--- Settles open changes the caller has locked, in one go: a run's fact news and
--- updates set-based (three statements for the whole set, with the same
--- conflict rules as _apply_change), everything else one by one. When a
--- constraint rejects the set, the set is undone and settled one by one.
+-- Settles open changes the caller has locked, in one go: a run's fact changes
+-- set-based (one statement for the whole set, with the same conflict rules as
+-- _apply_change), findings and gaps one by one. When a constraint rejects the
+-- set, the set is undone and settled one by one. One difference from settling
+-- alone: the audit reason of a fact removed in a set is the batch note (the
+-- fact's delete_reason still names the run).
 CREATE FUNCTION deal_store._settle_batch(ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -126,7 +128,7 @@ BEGIN
         WITH todo AS (
             SELECT p.* FROM deal_store.pending_changes p
             WHERE p.id = ANY (ids) AND p.status IN ('pending', 'deferred')
-              AND p.entity_type = 'fact' AND p.change_type IN ('new', 'update')),
+              AND p.entity_type = 'fact'),
         updated AS (
             -- the checksum test is re-checked on the newest row version when another session moved it
             UPDATE deal_store.facts t
@@ -138,6 +140,16 @@ BEGIN
                  todo.analysis_run_id)
             FROM todo, LATERAL pg_catalog.jsonb_populate_record(NULL::deal_store.facts, todo.new_value) r
             WHERE todo.change_type = 'update' AND t.deal_id = todo.deal_id AND t.id = todo.entity_id
+              AND t.superseded_at IS NULL AND t.deleted_at IS NULL AND t.item_checksum = todo.base_checksum
+            RETURNING todo.id),
+        deleted AS (
+            -- as soft_delete does for a fact (it owns nothing): one row, its own delete batch
+            UPDATE deal_store.facts t
+            SET deleted_at = pg_catalog.now(), deleted_by = deal_store.current_actor(),
+                delete_reason = pg_catalog.format('removed by analysis run %s', run.run_number),
+                delete_batch = pg_catalog.gen_random_uuid()
+            FROM todo JOIN deal_store.analysis_runs run ON run.deal_id = todo.deal_id AND run.id = todo.analysis_run_id
+            WHERE todo.change_type = 'delete' AND t.deal_id = todo.deal_id AND t.id = todo.entity_id
               AND t.superseded_at IS NULL AND t.deleted_at IS NULL AND t.item_checksum = todo.base_checksum
             RETURNING todo.id),
         inserted AS (
@@ -160,7 +172,7 @@ BEGIN
                                AND f.superseded_at IS NULL AND f.deleted_at IS NULL)
                     THEN 'the target changed since the proposal'
                 ELSE 'the target is gone or deleted' END)
-        FROM todo, LATERAL (SELECT todo.id IN (SELECT u.id FROM updated u)
+        FROM todo, LATERAL (SELECT todo.id IN (SELECT u.id FROM updated u UNION ALL SELECT d.id FROM deleted d)
                                 OR (todo.deal_id, todo.legacy_entity_id) IN (SELECT i.deal_id, i.legacy_id FROM inserted i)
                                 AND todo.change_type = 'new' AS ok) done
         WHERE p.deal_id = todo.deal_id AND p.id = todo.id;
@@ -175,7 +187,7 @@ BEGIN
     PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
 END $$;
 COMMENT ON FUNCTION deal_store._settle_batch(uuid[], text) IS
-    'Internal: settles open changes the caller has locked: fact news and updates set-based, the rest (deletes, findings, gaps, and any set a constraint rejects) one by one through _settle. Same results as settling each change alone.';
+    'Internal: settles open changes the caller has locked: fact changes set-based, findings, gaps and any set a constraint rejects one by one through _settle. Same results as settling each change alone, except that the audit reason of a fact removal is the batch note.';
 
 CREATE FUNCTION deal_store._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
