@@ -106,6 +106,16 @@ SELECT * FROM propose_facts(:'run4', '[{"legacy_id": "F-10", "domain": "network"
 SELECT * FROM accept_changes('00000000-0000-0000-0000-0000000000d8', 2, :'run4');
 SELECT legacy_entity_id, status, review_note FROM pending_changes WHERE legacy_entity_id IN ('F-10', 'F-11') ORDER BY 1;
 
+-- run 4 sends the network facts it still sees, without F-10: one removal (tier 3),
+-- accepted in a batch: F-10 is soft-deleted naming the run
+SELECT * FROM propose_facts(:'run4', (
+  SELECT jsonb_agg(jsonb_build_object('legacy_id', legacy_id, 'domain', domain, 'category', category, 'item', item,
+           'status', status, 'details', details, 'evidence', evidence, 'entity', entity,
+           'source_page_numbers', source_page_numbers))
+  FROM active_facts WHERE deal_id = '00000000-0000-0000-0000-0000000000d8' AND domain = 'network' AND legacy_id <> 'F-10'),
+  ARRAY['network']);
+SELECT * FROM accept_changes('00000000-0000-0000-0000-0000000000d8', 3, :'run4');
+
 -- errors
 SELECT regress.expect_error(s) FROM (VALUES
   ($$SELECT * FROM deal_store.propose_facts('00000000-0000-0000-0000-000000000999', '[]')$$),
