@@ -16,7 +16,7 @@
 //! The checksum is the lowercase hex MD5 of that text. Values are read from
 //! jsonb in place (`jsonb.rs`); the README's "Canonical form" is the spec.
 use crate::jsonb::{Container, Node};
-use md5::{Digest, Md5};
+use md5::{Digest as _, Md5};
 use pgrx::prelude::*;
 use pgrx::AnyElement;
 
@@ -183,13 +183,16 @@ pub fn object_content(kind: &Kind, row: Container<'_>, defaults: bool) -> (Strin
     })
 }
 
+/// An MD5 digest; written as 32 lowercase hex digits only for output.
+pub type Digest = [u8; 16];
+
 /// MD5 of `text`.
-pub fn md5_digest(text: &str) -> [u8; 16] {
+pub fn md5_digest(text: &str) -> Digest {
     Md5::digest(text.as_bytes()).into()
 }
 
 /// Lowercase hex of a digest.
-pub fn hex(digest: &[u8; 16]) -> String {
+pub fn hex(digest: &Digest) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(32);
     for byte in digest {
@@ -197,6 +200,18 @@ pub fn hex(digest: &[u8; 16]) -> String {
         out.push(HEX[(byte & 15) as usize] as char);
     }
     out
+}
+
+/// A digest written as 32 hex digits (a stored checksum); None when it is not one.
+pub fn from_hex(text: &str) -> Option<Digest> {
+    let mut d = [0u8; 16];
+    if text.len() != 32 {
+        return None;
+    }
+    for (i, byte) in d.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(d)
 }
 
 /// Lowercase hex MD5 of `text`.

@@ -6,17 +6,13 @@
 //! stored one (facts keep it in `item_checksum`; findings and gaps are hashed
 //! as they are read). Only for checksums that differ are the stored contents
 //! read to name the fields that changed.
-use crate::checksum::{hex, md5_digest, object_content, Kind, FACT};
+use crate::checksum::{from_hex, hex, md5_digest, object_content, Digest, Kind, FACT};
 use crate::errors::raise;
 use crate::jsonb::{self, JsonbDatum, Node};
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{AnyElement, Uuid};
 use std::collections::HashMap;
 use std::ops::Range;
-
-/// An MD5 digest; written as 32 lowercase hex digits only for output.
-pub type Digest = [u8; 16];
 
 /// One incoming row, validated and canonicalised.
 pub struct Incoming {
@@ -55,30 +51,24 @@ fn bad_input(message: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, None)
 }
 
-/// The jsonb argument as an SPI parameter, without converting it.
-pub fn jsonb_arg(incoming: AnyElement) -> DatumWithOid<'static> {
-    if incoming.oid() != pg_sys::JSONBOID {
-        bad_input("incoming must be jsonb".into());
-    }
-    // SAFETY: the datum is a jsonb value that lives for the whole call
-    unsafe { DatumWithOid::new(incoming, pg_sys::JSONBOID) }
-}
-
 /// FNV-1a: the maps here are keyed by short ids from the database, where
 /// SipHash's flood resistance buys nothing and costs a third of a lookup.
-#[derive(Default)]
 pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325) // the FNV-1a offset basis
+    }
+}
 
 impl std::hash::Hasher for Fnv {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
         for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
-        self.0 = h;
     }
 }
 
@@ -130,18 +120,6 @@ fn current_rows_sql(kind: &Kind) -> &'static str {
     if kind.versioned { "deleted_at IS NULL AND superseded_at IS NULL" } else { "deleted_at IS NULL" }
 }
 
-/// A stored checksum (32 hex digits) as a digest; None when it is not one.
-fn parse_hex(hex: &str) -> Option<Digest> {
-    let mut d = [0u8; 16];
-    if hex.len() != 32 {
-        return None;
-    }
-    for (i, byte) in d.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(d)
-}
-
 /// The content of a stored row read as `jsonb_build_object` of its content fields.
 fn stored_content(kind: &Kind, row: Option<JsonbDatum>) -> Option<(String, Vec<Range<usize>>)> {
     match row?.root() {
@@ -181,7 +159,7 @@ pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option
         let mut stored: FastMap<&str, Stored<'_>> = FastMap::with_capacity_and_hasher(rows.len(), Default::default());
         for r in rows {
             let checksum = if kind.versioned {
-                r.get::<&str>(3).ok().flatten().and_then(parse_hex)
+                r.get::<&str>(3).ok().flatten().and_then(from_hex)
             } else {
                 stored_content(kind, r.get::<JsonbDatum>(3).ok().flatten()).map(|(text, _)| md5_digest(&text))
             };

@@ -29,9 +29,16 @@ fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> String {
         },
         "source_page_numbers" => match internal(row.get_by_name::<pgrx::Array<'_, i32>>("source_page_numbers")) {
             Some(pages) => {
-                let pages: Vec<String> = pages.iter().map(|n| n.map_or("null".into(), |n| n.to_string())).collect();
                 out.push('[');
-                out.push_str(&pages.join(","));
+                for (i, page) in pages.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    match page {
+                        Some(n) => out.push_str(&n.to_string()),
+                        None => out.push_str("null"),
+                    }
+                }
                 out.push(']');
             }
             None => out.push_str("null"),

@@ -8,6 +8,7 @@
 //! are found by binary search, nothing is copied.
 use crate::errors::raise;
 use pgrx::prelude::*;
+use pgrx::datum::DatumWithOid;
 use pgrx::AnyElement;
 use std::marker::PhantomData;
 
@@ -69,11 +70,23 @@ unsafe impl pgrx::datum::UnboxDatum for JsonbDatum {
     }
 }
 
-/// The root value of a jsonb argument. 22023 when the argument is not jsonb.
-pub fn root<'a>(arg: &'a AnyElement) -> Node<'a> {
+/// Raises 22023 unless a polymorphic argument is jsonb.
+fn require_jsonb(arg: &AnyElement) {
     if arg.oid() != pg_sys::JSONBOID {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "the argument must be jsonb", None);
     }
+}
+
+/// A jsonb argument passed on as an SPI parameter, without converting it.
+pub fn spi_arg(arg: AnyElement) -> DatumWithOid<'static> {
+    require_jsonb(&arg);
+    // SAFETY: the datum is a jsonb value that lives for the whole call
+    unsafe { DatumWithOid::new(arg, pg_sys::JSONBOID) }
+}
+
+/// The root value of a jsonb argument. 22023 when the argument is not jsonb.
+pub fn root<'a>(arg: &'a AnyElement) -> Node<'a> {
+    require_jsonb(arg);
     // SAFETY: a jsonb datum; pg_detoast_datum returns it with a 4-byte header
     // (aligned, as the container functions expect), in memory that outlives the call
     unsafe { root_of_datum(arg.datum()) }

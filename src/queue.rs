@@ -11,8 +11,8 @@
 //! - an open change of a newer run: this older run's line is dropped.
 //!
 //! Deciding (accept, reject, defer, conflicts) is SQL in `sql/queue.sql`.
-use crate::checksum::{hex, Kind};
-use crate::diff::{check_domains, diff, jsonb_arg, parse_incoming};
+use crate::checksum::{from_hex, hex, Digest, Kind};
+use crate::diff::{check_domains, diff, parse_incoming};
 use crate::errors::raise;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -136,7 +136,7 @@ struct Open {
     run_number: i32,
     same_run: bool,
     change_type: String,
-    proposed_checksum: Option<String>,
+    proposed_checksum: Option<Digest>,
 }
 
 type Counts = BTreeMap<(String, i32), i64>;
@@ -181,7 +181,7 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                         run_number: r.get(3).ok().flatten().unwrap_or(0),
                         same_run: r.get(4).ok().flatten().unwrap_or(false),
                         change_type: r.get(5).ok().flatten().unwrap_or_default(),
-                        proposed_checksum: r.get(6).ok().flatten(),
+                        proposed_checksum: r.get::<&str>(6).ok().flatten().and_then(from_hex),
                     },
                 ))
             })
@@ -207,7 +207,7 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                 if o.run_number > run.run_number {
                     continue; // a newer run's proposal stands
                 }
-                if o.same_run && o.change_type == change_type && o.proposed_checksum == c.new_checksum.as_ref().map(hex) {
+                if o.same_run && o.change_type == change_type && o.proposed_checksum == c.new_checksum {
                     continue; // proposed already
                 }
                 supersede.push(o.id);
@@ -261,7 +261,7 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                     run_id.into(),
                     kind.entity_type.into(),
                     JsonB(Value::Array(rows)).into(),
-                    jsonb_arg(doc),
+                    crate::jsonb::spi_arg(doc),
                     JsonB(kind.defaults_object()).into(),
                 ],
             )
