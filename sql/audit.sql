@@ -3,18 +3,9 @@
 -- and the functions that read it.
 
 COMMENT ON FUNCTION deal_store.audit_row() IS
-    'Trigger (AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW): writes one deal_activity_log row per meaningful change with actor, reason, run, action (insert, update, soft_delete, restore, purge) and details (new row, old row, or the changed columns as {"col": {"old", "new"}}). Updates of noise columns only (updated_at, search_vector, item_checksum) write nothing.';
-
-CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.users FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
-CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.deals FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
-CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.documents FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
-CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.analysis_runs FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
-CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.facts FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
-CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.findings FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
-CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.fact_finding_links FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
-CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.gaps FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
-CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.pending_changes FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
-CREATE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON deal_store.notifications FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+    'Trigger (AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW): captures one deal_activity_log entry per meaningful change with actor, reason, run, action (insert, update, soft_delete, restore, purge) and details (new row, old row, or the changed columns as {"col": {"old", "new"}}). Updates of noise columns only (updated_at, search_vector, item_checksum) log nothing. The entries are written when the statement ends, by audit_flush.';
+COMMENT ON FUNCTION deal_store.audit_flush() IS
+    'Trigger (AFTER INSERT OR UPDATE OR DELETE, FOR EACH STATEMENT): writes the entries audit_row captured during the statement to deal_activity_log with one INSERT. A table without it is logged row by row.';
 
 -- ---------------------------------------------------------------------------
 -- Append-only: no UPDATE, DELETE or TRUNCATE, for any role, owner included.
@@ -77,9 +68,11 @@ BEGIN
     END IF;
     EXECUTE format('CREATE OR REPLACE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row()', tbl);
+    EXECUTE format('CREATE OR REPLACE TRIGGER deal_store_audit_flush AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION deal_store.audit_flush()', tbl);
 END $$;
 COMMENT ON FUNCTION deal_store.enable_audit(regclass) IS
-    'Puts the deal_store audit trigger on a table (any primary key, composite included; idempotent). 55000 when the table has no primary key, 22023 when it is not an ordinary table.';
+    'Puts the deal_store audit triggers (audit_row per row, audit_flush per statement) on a table (any primary key, composite included; idempotent). 55000 when the table has no primary key, 22023 when it is not an ordinary table.';
 
 CREATE FUNCTION deal_store.disable_audit(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -88,9 +81,16 @@ BEGIN
         RAISE EXCEPTION 'tbl must not be NULL' USING ERRCODE = '22004';
     END IF;
     EXECUTE format('DROP TRIGGER IF EXISTS deal_store_audit ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS deal_store_audit_flush ON %s', tbl);
 END $$;
 COMMENT ON FUNCTION deal_store.disable_audit(regclass) IS
-    'Removes the deal_store audit trigger from a table (idempotent).';
+    'Removes the deal_store audit triggers from a table (idempotent).';
+
+-- Every table of the extension is audited, except the log itself.
+SELECT deal_store.enable_audit(t)
+FROM pg_catalog.unnest(ARRAY['deal_store.users', 'deal_store.deals', 'deal_store.documents', 'deal_store.analysis_runs',
+                             'deal_store.facts', 'deal_store.findings', 'deal_store.fact_finding_links', 'deal_store.gaps',
+                             'deal_store.pending_changes', 'deal_store.notifications']::pg_catalog.regclass[]) t;
 
 -- ---------------------------------------------------------------------------
 -- Reading the log.

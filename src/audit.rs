@@ -1,84 +1,240 @@
 //! The audit trigger: one `deal_activity_log` row per meaningful row change.
 //!
-//! Written in Rust so the common path stays cheap: columns are compared as raw
-//! datums (no JSON unless something changed), updates that touch only noise
-//! columns write nothing, and the insert into the log is one prepared plan per
-//! table, kept for the session. The log row carries the actor
-//! (`deal_store.actor`), the reason (`deal_store.reason`), the run
-//! (`deal_store.run_id`, else the row's own `analysis_run_id`), the action
-//! (`insert`, `update`, `soft_delete`, `restore`, `purge`) and the details: the
-//! new row for an insert, the old row for a purge, `{"col": {"old", "new"}}` of
-//! the changed columns otherwise.
+//! The row trigger `audit_row` decides what to log and captures it (actor,
+//! reason, run, action, the changed columns as jsonb); it writes nothing itself.
+//! The entries wait in a per-backend buffer and go into the log with one
+//! set-based INSERT when the statement ends (the statement trigger
+//! `audit_flush`), or earlier when the buffer is full. The log therefore costs
+//! one executor run per statement instead of one per row, and seq still orders
+//! entries exactly as the rows were changed.
 //!
-//! A pg_restore loading rows (application_name `pg_restore` running COPY) is not
-//! audited: the restored log already holds the history of those rows.
+//! The buffer follows the transaction: entries captured inside a subtransaction
+//! that rolls back are dropped, an abort drops everything, and a commit with
+//! entries still waiting is refused (it cannot happen while the statement
+//! trigger is in place; a table whose statement trigger is missing or disabled
+//! is logged row by row instead).
+//!
+//! Columns are compared as raw datums (no JSON unless something changed);
+//! updates that touch only noise columns write nothing. The details are the new
+//! row for an insert, the old row for a purge, `{"col": {"old", "new"}}` of the
+//! changed columns otherwise. A pg_restore loading rows (application_name
+//! `pg_restore` running COPY) is not audited: the restored log already holds
+//! the history of those rows.
 use crate::errors::raise;
-use pgrx::datum::DatumWithOid;
+use crate::jsonb::JsonbDatum;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::PgRelation;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{PgMemoryContexts, PgRelation};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::CStr;
+use std::ffi::{c_void, CStr};
+use std::rc::Rc;
 
 /// Columns whose changes carry no meaning on their own.
 const NOISE: [&str; 3] = ["updated_at", "search_vector", "item_checksum"];
 
+/// Entries kept before the buffer is written out in the middle of a statement.
+const FLUSH_AT: usize = 1000;
+
+/// The statement trigger that writes the buffer; a table without it is logged row by row.
+const FLUSH_TRIGGER: &CStr = c"deal_store_audit_flush";
+
+/// Writes a batch of entries. $1..$8 are one element per entry; $9..$12 the
+/// changed columns and $13..$15 the key columns of tables without a uuid id,
+/// each tagged with its entry's 1-based position.
 const LOG_INSERT: &str = "\
 INSERT INTO deal_store.deal_activity_log
     (deal_id, user_id, action, entity_type, entity_id, entity_key, analysis_run_id, reason, details)
-SELECT $1, $2, $3, $4, $5,
-       CASE WHEN $5 IS NULL THEN (SELECT pg_catalog.jsonb_object_agg(k, coalesce(x.n, x.o) -> k)
-                                  FROM pg_catalog.unnest($10::pg_catalog.text[]) k) END,
-       $6, $7,
-       CASE $3 WHEN 'insert' THEN x.n - 'search_vector' WHEN 'purge' THEN x.o - 'search_vector'
-            ELSE (SELECT pg_catalog.jsonb_object_agg(k, pg_catalog.jsonb_build_object('old', x.o -> k, 'new', x.n -> k))
-                  FROM pg_catalog.unnest($11::pg_catalog.text[]) k) END
-FROM (SELECT CASE WHEN $3 <> 'insert' THEN pg_catalog.to_jsonb($8) END AS o,
-             CASE WHEN $3 <> 'purge' THEN pg_catalog.to_jsonb($9) END AS n) x";
+SELECT e.deal_id, e.user_id, e.action, e.entity_type, e.entity_id, k.entity_key, e.run_id, e.reason,
+       coalesce(e.doc - 'search_vector', c.details, '{}')
+FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($3::text[]),
+                pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::uuid[]), pg_catalog.unnest($6::uuid[]),
+                pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::jsonb[]))
+         WITH ORDINALITY AS e(deal_id, user_id, action, entity_type, entity_id, run_id, reason, doc, i)
+LEFT JOIN (SELECT c.i, pg_catalog.jsonb_object_agg(c.k, pg_catalog.jsonb_build_object('old', c.o, 'new', c.n)) AS details
+           FROM ROWS FROM (pg_catalog.unnest($9::int8[]), pg_catalog.unnest($10::text[]),
+                           pg_catalog.unnest($11::jsonb[]), pg_catalog.unnest($12::jsonb[])) AS c(i, k, o, n)
+           GROUP BY c.i) c ON c.i = e.i
+LEFT JOIN (SELECT x.i, pg_catalog.jsonb_object_agg(x.k, x.v) AS entity_key
+           FROM ROWS FROM (pg_catalog.unnest($13::int8[]), pg_catalog.unnest($14::text[]),
+                           pg_catalog.unnest($15::jsonb[])) AS x(i, k, v)
+           GROUP BY x.i) k ON k.i = e.i
+ORDER BY e.i";
+
+/// One column of an audited table.
+struct Column {
+    attnum: i32,
+    name: Rc<str>,
+    noise: bool,
+    byval: bool,
+    len: i16,
+    typid: pg_sys::Oid,
+}
 
 /// What the trigger needs to know about one audited table, computed once per session.
 struct TableInfo {
     natts: i32,
-    entity_type: String,
+    entity_type: Rc<str>,
     /// 1-based attribute numbers
     deal_id: Option<i32>,
     id: Option<i32>,
     run_id: Option<i32>,
     deleted_at: Option<i32>,
     superseded_at: Option<i32>,
-    /// attribute number, name, whether it is noise, typbyval, typlen
-    columns: Vec<(i32, String, bool, bool, i16)>,
-    key_columns: Vec<String>,
+    columns: Vec<Column>,
+    /// indexes into `columns` of the primary key, in key order
+    key: Vec<usize>,
     is_deals: bool,
-    plan: OwnedPreparedStatement,
+}
+
+/// One log row waiting to be written. Datums live in the buffer's memory context.
+struct Entry {
+    deal_id: Option<pgrx::Uuid>,
+    user_id: Option<pgrx::Uuid>,
+    action: &'static str,
+    entity_type: Rc<str>,
+    entity_id: Option<pgrx::Uuid>,
+    run_id: Option<pgrx::Uuid>,
+    reason: Option<String>,
+    /// the whole row as jsonb (insert, purge)
+    doc: Option<pg_sys::Datum>,
+}
+
+/// A column value (or old / new pair) of entry `entry` (1-based).
+struct Part {
+    entry: i64,
+    name: Rc<str>,
+    old: Option<pg_sys::Datum>,
+    new: Option<pg_sys::Datum>,
+}
+
+#[derive(Default)]
+struct Buffer {
+    entries: Vec<Entry>,
+    changes: Vec<Part>,
+    keys: Vec<Part>,
+    /// lengths of (entries, changes, keys) when each open subtransaction began
+    savepoints: Vec<(usize, usize, usize)>,
+    context: Option<pg_sys::MemoryContext>,
+}
+
+impl Buffer {
+    fn marks(&self) -> (usize, usize, usize) {
+        (self.entries.len(), self.changes.len(), self.keys.len())
+    }
+
+    fn truncate(&mut self, (e, c, k): (usize, usize, usize)) {
+        self.entries.truncate(e);
+        self.changes.truncate(c);
+        self.keys.truncate(k);
+    }
+
+    /// The memory the captured datums live in, emptied after each write.
+    fn context(&mut self) -> pg_sys::MemoryContext {
+        // SAFETY: a child of TopMemoryContext, kept for the backend's life
+        *self.context.get_or_insert_with(|| unsafe {
+            pg_sys::AllocSetContextCreateInternal(
+                pg_sys::TopMemoryContext,
+                c"deal_store audit buffer".as_ptr(),
+                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            )
+        })
+    }
+
+    fn discard(&mut self) {
+        self.truncate((0, 0, 0));
+        self.savepoints.clear();
+        if let Some(cx) = self.context {
+            // SAFETY: nothing points into the context once the entries are gone
+            unsafe { pg_sys::MemoryContextReset(cx) };
+        }
+    }
 }
 
 thread_local! {
     static TABLES: RefCell<HashMap<pg_sys::Oid, TableInfo>> = RefCell::new(HashMap::new());
+    static BUFFER: RefCell<Buffer> = RefCell::new(Buffer::default());
+    static PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    /// `to_jsonb` prepared for one argument type, per type
+    static ENCODERS: RefCell<HashMap<pg_sys::Oid, *mut pg_sys::FmgrInfo>> = RefCell::new(HashMap::new());
 }
 
-fn guc(name: &CStr) -> Option<String> {
+/// Registers the transaction callbacks that keep the buffer in step with the transaction.
+pub fn init() {
+    // SAFETY: plain functions registered once per backend
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PARALLEL_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
+            if BUFFER.with(|b| !b.borrow().entries.is_empty()) {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    "audit entries were captured but not written; the transaction cannot commit",
+                    Some("The statement trigger deal_store_audit_flush did not run.".into()),
+                );
+            }
+        }
+        _ => BUFFER.with(|b| b.borrow_mut().discard()),
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _sub: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    BUFFER.with(|b| {
+        let mut b = b.borrow_mut();
+        match event {
+            SUBXACT_EVENT_START_SUB => {
+                let marks = b.marks();
+                b.savepoints.push(marks);
+            }
+            SUBXACT_EVENT_COMMIT_SUB => {
+                b.savepoints.pop();
+            }
+            SUBXACT_EVENT_ABORT_SUB => {
+                if let Some(marks) = b.savepoints.pop() {
+                    b.truncate(marks);
+                }
+            }
+            _ => {}
+        }
+    });
+}
+
+/// A setting's value, None when unset or blank. Use it at once: it is only
+/// valid until the setting changes.
+fn guc<'a>(name: &CStr) -> Option<&'a str> {
+    // SAFETY: GetConfigOption returns the current value (or NULL)
     let p = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
-    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("")).filter(|v| !v.trim().is_empty())
 }
 
 /// True while pg_restore loads table data: those rows are history, not new acts.
 fn restoring() -> bool {
-    if guc(c"application_name").as_deref() != Some("pg_restore") {
+    if guc(c"application_name") != Some("pg_restore") {
         return false;
     }
     let q = unsafe { pg_sys::debug_query_string };
-    !q.is_null() && unsafe { CStr::from_ptr(q) }.to_string_lossy().trim_start().to_ascii_uppercase().starts_with("COPY")
+    !q.is_null() && unsafe { CStr::from_ptr(q) }.to_bytes().trim_ascii_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case(b"COPY"))
 }
 
 fn uuid_guc(name: &CStr) -> Option<pgrx::Uuid> {
-    let text = guc(name)?;
-    let text = text.trim();
-    if text.is_empty() {
-        return None;
-    }
+    let text = guc(name)?.trim();
     match uuid::Uuid::parse_str(text) {
         Ok(u) => Some(pgrx::Uuid::from_bytes(*u.as_bytes())),
         Err(_) => raise(
@@ -89,56 +245,78 @@ fn uuid_guc(name: &CStr) -> Option<pgrx::Uuid> {
     }
 }
 
-fn table_info(client: &SpiClient<'_>, rel: &PgRelation) -> TableInfo {
+/// `to_jsonb(value)` for a value of type `typid`, allocated in `cx`.
+///
+/// `to_jsonb` reads its argument's type from the call expression, so each type
+/// gets a call expression of its own, built once and kept for the session.
+fn to_jsonb(typid: pg_sys::Oid, value: pg_sys::Datum, cx: pg_sys::MemoryContext) -> pg_sys::Datum {
+    let finfo = ENCODERS.with(|e| {
+        *e.borrow_mut().entry(typid).or_insert_with(|| unsafe {
+            PgMemoryContexts::TopMemoryContext.switch_to(|_| {
+                let finfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()) as *mut pg_sys::FmgrInfo;
+                pg_sys::fmgr_info_cxt(pg_sys::Oid::from(pg_sys::F_TO_JSONB), finfo, pg_sys::TopMemoryContext);
+                let arg = pg_sys::makeConst(typid, -1, pg_sys::InvalidOid, -1, pg_sys::Datum::from(0), true, false);
+                let args = pg_sys::lappend(std::ptr::null_mut(), arg.cast());
+                (*finfo).fn_expr = pg_sys::makeFuncExpr(
+                    pg_sys::Oid::from(pg_sys::F_TO_JSONB),
+                    pg_sys::JSONBOID,
+                    args,
+                    pg_sys::InvalidOid,
+                    pg_sys::InvalidOid,
+                    pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+                )
+                .cast();
+                finfo
+            })
+        })
+    });
+    // SAFETY: finfo is to_jsonb with a call expression of the value's type
+    unsafe { PgMemoryContexts::For(cx).switch_to(|_| pg_sys::FunctionCall1Coll(finfo, pg_sys::InvalidOid, value)) }
+}
+
+fn table_info(rel: &PgRelation) -> TableInfo {
     let tupdesc = rel.tuple_desc();
-    let mut info_cols = Vec::new();
-    let find = |cols: &Vec<(i32, String, bool, bool, i16)>, name: &str, typ: pg_sys::Oid| {
-        cols.iter().find(|c| c.1 == name).map(|c| c.0).filter(|&n| tupdesc.get((n - 1) as usize).map(|a| a.atttypid) == Some(typ))
-    };
+    let mut columns = Vec::new();
     for (i, att) in tupdesc.iter().enumerate() {
         if att.attisdropped {
             continue;
         }
-        let name = att.name().to_string();
-        let noise = NOISE.contains(&name.as_str());
-        info_cols.push(((i + 1) as i32, name, noise, att.attbyval, att.attlen));
+        let name: Rc<str> = att.name().into();
+        columns.push(Column {
+            attnum: (i + 1) as i32,
+            noise: NOISE.contains(&&*name),
+            name,
+            byval: att.attbyval,
+            len: att.attlen,
+            typid: att.atttypid,
+        });
     }
+    let find = |name: &str, typ: pg_sys::Oid| columns.iter().find(|c| &*c.name == name && c.typid == typ).map(|c| c.attnum);
+    let key_names: Vec<String> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT a.attname::text FROM pg_catalog.pg_index i \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                 WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                None,
+                &[rel.oid().into()],
+            )
+            .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+            .unwrap_or_default()
+    });
     let schema = rel.namespace().to_string();
-    let entity_type = if schema == "deal_store" { rel.name().to_string() } else { format!("{schema}.{}", rel.name()) };
-    let key_columns: Vec<String> = client
-        .select(
-            "SELECT a.attname::text FROM pg_catalog.pg_index i \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            None,
-            &[rel.oid().into()],
-        )
-        .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
-        .unwrap_or_default();
-    let rowtype = unsafe { (*rel.as_ptr()).rd_rel.as_ref().expect("pg_class row").reltype };
-    let uuid = pg_sys::UUIDOID;
-    let ts = pg_sys::TIMESTAMPTZOID;
-    let arg_types: Vec<PgOid> = [uuid, uuid, pg_sys::TEXTOID, pg_sys::TEXTOID, uuid, uuid, pg_sys::TEXTOID, rowtype, rowtype]
-        .into_iter()
-        .chain([pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID])
-        .map(PgOid::from)
-        .collect();
-    let plan = client
-        .prepare_mut(LOG_INSERT, &arg_types)
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("audit plan: {e}"), None))
-        .keep();
+    let (uuid, ts) = (pg_sys::UUIDOID, pg_sys::TIMESTAMPTZOID);
     TableInfo {
         natts: tupdesc.len() as i32,
-        deal_id: find(&info_cols, "deal_id", uuid),
-        id: find(&info_cols, "id", uuid),
-        run_id: find(&info_cols, "analysis_run_id", uuid),
-        deleted_at: find(&info_cols, "deleted_at", ts),
-        superseded_at: find(&info_cols, "superseded_at", ts),
+        entity_type: if schema == "deal_store" { rel.name().into() } else { format!("{schema}.{}", rel.name()).into() },
+        deal_id: find("deal_id", uuid),
+        id: find("id", uuid),
+        run_id: find("analysis_run_id", uuid),
+        deleted_at: find("deleted_at", ts),
+        superseded_at: find("superseded_at", ts),
+        key: key_names.iter().filter_map(|k| columns.iter().position(|c| &*c.name == k)).collect(),
         is_deals: schema == "deal_store" && rel.name() == "deals",
-        entity_type,
-        columns: info_cols,
-        key_columns,
-        plan,
+        columns,
     }
 }
 
@@ -158,6 +336,24 @@ unsafe fn uuid_attr(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDes
     unsafe { pgrx::Uuid::from_datum(d, false) }
 }
 
+/// True when the relation has the enabled statement trigger that writes the
+/// buffer for this event, so the entry may wait for it.
+unsafe fn flushed_at_statement_end(data: &pg_sys::TriggerData, event: u32) -> bool {
+    let desc = unsafe { (*data.tg_relation).trigdesc };
+    if desc.is_null() {
+        return false;
+    }
+    let enabled = unsafe { (*data.tg_trigger).tgenabled };
+    let triggers = unsafe { std::slice::from_raw_parts((*desc).triggers, (*desc).numtriggers as usize) };
+    triggers.iter().any(|t| {
+        let kind = t.tgtype as u32;
+        (unsafe { CStr::from_ptr(t.tgname) }) == FLUSH_TRIGGER
+            && t.tgenabled == enabled
+            && kind & (pg_sys::TRIGGER_TYPE_ROW | pg_sys::TRIGGER_TYPE_BEFORE | pg_sys::TRIGGER_TYPE_INSTEAD) == 0
+            && kind & event != 0
+    })
+}
+
 #[pg_trigger]
 fn audit_row<'a>(
     trigger: &'a PgTrigger<'a>,
@@ -167,91 +363,179 @@ fn audit_row<'a>(
     }
     let op = trigger.op()?;
     let data = trigger.trigger_data();
-    let rel = unsafe { PgRelation::from_pg(data.tg_relation) };
-    let tupdesc = unsafe { (*data.tg_relation).rd_att };
-    let (old, new) = match op {
-        PgTriggerOperation::Insert => (std::ptr::null_mut(), data.tg_trigtuple),
-        PgTriggerOperation::Update => (data.tg_trigtuple, data.tg_newtuple),
-        PgTriggerOperation::Delete => (data.tg_trigtuple, std::ptr::null_mut()),
+    let (old, new, event) = match op {
+        PgTriggerOperation::Insert => (std::ptr::null_mut(), data.tg_trigtuple, pg_sys::TRIGGER_TYPE_INSERT),
+        PgTriggerOperation::Update => (data.tg_trigtuple, data.tg_newtuple, pg_sys::TRIGGER_TYPE_UPDATE),
+        PgTriggerOperation::Delete => (data.tg_trigtuple, std::ptr::null_mut(), pg_sys::TRIGGER_TYPE_DELETE),
         PgTriggerOperation::Truncate => return Ok(None),
     };
+    let tupdesc = unsafe { (*data.tg_relation).rd_att };
+    let oid = unsafe { (*data.tg_relation).rd_id };
+    let natts = unsafe { (*tupdesc).natts };
+    if TABLES.with(|t| t.borrow().get(&oid).is_none_or(|t| t.natts != natts)) {
+        let info = table_info(&unsafe { PgRelation::from_pg(data.tg_relation) });
+        TABLES.with(|t| t.borrow_mut().insert(oid, info));
+    }
+    let captured = TABLES.with(|tables| {
+        let tables = tables.borrow();
+        let t = &tables[&oid];
+        BUFFER.with(|b| unsafe { capture(&mut b.borrow_mut(), t, tupdesc, old, new) })
+    });
+    if captured && (BUFFER.with(|b| b.borrow().entries.len() >= FLUSH_AT) || !unsafe { flushed_at_statement_end(data, event) }) {
+        flush();
+    }
+    Ok(None)
+}
+
+/// Appends the entry for one row change to the buffer; false when there is nothing to log.
+unsafe fn capture(
+    b: &mut Buffer,
+    t: &TableInfo,
+    tupdesc: pg_sys::TupleDesc,
+    old: *mut pg_sys::HeapTupleData,
+    new: *mut pg_sys::HeapTupleData,
+) -> bool {
+    let cx = b.context();
+    let entry = b.entries.len() as i64 + 1;
+    let row = if new.is_null() { old } else { new };
+    let action = if old.is_null() {
+        // a fact's history row is the versioning's own copy, not a new act
+        if t.superseded_at.and_then(|n| unsafe { attr(new, tupdesc, n) }).is_some() {
+            return false;
+        }
+        "insert"
+    } else if new.is_null() {
+        "purge"
+    } else {
+        let was = t.deleted_at.map(|n| unsafe { attr(old, tupdesc, n) }.is_some());
+        let is = t.deleted_at.map(|n| unsafe { attr(new, tupdesc, n) }.is_some());
+        match (was, is) {
+            (Some(false), Some(true)) => "soft_delete",
+            (Some(true), Some(false)) => "restore",
+            _ => "update",
+        }
+    };
+    let mark = b.changes.len();
+    if !old.is_null() && !new.is_null() {
+        for c in t.columns.iter().filter(|c| !c.noise) {
+            let (a, z) = unsafe { (attr(old, tupdesc, c.attnum), attr(new, tupdesc, c.attnum)) };
+            let same = match (a, z) {
+                (None, None) => true,
+                (Some(x), Some(y)) => unsafe {
+                    pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| datum_image_eq(x, y, c.byval, c.len.into()))
+                },
+                _ => false,
+            };
+            if !same {
+                let json = |v: Option<pg_sys::Datum>| v.map(|v| to_jsonb(c.typid, v, cx));
+                b.changes.push(Part { entry, name: c.name.clone(), old: json(a), new: json(z) });
+            }
+        }
+        if b.changes.len() == mark {
+            return false; // nothing but noise changed
+        }
+    }
+    let entity_id = unsafe { uuid_attr(row, tupdesc, t.id) };
+    if entity_id.is_none() {
+        for &k in &t.key {
+            let c = &t.columns[k];
+            let v = unsafe { attr(row, tupdesc, c.attnum) }.map(|v| to_jsonb(c.typid, v, cx));
+            b.keys.push(Part { entry, name: c.name.clone(), old: None, new: v });
+        }
+    }
+    let doc = (old.is_null() || new.is_null()).then(|| {
+        let composite = unsafe { PgMemoryContexts::For(cx).switch_to(|_| pg_sys::heap_copy_tuple_as_datum(row, tupdesc)) };
+        to_jsonb(unsafe { (*tupdesc).tdtypeid }, composite, cx)
+    });
+    b.entries.push(Entry {
+        deal_id: unsafe { uuid_attr(row, tupdesc, if t.is_deals { t.id } else { t.deal_id }) },
+        user_id: crate::settings::actor(),
+        action,
+        entity_type: t.entity_type.clone(),
+        entity_id,
+        run_id: uuid_guc(c"deal_store.run_id").or_else(|| unsafe { uuid_attr(row, tupdesc, t.run_id) }),
+        reason: guc(c"deal_store.reason").map(str::to_owned),
+        doc,
+    });
+    true
+}
+
+/// Writes every waiting entry to the log with one INSERT.
+fn flush() {
+    let (entries, changes, keys) = BUFFER.with(|b| {
+        let mut b = b.borrow_mut();
+        for s in b.savepoints.iter_mut() {
+            *s = (0, 0, 0); // what is written is rolled back with the subtransaction
+        }
+        (std::mem::take(&mut b.entries), std::mem::take(&mut b.changes), std::mem::take(&mut b.keys))
+    });
+    if entries.is_empty() {
+        return;
+    }
+    let jsonb = |d: Option<pg_sys::Datum>| d.map(|d| unsafe { JsonbDatum::new(d) });
+    fn parts(ps: &[Part]) -> (Vec<i64>, Vec<&str>, Vec<Option<JsonbDatum>>, Vec<Option<JsonbDatum>>) {
+        let jsonb = |d: Option<pg_sys::Datum>| d.map(|d| unsafe { JsonbDatum::new(d) });
+        (
+            ps.iter().map(|p| p.entry).collect::<Vec<_>>(),
+            ps.iter().map(|p| &*p.name).collect::<Vec<_>>(),
+            ps.iter().map(|p| jsonb(p.old)).collect::<Vec<_>>(),
+            ps.iter().map(|p| jsonb(p.new)).collect::<Vec<_>>(),
+        )
+    }
+    let (ci, ck, co, cn) = parts(&changes);
+    let (ki, kk, _, kv) = parts(&keys);
+    let args = [
+        entries.iter().map(|e| e.deal_id).collect::<Vec<_>>().into(),
+        entries.iter().map(|e| e.user_id).collect::<Vec<_>>().into(),
+        entries.iter().map(|e| e.action).collect::<Vec<_>>().into(),
+        entries.iter().map(|e| &*e.entity_type).collect::<Vec<_>>().into(),
+        entries.iter().map(|e| e.entity_id).collect::<Vec<_>>().into(),
+        entries.iter().map(|e| e.run_id).collect::<Vec<_>>().into(),
+        entries.iter().map(|e| e.reason.as_deref()).collect::<Vec<_>>().into(),
+        entries.iter().map(|e| jsonb(e.doc)).collect::<Vec<_>>().into(),
+        ci.into(),
+        ck.into(),
+        co.into(),
+        cn.into(),
+        ki.into(),
+        kk.into(),
+        kv.into(),
+    ];
     Spi::connect_mut(|client| {
-        TABLES.with(|tables| {
-            let mut tables = tables.borrow_mut();
-            let natts = unsafe { (*tupdesc).natts };
-            if tables.get(&rel.oid()).is_none_or(|t| t.natts != natts) {
-                let info = table_info(client, &rel);
-                tables.insert(rel.oid(), info);
+        PLAN.with(|plan| {
+            let mut plan = plan.borrow_mut();
+            if plan.is_none() {
+                let (u, t, j, i) = (pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONBARRAYOID, pg_sys::INT8ARRAYOID);
+                let types: Vec<PgOid> = [u, u, t, t, u, u, t, j, i, t, j, j, i, t, j].into_iter().map(PgOid::from).collect();
+                let prepared = client
+                    .prepare_mut(LOG_INSERT, &types)
+                    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("audit plan: {e}"), None));
+                *plan = Some(prepared.keep());
             }
-            let t = tables.get(&rel.oid()).expect("just inserted");
-            let row = if new.is_null() { old } else { new };
-            let action = match op {
-                PgTriggerOperation::Insert => {
-                    // a fact's history row is the versioning's own copy, not a new act
-                    if unsafe { t.superseded_at.and_then(|n| attr(new, tupdesc, n)) }.is_some() {
-                        return;
-                    }
-                    "insert"
-                }
-                PgTriggerOperation::Delete => "purge",
-                _ => {
-                    let was = t.deleted_at.map(|n| unsafe { attr(old, tupdesc, n) }.is_some());
-                    let is = t.deleted_at.map(|n| unsafe { attr(new, tupdesc, n) }.is_some());
-                    match (was, is) {
-                        (Some(false), Some(true)) => "soft_delete",
-                        (Some(true), Some(false)) => "restore",
-                        _ => "update",
-                    }
-                }
-            };
-            let mut changed: Vec<String> = Vec::new();
-            if matches!(op, PgTriggerOperation::Update) {
-                let mut meaningful = false; // noise columns are neither reported nor enough to log
-                for (attnum, name, noise, byval, len) in &t.columns {
-                    let (a, b) = unsafe { (attr(old, tupdesc, *attnum), attr(new, tupdesc, *attnum)) };
-                    let same = match (a, b) {
-                        (None, None) => true,
-                        (Some(x), Some(y)) => unsafe { pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| datum_image_eq(x, y, *byval, (*len).into())) },
-                        _ => false,
-                    };
-                    if !same && !noise {
-                        meaningful = true;
-                        changed.push(name.clone());
-                    }
-                }
-                if !meaningful {
-                    return;
-                }
-            }
-            let deal_id = unsafe { uuid_attr(row, tupdesc, if t.is_deals { t.id } else { t.deal_id }) };
-            let entity_id = unsafe { uuid_attr(row, tupdesc, t.id) };
-            let run_id = uuid_guc(c"deal_store.run_id").or_else(|| unsafe { uuid_attr(row, tupdesc, t.run_id) });
-            let reason = guc(c"deal_store.reason").filter(|r| !r.is_empty());
-            let rowtype = unsafe { (*tupdesc).tdtypeid };
-            let composite = |tuple: *mut pg_sys::HeapTupleData| unsafe {
-                if tuple.is_null() {
-                    DatumWithOid::null_oid(rowtype)
-                } else {
-                    DatumWithOid::new(pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc), rowtype)
-                }
-            };
-            let args = [
-                deal_id.into(),
-                crate::settings::actor().into(),
-                action.into(),
-                t.entity_type.as_str().into(),
-                entity_id.into(),
-                run_id.into(),
-                reason.into(),
-                composite(old),
-                composite(new),
-                t.key_columns.clone().into(),
-                changed.into(),
-            ];
             client
-                .update(&t.plan, None, &args)
+                .update(plan.as_ref().expect("prepared above"), None, &args)
                 .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("audit insert: {e}"), None));
         })
     });
+    drop(args);
+    BUFFER.with(|b| {
+        let b = b.borrow();
+        if b.entries.is_empty() {
+            if let Some(cx) = b.context {
+                // SAFETY: the written entries were the only users of the context
+                unsafe { pg_sys::MemoryContextReset(cx) };
+            }
+        }
+    });
+}
+
+/// Statement trigger: writes the entries the row trigger captured during the statement.
+#[pg_trigger]
+fn audit_flush<'a>(
+    _trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
+    if BUFFER.with(|b| !b.borrow().entries.is_empty()) {
+        flush();
+    }
     Ok(None)
 }

@@ -36,6 +36,14 @@ pub enum Node<'a> {
 pub struct JsonbDatum(pg_sys::Datum);
 
 impl JsonbDatum {
+    /// Wraps a jsonb datum.
+    ///
+    /// # Safety
+    /// `datum` must be a jsonb value that outlives every use of the wrapper.
+    pub unsafe fn new(datum: pg_sys::Datum) -> Self {
+        JsonbDatum(datum)
+    }
+
     /// The root value. The datum must outlive `'a` (a tuple of the current call).
     pub fn root<'a>(self) -> Node<'a> {
         // SAFETY: a non-NULL jsonb datum (FromDatum is only reached for jsonb columns)

@@ -17,6 +17,7 @@ mod settings;
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
+    audit::init();
 }
 
 /// Required by `cargo pgrx test`.

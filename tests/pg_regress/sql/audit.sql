@@ -74,10 +74,52 @@ UPDATE public.valuations SET ebitda = 11.0;
 UPDATE public.valuations SET ebitda = 11.00;
 DELETE FROM public.valuations;
 SELECT action, entity_type, entity_key, details FROM deal_activity_log WHERE entity_type = 'public.valuations' ORDER BY seq;
+
+-- entries wait for the end of the statement (or a full buffer of 1,000) and
+-- are written in the order the rows changed; a rolled-back savepoint drops its own
+BEGIN;
+INSERT INTO public.valuations SELECT 'B', y, y, NULL FROM generate_series(1, 2500) y;
+SAVEPOINT s;
+UPDATE public.valuations SET note = 'discarded' WHERE year <= 1500;
+ROLLBACK TO SAVEPOINT s;
+UPDATE public.valuations SET note = 'kept' WHERE year > 2400;
+COMMIT;
+SELECT action, count(*) AS entries,
+       bool_and(prev IS NULL OR (entity_key ->> 'year')::int = prev + 1) AS in_row_order
+FROM (SELECT action, entity_key, lag((entity_key ->> 'year')::int) OVER (PARTITION BY action ORDER BY seq) AS prev
+      FROM deal_activity_log WHERE entity_type = 'public.valuations' AND entity_key ->> 'deal_code' = 'B') l
+GROUP BY action ORDER BY action;
+-- a failure caught by a plpgsql block drops the entries its statement had captured:
+-- here a later trigger fails after the audit trigger captured both rows
+CREATE FUNCTION public.refuse_lost() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.note = 'lost' AND NEW.year = 7 THEN RAISE EXCEPTION 'refused'; END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER zz_refuse AFTER UPDATE ON public.valuations FOR EACH ROW EXECUTE FUNCTION public.refuse_lost();
+DO $$
+BEGIN
+    UPDATE public.valuations SET note = 'before' WHERE year = 1;
+    BEGIN
+        UPDATE public.valuations SET note = 'lost' WHERE year IN (2, 7);
+    EXCEPTION WHEN raise_exception THEN NULL;
+    END;
+    UPDATE public.valuations SET note = 'after' WHERE year = 3;
+END $$;
+DROP TRIGGER zz_refuse ON public.valuations;
+DROP FUNCTION public.refuse_lost();
+SELECT entity_key ->> 'year' AS year, details -> 'note' ->> 'new' AS note FROM deal_activity_log
+WHERE entity_type = 'public.valuations' AND action = 'update' AND (entity_key ->> 'year')::int < 10 ORDER BY seq;
+-- without its statement trigger the table is logged row by row
+ALTER TABLE public.valuations DISABLE TRIGGER deal_store_audit_flush;
+UPDATE public.valuations SET note = 'row by row' WHERE year BETWEEN 4 AND 6;
+ALTER TABLE public.valuations ENABLE TRIGGER deal_store_audit_flush;
+SELECT count(*) AS entries FROM deal_activity_log WHERE entity_type = 'public.valuations' AND details -> 'note' ->> 'new' = 'row by row';
+DELETE FROM public.valuations WHERE deal_code = 'B';
 SELECT disable_audit('public.valuations');
 SELECT disable_audit('public.valuations');
 INSERT INTO public.valuations VALUES ('YEW', 2026, 14, NULL);
-SELECT count(*) AS entries FROM deal_activity_log WHERE entity_type = 'public.valuations';
+SELECT count(*) AS entries FROM deal_activity_log WHERE entity_type = 'public.valuations' AND entity_key = '{"deal_code": "YEW", "year": 2026}';
 DROP TABLE public.valuations, public.no_key;
 
 -- fact_as_of across three versions
