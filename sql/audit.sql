@@ -7,6 +7,10 @@ COMMENT ON FUNCTION deal_store.audit_row() IS
 COMMENT ON FUNCTION deal_store.audit_flush() IS
     'Trigger (AFTER INSERT OR UPDATE OR DELETE, FOR EACH STATEMENT): writes the entries audit_row captured during the statement to deal_activity_log with one INSERT. A table without it is logged row by row.';
 
+COMMENT ON FUNCTION deal_store.uuid_v7() IS
+    'A new version 7 (time-ordered) uuid; the default of deal_activity_log.id, so the log''s primary key grows at its right edge.';
+ALTER TABLE deal_store.deal_activity_log ALTER COLUMN id SET DEFAULT deal_store.uuid_v7();
+
 -- ---------------------------------------------------------------------------
 -- Append-only: no UPDATE, DELETE or TRUNCATE, for any role, owner included.
 

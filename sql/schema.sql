@@ -396,7 +396,7 @@ COMMENT ON COLUMN deal_store.pending_changes.decided_by IS 'The reviewer (deal_s
 COMMENT ON COLUMN deal_store.pending_changes.deferred_until IS 'A deferred change becomes eligible again after this moment.';
 
 CREATE TABLE deal_store.deal_activity_log (
-    id              uuid        NOT NULL DEFAULT gen_random_uuid(),
+    id              uuid        NOT NULL, -- DEFAULT deal_store.uuid_v7(), set in audit.sql beside the function
     seq             bigint      GENERATED ALWAYS AS IDENTITY,
     deal_id         uuid,
     user_id         uuid,
@@ -413,7 +413,7 @@ CREATE TABLE deal_store.deal_activity_log (
     CONSTRAINT deal_activity_log_action_check CHECK (btrim(action) <> '')
 );
 CREATE INDEX deal_activity_log_deal_id_idx ON deal_store.deal_activity_log (deal_id, seq);
-CREATE INDEX deal_activity_log_entity_idx ON deal_store.deal_activity_log (entity_type, entity_id, seq);
+CREATE INDEX deal_activity_log_entity_idx ON deal_store.deal_activity_log (entity_id, seq);
 COMMENT ON TABLE deal_store.deal_activity_log IS 'Audit trail: who did what to which row, when and why. Outlives the rows it describes, so it has no foreign keys.';
 COMMENT ON COLUMN deal_store.deal_activity_log.seq IS 'Orders entries, even inside one transaction.';
 COMMENT ON COLUMN deal_store.deal_activity_log.user_id IS 'The actor (deal_store.actor) or NULL.';

@@ -25,7 +25,7 @@ extension_sql_file!(
         diff::diff_facts_internal
     ]
 );
-extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["facts", audit::audit_row, audit::audit_flush]);
+extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["facts", audit::audit_row, audit::audit_flush, audit::uuid_v7]);
 extension_sql_file!(
     "../sql/queue.sql",
     name = "queue",
