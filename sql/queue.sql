@@ -126,9 +126,10 @@ BEGIN
     PERFORM set_config('deal_store.reason', coalesce(note, prev_reason, ''), true);
     BEGIN
         WITH todo AS (
-            SELECT p.* FROM deal_store.pending_changes p
-            WHERE p.id = ANY (ids) AND p.status IN ('pending', 'deferred')
-              AND p.entity_type = 'fact'),
+            -- one lookup on the id index per id (LIMIT keeps the planner from scanning the open queue instead)
+            SELECT p.* FROM pg_catalog.unnest(ids) c(id),
+                LATERAL (SELECT p.* FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) p
+            WHERE p.status IN ('pending', 'deferred') AND p.entity_type = 'fact'),
         updated AS (
             -- the checksum test is re-checked on the newest row version when another session moved it
             UPDATE deal_store.facts t
@@ -179,8 +180,9 @@ BEGIN
     EXCEPTION WHEN integrity_constraint_violation THEN
         NULL; -- nothing of the set was applied: the loop below settles each change on its own
     END;
-    FOR ch IN SELECT * FROM deal_store.pending_changes p
-              WHERE p.id = ANY (ids) AND p.status IN ('pending', 'deferred')
+    FOR ch IN SELECT p.* FROM pg_catalog.unnest(ids) c(id),
+                  LATERAL (SELECT p.* FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) p
+              WHERE p.status IN ('pending', 'deferred')
               ORDER BY p.created_at, p.id LOOP
         PERFORM deal_store._settle(ch, note);
     END LOOP;
