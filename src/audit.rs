@@ -21,7 +21,7 @@
 //! `pg_restore` running COPY) is not audited: the restored log already holds
 //! the history of those rows.
 use crate::errors::raise;
-use crate::jsonb::JsonbDatum;
+use crate::jsonb::{JsonbDatum, ObjectBuilder};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -40,26 +40,16 @@ const FLUSH_AT: usize = 1000;
 /// The statement trigger that writes the buffer; a table without it is logged row by row.
 const FLUSH_TRIGGER: &CStr = c"deal_store_audit_flush";
 
-/// Writes a batch of entries. $1..$8 are one element per entry; $9..$12 the
-/// changed columns and $13..$15 the key columns of tables without a uuid id,
-/// each tagged with its entry's 1-based position.
+/// Writes a batch of entries, one array element per entry, in capture order.
 const LOG_INSERT: &str = "\
 INSERT INTO deal_store.deal_activity_log
     (deal_id, user_id, action, entity_type, entity_id, entity_key, analysis_run_id, reason, details)
-SELECT e.deal_id, e.user_id, e.action, e.entity_type, e.entity_id, k.entity_key, e.run_id, e.reason,
-       coalesce(e.doc - 'search_vector', c.details, '{}')
+SELECT e.deal_id, e.user_id, e.action, e.entity_type, e.entity_id, e.entity_key, e.run_id, e.reason,
+       CASE WHEN e.action IN ('insert', 'purge') THEN e.details - 'search_vector' ELSE e.details END
 FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($3::text[]),
-                pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::uuid[]), pg_catalog.unnest($6::uuid[]),
-                pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::jsonb[]))
-         WITH ORDINALITY AS e(deal_id, user_id, action, entity_type, entity_id, run_id, reason, doc, i)
-LEFT JOIN (SELECT c.i, pg_catalog.jsonb_object_agg(c.k, pg_catalog.jsonb_build_object('old', c.o, 'new', c.n)) AS details
-           FROM ROWS FROM (pg_catalog.unnest($9::int8[]), pg_catalog.unnest($10::text[]),
-                           pg_catalog.unnest($11::jsonb[]), pg_catalog.unnest($12::jsonb[])) AS c(i, k, o, n)
-           GROUP BY c.i) c ON c.i = e.i
-LEFT JOIN (SELECT x.i, pg_catalog.jsonb_object_agg(x.k, x.v) AS entity_key
-           FROM ROWS FROM (pg_catalog.unnest($13::int8[]), pg_catalog.unnest($14::text[]),
-                           pg_catalog.unnest($15::jsonb[])) AS x(i, k, v)
-           GROUP BY x.i) k ON k.i = e.i
+                pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::uuid[]), pg_catalog.unnest($6::jsonb[]),
+                pg_catalog.unnest($7::uuid[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::jsonb[]))
+         WITH ORDINALITY AS e(deal_id, user_id, action, entity_type, entity_id, entity_key, run_id, reason, details, i)
 ORDER BY e.i";
 
 /// One column of an audited table.
@@ -95,41 +85,23 @@ struct Entry {
     action: &'static str,
     entity_type: Rc<str>,
     entity_id: Option<pgrx::Uuid>,
+    /// the primary key as an object, for rows without a uuid id
+    entity_key: Option<pg_sys::Datum>,
     run_id: Option<pgrx::Uuid>,
     reason: Option<String>,
-    /// the whole row as jsonb (insert, purge)
-    doc: Option<pg_sys::Datum>,
-}
-
-/// A column value (or old / new pair) of entry `entry` (1-based).
-struct Part {
-    entry: i64,
-    name: Rc<str>,
-    old: Option<pg_sys::Datum>,
-    new: Option<pg_sys::Datum>,
+    /// jsonb: the row (insert, purge) or the changed columns (update)
+    details: pg_sys::Datum,
 }
 
 #[derive(Default)]
 struct Buffer {
     entries: Vec<Entry>,
-    changes: Vec<Part>,
-    keys: Vec<Part>,
-    /// lengths of (entries, changes, keys) when each open subtransaction began
-    savepoints: Vec<(usize, usize, usize)>,
+    /// the number of entries when each open subtransaction began
+    savepoints: Vec<usize>,
     context: Option<pg_sys::MemoryContext>,
 }
 
 impl Buffer {
-    fn marks(&self) -> (usize, usize, usize) {
-        (self.entries.len(), self.changes.len(), self.keys.len())
-    }
-
-    fn truncate(&mut self, (e, c, k): (usize, usize, usize)) {
-        self.entries.truncate(e);
-        self.changes.truncate(c);
-        self.keys.truncate(k);
-    }
-
     /// The memory the captured datums live in, emptied after each write.
     fn context(&mut self) -> pg_sys::MemoryContext {
         // SAFETY: a child of TopMemoryContext, kept for the backend's life
@@ -145,7 +117,7 @@ impl Buffer {
     }
 
     fn discard(&mut self) {
-        self.truncate((0, 0, 0));
+        self.entries.clear();
         self.savepoints.clear();
         if let Some(cx) = self.context {
             // SAFETY: nothing points into the context once the entries are gone
@@ -200,15 +172,15 @@ unsafe extern "C-unwind" fn on_subxact(
         let mut b = b.borrow_mut();
         match event {
             SUBXACT_EVENT_START_SUB => {
-                let marks = b.marks();
-                b.savepoints.push(marks);
+                let len = b.entries.len();
+                b.savepoints.push(len);
             }
             SUBXACT_EVENT_COMMIT_SUB => {
                 b.savepoints.pop();
             }
             SUBXACT_EVENT_ABORT_SUB => {
-                if let Some(marks) = b.savepoints.pop() {
-                    b.truncate(marks);
+                if let Some(len) = b.savepoints.pop() {
+                    b.entries.truncate(len);
                 }
             }
             _ => {}
@@ -245,11 +217,11 @@ fn uuid_guc(name: &CStr) -> Option<pgrx::Uuid> {
     }
 }
 
-/// `to_jsonb(value)` for a value of type `typid`, allocated in `cx`.
+/// `to_jsonb(value)` for a value of type `typid`, in the current memory context.
 ///
 /// `to_jsonb` reads its argument's type from the call expression, so each type
 /// gets a call expression of its own, built once and kept for the session.
-fn to_jsonb(typid: pg_sys::Oid, value: pg_sys::Datum, cx: pg_sys::MemoryContext) -> pg_sys::Datum {
+fn to_jsonb(typid: pg_sys::Oid, value: pg_sys::Datum) -> pg_sys::Datum {
     let finfo = ENCODERS.with(|e| {
         *e.borrow_mut().entry(typid).or_insert_with(|| unsafe {
             PgMemoryContexts::TopMemoryContext.switch_to(|_| {
@@ -271,7 +243,7 @@ fn to_jsonb(typid: pg_sys::Oid, value: pg_sys::Datum, cx: pg_sys::MemoryContext)
         })
     });
     // SAFETY: finfo is to_jsonb with a call expression of the value's type
-    unsafe { PgMemoryContexts::For(cx).switch_to(|_| pg_sys::FunctionCall1Coll(finfo, pg_sys::InvalidOid, value)) }
+    unsafe { pg_sys::FunctionCall1Coll(finfo, pg_sys::InvalidOid, value) }
 }
 
 fn table_info(rel: &PgRelation) -> TableInfo {
@@ -395,8 +367,6 @@ unsafe fn capture(
     old: *mut pg_sys::HeapTupleData,
     new: *mut pg_sys::HeapTupleData,
 ) -> bool {
-    let cx = b.context();
-    let entry = b.entries.len() as i64 + 1;
     let row = if new.is_null() { old } else { new };
     let action = if old.is_null() {
         // a fact's history row is the versioning's own copy, not a new act
@@ -415,37 +385,49 @@ unsafe fn capture(
             _ => "update",
         }
     };
-    let mark = b.changes.len();
-    if !old.is_null() && !new.is_null() {
-        for c in t.columns.iter().filter(|c| !c.noise) {
-            let (a, z) = unsafe { (attr(old, tupdesc, c.attnum), attr(new, tupdesc, c.attnum)) };
-            let same = match (a, z) {
-                (None, None) => true,
-                (Some(x), Some(y)) => unsafe {
-                    pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| datum_image_eq(x, y, c.byval, c.len.into()))
-                },
-                _ => false,
-            };
-            if !same {
-                let json = |v: Option<pg_sys::Datum>| v.map(|v| to_jsonb(c.typid, v, cx));
-                b.changes.push(Part { entry, name: c.name.clone(), old: json(a), new: json(z) });
+    let value = |c: &Column, tuple| unsafe { attr(tuple, tupdesc, c.attnum) }.map(|v| to_jsonb(c.typid, v));
+    let cx = b.context();
+    // everything made from here on lives in the buffer's context until the entry is written
+    let details = unsafe {
+        PgMemoryContexts::For(cx).switch_to(|_| {
+            if old.is_null() || new.is_null() {
+                let composite = pg_sys::heap_copy_tuple_as_datum(row, tupdesc);
+                return Some(to_jsonb((*tupdesc).tdtypeid, composite));
             }
-        }
-        if b.changes.len() == mark {
-            return false; // nothing but noise changed
-        }
-    }
+            let mut changed = ObjectBuilder::new();
+            let mut any = false; // noise columns are neither reported nor enough to log
+            for c in t.columns.iter().filter(|c| !c.noise) {
+                let (a, z) = (attr(old, tupdesc, c.attnum), attr(new, tupdesc, c.attnum));
+                let same = match (a, z) {
+                    (None, None) => true,
+                    (Some(x), Some(y)) => pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| datum_image_eq(x, y, c.byval, c.len.into())),
+                    _ => false,
+                };
+                if !same {
+                    any = true;
+                    changed.key(&c.name);
+                    changed.begin_object();
+                    changed.key("old");
+                    changed.value(value(c, old));
+                    changed.key("new");
+                    changed.value(value(c, new));
+                    changed.end_object();
+                }
+            }
+            any.then(|| changed.finish())
+        })
+    };
+    let Some(details) = details else { return false };
     let entity_id = unsafe { uuid_attr(row, tupdesc, t.id) };
-    if entity_id.is_none() {
-        for &k in &t.key {
-            let c = &t.columns[k];
-            let v = unsafe { attr(row, tupdesc, c.attnum) }.map(|v| to_jsonb(c.typid, v, cx));
-            b.keys.push(Part { entry, name: c.name.clone(), old: None, new: v });
-        }
-    }
-    let doc = (old.is_null() || new.is_null()).then(|| {
-        let composite = unsafe { PgMemoryContexts::For(cx).switch_to(|_| pg_sys::heap_copy_tuple_as_datum(row, tupdesc)) };
-        to_jsonb(unsafe { (*tupdesc).tdtypeid }, composite, cx)
+    let entity_key = (entity_id.is_none() && !t.key.is_empty()).then(|| unsafe {
+        PgMemoryContexts::For(cx).switch_to(|_| {
+            let mut key = ObjectBuilder::new();
+            for c in t.key.iter().map(|&k| &t.columns[k]) {
+                key.key(&c.name);
+                key.value(value(c, row));
+            }
+            key.finish()
+        })
     });
     b.entries.push(Entry {
         deal_id: unsafe { uuid_attr(row, tupdesc, if t.is_deals { t.id } else { t.deal_id }) },
@@ -453,60 +435,43 @@ unsafe fn capture(
         action,
         entity_type: t.entity_type.clone(),
         entity_id,
+        entity_key,
         run_id: uuid_guc(c"deal_store.run_id").or_else(|| unsafe { uuid_attr(row, tupdesc, t.run_id) }),
         reason: guc(c"deal_store.reason").map(str::to_owned),
-        doc,
+        details,
     });
     true
 }
 
 /// Writes every waiting entry to the log with one INSERT.
 fn flush() {
-    let (entries, changes, keys) = BUFFER.with(|b| {
+    let entries = BUFFER.with(|b| {
         let mut b = b.borrow_mut();
-        for s in b.savepoints.iter_mut() {
-            *s = (0, 0, 0); // what is written is rolled back with the subtransaction
-        }
-        (std::mem::take(&mut b.entries), std::mem::take(&mut b.changes), std::mem::take(&mut b.keys))
+        b.savepoints.iter_mut().for_each(|s| *s = 0); // what is written is rolled back with the subtransaction
+        std::mem::take(&mut b.entries)
     });
     if entries.is_empty() {
         return;
     }
-    let jsonb = |d: Option<pg_sys::Datum>| d.map(|d| unsafe { JsonbDatum::new(d) });
-    fn parts(ps: &[Part]) -> (Vec<i64>, Vec<&str>, Vec<Option<JsonbDatum>>, Vec<Option<JsonbDatum>>) {
-        let jsonb = |d: Option<pg_sys::Datum>| d.map(|d| unsafe { JsonbDatum::new(d) });
-        (
-            ps.iter().map(|p| p.entry).collect::<Vec<_>>(),
-            ps.iter().map(|p| &*p.name).collect::<Vec<_>>(),
-            ps.iter().map(|p| jsonb(p.old)).collect::<Vec<_>>(),
-            ps.iter().map(|p| jsonb(p.new)).collect::<Vec<_>>(),
-        )
-    }
-    let (ci, ck, co, cn) = parts(&changes);
-    let (ki, kk, _, kv) = parts(&keys);
+    // SAFETY: the datums are jsonb values in the buffer's context, reset only after the INSERT
+    let jsonb = |d: pg_sys::Datum| unsafe { JsonbDatum::new(d) };
     let args = [
         entries.iter().map(|e| e.deal_id).collect::<Vec<_>>().into(),
         entries.iter().map(|e| e.user_id).collect::<Vec<_>>().into(),
         entries.iter().map(|e| e.action).collect::<Vec<_>>().into(),
         entries.iter().map(|e| &*e.entity_type).collect::<Vec<_>>().into(),
         entries.iter().map(|e| e.entity_id).collect::<Vec<_>>().into(),
+        entries.iter().map(|e| e.entity_key.map(jsonb)).collect::<Vec<_>>().into(),
         entries.iter().map(|e| e.run_id).collect::<Vec<_>>().into(),
         entries.iter().map(|e| e.reason.as_deref()).collect::<Vec<_>>().into(),
-        entries.iter().map(|e| jsonb(e.doc)).collect::<Vec<_>>().into(),
-        ci.into(),
-        ck.into(),
-        co.into(),
-        cn.into(),
-        ki.into(),
-        kk.into(),
-        kv.into(),
+        entries.iter().map(|e| jsonb(e.details)).collect::<Vec<_>>().into(),
     ];
     Spi::connect_mut(|client| {
         PLAN.with(|plan| {
             let mut plan = plan.borrow_mut();
             if plan.is_none() {
-                let (u, t, j, i) = (pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONBARRAYOID, pg_sys::INT8ARRAYOID);
-                let types: Vec<PgOid> = [u, u, t, t, u, u, t, j, i, t, j, j, i, t, j].into_iter().map(PgOid::from).collect();
+                let (u, t, j) = (pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONBARRAYOID);
+                let types: Vec<PgOid> = [u, u, t, t, u, j, u, t, j].into_iter().map(PgOid::from).collect();
                 let prepared = client
                     .prepare_mut(LOG_INSERT, &types)
                     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("audit plan: {e}"), None));
@@ -520,11 +485,9 @@ fn flush() {
     drop(args);
     BUFFER.with(|b| {
         let b = b.borrow();
-        if b.entries.is_empty() {
-            if let Some(cx) = b.context {
-                // SAFETY: the written entries were the only users of the context
-                unsafe { pg_sys::MemoryContextReset(cx) };
-            }
+        if let (true, Some(cx)) = (b.entries.is_empty(), b.context) {
+            // SAFETY: the written entries were the only users of the context
+            unsafe { pg_sys::MemoryContextReset(cx) };
         }
     });
 }

@@ -238,3 +238,80 @@ impl Node<'_> {
         }
     }
 }
+
+/// Builds a jsonb object in PostgreSQL's binary form from keys and jsonb
+/// values made elsewhere (e.g. by `to_jsonb`), with no text in between.
+/// Keys and values are referenced, not copied, until [`ObjectBuilder::finish`].
+pub struct ObjectBuilder<'a> {
+    state: *mut pg_sys::JsonbParseState,
+    last: *mut pg_sys::JsonbValue,
+    _keys: PhantomData<&'a str>,
+}
+
+impl<'a> ObjectBuilder<'a> {
+    /// An empty object, allocated in the current memory context.
+    pub fn new() -> Self {
+        let mut b = ObjectBuilder { state: std::ptr::null_mut(), last: std::ptr::null_mut(), _keys: PhantomData };
+        b.push(pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT, std::ptr::null_mut());
+        b
+    }
+
+    fn push(&mut self, token: pg_sys::JsonbIteratorToken::Type, value: *mut pg_sys::JsonbValue) {
+        // SAFETY: the parse state is ours; tokens come in a valid order (the methods below)
+        self.last = unsafe { pg_sys::pushJsonbValue(&mut self.state, token, value) };
+    }
+
+    /// The next key; a value or a nested object must follow.
+    pub fn key(&mut self, key: &'a str) {
+        let mut v = pg_sys::JsonbValue {
+            type_: pg_sys::jbvType::jbvString,
+            val: pg_sys::JsonbValue__bindgen_ty_1 {
+                string: pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_1 { len: key.len() as _, val: key.as_ptr().cast_mut().cast() },
+            },
+        };
+        self.push(pg_sys::JsonbIteratorToken::WJB_KEY, &mut v);
+    }
+
+    /// A nested object as the value of the last key, up to [`ObjectBuilder::end_object`].
+    pub fn begin_object(&mut self) {
+        self.push(pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT, std::ptr::null_mut());
+    }
+
+    pub fn end_object(&mut self) {
+        self.push(pg_sys::JsonbIteratorToken::WJB_END_OBJECT, std::ptr::null_mut());
+    }
+
+    /// A jsonb datum (None: JSON null) as the value of the last key.
+    ///
+    /// # Safety
+    /// `value` must be a jsonb datum that lives until `finish`.
+    pub unsafe fn value(&mut self, value: Option<pg_sys::Datum>) {
+        // SAFETY: a zeroed JsonbValue is jbvNull
+        let mut v: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
+        if let Some(datum) = value {
+            // SAFETY: a jsonb datum (caller); scalars are read out of their pseudo-array,
+            // containers are passed as binary and unpacked by pushJsonbValue
+            unsafe {
+                let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+                let root = &raw mut (*jb).root;
+                if (*root).header & pg_sys::JB_FSCALAR != 0 {
+                    pg_sys::JsonbExtractScalar(root, &mut v);
+                } else {
+                    v.type_ = pg_sys::jbvType::jbvBinary;
+                    v.val.binary = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_4 {
+                        len: pgrx::varlena::varsize_any_exhdr(jb.cast()) as _,
+                        data: root,
+                    };
+                }
+            }
+        }
+        self.push(pg_sys::JsonbIteratorToken::WJB_VALUE, &mut v);
+    }
+
+    /// The finished object as a jsonb datum.
+    pub fn finish(mut self) -> pg_sys::Datum {
+        self.push(pg_sys::JsonbIteratorToken::WJB_END_OBJECT, std::ptr::null_mut());
+        // SAFETY: last is the complete top-level object
+        pg_sys::Datum::from(unsafe { pg_sys::JsonbValueToJsonb(self.last) })
+    }
+}
