@@ -509,3 +509,65 @@ fn audit_flush<'a>(
     }
     Ok(None)
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn same(sql: &str) -> bool {
+        Spi::get_one::<bool>(sql).unwrap().unwrap_or(false)
+    }
+
+    /// The details built in Rust equal what SQL's to_jsonb makes of the same values, for every kind of column.
+    #[pg_test]
+    fn details_match_sql_to_jsonb() {
+        Spi::run(
+            "CREATE TABLE public.kinds (k1 int, k2 text, n numeric, f float8, t text, ts timestamptz, a int[], j jsonb, flag bool,
+                                        PRIMARY KEY (k1, k2));
+             SELECT deal_store.enable_audit('public.kinds');
+             INSERT INTO public.kinds VALUES (1, 'x', 1.50, 0.1, 'tab\there', '2026-01-02 03:04:05.678+00', '{1,2}', '{\"a\": [1, {\"b\": null}]}', true);
+             CREATE TABLE public.before AS SELECT * FROM public.kinds;
+             UPDATE public.kinds SET n = 2, f = 'NaN', t = NULL, ts = '-infinity', a = '{}', j = '\"s\"', flag = false;",
+        )
+        .unwrap();
+        assert!(same(
+            "SELECT l.details = to_jsonb(b) AND l.entity_key = jsonb_build_object('k1', 1, 'k2', 'x')
+             FROM deal_store.deal_activity_log l, public.before b
+             WHERE l.entity_type = 'public.kinds' AND l.action = 'insert'"
+        ));
+        assert!(same(
+            "SELECT l.details = (SELECT jsonb_object_agg(o.key, jsonb_build_object('old', o.value, 'new', n.value))
+                                 FROM jsonb_each(to_jsonb(b)) o JOIN jsonb_each(to_jsonb(k)) n USING (key)
+                                 WHERE o.value IS DISTINCT FROM n.value)
+             FROM deal_store.deal_activity_log l, public.before b, public.kinds k
+             WHERE l.entity_type = 'public.kinds' AND l.action = 'update'"
+        ));
+    }
+
+    /// Entries captured by a statement that then fails (here in a later AFTER trigger) are never written.
+    #[pg_test]
+    fn a_failed_statement_leaves_no_entries() {
+        Spi::run(
+            "CREATE TABLE public.once (id int PRIMARY KEY);
+             SELECT deal_store.enable_audit('public.once');
+             CREATE FUNCTION public.no_three() RETURNS trigger LANGUAGE plpgsql AS
+                 $f$ BEGIN IF NEW.id = 3 THEN RAISE EXCEPTION 'three'; END IF; RETURN NULL; END $f$;
+             CREATE TRIGGER zz_no_three AFTER INSERT ON public.once FOR EACH ROW EXECUTE FUNCTION public.no_three();",
+        )
+        .unwrap();
+        Spi::run(
+            "DO $$ BEGIN
+                 INSERT INTO public.once SELECT generate_series(1, 5);
+             EXCEPTION WHEN raise_exception THEN NULL;
+             END $$;
+             INSERT INTO public.once VALUES (10);",
+        )
+        .unwrap();
+        let logged = Spi::get_one::<String>(
+            "SELECT string_agg(entity_key ->> 'id', ',' ORDER BY seq) FROM deal_store.deal_activity_log WHERE entity_type = 'public.once'",
+        )
+        .unwrap();
+        assert_eq!(logged.as_deref(), Some("10"));
+    }
+}
