@@ -26,7 +26,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{PgMemoryContexts, PgRelation};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr};
 use std::rc::Rc;
@@ -64,7 +64,8 @@ struct Column {
 
 /// What the trigger needs to know about one audited table, computed once per session.
 struct TableInfo {
-    natts: i32,
+    /// the relcache generation it was built in (see `on_relcache`)
+    generation: u64,
     entity_type: Rc<str>,
     /// 1-based attribute numbers
     deal_id: Option<i32>,
@@ -128,18 +129,33 @@ impl Buffer {
 
 thread_local! {
     static TABLES: RefCell<HashMap<pg_sys::Oid, TableInfo>> = RefCell::new(HashMap::new());
+    /// bumped whenever the definition of an audited table may have changed
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
     static BUFFER: RefCell<Buffer> = RefCell::new(Buffer::default());
     static PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     /// `to_jsonb` prepared for one argument type, per type
     static ENCODERS: RefCell<HashMap<pg_sys::Oid, *mut pg_sys::FmgrInfo>> = RefCell::new(HashMap::new());
 }
 
-/// Registers the transaction callbacks that keep the buffer in step with the transaction.
+/// Registers the transaction callbacks that keep the buffer in step with the
+/// transaction, and the relcache callback that retires cached table layouts.
 pub fn init() {
     // SAFETY: plain functions registered once per backend
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache), pg_sys::Datum::from(0));
+    }
+}
+
+/// A relation's definition may have changed (ALTER TABLE, or InvalidOid: all):
+/// cached layouts of audited tables are rebuilt at their next use.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // may run while TABLES is borrowed (catalog lookups process invalidations): then assume ours
+    let ours = relid == pg_sys::InvalidOid || TABLES.with(|t| t.try_borrow().map_or(true, |t| t.contains_key(&relid)));
+    if ours {
+        GENERATION.with(|g| g.set(g.get() + 1));
     }
 }
 
@@ -279,7 +295,7 @@ fn table_info(rel: &PgRelation) -> TableInfo {
     let schema = rel.namespace().to_string();
     let (uuid, ts) = (pg_sys::UUIDOID, pg_sys::TIMESTAMPTZOID);
     TableInfo {
-        natts: tupdesc.len() as i32,
+        generation: GENERATION.with(Cell::get),
         entity_type: if schema == "deal_store" { rel.name().into() } else { format!("{schema}.{}", rel.name()).into() },
         deal_id: find("deal_id", uuid),
         id: find("id", uuid),
@@ -330,6 +346,13 @@ unsafe fn flushed_at_statement_end(data: &pg_sys::TriggerData, event: u32) -> bo
 fn audit_row<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
+    if !matches!(trigger.level(), PgTriggerLevel::Row) || !matches!(trigger.when()?, PgTriggerWhen::After) {
+        raise(
+            PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            "deal_store.audit_row must be an AFTER ... FOR EACH ROW trigger",
+            Some("Use deal_store.enable_audit(table) to put it on a table.".into()),
+        );
+    }
     if restoring() {
         return Ok(None);
     }
@@ -343,8 +366,8 @@ fn audit_row<'a>(
     };
     let tupdesc = unsafe { (*data.tg_relation).rd_att };
     let oid = unsafe { (*data.tg_relation).rd_id };
-    let natts = unsafe { (*tupdesc).natts };
-    if TABLES.with(|t| t.borrow().get(&oid).is_none_or(|t| t.natts != natts)) {
+    let generation = GENERATION.with(Cell::get);
+    if TABLES.with(|t| t.borrow().get(&oid).is_none_or(|t| t.generation != generation)) {
         let info = table_info(&unsafe { PgRelation::from_pg(data.tg_relation) });
         TABLES.with(|t| t.borrow_mut().insert(oid, info));
     }

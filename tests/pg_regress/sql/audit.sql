@@ -115,6 +115,14 @@ ALTER TABLE public.valuations DISABLE TRIGGER deal_store_audit_flush;
 UPDATE public.valuations SET note = 'row by row' WHERE year BETWEEN 4 AND 6;
 ALTER TABLE public.valuations ENABLE TRIGGER deal_store_audit_flush;
 SELECT count(*) AS entries FROM deal_activity_log WHERE entity_type = 'public.valuations' AND details -> 'note' ->> 'new' = 'row by row';
+-- a changed column type is picked up: cached table layouts are retired on ALTER TABLE
+ALTER TABLE public.valuations ALTER COLUMN ebitda TYPE text;
+UPDATE public.valuations SET ebitda = 'n/a' WHERE deal_code = 'B' AND year = 8;
+SELECT details FROM deal_activity_log WHERE entity_type = 'public.valuations' AND details ? 'ebitda' ORDER BY seq DESC LIMIT 1;
+-- audit_row only works as an AFTER ... FOR EACH ROW trigger
+CREATE TRIGGER misuse BEFORE INSERT ON public.no_key FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+SELECT regress.expect_error($$INSERT INTO public.no_key VALUES (1)$$);
+DROP TRIGGER misuse ON public.no_key;
 DELETE FROM public.valuations WHERE deal_code = 'B';
 SELECT disable_audit('public.valuations');
 SELECT disable_audit('public.valuations');
