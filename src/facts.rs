@@ -88,6 +88,14 @@ fn insert_history_row(deal_id: Option<pgrx::Uuid>, id: Option<pgrx::Uuid>, histo
     })
 }
 
+/// True when a set-based writer (the merge queue, with `deal_store.caller_writes_versions`
+/// on) points the row at a history row it writes itself in the same statement.
+fn caller_writes_version<A: WhoAllocated, B: WhoAllocated>(old: &PgHeapTuple<'_, A>, new: &PgHeapTuple<'_, B>) -> bool {
+    crate::settings::CALLER_WRITES_VERSIONS.get()
+        && internal(new.get_by_name::<pgrx::Uuid>("previous_version_id"))
+            != internal(old.get_by_name::<pgrx::Uuid>("previous_version_id"))
+}
+
 /// A row's primary key.
 fn key<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> (Option<pgrx::Uuid>, Option<pgrx::Uuid>) {
     (internal(row.get_by_name::<pgrx::Uuid>("deal_id")), internal(row.get_by_name::<pgrx::Uuid>("id")))
@@ -113,7 +121,7 @@ fn fact_versions<'a>(
             let was_current = internal(old.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_none();
             let stays_current = internal(new.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_none();
             let old_checksum = internal(old.get_by_name::<String>("item_checksum"));
-            if was_current && stays_current && old_checksum.as_deref() != Some(checksum.as_str()) {
+            if was_current && stays_current && old_checksum.as_deref() != Some(checksum.as_str()) && !caller_writes_version(&old, &new) {
                 let history_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
                 // The old version is still the visible row: copy it with a new id.
                 insert_history_row(deal_id, id, history_id);

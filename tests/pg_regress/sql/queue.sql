@@ -60,6 +60,12 @@ SELECT regress.expect_error($$SELECT deal_store.reject_change('00000000-0000-000
 SELECT * FROM accept_changes('00000000-0000-0000-0000-0000000000d8', max_tier => 2);
 SELECT legacy_entity_id, change_type, confidence_tier, status, decided_by, review_note, deferred_until IS NOT NULL AS deferred
 FROM pending_changes WHERE analysis_run_id = :'run2' ORDER BY legacy_entity_id;
+-- the batch wrote F-3's new version itself: one history row, the replaced version as it was, linked
+SELECT count(*) AS history_rows,
+       bool_and(h.item = 'MPLS WAN' AND h.superseded_at IS NOT NULL AND c.previous_version_id = h.id
+                AND h.item_checksum = fact_checksum(to_jsonb(h))) AS replaced_version
+FROM facts c JOIN facts h ON h.deal_id = c.deal_id AND h.legacy_id = c.legacy_id AND h.superseded_at IS NOT NULL
+WHERE c.legacy_id = 'F-3' AND c.superseded_at IS NULL AND c.deal_id = '00000000-0000-0000-0000-0000000000d8';
 SELECT complete_run(:'run2');
 
 -- run 3 proposes again for F-4: its newer proposal supersedes run 2's deferred one
