@@ -122,6 +122,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ch deal_store.pending_changes;
     prev_reason text := current_setting('deal_store.reason', true);
+    actor uuid := deal_store.current_actor();
+    settled bigint := 0;
 BEGIN
     PERFORM set_config('deal_store.reason', coalesce(note, prev_reason, ''), true);
     BEGIN
@@ -174,7 +176,7 @@ BEGIN
         deleted AS (
             -- as soft_delete does for a fact (it owns nothing): one row, its own delete batch
             UPDATE deal_store.facts t
-            SET deleted_at = pg_catalog.now(), deleted_by = deal_store.current_actor(),
+            SET deleted_at = pg_catalog.now(), deleted_by = actor,
                 delete_reason = pg_catalog.format('removed by analysis run %s', run.run_number),
                 delete_batch = pg_catalog.gen_random_uuid()
             FROM todo JOIN deal_store.analysis_runs run ON run.deal_id = todo.deal_id AND run.id = todo.analysis_run_id
@@ -193,7 +195,7 @@ BEGIN
             RETURNING deal_id, legacy_id)
         UPDATE deal_store.pending_changes p
         SET status = CASE WHEN done.ok THEN 'accepted' ELSE 'conflict' END,
-            decided_by = deal_store.current_actor(), decided_at = pg_catalog.now(),
+            decided_by = actor, decided_at = pg_catalog.now(),
             review_note = pg_catalog.concat_ws(' / ', note, CASE
                 WHEN done.ok THEN NULL
                 WHEN todo.change_type = 'new' THEN 'a live row with this legacy_id exists'
@@ -205,10 +207,14 @@ BEGIN
                                 OR (todo.deal_id, todo.legacy_entity_id) IN (SELECT i.deal_id, i.legacy_id FROM inserted i)
                                 AND todo.change_type = 'new' AS ok) done
         WHERE p.deal_id = todo.deal_id AND p.id = todo.id;
+        GET DIAGNOSTICS settled = ROW_COUNT;
         PERFORM set_config('deal_store.caller_writes_versions', 'off', true);
     EXCEPTION WHEN integrity_constraint_violation THEN
         NULL; -- nothing of the set was applied: the loop below settles each change on its own
     END;
+    IF settled = pg_catalog.cardinality(ids) THEN
+        ids := '{}'; -- all were facts, all settled above
+    END IF;
     FOR ch IN SELECT p.* FROM pg_catalog.unnest(ids) c(id),
                   LATERAL (SELECT p.* FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) p
               WHERE p.status IN ('pending', 'deferred')
