@@ -224,7 +224,7 @@ BEGIN
     PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
 END $$;
 COMMENT ON FUNCTION deal_store._settle_batch(uuid[], text) IS
-    'Internal: settles open changes the caller has locked: fact changes set-based, findings, gaps and any set a constraint rejects one by one through _settle. Same results as settling each change alone, except that the audit reason of a fact removal is the batch note.';
+    'Internal: settles open changes the caller has locked: fact changes set-based (new versions included, written by the statement itself under deal_store.caller_writes_versions), findings, gaps and any set a constraint rejects one by one through _settle. Same results as settling each change alone, except that the audit reason of a fact removal is the batch note.';
 
 CREATE FUNCTION deal_store._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
