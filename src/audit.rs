@@ -21,6 +21,7 @@
 //! `pg_restore` running COPY) is not audited: the restored log already holds
 //! the history of those rows.
 use crate::errors::raise;
+use crate::settings;
 use crate::jsonb::{JsonbDatum, ObjectBuilder};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -204,33 +205,13 @@ unsafe extern "C-unwind" fn on_subxact(
     });
 }
 
-/// A setting's value, None when unset or blank. Use it at once: it is only
-/// valid until the setting changes.
-fn guc<'a>(name: &CStr) -> Option<&'a str> {
-    // SAFETY: GetConfigOption returns the current value (or NULL)
-    let p = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
-    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("")).filter(|v| !v.trim().is_empty())
-}
-
 /// True while pg_restore loads table data: those rows are history, not new acts.
 fn restoring() -> bool {
-    if guc(c"application_name") != Some("pg_restore") {
+    if settings::value(c"application_name") != Some("pg_restore") {
         return false;
     }
     let q = unsafe { pg_sys::debug_query_string };
     !q.is_null() && unsafe { CStr::from_ptr(q) }.to_bytes().trim_ascii_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case(b"COPY"))
-}
-
-fn uuid_guc(name: &CStr) -> Option<pgrx::Uuid> {
-    let text = guc(name)?.trim();
-    match uuid::Uuid::parse_str(text) {
-        Ok(u) => Some(pgrx::Uuid::from_bytes(*u.as_bytes())),
-        Err(_) => raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("invalid value for parameter \"{}\": \"{text}\"", name.to_string_lossy()),
-            None,
-        ),
-    }
 }
 
 /// `to_jsonb(value)` for a value of type `typid`, in the current memory context.
@@ -454,13 +435,13 @@ unsafe fn capture(
     });
     b.entries.push(Entry {
         deal_id: unsafe { uuid_attr(row, tupdesc, if t.is_deals { t.id } else { t.deal_id }) },
-        user_id: crate::settings::actor(),
+        user_id: settings::actor(),
         action,
         entity_type: t.entity_type.clone(),
         entity_id,
         entity_key,
-        run_id: uuid_guc(c"deal_store.run_id").or_else(|| unsafe { uuid_attr(row, tupdesc, t.run_id) }),
-        reason: guc(c"deal_store.reason").map(str::to_owned),
+        run_id: settings::run_id().or_else(|| unsafe { uuid_attr(row, tupdesc, t.run_id) }),
+        reason: settings::reason(),
         details,
     });
     true

@@ -122,11 +122,19 @@ unsafe extern "C-unwind" fn check_uuid(
     false
 }
 
-/// The uuid in `deal_store.actor`, or None when unset.
-pub fn actor() -> Option<pgrx::Uuid> {
-    let raw = ACTOR.get()?;
-    let text = raw.to_string_lossy();
-    let text = text.trim();
+/// A setting's current value, None when unset or blank. Read without copying:
+/// use it at once, it is only valid until the setting changes.
+pub fn value<'a>(name: &CStr) -> Option<&'a str> {
+    // SAFETY: GetConfigOption returns the current value (or NULL)
+    let p = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("")).filter(|v| !v.trim().is_empty())
+}
+
+/// The uuid in one of our uuid settings, None when unset (no work then); 22023
+/// when it is not a uuid (a value set before the library was loaded was never checked).
+fn uuid_value(setting: &GucSetting<Option<CString>>, name: &str, hint: Option<&str>) -> Option<pgrx::Uuid> {
+    let raw = setting.get()?;
+    let text = raw.to_str().unwrap_or("").trim();
     if text.is_empty() {
         return None;
     }
@@ -134,10 +142,25 @@ pub fn actor() -> Option<pgrx::Uuid> {
         Ok(u) => Some(pgrx::Uuid::from_bytes(*u.as_bytes())),
         Err(_) => crate::errors::raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("invalid value for parameter \"deal_store.actor\": \"{text}\""),
-            Some("deal_store.actor must be a user uuid.".into()),
+            format!("invalid value for parameter \"{name}\": \"{text}\""),
+            hint.map(str::to_owned),
         ),
     }
+}
+
+/// The uuid in `deal_store.actor`, or None when unset.
+pub fn actor() -> Option<pgrx::Uuid> {
+    uuid_value(&ACTOR, "deal_store.actor", Some("deal_store.actor must be a user uuid."))
+}
+
+/// The uuid in `deal_store.run_id`, or None when unset.
+pub fn run_id() -> Option<pgrx::Uuid> {
+    uuid_value(&RUN_ID, "deal_store.run_id", None)
+}
+
+/// `deal_store.reason`, or None when unset or blank.
+pub fn reason() -> Option<String> {
+    REASON.get().map(|r| r.to_string_lossy().into_owned()).filter(|r| !r.trim().is_empty())
 }
 
 /// The acting user: the uuid in `deal_store.actor`, NULL when it is not set.
