@@ -212,15 +212,15 @@ BEGIN
     EXCEPTION WHEN integrity_constraint_violation THEN
         NULL; -- nothing of the set was applied: the loop below settles each change on its own
     END;
-    IF settled = pg_catalog.cardinality(ids) THEN
-        ids := '{}'; -- all were facts, all settled above
+    -- what the statement did not settle: findings, gaps, or the whole set after a rejection
+    IF settled < pg_catalog.cardinality(ids) THEN
+        FOR ch IN SELECT p.* FROM pg_catalog.unnest(ids) c(id),
+                      LATERAL (SELECT p.* FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) p
+                  WHERE p.status IN ('pending', 'deferred')
+                  ORDER BY p.created_at, p.id LOOP
+            PERFORM deal_store._settle(ch, note);
+        END LOOP;
     END IF;
-    FOR ch IN SELECT p.* FROM pg_catalog.unnest(ids) c(id),
-                  LATERAL (SELECT p.* FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) p
-              WHERE p.status IN ('pending', 'deferred')
-              ORDER BY p.created_at, p.id LOOP
-        PERFORM deal_store._settle(ch, note);
-    END LOOP;
     PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
 END $$;
 COMMENT ON FUNCTION deal_store._settle_batch(uuid[], text) IS
