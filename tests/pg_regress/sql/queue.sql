@@ -57,13 +57,22 @@ SELECT regress.expect_error(format($$SELECT deal_store.accept_change(%L)$$, id))
 WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-5';
 SELECT regress.expect_error($$SELECT deal_store.reject_change('00000000-0000-0000-0000-000000000999')$$);
 -- batch accept of tier 2: F-3's update; the deferred removal of F-4 (tier 3) waits
+-- (F-3 gets values in its non-content columns first, so a column the batch failed to copy would show)
+UPDATE facts SET verified = true, verified_by = 'ana', verified_at = '2026-03-01', verification_status = 'verified',
+       verification_note = 'checked against the contract', created_by = '00000000-0000-0000-0000-0000000000a9'
+WHERE legacy_id = 'F-3' AND superseded_at IS NULL AND deal_id = '00000000-0000-0000-0000-0000000000d8';
+CREATE TEMP TABLE f3_before AS
+SELECT * FROM facts WHERE legacy_id = 'F-3' AND superseded_at IS NULL AND deal_id = '00000000-0000-0000-0000-0000000000d8';
 SELECT * FROM accept_changes('00000000-0000-0000-0000-0000000000d8', max_tier => 2);
 SELECT legacy_entity_id, change_type, confidence_tier, status, decided_by, review_note, deferred_until IS NOT NULL AS deferred
 FROM pending_changes WHERE analysis_run_id = :'run2' ORDER BY legacy_entity_id;
--- the batch wrote F-3's new version itself: one history row, the replaced version as it was, linked
+-- the batch wrote F-3's new version itself: one history row, the replaced version as it was
+-- (every column but id and superseded_at), linked
 SELECT count(*) AS history_rows,
        bool_and(h.item = 'MPLS WAN' AND h.superseded_at IS NOT NULL AND c.previous_version_id = h.id
-                AND h.item_checksum = fact_checksum(to_jsonb(h))) AS replaced_version
+                AND h.item_checksum = fact_checksum(to_jsonb(h))) AS replaced_version,
+       bool_and(to_jsonb(h) - 'id' - 'superseded_at' - 'search_vector'
+                = (SELECT to_jsonb(b) - 'id' - 'superseded_at' - 'search_vector' FROM f3_before b)) AS every_column
 FROM facts c JOIN facts h ON h.deal_id = c.deal_id AND h.legacy_id = c.legacy_id AND h.superseded_at IS NOT NULL
 WHERE c.legacy_id = 'F-3' AND c.superseded_at IS NULL AND c.deal_id = '00000000-0000-0000-0000-0000000000d8';
 SELECT complete_run(:'run2');
