@@ -134,11 +134,11 @@ BEGIN
         WITH todo AS (
             -- one lookup on the id index per id (LIMIT keeps the planner from scanning the open queue instead)
             SELECT p.* FROM pg_catalog.unnest(ids) c(id),
-                LATERAL (SELECT p.* FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) p
+                LATERAL (SELECT p.ctid AS row_tid, p.* FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) p
             WHERE p.status IN ('pending', 'deferred') AND p.entity_type = 'fact'),
         current AS (
             -- the update targets' newest versions, locked: what the history rows copy
-            SELECT t.*, todo.id AS change_id, todo.new_value, todo.base_checksum, todo.proposed_checksum,
+            SELECT t.ctid AS fact_tid, t.*, todo.id AS change_id, todo.new_value, todo.base_checksum, todo.proposed_checksum,
                    todo.analysis_run_id AS change_run_id
             FROM todo JOIN deal_store.facts t ON t.deal_id = todo.deal_id AND t.id = todo.entity_id
             WHERE todo.change_type = 'update' AND t.superseded_at IS NULL
@@ -155,8 +155,8 @@ BEGIN
                  CASE WHEN c.proposed_checksum IS DISTINCT FROM c.base_checksum
                       THEN pg_catalog.gen_random_uuid() ELSE t.previous_version_id END)
             FROM current c, LATERAL pg_catalog.jsonb_populate_record(NULL::deal_store.facts, c.new_value) r
-            WHERE t.deal_id = c.deal_id AND t.id = c.id
-              AND t.superseded_at IS NULL AND t.deleted_at IS NULL AND t.item_checksum = c.base_checksum
+            WHERE t.ctid = c.fact_tid -- locked above: still the newest version
+              AND t.deleted_at IS NULL AND t.item_checksum = c.base_checksum
             RETURNING c.change_id AS id, t.previous_version_id AS history_id, c AS o),
         versions AS (
             -- the replaced version as the fact trigger would copy it: new id, superseded_at set
@@ -206,7 +206,7 @@ BEGIN
         FROM todo, LATERAL (SELECT todo.id IN (SELECT u.id FROM updated u UNION ALL SELECT d.id FROM deleted d)
                                 OR (todo.deal_id, todo.legacy_entity_id) IN (SELECT i.deal_id, i.legacy_id FROM inserted i)
                                 AND todo.change_type = 'new' AS ok) done
-        WHERE p.deal_id = todo.deal_id AND p.id = todo.id;
+        WHERE p.ctid = todo.row_tid; -- the caller holds the lock: still the newest version
         GET DIAGNOSTICS settled = ROW_COUNT;
         PERFORM set_config('deal_store.caller_writes_versions', 'off', true);
     EXCEPTION WHEN integrity_constraint_violation THEN

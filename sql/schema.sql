@@ -373,14 +373,20 @@ CREATE TABLE deal_store.pending_changes (
     CONSTRAINT pending_changes_target_check CHECK (change_type = 'new' OR entity_id IS NOT NULL),
     CONSTRAINT pending_changes_decided_check CHECK ((status IN ('pending', 'deferred')) OR decided_at IS NOT NULL)
 );
+-- A decision rewrites the row in every index whose predicate it still meets (status
+-- is in the open indexes' predicates, so the update is never HOT): the indexes are
+-- few, and besides the keys and the foreign key's they cover open changes or
+-- conflicts only. A deal's open changes, of one tier too, are read through
+-- pending_changes_open_key's deal_id prefix.
 CREATE INDEX pending_changes_id_idx ON deal_store.pending_changes (id);
-CREATE INDEX pending_changes_deal_id_status_idx ON deal_store.pending_changes (deal_id, status, confidence_tier);
 CREATE INDEX pending_changes_analysis_run_id_idx ON deal_store.pending_changes (deal_id, analysis_run_id);
 -- at most one open (pending or deferred) change per row
 CREATE UNIQUE INDEX pending_changes_open_key ON deal_store.pending_changes (deal_id, entity_type, legacy_entity_id)
     WHERE status IN ('pending', 'deferred');
 CREATE INDEX pending_changes_queue_idx ON deal_store.pending_changes (created_at, id)
     WHERE status IN ('pending', 'deferred');
+CREATE INDEX pending_changes_conflict_idx ON deal_store.pending_changes (deal_id, decided_at)
+    WHERE status = 'conflict';
 COMMENT ON TABLE deal_store.pending_changes IS 'The merge queue: each difference a run found against stored data, waiting to be applied, reviewed or superseded.';
 COMMENT ON COLUMN deal_store.pending_changes.change_type IS 'new, update or delete.';
 COMMENT ON COLUMN deal_store.pending_changes.entity_type IS 'fact, finding or gap.';
