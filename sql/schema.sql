@@ -213,8 +213,12 @@ CREATE INDEX facts_checksum_idx ON deal_store.facts (deal_id, item_checksum);
 CREATE INDEX facts_source_document_id_idx ON deal_store.facts (deal_id, source_document_id) WHERE source_document_id IS NOT NULL;
 CREATE INDEX facts_previous_version_id_idx ON deal_store.facts (deal_id, previous_version_id) WHERE previous_version_id IS NOT NULL;
 CREATE INDEX facts_analysis_run_id_idx ON deal_store.facts (deal_id, analysis_run_id) WHERE analysis_run_id IS NOT NULL;
-CREATE INDEX facts_search_vector_idx ON deal_store.facts USING gin (search_vector);
-CREATE INDEX facts_item_trgm_idx ON deal_store.facts USING gin (item gin_trgm_ops);
+-- Search reads current live facts only, so history rows and deleted facts stay out
+-- of the GIN indexes: a new version or a removal then costs no GIN insertion.
+CREATE INDEX facts_search_vector_idx ON deal_store.facts USING gin (search_vector)
+    WHERE deleted_at IS NULL AND superseded_at IS NULL;
+CREATE INDEX facts_item_trgm_idx ON deal_store.facts USING gin (item gin_trgm_ops)
+    WHERE deleted_at IS NULL AND superseded_at IS NULL;
 COMMENT ON TABLE deal_store.facts IS 'Statements extracted from documents. A fact keeps its id across edits; each older version is a history row (superseded_at set) chained by previous_version_id.';
 COMMENT ON COLUMN deal_store.facts.legacy_id IS 'The id the analysis gave the fact (e.g. F-APP-001); unique per deal among current live facts.';
 COMMENT ON COLUMN deal_store.facts.domain IS 'Analysis domain: applications, infrastructure, organization, cybersecurity, identity_access, network ...';
