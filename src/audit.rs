@@ -17,9 +17,10 @@
 //! Columns are compared as raw datums (no JSON unless something changed);
 //! updates that touch only noise columns write nothing. The details are the new
 //! row for an insert, the old row for a purge, `{"col": {"old", "new"}}` of the
-//! changed columns otherwise. A pg_restore loading rows (application_name
-//! `pg_restore` running COPY) is not audited: the restored log already holds
-//! the history of those rows.
+//! changed columns otherwise. A restore is not audited because it runs with
+//! `session_replication_role = replica` (a setting only superusers may change),
+//! under which no ordinary trigger fires: the restored log already holds the
+//! history of those rows. No other setting or session property turns it off.
 use crate::errors::raise;
 use crate::settings;
 use crate::jsonb::{JsonbDatum, ObjectBuilder};
@@ -82,6 +83,9 @@ struct TableInfo {
 
 /// One log row waiting to be written. Datums live in the buffer's memory context.
 struct Entry {
+    /// the subtransaction that owns the entry: the one that captured it, or
+    /// the parent it was handed to when that one committed
+    subxact: pg_sys::SubTransactionId,
     deal_id: Option<pgrx::Uuid>,
     user_id: Option<pgrx::Uuid>,
     action: &'static str,
@@ -97,9 +101,9 @@ struct Entry {
 
 #[derive(Default)]
 struct Buffer {
+    /// in capture order; owners never decrease along it (a subtransaction's
+    /// id is above its parent's, and a committed one hands its entries to the parent)
     entries: Vec<Entry>,
-    /// the number of entries when each open subtransaction began
-    savepoints: Vec<usize>,
     context: Option<pg_sys::MemoryContext>,
 }
 
@@ -118,9 +122,19 @@ impl Buffer {
         })
     }
 
+    /// Where the entries owned by `subxact` or its children begin.
+    fn start_of(&self, subxact: pg_sys::SubTransactionId) -> usize {
+        self.entries.partition_point(|e| e.subxact < subxact)
+    }
+
+    /// Entries owned by the current (sub)transaction.
+    fn own_entries(&self) -> usize {
+        // SAFETY: reads the transaction state of this backend
+        self.entries.len() - self.start_of(unsafe { pg_sys::GetCurrentSubTransactionId() })
+    }
+
     fn discard(&mut self) {
         self.entries.clear();
-        self.savepoints.clear();
         if let Some(cx) = self.context {
             // SAFETY: nothing points into the context once the entries are gone
             unsafe { pg_sys::MemoryContextReset(cx) };
@@ -180,38 +194,25 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
 #[pg_guard]
 unsafe extern "C-unwind" fn on_subxact(
     event: pg_sys::SubXactEvent::Type,
-    _sub: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
     _arg: *mut c_void,
 ) {
     use pg_sys::SubXactEvent::*;
     BUFFER.with(|b| {
         let mut b = b.borrow_mut();
         match event {
-            SUBXACT_EVENT_START_SUB => {
-                let len = b.entries.len();
-                b.savepoints.push(len);
-            }
             SUBXACT_EVENT_COMMIT_SUB => {
-                b.savepoints.pop();
+                let from = b.start_of(sub);
+                b.entries[from..].iter_mut().for_each(|e| e.subxact = parent);
             }
             SUBXACT_EVENT_ABORT_SUB => {
-                if let Some(len) = b.savepoints.pop() {
-                    b.entries.truncate(len);
-                }
+                let from = b.start_of(sub);
+                b.entries.truncate(from);
             }
             _ => {}
         }
     });
-}
-
-/// True while pg_restore loads table data: those rows are history, not new acts.
-fn restoring() -> bool {
-    if settings::value(c"application_name") != Some("pg_restore") {
-        return false;
-    }
-    let q = unsafe { pg_sys::debug_query_string };
-    !q.is_null() && unsafe { CStr::from_ptr(q) }.to_bytes().trim_ascii_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case(b"COPY"))
 }
 
 /// `to_jsonb(value)` for a value of type `typid`, in the current memory context.
@@ -266,7 +267,7 @@ fn table_info(rel: &PgRelation) -> TableInfo {
             .select(
                 "SELECT a.attname::text FROM pg_catalog.pg_index i \
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-                 WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                 WHERE i.indrelid = $1 AND i.indisprimary ORDER BY pg_catalog.array_position(i.indkey::pg_catalog.int2[], a.attnum)",
                 None,
                 &[rel.oid().into()],
             )
@@ -334,9 +335,6 @@ fn audit_row<'a>(
             Some("Use deal_store.enable_audit(table) to put it on a table.".into()),
         );
     }
-    if restoring() {
-        return Ok(None);
-    }
     let op = trigger.op()?;
     let data = trigger.trigger_data();
     let (old, new, event) = match op {
@@ -357,7 +355,7 @@ fn audit_row<'a>(
         let t = &tables[&oid];
         BUFFER.with(|b| unsafe { capture(&mut b.borrow_mut(), t, tupdesc, old, new) })
     });
-    if captured && (BUFFER.with(|b| b.borrow().entries.len() >= FLUSH_AT) || !unsafe { flushed_at_statement_end(data, event) }) {
+    if captured && (BUFFER.with(|b| b.borrow().own_entries() >= FLUSH_AT) || !unsafe { flushed_at_statement_end(data, event) }) {
         flush();
     }
     Ok(None)
@@ -434,6 +432,8 @@ unsafe fn capture(
         })
     });
     b.entries.push(Entry {
+        // SAFETY: reads the transaction state of this backend
+        subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
         deal_id: unsafe { uuid_attr(row, tupdesc, if t.is_deals { t.id } else { t.deal_id }) },
         user_id: settings::actor(),
         action,
@@ -447,12 +447,16 @@ unsafe fn capture(
     true
 }
 
-/// Writes every waiting entry to the log with one INSERT.
+/// Writes the waiting entries of the current (sub)transaction to the log with
+/// one INSERT. Entries a parent captured before the current subtransaction
+/// began stay in the buffer for the parent's own flush: written here, they
+/// would be rolled back with this subtransaction while their rows commit.
 fn flush() {
     let entries = BUFFER.with(|b| {
         let mut b = b.borrow_mut();
-        b.savepoints.iter_mut().for_each(|s| *s = 0); // what is written is rolled back with the subtransaction
-        std::mem::take(&mut b.entries)
+        // SAFETY: reads the transaction state of this backend
+        let from = b.start_of(unsafe { pg_sys::GetCurrentSubTransactionId() });
+        b.entries.split_off(from)
     });
     if entries.is_empty() {
         return;

@@ -110,18 +110,40 @@ pub fn write_folded_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// The longest canonical number text accepted (digits, sign and point): far
+/// beyond any real amount, short enough that no document can blow up into
+/// megabytes of digits (`1e131071` would be 131,072 characters).
+pub const MAX_NUMBER_TEXT: usize = 1000;
+
 /// Appends the canonical text of a jsonb value (read in place, see `jsonb.rs`).
 /// Numbers are PostgreSQL's normalised numeric text: plain decimal, no
 /// exponent, no trailing fractional zeros (so 1, 1.0 and 1e0 agree).
+///
+/// Hostile input is normal input: each nesting level checks the stack the way
+/// PostgreSQL's own recursion does (54001 past `max_stack_depth`), every element
+/// checks for a cancel or `statement_timeout`, and a number whose plain decimal
+/// text would be longer than [`MAX_NUMBER_TEXT`] is refused (54000).
 pub fn write_canonical(v: Node<'_>, out: &mut String) {
     match v {
         Node::Null => out.push_str("null"),
         Node::Bool(b) => out.push_str(if b { "true" } else { "false" }),
-        Node::Number(n) => Node::with_number_text(n, |t| out.push_str(t)),
+        Node::Number(n) => Node::with_number_text(n, |t| {
+            if t.len() > MAX_NUMBER_TEXT {
+                crate::errors::raise(
+                    PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                    format!("a number's canonical text would be {} characters long; at most {MAX_NUMBER_TEXT} are supported", t.len()),
+                    Some("Canonical numbers are plain decimals (1e300 is written with 301 digits); store such a value as a string.".into()),
+                );
+            }
+            out.push_str(t)
+        }),
         Node::String(s) => write_folded_string(s, out),
         Node::Array(items) => {
+            // SAFETY: a plain C call; an overflow is reported as PostgreSQL's 54001 ERROR
+            unsafe { pg_sys::check_stack_depth() };
             out.push('[');
             for (i, (_, item)) in items.iter().enumerate() {
+                check_for_interrupts!();
                 if i > 0 {
                     out.push(',');
                 }
@@ -130,10 +152,13 @@ pub fn write_canonical(v: Node<'_>, out: &mut String) {
             out.push(']');
         }
         Node::Object(map) => {
+            // SAFETY: as for arrays above
+            unsafe { pg_sys::check_stack_depth() };
             let mut pairs: Vec<(&str, Node<'_>)> = map.iter().map(|(k, v)| (k.unwrap_or_default(), v)).collect();
             pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.push('{');
             for (i, (k, v)) in pairs.into_iter().enumerate() {
+                check_for_interrupts!();
                 if i > 0 {
                     out.push(',');
                 }

@@ -65,7 +65,7 @@ fn insert_history_row(deal_id: Option<pgrx::Uuid>, id: Option<pgrx::Uuid>, histo
                 let cols: String = internal(
                     client
                         .select(
-                            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_catalog.pg_attribute \
+                            "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(attname), ', ' ORDER BY attnum) FROM pg_catalog.pg_attribute \
                              WHERE attrelid = 'deal_store.facts'::regclass AND attnum > 0 AND NOT attisdropped \
                              AND attgenerated = ''",
                             Some(1),

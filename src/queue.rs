@@ -227,8 +227,8 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
         if !supersede.is_empty() {
             client
                 .update(
-                    "UPDATE deal_store.pending_changes SET status = 'superseded', decided_at = now(), \
-                     review_note = 'superseded by analysis run ' || $3 WHERE deal_id = $1 AND id = ANY($2)",
+                    "UPDATE deal_store.pending_changes SET status = 'superseded', decided_at = pg_catalog.now(), \
+                     review_note = 'superseded by analysis run ' OPERATOR(pg_catalog.||) $3::text WHERE deal_id = $1 AND id = ANY($2)",
                     None,
                     &[run.deal_id.into(), supersede.into(), run.run_number.to_string().into()],
                 )
@@ -243,11 +243,11 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
             "INSERT INTO deal_store.pending_changes (deal_id, analysis_run_id, change_type, entity_type, entity_id, \
                legacy_entity_id, old_value, new_value, base_checksum, proposed_checksum, confidence_tier) \
              SELECT $1, $2, x.change_type, $3, x.entity_id, x.legacy_entity_id, \
-                    (SELECT to_jsonb(t) - 'search_vector' FROM {} t WHERE t.deal_id = $1 AND t.id = x.entity_id{current}), \
-                    CASE WHEN x.ordinal IS NOT NULL THEN $6 || (SELECT coalesce(jsonb_object_agg(j.k, j.v), '{{}}') \
-                         FROM jsonb_each($5 -> x.ordinal) AS j(k, v) WHERE j.v <> 'null'::jsonb) END, \
+                    (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'search_vector'::text FROM {} t WHERE t.deal_id = $1 AND t.id = x.entity_id{current}), \
+                    CASE WHEN x.ordinal IS NOT NULL THEN $6 || (SELECT coalesce(pg_catalog.jsonb_object_agg(j.k, j.v), '{{}}'::jsonb) \
+                         FROM pg_catalog.jsonb_each($5 OPERATOR(pg_catalog.->) x.ordinal) AS j(k, v) WHERE j.v <> 'null'::jsonb) END, \
                     x.base_checksum, x.proposed_checksum, x.confidence_tier \
-             FROM jsonb_to_recordset($4) AS x(change_type text, entity_id uuid, legacy_entity_id text, ordinal integer, \
+             FROM pg_catalog.jsonb_to_recordset($4) AS x(change_type text, entity_id uuid, legacy_entity_id text, ordinal integer, \
                   base_checksum text, proposed_checksum text, confidence_tier integer) \
              RETURNING id, change_type, confidence_tier",
             kind.table

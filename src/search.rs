@@ -5,27 +5,33 @@
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-/// Edit distance with adjacent transpositions (optimal string alignment).
+/// Edit distance with adjacent transpositions (optimal string alignment), kept
+/// in three rolling rows: memory grows with the shorter word only.
 pub fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for j in 0..=b.len() {
-        d[0][j] = j;
-    }
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur: Vec<usize> = vec![0; b.len() + 1];
     for i in 1..=a.len() {
+        cur[0] = i;
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+                cur[j] = cur[j].min(before[j - 2] + 1);
             }
         }
+        std::mem::swap(&mut before, &mut prev);
+        std::mem::swap(&mut prev, &mut cur);
     }
-    d[a.len()][b.len()]
+    prev[b.len()]
+}
+
+/// True when `a` and `b` are at most `max` edits apart. Words whose lengths
+/// differ by more than `max` are rejected without computing the distance.
+fn within(a: &str, b: &str, max: usize) -> bool {
+    a.chars().count().abs_diff(b.chars().count()) <= max && edit_distance(a, b) <= max
 }
 
 /// How many edits a word of this length may be away from a match.
@@ -63,7 +69,10 @@ fn typo_tsquery(deal_id: Uuid, query: &str, cfg: default!(&str, "'english'")) ->
         let max = allowed_edits(w.chars().count());
         let alternatives: Vec<String> = vocabulary
             .iter()
-            .filter(|v| edit_distance(w, v) <= max)
+            .filter(|v| {
+                check_for_interrupts!();
+                within(w, v, max)
+            })
             .map(|v| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''")))
             .collect();
         if alternatives.is_empty() {

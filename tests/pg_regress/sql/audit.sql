@@ -1,7 +1,5 @@
 -- The audit trigger: each action, the no-op rule, actor / reason / run GUCs,
 -- enable / disable on a user's table, tamper attempts, fact_as_of.
-DROP EXTENSION IF EXISTS deal_store;
-CREATE EXTENSION deal_store;
 SET search_path = deal_store, public;
 SELECT current_actor();
 SET deal_store.actor = '00000000-0000-0000-0000-0000000000a7';

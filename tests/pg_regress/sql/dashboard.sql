@@ -1,12 +1,9 @@
 -- The dashboard reads: deal_summary, deals_for_user, archive, gap resolution.
--- every test file starts from a fresh install
-DROP EXTENSION IF EXISTS deal_store;
-CREATE EXTENSION deal_store;
 SET search_path = deal_store, public;
 INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000a4', 'dash@example.com');
 INSERT INTO deals (id, user_id, name, target_name) VALUES
  ('00000000-0000-0000-0000-0000000000d4', '00000000-0000-0000-0000-0000000000a4', 'Project Elm', 'Elm SA'),
- ('00000000-0000-0000-0000-0000000000d5', '00000000-0000-0000-0000-0000000000a4', 'Project Fir', 'Fir Oy');
+ ('00000000-0000-0000-0000-0000000000d9', '00000000-0000-0000-0000-0000000000a4', 'Project Fir', 'Fir Oy');
 SET deal_store.actor = '00000000-0000-0000-0000-0000000000a4';
 SELECT start_run('00000000-0000-0000-0000-0000000000d4') AS run \gset
 INSERT INTO facts (deal_id, legacy_id, domain, item, analysis_run_id) VALUES
@@ -35,16 +32,16 @@ SELECT reopen_gap('00000000-0000-0000-0000-0000000000b4');
 SELECT resolved_at, resolved_by, resolution_note FROM gaps WHERE id = '00000000-0000-0000-0000-0000000000b4';
 
 -- archive / unarchive and the user's deal list
-SELECT archive_deal('00000000-0000-0000-0000-0000000000d5');
+SELECT archive_deal('00000000-0000-0000-0000-0000000000d9');
 SELECT name FROM deals_for_user('00000000-0000-0000-0000-0000000000a4') ORDER BY 1;
 SELECT name, status FROM deals_for_user('00000000-0000-0000-0000-0000000000a4', include_archived => true) ORDER BY 1;
-SELECT unarchive_deal('00000000-0000-0000-0000-0000000000d5');
+SELECT unarchive_deal('00000000-0000-0000-0000-0000000000d9');
 SELECT name FROM deals_for_user('00000000-0000-0000-0000-0000000000a4') ORDER BY 1;
 
 -- errors
 SELECT regress.expect_error(s) FROM (VALUES
   ($$SELECT deal_store.deal_summary('00000000-0000-0000-0000-000000000999')$$),
-  ($$SELECT deal_store.unarchive_deal('00000000-0000-0000-0000-0000000000d5')$$),
+  ($$SELECT deal_store.unarchive_deal('00000000-0000-0000-0000-0000000000d9')$$),
   ($$SELECT deal_store.archive_deal('00000000-0000-0000-0000-000000000999')$$),
   ($$SELECT deal_store.reopen_gap('00000000-0000-0000-0000-0000000000b4')$$),
   ($$SELECT deal_store.resolve_gap('00000000-0000-0000-0000-000000000999')$$)

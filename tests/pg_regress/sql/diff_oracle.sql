@@ -2,8 +2,6 @@
 -- oracle in plain SQL over 10,000 random facts with random edits. The edits
 -- include cosmetic ones (white space, key order, number forms) that must not
 -- count as changes. Expected: no disagreement at all.
-DROP EXTENSION IF EXISTS deal_store;
-CREATE EXTENSION deal_store;
 SET search_path = deal_store, public;
 SELECT setseed(0.4242);
 INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000ab', 'oracle@example.com');

@@ -1,7 +1,4 @@
 -- Fact checksums, versions, history, diff and the JSON export / import.
--- every test file starts from a fresh install
-DROP EXTENSION IF EXISTS deal_store;
-CREATE EXTENSION deal_store;
 SET search_path = deal_store, public;
 INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000a6', 'facts@example.com');
 INSERT INTO deals (id, user_id, name, target_name)

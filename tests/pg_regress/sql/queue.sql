@@ -1,6 +1,4 @@
 -- The merge queue: a deal through three runs.
-DROP EXTENSION IF EXISTS deal_store;
-CREATE EXTENSION deal_store;
 SET search_path = deal_store, public;
 INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000a8', 'owner@example.com'),
                                      ('00000000-0000-0000-0000-0000000000a9', 'reviewer@example.com');

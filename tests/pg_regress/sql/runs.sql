@@ -1,7 +1,4 @@
 -- Analysis-run lifecycle and the run-scoped views.
--- every test file starts from a fresh install
-DROP EXTENSION IF EXISTS deal_store;
-CREATE EXTENSION deal_store;
 SET search_path = deal_store, public;
 INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000a3', 'runner@example.com');
 INSERT INTO deals (id, user_id, name, target_name)

@@ -1,9 +1,6 @@
 -- The foundation: every table, constraint and index exists, each constraint
 -- rejects a bad row with the right SQLSTATE, uniqueness holds among live rows
 -- only, and the extension drops and re-creates cleanly.
--- every test file starts from a fresh install
-DROP EXTENSION IF EXISTS deal_store;
-CREATE EXTENSION deal_store;
 SET search_path = deal_store, public;
 
 -- the twelve tables, all owned by the extension

@@ -1,6 +1,4 @@
 -- Full-text fact search: each query form, filters, pager, fuzzy fallback, errors.
-DROP EXTENSION IF EXISTS deal_store;
-CREATE EXTENSION deal_store;
 SET search_path = deal_store, public;
 INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000a5', 'search@example.com');
 INSERT INTO deals (id, user_id, name, target_name)

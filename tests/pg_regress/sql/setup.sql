@@ -1,7 +1,9 @@
 -- Runs first: the extension and a helper that shows an error as SQLSTATE,
 -- constraint and message, so golden files state exactly what failed. Generated
 -- uuids (any not starting 00000000-) are shown as <uuid> to keep output stable.
-CREATE EXTENSION deal_store CASCADE;
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS deal_store CASCADE;
+RESET client_min_messages;
 CREATE SCHEMA regress;
 CREATE FUNCTION regress.expect_error(stmt text) RETURNS text
 LANGUAGE plpgsql AS $$

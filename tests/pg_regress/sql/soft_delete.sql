@@ -1,8 +1,5 @@
 -- Soft delete, restore, purge, DELETE turned into soft delete, the actor GUC,
 -- the active views and updated_at.
--- every test file starts from a fresh install
-DROP EXTENSION IF EXISTS deal_store;
-CREATE EXTENSION deal_store;
 SET search_path = deal_store, public;
 INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000a1', 'sam@example.com');
 INSERT INTO deals (id, user_id, name, target_name)
