@@ -117,7 +117,7 @@ BEGIN
     RETURN jsonb_build_object(
         'format', 'deal_store.export',
         'format_version', 1,
-        'owner', (SELECT to_jsonb(u) FROM deal_store.users u WHERE u.id = d.user_id),
+        'owner', (SELECT to_jsonb(u) - 'password_hash' - 'roles' FROM deal_store.users u WHERE u.id = d.user_id),
         'deal', to_jsonb(d),
         'documents', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.documents x WHERE x.deal_id = d.id), '[]'),
         'analysis_runs', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.run_number) FROM deal_store.analysis_runs x WHERE x.deal_id = d.id), '[]'),
@@ -132,12 +132,15 @@ BEGIN
         'fact_finding_links', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.fact_finding_links x WHERE x.deal_id = d.id), '[]'));
 END $$;
 COMMENT ON FUNCTION deal_store.export_deal(uuid) IS
-    'One deal as jsonb: its owner, the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
+    'One deal as jsonb: its owner (without password_hash and roles), the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
 
 CREATE FUNCTION deal_store.import_deal(doc jsonb) RETURNS uuid
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deal uuid;
+    owner uuid;
+    taken text;
+    taken_in text;
 BEGIN
     IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
        OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
@@ -158,11 +161,35 @@ BEGIN
                WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
         RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
     END IF;
-    IF jsonb_typeof(doc -> 'owner') = 'object'
-       AND NOT EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = (doc -> 'owner' ->> 'id')::uuid) THEN
-        PERFORM deal_store._insert_rows('deal_store.users', jsonb_build_array(doc -> 'owner'));
+    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
+    -- accept_change ...) must name one row: an id already used here is refused
+    SELECT k, e ->> 'id' INTO taken_in, taken
+    FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                      'findings', 'gaps', 'fact_finding_links']) k,
+         jsonb_array_elements(coalesce(doc -> k, '[]')) e
+    WHERE CASE k WHEN 'documents' THEN EXISTS (SELECT 1 FROM deal_store.documents x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'analysis_runs' THEN EXISTS (SELECT 1 FROM deal_store.analysis_runs x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'findings' THEN EXISTS (SELECT 1 FROM deal_store.findings x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'gaps' THEN EXISTS (SELECT 1 FROM deal_store.gaps x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'fact_finding_links' THEN EXISTS (SELECT 1 FROM deal_store.fact_finding_links x WHERE x.id = (e ->> 'id')::uuid)
+                 ELSE EXISTS (SELECT 1 FROM deal_store.facts x WHERE x.id = (e ->> 'id')::uuid) END
+    LIMIT 1;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
+            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
     END IF;
-    PERFORM deal_store._insert_rows('deal_store.deals', jsonb_build_array(doc -> 'deal'));
+    -- the owner: an existing user with the export's e-mail, else a new user with
+    -- no password and the default roles (never credentials or roles from the document)
+    SELECT u.id INTO owner FROM deal_store.users u WHERE lower(u.email) = lower(doc -> 'owner' ->> 'email');
+    IF owner IS NULL AND jsonb_typeof(doc -> 'owner') = 'object' THEN
+        INSERT INTO deal_store.users (id, email, display_name)
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = o.id) THEN gen_random_uuid() ELSE o.id END,
+               o.email, o.display_name
+        FROM jsonb_to_record(doc -> 'owner') AS o(id uuid, email text, display_name text)
+        RETURNING id INTO owner;
+    END IF;
+    PERFORM deal_store._insert_rows('deal_store.deals',
+        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')));
     PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
     PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
     PERFORM deal_store._insert_rows('deal_store.facts',
@@ -173,4 +200,4 @@ BEGIN
     RETURN deal;
 END $$;
 COMMENT ON FUNCTION deal_store.import_deal(jsonb) IS
-    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The owner is created when missing. 23505 when the deal already exists (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import.';
+    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import.';

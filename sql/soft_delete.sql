@@ -87,15 +87,19 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     current_only text := CASE WHEN entity = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END;
     deal_col text := CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END;
+    matches bigint;
 BEGIN
     PERFORM deal_store._soft_deletable(entity);
     IF id IS NULL THEN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
     END IF;
-    EXECUTE format('SELECT %I FROM %s WHERE id = $1%s', deal_col, entity, current_only)
-        INTO _lock_row.deal_id USING id;
-    IF _lock_row.deal_id IS NULL THEN
+    EXECUTE format('SELECT min(%I::text)::uuid, count(*) FROM %s WHERE id = $1%s', deal_col, entity, current_only)
+        INTO _lock_row.deal_id, matches USING id;
+    IF matches = 0 THEN
         RAISE EXCEPTION '% has no row with id %', entity, id USING ERRCODE = 'P0002';
+    ELSIF matches > 1 THEN
+        RAISE EXCEPTION 'id % names % rows of %', id, matches, entity USING ERRCODE = 'P0003',
+            HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
     END IF;
     IF entity <> 'deal_store.deals'::regclass THEN
         PERFORM 1 FROM deal_store.deals d WHERE d.id = _lock_row.deal_id FOR SHARE;

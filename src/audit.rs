@@ -36,6 +36,13 @@ use std::rc::Rc;
 /// Columns whose changes carry no meaning on their own.
 const NOISE: [&str; 3] = ["updated_at", "search_vector", "item_checksum"];
 
+/// Columns whose values never reach the log: an entry shows `"[secret]"`
+/// (or null) in their place, so the log tells that one changed, never to what.
+const SECRET: [&str; 1] = ["password_hash"];
+
+/// What the log shows for a non-NULL secret value.
+const MASK: &std::ffi::CStr = c"[secret]";
+
 /// Entries kept before the buffer is written out in the middle of a statement.
 const FLUSH_AT: usize = 1000;
 
@@ -59,6 +66,7 @@ struct Column {
     attnum: i32,
     name: Rc<str>,
     noise: bool,
+    secret: bool,
     byval: bool,
     len: i16,
     typid: pg_sys::Oid,
@@ -79,6 +87,8 @@ struct TableInfo {
     /// indexes into `columns` of the primary key, in key order
     key: Vec<usize>,
     is_deals: bool,
+    /// some column is secret: whole rows are logged column by column, masked
+    has_secret: bool,
 }
 
 /// One log row waiting to be written. Datums live in the buffer's memory context.
@@ -255,6 +265,7 @@ fn table_info(rel: &PgRelation) -> TableInfo {
         columns.push(Column {
             attnum: (i + 1) as i32,
             noise: NOISE.contains(&&*name),
+            secret: SECRET.contains(&&*name),
             name,
             byval: att.attbyval,
             len: att.attlen,
@@ -286,6 +297,7 @@ fn table_info(rel: &PgRelation) -> TableInfo {
         superseded_at: find("superseded_at", ts),
         key: key_names.iter().filter_map(|k| columns.iter().position(|c| &*c.name == k)).collect(),
         is_deals: schema == "deal_store" && rel.name() == "deals",
+        has_secret: columns.iter().any(|c| c.secret),
         columns,
     }
 }
@@ -387,11 +399,25 @@ unsafe fn capture(
             _ => "update",
         }
     };
-    let value = |c: &Column, tuple| unsafe { attr(tuple, tupdesc, c.attnum) }.map(|v| to_jsonb(c.typid, v));
+    let value = |c: &Column, tuple| {
+        unsafe { attr(tuple, tupdesc, c.attnum) }.map(|v| match c.secret {
+            // SAFETY: a text datum made from a constant C string
+            true => to_jsonb(pg_sys::TEXTOID, pg_sys::Datum::from(unsafe { pg_sys::cstring_to_text(MASK.as_ptr()) })),
+            false => to_jsonb(c.typid, v),
+        })
+    };
     let cx = b.context();
     // everything made from here on lives in the buffer's context until the entry is written
     let details = unsafe {
         PgMemoryContexts::For(cx).switch_to(|_| {
+            if (old.is_null() || new.is_null()) && t.has_secret {
+                let mut whole = ObjectBuilder::new();
+                for c in &t.columns {
+                    whole.key(&c.name);
+                    whole.value(value(c, row));
+                }
+                return Some(whole.finish());
+            }
             if old.is_null() || new.is_null() {
                 let composite = pg_sys::heap_copy_tuple_as_datum(row, tupdesc);
                 return Some(to_jsonb((*tupdesc).tdtypeid, composite));

@@ -122,14 +122,6 @@ unsafe extern "C-unwind" fn check_uuid(
     false
 }
 
-/// A setting's current value, None when unset or blank. Read without copying:
-/// use it at once, it is only valid until the setting changes.
-pub fn value<'a>(name: &CStr) -> Option<&'a str> {
-    // SAFETY: GetConfigOption returns the current value (or NULL)
-    let p = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
-    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("")).filter(|v| !v.trim().is_empty())
-}
-
 /// The uuid in one of our uuid settings, None when unset (no work then); 22023
 /// when it is not a uuid (a value set before the library was loaded was never checked).
 fn uuid_value(setting: &GucSetting<Option<CString>>, name: &str, hint: Option<&str>) -> Option<pgrx::Uuid> {

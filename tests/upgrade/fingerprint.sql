@@ -78,7 +78,7 @@ lines(line) AS (
     UNION ALL
     -- tables and sequences whose rows pg_dump dumps (pg_extension_config_dump)
     SELECT format('config_dump %s condition=%s', cfg::regclass, cond)
-    FROM ext, pg_catalog.unnest(ext.extconfig, ext.extcondition) AS u(cfg, cond)
+    FROM ext, ROWS FROM (pg_catalog.unnest(ext.extconfig), pg_catalog.unnest(ext.extcondition)) AS u(cfg, cond)
     UNION ALL
     SELECT format('extension comment=%s', pg_catalog.obj_description(oid, 'pg_extension')) FROM ext
 )

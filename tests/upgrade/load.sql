@@ -35,7 +35,7 @@ SELECT count(*) FROM deal_store.propose_gaps(:'run1',
   '[{"legacy_id": "G-1", "domain": "network", "description": "WAN exit fees unknown", "confidence_score": 0.9}]');
 CALL deal_store.process_queue(batch_size => 10, max_tier => 2);
 SELECT deal_store.complete_run(:'run1');
-INSERT INTO deal_store.fact_finding_links (deal_id, fact_id, finding_id, relevance)
+INSERT INTO deal_store.fact_finding_links (deal_id, fact_id, finding_id, link_type)
 SELECT :'deal', f.id, r.id, 'supports' FROM deal_store.facts f, deal_store.findings r
 WHERE f.deal_id = :'deal' AND r.deal_id = :'deal' AND f.legacy_id IN ('U-1', 'U-2') AND f.superseded_at IS NULL;
 
@@ -77,11 +77,11 @@ SELECT deal_store.fail_run(:'run4', 'extractor timed out');
 -- soft deletes (one cascading from a document), a restore, a purge, a resolved gap
 SET deal_store.actor = :'lead';
 SELECT deal_store.soft_delete('deal_store.documents', id, 'duplicate upload') FROM deal_store.documents WHERE deal_id = :'deal' AND file_hash = 'sha256:aa02';
-SELECT deal_store.soft_delete('deal_store.facts', id, 'wrong plant') FROM deal_store.facts WHERE deal_id = :'deal' AND legacy_id = 'U-5' AND superseded_at IS NULL;
+SELECT deal_store.soft_delete('deal_store.facts', id, 'wrong plant') FROM deal_store.facts WHERE deal_id = :'deal' AND legacy_id = 'U-4' AND superseded_at IS NULL;
 SELECT deal_store.soft_delete('deal_store.gaps', id) FROM deal_store.gaps WHERE deal_id = :'deal' AND legacy_id = 'G-2';
 SELECT deal_store.restore('deal_store.gaps', id) FROM deal_store.gaps WHERE deal_id = :'deal' AND legacy_id = 'G-2';
 SELECT deal_store.resolve_gap(id, 'exit fees in schedule 4') FROM deal_store.gaps WHERE deal_id = :'deal' AND legacy_id = 'G-1';
-INSERT INTO deal_store.findings (deal_id, legacy_id, finding_type, domain, title) VALUES (:'deal', 'R-9', 'observation', 'network', 'typo');
+INSERT INTO deal_store.findings (deal_id, legacy_id, finding_type, domain, title) VALUES (:'deal', 'R-9', 'recommendation', 'network', 'typo');
 SELECT deal_store.soft_delete('deal_store.findings', id) FROM deal_store.findings WHERE deal_id = :'deal' AND legacy_id = 'R-9';
 SELECT deal_store.purge('deal_store.findings', id) FROM deal_store.findings WHERE deal_id = :'deal' AND legacy_id = 'R-9';
 

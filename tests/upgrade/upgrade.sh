@@ -14,8 +14,9 @@ upgrade_prepare() {
     git -C "$ROOT" cat-file -e "$commit^{commit}" || { echo "commit $commit of release $RELEASE_VERSION is not in this clone" >&2; return 1; }
     rm -rf "$UPGRADE_OUT"; mkdir -p "$UPGRADE_OUT/src"
     git -C "$ROOT" archive "$commit" | tar -x -C "$UPGRADE_OUT/src"
-    # the release shares this tree's target directory: only deal_store itself is rebuilt
-    (cd "$UPGRADE_OUT/src" && CARGO_TARGET_DIR="$ROOT/target" cargo pgrx install --pg-config "$PG_CONFIG")
+    # a target directory of its own: a cdylib's file name carries no version, so
+    # a shared one would let either build install the other's library
+    (cd "$UPGRADE_OUT/src" && CARGO_TARGET_DIR="$ROOT/target/release-$RELEASE_VERSION" cargo pgrx install --pg-config "$PG_CONFIG")
     step "upgrade test: a database at $RELEASE_VERSION with data loaded through its API"
     fresh_db "$UPGRADE_DB"
     psql -X -q -v ON_ERROR_STOP=1 -d "$UPGRADE_DB" -c "CREATE EXTENSION deal_store VERSION '$RELEASE_VERSION' CASCADE"

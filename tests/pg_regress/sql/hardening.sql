@@ -1,0 +1,109 @@
+-- Issue 14: each defect reproduced and shown fixed. Runs in a fresh session
+-- (the plans and table layouts the extension caches per session are built under
+-- the trap search_path below).
+SET search_path = deal_store, public;
+
+-- 1. SPI from Rust resolves only the functions it means: trap functions of the
+-- names the extension calls, in a schema first on the path, never fire.
+CREATE SCHEMA trap;
+CREATE TABLE trap.fired (name text);
+CREATE FUNCTION trap.quote_ident(name) RETURNS text LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('quote_ident') RETURNING 'x' $$;
+CREATE FUNCTION trap.quote_ident(text) RETURNS text LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('quote_ident') RETURNING 'x' $$;
+CREATE FUNCTION trap.now() RETURNS timestamptz LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('now') RETURNING pg_catalog.now() $$;
+CREATE FUNCTION trap.array_position(smallint[], smallint) RETURNS integer LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('array_position') RETURNING 1 $$;
+CREATE FUNCTION trap.to_jsonb(anyelement) RETURNS jsonb LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('to_jsonb') RETURNING '{}'::jsonb $$;
+CREATE FUNCTION trap.jsonb_each(jsonb, OUT key text, OUT value jsonb) RETURNS SETOF record LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('jsonb_each') RETURNING 'k', 'null'::jsonb $$;
+CREATE FUNCTION trap.jsonb_to_recordset(jsonb) RETURNS SETOF record LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('jsonb_to_recordset') RETURNING NULL::record $$;
+CREATE FUNCTION trap.unnest(anyarray) RETURNS SETOF anyelement LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('unnest') RETURNING NULL $$;
+CREATE FUNCTION trap.jsonb_populate_record(anyelement, jsonb) RETURNS anyelement LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('jsonb_populate_record') RETURNING $1 $$;
+CREATE FUNCTION trap.ts_stat(text, OUT word text, OUT ndoc integer, OUT nentry integer) RETURNS SETOF record LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('ts_stat') RETURNING 'w', 1, 1 $$;
+CREATE FUNCTION trap.to_tsvector(regconfig, text) RETURNS tsvector LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('to_tsvector') RETURNING ''::tsvector $$;
+INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000ae', 'hard@example.com');
+INSERT INTO deals (id, user_id, name, target_name)
+VALUES ('00000000-0000-0000-0000-0000000000de', '00000000-0000-0000-0000-0000000000ae', 'Project Yew', 'Yew plc');
+CREATE TABLE public.hard_audited (k int PRIMARY KEY, v text);
+SELECT enable_audit('public.hard_audited');
+SET search_path = trap, pg_catalog, deal_store, public;
+INSERT INTO public.hard_audited VALUES (1, 'a');
+SELECT deal_store.start_run('00000000-0000-0000-0000-0000000000de') AS run \gset
+SELECT change_type, confidence_tier, count FROM deal_store.propose_facts(:'run', '[{"legacy_id": "H-1", "domain": "network", "item": "Fibre ring", "confidence_score": 0.9},
+  {"legacy_id": "H-2", "domain": "network", "item": "Copper", "confidence_score": 0.5}]');
+UPDATE deal_store.facts SET item = 'Fibre ring (dual)' WHERE legacy_id = 'H-1' AND deal_id = '00000000-0000-0000-0000-0000000000de';
+SELECT change, legacy_id FROM deal_store.diff_facts('00000000-0000-0000-0000-0000000000de', '[{"legacy_id": "H-1", "domain": "network", "item": "Fibre"}]');
+SELECT deal_store.typo_tsquery('00000000-0000-0000-0000-0000000000de', 'fibbre');
+SET search_path = deal_store, public;
+SELECT count(*) AS traps_fired FROM trap.fired;
+
+-- 2. Deep nesting: with max_stack_depth raised, the canonical writer checks the
+-- stack like PostgreSQL's own recursion (54001) instead of crashing the server
+-- (a release build may have room for it: then it simply succeeds).
+SET max_stack_depth = '7600kB';
+SELECT left(regress.expect_error($$SELECT deal_store.fact_checksum(('{"details":' || repeat('[', 100000) || repeat(']', 100000) || '}')::jsonb)$$), 5)
+       IN ('no er', '54001') AS no_crash;
+RESET max_stack_depth;
+SELECT pg_catalog.pg_backend_pid() = pg_catalog.pg_backend_pid() AS session_alive;
+
+-- 3. A number whose plain decimal would be huge is refused (54000), not written out
+SELECT regress.expect_error($$SELECT deal_store.fact_checksum('{"details": 1e131071}')$$);
+SELECT length(deal_store.fact_canonical('{"details": 1e900}')) > 900 AS within_the_bound;
+
+-- 4. application_name no longer switches the audit off
+SET application_name = 'pg_restore';
+COPY public.hard_audited FROM stdin;
+2	copied
+\.
+RESET application_name;
+SELECT entity_key, action FROM deal_activity_log WHERE entity_type = 'public.hard_audited' ORDER BY seq;
+
+-- 5. A flush inside a subtransaction that rolls back loses none of the parent's
+-- entries: the outer UPDATE's entry is captured first, then a trigger with an
+-- exception block writes (and flushes) in a subtransaction that fails.
+CREATE TABLE public.hard_side (k int PRIMARY KEY);
+SELECT enable_audit('public.hard_side');
+CREATE FUNCTION public.hard_try() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        INSERT INTO public.hard_side VALUES (NEW.k);
+        RAISE EXCEPTION 'undo the side row';
+    EXCEPTION WHEN raise_exception THEN NULL;
+    END;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER zz_hard_try AFTER UPDATE ON public.hard_audited FOR EACH ROW EXECUTE FUNCTION public.hard_try();
+UPDATE public.hard_audited SET v = 'changed' WHERE k IN (1, 2);
+SELECT entity_type, entity_key, action FROM deal_activity_log WHERE entity_type LIKE 'public.hard_%' AND action = 'update' ORDER BY seq;
+SELECT count(*) AS side_entries FROM deal_activity_log WHERE entity_type = 'public.hard_side';
+-- nested savepoints: the inner one rolls back after a 1,000-row flush, the outer commits
+BEGIN;
+INSERT INTO public.hard_side VALUES (100);
+SAVEPOINT a;
+INSERT INTO public.hard_side VALUES (101);
+SAVEPOINT b;
+INSERT INTO public.hard_side SELECT generate_series(1000, 2500);
+ROLLBACK TO SAVEPOINT b;
+RELEASE SAVEPOINT a;
+COMMIT;
+SELECT string_agg(entity_key ->> 'k', ',' ORDER BY seq) AS side_logged FROM deal_activity_log WHERE entity_type = 'public.hard_side';
+SELECT string_agg(k::text, ',' ORDER BY k) AS side_rows FROM public.hard_side;
+
+-- 6. TRUNCATE of a deal table is refused: it would bypass soft delete and audit
+SELECT regress.expect_error('TRUNCATE deal_store.facts');
+SELECT regress.expect_error('TRUNCATE deal_store.deals CASCADE');
+
+-- 7. Secrets stay secret: the log masks password_hash, export_deal leaves it out
+UPDATE users SET password_hash = 'bcrypt$secret' WHERE id = '00000000-0000-0000-0000-0000000000ae';
+SELECT details FROM deal_activity_log WHERE entity_type = 'users' AND entity_id = '00000000-0000-0000-0000-0000000000ae' ORDER BY seq;
+SELECT export_deal('00000000-0000-0000-0000-0000000000de') -> 'owner' ? 'password_hash' AS exported_hash;
+
+-- 8. import_deal refuses ids already used here, and takes no credentials from the document
+SELECT regress.expect_error(format('SELECT deal_store.import_deal(%L)',
+  jsonb_set(export_deal('00000000-0000-0000-0000-0000000000de'), '{deal,id}', '"00000000-0000-0000-0000-0000000000df"')));
+SELECT import_deal(jsonb_build_object('format', 'deal_store.export', 'format_version', 1,
+  'owner', jsonb_build_object('id', '00000000-0000-0000-0000-0000000000af', 'email', 'mallory@example.com',
+                              'password_hash', 'planted', 'roles', jsonb_build_array('admin')),
+  'deal', jsonb_build_object('id', '00000000-0000-0000-0000-0000000000df', 'user_id', '00000000-0000-0000-0000-0000000000af',
+                             'name', 'Imported', 'target_name', 'T')));
+SELECT email, password_hash, roles FROM users WHERE id = '00000000-0000-0000-0000-0000000000af';
+DROP TABLE public.hard_audited, public.hard_side;
+DROP FUNCTION public.hard_try();
+DROP SCHEMA trap CASCADE;
