@@ -21,7 +21,7 @@ use_pg() {
         *) echo "unsupported PostgreSQL major $PG_MAJOR" >&2; return 1 ;;
     esac
     PG_CONFIG=$PG_BIN/pg_config
-    PGXS=$(dirname "$(dirname "$("$PG_CONFIG" --pgxs)")")
+    PGXS=$(dirname "$(dirname "$(dirname "$("$PG_CONFIG" --pgxs)")")")
 }
 use_pg 15
 

@@ -2,44 +2,44 @@
 -- enable / disable on a user's table, tamper attempts, fact_as_of.
 SET search_path = deal_store, public;
 SELECT current_actor();
-SET deal_store.actor = '00000000-0000-0000-0000-0000000000a7';
-INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000a7', 'audit@example.com');
+SET deal_store.actor = '00000000-0000-0000-0001-0000000000a7';
+INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0001-0000000000a7', 'audit@example.com');
 INSERT INTO deals (id, user_id, name, target_name)
-VALUES ('00000000-0000-0000-0000-0000000000d7', '00000000-0000-0000-0000-0000000000a7', 'Project Yew', 'Yew Inc');
-SELECT start_run('00000000-0000-0000-0000-0000000000d7') AS run \gset
+VALUES ('00000000-0000-0000-0001-0000000000d7', '00000000-0000-0000-0001-0000000000a7', 'Project Yew', 'Yew Inc');
+SELECT start_run('00000000-0000-0000-0001-0000000000d7') AS run \gset
 
 -- insert, with a reason and a run from the GUCs
 BEGIN;
 SET LOCAL deal_store.reason = 'initial extraction';
 SET LOCAL deal_store.run_id = :'run';
 INSERT INTO facts (deal_id, id, legacy_id, domain, item) VALUES
- ('00000000-0000-0000-0000-0000000000d7', '00000000-0000-0000-0000-0000000000f7', 'F-1', 'network', 'MPLS WAN');
+ ('00000000-0000-0000-0001-0000000000d7', '00000000-0000-0000-0001-0000000000f7', 'F-1', 'network', 'MPLS WAN');
 COMMIT;
 SELECT regress.expect_error($$SET deal_store.run_id = 'run-1'$$);
 -- update: only the changed columns; the no-op rule
-UPDATE facts SET item = 'MPLS WAN (Orange)' WHERE id = '00000000-0000-0000-0000-0000000000f7';
-UPDATE facts SET item = item WHERE id = '00000000-0000-0000-0000-0000000000f7';
-UPDATE facts SET updated_at = now(), item_checksum = 'x' WHERE id = '00000000-0000-0000-0000-0000000000f7';
+UPDATE facts SET item = 'MPLS WAN (Orange)' WHERE id = '00000000-0000-0000-0001-0000000000f7';
+UPDATE facts SET item = item WHERE id = '00000000-0000-0000-0001-0000000000f7';
+UPDATE facts SET updated_at = now(), item_checksum = 'x' WHERE id = '00000000-0000-0000-0001-0000000000f7';
 BEGIN;
 SET LOCAL deal_store.actor = '';
-UPDATE facts SET confidence_score = 0.75 WHERE id = '00000000-0000-0000-0000-0000000000f7';
+UPDATE facts SET confidence_score = 0.75 WHERE id = '00000000-0000-0000-0001-0000000000f7';
 COMMIT;
 -- soft delete, restore, purge
-SELECT soft_delete('deal_store.facts', '00000000-0000-0000-0000-0000000000f7', 'duplicate');
-SELECT restore('deal_store.facts', '00000000-0000-0000-0000-0000000000f7');
-SELECT soft_delete('deal_store.facts', '00000000-0000-0000-0000-0000000000f7', 'really a duplicate');
-SELECT purge('deal_store.facts', '00000000-0000-0000-0000-0000000000f7');
+SELECT soft_delete('deal_store.facts', '00000000-0000-0000-0001-0000000000f7', 'duplicate');
+SELECT restore('deal_store.facts', '00000000-0000-0000-0001-0000000000f7');
+SELECT soft_delete('deal_store.facts', '00000000-0000-0000-0001-0000000000f7', 'really a duplicate');
+SELECT purge('deal_store.facts', '00000000-0000-0000-0001-0000000000f7');
 SELECT action, user_id IS NOT NULL AS has_actor, reason, analysis_run_id = :'run' AS run_set,
        txid IS NOT NULL AS has_txid,
        CASE WHEN action IN ('insert', 'purge')
             THEN jsonb_build_object('item', details -> 'item', 'columns', (SELECT count(*) FROM jsonb_object_keys(details)))
             ELSE details - 'previous_version_id' - 'deleted_at' - 'delete_batch' END AS details,
        details ? 'previous_version_id' AS versioned
-FROM entity_history('facts', '00000000-0000-0000-0000-0000000000f7');
+FROM entity_history('facts', '00000000-0000-0000-0001-0000000000f7');
 SELECT count(*) FILTER (WHERE a.seq < b.seq) = count(*) AS seq_orders_entries
 FROM deal_activity_log a JOIN deal_activity_log b ON b.seq = a.seq + 1;
-SELECT action, entity_type FROM deal_activity('00000000-0000-0000-0000-0000000000d7', lim => 3);
-SELECT regress.expect_error($$SELECT * FROM deal_store.deal_activity('00000000-0000-0000-0000-0000000000d7', lim => 0)$$);
+SELECT action, entity_type FROM deal_activity('00000000-0000-0000-0001-0000000000d7', lim => 3);
+SELECT regress.expect_error($$SELECT * FROM deal_store.deal_activity('00000000-0000-0000-0001-0000000000d7', lim => 0)$$);
 
 -- tamper attempts: 42501 for everyone, the owner included
 SELECT regress.expect_error(s) FROM (VALUES
@@ -130,16 +130,16 @@ DROP TABLE public.valuations, public.no_key;
 
 -- fact_as_of across three versions
 INSERT INTO facts (deal_id, id, legacy_id, domain, item, created_at) VALUES
- ('00000000-0000-0000-0000-0000000000d7', '00000000-0000-0000-0000-0000000000f8', 'F-2', 'applications', 'SAP ECC', '2026-01-01');
+ ('00000000-0000-0000-0001-0000000000d7', '00000000-0000-0000-0001-0000000000f8', 'F-2', 'applications', 'SAP ECC', '2026-01-01');
 BEGIN;
-UPDATE facts SET item = 'SAP ECC 6.0' WHERE id = '00000000-0000-0000-0000-0000000000f8';
-UPDATE facts SET superseded_at = '2026-02-01' WHERE superseded_at IS NOT NULL AND deal_id = '00000000-0000-0000-0000-0000000000d7';
+UPDATE facts SET item = 'SAP ECC 6.0' WHERE id = '00000000-0000-0000-0001-0000000000f8';
+UPDATE facts SET superseded_at = '2026-02-01' WHERE superseded_at IS NOT NULL AND deal_id = '00000000-0000-0000-0001-0000000000d7';
 COMMIT;
 BEGIN;
-UPDATE facts SET item = 'SAP S/4HANA' WHERE id = '00000000-0000-0000-0000-0000000000f8';
-UPDATE facts SET superseded_at = '2026-03-01' WHERE superseded_at > '2026-02-01' AND deal_id = '00000000-0000-0000-0000-0000000000d7';
+UPDATE facts SET item = 'SAP S/4HANA' WHERE id = '00000000-0000-0000-0001-0000000000f8';
+UPDATE facts SET superseded_at = '2026-03-01' WHERE superseded_at > '2026-02-01' AND deal_id = '00000000-0000-0000-0001-0000000000d7';
 COMMIT;
-SELECT t, fact_as_of('00000000-0000-0000-0000-0000000000f8', t::timestamptz) ->> 'item' AS item
+SELECT t, fact_as_of('00000000-0000-0000-0001-0000000000f8', t::timestamptz) ->> 'item' AS item
 FROM unnest(ARRAY['2025-12-31', '2026-01-15', '2026-02-01', '2026-02-15', '2026-03-15']) t;
-SELECT regress.expect_error($$SELECT deal_store.fact_as_of('00000000-0000-0000-0000-000000000999', now())$$);
+SELECT regress.expect_error($$SELECT deal_store.fact_as_of('00000000-0000-0000-0001-000000000999', now())$$);
 RESET deal_store.actor;

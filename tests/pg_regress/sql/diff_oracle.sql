@@ -4,9 +4,9 @@
 -- count as changes. Expected: no disagreement at all.
 SET search_path = deal_store, public;
 SELECT setseed(0.4242);
-INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000ab', 'oracle@example.com');
+INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0003-0000000000ab', 'oracle@example.com');
 INSERT INTO deals (id, user_id, name, target_name)
-VALUES ('00000000-0000-0000-0000-0000000000db', '00000000-0000-0000-0000-0000000000ab', 'Oracle check', 'Random Co');
+VALUES ('00000000-0000-0000-0003-0000000000db', '00000000-0000-0000-0003-0000000000ab', 'Oracle check', 'Random Co');
 SELECT disable_audit('deal_store.facts');
 CREATE TEMP TABLE words AS SELECT unnest(ARRAY['SAP', 'ERP', 'licence', 'WAN', 'MFA', 'Okta', 'backup', 'Azure', 'vendor',
     'contract', 'firewall', 'plant', 'MES', 'payroll', 'support', 'migration']) AS w;
@@ -23,7 +23,7 @@ SELECT i, 'R-' || lpad(i::text, 5, '0') AS legacy_id,
        CASE WHEN random() < 0.5 THEN NULL ELSE ARRAY[floor(random() * 50)::int, floor(random() * 50)::int] END AS pages
 FROM generate_series(1, 10000) i;
 INSERT INTO facts (deal_id, legacy_id, domain, category, item, status, details, evidence, entity, source_page_numbers)
-SELECT '00000000-0000-0000-0000-0000000000db', legacy_id, domain, category, item, status, details, evidence, entity, pages FROM stored;
+SELECT '00000000-0000-0000-0003-0000000000db', legacy_id, domain, category, item, status, details, evidence, entity, pages FROM stored;
 
 -- random edits: 8% removed; of the rest 15% a real change of one field, 20% cosmetic only; 700 new facts
 CREATE TEMP TABLE edits AS
@@ -77,7 +77,7 @@ cur AS (SELECT legacy_id, id,
     ARRAY[pg_temp.norm(domain), pg_temp.norm(category), pg_temp.norm(item), pg_temp.norm(status),
           pg_temp.norm(evidence), pg_temp.norm(entity)] AS t, details,
     source_page_numbers AS pages
-    FROM facts WHERE deal_id = '00000000-0000-0000-0000-0000000000db' AND deleted_at IS NULL AND superseded_at IS NULL)
+    FROM facts WHERE deal_id = '00000000-0000-0000-0003-0000000000db' AND deleted_at IS NULL AND superseded_at IS NULL)
 SELECT coalesce(n.legacy_id, c.legacy_id) AS legacy_id,
        CASE WHEN c.legacy_id IS NULL THEN 'new' WHEN n.legacy_id IS NULL THEN 'removed'
             WHEN n.t IS NOT DISTINCT FROM c.t AND n.details = c.details AND n.pages IS NOT DISTINCT FROM c.pages
@@ -95,7 +95,7 @@ SELECT coalesce(n.legacy_id, c.legacy_id) AS legacy_id,
 FROM norm n FULL OUTER JOIN cur c ON c.legacy_id = n.legacy_id;
 
 CREATE TEMP TABLE got AS
-SELECT * FROM diff_facts('00000000-0000-0000-0000-0000000000db', (SELECT jsonb_agg(doc) FROM incoming));
+SELECT * FROM diff_facts('00000000-0000-0000-0003-0000000000db', (SELECT jsonb_agg(doc) FROM incoming));
 
 SELECT kind, count(*) FROM incoming GROUP BY kind ORDER BY kind;
 SELECT change, count(*) FROM got GROUP BY change ORDER BY change;

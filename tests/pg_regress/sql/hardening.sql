@@ -18,19 +18,19 @@ CREATE FUNCTION trap.unnest(anyarray) RETURNS SETOF anyelement LANGUAGE sql AS $
 CREATE FUNCTION trap.jsonb_populate_record(anyelement, jsonb) RETURNS anyelement LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('jsonb_populate_record') RETURNING $1 $$;
 CREATE FUNCTION trap.ts_stat(text, OUT word text, OUT ndoc integer, OUT nentry integer) RETURNS SETOF record LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('ts_stat') RETURNING 'w', 1, 1 $$;
 CREATE FUNCTION trap.to_tsvector(regconfig, text) RETURNS tsvector LANGUAGE sql AS $$ INSERT INTO trap.fired VALUES ('to_tsvector') RETURNING ''::tsvector $$;
-INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-0000000000ae', 'hard@example.com');
+INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0005-0000000000ae', 'hard@example.com');
 INSERT INTO deals (id, user_id, name, target_name)
-VALUES ('00000000-0000-0000-0000-0000000000de', '00000000-0000-0000-0000-0000000000ae', 'Project Yew', 'Yew plc');
+VALUES ('00000000-0000-0000-0005-0000000000de', '00000000-0000-0000-0005-0000000000ae', 'Project Yew', 'Yew plc');
 CREATE TABLE public.hard_audited (k int PRIMARY KEY, v text);
 SELECT enable_audit('public.hard_audited');
 SET search_path = trap, pg_catalog, deal_store, public;
 INSERT INTO public.hard_audited VALUES (1, 'a');
-SELECT deal_store.start_run('00000000-0000-0000-0000-0000000000de') AS run \gset
-SELECT change_type, confidence_tier, count FROM deal_store.propose_facts(:'run', '[{"legacy_id": "H-1", "domain": "network", "item": "Fibre ring", "confidence_score": 0.9},
+SELECT deal_store.start_run('00000000-0000-0000-0005-0000000000de') AS run \gset
+SELECT change_type, confidence_tier, proposed FROM deal_store.propose_facts(:'run', '[{"legacy_id": "H-1", "domain": "network", "item": "Fibre ring", "confidence_score": 0.9},
   {"legacy_id": "H-2", "domain": "network", "item": "Copper", "confidence_score": 0.5}]');
-UPDATE deal_store.facts SET item = 'Fibre ring (dual)' WHERE legacy_id = 'H-1' AND deal_id = '00000000-0000-0000-0000-0000000000de';
-SELECT change, legacy_id FROM deal_store.diff_facts('00000000-0000-0000-0000-0000000000de', '[{"legacy_id": "H-1", "domain": "network", "item": "Fibre"}]');
-SELECT deal_store.typo_tsquery('00000000-0000-0000-0000-0000000000de', 'fibbre');
+UPDATE deal_store.facts SET item = 'Fibre ring (dual)' WHERE legacy_id = 'H-1' AND deal_id = '00000000-0000-0000-0005-0000000000de';
+SELECT change, legacy_id FROM deal_store.diff_facts('00000000-0000-0000-0005-0000000000de', '[{"legacy_id": "H-1", "domain": "network", "item": "Fibre"}]');
+SELECT deal_store.typo_tsquery('00000000-0000-0000-0005-0000000000de', 'fibbre');
 SET search_path = deal_store, public;
 SELECT count(*) AS traps_fired FROM trap.fired;
 
@@ -87,23 +87,27 @@ SELECT string_agg(entity_key ->> 'k', ',' ORDER BY seq) AS side_logged FROM deal
 SELECT string_agg(k::text, ',' ORDER BY k) AS side_rows FROM public.hard_side;
 
 -- 6. TRUNCATE of a deal table is refused: it would bypass soft delete and audit
-SELECT regress.expect_error('TRUNCATE deal_store.facts');
+SET client_min_messages = warning;
+SELECT regress.expect_error('TRUNCATE deal_store.notifications');
 SELECT regress.expect_error('TRUNCATE deal_store.deals CASCADE');
+RESET client_min_messages;
 
 -- 7. Secrets stay secret: the log masks password_hash, export_deal leaves it out
-UPDATE users SET password_hash = 'bcrypt$secret' WHERE id = '00000000-0000-0000-0000-0000000000ae';
-SELECT details FROM deal_activity_log WHERE entity_type = 'users' AND entity_id = '00000000-0000-0000-0000-0000000000ae' ORDER BY seq;
-SELECT export_deal('00000000-0000-0000-0000-0000000000de') -> 'owner' ? 'password_hash' AS exported_hash;
+UPDATE users SET password_hash = 'bcrypt$secret' WHERE id = '00000000-0000-0000-0005-0000000000ae';
+SELECT details - 'created_at' - 'updated_at' AS details FROM deal_activity_log WHERE entity_type = 'users' AND entity_id = '00000000-0000-0000-0005-0000000000ae' ORDER BY seq;
+SELECT export_deal('00000000-0000-0000-0005-0000000000de') -> 'owner' ? 'password_hash' AS exported_hash;
 
 -- 8. import_deal refuses ids already used here, and takes no credentials from the document
 SELECT regress.expect_error(format('SELECT deal_store.import_deal(%L)',
-  jsonb_set(export_deal('00000000-0000-0000-0000-0000000000de'), '{deal,id}', '"00000000-0000-0000-0000-0000000000df"')));
+  replace(export_deal('00000000-0000-0000-0005-0000000000de')::text, '00000000-0000-0000-0005-0000000000de', '00000000-0000-0000-0005-0000000000df')));
 SELECT import_deal(jsonb_build_object('format', 'deal_store.export', 'format_version', 1,
-  'owner', jsonb_build_object('id', '00000000-0000-0000-0000-0000000000af', 'email', 'mallory@example.com',
+  'owner', jsonb_build_object('id', '00000000-0000-0000-0005-0000000000af', 'email', 'mallory@example.com',
                               'password_hash', 'planted', 'roles', jsonb_build_array('admin')),
-  'deal', jsonb_build_object('id', '00000000-0000-0000-0000-0000000000df', 'user_id', '00000000-0000-0000-0000-0000000000af',
-                             'name', 'Imported', 'target_name', 'T')));
-SELECT email, password_hash, roles FROM users WHERE id = '00000000-0000-0000-0000-0000000000af';
+  'deal', jsonb_build_object('id', '00000000-0000-0000-0005-0000000000df', 'user_id', '00000000-0000-0000-0005-0000000000af',
+                             'name', 'Imported', 'target_name', 'T', 'deal_type', 'carve_out', 'status', 'active',
+                             'created_at', now(), 'updated_at', now())));
+SELECT email, password_hash, roles FROM users WHERE id = '00000000-0000-0000-0005-0000000000af';
 DROP TABLE public.hard_audited, public.hard_side;
 DROP FUNCTION public.hard_try();
+SET client_min_messages = warning;
 DROP SCHEMA trap CASCADE;

@@ -41,64 +41,64 @@ SELECT indexrelid::regclass AS idx, pg_get_expr(indpred, indrelid) AS predicate
 FROM pg_index WHERE indrelid = 'deal_store.facts'::regclass ORDER BY 1;
 
 -- some data to break constraints against
-INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-00000000000a', 'ana@example.com');
+INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0008-00000000000a', 'ana@example.com');
 INSERT INTO deals (id, user_id, name, target_name)
-VALUES ('00000000-0000-0000-0000-0000000000d1', '00000000-0000-0000-0000-00000000000a', 'Project Birch', 'Birch Ltd');
+VALUES ('00000000-0000-0000-0008-0000000000d1', '00000000-0000-0000-0008-00000000000a', 'Project Birch', 'Birch Ltd');
 INSERT INTO documents (deal_id, id, filename, file_hash, storage_path)
-VALUES ('00000000-0000-0000-0000-0000000000d1', '00000000-0000-0000-0000-0000000000c1', 'it.pdf', 'h1', '/vdr/it.pdf');
+VALUES ('00000000-0000-0000-0008-0000000000d1', '00000000-0000-0000-0008-0000000000c1', 'it.pdf', 'h1', '/vdr/it.pdf');
 INSERT INTO facts (deal_id, id, legacy_id, domain, item, source_document_id, item_checksum)
-VALUES ('00000000-0000-0000-0000-0000000000d1', '00000000-0000-0000-0000-0000000000f1', 'F-1', 'applications', 'SAP ECC 6.0',
-        '00000000-0000-0000-0000-0000000000c1', md5('x'));
+VALUES ('00000000-0000-0000-0008-0000000000d1', '00000000-0000-0000-0008-0000000000f1', 'F-1', 'applications', 'SAP ECC 6.0',
+        '00000000-0000-0000-0008-0000000000c1', md5('x'));
 INSERT INTO findings (deal_id, id, legacy_id, finding_type, domain, title)
-VALUES ('00000000-0000-0000-0000-0000000000d1', '00000000-0000-0000-0000-0000000000e1', 'R-1', 'risk', 'applications', 'ERP end of support');
+VALUES ('00000000-0000-0000-0008-0000000000d1', '00000000-0000-0000-0008-0000000000e1', 'R-1', 'risk', 'applications', 'ERP end of support');
 
 -- each constraint rejects a bad row and names itself
 SELECT regress.expect_error(s) FROM (VALUES
   ($$INSERT INTO deal_store.users (email) VALUES ('ANA@example.com')$$),
   ($$INSERT INTO deal_store.users (email) VALUES ('not-an-email')$$),
   ($$INSERT INTO deal_store.deals (user_id, name, target_name) VALUES (gen_random_uuid(), 'x', 'y')$$),
-  ($$INSERT INTO deal_store.deals (user_id, name, target_name) VALUES ('00000000-0000-0000-0000-00000000000a', 'Project Birch', 'y')$$),
-  ($$INSERT INTO deal_store.deals (user_id, name, target_name, status) VALUES ('00000000-0000-0000-0000-00000000000a', 'P2', 'y', 'open')$$),
-  ($$INSERT INTO deal_store.deals (user_id, name, target_name, deal_type) VALUES ('00000000-0000-0000-0000-00000000000a', 'P2', 'y', 'lbo')$$),
-  ($$INSERT INTO deal_store.documents (deal_id, filename, file_hash, storage_path) VALUES ('00000000-0000-0000-0000-0000000000d1', 'b.pdf', 'h1', '/b')$$),
-  ($$INSERT INTO deal_store.documents (deal_id, filename, file_hash, storage_path, entity) VALUES ('00000000-0000-0000-0000-0000000000d1', 'b.pdf', 'h2', '/b', 'seller')$$),
-  ($$INSERT INTO deal_store.documents (deal_id, filename, file_hash, storage_path, supersedes_id) VALUES ('00000000-0000-0000-0000-0000000000d1', 'b.pdf', 'h2', '/b', gen_random_uuid())$$),
-  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0000-0000000000d1', 'F-1', 'applications', 'dup')$$),
-  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, confidence_score) VALUES ('00000000-0000-0000-0000-0000000000d1', 'F-2', 'applications', 'x', 1.5)$$),
-  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, entity) VALUES ('00000000-0000-0000-0000-0000000000d1', 'F-2', 'applications', 'x', 'seller')$$),
-  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0000-0000000000d1', '  ', 'applications', 'x')$$),
+  ($$INSERT INTO deal_store.deals (user_id, name, target_name) VALUES ('00000000-0000-0000-0008-00000000000a', 'Project Birch', 'y')$$),
+  ($$INSERT INTO deal_store.deals (user_id, name, target_name, status) VALUES ('00000000-0000-0000-0008-00000000000a', 'P2', 'y', 'open')$$),
+  ($$INSERT INTO deal_store.deals (user_id, name, target_name, deal_type) VALUES ('00000000-0000-0000-0008-00000000000a', 'P2', 'y', 'lbo')$$),
+  ($$INSERT INTO deal_store.documents (deal_id, filename, file_hash, storage_path) VALUES ('00000000-0000-0000-0008-0000000000d1', 'b.pdf', 'h1', '/b')$$),
+  ($$INSERT INTO deal_store.documents (deal_id, filename, file_hash, storage_path, entity) VALUES ('00000000-0000-0000-0008-0000000000d1', 'b.pdf', 'h2', '/b', 'seller')$$),
+  ($$INSERT INTO deal_store.documents (deal_id, filename, file_hash, storage_path, supersedes_id) VALUES ('00000000-0000-0000-0008-0000000000d1', 'b.pdf', 'h2', '/b', gen_random_uuid())$$),
+  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0008-0000000000d1', 'F-1', 'applications', 'dup')$$),
+  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, confidence_score) VALUES ('00000000-0000-0000-0008-0000000000d1', 'F-2', 'applications', 'x', 1.5)$$),
+  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, entity) VALUES ('00000000-0000-0000-0008-0000000000d1', 'F-2', 'applications', 'x', 'seller')$$),
+  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0008-0000000000d1', '  ', 'applications', 'x')$$),
   ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item) VALUES (gen_random_uuid(), 'F-2', 'applications', 'x')$$),
-  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, source_document_id) VALUES ('00000000-0000-0000-0000-0000000000d1', 'F-2', 'applications', 'x', gen_random_uuid())$$),
-  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, details) VALUES ('00000000-0000-0000-0000-0000000000d1', 'F-2', 'applications', 'x', '[1]')$$),
-  ($$INSERT INTO deal_store.findings (deal_id, legacy_id, finding_type, domain, title) VALUES ('00000000-0000-0000-0000-0000000000d1', 'R-2', 'issue', 'applications', 't')$$),
-  ($$INSERT INTO deal_store.findings (deal_id, legacy_id, finding_type, domain, title, severity) VALUES ('00000000-0000-0000-0000-0000000000d1', 'R-2', 'risk', 'applications', 't', 'severe')$$),
-  ($$INSERT INTO deal_store.findings (deal_id, legacy_id, finding_type, domain, title, cost_estimate_low, cost_estimate_high) VALUES ('00000000-0000-0000-0000-0000000000d1', 'R-2', 'risk', 'applications', 't', 10, 5)$$),
-  ($$INSERT INTO deal_store.findings (deal_id, legacy_id, finding_type, domain, title) VALUES ('00000000-0000-0000-0000-0000000000d1', 'R-1', 'risk', 'applications', 'dup')$$),
-  ($$INSERT INTO deal_store.fact_finding_links (deal_id, fact_id, finding_id, link_type) VALUES ('00000000-0000-0000-0000-0000000000d1', '00000000-0000-0000-0000-0000000000f1', '00000000-0000-0000-0000-0000000000e1', 'refutes')$$),
-  ($$INSERT INTO deal_store.fact_finding_links (deal_id, fact_id, finding_id) VALUES ('00000000-0000-0000-0000-0000000000d1', gen_random_uuid(), '00000000-0000-0000-0000-0000000000e1')$$),
-  ($$INSERT INTO deal_store.gaps (deal_id, legacy_id, domain, description, importance) VALUES ('00000000-0000-0000-0000-0000000000d1', 'G-1', 'network', 'd', 'urgent')$$),
-  ($$INSERT INTO deal_store.analysis_runs (deal_id, run_number) VALUES ('00000000-0000-0000-0000-0000000000d1', 0)$$),
-  ($$INSERT INTO deal_store.analysis_runs (deal_id, run_number, status) VALUES ('00000000-0000-0000-0000-0000000000d1', 1, 'done')$$),
-  ($$INSERT INTO deal_store.pending_changes (deal_id, change_type, entity_type) VALUES ('00000000-0000-0000-0000-0000000000d1', 'conflict', 'fact')$$),
-  ($$INSERT INTO deal_store.pending_changes (deal_id, change_type, entity_type, confidence_tier) VALUES ('00000000-0000-0000-0000-0000000000d1', 'new', 'fact', 4)$$),
-  ($$INSERT INTO deal_store.pending_changes (deal_id, change_type, entity_type, status) VALUES ('00000000-0000-0000-0000-0000000000d1', 'new', 'fact', 'done')$$),
-  ($$INSERT INTO deal_store.pending_changes (deal_id, change_type, entity_type) VALUES ('00000000-0000-0000-0000-0000000000d1', 'update', 'fact')$$),
-  ($$INSERT INTO deal_store.notifications (user_id, type, title, read) VALUES ('00000000-0000-0000-0000-00000000000a', 'x', 't', true)$$)
+  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, source_document_id) VALUES ('00000000-0000-0000-0008-0000000000d1', 'F-2', 'applications', 'x', gen_random_uuid())$$),
+  ($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, details) VALUES ('00000000-0000-0000-0008-0000000000d1', 'F-2', 'applications', 'x', '[1]')$$),
+  ($$INSERT INTO deal_store.findings (deal_id, legacy_id, finding_type, domain, title) VALUES ('00000000-0000-0000-0008-0000000000d1', 'R-2', 'issue', 'applications', 't')$$),
+  ($$INSERT INTO deal_store.findings (deal_id, legacy_id, finding_type, domain, title, severity) VALUES ('00000000-0000-0000-0008-0000000000d1', 'R-2', 'risk', 'applications', 't', 'severe')$$),
+  ($$INSERT INTO deal_store.findings (deal_id, legacy_id, finding_type, domain, title, cost_estimate_low, cost_estimate_high) VALUES ('00000000-0000-0000-0008-0000000000d1', 'R-2', 'risk', 'applications', 't', 10, 5)$$),
+  ($$INSERT INTO deal_store.findings (deal_id, legacy_id, finding_type, domain, title) VALUES ('00000000-0000-0000-0008-0000000000d1', 'R-1', 'risk', 'applications', 'dup')$$),
+  ($$INSERT INTO deal_store.fact_finding_links (deal_id, fact_id, finding_id, link_type) VALUES ('00000000-0000-0000-0008-0000000000d1', '00000000-0000-0000-0008-0000000000f1', '00000000-0000-0000-0008-0000000000e1', 'refutes')$$),
+  ($$INSERT INTO deal_store.fact_finding_links (deal_id, fact_id, finding_id) VALUES ('00000000-0000-0000-0008-0000000000d1', gen_random_uuid(), '00000000-0000-0000-0008-0000000000e1')$$),
+  ($$INSERT INTO deal_store.gaps (deal_id, legacy_id, domain, description, importance) VALUES ('00000000-0000-0000-0008-0000000000d1', 'G-1', 'network', 'd', 'urgent')$$),
+  ($$INSERT INTO deal_store.analysis_runs (deal_id, run_number) VALUES ('00000000-0000-0000-0008-0000000000d1', 0)$$),
+  ($$INSERT INTO deal_store.analysis_runs (deal_id, run_number, status) VALUES ('00000000-0000-0000-0008-0000000000d1', 1, 'done')$$),
+  ($$INSERT INTO deal_store.pending_changes (deal_id, change_type, entity_type) VALUES ('00000000-0000-0000-0008-0000000000d1', 'conflict', 'fact')$$),
+  ($$INSERT INTO deal_store.pending_changes (deal_id, change_type, entity_type, confidence_tier) VALUES ('00000000-0000-0000-0008-0000000000d1', 'new', 'fact', 4)$$),
+  ($$INSERT INTO deal_store.pending_changes (deal_id, change_type, entity_type, status) VALUES ('00000000-0000-0000-0008-0000000000d1', 'new', 'fact', 'done')$$),
+  ($$INSERT INTO deal_store.pending_changes (deal_id, change_type, entity_type) VALUES ('00000000-0000-0000-0008-0000000000d1', 'update', 'fact')$$),
+  ($$INSERT INTO deal_store.notifications (user_id, type, title, read) VALUES ('00000000-0000-0000-0008-00000000000a', 'x', 't', true)$$)
 ) AS t(s);
 
 -- the same run number twice in one deal
-INSERT INTO analysis_runs (deal_id, run_number) VALUES ('00000000-0000-0000-0000-0000000000d1', 1);
-SELECT regress.expect_error($$INSERT INTO deal_store.analysis_runs (deal_id, run_number) VALUES ('00000000-0000-0000-0000-0000000000d1', 1)$$);
+INSERT INTO analysis_runs (deal_id, run_number) VALUES ('00000000-0000-0000-0008-0000000000d1', 1);
+SELECT regress.expect_error($$INSERT INTO deal_store.analysis_runs (deal_id, run_number) VALUES ('00000000-0000-0000-0008-0000000000d1', 1)$$);
 
 -- live-only uniqueness: a soft-deleted row never blocks re-creating its name
 UPDATE deals SET deleted_at = now(), delete_batch = gen_random_uuid() WHERE name = 'Project Birch';
-INSERT INTO deals (user_id, name, target_name) VALUES ('00000000-0000-0000-0000-00000000000a', 'Project Birch', 'Birch Ltd');
+INSERT INTO deals (user_id, name, target_name) VALUES ('00000000-0000-0000-0008-00000000000a', 'Project Birch', 'Birch Ltd');
 UPDATE documents SET deleted_at = now(), delete_batch = gen_random_uuid() WHERE file_hash = 'h1';
-INSERT INTO documents (deal_id, filename, file_hash, storage_path) VALUES ('00000000-0000-0000-0000-0000000000d1', 'it-v2.pdf', 'h1', '/vdr/it2.pdf');
+INSERT INTO documents (deal_id, filename, file_hash, storage_path) VALUES ('00000000-0000-0000-0008-0000000000d1', 'it-v2.pdf', 'h1', '/vdr/it2.pdf');
 -- a history row (superseded) does not block either
 UPDATE facts SET superseded_at = now() WHERE legacy_id = 'F-1';
-INSERT INTO facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0000-0000000000d1', 'F-1', 'applications', 'SAP S/4HANA');
+INSERT INTO facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0008-0000000000d1', 'F-1', 'applications', 'SAP S/4HANA');
 UPDATE findings SET deleted_at = now(), delete_batch = gen_random_uuid() WHERE legacy_id = 'R-1';
-INSERT INTO findings (deal_id, legacy_id, finding_type, domain, title) VALUES ('00000000-0000-0000-0000-0000000000d1', 'R-1', 'risk', 'applications', 'again');
-SELECT count(*) AS deals_named_birch FROM deals WHERE user_id = '00000000-0000-0000-0000-00000000000a' AND name = 'Project Birch';
-SELECT count(*) AS f1_rows FROM facts WHERE deal_id = '00000000-0000-0000-0000-0000000000d1' AND legacy_id = 'F-1';
+INSERT INTO findings (deal_id, legacy_id, finding_type, domain, title) VALUES ('00000000-0000-0000-0008-0000000000d1', 'R-1', 'risk', 'applications', 'again');
+SELECT count(*) AS deals_named_birch FROM deals WHERE user_id = '00000000-0000-0000-0008-00000000000a' AND name = 'Project Birch';
+SELECT count(*) AS f1_rows FROM facts WHERE deal_id = '00000000-0000-0000-0008-0000000000d1' AND legacy_id = 'F-1';
