@@ -44,6 +44,7 @@ ensure_prereqs() {
     command -v clang >/dev/null || missing+=(clang)
     ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
     command -v sudo >/dev/null || missing+=(sudo)
+    [ -f /usr/share/postgresql/15/extension/plpgsql_check.control ] || missing+=(postgresql-15-plpgsql-check)
     if [ ${#missing[@]} -gt 0 ]; then
         step "installing apt packages: ${missing[*]}"
         apt-get update -qq

@@ -24,35 +24,46 @@ use pgrx::AnyElement;
 /// column defaults a missing incoming field takes before hashing.
 pub struct Kind {
     pub entity_type: &'static str,
+    /// the argument name of a list of them (`facts`), for messages
+    pub plural: &'static str,
     pub table: &'static str,
     pub fields: &'static [&'static str],
     pub defaults: &'static [(&'static str, &'static str)],
+    /// content fields that are not text columns (jsonb, integers): hashed as
+    /// given; every other field is a text (or text[]) column, see [`object_content`]
+    pub not_text: &'static [&'static str],
     /// facts keep versions and a stored checksum (`item_checksum`)
     pub versioned: bool,
 }
 
 pub const FACT: Kind = Kind {
     entity_type: "fact",
+    plural: "facts",
     table: "deal_store.facts",
     fields: &["category", "details", "domain", "entity", "evidence", "item", "source_page_numbers", "status"],
     defaults: &[("details", "{}"), ("entity", "\"target\""), ("status", "\"documented\"")],
+    not_text: &["details", "source_page_numbers"],
     versioned: true,
 };
 
 pub const FINDING: Kind = Kind {
     entity_type: "finding",
+    plural: "findings",
     table: "deal_store.findings",
     fields: &["cost_currency", "cost_estimate_high", "cost_estimate_low", "description", "domain", "finding_type",
               "mitigation", "phase", "reasoning", "severity", "title"],
     defaults: &[("cost_currency", "\"USD\"")],
+    not_text: &["cost_estimate_high", "cost_estimate_low"],
     versioned: false,
 };
 
 pub const GAP: Kind = Kind {
     entity_type: "gap",
+    plural: "gaps",
     table: "deal_store.gaps",
     fields: &["category", "description", "domain", "importance", "suggested_sources"],
     defaults: &[("importance", "\"important\"")],
+    not_text: &[],
     versioned: false,
 };
 
@@ -115,6 +126,18 @@ pub fn write_folded_string(s: &str, out: &mut String) {
 /// megabytes of digits (`1e131071` would be 131,072 characters).
 pub const MAX_NUMBER_TEXT: usize = 1000;
 
+/// A number's text, refused (54000) when longer than [`MAX_NUMBER_TEXT`].
+fn bounded(t: &str) -> &str {
+    if t.len() > MAX_NUMBER_TEXT {
+        crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("a number's canonical text would be {} characters long; at most {MAX_NUMBER_TEXT} are supported", t.len()),
+            Some("Canonical numbers are plain decimals (1e300 is written with 301 digits); store such a value as a string.".into()),
+        );
+    }
+    t
+}
+
 /// Appends the canonical text of a jsonb value (read in place, see `jsonb.rs`).
 /// Numbers are PostgreSQL's normalised numeric text: plain decimal, no
 /// exponent, no trailing fractional zeros (so 1, 1.0 and 1e0 agree).
@@ -127,16 +150,7 @@ pub fn write_canonical(v: Node<'_>, out: &mut String) {
     match v {
         Node::Null => out.push_str("null"),
         Node::Bool(b) => out.push_str(if b { "true" } else { "false" }),
-        Node::Number(n) => Node::with_number_text(n, |t| {
-            if t.len() > MAX_NUMBER_TEXT {
-                crate::errors::raise(
-                    PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-                    format!("a number's canonical text would be {} characters long; at most {MAX_NUMBER_TEXT} are supported", t.len()),
-                    Some("Canonical numbers are plain decimals (1e300 is written with 301 digits); store such a value as a string.".into()),
-                );
-            }
-            out.push_str(t)
-        }),
+        Node::Number(n) => Node::with_number_text(n, |t| out.push_str(bounded(t))),
         Node::String(s) => write_folded_string(s, out),
         Node::Array(items) => {
             // SAFETY: a plain C call; an overflow is reported as PostgreSQL's 54001 ERROR
@@ -197,15 +211,47 @@ pub fn content_text(kind: &Kind, mut field: impl FnMut(usize, &mut String)) -> (
 /// The canonical content text of a row given as a jsonb object. With
 /// `defaults`, a missing or null field takes its column default (what an
 /// INSERT leaving it out would store).
+///
+/// A value is read as its column's type first: a JSON number or boolean given
+/// for a text column is the text the column would store (`{"item": 5}` and a
+/// stored item `'5'` are the same content), element by element for a text[]
+/// column.
 pub fn object_content(kind: &Kind, row: Container<'_>, defaults: bool) -> (String, Vec<std::ops::Range<usize>>) {
     content_text(kind, |i, out| {
         let field = kind.fields[i];
+        let text = !kind.not_text.contains(&field);
         match (row.get(field), defaults.then(|| kind.default_of(field)).flatten()) {
             (None | Some(Node::Null), Some(default)) => out.push_str(default),
+            (Some(v), _) if text => write_as_text(v, out),
             (Some(v), _) => write_canonical(v, out),
             (None, None) => out.push_str("null"),
         }
     })
+}
+
+/// The canonical text of a value stored in a text (or text[]) column: numbers
+/// and booleans become the strings PostgreSQL stores for them (`5.0` stays
+/// "5.0", as jsonb_populate_record writes it), arrays element by element.
+fn write_as_text(v: Node<'_>, out: &mut String) {
+    match v {
+        Node::Number(n) => Node::with_number_output(n, |t| write_folded_string(bounded(t), out)),
+        Node::Bool(b) => write_folded_string(if b { "true" } else { "false" }, out),
+        Node::Array(items) => {
+            out.push('[');
+            for (i, (_, item)) in items.iter().enumerate() {
+                check_for_interrupts!();
+                if i > 0 {
+                    out.push(',');
+                }
+                match item {
+                    Node::Array(_) | Node::Object(_) => write_canonical(item, out),
+                    scalar => write_as_text(scalar, out),
+                }
+            }
+            out.push(']');
+        }
+        other => write_canonical(other, out),
+    }
 }
 
 /// An MD5 digest; written as 32 lowercase hex digits only for output.

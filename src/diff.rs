@@ -7,7 +7,7 @@
 //! as they are read). Only for checksums that differ are the stored contents
 //! read to name the fields that changed.
 use crate::checksum::{from_hex, hex, md5_digest, object_content, Digest, Kind, FACT};
-use crate::errors::raise;
+use crate::errors::{raise, required};
 use crate::jsonb::{self, JsonbDatum, Node};
 use pgrx::prelude::*;
 use pgrx::{AnyElement, Uuid};
@@ -254,8 +254,8 @@ fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
 /// changed_fields is a comma-separated list.
 #[pg_extern(volatile, name = "_diff_facts")]
 fn diff_facts_internal(
-    deal_id: Uuid,
-    incoming: AnyElement,
+    deal_id: Option<Uuid>,
+    incoming: Option<AnyElement>,
     domains: Option<Vec<Option<String>>>,
 ) -> TableIterator<
     'static,
@@ -268,6 +268,7 @@ fn diff_facts_internal(
         name!(changed_fields, Vec<Option<String>>),
     ),
 > {
+    let (deal_id, incoming) = (required(deal_id, "deal_id"), required(incoming, "incoming"));
     let domains = check_domains(&domains);
     let changes = diff(&FACT, deal_id, parse_incoming(&FACT, &incoming), domains.as_deref());
     let n = changes.len();

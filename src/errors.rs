@@ -12,3 +12,9 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<St
     report.report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
+
+/// The value of a required argument; 22004 naming it when it is NULL.
+#[track_caller]
+pub fn required<T>(value: Option<T>, argument: &str) -> T {
+    value.unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{argument} must not be NULL"), None))
+}

@@ -230,6 +230,22 @@ impl Node<'_> {
         }
     }
 
+    /// The number as PostgreSQL's numeric output writes it (what a text column
+    /// stores for it: `5.0` stays `5.0`), to `f`.
+    pub fn with_number_output<R>(n: pg_sys::Numeric, f: impl FnOnce(&str) -> R) -> R {
+        // SAFETY: n points at a numeric inside the datum; the text is palloc'd and freed here
+        unsafe {
+            let text = pg_sys::DatumGetCString(pg_sys::DirectFunctionCall1Coll(
+                Some(pg_sys::numeric_out),
+                pg_sys::InvalidOid,
+                pg_sys::Datum::from(n),
+            ));
+            let r = f(std::ffi::CStr::from_ptr(text).to_str().unwrap_or("0"));
+            pg_sys::pfree(text.cast());
+            r
+        }
+    }
+
     /// A number as f64 (None for other types).
     pub fn as_f64(&self) -> Option<f64> {
         match self {

@@ -13,7 +13,7 @@
 //! Deciding (accept, reject, defer, conflicts) is SQL in `sql/queue.sql`.
 use crate::checksum::{from_hex, hex, Digest, Kind};
 use crate::diff::{check_domains, diff, parse_incoming};
-use crate::errors::raise;
+use crate::errors::{raise, required};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{AnyElement, JsonB, Uuid};
@@ -293,12 +293,14 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
 /// `propose_findings` and `propose_gaps`.
 #[pg_extern(volatile, name = "_propose")]
 fn propose_internal(
-    entity_type: &str,
-    run_id: Uuid,
-    incoming: AnyElement,
+    entity_type: Option<&str>,
+    run_id: Option<Uuid>,
+    incoming: Option<AnyElement>,
     domains: Option<Vec<Option<String>>>,
 ) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64))> {
-    let counts = propose(Kind::of(entity_type), run_id, incoming, check_domains(&domains));
+    let kind = Kind::of(required(entity_type, "entity_type"));
+    let (run_id, incoming) = (required(run_id, "run_id"), required(incoming, kind.plural));
+    let counts = propose(kind, run_id, incoming, check_domains(&domains));
     TableIterator::new(counts.into_iter().map(|((ct, t), n)| (ct, t, n)))
 }
 

@@ -1,0 +1,168 @@
+-- The hostile layer (issue 14): every function of deal_store called by an
+-- ordinary role with hostile arguments: NULL in every position, deep nesting,
+-- huge numbers, strings and arrays, wrong JSON types in every field, unicode
+-- edge cases, ids of nothing. Each call runs in its own subtransaction; a
+-- failed call must leave the deal tables and the log exactly as they were.
+-- Then cancels: a long call under statement_timeout = 1s must stop within 1 s
+-- of the timeout. Run by scripts/test as role deal_store_hostile (no superuser);
+-- raises (and so fails the layer) on a crash, an XX000, a change left by a
+-- failed call or a slow cancel. Prints the outcomes by SQLSTATE.
+\set ON_ERROR_STOP on
+SET client_min_messages = warning;
+SELECT pg_catalog.pg_postmaster_start_time() AS started, pg_catalog.pg_backend_pid() AS pid \gset
+CREATE TEMP TABLE outcome (fn text, arg int, argname text, val text, sqlstate text, message text);
+
+DO $hostile$
+DECLARE
+    deal constant uuid := '00000000-0000-0000-00ff-0000000000d1';
+    run uuid := (SELECT r.id FROM deal_store.analysis_runs r WHERE r.deal_id = '00000000-0000-0000-00ff-0000000000d1' AND r.status = 'running' LIMIT 1);
+    fact uuid := (SELECT f.id FROM deal_store.facts f WHERE f.deal_id = '00000000-0000-0000-00ff-0000000000d1' AND f.superseded_at IS NULL LIMIT 1);
+    deep text := '{"item": "deep", "details": ' || pg_catalog.repeat('[', 5000) || pg_catalog.repeat(']', 5000) || '}';
+    p record;
+    types oid[];
+    sane text[];
+    hostile text[];
+    v text;
+    call text;
+    i int;
+    state text;
+    msg text;
+    before text;
+    after text;
+BEGIN
+    FOR p IN
+        SELECT f.oid, f.proname, f.proargtypes::oid[] AS types, f.pronargs, f.proargnames
+        FROM pg_catalog.pg_proc f
+        WHERE f.pronamespace = 'deal_store'::regnamespace AND f.prokind = 'f'
+          AND f.prorettype <> 'pg_catalog.trigger'::pg_catalog.regtype
+          AND f.proname NOT IN ('purge_audit')   -- superusers only, and nothing to hostile input
+        ORDER BY f.proname, f.oid
+    LOOP
+        types := p.types;
+        sane := ARRAY[]::text[];
+        FOR i IN 1 .. p.pronargs LOOP
+            sane := sane || CASE types[i]
+                WHEN 'uuid'::regtype THEN pg_catalog.quote_literal(deal) || '::uuid'
+                WHEN 'text'::regtype THEN CASE WHEN p.proname LIKE '%content%' OR p.proname = 'confidence_tier' THEN '''fact''' ELSE '''x''' END
+                WHEN 'jsonb'::regtype THEN '''[{"legacy_id": "H-1", "domain": "network", "item": "x"}]''::jsonb'
+                WHEN 'anyelement'::regtype THEN '''[{"legacy_id": "H-1", "domain": "network", "item": "x"}]''::jsonb'
+                WHEN 'text[]'::regtype THEN 'ARRAY[''network'']'
+                WHEN 'integer'::regtype THEN '1'
+                WHEN 'double precision'::regtype THEN '0.5'
+                WHEN 'boolean'::regtype THEN 'false'
+                WHEN 'timestamptz'::regtype THEN 'now()'
+                WHEN 'interval'::regtype THEN '''1 day''::interval'
+                WHEN 'regclass'::regtype THEN '''deal_store.facts''::regclass'
+                WHEN 'regconfig'::regtype THEN '''english''::regconfig'
+                WHEN 'uuid[]'::regtype THEN 'ARRAY[]::uuid[]'
+                ELSE 'NULL' END;
+        END LOOP;
+        FOR i IN 1 .. p.pronargs LOOP
+            hostile := CASE types[i]
+                WHEN 'uuid'::regtype THEN ARRAY['NULL::uuid', 'gen_random_uuid()', pg_catalog.quote_literal(coalesce(run, deal)) || '::uuid',
+                                                pg_catalog.quote_literal(coalesce(fact, deal)) || '::uuid']
+                WHEN 'text'::regtype THEN ARRAY['NULL::text', '''''', 'repeat(''x'', 1000000)', 'E''Z\u0308\U0001F600\u202E\uFEFF''',
+                                                '$q$''); DROP TABLE deal_store.facts; -- & | ! :* ( " <->$q$', 'repeat(''lisence '', 2000)']
+                WHEN 'jsonb'::regtype THEN ARRAY['NULL::jsonb', '''null''::jsonb', '''{}''::jsonb', '''"x"''::jsonb',
+                    pg_catalog.quote_literal(deep) || '::jsonb', pg_catalog.quote_literal('[' || deep || ']') || '::jsonb',
+                    '''{"item": 1e131071}''::jsonb', '''[{"legacy_id": "H-2", "item": 1e131071}]''::jsonb',
+                    '(SELECT jsonb_agg(jsonb_build_object(''legacy_id'', ''H-'' || g, ''item'', repeat(''y'', 100))) FROM generate_series(1, 20000) g)',
+                    '''[{"legacy_id": 5, "item": [1], "domain": {}, "confidence_score": "high", "verified": "maybe", "details": 7, "source_page_numbers": "p3"}]''::jsonb',
+                    '''[{"legacy_id": "H-3", "item": "x", "confidence_score": 1e400}]''::jsonb',
+                    '''[{"legacy_id": "H-4", "item": "x", "confidence_score": 1.7, "source_page_numbers": [1e30]}]''::jsonb',
+                    '''[{"legacy_id": "H-5", "item": "\u0000"}]''::jsonb', '''[{"legacy_id": "", "item": "x"}]''::jsonb',
+                    '''[{"legacy_id": "H-6"}, {"legacy_id": "H-6"}]''::jsonb', '''[null, 1, "x", []]''::jsonb']
+                WHEN 'anyelement'::regtype THEN ARRAY['NULL::jsonb', '''{}''::jsonb', '42', '''x''::text', 'ROW(1, 2)',
+                    pg_catalog.quote_literal(deep) || '::jsonb', '''{"item": 1e131071}''::jsonb']
+                WHEN 'text[]'::regtype THEN ARRAY['NULL::text[]', '''{}''::text[]', '''{NULL}''::text[]',
+                                                  '(SELECT array_agg(g::text) FROM generate_series(1, 100000) g)']
+                WHEN 'integer'::regtype THEN ARRAY['NULL::integer', '0', '-1', '2147483647']
+                WHEN 'double precision'::regtype THEN ARRAY['NULL::float8', '''NaN''::float8', '''Infinity''::float8', '-1', '1e308']
+                WHEN 'boolean'::regtype THEN ARRAY['NULL::boolean', 'true']
+                WHEN 'timestamptz'::regtype THEN ARRAY['NULL::timestamptz', '''infinity''::timestamptz', '''-infinity''::timestamptz']
+                WHEN 'interval'::regtype THEN ARRAY['NULL::interval', '''-1 day''::interval', '''1000000 years''::interval']
+                WHEN 'regclass'::regtype THEN ARRAY['NULL::regclass', '''pg_catalog.pg_class''::regclass', '''deal_store.deal_activity_log''::regclass',
+                                                    '''deal_store.users''::regclass']
+                WHEN 'regconfig'::regtype THEN ARRAY['NULL::regconfig', '''simple''::regconfig']
+                WHEN 'uuid[]'::regtype THEN ARRAY['NULL::uuid[]', 'ARRAY[NULL]::uuid[]', 'ARRAY[gen_random_uuid()]']
+                ELSE ARRAY['NULL'] END;
+            FOREACH v IN ARRAY hostile LOOP
+                call := pg_catalog.format('SELECT deal_store.%I(%s)', p.proname,
+                            pg_catalog.array_to_string(sane[1:i-1] || v || sane[i+1:p.pronargs], ', '));
+                SELECT pg_catalog.md5(pg_catalog.string_agg(t, E'\n' ORDER BY t)) INTO before FROM (
+                    SELECT x::text AS t FROM deal_store.facts x UNION ALL SELECT x::text FROM deal_store.pending_changes x
+                    UNION ALL SELECT x::text FROM deal_store.deal_activity_log x UNION ALL SELECT x::text FROM deal_store.deals x
+                    UNION ALL SELECT x::text FROM deal_store.documents x UNION ALL SELECT x::text FROM deal_store.analysis_runs x) s;
+                BEGIN
+                    SET LOCAL statement_timeout = '20s';
+                    EXECUTE call;
+                    state := '00000'; msg := NULL;
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+                    SELECT pg_catalog.md5(pg_catalog.string_agg(t, E'\n' ORDER BY t)) INTO after FROM (
+                        SELECT x::text AS t FROM deal_store.facts x UNION ALL SELECT x::text FROM deal_store.pending_changes x
+                        UNION ALL SELECT x::text FROM deal_store.deal_activity_log x UNION ALL SELECT x::text FROM deal_store.deals x
+                        UNION ALL SELECT x::text FROM deal_store.documents x UNION ALL SELECT x::text FROM deal_store.analysis_runs x) s;
+                    IF after IS DISTINCT FROM before THEN
+                        RAISE EXCEPTION 'failed call changed data: %', call;
+                    END IF;
+                END;
+                INSERT INTO outcome VALUES (p.proname, i, p.proargnames[i], pg_catalog.left(v, 60), state, pg_catalog.left(msg, 200));
+            END LOOP;
+        END LOOP;
+    END LOOP;
+END $hostile$;
+
+-- cancels: each long call under statement_timeout = 1s stops within 1 s of it
+CREATE TEMP TABLE cancels (what text, seconds numeric, sqlstate text);
+DO $cancel$
+DECLARE
+    t0 timestamptz;
+    state text;
+    c text;
+BEGIN
+    FOREACH c IN ARRAY ARRAY[
+        -- edit distances against a deal vocabulary of 30,000 lexemes
+        $$SELECT deal_store.typo_tsquery('00000000-0000-0000-00ff-0000000000d2', (SELECT string_agg(substr(md5(g || ':1'), 1, 10), ' ') FROM generate_series(1, 400) g))$$,
+        -- canonical text of a document of 200,000 objects, repeatedly
+        $$SELECT count(DISTINCT deal_store.fact_checksum(jsonb_build_object('details', (SELECT jsonb_agg(jsonb_build_object('k' || g, g * 1.5)) FROM generate_series(1, 200000) g), 'item', i))) FROM generate_series(1, 200) i$$,
+        -- diffing 100,000 incoming facts, repeatedly
+        $$SELECT count(*) FROM generate_series(1, 100), LATERAL deal_store.diff_facts('00000000-0000-0000-00ff-0000000000d1', (SELECT jsonb_agg(jsonb_build_object('legacy_id', 'C-' || g, 'item', 'x' || g)) FROM generate_series(1, 100000) g))$$
+    ] LOOP
+        t0 := pg_catalog.clock_timestamp();
+        BEGIN
+            SET LOCAL statement_timeout = '1s';
+            EXECUTE c;
+            state := '00000';
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
+        END;
+        INSERT INTO cancels VALUES (pg_catalog.left(c, 60), pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp() - t0)::numeric, 2), state);
+    END LOOP;
+END $cancel$;
+RESET statement_timeout;
+
+SELECT sqlstate, count(*) AS calls FROM outcome GROUP BY 1 ORDER BY 1;
+SELECT count(*) AS calls, count(DISTINCT fn) AS functions FROM outcome;
+SELECT what, seconds, sqlstate FROM cancels;
+SELECT fn, arg, val, message FROM outcome WHERE sqlstate IN ('XX000', '22000') ORDER BY 1, 2;
+-- a deal that does not exist is P0002, never an empty answer
+SELECT fn, sqlstate FROM outcome WHERE argname = 'deal_id' AND val = 'gen_random_uuid()' AND sqlstate <> 'P0002' ORDER BY 1;
+SELECT pg_catalog.pg_postmaster_start_time() = :'started' AND pg_catalog.pg_backend_pid() = :pid AS server_and_session_survived \gset
+\if :server_and_session_survived
+\else
+\echo 'the server restarted'
+\quit 3
+\endif
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM outcome WHERE sqlstate IN ('XX000', '22000')) THEN
+        RAISE EXCEPTION 'hostile input reached an internal error (XX000/22000): see the list above';
+    END IF;
+    IF EXISTS (SELECT 1 FROM outcome WHERE argname = 'deal_id' AND val = 'gen_random_uuid()' AND sqlstate <> 'P0002') THEN
+        RAISE EXCEPTION 'a function answered for a deal that does not exist: see the list above';
+    END IF;
+    IF EXISTS (SELECT 1 FROM cancels WHERE sqlstate <> '57014' OR seconds > 2.0) THEN
+        RAISE EXCEPTION 'a long call ignored statement_timeout = 1s: see the list above';
+    END IF;
+END $$;
