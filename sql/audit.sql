@@ -114,6 +114,7 @@ CREATE FUNCTION deal_store.deal_activity(deal_id uuid, since timestamptz DEFAULT
 RETURNS SETOF deal_store.deal_activity_log
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM deal_store._require_deal(deal_id);
     IF lim IS NULL OR lim < 1 OR lim > 10000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 10000' USING ERRCODE = '22023';
     END IF;

@@ -10,6 +10,19 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store._require_live_deal(uuid) IS 'Internal: raises P0002 unless the deal exists and is live.';
 
+CREATE FUNCTION deal_store._require_deal(deal_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF deal_id IS NULL THEN
+        RAISE EXCEPTION 'deal_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    PERFORM 1 FROM deal_store.deals d WHERE d.id = deal_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._require_deal(uuid) IS 'Internal: raises P0002 unless the deal exists (live or deleted), 22004 for NULL.';
+
 CREATE FUNCTION deal_store.deal_summary(deal_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN

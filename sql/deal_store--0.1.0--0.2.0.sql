@@ -154,3 +154,217 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid) IS
     'Internal: validates entity and id, locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
+
+-- 0.2.0: every function that takes a deal raises P0002 for a deal that does not exist,
+-- instead of an empty answer (issue 14).
+CREATE FUNCTION deal_store._require_deal(deal_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF deal_id IS NULL THEN
+        RAISE EXCEPTION 'deal_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    PERFORM 1 FROM deal_store.deals d WHERE d.id = deal_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._require_deal(uuid) IS 'Internal: raises P0002 unless the deal exists (live or deleted), 22004 for NULL.';
+CREATE OR REPLACE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL)
+RETURNS TABLE(status text, n bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked uuid[];
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = accept_changes.deal_id AND p.confidence_tier <= max_tier
+          AND (accept_changes.run_id IS NULL OR p.analysis_run_id = accept_changes.run_id)
+          AND (p.status = 'pending' OR (p.status = 'deferred' AND p.deferred_until <= now()))
+        ORDER BY p.created_at, p.id
+        FOR UPDATE SKIP LOCKED) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store._settle_batch(locked, 'batch accept');
+    END IF;
+    RETURN QUERY SELECT p.status, count(*) FROM deal_store.pending_changes p
+                 WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked)
+                 GROUP BY p.status ORDER BY p.status;
+END $$;
+COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid) IS
+    'Accepts every open change of a deal up to max_tier (of one run when run_id is given; deferred ones once their time has come), skipping rows another session holds. Returns how many were accepted and how many turned out to be conflicts.';
+CREATE OR REPLACE FUNCTION deal_store.conflicts(deal_id uuid)
+RETURNS TABLE(change_id uuid, entity_type text, legacy_id text, change_type text, base_checksum text,
+              current_checksum text, base_value jsonb, current_value jsonb, proposed_value jsonb,
+              analysis_run_id uuid, decided_at timestamptz, note text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    RETURN QUERY
+    SELECT c.id, c.entity_type, c.legacy_entity_id, c.change_type, c.base_checksum,
+           deal_store.content_checksum_of(c.entity_type, cur.v), c.old_value, cur.v, c.new_value,
+           c.analysis_run_id, c.decided_at, c.review_note
+    FROM deal_store.pending_changes c
+    LEFT JOIN LATERAL (
+        SELECT to_jsonb(f) - 'search_vector' AS v FROM deal_store.facts f
+        WHERE c.entity_type = 'fact' AND f.deal_id = c.deal_id AND f.superseded_at IS NULL
+          AND (f.id = c.entity_id OR (c.entity_id IS NULL AND f.legacy_id = c.legacy_entity_id AND f.deleted_at IS NULL))
+        UNION ALL
+        SELECT to_jsonb(g) FROM deal_store.findings g
+        WHERE c.entity_type = 'finding' AND g.deal_id = c.deal_id
+          AND (g.id = c.entity_id OR (c.entity_id IS NULL AND g.legacy_id = c.legacy_entity_id AND g.deleted_at IS NULL))
+        UNION ALL
+        SELECT to_jsonb(x) FROM deal_store.gaps x
+        WHERE c.entity_type = 'gap' AND x.deal_id = c.deal_id
+          AND (x.id = c.entity_id OR (c.entity_id IS NULL AND x.legacy_id = c.legacy_entity_id AND x.deleted_at IS NULL))
+        LIMIT 1) cur ON true
+    WHERE c.deal_id = conflicts.deal_id AND c.status = 'conflict'
+    ORDER BY c.decided_at, c.id;
+END $$;
+COMMENT ON FUNCTION deal_store.conflicts(uuid) IS
+    'A deal''s changes that became conflicts, with the base (when proposed), current and proposed values and checksums side by side.';
+CREATE OR REPLACE FUNCTION deal_store.deal_activity(deal_id uuid, since timestamptz DEFAULT NULL, lim integer DEFAULT 100)
+RETURNS SETOF deal_store.deal_activity_log
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    IF lim IS NULL OR lim < 1 OR lim > 10000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 10000' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    SELECT l.* FROM deal_store.deal_activity_log l
+    WHERE l.deal_id = deal_activity.deal_id AND (since IS NULL OR l.created_at >= since)
+    ORDER BY l.seq DESC LIMIT lim;
+END $$;
+COMMENT ON FUNCTION deal_store.deal_activity(uuid, timestamptz, integer) IS
+    'A deal''s activity feed, newest first: at most lim entries (1 to 10000, 22023 otherwise), since a moment when given.';
+CREATE OR REPLACE FUNCTION deal_store.latest_completed_run(deal_id uuid) RETURNS uuid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    RETURN (SELECT r.id FROM deal_store.analysis_runs r
+            WHERE r.deal_id = latest_completed_run.deal_id AND r.status = 'completed'
+            ORDER BY r.run_number DESC LIMIT 1);
+END $$;
+COMMENT ON FUNCTION deal_store.latest_completed_run(uuid) IS
+    'The deal''s completed run with the highest run_number, or NULL.';
+CREATE OR REPLACE FUNCTION deal_store.search_facts(deal_id uuid, query text, domain text DEFAULT NULL, category text DEFAULT NULL,
+    entity text DEFAULT NULL, min_confidence float8 DEFAULT NULL, lim integer DEFAULT 20, off integer DEFAULT 0)
+RETURNS SETOF deal_store.fact_search_hit
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    cfg regconfig := deal_store.search_config();
+    tsq tsquery;
+    vec text;
+    opts text := deal_store.headline_options();
+    trgm text := (SELECT quote_ident(n.nspname) FROM pg_catalog.pg_extension e
+                  JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm');
+    filters text := ' AND f.deal_id = $1 AND f.deleted_at IS NULL AND f.superseded_at IS NULL'
+                    ' AND ($3 IS NULL OR f.domain = $3) AND ($4 IS NULL OR f.category = $4)'
+                    ' AND ($5 IS NULL OR f.entity = $5) AND ($6 IS NULL OR f.confidence_score >= $6)';
+    page text := ' ORDER BY rank DESC, f.legacy_id, f.id LIMIT $7 OFFSET $8';
+    typo text;
+    tsq_found boolean := false;
+    -- the ranked page: %1$s the vector, %2$s the filters, %3$s the page, %4$s added to the rank;
+    -- the headline is computed for the returned rows only
+    ranked text := 'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item, f.evidence,
+                                      (ts_rank_cd(%1$s, $2, 32) + %4$s)::real AS rank, count(*) OVER () AS total
+                               FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
+                    SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
+                           CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN ts_headline($9, m.item, $2, $10)
+                                ELSE ts_headline($9, m.evidence, $2, $10) END, m.total
+                    FROM m ORDER BY m.rank DESC, m.legacy_id, m.id';
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
+    ELSIF off IS NULL OR off < 0 THEN
+        RAISE EXCEPTION 'off must not be negative' USING ERRCODE = '22023';
+    ELSIF query IS NULL OR btrim(query) = '' THEN
+        RETURN;
+    END IF;
+    -- the stored vector is built with english; another configuration computes it on the fly
+    vec := CASE WHEN cfg = 'english'::regconfig THEN 'f.search_vector'
+                ELSE format('deal_store.fact_search_vector(%L, f.item, f.category, f.domain, f.evidence, f.details)', cfg) END;
+    tsq := deal_store.search_tsquery(query, cfg);
+    -- 1. full-text match: rank in (0, 1)
+    IF numnode(tsq) > 0 THEN
+        RETURN QUERY EXECUTE format(ranked, vec, filters, page, '0')
+            USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category, search_facts.entity,
+                  min_confidence, lim, off, cfg, opts;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- an empty page past the end of a non-empty result is not a reason to go fuzzy
+        IF off > 0 THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM deal_store.facts f WHERE %s @@ $2 %s)', vec, filters)
+                INTO STRICT tsq_found USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category,
+                     search_facts.entity, min_confidence;
+            IF tsq_found THEN
+                RETURN;
+            END IF;
+        END IF;
+    END IF;
+    -- 2. trigram fallback (pg_trgm word similarity): rank = similarity - 1, so <= 0
+    RETURN QUERY EXECUTE format(
+        'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item,
+                           (%1$s.word_similarity($2::text, f.item) - 1)::real AS rank, count(*) OVER () AS total
+                    FROM deal_store.facts f WHERE $2::text OPERATOR(%1$s.<%%) f.item %2$s %3$s)
+         SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank, m.item, m.total
+         FROM m ORDER BY m.rank DESC, m.legacy_id, m.id', trgm, filters, page)
+        USING search_facts.deal_id, btrim(query), search_facts.domain, search_facts.category, search_facts.entity,
+              min_confidence, lim, off;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    -- 3. typo fallback: the deal's lexemes within a small edit distance; rank = ts_rank_cd - 1
+    typo := deal_store.typo_tsquery(search_facts.deal_id, query, cfg::text);
+    IF typo IS NOT NULL THEN
+        RETURN QUERY EXECUTE format(ranked, vec, filters, page, '-1')
+            USING search_facts.deal_id, typo::tsquery, search_facts.domain, search_facts.category, search_facts.entity,
+                  min_confidence, lim, off, cfg, opts;
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store.search_facts(uuid, text, text, text, text, double precision, integer, integer) IS
+    'Ranked search over a deal''s current live facts. query: web-search syntax ("quoted phrase", or, -excluded), the last word also matching as a prefix. Filters: domain, category, entity, min_confidence. Ordered by rank then legacy_id and id (stable pages); total = all matches. headline marks the matched words (tags deal_store.headline_start / headline_stop) in the item, or in the evidence when the item has none. rank in (0, 1): full-text match (ts_rank_cd normalised to rank/(rank+1)); rank <= 0: fallback (trigram word similarity - 1, or the typo-tolerant match''s rank - 1). NULL or blank query: no rows. 22023 for lim outside 1..1000 or negative off.';
+CREATE OR REPLACE FUNCTION deal_store.search_deal(deal_id uuid, query text, lim integer DEFAULT 20)
+RETURNS TABLE(entity_type text, entity_id uuid, title text, rank real, headline text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    cfg regconfig := deal_store.search_config();
+    tsq tsquery;
+    opts text := deal_store.headline_options();
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
+    ELSIF query IS NULL OR btrim(query) = '' THEN
+        RETURN;
+    END IF;
+    tsq := deal_store.search_tsquery(query, cfg);
+    IF numnode(tsq) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH hits AS (
+        SELECT 'fact'::text AS kind, s.fact_id AS id, s.item AS title, s.rank, s.headline
+        FROM deal_store.search_facts(search_deal.deal_id, query, lim => search_deal.lim) s WHERE s.rank > 0
+        UNION ALL
+        SELECT 'finding', g.id, g.title, ts_rank_cd(v.vec, tsq, 32)::real,
+               ts_headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
+        FROM deal_store.findings g,
+             LATERAL (SELECT setweight(to_tsvector(cfg, g.title), 'A') || setweight(to_tsvector(cfg, coalesce(g.description, '')), 'C') AS vec) v
+        WHERE g.deal_id = search_deal.deal_id AND g.deleted_at IS NULL AND v.vec @@ tsq
+        UNION ALL
+        SELECT 'gap', x.id, x.description, ts_rank_cd(v.vec, tsq, 32)::real, ts_headline(cfg, x.description, tsq, opts)
+        FROM deal_store.gaps x,
+             LATERAL (SELECT setweight(to_tsvector(cfg, x.description), 'A') AS vec) v
+        WHERE x.deal_id = search_deal.deal_id AND x.deleted_at IS NULL AND v.vec @@ tsq)
+    SELECT h.kind, h.id, h.title, h.rank, h.headline FROM hits h
+    ORDER BY h.rank DESC, h.kind, h.title, h.id
+    LIMIT lim;
+END $$;
+COMMENT ON FUNCTION deal_store.search_deal(uuid, text, integer) IS
+    'One ranked list over a deal''s live facts (item, category, evidence, details), findings (title, description) and gaps (description), with highlighted headlines. Same query syntax as search_facts; 22023 for lim outside 1..1000.';

@@ -329,6 +329,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     locked uuid[];
 BEGIN
+    PERFORM deal_store._require_deal(deal_id);
     IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
         RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
     END IF;
@@ -399,8 +400,10 @@ CREATE FUNCTION deal_store.conflicts(deal_id uuid)
 RETURNS TABLE(change_id uuid, entity_type text, legacy_id text, change_type text, base_checksum text,
               current_checksum text, base_value jsonb, current_value jsonb, proposed_value jsonb,
               analysis_run_id uuid, decided_at timestamptz, note text)
-LANGUAGE sql STABLE
-BEGIN ATOMIC
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    RETURN QUERY
     SELECT c.id, c.entity_type, c.legacy_entity_id, c.change_type, c.base_checksum,
            deal_store.content_checksum_of(c.entity_type, cur.v), c.old_value, cur.v, c.new_value,
            c.analysis_run_id, c.decided_at, c.review_note
@@ -420,7 +423,7 @@ BEGIN ATOMIC
         LIMIT 1) cur ON true
     WHERE c.deal_id = conflicts.deal_id AND c.status = 'conflict'
     ORDER BY c.decided_at, c.id;
-END;
+END $$;
 COMMENT ON FUNCTION deal_store.conflicts(uuid) IS
     'A deal''s changes that became conflicts, with the base (when proposed), current and proposed values and checksums side by side.';
 

@@ -80,12 +80,13 @@ COMMENT ON FUNCTION deal_store.fail_run(uuid, text) IS
     'Marks a running run failed with an error message; what it wrote stays stored but hidden from the current_* views. Errors: P0002, 55000.';
 
 CREATE FUNCTION deal_store.latest_completed_run(deal_id uuid) RETURNS uuid
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT r.id FROM deal_store.analysis_runs r
-    WHERE r.deal_id = latest_completed_run.deal_id AND r.status = 'completed'
-    ORDER BY r.run_number DESC LIMIT 1;
-END;
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    RETURN (SELECT r.id FROM deal_store.analysis_runs r
+            WHERE r.deal_id = latest_completed_run.deal_id AND r.status = 'completed'
+            ORDER BY r.run_number DESC LIMIT 1);
+END $$;
 COMMENT ON FUNCTION deal_store.latest_completed_run(uuid) IS
     'The deal''s completed run with the highest run_number, or NULL.';
 

@@ -134,18 +134,23 @@ struct Stored<'a> {
     domain: &'a str,
 }
 
+/// P0002 unless the deal exists (deleted or not): no function answers for a deal that is not there.
+pub fn require_deal(client: &pgrx::spi::SpiClient<'_>, deal_id: Uuid) {
+    let exists = client
+        .select("SELECT 1 FROM deal_store.deals WHERE id = $1", Some(1), &[deal_id.into()])
+        .map(|t| !t.is_empty())
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+    if !exists {
+        raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("deal {deal_id} does not exist"), None);
+    }
+}
+
 /// Diffs validated incoming rows against the deal's current live rows of that kind.
 /// `removed` is only inferred for stored rows inside `domains` (all when None).
 /// Lines come sorted by legacy_id.
 pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option<&[String]>) -> Vec<Change> {
     let mut changes: Vec<Change> = Spi::connect(|client| {
-        let exists = client
-            .select("SELECT 1 FROM deal_store.deals WHERE id = $1", Some(1), &[deal_id.into()])
-            .map(|t| !t.is_empty())
-            .unwrap_or(false);
-        if !exists {
-            raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("deal {deal_id} does not exist"), None);
-        }
+        require_deal(client, deal_id);
         let checksum = if kind.versioned { "item_checksum".to_string() } else { content_sql(kind) };
         let sql = format!(
             "SELECT legacy_id, id, {checksum}, domain FROM {} WHERE deal_id = $1 AND {}",

@@ -235,11 +235,7 @@ impl Node<'_> {
     pub fn with_number_output<R>(n: pg_sys::Numeric, f: impl FnOnce(&str) -> R) -> R {
         // SAFETY: n points at a numeric inside the datum; the text is palloc'd and freed here
         unsafe {
-            let text = pg_sys::DatumGetCString(pg_sys::DirectFunctionCall1Coll(
-                Some(pg_sys::numeric_out),
-                pg_sys::InvalidOid,
-                pg_sys::Datum::from(n),
-            ));
+            let text = pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_NUMERIC_OUT), pg_sys::Datum::from(n));
             let r = f(std::ffi::CStr::from_ptr(text).to_str().unwrap_or("0"));
             pg_sys::pfree(text.cast());
             r

@@ -31,7 +31,8 @@ DECLARE
     after text;
 BEGIN
     FOR p IN
-        SELECT f.oid, f.proname, f.proargtypes::oid[] AS types, f.pronargs, f.proargnames
+        SELECT f.oid, f.proname, f.pronargs, f.proargnames,
+               (SELECT pg_catalog.array_agg(t ORDER BY n) FROM pg_catalog.unnest(f.proargtypes::oid[]) WITH ORDINALITY u(t, n)) AS types
         FROM pg_catalog.pg_proc f
         WHERE f.pronamespace = 'deal_store'::regnamespace AND f.prokind = 'f'
           AND f.prorettype <> 'pg_catalog.trigger'::pg_catalog.regtype
@@ -43,7 +44,8 @@ BEGIN
         FOR i IN 1 .. p.pronargs LOOP
             sane := sane || CASE types[i]
                 WHEN 'uuid'::regtype THEN pg_catalog.quote_literal(deal) || '::uuid'
-                WHEN 'text'::regtype THEN CASE WHEN p.proname LIKE '%content%' OR p.proname = 'confidence_tier' THEN '''fact''' ELSE '''x''' END
+                WHEN 'text'::regtype THEN CASE p.proargnames[i] WHEN 'entity_type' THEN '''fact''' WHEN 'change_type' THEN '''new'''
+                                                                 WHEN 'cfg' THEN '''english''' WHEN 'query' THEN '''fibre''' ELSE '''x''' END
                 WHEN 'jsonb'::regtype THEN '''[{"legacy_id": "H-1", "domain": "network", "item": "x"}]''::jsonb'
                 WHEN 'anyelement'::regtype THEN '''[{"legacy_id": "H-1", "domain": "network", "item": "x"}]''::jsonb'
                 WHEN 'text[]'::regtype THEN 'ARRAY[''network'']'
@@ -94,7 +96,6 @@ BEGIN
                     UNION ALL SELECT x::text FROM deal_store.deal_activity_log x UNION ALL SELECT x::text FROM deal_store.deals x
                     UNION ALL SELECT x::text FROM deal_store.documents x UNION ALL SELECT x::text FROM deal_store.analysis_runs x) s;
                 BEGIN
-                    SET LOCAL statement_timeout = '20s';
                     EXECUTE call;
                     state := '00000'; msg := NULL;
                 EXCEPTION WHEN OTHERS THEN
@@ -113,39 +114,32 @@ BEGIN
     END LOOP;
 END $hostile$;
 
--- cancels: each long call under statement_timeout = 1s stops within 1 s of it
+-- cancels: a long call under statement_timeout = 1s stops within 1 s of it.
+-- Each runs as a top-level statement (a timeout arms per statement).
 CREATE TEMP TABLE cancels (what text, seconds numeric, sqlstate text);
-DO $cancel$
-DECLARE
-    t0 timestamptz;
-    state text;
-    c text;
-BEGIN
-    FOREACH c IN ARRAY ARRAY[
-        -- edit distances against a deal vocabulary of 30,000 lexemes
-        $$SELECT deal_store.typo_tsquery('00000000-0000-0000-00ff-0000000000d2', (SELECT string_agg(substr(md5(g || ':1'), 1, 10), ' ') FROM generate_series(1, 400) g))$$,
-        -- canonical text of a document of 200,000 objects, repeatedly
-        $$SELECT count(DISTINCT deal_store.fact_checksum(jsonb_build_object('details', (SELECT jsonb_agg(jsonb_build_object('k' || g, g * 1.5)) FROM generate_series(1, 200000) g), 'item', i))) FROM generate_series(1, 200) i$$,
-        -- diffing 100,000 incoming facts, repeatedly
-        $$SELECT count(*) FROM generate_series(1, 100), LATERAL deal_store.diff_facts('00000000-0000-0000-00ff-0000000000d1', (SELECT jsonb_agg(jsonb_build_object('legacy_id', 'C-' || g, 'item', 'x' || g)) FROM generate_series(1, 100000) g))$$
-    ] LOOP
-        t0 := pg_catalog.clock_timestamp();
-        BEGIN
-            SET LOCAL statement_timeout = '1s';
-            EXECUTE c;
-            state := '00000';
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
-        END;
-        INSERT INTO cancels VALUES (pg_catalog.left(c, 60), pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp() - t0)::numeric, 2), state);
-    END LOOP;
-END $cancel$;
+\set ON_ERROR_STOP off
+\set VERBOSITY terse
+SET statement_timeout = '1s';
+-- edit distances of 400 words against a deal vocabulary of 30,000 lexemes
+SELECT pg_catalog.clock_timestamp() AS t0 \gset
+SELECT deal_store.typo_tsquery('00000000-0000-0000-00ff-0000000000d2', (SELECT string_agg(substr(md5(g || ':1'), 1, 10), ' ') FROM generate_series(1, 400) g));
+INSERT INTO cancels VALUES ('typo_tsquery', extract(epoch FROM pg_catalog.clock_timestamp() - :'t0'), :'SQLSTATE');
+-- the canonical text of 200 documents of 200,000 objects each
+SELECT pg_catalog.clock_timestamp() AS t0 \gset
+SELECT count(DISTINCT deal_store.fact_checksum(jsonb_build_object('details', (SELECT jsonb_agg(jsonb_build_object('k' || g, g * 1.5)) FROM generate_series(1, 200000) g), 'item', i))) FROM generate_series(1, 200) i;
+INSERT INTO cancels VALUES ('fact_checksum', extract(epoch FROM pg_catalog.clock_timestamp() - :'t0'), :'SQLSTATE');
+-- diffing 100,000 incoming facts, 100 times
+SELECT pg_catalog.clock_timestamp() AS t0 \gset
+SELECT count(*) FROM generate_series(1, 100), LATERAL deal_store.diff_facts('00000000-0000-0000-00ff-0000000000d1', (SELECT jsonb_agg(jsonb_build_object('legacy_id', 'C-' || g, 'item', 'x' || g)) FROM generate_series(1, 100000) g));
+INSERT INTO cancels VALUES ('diff_facts', extract(epoch FROM pg_catalog.clock_timestamp() - :'t0'), :'SQLSTATE');
 RESET statement_timeout;
+\set ON_ERROR_STOP on
 
 SELECT sqlstate, count(*) AS calls FROM outcome GROUP BY 1 ORDER BY 1;
 SELECT count(*) AS calls, count(DISTINCT fn) AS functions FROM outcome;
-SELECT what, seconds, sqlstate FROM cancels;
+SELECT what, round(seconds, 2) AS seconds, sqlstate FROM cancels;
 SELECT fn, arg, val, message FROM outcome WHERE sqlstate IN ('XX000', '22000') ORDER BY 1, 2;
+SELECT sqlstate, fn, min(message) FROM outcome WHERE sqlstate = '42883' GROUP BY 1, 2 ORDER BY 1, 2 LIMIT 8;
 -- a deal that does not exist is P0002, never an empty answer
 SELECT fn, sqlstate FROM outcome WHERE argname = 'deal_id' AND val = 'gen_random_uuid()' AND sqlstate <> 'P0002' ORDER BY 1;
 SELECT pg_catalog.pg_postmaster_start_time() = :'started' AND pg_catalog.pg_backend_pid() = :pid AS server_and_session_survived \gset

@@ -107,6 +107,34 @@ SELECT import_deal(jsonb_build_object('format', 'deal_store.export', 'format_ver
                              'name', 'Imported', 'target_name', 'T', 'deal_type', 'carve_out', 'status', 'active',
                              'created_at', now(), 'updated_at', now())));
 SELECT email, password_hash, roles FROM users WHERE id = '00000000-0000-0000-0005-0000000000af';
+
+-- 9. NULL arguments and deals that do not exist: clear SQLSTATEs, never XX000 or an empty answer
+SELECT regress.expect_error(s) FROM (VALUES
+  ($$SELECT * FROM deal_store.diff_facts('00000000-0000-0000-0005-0000000000de', NULL)$$),
+  ($$SELECT * FROM deal_store.diff_facts(NULL, '[]')$$),
+  ($$SELECT * FROM deal_store.propose_facts(NULL, '[]')$$),
+  ($$SELECT * FROM deal_store.search_facts('00000000-0000-0000-0005-000000000999', 'fibre')$$),
+  ($$SELECT * FROM deal_store.search_deal('00000000-0000-0000-0005-000000000999', 'fibre')$$),
+  ($$SELECT * FROM deal_store.accept_changes('00000000-0000-0000-0005-000000000999')$$),
+  ($$SELECT * FROM deal_store.deal_activity('00000000-0000-0000-0005-000000000999')$$),
+  ($$SELECT * FROM deal_store.conflicts('00000000-0000-0000-0005-000000000999')$$),
+  ($$SELECT deal_store.latest_completed_run('00000000-0000-0000-0005-000000000999')$$),
+  ($$SELECT deal_store.typo_tsquery('00000000-0000-0000-0005-000000000999', 'fibre')$$),
+  ($$SELECT deal_store.confidence_tier('00000000-0000-0000-0005-000000000999', 'fact', 'new')$$)
+) AS t(s);
+
+-- 10. Incoming values are read as their column's type before hashing: {"item": 5}
+-- is the stored item '5', and 5.0 is the stored '5.0' (what the column would hold)
+INSERT INTO facts (deal_id, legacy_id, domain, item) VALUES
+  ('00000000-0000-0000-0005-0000000000de', 'H-7', 'network', '5'),
+  ('00000000-0000-0000-0005-0000000000de', 'H-8', 'network', '5.0');
+SELECT legacy_id, change FROM diff_facts('00000000-0000-0000-0005-0000000000de',
+  '[{"legacy_id": "H-7", "domain": "network", "item": 5}, {"legacy_id": "H-8", "domain": "network", "item": 5.0}]')
+WHERE legacy_id IN ('H-7', 'H-8') ORDER BY 1;
+SELECT fact_checksum('{"item": 5}') = fact_checksum('{"item": "5"}') AS number_is_its_text,
+       fact_checksum('{"item": true}') = fact_checksum('{"item": "true"}') AS boolean_is_its_text,
+       fact_checksum('{"details": {"n": 5}}') <> fact_checksum('{"details": {"n": "5"}}') AS json_keeps_its_types;
+
 DROP TABLE public.hard_audited, public.hard_side;
 DROP FUNCTION public.hard_try();
 SET client_min_messages = warning;

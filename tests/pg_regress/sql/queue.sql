@@ -104,8 +104,10 @@ SELECT legacy_entity_id, change_type, changed FROM (
 -- a deal's own policy: new facts need 0.99 to apply themselves
 INSERT INTO tier_policies (deal_id, change_type, min_confidence, tier) VALUES
   ('00000000-0000-0000-0006-0000000000d8', 'new', 0.99, 1);
+INSERT INTO deals (id, user_id, name, target_name)
+VALUES ('00000000-0000-0000-0006-0000000000d9', '00000000-0000-0000-0006-0000000000a8', 'Project Spruce', 'Spruce AS');
 SELECT confidence_tier('00000000-0000-0000-0006-0000000000d8', 'fact', 'new', 0.95) AS this_deal,
-       confidence_tier(gen_random_uuid(), 'fact', 'new', 0.95) AS other_deals,
+       confidence_tier('00000000-0000-0000-0006-0000000000d9', 'fact', 'new', 0.95) AS other_deals,
        confidence_tier('00000000-0000-0000-0006-0000000000d8', 'fact', 'delete') AS deletes;
 SET deal_store.auto_apply = off;
 SELECT * FROM propose_facts(:'run4', '[{"legacy_id": "F-9", "domain": "network", "item": "SD-WAN", "confidence_score": 1.0}]', ARRAY[]::text[]);
