@@ -368,3 +368,56 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store.search_deal(uuid, text, integer) IS
     'One ranked list over a deal''s live facts (item, category, evidence, details), findings (title, description) and gaps (description), with highlighted headlines. Same query syntax as search_facts; 22023 for lim outside 1..1000.';
+CREATE OR REPLACE FUNCTION deal_store._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked uuid[];
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
+        ORDER BY p.created_at, p.id FOR UPDATE) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store._settle_batch(locked, 'auto-applied (tier 1)');
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._apply_changes(uuid, uuid[]) IS 'Internal: auto-applies the given tier-1 changes of a proposal.';
+CREATE OR REPLACE FUNCTION deal_store._signal_review(deal_id uuid, run_id uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    counts jsonb;
+    waiting bigint;
+    owner uuid;
+    run_number integer;
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    SELECT count(*), jsonb_build_object('tier_1', count(*) FILTER (WHERE p.confidence_tier = 1),
+                                        'tier_2', count(*) FILTER (WHERE p.confidence_tier = 2),
+                                        'tier_3', count(*) FILTER (WHERE p.confidence_tier = 3))
+    INTO waiting, counts
+    FROM deal_store.pending_changes p
+    WHERE p.deal_id = _signal_review.deal_id AND p.analysis_run_id = run_id AND p.status = 'pending';
+    IF waiting = 0 THEN
+        RETURN;
+    END IF;
+    SELECT d.user_id INTO owner FROM deal_store.deals d WHERE d.id = _signal_review.deal_id;
+    SELECT r.run_number INTO run_number FROM deal_store.analysis_runs r WHERE r.deal_id = _signal_review.deal_id AND r.id = run_id;
+    -- one notification per deal owner per run, kept up to date
+    UPDATE deal_store.notifications n SET payload = jsonb_build_object('run_id', run_id, 'pending', waiting) || counts,
+        title = format('%s changes of analysis run %s wait for review', waiting, run_number)
+    WHERE n.user_id = owner AND n.deal_id = _signal_review.deal_id AND n.type = 'review_needed'
+      AND n.payload ->> 'run_id' = run_id::text;
+    IF NOT FOUND THEN
+        INSERT INTO deal_store.notifications (user_id, deal_id, type, title, message, payload)
+        VALUES (owner, _signal_review.deal_id, 'review_needed',
+                format('%s changes of analysis run %s wait for review', waiting, run_number),
+                'Review them with deal_store.accept_change / reject_change / defer_change or accept_changes.',
+                jsonb_build_object('run_id', run_id, 'pending', waiting) || counts);
+    END IF;
+    -- NOTIFY is delivered when the transaction commits, and not at all when it rolls back
+    PERFORM pg_notify('deal_store_queue',
+        (jsonb_build_object('deal_id', _signal_review.deal_id, 'run_id', run_id, 'pending', waiting) || counts)::text);
+END $$;
+COMMENT ON FUNCTION deal_store._signal_review(uuid, uuid) IS
+    'Internal: when changes of a run wait for review, keeps one review_needed notification for the deal owner per run and sends pg_notify(''deal_store_queue'', {deal_id, run_id, pending, tier_1..3}) on commit.';

@@ -231,6 +231,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     locked uuid[];
 BEGIN
+    PERFORM deal_store._require_deal(deal_id);
     SELECT array_agg(p.id) INTO locked FROM (
         SELECT p.id FROM deal_store.pending_changes p
         WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
@@ -249,6 +250,7 @@ DECLARE
     owner uuid;
     run_number integer;
 BEGIN
+    PERFORM deal_store._require_deal(deal_id);
     SELECT count(*), jsonb_build_object('tier_1', count(*) FILTER (WHERE p.confidence_tier = 1),
                                         'tier_2', count(*) FILTER (WHERE p.confidence_tier = 2),
                                         'tier_3', count(*) FILTER (WHERE p.confidence_tier = 3))

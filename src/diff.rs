@@ -84,6 +84,7 @@ pub fn parse_incoming(kind: &Kind, incoming: &AnyElement) -> Vec<Incoming> {
     let mut seen: FastMap<&str, usize> = FastMap::with_capacity_and_hasher(items.len(), Default::default());
     let mut out = Vec::with_capacity(items.len());
     for (i, (_, item)) in items.iter().enumerate() {
+        check_for_interrupts!();
         let Node::Object(row) = item else {
             bad_input(format!("incoming element {i} is a JSON {}, not an object", item.type_name()))
         };
@@ -163,6 +164,7 @@ pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option
         // the strings borrow from the SPI result, which lives until this closure returns
         let mut stored: FastMap<&str, Stored<'_>> = FastMap::with_capacity_and_hasher(rows.len(), Default::default());
         for r in rows {
+            check_for_interrupts!();
             let checksum = if kind.versioned {
                 r.get::<&str>(3).ok().flatten().and_then(from_hex)
             } else {
@@ -175,6 +177,7 @@ pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option
 
         let mut changes: Vec<Change> = Vec::with_capacity(incoming.len() + stored.len() / 10);
         for inc in incoming {
+            check_for_interrupts!();
             let found = stored.remove(inc.legacy_id.as_str());
             let (change, fact_id, old_checksum) = match found {
                 None => ("new", None, None),
@@ -237,6 +240,7 @@ fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
             .select(&sql, None, &[deal_id.into(), ids.into()])
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
         for r in rows {
+            check_for_interrupts!();
             let Some(&at) = r.get::<Uuid>(1).ok().flatten().and_then(|id| by_id.get(id.as_bytes())) else { continue };
             let Some((old, spans)) = stored_content(kind, r.get::<JsonbDatum>(2).ok().flatten()) else { continue };
             let c = &mut changes[at];

@@ -195,6 +195,7 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
         let mut supersede: Vec<Uuid> = Vec::new();
         let mut rows: Vec<Value> = Vec::new();
         for c in changes {
+            check_for_interrupts!();
             let change_type = match c.change {
                 "new" => "new",
                 "changed" => "update",

@@ -10,6 +10,15 @@
 \set ON_ERROR_STOP on
 SET client_min_messages = warning;
 SELECT pg_catalog.pg_postmaster_start_time() AS started, pg_catalog.pg_backend_pid() AS pid \gset
+-- the state of the deal tables and the log, as one checksum
+CREATE FUNCTION pg_temp.deal_state() RETURNS text LANGUAGE sql AS $$
+    SELECT pg_catalog.md5(pg_catalog.string_agg(t, E'\n' ORDER BY t)) FROM (
+        SELECT x::text AS t FROM deal_store.facts x UNION ALL SELECT x::text FROM deal_store.pending_changes x
+        UNION ALL SELECT x::text FROM deal_store.deal_activity_log x UNION ALL SELECT x::text FROM deal_store.deals x
+        UNION ALL SELECT x::text FROM deal_store.documents x UNION ALL SELECT x::text FROM deal_store.analysis_runs x
+        UNION ALL SELECT x::text FROM deal_store.findings x UNION ALL SELECT x::text FROM deal_store.gaps x
+        UNION ALL SELECT x::text FROM deal_store.users x UNION ALL SELECT x::text FROM deal_store.notifications x) s
+$$;
 CREATE TEMP TABLE outcome (fn text, arg int, argname text, val text, sqlstate text, message text);
 
 DO $hostile$
@@ -89,21 +98,18 @@ BEGIN
                 WHEN 'uuid[]'::regtype THEN ARRAY['NULL::uuid[]', 'ARRAY[NULL]::uuid[]', 'ARRAY[gen_random_uuid()]']
                 ELSE ARRAY['NULL'] END;
             FOREACH v IN ARRAY hostile LOOP
+                IF before IS NULL THEN
+                    before := pg_temp.deal_state();
+                END IF;
                 call := pg_catalog.format('SELECT deal_store.%I(%s)', p.proname,
                             pg_catalog.array_to_string(sane[1:i-1] || v || sane[i+1:p.pronargs], ', '));
-                SELECT pg_catalog.md5(pg_catalog.string_agg(t, E'\n' ORDER BY t)) INTO before FROM (
-                    SELECT x::text AS t FROM deal_store.facts x UNION ALL SELECT x::text FROM deal_store.pending_changes x
-                    UNION ALL SELECT x::text FROM deal_store.deal_activity_log x UNION ALL SELECT x::text FROM deal_store.deals x
-                    UNION ALL SELECT x::text FROM deal_store.documents x UNION ALL SELECT x::text FROM deal_store.analysis_runs x) s;
                 BEGIN
                     EXECUTE call;
                     state := '00000'; msg := NULL;
+                    before := NULL;   -- a call that worked may change data: take the state anew
                 EXCEPTION WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
-                    SELECT pg_catalog.md5(pg_catalog.string_agg(t, E'\n' ORDER BY t)) INTO after FROM (
-                        SELECT x::text AS t FROM deal_store.facts x UNION ALL SELECT x::text FROM deal_store.pending_changes x
-                        UNION ALL SELECT x::text FROM deal_store.deal_activity_log x UNION ALL SELECT x::text FROM deal_store.deals x
-                        UNION ALL SELECT x::text FROM deal_store.documents x UNION ALL SELECT x::text FROM deal_store.analysis_runs x) s;
+                    after := pg_temp.deal_state();
                     IF after IS DISTINCT FROM before THEN
                         RAISE EXCEPTION 'failed call changed data: %', call;
                     END IF;
