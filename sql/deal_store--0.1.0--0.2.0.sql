@@ -225,6 +225,59 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store.conflicts(uuid) IS
     'A deal''s changes that became conflicts, with the base (when proposed), current and proposed values and checksums side by side.';
+CREATE OR REPLACE FUNCTION deal_store._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked uuid[];
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
+        ORDER BY p.created_at, p.id FOR UPDATE) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store._settle_batch(locked, 'auto-applied (tier 1)');
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._apply_changes(uuid, uuid[]) IS 'Internal: auto-applies the given tier-1 changes of a proposal.';
+CREATE OR REPLACE FUNCTION deal_store._signal_review(deal_id uuid, run_id uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    counts jsonb;
+    waiting bigint;
+    owner uuid;
+    run_number integer;
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    SELECT count(*), jsonb_build_object('tier_1', count(*) FILTER (WHERE p.confidence_tier = 1),
+                                        'tier_2', count(*) FILTER (WHERE p.confidence_tier = 2),
+                                        'tier_3', count(*) FILTER (WHERE p.confidence_tier = 3))
+    INTO waiting, counts
+    FROM deal_store.pending_changes p
+    WHERE p.deal_id = _signal_review.deal_id AND p.analysis_run_id = run_id AND p.status = 'pending';
+    IF waiting = 0 THEN
+        RETURN;
+    END IF;
+    SELECT d.user_id INTO owner FROM deal_store.deals d WHERE d.id = _signal_review.deal_id;
+    SELECT r.run_number INTO run_number FROM deal_store.analysis_runs r WHERE r.deal_id = _signal_review.deal_id AND r.id = run_id;
+    -- one notification per deal owner per run, kept up to date
+    UPDATE deal_store.notifications n SET payload = jsonb_build_object('run_id', run_id, 'pending', waiting) || counts,
+        title = format('%s changes of analysis run %s wait for review', waiting, run_number)
+    WHERE n.user_id = owner AND n.deal_id = _signal_review.deal_id AND n.type = 'review_needed'
+      AND n.payload ->> 'run_id' = run_id::text;
+    IF NOT FOUND THEN
+        INSERT INTO deal_store.notifications (user_id, deal_id, type, title, message, payload)
+        VALUES (owner, _signal_review.deal_id, 'review_needed',
+                format('%s changes of analysis run %s wait for review', waiting, run_number),
+                'Review them with deal_store.accept_change / reject_change / defer_change or accept_changes.',
+                jsonb_build_object('run_id', run_id, 'pending', waiting) || counts);
+    END IF;
+    -- NOTIFY is delivered when the transaction commits, and not at all when it rolls back
+    PERFORM pg_notify('deal_store_queue',
+        (jsonb_build_object('deal_id', _signal_review.deal_id, 'run_id', run_id, 'pending', waiting) || counts)::text);
+END $$;
+COMMENT ON FUNCTION deal_store._signal_review(uuid, uuid) IS
+    'Internal: when changes of a run wait for review, keeps one review_needed notification for the deal owner per run and sends pg_notify(''deal_store_queue'', {deal_id, run_id, pending, tier_1..3}) on commit.';
 CREATE OR REPLACE FUNCTION deal_store.deal_activity(deal_id uuid, since timestamptz DEFAULT NULL, lim integer DEFAULT 100)
 RETURNS SETOF deal_store.deal_activity_log
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -250,6 +303,168 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store.latest_completed_run(uuid) IS
     'The deal''s completed run with the highest run_number, or NULL.';
+CREATE OR REPLACE FUNCTION deal_store.search_deal(deal_id uuid, query text, lim integer DEFAULT 20)
+RETURNS TABLE(entity_type text, entity_id uuid, title text, rank real, headline text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    cfg regconfig := deal_store.search_config();
+    tsq tsquery;
+    opts text := deal_store.headline_options();
+BEGIN
+    PERFORM deal_store._require_deal(deal_id);
+    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
+    ELSIF query IS NULL OR btrim(query) = '' THEN
+        RETURN;
+    END IF;
+    tsq := deal_store.search_tsquery(query, cfg);
+    IF numnode(tsq) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH hits AS (
+        SELECT 'fact'::text AS kind, s.fact_id AS id, s.item AS title, s.rank, s.headline
+        FROM deal_store.search_facts(search_deal.deal_id, query, lim => search_deal.lim) s WHERE s.rank > 0
+        UNION ALL
+        SELECT 'finding', g.id, g.title, ts_rank_cd(v.vec, tsq, 32)::real,
+               ts_headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
+        FROM deal_store.findings g,
+             LATERAL (SELECT setweight(to_tsvector(cfg, g.title), 'A') || setweight(to_tsvector(cfg, coalesce(g.description, '')), 'C') AS vec) v
+        WHERE g.deal_id = search_deal.deal_id AND g.deleted_at IS NULL AND v.vec @@ tsq
+        UNION ALL
+        SELECT 'gap', x.id, x.description, ts_rank_cd(v.vec, tsq, 32)::real, ts_headline(cfg, x.description, tsq, opts)
+        FROM deal_store.gaps x,
+             LATERAL (SELECT setweight(to_tsvector(cfg, x.description), 'A') AS vec) v
+        WHERE x.deal_id = search_deal.deal_id AND x.deleted_at IS NULL AND v.vec @@ tsq)
+    SELECT h.kind, h.id, h.title, h.rank, h.headline FROM hits h
+    ORDER BY h.rank DESC, h.kind, h.title, h.id
+    LIMIT lim;
+END $$;
+COMMENT ON FUNCTION deal_store.search_deal(uuid, text, integer) IS
+    'One ranked list over a deal''s live facts (item, category, evidence, details), findings (title, description) and gaps (description), with highlighted headlines. Same query syntax as search_facts; 22023 for lim outside 1..1000.';
+
+-- 0.2.0: plpgsql_check runs clean: dynamic SQL built only from quote_ident'ed names
+-- and constants says so (issue 14); search_facts also checks its deal.
+CREATE OR REPLACE FUNCTION deal_store._insert_rows(tbl regclass, rows jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cols text;
+BEGIN
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+    -- @plpgsql_check_options: security_warnings = false
+    -- (cols is quote_ident of the table's own column names; tbl a regclass)
+    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%s, $1)', tbl, cols, cols, tbl)
+        USING coalesce(rows, '[]');
+END $$;
+COMMENT ON FUNCTION deal_store._insert_rows(regclass, jsonb) IS 'Internal: inserts a jsonb array of rows into a table (stored columns only).';
+CREATE OR REPLACE FUNCTION deal_store._apply_change(c deal_store.pending_changes, OUT result text, OUT problem text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tbl regclass := CASE c.entity_type WHEN 'fact' THEN 'deal_store.facts'::regclass
+                                       WHEN 'finding' THEN 'deal_store.findings'::regclass
+                                       ELSE 'deal_store.gaps'::regclass END;
+    current_only text := CASE WHEN c.entity_type = 'fact' THEN ' AND superseded_at IS NULL' ELSE '' END;
+    content text[] := deal_store.content_fields(c.entity_type);
+    extra text[] := CASE WHEN c.entity_type = 'fact' THEN ARRAY['confidence_score', 'source_document_id'] ELSE '{}' END;
+    cols text; src text; cur jsonb; run_number integer;
+BEGIN
+    result := 'conflict';
+    IF c.change_type = 'new' THEN
+        EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE deal_id = $1 AND legacy_id = $2 AND deleted_at IS NULL%s',
+                       tbl, current_only) INTO cur USING c.deal_id, c.legacy_entity_id;
+        IF cur IS NOT NULL THEN
+            problem := 'a live row with this legacy_id exists';
+            RETURN;
+        END IF;
+        -- only the columns the proposal carries: the others take their defaults
+        SELECT string_agg(quote_ident(k), ', '), string_agg('r.' || quote_ident(k), ', ') INTO cols, src
+        FROM unnest(content || extra) k WHERE c.new_value ? k;
+        EXECUTE format('INSERT INTO %s (deal_id, legacy_id, analysis_run_id%s) SELECT $1, $2, $3%s '
+                       'FROM jsonb_populate_record(NULL::%s, $4) r',
+                       tbl, coalesce(', ' || cols, ''), coalesce(', ' || src, ''), tbl::text)
+            USING c.deal_id, c.legacy_entity_id, c.analysis_run_id, c.new_value;
+    ELSE
+        EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE deal_id = $1 AND id = $2%s FOR UPDATE', tbl, current_only)
+            INTO cur USING c.deal_id, c.entity_id;
+        IF cur IS NULL OR cur ->> 'deleted_at' IS NOT NULL THEN
+            problem := 'the target is gone or deleted';
+            RETURN;
+        END IF;
+        IF (CASE WHEN c.entity_type = 'fact' THEN cur ->> 'item_checksum'
+                 ELSE deal_store.content_checksum_of(c.entity_type, cur) END) IS DISTINCT FROM c.base_checksum THEN
+            problem := 'the target changed since the proposal';
+            RETURN;
+        END IF;
+        IF c.change_type = 'update' THEN
+            -- every content column (a missing one is NULL, as it was hashed); extras when given
+            SELECT string_agg(quote_ident(k), ', '), string_agg('r.' || quote_ident(k), ', ') INTO cols, src
+            FROM unnest(content || extra) k WHERE k = ANY (content) OR c.new_value ? k;
+            -- @plpgsql_check_options: security_warnings = false
+            -- (cols and src are quote_ident of content column names; tbl a regclass)
+            EXECUTE format('UPDATE %s t SET (%s, analysis_run_id) = (SELECT %s, $3 FROM jsonb_populate_record(NULL::%s, $4) r) '
+                           'WHERE t.deal_id = $1 AND t.id = $2', tbl, cols, src, tbl::text)
+                USING c.deal_id, c.entity_id, c.analysis_run_id, c.new_value;
+        ELSE
+            SELECT r.run_number INTO run_number FROM deal_store.analysis_runs r
+            WHERE r.deal_id = c.deal_id AND r.id = c.analysis_run_id;
+            PERFORM deal_store.soft_delete(tbl, c.entity_id, format('removed by analysis run %s', run_number));
+        END IF;
+    END IF;
+    result := 'accepted';
+EXCEPTION WHEN integrity_constraint_violation THEN
+    -- e.g. a live row took the legacy_id meanwhile, or the proposal breaks a constraint
+    GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+    result := 'conflict';
+END $$;
+COMMENT ON FUNCTION deal_store._apply_change(deal_store.pending_changes) IS
+    'Internal: applies one change (new inserts with the run as analysis_run_id, update makes a new version, delete soft-deletes naming the run) unless its target moved (checksum differs from base_checksum, target deleted, or a live row took the legacy_id of a new). Returns accepted or conflict with the reason.';
+CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := current_setting('deal_store.reason', true);
+    r record;
+    batch uuid := gen_random_uuid();
+    actor uuid := deal_store.current_actor();
+    total integer := 0;
+    n integer;
+    t record;
+BEGIN
+    r := deal_store._lock_row(entity, id);
+    IF r.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION '% row % is already deleted', entity, id
+            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
+    END IF;
+    -- the audit log records the reason of this delete
+    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
+    -- the row itself, then what it owns: a deal owns its documents, facts,
+    -- findings and gaps; a document owns the facts sourced from it.
+    FOR t IN
+        SELECT * FROM (VALUES
+            (entity, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id = $6' ELSE 'deal_id = $5 AND id = $6' END),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.documents'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.facts'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.findings'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.gaps'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.documents'::regclass THEN 'deal_store.facts'::regclass END,
+             'deal_id = $5 AND source_document_id = $6')
+        ) AS c(tbl, cond) WHERE c.tbl IS NOT NULL
+    LOOP
+        -- @plpgsql_check_options: security_warnings = false
+        -- (t.cond is one of the constant conditions listed above; t.tbl a regclass)
+        EXECUTE format('UPDATE %s SET deleted_at = $1, deleted_by = $2, delete_reason = $3, delete_batch = $4 '
+                       'WHERE %s AND deleted_at IS NULL%s', t.tbl, t.cond,
+                       CASE WHEN t.tbl = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END)
+            USING now(), actor, reason, batch, r.deal_id, id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := total + n;
+    END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text) IS
+    'Soft-deletes one row of deals, documents, facts, findings or gaps and what it owns (a deal: its documents, facts, findings, gaps; a document: the facts sourced from it). All rows get one delete_batch, deleted_by = deal_store.actor and the reason. Returns the number of rows marked. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 already deleted.';
 CREATE OR REPLACE FUNCTION deal_store.search_facts(deal_id uuid, query text, domain text DEFAULT NULL, category text DEFAULT NULL,
     entity text DEFAULT NULL, min_confidence float8 DEFAULT NULL, lim integer DEFAULT 20, off integer DEFAULT 0)
 RETURNS SETOF deal_store.fact_search_hit
@@ -308,6 +523,8 @@ BEGIN
         END IF;
     END IF;
     -- 2. trigram fallback (pg_trgm word similarity): rank = similarity - 1, so <= 0
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the EXECUTEd texts are constants of this function; trgm is quote_ident of pg_trgm's schema)
     RETURN QUERY EXECUTE format(
         'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item,
                            (%1$s.word_similarity($2::text, f.item) - 1)::real AS rank, count(*) OVER () AS total
@@ -329,95 +546,3 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store.search_facts(uuid, text, text, text, text, double precision, integer, integer) IS
     'Ranked search over a deal''s current live facts. query: web-search syntax ("quoted phrase", or, -excluded), the last word also matching as a prefix. Filters: domain, category, entity, min_confidence. Ordered by rank then legacy_id and id (stable pages); total = all matches. headline marks the matched words (tags deal_store.headline_start / headline_stop) in the item, or in the evidence when the item has none. rank in (0, 1): full-text match (ts_rank_cd normalised to rank/(rank+1)); rank <= 0: fallback (trigram word similarity - 1, or the typo-tolerant match''s rank - 1). NULL or blank query: no rows. 22023 for lim outside 1..1000 or negative off.';
-CREATE OR REPLACE FUNCTION deal_store.search_deal(deal_id uuid, query text, lim integer DEFAULT 20)
-RETURNS TABLE(entity_type text, entity_id uuid, title text, rank real, headline text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
-DECLARE
-    cfg regconfig := deal_store.search_config();
-    tsq tsquery;
-    opts text := deal_store.headline_options();
-BEGIN
-    PERFORM deal_store._require_deal(deal_id);
-    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
-        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
-    ELSIF query IS NULL OR btrim(query) = '' THEN
-        RETURN;
-    END IF;
-    tsq := deal_store.search_tsquery(query, cfg);
-    IF numnode(tsq) = 0 THEN
-        RETURN;
-    END IF;
-    RETURN QUERY
-    WITH hits AS (
-        SELECT 'fact'::text AS kind, s.fact_id AS id, s.item AS title, s.rank, s.headline
-        FROM deal_store.search_facts(search_deal.deal_id, query, lim => search_deal.lim) s WHERE s.rank > 0
-        UNION ALL
-        SELECT 'finding', g.id, g.title, ts_rank_cd(v.vec, tsq, 32)::real,
-               ts_headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
-        FROM deal_store.findings g,
-             LATERAL (SELECT setweight(to_tsvector(cfg, g.title), 'A') || setweight(to_tsvector(cfg, coalesce(g.description, '')), 'C') AS vec) v
-        WHERE g.deal_id = search_deal.deal_id AND g.deleted_at IS NULL AND v.vec @@ tsq
-        UNION ALL
-        SELECT 'gap', x.id, x.description, ts_rank_cd(v.vec, tsq, 32)::real, ts_headline(cfg, x.description, tsq, opts)
-        FROM deal_store.gaps x,
-             LATERAL (SELECT setweight(to_tsvector(cfg, x.description), 'A') AS vec) v
-        WHERE x.deal_id = search_deal.deal_id AND x.deleted_at IS NULL AND v.vec @@ tsq)
-    SELECT h.kind, h.id, h.title, h.rank, h.headline FROM hits h
-    ORDER BY h.rank DESC, h.kind, h.title, h.id
-    LIMIT lim;
-END $$;
-COMMENT ON FUNCTION deal_store.search_deal(uuid, text, integer) IS
-    'One ranked list over a deal''s live facts (item, category, evidence, details), findings (title, description) and gaps (description), with highlighted headlines. Same query syntax as search_facts; 22023 for lim outside 1..1000.';
-CREATE OR REPLACE FUNCTION deal_store._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    locked uuid[];
-BEGIN
-    PERFORM deal_store._require_deal(deal_id);
-    SELECT array_agg(p.id) INTO locked FROM (
-        SELECT p.id FROM deal_store.pending_changes p
-        WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
-        ORDER BY p.created_at, p.id FOR UPDATE) p;
-    IF locked IS NOT NULL THEN
-        PERFORM deal_store._settle_batch(locked, 'auto-applied (tier 1)');
-    END IF;
-END $$;
-COMMENT ON FUNCTION deal_store._apply_changes(uuid, uuid[]) IS 'Internal: auto-applies the given tier-1 changes of a proposal.';
-CREATE OR REPLACE FUNCTION deal_store._signal_review(deal_id uuid, run_id uuid) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    counts jsonb;
-    waiting bigint;
-    owner uuid;
-    run_number integer;
-BEGIN
-    PERFORM deal_store._require_deal(deal_id);
-    SELECT count(*), jsonb_build_object('tier_1', count(*) FILTER (WHERE p.confidence_tier = 1),
-                                        'tier_2', count(*) FILTER (WHERE p.confidence_tier = 2),
-                                        'tier_3', count(*) FILTER (WHERE p.confidence_tier = 3))
-    INTO waiting, counts
-    FROM deal_store.pending_changes p
-    WHERE p.deal_id = _signal_review.deal_id AND p.analysis_run_id = run_id AND p.status = 'pending';
-    IF waiting = 0 THEN
-        RETURN;
-    END IF;
-    SELECT d.user_id INTO owner FROM deal_store.deals d WHERE d.id = _signal_review.deal_id;
-    SELECT r.run_number INTO run_number FROM deal_store.analysis_runs r WHERE r.deal_id = _signal_review.deal_id AND r.id = run_id;
-    -- one notification per deal owner per run, kept up to date
-    UPDATE deal_store.notifications n SET payload = jsonb_build_object('run_id', run_id, 'pending', waiting) || counts,
-        title = format('%s changes of analysis run %s wait for review', waiting, run_number)
-    WHERE n.user_id = owner AND n.deal_id = _signal_review.deal_id AND n.type = 'review_needed'
-      AND n.payload ->> 'run_id' = run_id::text;
-    IF NOT FOUND THEN
-        INSERT INTO deal_store.notifications (user_id, deal_id, type, title, message, payload)
-        VALUES (owner, _signal_review.deal_id, 'review_needed',
-                format('%s changes of analysis run %s wait for review', waiting, run_number),
-                'Review them with deal_store.accept_change / reject_change / defer_change or accept_changes.',
-                jsonb_build_object('run_id', run_id, 'pending', waiting) || counts);
-    END IF;
-    -- NOTIFY is delivered when the transaction commits, and not at all when it rolls back
-    PERFORM pg_notify('deal_store_queue',
-        (jsonb_build_object('deal_id', _signal_review.deal_id, 'run_id', run_id, 'pending', waiting) || counts)::text);
-END $$;
-COMMENT ON FUNCTION deal_store._signal_review(uuid, uuid) IS
-    'Internal: when changes of a run wait for review, keeps one review_needed notification for the deal owner per run and sends pg_notify(''deal_store_queue'', {deal_id, run_id, pending, tier_1..3}) on commit.';

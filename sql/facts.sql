@@ -100,6 +100,8 @@ BEGIN
     SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+    -- @plpgsql_check_options: security_warnings = false
+    -- (cols is quote_ident of the table's own column names; tbl a regclass)
     EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%s, $1)', tbl, cols, cols, tbl)
         USING coalesce(rows, '[]');
 END $$;

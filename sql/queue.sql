@@ -75,6 +75,8 @@ BEGIN
             -- every content column (a missing one is NULL, as it was hashed); extras when given
             SELECT string_agg(quote_ident(k), ', '), string_agg('r.' || quote_ident(k), ', ') INTO cols, src
             FROM unnest(content || extra) k WHERE k = ANY (content) OR c.new_value ? k;
+            -- @plpgsql_check_options: security_warnings = false
+            -- (cols and src are quote_ident of content column names; tbl a regclass)
             EXECUTE format('UPDATE %s t SET (%s, analysis_run_id) = (SELECT %s, $3 FROM jsonb_populate_record(NULL::%s, $4) r) '
                            'WHERE t.deal_id = $1 AND t.id = $2', tbl, cols, src, tbl::text)
                 USING c.deal_id, c.entity_id, c.analysis_run_id, c.new_value;

@@ -109,6 +109,8 @@ BEGIN
         END IF;
     END IF;
     -- 2. trigram fallback (pg_trgm word similarity): rank = similarity - 1, so <= 0
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the EXECUTEd texts are constants of this function; trgm is quote_ident of pg_trgm's schema)
     RETURN QUERY EXECUTE format(
         'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item,
                            (%1$s.word_similarity($2::text, f.item) - 1)::real AS rank, count(*) OVER () AS total

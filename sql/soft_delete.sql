@@ -142,6 +142,8 @@ BEGIN
              'deal_id = $5 AND source_document_id = $6')
         ) AS c(tbl, cond) WHERE c.tbl IS NOT NULL
     LOOP
+        -- @plpgsql_check_options: security_warnings = false
+        -- (t.cond is one of the constant conditions listed above; t.tbl a regclass)
         EXECUTE format('UPDATE %s SET deleted_at = $1, deleted_by = $2, delete_reason = $3, delete_batch = $4 '
                        'WHERE %s AND deleted_at IS NULL%s', t.tbl, t.cond,
                        CASE WHEN t.tbl = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END)

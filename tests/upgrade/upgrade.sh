@@ -40,7 +40,11 @@ upgrade_check() {
         { echo "the $RELEASE_VERSION API failed on the new library" >&2; ok=1; }
     step "upgrade test: ALTER EXTENSION deal_store UPDATE"
     psql -X -q -v ON_ERROR_STOP=1 -d "$UPGRADE_DB" -c "ALTER EXTENSION deal_store UPDATE" || return 1
-    psql -X -At -d "$UPGRADE_DB" -c "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'deal_store'"
+    local want got
+    want=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -1)
+    got=$(psql -X -At -d "$UPGRADE_DB" -c "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'deal_store'")
+    echo "upgraded from $RELEASE_VERSION to $got"
+    [ "$got" = "$want" ] || { echo "the database is at $got after the upgrade, not at $want (Cargo.toml)" >&2; return 1; }
     psql -X -q -v ON_ERROR_STOP=1 -d "$UPGRADE_DB" -f "$ROOT/tests/upgrade/rows.sql" >"$UPGRADE_OUT/rows.after"
     if ! diff -u "$UPGRADE_OUT/rows.before" "$UPGRADE_OUT/rows.after"; then echo "the upgrade changed rows (above)" >&2; ok=1; fi
     step "upgrade test: catalog of the upgraded database = catalog of a fresh install"
