@@ -27,7 +27,12 @@ END $$;
 
 -- 0.2.0: export_deal leaves out the owner's password_hash and roles; import_deal
 -- refuses ids already used here and maps the owner by e-mail or creates one
--- without credentials (issue 14).
+-- without credentials; both go through the typed format of _export_format (issue 14).
+CREATE FUNCTION deal_store._export_format(doc jsonb) RETURNS jsonb
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'export_format_wrapper';
+COMMENT ON FUNCTION deal_store._export_format(jsonb) IS
+    'Internal: reads an export document through the typed format_version 1 (Rust structs) and returns what they serialize to; 22023 naming the JSON path of the first bad field. export_deal writes through it and import_deal reads through it.';
 CREATE OR REPLACE FUNCTION deal_store.export_deal(deal_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -37,7 +42,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
     END IF;
-    RETURN jsonb_build_object(
+    RETURN deal_store._export_format(jsonb_build_object(
         'format', 'deal_store.export',
         'format_version', 1,
         'owner', (SELECT to_jsonb(u) - 'password_hash' - 'roles' FROM deal_store.users u WHERE u.id = d.user_id),
@@ -52,7 +57,7 @@ BEGIN
                            WHERE x.deal_id = d.id AND x.superseded_at IS NOT NULL), '[]'),
         'findings', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.findings x WHERE x.deal_id = d.id), '[]'),
         'gaps', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.gaps x WHERE x.deal_id = d.id), '[]'),
-        'fact_finding_links', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.fact_finding_links x WHERE x.deal_id = d.id), '[]'));
+        'fact_finding_links', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.fact_finding_links x WHERE x.deal_id = d.id), '[]')));
 END $$;
 COMMENT ON FUNCTION deal_store.export_deal(uuid) IS
     'One deal as jsonb: its owner (without password_hash and roles), the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
@@ -72,6 +77,9 @@ BEGIN
     IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
         RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
     END IF;
+    -- read through the typed format first: a malformed document fails here, naming
+    -- the JSON path of the first bad field, before anything is written
+    doc := deal_store._export_format(doc);
     deal := (doc -> 'deal' ->> 'id')::uuid;
     IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
         RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',

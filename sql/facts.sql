@@ -29,6 +29,8 @@ COMMENT ON FUNCTION deal_store._content_canonical(text, anyelement) IS
     'Internal: the Rust body of fact_canonical.';
 COMMENT ON FUNCTION deal_store.fact_versions() IS
     'Trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and writes the old content as a history row (superseded_at set) linked by previous_version_id.';
+COMMENT ON FUNCTION deal_store._export_format(jsonb) IS
+    'Internal: reads an export document through the typed format_version 1 (Rust structs) and returns what they serialize to; 22023 naming the JSON path of the first bad field. export_deal writes through it and import_deal reads through it.';
 COMMENT ON FUNCTION deal_store._diff_facts(uuid, anyelement, text[]) IS
     'Internal: the Rust body of diff_facts; returns the diff as parallel arrays in one row.';
 
@@ -116,7 +118,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
     END IF;
-    RETURN jsonb_build_object(
+    RETURN deal_store._export_format(jsonb_build_object(
         'format', 'deal_store.export',
         'format_version', 1,
         'owner', (SELECT to_jsonb(u) - 'password_hash' - 'roles' FROM deal_store.users u WHERE u.id = d.user_id),
@@ -131,7 +133,7 @@ BEGIN
                            WHERE x.deal_id = d.id AND x.superseded_at IS NOT NULL), '[]'),
         'findings', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.findings x WHERE x.deal_id = d.id), '[]'),
         'gaps', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.gaps x WHERE x.deal_id = d.id), '[]'),
-        'fact_finding_links', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.fact_finding_links x WHERE x.deal_id = d.id), '[]'));
+        'fact_finding_links', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.fact_finding_links x WHERE x.deal_id = d.id), '[]')));
 END $$;
 COMMENT ON FUNCTION deal_store.export_deal(uuid) IS
     'One deal as jsonb: its owner (without password_hash and roles), the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
@@ -152,6 +154,9 @@ BEGIN
     IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
         RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
     END IF;
+    -- read through the typed format first: a malformed document fails here, naming
+    -- the JSON path of the first bad field, before anything is written
+    doc := deal_store._export_format(doc);
     deal := (doc -> 'deal' ->> 'id')::uuid;
     IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
         RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',

@@ -579,6 +579,37 @@ mod tests {
         ));
     }
 
+    /// A subtransaction that flushes (1,000 entries) and then rolls back takes only
+    /// its own entries with it: the parent's, captured before it began, are written
+    /// by the parent's statement.
+    #[pg_test]
+    fn a_rolled_back_flush_keeps_the_parents_entries() {
+        Spi::run(
+            "CREATE TABLE public.outer_t (id int PRIMARY KEY);
+             CREATE TABLE public.inner_t (id int PRIMARY KEY);
+             SELECT deal_store.enable_audit('public.outer_t');
+             SELECT deal_store.enable_audit('public.inner_t');
+             CREATE FUNCTION public.side() RETURNS trigger LANGUAGE plpgsql AS $f$
+             BEGIN
+                 BEGIN
+                     INSERT INTO public.inner_t SELECT g FROM generate_series(1, 1500) g;
+                     RAISE EXCEPTION 'undo';
+                 EXCEPTION WHEN raise_exception THEN NULL;
+                 END;
+                 RETURN NULL;
+             END $f$;
+             CREATE TRIGGER zz_side AFTER INSERT ON public.outer_t FOR EACH ROW EXECUTE FUNCTION public.side();
+             INSERT INTO public.outer_t VALUES (1), (2);",
+        )
+        .unwrap();
+        let logged = Spi::get_one::<String>(
+            "SELECT string_agg(entity_type || ':' || (entity_key ->> 'id'), ',' ORDER BY seq) FROM deal_store.deal_activity_log
+             WHERE entity_type IN ('public.outer_t', 'public.inner_t')",
+        )
+        .unwrap();
+        assert_eq!(logged.as_deref(), Some("public.outer_t:1,public.outer_t:2"));
+    }
+
     /// Entries captured by a statement that then fails (here in a later AFTER trigger) are never written.
     #[pg_test]
     fn a_failed_statement_leaves_no_entries() {

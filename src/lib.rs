@@ -7,6 +7,7 @@ mod audit;
 mod checksum;
 mod diff;
 mod errors;
+mod export;
 mod facts;
 mod jsonb;
 mod queue;

@@ -22,7 +22,8 @@ extension_sql_file!(
         checksum::content_checksum_internal,
         checksum::content_fields,
         facts::fact_versions,
-        diff::diff_facts_internal
+        diff::diff_facts_internal,
+        export::export_format
     ]
 );
 extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["facts", audit::audit_row, audit::audit_flush, audit::uuid_v7]);

@@ -100,13 +100,31 @@ SELECT export_deal('00000000-0000-0000-0005-0000000000de') -> 'owner' ? 'passwor
 -- 8. import_deal refuses ids already used here, and takes no credentials from the document
 SELECT regress.expect_error(format('SELECT deal_store.import_deal(%L)',
   replace(export_deal('00000000-0000-0000-0005-0000000000de')::text, '00000000-0000-0000-0005-0000000000de', '00000000-0000-0000-0005-0000000000df')));
+SELECT regress.expect_error(format('SELECT deal_store.import_deal(%L)', jsonb_build_object('format', 'deal_store.export', 'format_version', 1,
+  'owner', jsonb_build_object('id', '00000000-0000-0000-0005-0000000000af', 'email', 'mallory@example.com', 'active', true,
+                              'created_at', now(), 'updated_at', now(), 'password_hash', 'planted', 'roles', jsonb_build_array('admin')),
+  'deal', jsonb_build_object('id', '00000000-0000-0000-0005-0000000000df', 'user_id', '00000000-0000-0000-0005-0000000000af',
+                             'name', 'Imported', 'target_name', 'T', 'deal_type', 'carve_out', 'status', 'active',
+                             'created_at', now(), 'updated_at', now()))));
 SELECT import_deal(jsonb_build_object('format', 'deal_store.export', 'format_version', 1,
-  'owner', jsonb_build_object('id', '00000000-0000-0000-0005-0000000000af', 'email', 'mallory@example.com',
-                              'password_hash', 'planted', 'roles', jsonb_build_array('admin')),
+  'owner', jsonb_build_object('id', '00000000-0000-0000-0005-0000000000af', 'email', 'mallory@example.com', 'active', true,
+                              'created_at', now(), 'updated_at', now()),
   'deal', jsonb_build_object('id', '00000000-0000-0000-0005-0000000000df', 'user_id', '00000000-0000-0000-0005-0000000000af',
                              'name', 'Imported', 'target_name', 'T', 'deal_type', 'carve_out', 'status', 'active',
                              'created_at', now(), 'updated_at', now())));
 SELECT email, password_hash, roles FROM users WHERE id = '00000000-0000-0000-0005-0000000000af';
+-- 11. a malformed export fails before anything is written, naming the JSON path of the first bad field
+CREATE TEMP TABLE yew AS SELECT replace(export_deal('00000000-0000-0000-0005-0000000000de')::text,
+  '00000000-0000-0000-0005-0000000000de', '00000000-0000-0000-0005-0000000000d0')::jsonb AS doc;
+SELECT regress.expect_error(format('SELECT deal_store.import_deal(%L)', d)) FROM (VALUES
+  (jsonb_set((SELECT doc FROM yew), '{facts,0,verified}', '"maybe"')),
+  (jsonb_set((SELECT doc FROM yew), '{facts,0,confidence_score}', '"high"')),
+  (jsonb_set((SELECT doc FROM yew), '{deal,name}', 'null')),
+  (jsonb_set((SELECT doc FROM yew), '{analysis_runs,0,surprise}', '1')),
+  (jsonb_set((SELECT doc FROM yew), '{gaps}', '{}')),
+  (jsonb_set((SELECT doc FROM yew), '{format_version}', '2'))
+) AS t(d);
+SELECT count(*) AS imported FROM deals WHERE id = '00000000-0000-0000-0005-0000000000d0';
 
 -- 9. NULL arguments and deals that do not exist: clear SQLSTATEs, never XX000 or an empty answer
 SELECT regress.expect_error(s) FROM (VALUES
