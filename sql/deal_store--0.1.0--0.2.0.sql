@@ -28,10 +28,10 @@ END $$;
 -- 0.2.0: export_deal leaves out the owner's password_hash and roles; import_deal
 -- refuses ids already used here and maps the owner by e-mail or creates one
 -- without credentials; both go through the typed format of _export_format (issue 14).
-CREATE FUNCTION deal_store._export_format(doc jsonb) RETURNS jsonb
+CREATE FUNCTION deal_store._export_format(doc anyelement) RETURNS jsonb
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'export_format_wrapper';
-COMMENT ON FUNCTION deal_store._export_format(jsonb) IS
+COMMENT ON FUNCTION deal_store._export_format(anyelement) IS
     'Internal: reads an export document through the typed format_version 1 (Rust structs) and returns what they serialize to; 22023 naming the JSON path of the first bad field. export_deal writes through it and import_deal reads through it.';
 CREATE OR REPLACE FUNCTION deal_store.export_deal(deal_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$

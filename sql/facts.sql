@@ -29,7 +29,7 @@ COMMENT ON FUNCTION deal_store._content_canonical(text, anyelement) IS
     'Internal: the Rust body of fact_canonical.';
 COMMENT ON FUNCTION deal_store.fact_versions() IS
     'Trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and writes the old content as a history row (superseded_at set) linked by previous_version_id.';
-COMMENT ON FUNCTION deal_store._export_format(jsonb) IS
+COMMENT ON FUNCTION deal_store._export_format(anyelement) IS
     'Internal: reads an export document through the typed format_version 1 (Rust structs) and returns what they serialize to; 22023 naming the JSON path of the first bad field. export_deal writes through it and import_deal reads through it.';
 COMMENT ON FUNCTION deal_store._diff_facts(uuid, anyelement, text[]) IS
     'Internal: the Rust body of diff_facts; returns the diff as parallel arrays in one row.';

@@ -10,7 +10,7 @@
 //! "maybe", expected a boolean`).
 use crate::errors::raise;
 use pgrx::prelude::*;
-use pgrx::JsonB;
+use pgrx::{AnyElement, JsonB};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -162,10 +162,32 @@ impl Export {
 
 /// Reads an export document through the typed format and returns what the
 /// types serialize to; 22023 naming the JSON path of the first bad field.
-/// Called by `deal_store.export_deal` and `deal_store.import_deal`.
+/// Called by `deal_store.export_deal` and `deal_store.import_deal` with a jsonb.
+///
+/// The document is read from jsonb's own text here, not by pgrx's `JsonB`
+/// argument conversion, so that hostile input gets a clear error: nesting past
+/// serde_json's limit of 128 levels is 54001; numbers keep their exact text
+/// (serde_json's arbitrary_precision), so no number is out of range.
 #[pg_extern(immutable, parallel_safe, strict, name = "_export_format")]
-fn export_format(doc: JsonB) -> JsonB {
-    match Export::read(&doc.0) {
+fn export_format(doc: AnyElement) -> JsonB {
+    if doc.oid() != pg_sys::JSONBOID {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "an export document must be jsonb", None);
+    }
+    // SAFETY: a jsonb datum of this call; jsonb_out returns a palloc'd C string, read at once
+    let text = unsafe {
+        let out = pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_JSONB_OUT), doc.datum());
+        std::ffi::CStr::from_ptr(out).to_string_lossy().into_owned()
+    };
+    let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        let deep = e.to_string().contains("recursion limit");
+        raise(
+            if deep { PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX } else { PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE },
+            if deep { "an export document may nest at most 128 levels deep".to_string() } else { format!("malformed deal_store export: {e}") },
+            None,
+        )
+    });
+    drop(text);
+    match Export::read(&value) {
         Ok(export) => JsonB(serde_json::to_value(export).unwrap_or_else(|e| {
             raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("export serialisation: {e}"), None)
         })),
