@@ -123,6 +123,7 @@ END $hostile$;
 -- cancels: a long call under statement_timeout = 1s stops within 1 s of it.
 -- Each runs as a top-level statement (a timeout arms per statement).
 CREATE TEMP TABLE cancels (what text, seconds numeric, sqlstate text);
+\echo 'cancel checks: three "canceling statement due to statement timeout" errors follow, as intended'
 \set ON_ERROR_STOP off
 \set VERBOSITY terse
 SET statement_timeout = '1s';
