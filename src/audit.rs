@@ -43,6 +43,12 @@ const SECRET: [&str; 1] = ["password_hash"];
 /// What the log shows for a non-NULL secret value.
 const MASK: &std::ffi::CStr = c"[secret]";
 
+/// The largest value (in bytes, uncompressed) a log entry holds; a larger one
+/// is logged as `"[N bytes, not logged]"`. It keeps every entry far below
+/// jsonb's 256 MB string limit (beyond it the entry, and so the row change,
+/// could not be written) and the log from copying whole documents.
+const MAX_LOGGED_BYTES: usize = 1 << 20;
+
 /// Entries kept before the buffer is written out in the middle of a statement.
 const FLUSH_AT: usize = 1000;
 
@@ -313,6 +319,19 @@ unsafe fn attr(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc, at
     (!isnull).then_some(d)
 }
 
+/// The size of a value too large to log (see [`MAX_LOGGED_BYTES`]), else None.
+///
+/// # Safety
+/// `value` must be a non-NULL datum of the column's type.
+unsafe fn oversized(c: &Column, value: pg_sys::Datum) -> Option<usize> {
+    if c.len != -1 {
+        return None; // fixed-size types are small
+    }
+    // SAFETY: a varlena datum (caller); reads its header or toast pointer only
+    let n = unsafe { pg_sys::toast_raw_datum_size(value) };
+    (n > MAX_LOGGED_BYTES).then_some(n)
+}
+
 unsafe fn uuid_attr(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc, attnum: Option<i32>) -> Option<pgrx::Uuid> {
     let d = unsafe { attr(tuple, tupdesc, attnum?) }?;
     unsafe { pgrx::Uuid::from_datum(d, false) }
@@ -399,28 +418,35 @@ unsafe fn capture(
             _ => "update",
         }
     };
+    let text = |s: &std::ffi::CStr| {
+        // SAFETY: a text datum made from a C string, converted at once
+        to_jsonb(pg_sys::TEXTOID, pg_sys::Datum::from(unsafe { pg_sys::cstring_to_text(s.as_ptr()) }))
+    };
     let value = |c: &Column, tuple| {
-        unsafe { attr(tuple, tupdesc, c.attnum) }.map(|v| match c.secret {
-            // SAFETY: a text datum made from a constant C string
-            true => to_jsonb(pg_sys::TEXTOID, pg_sys::Datum::from(unsafe { pg_sys::cstring_to_text(MASK.as_ptr()) })),
-            false => to_jsonb(c.typid, v),
+        unsafe { attr(tuple, tupdesc, c.attnum) }.map(|v| match (c.secret, unsafe { oversized(c, v) }) {
+            (true, _) => text(MASK),
+            (false, Some(n)) => text(&std::ffi::CString::new(format!("[{n} bytes, not logged]")).expect("no NUL")),
+            (false, None) => to_jsonb(c.typid, v),
         })
     };
     let cx = b.context();
     // everything made from here on lives in the buffer's context until the entry is written
     let details = unsafe {
         PgMemoryContexts::For(cx).switch_to(|_| {
-            if (old.is_null() || new.is_null()) && t.has_secret {
+            if old.is_null() || new.is_null() {
+                // the whole row: by to_jsonb of the row, unless a value must be masked or is too large
+                let as_is = !t.has_secret
+                    && !t.columns.iter().any(|c| attr(row, tupdesc, c.attnum).is_some_and(|v| oversized(c, v).is_some()));
+                if as_is {
+                    let composite = pg_sys::heap_copy_tuple_as_datum(row, tupdesc);
+                    return Some(to_jsonb((*tupdesc).tdtypeid, composite));
+                }
                 let mut whole = ObjectBuilder::new();
                 for c in &t.columns {
                     whole.key(&c.name);
                     whole.value(value(c, row));
                 }
                 return Some(whole.finish());
-            }
-            if old.is_null() || new.is_null() {
-                let composite = pg_sys::heap_copy_tuple_as_datum(row, tupdesc);
-                return Some(to_jsonb((*tupdesc).tdtypeid, composite));
             }
             let mut changed = ObjectBuilder::new();
             let mut any = false; // noise columns are neither reported nor enough to log

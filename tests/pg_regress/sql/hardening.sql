@@ -153,6 +153,29 @@ SELECT fact_checksum('{"item": 5}') = fact_checksum('{"item": "5"}') AS number_i
        fact_checksum('{"item": true}') = fact_checksum('{"item": "true"}') AS boolean_is_its_text,
        fact_checksum('{"details": {"n": 5}}') <> fact_checksum('{"details": {"n": "5"}}') AS json_keeps_its_types;
 
+
+-- 12. A value too large to log (over 1 MB) is logged as a marker, so no entry can
+-- outgrow jsonb and the row stays insertable and updatable
+INSERT INTO documents (deal_id, id, filename, file_hash, storage_path, extracted_text) VALUES
+  ('00000000-0000-0000-0005-0000000000de', '00000000-0000-0000-0005-0000000000c1', 'big.pdf', 'h-big', '/big', repeat('x', 2000000));
+UPDATE documents SET page_count = 7 WHERE id = '00000000-0000-0000-0005-0000000000c1';
+UPDATE documents SET extracted_text = extracted_text || 'y' WHERE id = '00000000-0000-0000-0005-0000000000c1';
+SELECT action, CASE action WHEN 'insert' THEN details -> 'extracted_text' ELSE details END AS logged
+FROM deal_activity_log WHERE entity_id = '00000000-0000-0000-0005-0000000000c1' ORDER BY seq;
+
+-- 13. A cross-partition UPDATE of an audited partitioned table is logged as the
+-- purge of the old row and the insert of the new one: PostgreSQL runs it as a
+-- DELETE from one partition and an INSERT into the other, and each fires its
+-- own row trigger (README, Limits)
+CREATE TABLE public.hard_parts (k int, region text, PRIMARY KEY (k, region)) PARTITION BY LIST (region);
+CREATE TABLE public.hard_parts_eu PARTITION OF public.hard_parts FOR VALUES IN ('eu');
+CREATE TABLE public.hard_parts_us PARTITION OF public.hard_parts FOR VALUES IN ('us');
+SELECT enable_audit('public.hard_parts');
+INSERT INTO public.hard_parts VALUES (1, 'eu');
+UPDATE public.hard_parts SET region = 'us' WHERE k = 1;
+SELECT action, entity_key FROM deal_activity_log WHERE entity_type LIKE 'public.hard_parts%' ORDER BY seq;
+DROP TABLE public.hard_parts;
+
 DROP TABLE public.hard_audited, public.hard_side;
 DROP FUNCTION public.hard_try();
 SET client_min_messages = warning;
