@@ -132,26 +132,39 @@ END $$;
 COMMENT ON FUNCTION deal_store.import_deal(jsonb) IS
     'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import.';
 
--- 0.2.0: an id that names rows of more than one deal is an error (P0003), not a pick (issue 14).
+-- 0.2.0: an id passed alone that names rows of more than one deal is an error (P0003),
+-- not a pick (issue 14).
+CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deals bigint;
+BEGIN
+    EXECUTE format('SELECT count(DISTINCT deal_id) FROM %s WHERE id = $1', tbl) INTO deals USING id;
+    IF deals > 1 THEN
+        RAISE EXCEPTION 'id % names rows of % deals in %', id, deals, tbl USING ERRCODE = 'P0003',
+            HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._id_in_one_deal(regclass, uuid) IS
+    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them.';
 CREATE OR REPLACE FUNCTION deal_store._lock_row(entity regclass, id uuid,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     current_only text := CASE WHEN entity = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END;
     deal_col text := CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END;
-    matches bigint;
 BEGIN
     PERFORM deal_store._soft_deletable(entity);
     IF id IS NULL THEN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
     END IF;
-    EXECUTE format('SELECT min(%I::text)::uuid, count(*) FROM %s WHERE id = $1%s', deal_col, entity, current_only)
-        INTO _lock_row.deal_id, matches USING id;
-    IF matches = 0 THEN
+    IF entity <> 'deal_store.deals'::regclass THEN
+        PERFORM deal_store._id_in_one_deal(entity, id);
+    END IF;
+    EXECUTE format('SELECT %I FROM %s WHERE id = $1%s', deal_col, entity, current_only)
+        INTO _lock_row.deal_id USING id;
+    IF _lock_row.deal_id IS NULL THEN
         RAISE EXCEPTION '% has no row with id %', entity, id USING ERRCODE = 'P0002';
-    ELSIF matches > 1 THEN
-        RAISE EXCEPTION 'id % names % rows of %', id, matches, entity USING ERRCODE = 'P0003',
-            HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
     END IF;
     IF entity <> 'deal_store.deals'::regclass THEN
         PERFORM 1 FROM deal_store.deals d WHERE d.id = _lock_row.deal_id FOR SHARE;
@@ -162,6 +175,115 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid) IS
     'Internal: validates entity and id, locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
+CREATE OR REPLACE FUNCTION deal_store._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g record;
+BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.gaps', gap_id);
+    SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.id = gap_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'gap % does not exist or is deleted', gap_id USING ERRCODE = 'P0002';
+    ELSIF resolve AND g.resolved_at IS NOT NULL THEN
+        RAISE EXCEPTION 'gap % is already resolved', gap_id USING ERRCODE = '55000';
+    ELSIF NOT resolve AND g.resolved_at IS NULL THEN
+        RAISE EXCEPTION 'gap % is not resolved', gap_id USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.gaps x SET
+        resolved_at = CASE WHEN resolve THEN now() END,
+        resolved_by = CASE WHEN resolve THEN deal_store.current_actor() END,
+        resolution_note = CASE WHEN resolve THEN note END
+    WHERE x.deal_id = g.deal_id AND x.id = gap_id;
+END $$;
+COMMENT ON FUNCTION deal_store._set_gap_resolution(uuid, boolean, text) IS 'Internal: shared body of resolve_gap and reopen_gap.';
+CREATE OR REPLACE FUNCTION deal_store.fact_history(fact_id uuid)
+RETURNS TABLE(version integer, version_id uuid, is_current boolean, item text, item_checksum text,
+              content jsonb, analysis_run_id uuid, run_number integer, written_at timestamptz, superseded_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deal uuid;
+BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.facts', fact_id);
+    SELECT f.deal_id INTO deal FROM deal_store.facts f WHERE f.id = fact_id AND f.superseded_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
+    END IF;
+    RETURN QUERY
+    WITH RECURSIVE chain AS (
+        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_history.fact_id
+        UNION ALL
+        SELECT f.*, c.depth + 1 FROM chain c
+        JOIN deal_store.facts f ON f.deal_id = c.deal_id AND f.id = c.previous_version_id
+    )
+    SELECT (max(c.depth) OVER () - c.depth + 1)::integer, c.id, c.depth = 0, c.item, c.item_checksum,
+           jsonb_build_object('domain', c.domain, 'category', c.category, 'item', c.item, 'status', c.status,
+                              'details', c.details, 'evidence', c.evidence, 'entity', c.entity,
+                              'source_page_numbers', c.source_page_numbers),
+           c.analysis_run_id, r.run_number, c.updated_at, c.superseded_at
+    FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id
+    ORDER BY c.depth;
+END $$;
+COMMENT ON FUNCTION deal_store.fact_history(uuid) IS
+    'A fact''s versions, newest first: version number (1 = oldest), the row holding it, its content and checksum, the run that wrote it, when it was written and when it was superseded. P0002 when the fact does not exist.';
+CREATE OR REPLACE FUNCTION deal_store._decide(change_id uuid, decision text, note text, until timestamptz) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.pending_changes;
+BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.pending_changes', change_id);
+    SELECT * INTO c FROM deal_store.pending_changes p WHERE p.id = change_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pending change % does not exist', change_id USING ERRCODE = 'P0002';
+    ELSIF c.status NOT IN ('pending', 'deferred') THEN
+        RAISE EXCEPTION 'the change to % % is %, not pending', c.entity_type, c.legacy_entity_id, c.status
+            USING ERRCODE = '55000', DETAIL = format('Change %s was decided at %s.', change_id, c.decided_at);
+    END IF;
+    IF decision = 'accept' THEN
+        RETURN deal_store._settle(c, note);
+    END IF;
+    UPDATE deal_store.pending_changes p SET
+        status = CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END,
+        decided_by = deal_store.current_actor(),
+        decided_at = CASE decision WHEN 'reject' THEN now() END,
+        deferred_until = CASE decision WHEN 'defer' THEN until END,
+        review_note = note
+    WHERE p.deal_id = c.deal_id AND p.id = c.id;
+    RETURN CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END;
+END $$;
+COMMENT ON FUNCTION deal_store._decide(uuid, text, text, timestamptz) IS 'Internal: shared body of accept_change, reject_change and defer_change.';
+CREATE OR REPLACE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id);
+    SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
+    FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
+    WHERE x.id = run_id FOR NO KEY UPDATE OF x;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'analysis run % does not exist', run_id USING ERRCODE = 'P0002';
+    ELSIF r.status <> 'running' THEN
+        RAISE EXCEPTION 'analysis run % is already %', run_id, r.status USING ERRCODE = '55000';
+    ELSIF r.deal_deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'the deal of analysis run % is deleted', run_id USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.analysis_runs x SET
+        status = new_status,
+        error = _finish_run.error,
+        completed_at = clock_timestamp(),
+        duration_seconds = round(extract(epoch FROM clock_timestamp() - x.started_at)::numeric, 3),
+        documents_processed = (SELECT count(DISTINCT f.source_document_id) FROM deal_store.facts f
+                               WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        facts_created = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NULL),
+        facts_updated = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NOT NULL),
+        findings_created = (SELECT count(*) FROM deal_store.findings f WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        gaps_created = (SELECT count(*) FROM deal_store.gaps g WHERE g.deal_id = r.deal_id AND g.analysis_run_id = run_id)
+    WHERE x.deal_id = r.deal_id AND x.id = run_id;
+END $$;
+COMMENT ON FUNCTION deal_store._finish_run(uuid, text, text) IS
+    'Internal: shared body of complete_run and fail_run.';
 
 -- 0.2.0: every function that takes a deal raises P0002 for a deal that does not exist,
 -- instead of an empty answer (issue 14).

@@ -291,6 +291,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c deal_store.pending_changes;
 BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.pending_changes', change_id);
     SELECT * INTO c FROM deal_store.pending_changes p WHERE p.id = change_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pending change % does not exist', change_id USING ERRCODE = 'P0002';

@@ -35,6 +35,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id);
     SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
     FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
     WHERE x.id = run_id FOR NO KEY UPDATE OF x;

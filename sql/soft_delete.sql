@@ -81,25 +81,38 @@ COMMENT ON FUNCTION deal_store._soft_deletable(regclass) IS
 -- (e.g. two queue workers soft-deleting facts) run side by side, while a
 -- soft delete or restore of the deal itself (FOR UPDATE of the deal row)
 -- waits for them and they for it.
+CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deals bigint;
+BEGIN
+    EXECUTE format('SELECT count(DISTINCT deal_id) FROM %s WHERE id = $1', tbl) INTO deals USING id;
+    IF deals > 1 THEN
+        RAISE EXCEPTION 'id % names rows of % deals in %', id, deals, tbl USING ERRCODE = 'P0003',
+            HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._id_in_one_deal(regclass, uuid) IS
+    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them.';
+
 CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     current_only text := CASE WHEN entity = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END;
     deal_col text := CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END;
-    matches bigint;
 BEGIN
     PERFORM deal_store._soft_deletable(entity);
     IF id IS NULL THEN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
     END IF;
-    EXECUTE format('SELECT min(%I::text)::uuid, count(*) FROM %s WHERE id = $1%s', deal_col, entity, current_only)
-        INTO _lock_row.deal_id, matches USING id;
-    IF matches = 0 THEN
+    IF entity <> 'deal_store.deals'::regclass THEN
+        PERFORM deal_store._id_in_one_deal(entity, id);
+    END IF;
+    EXECUTE format('SELECT %I FROM %s WHERE id = $1%s', deal_col, entity, current_only)
+        INTO _lock_row.deal_id USING id;
+    IF _lock_row.deal_id IS NULL THEN
         RAISE EXCEPTION '% has no row with id %', entity, id USING ERRCODE = 'P0002';
-    ELSIF matches > 1 THEN
-        RAISE EXCEPTION 'id % names % rows of %', id, matches, entity USING ERRCODE = 'P0003',
-            HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
     END IF;
     IF entity <> 'deal_store.deals'::regclass THEN
         PERFORM 1 FROM deal_store.deals d WHERE d.id = _lock_row.deal_id FOR SHARE;

@@ -103,6 +103,9 @@ struct Run {
 
 /// Locks the run's deal (proposals of one deal are serialised) and checks the run.
 fn lock_run(client: &mut SpiClient<'_>, run_id: Uuid) -> Run {
+    client
+        .update("SELECT deal_store._id_in_one_deal('deal_store.analysis_runs', $1)", None, &[run_id.into()])
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
     let rows = client
         .update(
             "SELECT r.deal_id, r.run_number, r.is_incremental, r.domains_analyzed, r.status, d.deleted_at IS NOT NULL \

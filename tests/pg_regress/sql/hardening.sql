@@ -163,6 +163,27 @@ UPDATE documents SET extracted_text = extracted_text || 'y' WHERE id = '00000000
 SELECT action, CASE action WHEN 'insert' THEN details -> 'extracted_text' ELSE details END AS logged
 FROM deal_activity_log WHERE entity_id = '00000000-0000-0000-0005-0000000000c1' ORDER BY seq;
 
+-- 14. An id passed alone names one row: ids are unique per deal only, so an id
+-- present in two deals (written by hand; import_deal refuses it) is P0003
+-- wherever a function takes the id alone, never a pick of one of them
+INSERT INTO deals (id, user_id, name, target_name)
+VALUES ('00000000-0000-0000-0005-0000000000dd', '00000000-0000-0000-0005-0000000000ae', 'Project Twin', 'Twin');
+INSERT INTO analysis_runs (deal_id, id, run_number)
+SELECT '00000000-0000-0000-0005-0000000000dd', id, 1 FROM analysis_runs WHERE deal_id = '00000000-0000-0000-0005-0000000000de' AND run_number = 1;
+INSERT INTO facts (deal_id, id, legacy_id, domain, item)
+SELECT '00000000-0000-0000-0005-0000000000dd', id, legacy_id, domain, item FROM facts
+WHERE deal_id = '00000000-0000-0000-0005-0000000000de' AND legacy_id = 'H-1' AND superseded_at IS NULL;
+INSERT INTO pending_changes (deal_id, id, analysis_run_id, change_type, entity_type, legacy_entity_id, confidence_tier)
+SELECT '00000000-0000-0000-0005-0000000000dd', c.id, c.analysis_run_id, c.change_type, c.entity_type, c.legacy_entity_id, c.confidence_tier
+FROM pending_changes c WHERE c.deal_id = '00000000-0000-0000-0005-0000000000de' AND c.legacy_entity_id = 'H-2';
+SELECT regress.expect_error(format(s, x)) FROM (
+  SELECT 'SELECT deal_store.soft_delete(''deal_store.facts'', %L)' AS s, (SELECT id FROM facts WHERE legacy_id = 'H-1' AND deal_id = '00000000-0000-0000-0005-0000000000dd') AS x
+  UNION ALL SELECT 'SELECT * FROM deal_store.fact_history(%L)', (SELECT id FROM facts WHERE legacy_id = 'H-1' AND deal_id = '00000000-0000-0000-0005-0000000000dd')
+  UNION ALL SELECT 'SELECT deal_store.accept_change(%L)', (SELECT id FROM pending_changes WHERE legacy_entity_id = 'H-2' AND deal_id = '00000000-0000-0000-0005-0000000000dd')
+  UNION ALL SELECT 'SELECT deal_store.complete_run(%L)', (SELECT id FROM analysis_runs WHERE deal_id = '00000000-0000-0000-0005-0000000000dd')
+  UNION ALL SELECT 'SELECT * FROM deal_store.propose_facts(%L, ''[]'')', (SELECT id FROM analysis_runs WHERE deal_id = '00000000-0000-0000-0005-0000000000dd')
+) t;
+
 -- 13. A cross-partition UPDATE of an audited partitioned table is logged as the
 -- purge of the old row and the insert of the new one: PostgreSQL runs it as a
 -- DELETE from one partition and an INSERT into the other, and each fires its
