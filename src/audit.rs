@@ -422,6 +422,8 @@ unsafe fn capture(
         // SAFETY: a text datum made from a C string, converted at once
         to_jsonb(pg_sys::TEXTOID, pg_sys::Datum::from(unsafe { pg_sys::cstring_to_text(s.as_ptr()) }))
     };
+    // SAFETY: the tuples and their descriptor are the trigger's; a non-NULL
+    // attribute is a datum of its column's type, as `oversized` requires
     let value = |c: &Column, tuple| {
         unsafe { attr(tuple, tupdesc, c.attnum) }.map(|v| match (c.secret, unsafe { oversized(c, v) }) {
             (true, _) => text(MASK),
