@@ -135,7 +135,10 @@ struct Stored<'a> {
     domain: &'a str,
 }
 
-/// P0002 unless the deal exists (deleted or not): no function answers for a deal that is not there.
+/// P0002 unless the deal exists (deleted or not): no function answers for a deal
+/// that is not there. SQL's `deal_store._require_deal` says the same; this one
+/// names no 0.2.0 SQL object, so the library still serves a 0.1.0 database
+/// between the library swap and ALTER EXTENSION UPDATE.
 pub fn require_deal(client: &pgrx::spi::SpiClient<'_>, deal_id: Uuid) {
     let exists = client
         .select("SELECT 1 FROM deal_store.deals WHERE id = $1", Some(1), &[deal_id.into()])

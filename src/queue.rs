@@ -103,18 +103,25 @@ struct Run {
 
 /// Locks the run's deal (proposals of one deal are serialised) and checks the run.
 fn lock_run(client: &mut SpiClient<'_>, run_id: Uuid) -> Run {
-    client
-        .update("SELECT deal_store._id_in_one_deal('deal_store.analysis_runs', $1)", None, &[run_id.into()])
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+    // up to two rows: a run id is unique per deal only, and one in two deals is
+    // P0003 as in SQL's _id_in_one_deal (checked here, not by calling it, so the
+    // library still serves a 0.1.0 database until ALTER EXTENSION UPDATE)
     let rows = client
         .update(
             "SELECT r.deal_id, r.run_number, r.is_incremental, r.domains_analyzed, r.status, d.deleted_at IS NOT NULL \
              FROM deal_store.analysis_runs r JOIN deal_store.deals d ON d.id = r.deal_id \
              WHERE r.id = $1 FOR NO KEY UPDATE OF d",
-            Some(1),
+            Some(2),
             &[run_id.into()],
         )
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+    if rows.len() > 1 {
+        raise(
+            PgSqlErrorCode::ERRCODE_TOO_MANY_ROWS,
+            format!("id {run_id} names rows of 2 deals in deal_store.analysis_runs"),
+            Some("Ids are unique per deal only; this database holds the id in more than one deal.".into()),
+        );
+    }
     let Some(r) = rows.into_iter().next() else {
         raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("analysis run {run_id} does not exist"), None)
     };
