@@ -138,6 +138,22 @@ fn bounded(t: &str) -> &str {
     t
 }
 
+/// Appends `[e1,e2,...]`, each element written by `element`; checks the stack
+/// once (one nesting level) and for a cancel at every element.
+fn write_array(items: Container<'_>, out: &mut String, element: impl Fn(Node<'_>, &mut String)) {
+    // SAFETY: a plain C call; an overflow is reported as PostgreSQL's 54001 ERROR
+    unsafe { pg_sys::check_stack_depth() };
+    out.push('[');
+    for (i, (_, item)) in items.iter().enumerate() {
+        check_for_interrupts!();
+        if i > 0 {
+            out.push(',');
+        }
+        element(item, out);
+    }
+    out.push(']');
+}
+
 /// Appends the canonical text of a jsonb value (read in place, see `jsonb.rs`).
 /// Numbers are PostgreSQL's normalised numeric text: plain decimal, no
 /// exponent, no trailing fractional zeros (so 1, 1.0 and 1e0 agree).
@@ -152,21 +168,9 @@ pub fn write_canonical(v: Node<'_>, out: &mut String) {
         Node::Bool(b) => out.push_str(if b { "true" } else { "false" }),
         Node::Number(n) => Node::with_number_text(n, |t| out.push_str(bounded(t))),
         Node::String(s) => write_folded_string(s, out),
-        Node::Array(items) => {
-            // SAFETY: a plain C call; an overflow is reported as PostgreSQL's 54001 ERROR
-            unsafe { pg_sys::check_stack_depth() };
-            out.push('[');
-            for (i, (_, item)) in items.iter().enumerate() {
-                check_for_interrupts!();
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
+        Node::Array(items) => write_array(items, out, write_canonical),
         Node::Object(map) => {
-            // SAFETY: as for arrays above
+            // SAFETY: a plain C call; an overflow is reported as PostgreSQL's 54001 ERROR
             unsafe { pg_sys::check_stack_depth() };
             let mut pairs: Vec<(&str, Node<'_>)> = map.iter().map(|(k, v)| (k.unwrap_or_default(), v)).collect();
             pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -236,20 +240,10 @@ fn write_as_text(v: Node<'_>, out: &mut String) {
     match v {
         Node::Number(n) => Node::with_number_output(n, |t| write_folded_string(bounded(t), out)),
         Node::Bool(b) => write_folded_string(if b { "true" } else { "false" }, out),
-        Node::Array(items) => {
-            out.push('[');
-            for (i, (_, item)) in items.iter().enumerate() {
-                check_for_interrupts!();
-                if i > 0 {
-                    out.push(',');
-                }
-                match item {
-                    Node::Array(_) | Node::Object(_) => write_canonical(item, out),
-                    scalar => write_as_text(scalar, out),
-                }
-            }
-            out.push(']');
-        }
+        Node::Array(items) => write_array(items, out, |item, out| match item {
+            Node::Array(_) | Node::Object(_) => write_canonical(item, out),
+            scalar => write_as_text(scalar, out),
+        }),
         other => write_canonical(other, out),
     }
 }

@@ -30,10 +30,11 @@ upgrade_check() {
     local ok=0 lib
     step "upgrade test: the new library serves a database still at $RELEASE_VERSION"
     lib="$("$PG_CONFIG" --pkglibdir)/deal_store.so"
-    local missing
+    local missing exported
+    exported=$(nm -D --defined-only "$lib" | awk '{print $3}')
     missing=$(psql -X -At -d "$UPGRADE_DB" -c "SELECT p.prosrc FROM pg_catalog.pg_proc p WHERE p.prolang = (SELECT oid FROM pg_catalog.pg_language WHERE lanname = 'c') AND p.probin LIKE '%deal_store%' ORDER BY 1" |
         while read -r sym; do
-            for s in "$sym" "pg_finfo_$sym"; do nm -D --defined-only "$lib" | awk '{print $3}' | grep -qx "$s" || echo "$s"; done
+            for s in "$sym" "pg_finfo_$sym"; do grep -qx "$s" <<<"$exported" || echo "$s"; done
         done)
     if [ -n "$missing" ]; then echo "C symbols the $RELEASE_VERSION SQL names but the new library lacks: $missing" >&2; ok=1; fi
     psql -X -q -v ON_ERROR_STOP=1 -d "$UPGRADE_DB" -At -f "$ROOT/tests/upgrade/old_api.sql" >"$UPGRADE_OUT/old_api.out" ||
