@@ -22,7 +22,7 @@ BEGIN
         RETURN OLD;
     END IF;
     RAISE EXCEPTION 'deal_store.deal_activity_log is append-only: % is not allowed', TG_OP
-        USING ERRCODE = '42501', HINT = 'Only deal_store.purge_audit, run by a superuser, removes entries.';
+        USING ERRCODE = '42501', HINT = 'Only deal_store.purge_audit (members of deal_store_admin) removes entries.';
 END $$;
 COMMENT ON FUNCTION deal_store.audit_log_append_only() IS
     'Trigger: rejects UPDATE, DELETE and TRUNCATE of deal_activity_log with 42501, except the DELETE that purge_audit performs for a superuser.';
@@ -37,9 +37,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint;
 BEGIN
-    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
-        RAISE EXCEPTION 'only a superuser may purge the audit log' USING ERRCODE = '42501';
-    END IF;
+    PERFORM deal_store._require_right(NULL, 'administer');
     IF older_than IS NULL OR older_than < interval '0' THEN
         RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
     END IF;
@@ -54,7 +52,7 @@ BEGIN
     RETURN n;
 END $$;
 COMMENT ON FUNCTION deal_store.purge_audit(interval) IS
-    'Removes audit entries older than older_than; superusers only (42501 otherwise). The purge itself is logged as action purge_audit. Returns the number of entries removed.';
+    'Removes audit entries older than older_than; members of deal_store_admin only (42501 otherwise). The purge itself is logged as action purge_audit. Returns the number of entries removed.';
 
 -- ---------------------------------------------------------------------------
 -- Auditing a user's own tables.
@@ -62,6 +60,7 @@ COMMENT ON FUNCTION deal_store.purge_audit(interval) IS
 CREATE FUNCTION deal_store.enable_audit(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM deal_store._require_right(NULL, 'administer');
     IF tbl IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p')
        OR tbl = 'deal_store.deal_activity_log'::regclass THEN
         RAISE EXCEPTION '% cannot be audited: not an ordinary table, or the log itself', tbl USING ERRCODE = '22023';
@@ -81,6 +80,7 @@ COMMENT ON FUNCTION deal_store.enable_audit(regclass) IS
 CREATE FUNCTION deal_store.disable_audit(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM deal_store._require_right(NULL, 'administer');
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'tbl must not be NULL' USING ERRCODE = '22004';
     END IF;
@@ -105,16 +105,17 @@ LANGUAGE sql STABLE
 BEGIN ATOMIC
     SELECT l.* FROM deal_store.deal_activity_log l
     WHERE l.entity_type = entity_history.entity_type AND l.entity_id = entity_history.entity_id
+      AND (deal_store.sees_all_deals() OR l.deal_id = ANY (deal_store.my_deals('viewer')))
     ORDER BY l.seq;
 END;
 COMMENT ON FUNCTION deal_store.entity_history(text, uuid) IS
-    'Every audit entry of one row (entity_type is the table name, e.g. facts), oldest first.';
+    'Every audit entry of one row (entity_type is the table name, e.g. facts) in the deals the caller may see, oldest first.';
 
 CREATE FUNCTION deal_store.deal_activity(deal_id uuid, since timestamptz DEFAULT NULL, lim integer DEFAULT 100)
 RETURNS SETOF deal_store.deal_activity_log
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'read');
     IF lim IS NULL OR lim < 1 OR lim > 10000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 10000' USING ERRCODE = '22023';
     END IF;

@@ -10,22 +10,24 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store._require_live_deal(uuid) IS 'Internal: raises P0002 unless the deal exists and is live.';
 
-CREATE FUNCTION deal_store._require_deal(deal_id uuid) RETURNS void
+CREATE FUNCTION deal_store._require_deal(deal_id uuid, needs text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF deal_id IS NULL THEN
         RAISE EXCEPTION 'deal_id must not be NULL' USING ERRCODE = '22004';
     END IF;
+    PERFORM deal_store._require_right(deal_id, needs);
     PERFORM 1 FROM deal_store.deals d WHERE d.id = deal_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
     END IF;
 END $$;
-COMMENT ON FUNCTION deal_store._require_deal(uuid) IS 'Internal: raises P0002 unless the deal exists (live or deleted), 22004 for NULL.';
+COMMENT ON FUNCTION deal_store._require_deal(uuid, text) IS 'Internal: raises 42501 unless the caller has the right needs (read, write, review, manage, administer) on the deal, P0002 unless the deal exists (live or deleted), 22004 for NULL.';
 
 CREATE FUNCTION deal_store.deal_summary(deal_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
     PERFORM deal_store._require_live_deal(deal_id);
     RETURN jsonb_build_object(
         'deal', (SELECT jsonb_build_object('id', d.id, 'name', d.name, 'target_name', d.target_name,
@@ -72,17 +74,19 @@ LANGUAGE sql STABLE
 BEGIN ATOMIC
     SELECT d.* FROM deal_store.deals d
     WHERE d.user_id = deals_for_user.user_id AND d.deleted_at IS NULL
+      AND (deal_store.sees_all_deals() OR d.id = ANY (deal_store.my_deals('viewer')))
       AND (d.status <> 'archived' OR coalesce(deals_for_user.include_archived, false))
     ORDER BY d.updated_at DESC, d.id;
 END;
 COMMENT ON FUNCTION deal_store.deals_for_user(uuid, boolean) IS
-    'A user''s live deals, most recently updated first; archived ones only when include_archived.';
+    'A user''s live deals that the caller may see, most recently updated first; archived ones only when include_archived.';
 
 CREATE FUNCTION deal_store._set_deal_status(deal_id uuid, from_status text, to_status text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cur text;
 BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'manage');
     SELECT d.status INTO cur FROM deal_store.active_deals d WHERE d.id = deal_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'deal % does not exist or is deleted', deal_id USING ERRCODE = 'P0002';
@@ -108,7 +112,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g record;
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.gaps', gap_id);
+    PERFORM deal_store._id_in_one_deal('deal_store.gaps', gap_id, 'write');
     SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.id = gap_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'gap % does not exist or is deleted', gap_id USING ERRCODE = 'P0002';

@@ -68,7 +68,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deal uuid;
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.facts', fact_id);
+    PERFORM deal_store._id_in_one_deal('deal_store.facts', fact_id, 'read');
     SELECT f.deal_id INTO deal FROM deal_store.facts f WHERE f.id = fact_id AND f.superseded_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
@@ -115,6 +115,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d deal_store.deals;
 BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
     SELECT * INTO d FROM deal_store.deals x WHERE x.id = deal_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
@@ -200,12 +201,22 @@ BEGIN
         jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')));
     PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
     PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    -- the caller leads what it imported (42501 and nothing imported unless it may write)
+    IF deal_store.current_actor() IS NOT NULL THEN
+        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
+        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    END IF;
+    PERFORM deal_store._require_right(deal, 'manage');
+    -- history rows are the export's own versions: written as the versioning writes them
+    PERFORM set_config('deal_store.caller_writes_versions', 'on', true);
     PERFORM deal_store._insert_rows('deal_store.facts',
         coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
+    PERFORM set_config('deal_store.caller_writes_versions', 'off', true);
     PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
     PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
     PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
     RETURN deal;
 END $$;
 COMMENT ON FUNCTION deal_store.import_deal(jsonb) IS
-    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import.';
+    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The caller (deal_store.actor) becomes a lead of it. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import.';

@@ -233,7 +233,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     locked uuid[];
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'write');
     SELECT array_agg(p.id) INTO locked FROM (
         SELECT p.id FROM deal_store.pending_changes p
         WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
@@ -252,7 +252,7 @@ DECLARE
     owner uuid;
     run_number integer;
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'write');
     SELECT count(*), jsonb_build_object('tier_1', count(*) FILTER (WHERE p.confidence_tier = 1),
                                         'tier_2', count(*) FILTER (WHERE p.confidence_tier = 2),
                                         'tier_3', count(*) FILTER (WHERE p.confidence_tier = 3))
@@ -291,7 +291,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c deal_store.pending_changes;
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.pending_changes', change_id);
+    PERFORM deal_store._id_in_one_deal('deal_store.pending_changes', change_id, 'review');
     SELECT * INTO c FROM deal_store.pending_changes p WHERE p.id = change_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pending change % does not exist', change_id USING ERRCODE = 'P0002';
@@ -334,7 +334,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     locked uuid[];
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'review');
     IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
         RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
     END IF;
@@ -359,21 +359,22 @@ COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid) IS
 -- batch_size rows: with the statistics a big proposal leaves behind (not yet
 -- analysed), the planner otherwise reads and sorts the whole open queue for every
 -- batch (34 ms per batch at 20,000 open changes, measured).
-CREATE FUNCTION deal_store._claim(batch_size integer, max_tier integer) RETURNS uuid[]
+CREATE FUNCTION deal_store._claim(batch_size integer, max_tier integer, deals uuid[]) RETURNS uuid[]
 LANGUAGE sql VOLATILE SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
 BEGIN ATOMIC
     SELECT pg_catalog.array_agg(p.id) FROM (
         SELECT p.id FROM deal_store.pending_changes p
         WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= _claim.max_tier
           AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+          AND (_claim.deals IS NULL OR p.deal_id = ANY (_claim.deals))
         ORDER BY p.created_at, p.id
         LIMIT _claim.batch_size
         FOR UPDATE SKIP LOCKED) p;
 END;
-COMMENT ON FUNCTION deal_store._claim(integer, integer) IS
-    'Internal: locks (FOR UPDATE SKIP LOCKED) and returns up to batch_size eligible open changes, oldest first, for process_queue.';
+COMMENT ON FUNCTION deal_store._claim(integer, integer, uuid[]) IS
+    'Internal: locks (FOR UPDATE SKIP LOCKED) and returns up to batch_size eligible open changes of the given deals (all when NULL), oldest first, for process_queue.';
 
-CREATE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1)
+CREATE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     claimed uuid[];
@@ -385,18 +386,31 @@ BEGIN
     IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
         RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
     END IF;
+    -- admins work the whole queue; a reviewer the deals it reviews
+    claimed := deal_store._claim(batch_size, max_tier,
+        CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
+    n := coalesce(cardinality(claimed), 0);
+    IF n > 0 THEN
+        PERFORM deal_store._settle_batch(claimed, 'process_queue');
+    END IF;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION deal_store.process_queue_batch(integer, integer) IS
+    'One batch of process_queue in the caller''s transaction: claims up to batch_size eligible open changes (FOR UPDATE SKIP LOCKED; all deals for admins, else the deals where the actor is reviewer or lead), applies them and returns how many it settled.';
+
+CREATE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
     LOOP
-        claimed := deal_store._claim(batch_size, max_tier);
-        n := coalesce(cardinality(claimed), 0);
-        IF n > 0 THEN
-            PERFORM deal_store._settle_batch(claimed, 'process_queue');
-        END IF;
+        n := deal_store.process_queue_batch(batch_size, max_tier);
         COMMIT;
         EXIT WHEN n < batch_size;
     END LOOP;
 END $$;
 COMMENT ON PROCEDURE deal_store.process_queue(integer, integer) IS
-    'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size, committing after each batch. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a crash loses at most the uncommitted batch, never half a change. CALL it outside a transaction block.';
+    'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block.';
 
 -- ---------------------------------------------------------------------------
 -- What a review UI reads.
@@ -407,7 +421,7 @@ RETURNS TABLE(change_id uuid, entity_type text, legacy_id text, change_type text
               analysis_run_id uuid, decided_at timestamptz, note text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'read');
     RETURN QUERY
     SELECT c.id, c.entity_type, c.legacy_entity_id, c.change_type, c.base_checksum,
            deal_store.content_checksum_of(c.entity_type, cur.v), c.old_value, cur.v, c.new_value,

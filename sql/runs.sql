@@ -8,6 +8,7 @@ DECLARE
     d record;
     run_id uuid;
 BEGIN
+    PERFORM deal_store._require_deal(start_run.deal_id, 'write');
     IF domains IS NOT NULL AND (array_position(domains, NULL) IS NOT NULL
                                 OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN
         RAISE EXCEPTION 'domains must not contain NULL or empty names' USING ERRCODE = '22023';
@@ -35,7 +36,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id);
+    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
     SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
     FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
     WHERE x.id = run_id FOR NO KEY UPDATE OF x;
@@ -83,7 +84,7 @@ COMMENT ON FUNCTION deal_store.fail_run(uuid, text) IS
 CREATE FUNCTION deal_store.latest_completed_run(deal_id uuid) RETURNS uuid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'read');
     RETURN (SELECT r.id FROM deal_store.analysis_runs r
             WHERE r.deal_id = latest_completed_run.deal_id AND r.status = 'completed'
             ORDER BY r.run_number DESC LIMIT 1);

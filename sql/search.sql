@@ -78,7 +78,7 @@ DECLARE
                                 ELSE ts_headline($9, m.evidence, $2, $10) END, m.total
                     FROM m ORDER BY m.rank DESC, m.legacy_id, m.id';
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'read');
     IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
     ELSIF off IS NULL OR off < 0 THEN
@@ -141,7 +141,7 @@ DECLARE
     tsq tsquery;
     opts text := deal_store.headline_options();
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'read');
     IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
     ELSIF query IS NULL OR btrim(query) = '' THEN

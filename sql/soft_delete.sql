@@ -81,21 +81,23 @@ COMMENT ON FUNCTION deal_store._soft_deletable(regclass) IS
 -- (e.g. two queue workers soft-deleting facts) run side by side, while a
 -- soft delete or restore of the deal itself (FOR UPDATE of the deal row)
 -- waits for them and they for it.
-CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid) RETURNS void
+CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid, needs text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    deals bigint;
+    deals uuid[];
 BEGIN
-    EXECUTE format('SELECT count(DISTINCT deal_id) FROM %s WHERE id = $1', tbl) INTO deals USING id;
-    IF deals > 1 THEN
-        RAISE EXCEPTION 'id % names rows of % deals in %', id, deals, tbl USING ERRCODE = 'P0003',
+    EXECUTE format('SELECT array_agg(DISTINCT deal_id) FROM %s WHERE id = $1', tbl) INTO deals USING id;
+    IF cardinality(deals) > 1 THEN
+        RAISE EXCEPTION 'id % names rows of % deals in %', id, cardinality(deals), tbl USING ERRCODE = 'P0003',
             HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
+    ELSIF cardinality(deals) = 1 THEN
+        PERFORM deal_store._require_right(deals[1], needs);
     END IF;
 END $$;
-COMMENT ON FUNCTION deal_store._id_in_one_deal(regclass, uuid) IS
-    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them.';
+COMMENT ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) IS
+    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them; 42501 unless the caller has the right needs on the row''s deal.';
 
-CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid,
+CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -107,7 +109,9 @@ BEGIN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
     END IF;
     IF entity <> 'deal_store.deals'::regclass THEN
-        PERFORM deal_store._id_in_one_deal(entity, id);
+        PERFORM deal_store._id_in_one_deal(entity, id, needs);
+    ELSE
+        PERFORM deal_store._require_right(id, needs);
     END IF;
     EXECUTE format('SELECT %I FROM %s WHERE id = $1%s', deal_col, entity, current_only)
         INTO _lock_row.deal_id USING id;
@@ -121,8 +125,8 @@ BEGIN
                    entity, deal_col, current_only)
         INTO _lock_row.deleted_at, _lock_row.delete_batch USING _lock_row.deal_id, id;
 END $$;
-COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid) IS
-    'Internal: validates entity and id, locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
+COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid, text) IS
+    'Internal: validates entity and id, checks the caller''s right needs on the row''s deal (42501), locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
 
 CREATE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -135,7 +139,7 @@ DECLARE
     n integer;
     t record;
 BEGIN
-    r := deal_store._lock_row(entity, id);
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
     IF r.deleted_at IS NOT NULL THEN
         RAISE EXCEPTION '% row % is already deleted', entity, id
             USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
@@ -178,7 +182,7 @@ DECLARE
     n integer;
     t regclass;
 BEGIN
-    r := deal_store._lock_row(entity, id);
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
     IF r.deleted_at IS NULL THEN
         RAISE EXCEPTION '% row % is not deleted', entity, id USING ERRCODE = '55000';
     END IF;
@@ -221,7 +225,7 @@ DECLARE
     r record;
     n integer;
 BEGIN
-    r := deal_store._lock_row(entity, id);
+    r := deal_store._lock_row(entity, id, 'administer');
     IF r.deleted_at IS NULL THEN
         RAISE EXCEPTION 'cannot purge % row %: it is not deleted', entity, id
             USING ERRCODE = '55000', HINT = 'Soft-delete it first with deal_store.soft_delete.';

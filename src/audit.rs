@@ -489,7 +489,7 @@ unsafe fn capture(
         // SAFETY: reads the transaction state of this backend
         subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
         deal_id: unsafe { uuid_attr(row, tupdesc, if t.is_deals { t.id } else { t.deal_id }) },
-        user_id: settings::actor(),
+        user_id: crate::access::actor_for_write(),
         action,
         entity_type: t.entity_type.clone(),
         entity_id,
@@ -528,7 +528,8 @@ fn flush() {
         entries.iter().map(|e| e.reason.as_deref()).collect::<Vec<_>>().into(),
         entries.iter().map(|e| jsonb(e.details)).collect::<Vec<_>>().into(),
     ];
-    Spi::connect_mut(|client| {
+    // the log is written with the extension owner's rights: no other role holds INSERT on it
+    crate::access::as_owner(crate::access::owner(), || Spi::connect_mut(|client| {
         PLAN.with(|plan| {
             let mut plan = plan.borrow_mut();
             if plan.is_none() {
@@ -543,7 +544,7 @@ fn flush() {
                 .update(plan.as_ref().expect("prepared above"), None, &args)
                 .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("audit insert: {e}"), None));
         })
-    });
+    }));
     drop(args);
     BUFFER.with(|b| {
         let b = b.borrow();

@@ -147,6 +147,7 @@ pub fn require_deal(client: &pgrx::spi::SpiClient<'_>, deal_id: Uuid) {
     if !exists {
         raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("deal {deal_id} does not exist"), None);
     }
+    crate::access::require_right(deal_id, crate::access::Right::Read);
 }
 
 /// Diffs validated incoming rows against the deal's current live rows of that kind.

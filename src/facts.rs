@@ -53,6 +53,36 @@ fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> String {
 
 thread_local! {
     static HISTORY_INSERT: std::cell::OnceCell<OwnedPreparedStatement> = const { std::cell::OnceCell::new() };
+    /// true while `insert_history_row` writes: the one insert of a history row the trigger allows
+    static WRITING_HISTORY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Sets `WRITING_HISTORY` for its own life; an error unwinding through it clears it too.
+struct WritingHistory;
+impl WritingHistory {
+    fn begin() -> WritingHistory {
+        WRITING_HISTORY.with(|w| w.set(true));
+        WritingHistory
+    }
+}
+impl Drop for WritingHistory {
+    fn drop(&mut self) {
+        WRITING_HISTORY.with(|w| w.set(false));
+    }
+}
+
+/// A history row (superseded_at set) is written by the version mechanism only:
+/// this trigger's own copy, or a set-based writer of the extension under
+/// `deal_store.caller_writes_versions` (a setting only superusers may change).
+fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>) {
+    let history = internal(new.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_some();
+    if history && !WRITING_HISTORY.with(std::cell::Cell::get) && !crate::settings::CALLER_WRITES_VERSIONS.get() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "a fact's history row (superseded_at set) is written by deal_store's versioning only",
+            Some("Update the current fact; its previous content becomes the history row.".into()),
+        );
+    }
 }
 
 /// Copies the old version of a fact into a history row: every stored (not
@@ -83,6 +113,7 @@ fn insert_history_row(deal_id: Option<pgrx::Uuid>, id: Option<pgrx::Uuid>, histo
                 let uuid = PgOid::from(pg_sys::UUIDOID);
                 internal(client.prepare_mut(sql.as_str(), &[uuid, uuid, uuid])).keep()
             });
+            let _writing = WritingHistory::begin();
             internal(client.update(plan, None, &[deal_id.into(), id.into(), history_id.into()]));
         })
     })
@@ -127,11 +158,11 @@ fn fact_versions<'a>(
                 insert_history_row(deal_id, id, history_id);
                 internal(new.set_by_name("previous_version_id", history_id));
             }
-            if let Some(actor) = crate::settings::actor() {
+            if let Some(actor) = crate::access::actor_for_write() {
                 internal(new.set_by_name("updated_by", actor));
             }
         }
-        _ => {} // INSERT (a restore or an import included) only gets its checksum
+        _ => refuse_forged_history(&new), // an INSERT (an import included) otherwise only gets its checksum
     }
     internal(new.set_by_name("item_checksum", checksum));
     Ok(Some(new))

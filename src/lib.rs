@@ -3,6 +3,7 @@
 //! This file only wires the capability modules together; each lives in its own file.
 pgrx::pg_module_magic!(name, version);
 
+mod access;
 mod audit;
 mod checksum;
 mod diff;
@@ -18,6 +19,7 @@ mod settings;
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
+    access::init();
     audit::init();
 }
 

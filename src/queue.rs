@@ -125,6 +125,8 @@ fn lock_run(client: &mut SpiClient<'_>, run_id: Uuid) -> Run {
     let Some(r) = rows.into_iter().next() else {
         raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("analysis run {run_id} does not exist"), None)
     };
+    let deal_id: Uuid = r.get(1).ok().flatten().expect("deal_id");
+    crate::access::require_right(deal_id, crate::access::Right::Write);
     let status: String = r.get(5).ok().flatten().unwrap_or_default();
     if status != "running" {
         raise(
@@ -137,7 +139,7 @@ fn lock_run(client: &mut SpiClient<'_>, run_id: Uuid) -> Run {
         raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("the deal of analysis run {run_id} is deleted"), None);
     }
     Run {
-        deal_id: r.get(1).ok().flatten().expect("deal_id"),
+        deal_id,
         run_number: r.get(2).ok().flatten().unwrap_or(0),
         incremental: r.get(3).ok().flatten().unwrap_or(false),
         domains: r.get::<Vec<Option<String>>>(4).ok().flatten().map(|d| d.into_iter().flatten().collect()),

@@ -2,17 +2,22 @@
 //! and views (`sql/soft_delete.sql`), analysis runs (`sql/runs.sql`) and the
 //! dashboard reads (`sql/dashboard.sql`), fact checksums, versions, diffs and
 //! export / import (`sql/facts.sql`), the audit log (`sql/audit.sql`) and the
-//! merge queue (`sql/queue.sql`) and fact search (`sql/search.sql`).
+//! merge queue (`sql/queue.sql`), fact search (`sql/search.sql`) and, last, who may do
+//! what: roles, deal teams, row-level security and grants (`sql/access.sql`).
 use pgrx::prelude::*;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../sql/soft_delete.sql",
     name = "soft_delete",
-    requires = ["schema", settings::current_actor]
+    requires = ["schema", access::current_actor]
 );
 extension_sql_file!("../sql/runs.sql", name = "runs", requires = ["soft_delete"]);
-extension_sql_file!("../sql/dashboard.sql", name = "dashboard", requires = ["runs"]);
+extension_sql_file!(
+    "../sql/dashboard.sql",
+    name = "dashboard",
+    requires = ["runs", access::sees_all_deals, access::my_deals, access::require_right_sql]
+);
 extension_sql_file!(
     "../sql/facts.sql",
     name = "facts",
@@ -37,6 +42,12 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/search.sql", name = "search", requires = ["queue", search::typo_tsquery]);
+extension_sql_file!(
+    "../sql/access.sql",
+    name = "access",
+    requires = ["search", access::access_changed, access::sees_all_deals, access::my_deals, access::require_right_sql],
+    finalize
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
@@ -44,11 +55,11 @@ mod tests {
     use pgrx::prelude::*;
 
     #[pg_test]
-    fn creates_the_twelve_tables() {
+    fn creates_the_thirteen_tables() {
         let n = Spi::get_one::<i64>(
             "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'deal_store'",
         );
-        assert_eq!(n, Ok(Some(12)));
+        assert_eq!(n, Ok(Some(13)));
     }
 
     #[pg_test]

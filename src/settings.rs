@@ -12,6 +12,7 @@ pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 pub static HARD_DELETE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUDIT_PURGE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static CALLER_WRITES_VERSIONS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static REQUIRE_ACTOR: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUTO_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static REASON: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static RUN_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -73,11 +74,21 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
+        c"deal_store.require_actor",
+        c"Refuse changes made with no actor (42501) instead of logging NULL.",
+        c"Always on for members of deal_store_service.",
+        &REQUIRE_ACTOR,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // Capabilities, not preferences: only superusers (the extension's own
+    // SECURITY DEFINER functions, for their own transaction) may turn them on.
+    GucRegistry::define_bool_guc(
         c"deal_store.audit_purge",
         c"Set by deal_store.purge_audit for its own transaction.",
         c"Only a superuser with this on may delete audit rows.",
         &AUDIT_PURGE,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::NO_SHOW_ALL,
     );
     GucRegistry::define_bool_guc(
@@ -85,7 +96,7 @@ pub fn init() {
         c"Set by the merge queue for its own set-based fact updates.",
         c"On: an UPDATE that also sets a fact's previous_version_id writes its history row itself; the trigger does not.",
         &CALLER_WRITES_VERSIONS,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::NO_SHOW_ALL,
     );
     GucRegistry::define_bool_guc(
@@ -93,7 +104,7 @@ pub fn init() {
         c"Lets DELETE remove rows of soft-deletable tables for real.",
         c"deal_store.purge sets it for its own transaction; leave it off otherwise.",
         &HARD_DELETE,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::NO_SHOW_ALL,
     );
     // Typos such as `SET deal_store.actr = ...` become errors instead of placeholders.
@@ -140,7 +151,7 @@ fn uuid_value(setting: &GucSetting<Option<CString>>, name: &str, hint: Option<&s
     }
 }
 
-/// The uuid in `deal_store.actor`, or None when unset.
+/// The uuid in `deal_store.actor`, or None when unset (who may set it: `access`).
 pub fn actor() -> Option<pgrx::Uuid> {
     uuid_value(&ACTOR, "deal_store.actor", Some("deal_store.actor must be a user uuid."))
 }
@@ -153,12 +164,6 @@ pub fn run_id() -> Option<pgrx::Uuid> {
 /// `deal_store.reason`, or None when unset or blank.
 pub fn reason() -> Option<String> {
     REASON.get().map(|r| r.to_string_lossy().into_owned()).filter(|r| !r.trim().is_empty())
-}
-
-/// The acting user: the uuid in `deal_store.actor`, NULL when it is not set.
-#[pg_extern(stable, parallel_safe)]
-fn current_actor() -> Option<pgrx::Uuid> {
-    actor()
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,0 +1,291 @@
+-- deal_store: who may do what. Group roles, deal teams, row-level security,
+-- grants, and the API functions that run with the extension owner's rights.
+--
+-- This file is the whole access model: the 0.1.0 -> 0.2.0 upgrade script runs
+-- the same text, so a fresh install and an upgraded database end up equal.
+--
+-- A login role gets its rights from two places, both required:
+--   * the group role a DBA grants it (deal_store_reader < deal_store_analyst <
+--     deal_store_reviewer < deal_store_admin; deal_store_service for an
+--     application acting for its users): which tables and functions it may use;
+--   * the deal role its user holds in deal_members (viewer < analyst <
+--     reviewer < lead): in which deals. Admins see and change every deal.
+-- Rows: row-level security on every deal-owned table. Functions: SECURITY
+-- DEFINER with a pinned search_path; each checks the caller's right on the
+-- deal (deal_store._require_right, 42501 naming the deal and the right).
+
+-- ---------------------------------------------------------------------------
+-- Group roles: cluster-wide, created when missing, never dropped by DROP EXTENSION.
+
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['deal_store_reader', 'deal_store_analyst', 'deal_store_reviewer',
+                             'deal_store_admin', 'deal_store_service'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles x WHERE x.rolname = r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+    -- each group has the privileges of the one before it
+    IF NOT pg_catalog.pg_has_role('deal_store_analyst', 'deal_store_reader', 'MEMBER') THEN
+        GRANT deal_store_reader TO deal_store_analyst;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('deal_store_reviewer', 'deal_store_analyst', 'MEMBER') THEN
+        GRANT deal_store_analyst TO deal_store_reviewer;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('deal_store_admin', 'deal_store_reviewer', 'MEMBER') THEN
+        GRANT deal_store_reviewer TO deal_store_admin;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('deal_store_service', 'deal_store_reviewer', 'MEMBER') THEN
+        GRANT deal_store_reviewer TO deal_store_service;
+    END IF;
+END $$;
+COMMENT ON ROLE deal_store_reader IS 'deal_store: reads the deals its user is a member of.';
+COMMENT ON ROLE deal_store_analyst IS 'deal_store: also writes documents, facts, findings, gaps, runs and proposals (where its user is analyst or above).';
+COMMENT ON ROLE deal_store_reviewer IS 'deal_store: also decides the merge queue (where its user is reviewer or above).';
+COMMENT ON ROLE deal_store_admin IS 'deal_store: every deal; purge, tier policies, users, enable_audit.';
+COMMENT ON ROLE deal_store_service IS 'deal_store: an application''s pooled login; acts for its users with SET LOCAL deal_store.actor (required), with their deal rights.';
+
+-- ---------------------------------------------------------------------------
+-- Who a login role is, and deal teams.
+
+ALTER TABLE deal_store.users ADD COLUMN db_role name;
+ALTER TABLE deal_store.users ADD CONSTRAINT users_db_role_key UNIQUE (db_role);
+COMMENT ON COLUMN deal_store.users.db_role IS 'The database login role that is this user: its actor is this user, whatever deal_store.actor says (42501 when set to someone else).';
+
+CREATE TABLE deal_store.deal_members (
+    deal_id  uuid        NOT NULL,
+    user_id  uuid        NOT NULL,
+    role     text        NOT NULL,
+    added_by uuid,
+    added_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT deal_members_pkey PRIMARY KEY (deal_id, user_id),
+    CONSTRAINT deal_members_deal_id_fkey FOREIGN KEY (deal_id) REFERENCES deal_store.deals (id) ON DELETE CASCADE,
+    CONSTRAINT deal_members_user_id_fkey FOREIGN KEY (user_id) REFERENCES deal_store.users (id) ON DELETE CASCADE,
+    CONSTRAINT deal_members_role_check CHECK (role IN ('viewer', 'analyst', 'reviewer', 'lead'))
+);
+CREATE INDEX deal_members_user_id_idx ON deal_store.deal_members (user_id, role);
+COMMENT ON TABLE deal_store.deal_members IS 'Deal teams: who may see and change a deal, with which deal role (viewer < analyst < reviewer < lead). The deal''s owner is its first lead. Changed through add_member / remove_member.';
+COMMENT ON COLUMN deal_store.deal_members.role IS 'viewer (reads), analyst (also writes and proposes), reviewer (also decides the merge queue), lead (also manages members, archives, deletes the deal).';
+COMMENT ON COLUMN deal_store.deal_members.added_by IS 'The actor who added the member or last changed the role.';
+SELECT pg_catalog.pg_extension_config_dump('deal_store.deal_members', '');
+
+-- Every deal's owner is a lead of it (existing deals too, on upgrade; before
+-- the audit triggers go on, so the upgrade adds no log entries).
+INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_at)
+SELECT d.id, d.user_id, 'lead', d.created_at FROM deal_store.deals d
+ON CONFLICT DO NOTHING;
+
+SELECT deal_store.enable_audit('deal_store.deal_members');
+CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON deal_store.deal_members
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.refuse_truncate();
+
+COMMENT ON FUNCTION deal_store.access_changed() IS
+    'Trigger (AFTER, FOR EACH STATEMENT on users): forgets what this session resolved about actors and roles.';
+CREATE TRIGGER access_changed AFTER INSERT OR UPDATE OR DELETE ON deal_store.users
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.access_changed();
+
+CREATE FUNCTION deal_store.owner_is_lead() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+    VALUES (NEW.id, NEW.user_id, 'lead', deal_store.current_actor())
+    ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION deal_store.owner_is_lead() IS
+    'Trigger (AFTER INSERT on deals): makes the deal''s owner a lead of it.';
+CREATE TRIGGER owner_is_lead AFTER INSERT ON deal_store.deals
+    FOR EACH ROW EXECUTE FUNCTION deal_store.owner_is_lead();
+
+CREATE FUNCTION deal_store.add_member(deal_id uuid, user_id uuid, role text DEFAULT 'viewer') RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM deal_store._require_right(deal_id, 'manage');
+    PERFORM deal_store._require_deal(deal_id, 'manage');
+    IF role IS NULL OR role NOT IN ('viewer', 'analyst', 'reviewer', 'lead') THEN
+        RAISE EXCEPTION 'unknown deal role "%"', role USING ERRCODE = '22023',
+            HINT = 'A deal role is viewer, analyst, reviewer or lead.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = add_member.user_id) THEN
+        RAISE EXCEPTION 'user % does not exist', user_id USING ERRCODE = 'P0002';
+    END IF;
+    INSERT INTO deal_store.deal_members AS m (deal_id, user_id, role, added_by)
+    VALUES (add_member.deal_id, add_member.user_id, add_member.role, deal_store.current_actor())
+    ON CONFLICT ON CONSTRAINT deal_members_pkey DO UPDATE SET role = EXCLUDED.role, added_by = EXCLUDED.added_by
+    WHERE m.role IS DISTINCT FROM EXCLUDED.role;
+END $$;
+COMMENT ON FUNCTION deal_store.add_member(uuid, uuid, text) IS
+    'Adds a user to a deal''s team with a deal role, or changes the role of a member (audited). Leads of the deal and admins only (42501). P0002 no such deal or user, 22023 unknown role.';
+
+CREATE FUNCTION deal_store.remove_member(deal_id uuid, user_id uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM deal_store._require_right(deal_id, 'manage');
+    PERFORM 1 FROM deal_store.deals d WHERE d.id = remove_member.deal_id FOR NO KEY UPDATE;
+    DELETE FROM deal_store.deal_members m WHERE m.deal_id = remove_member.deal_id AND m.user_id = remove_member.user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'user % is not a member of deal %', user_id, deal_id USING ERRCODE = 'P0002';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM deal_store.deal_members m WHERE m.deal_id = remove_member.deal_id AND m.role = 'lead') THEN
+        RAISE EXCEPTION 'deal % would have no lead', deal_id USING ERRCODE = '55000',
+            HINT = 'Make another member lead first.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store.remove_member(uuid, uuid) IS
+    'Removes a user from a deal''s team (audited). Leads of the deal and admins only (42501). P0002 not a member, 55000 when the deal would have no lead.';
+
+-- ---------------------------------------------------------------------------
+-- Row-level security. The deal lists are computed once per statement (the
+-- scalar subqueries become InitPlans), so a policy costs an array lookup per row.
+
+DO $$
+DECLARE
+    t record;
+    sees text := '(SELECT deal_store.sees_all_deals())';
+BEGIN
+    FOR t IN SELECT * FROM (VALUES
+        -- table, its deal column, the deal role that may change rows, extra read rule
+        ('deals',              'id',      'lead',     ' OR user_id = (SELECT deal_store.current_actor())'),
+        ('documents',          'deal_id', 'analyst',  ''),
+        ('analysis_runs',      'deal_id', 'analyst',  ''),
+        ('facts',              'deal_id', 'analyst',  ''),
+        ('findings',           'deal_id', 'analyst',  ''),
+        ('fact_finding_links', 'deal_id', 'analyst',  ''),
+        ('gaps',               'deal_id', 'analyst',  ''),
+        ('pending_changes',    'deal_id', 'reviewer', ''),
+        ('deal_members',       'deal_id', 'lead',     ''),
+        ('tier_policies',      'deal_id', 'lead',     ' OR deal_id IS NULL'),
+        ('deal_activity_log',  'deal_id', NULL,       '')) AS x(tbl, col, writer, also)
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE deal_store.%I ENABLE ROW LEVEL SECURITY', t.tbl);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%s OR %I = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[])%s)',
+            t.tbl, sees, t.col, t.also);
+        IF t.writer IS NOT NULL THEN
+            EXECUTE pg_catalog.format(
+                'CREATE POLICY members_write ON deal_store.%I FOR ALL USING (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
+                t.tbl, sees, t.col, t.writer);
+        END IF;
+    END LOOP;
+END $$;
+
+-- A deal's owner creates it: a user may insert deals it owns.
+CREATE POLICY owner_creates ON deal_store.deals FOR INSERT
+    WITH CHECK ((SELECT deal_store.sees_all_deals()) OR user_id = (SELECT deal_store.current_actor()));
+
+-- Notifications: each user their own.
+ALTER TABLE deal_store.notifications ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own ON deal_store.notifications FOR ALL
+    USING ((SELECT deal_store.sees_all_deals()) OR user_id = (SELECT deal_store.current_actor()));
+
+-- ---------------------------------------------------------------------------
+-- Grants. Nothing is granted to PUBLIC; each group role gets what its members need.
+
+REVOKE ALL ON SCHEMA deal_store FROM PUBLIC;
+GRANT USAGE ON SCHEMA deal_store TO deal_store_reader;
+REVOKE ALL ON ALL TABLES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON TYPE deal_store.fact_search_hit FROM PUBLIC;
+GRANT USAGE ON TYPE deal_store.fact_search_hit TO deal_store_reader;
+
+DO $$
+DECLARE
+    r record;
+BEGIN
+    -- readers read every table and view (rows: the policies), users without password_hash
+    FOR r IN SELECT c.oid::pg_catalog.regclass AS rel FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind IN ('r', 'v', 'p')
+               AND c.relname <> 'users' LOOP
+        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO deal_store_reader', r.rel);
+    END LOOP;
+    -- the views check the policies of the tables as the querying role
+    FOR r IN SELECT c.oid::pg_catalog.regclass AS rel FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind = 'v' LOOP
+        EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', r.rel);
+    END LOOP;
+END $$;
+GRANT SELECT (id, email, display_name, roles, active, created_at, updated_at, db_role) ON deal_store.users TO deal_store_reader;
+GRANT UPDATE (read, read_at) ON deal_store.notifications TO deal_store_reader;
+-- analysts write content directly too (DELETE is a soft delete)
+GRANT INSERT, UPDATE, DELETE ON deal_store.deals, deal_store.documents, deal_store.facts, deal_store.findings,
+    deal_store.fact_finding_links, deal_store.gaps,
+    deal_store.active_deals, deal_store.active_documents, deal_store.active_facts, deal_store.active_findings,
+    deal_store.active_gaps TO deal_store_analyst;
+-- admins also manage users, tier policies, runs, the queue and teams directly
+GRANT INSERT, UPDATE, DELETE ON deal_store.users, deal_store.tier_policies, deal_store.analysis_runs,
+    deal_store.pending_changes, deal_store.deal_members, deal_store.notifications TO deal_store_admin;
+GRANT SELECT ON deal_store.users TO deal_store_admin;
+
+-- ---------------------------------------------------------------------------
+-- Functions. The API runs with the owner's rights (SECURITY DEFINER, pinned
+-- search_path) and checks the caller's right on the deal itself; internal
+-- helpers (_*), the Rust internals and trigger functions are executable by no
+-- one but the owner (a trigger fires without EXECUTE).
+
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee, x.definer FROM (VALUES
+        -- reader: pure functions and reads
+        ('deal_store.current_actor()', 'deal_store_reader', false),
+        ('deal_store.sees_all_deals()', 'deal_store_reader', false),
+        ('deal_store.my_deals(text)', 'deal_store_reader', false),
+        ('deal_store.fact_search_vector(regconfig, text, text, text, text, jsonb)', 'deal_store_reader', false),
+        ('deal_store.fact_checksum(jsonb)', 'deal_store_reader', true),
+        ('deal_store.fact_canonical(jsonb)', 'deal_store_reader', true),
+        ('deal_store.content_checksum_of(text, jsonb)', 'deal_store_reader', true),
+        ('deal_store.search_config()', 'deal_store_reader', true),
+        ('deal_store.headline_options()', 'deal_store_reader', true),
+        ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', true),
+        ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', 'deal_store_reader', true),
+        ('deal_store.search_deal(uuid, text, integer)', 'deal_store_reader', true),
+        ('deal_store.deal_summary(uuid)', 'deal_store_reader', true),
+        ('deal_store.deals_for_user(uuid, boolean)', 'deal_store_reader', true),
+        ('deal_store.latest_completed_run(uuid)', 'deal_store_reader', true),
+        ('deal_store.diff_facts(uuid, jsonb, text[])', 'deal_store_reader', true),
+        ('deal_store.diff_summary(uuid, jsonb, text[])', 'deal_store_reader', true),
+        ('deal_store.fact_history(uuid)', 'deal_store_reader', true),
+        ('deal_store.fact_as_of(uuid, timestamptz)', 'deal_store_reader', true),
+        ('deal_store.export_deal(uuid)', 'deal_store_reader', true),
+        ('deal_store.conflicts(uuid)', 'deal_store_reader', true),
+        ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
+        ('deal_store.entity_history(text, uuid)', 'deal_store_reader', true),
+        -- analyst: runs, proposals, gaps, soft delete
+        ('deal_store.start_run(uuid, text[], boolean)', 'deal_store_analyst', true),
+        ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),
+        ('deal_store.fail_run(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.propose_facts(uuid, jsonb, text[])', 'deal_store_analyst', true),
+        ('deal_store.propose_findings(uuid, jsonb, text[])', 'deal_store_analyst', true),
+        ('deal_store.propose_gaps(uuid, jsonb, text[])', 'deal_store_analyst', true),
+        ('deal_store.resolve_gap(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.reopen_gap(uuid)', 'deal_store_analyst', true),
+        ('deal_store.soft_delete(regclass, uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.restore(regclass, uuid)', 'deal_store_analyst', true),
+        ('deal_store.import_deal(jsonb)', 'deal_store_analyst', true),
+        ('deal_store.archive_deal(uuid)', 'deal_store_analyst', true),
+        ('deal_store.unarchive_deal(uuid)', 'deal_store_analyst', true),
+        ('deal_store.add_member(uuid, uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.remove_member(uuid, uuid)', 'deal_store_analyst', true),
+        -- reviewer: the merge queue
+        ('deal_store.accept_change(uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.reject_change(uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.defer_change(uuid, timestamptz, text)', 'deal_store_reviewer', true),
+        ('deal_store.accept_changes(uuid, integer, uuid)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue(integer, integer)', 'deal_store_reviewer', false),
+        -- admin
+        ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
+        ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
+        ('deal_store.enable_audit(regclass)', 'deal_store_admin', true),
+        ('deal_store.disable_audit(regclass)', 'deal_store_admin', true)) AS x(fn, grantee, definer)
+    LOOP
+        IF f.definer THEN
+            EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
+        END IF;
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
+    END LOOP;
+END $$;

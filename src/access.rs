@@ -1,0 +1,360 @@
+//! Who is acting, and what they may do.
+//!
+//! The actor is a row of `deal_store.users`. A login role linked to a user
+//! (`users.db_role`) *is* that user; `deal_store.actor` may name someone else
+//! only for members of `deal_store_service` or `deal_store_admin` (and for
+//! superusers): an application's pooled login acting for its users. Anyone
+//! else who sets it to another user gets 42501 at the first use.
+//!
+//! What an operation may touch is decided twice, from one rule table
+//! ([`Right`]): the login role must have the privileges of a group role
+//! (`deal_store_reader` ... `deal_store_admin`), and the actor must hold a deal
+//! role (viewer < analyst < reviewer < lead) in `deal_members` for that deal.
+//! Row-level security asks [`my_deals`] once per statement; the API functions
+//! (SECURITY DEFINER) ask [`require_right`] before they touch a deal.
+//!
+//! The lookups run as the extension's owner, so they neither need the caller's
+//! grants nor recurse into the policies that call them. Everything is resolved
+//! once per transaction and role and forgotten when the transaction ends or
+//! `users` changes.
+//!
+//! A database still at 0.1.0 (the new library is installed, `ALTER EXTENSION
+//! UPDATE` has not run) has no `deal_members`: then everyone may do anything,
+//! as in 0.1.0, and the actor is `deal_store.actor` as set.
+use crate::errors::raise;
+use crate::settings;
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use pgrx::Uuid;
+use std::cell::RefCell;
+use std::ffi::{c_void, CStr, CString};
+use std::rc::Rc;
+
+/// A member's role in one deal, weakest first.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DealRole {
+    Viewer,
+    Analyst,
+    Reviewer,
+    Lead,
+}
+
+const DEAL_ROLES: [(DealRole, &str); 4] =
+    [(DealRole::Viewer, "viewer"), (DealRole::Analyst, "analyst"), (DealRole::Reviewer, "reviewer"), (DealRole::Lead, "lead")];
+
+impl DealRole {
+    fn name(self) -> &'static str {
+        DEAL_ROLES.iter().find(|(r, _)| *r == self).map(|(_, n)| *n).expect("every role is named")
+    }
+
+    fn parse(text: &str) -> Option<DealRole> {
+        DEAL_ROLES.iter().find(|(_, n)| *n == text).map(|(r, _)| *r)
+    }
+
+    /// This role and every stronger one, by name.
+    fn and_above(self) -> Vec<&'static str> {
+        DEAL_ROLES.iter().filter(|(r, _)| *r >= self).map(|(_, n)| *n).collect()
+    }
+}
+
+/// What an operation needs. One table: the group role of the login, the deal
+/// role of the actor (None: admins only).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    Read,
+    Write,
+    Review,
+    Manage,
+    Admin,
+}
+
+const RIGHTS: [(Right, &str, &CStr, Option<DealRole>); 5] = [
+    (Right::Read, "read", c"deal_store_reader", Some(DealRole::Viewer)),
+    (Right::Write, "write", c"deal_store_analyst", Some(DealRole::Analyst)),
+    (Right::Review, "review", c"deal_store_reviewer", Some(DealRole::Reviewer)),
+    (Right::Manage, "manage", c"deal_store_analyst", Some(DealRole::Lead)),
+    (Right::Admin, "administer", c"deal_store_admin", None),
+];
+
+impl Right {
+    fn row(self) -> &'static (Right, &'static str, &'static CStr, Option<DealRole>) {
+        RIGHTS.iter().find(|r| r.0 == self).expect("every right has a row")
+    }
+
+    fn parse(text: &str) -> Right {
+        RIGHTS.iter().find(|r| r.1 == text).map(|r| r.0).unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("unknown right \"{text}\""),
+                Some("A right is read, write, review, manage or administer.".into()),
+            )
+        })
+    }
+}
+
+/// The group role whose members administer every deal.
+const ADMIN: &CStr = c"deal_store_admin";
+/// The group role of applications that act for their users.
+const SERVICE: &CStr = c"deal_store_service";
+
+/// What one role in one transaction is, resolved once.
+struct Resolved {
+    /// the role outside any SECURITY DEFINER function: the session's, or SET ROLE's
+    outer: Oid,
+    /// `deal_store.actor` as it was when this was resolved
+    raw: Option<CString>,
+    /// the access model is installed (0.2.0); false on a 0.1.0 database
+    installed: bool,
+    /// superuser or member of deal_store_admin: every deal
+    admin: bool,
+    /// member of deal_store_service (not a superuser): must name an actor
+    service: bool,
+    /// the owner of the deal_store schema, as whom lookups and the log run
+    owner: Oid,
+    /// the user the role acts as, or the message of the 42501 that using it raises
+    actor: Result<Option<Uuid>, String>,
+}
+
+thread_local! {
+    static RESOLVED: RefCell<Option<Rc<Resolved>>> = const { RefCell::new(None) };
+}
+
+/// Forgets what was resolved: at transaction end, and when `users` changes.
+fn forget() {
+    RESOLVED.with(|r| r.borrow_mut().take());
+}
+
+pub fn init() {
+    // SAFETY: a plain function registered once per backend
+    unsafe { pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut()) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(_event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    forget();
+}
+
+/// Runs `f` as `owner` (as a SECURITY DEFINER function would): an error inside
+/// is rolled back with the (sub)transaction, which also restores the user.
+pub fn as_owner<T>(owner: Oid, f: impl FnOnce() -> T) -> T {
+    struct Restore(Oid, i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the user id and context read below
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+        }
+    }
+    let (mut user, mut context) = (Oid::INVALID, 0);
+    // SAFETY: reads this backend's user id and security context into locals
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut context) };
+    let _restore = Restore(user, context);
+    // SAFETY: the same switch fmgr makes for a SECURITY DEFINER function
+    unsafe { pg_sys::SetUserIdAndSecContext(owner, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32) };
+    f()
+}
+
+fn role_oid(name: &CStr) -> Oid {
+    // SAFETY: a NUL-terminated name; missing_ok gives InvalidOid
+    unsafe { pg_sys::get_role_oid(name.as_ptr(), true) }
+}
+
+fn has_privs_of(member: Oid, group: &CStr) -> bool {
+    let group = role_oid(group);
+    // SAFETY: plain oids; has_privs_of_role reads the role caches
+    group != Oid::INVALID && unsafe { pg_sys::has_privs_of_role(member, group) }
+}
+
+fn internal<T>(r: Result<T, pgrx::spi::Error>) -> T {
+    r.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
+}
+
+fn resolve() -> Rc<Resolved> {
+    // SAFETY: reads this backend's role state
+    let outer = unsafe { pg_sys::GetOuterUserId() };
+    let raw = settings::ACTOR.get();
+    if let Some(r) = RESOLVED.with(|r| r.borrow().clone()).filter(|r| r.outer == outer && r.raw == raw) {
+        return r;
+    }
+    // SAFETY: plain catalog lookups by name, missing_ok
+    let installed = unsafe {
+        let schema = pg_sys::get_namespace_oid(c"deal_store".as_ptr(), true);
+        schema != Oid::INVALID && pg_sys::get_relname_relid(c"deal_members".as_ptr(), schema) != Oid::INVALID
+    };
+    // SAFETY: a plain oid
+    let superuser = unsafe { pg_sys::superuser_arg(outer) };
+    let admin = superuser || has_privs_of(outer, ADMIN);
+    let service = !superuser && has_privs_of(outer, SERVICE);
+    // SAFETY: the name is copied out before anything else runs
+    let name = unsafe {
+        let n = pg_sys::GetUserNameFromId(outer, true);
+        if n.is_null() { String::new() } else { CStr::from_ptr(n).to_string_lossy().into_owned() }
+    };
+    let owner: Oid = internal(Spi::get_one::<Oid>(
+        "SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'deal_store'",
+    ))
+    .unwrap_or(outer);
+    let mapped = if installed {
+        as_owner(owner, || {
+            internal(Spi::get_one_with_args::<Uuid>(
+                "SELECT u.id FROM deal_store.users u WHERE u.db_role OPERATOR(pg_catalog.=) $1::pg_catalog.name",
+                &[name.as_str().into()],
+            ))
+        })
+    } else {
+        None
+    };
+    let set = settings::actor();
+    let actor = match set {
+        None => Ok(mapped),
+        Some(u) if !installed || admin || service || mapped == Some(u) => Ok(Some(u)),
+        Some(u) => Err(match mapped {
+            Some(m) => format!("role \"{name}\" acts as user {m} and may not set deal_store.actor to {u}"),
+            None => format!("role \"{name}\" may not set deal_store.actor: only members of deal_store_service or deal_store_admin act for other users"),
+        }),
+    };
+    let r = Rc::new(Resolved { outer, raw, installed, admin, service, owner, actor });
+    RESOLVED.with(|c| *c.borrow_mut() = Some(r.clone()));
+    r
+}
+
+fn denied(message: String, hint: &str) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message, Some(hint.into()))
+}
+
+/// The owner of the extension's schema: the log is written as this role.
+pub fn owner() -> Oid {
+    resolve().owner
+}
+
+/// The acting user, None when there is none; 42501 when the role may not act as the user it set.
+pub fn actor() -> Option<Uuid> {
+    match &resolve().actor {
+        Ok(a) => *a,
+        Err(m) => denied(m.clone(), "Link the login role to its user (users.db_role), or act through a member of deal_store_service."),
+    }
+}
+
+/// The actor of a change: as [`actor`], and 42501 when there is none but one is
+/// required (always for deal_store_service, for others with deal_store.require_actor).
+pub fn actor_for_write() -> Option<Uuid> {
+    let a = actor();
+    let r = resolve();
+    if a.is_none() && r.installed && (r.service || settings::REQUIRE_ACTOR.get()) {
+        denied(
+            "a change needs an actor: deal_store.actor is not set".into(),
+            "SET LOCAL deal_store.actor = '<user uuid>' in the transaction (required for deal_store_service and under deal_store.require_actor).",
+        );
+    }
+    a
+}
+
+/// The actor's role in a deal, None when not a member.
+fn deal_role(owner: Oid, deal_id: Uuid, user: Uuid) -> Option<DealRole> {
+    let role = as_owner(owner, || {
+        internal(Spi::get_one_with_args::<String>(
+            "SELECT m.role FROM deal_store.deal_members m WHERE m.deal_id OPERATOR(pg_catalog.=) $1 AND m.user_id OPERATOR(pg_catalog.=) $2",
+            &[deal_id.into(), user.into()],
+        ))
+    });
+    role.as_deref().and_then(DealRole::parse)
+}
+
+/// Raises 42501 unless the caller may do what `right` stands for in the deal.
+pub fn require_right(deal_id: Uuid, right: Right) {
+    let r = resolve();
+    if !r.installed {
+        return;
+    }
+    let actor = if right == Right::Read { actor() } else { actor_for_write() };
+    if r.admin {
+        return;
+    }
+    let &(_, what, group, needed) = right.row();
+    let Some(needed) = needed else {
+        denied(format!("permission denied to {what} deal {deal_id}"), "Only members of deal_store_admin may.");
+    };
+    if !has_privs_of(r.outer, group) {
+        denied(
+            format!("permission denied to {what} deal {deal_id}: the login role is not a member of {}", group.to_string_lossy()),
+            "A database administrator grants the deal_store group roles.",
+        );
+    }
+    let Some(actor) = actor else {
+        denied(
+            format!("permission denied to {what} deal {deal_id}: no actor"),
+            "Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.",
+        );
+    };
+    let held = deal_role(r.owner, deal_id, actor);
+    if held.is_none_or(|h| h < needed) {
+        let is = held.map_or("not a member".to_string(), |h| format!("a {}", h.name()));
+        denied(
+            format!("permission denied to {what} deal {deal_id}: user {actor} is {is}, {} or above needed", needed.name()),
+            "A lead of the deal (or an admin) adds members with deal_store.add_member.",
+        );
+    }
+}
+
+/// True when the caller sees every deal: a superuser or a member of deal_store_admin.
+#[pg_extern(stable, parallel_safe)]
+fn sees_all_deals() -> bool {
+    let r = resolve();
+    !r.installed || r.admin
+}
+
+/// The deals in which the acting user holds `min_role` or a stronger role.
+#[pg_extern(stable, parallel_safe)]
+fn my_deals(min_role: default!(&str, "'viewer'")) -> Vec<Uuid> {
+    let Some(min) = DealRole::parse(min_role) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown deal role \"{min_role}\""),
+            Some("A deal role is viewer, analyst, reviewer or lead.".into()),
+        )
+    };
+    let r = resolve();
+    let Some(actor) = actor() else { return Vec::new() };
+    if !r.installed {
+        return Vec::new();
+    }
+    as_owner(r.owner, || {
+        internal(Spi::get_one_with_args::<Vec<Uuid>>(
+            "SELECT pg_catalog.coalesce(pg_catalog.array_agg(m.deal_id), '{}') FROM deal_store.deal_members m \
+             WHERE m.user_id OPERATOR(pg_catalog.=) $1 AND m.role OPERATOR(pg_catalog.=) ANY ($2)",
+            &[actor.into(), min.and_above().into()],
+        ))
+    })
+    .unwrap_or_default()
+}
+
+/// The acting user: the user the login role is linked to, or `deal_store.actor`
+/// where the role may set it; NULL when there is none.
+#[pg_extern(stable, parallel_safe)]
+fn current_actor() -> Option<Uuid> {
+    actor()
+}
+
+/// Internal: 42501 unless the caller has `needs` (read, write, review, manage,
+/// administer) on the deal. Called by every API function before it touches a deal.
+/// `deal_id` may be NULL for `administer` (an act on no one deal, e.g. purge_audit).
+#[pg_extern(name = "_require_right", volatile)]
+fn require_right_sql(deal_id: Option<Uuid>, needs: &str) {
+    match (deal_id, Right::parse(needs)) {
+        (None, Right::Admin) => {
+            let r = resolve();
+            if r.installed && !r.admin {
+                denied("permission denied: only members of deal_store_admin may do this".into(), "Only members of deal_store_admin may.");
+            }
+        }
+        (deal_id, right) => require_right(crate::errors::required(deal_id, "deal_id"), right),
+    }
+}
+
+/// Trigger (AFTER, FOR EACH STATEMENT on users): what was resolved about roles may be stale.
+#[pg_trigger]
+fn access_changed<'a>(
+    _trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
+    forget();
+    Ok(None)
+}
