@@ -123,7 +123,7 @@ BEGIN
     RETURN deal_store._export_format(jsonb_build_object(
         'format', 'deal_store.export',
         'format_version', 1,
-        'owner', (SELECT to_jsonb(u) - 'password_hash' - 'roles' FROM deal_store.users u WHERE u.id = d.user_id),
+        'owner', (SELECT to_jsonb(u) - 'password_hash' - 'roles' - 'db_role' FROM deal_store.users u WHERE u.id = d.user_id),
         'deal', to_jsonb(d),
         'documents', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.documents x WHERE x.deal_id = d.id), '[]'),
         'analysis_runs', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.run_number) FROM deal_store.analysis_runs x WHERE x.deal_id = d.id), '[]'),
@@ -138,7 +138,7 @@ BEGIN
         'fact_finding_links', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.fact_finding_links x WHERE x.deal_id = d.id), '[]')));
 END $$;
 COMMENT ON FUNCTION deal_store.export_deal(uuid) IS
-    'One deal as jsonb: its owner (without password_hash and roles), the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
+    'One deal as jsonb: its owner (without password_hash, roles and db_role), the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
 
 CREATE FUNCTION deal_store.import_deal(doc jsonb) RETURNS uuid
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

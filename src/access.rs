@@ -164,8 +164,13 @@ fn has_privs_of(member: Oid, group: &CStr) -> bool {
     group != Oid::INVALID && unsafe { pg_sys::has_privs_of_role(member, group) }
 }
 
-fn internal<T>(r: Result<T, pgrx::spi::Error>) -> T {
-    r.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
+/// The value of a one-value query: None for no row or NULL.
+fn internal<T>(r: Result<Option<T>, pgrx::spi::Error>) -> Option<T> {
+    match r {
+        Ok(v) => v,
+        Err(pgrx::spi::Error::InvalidPosition) => None,
+        Err(e) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None),
+    }
 }
 
 fn resolve() -> Rc<Resolved> {
@@ -319,7 +324,7 @@ fn my_deals(min_role: default!(&str, "'viewer'")) -> Vec<Uuid> {
     }
     as_owner(r.owner, || {
         internal(Spi::get_one_with_args::<Vec<Uuid>>(
-            "SELECT pg_catalog.coalesce(pg_catalog.array_agg(m.deal_id), '{}') FROM deal_store.deal_members m \
+            "SELECT COALESCE(pg_catalog.array_agg(m.deal_id), '{}') FROM deal_store.deal_members m \
              WHERE m.user_id OPERATOR(pg_catalog.=) $1 AND m.role OPERATOR(pg_catalog.=) ANY ($2)",
             &[actor.into(), min.and_above().into()],
         ))
