@@ -289,3 +289,10 @@ BEGIN
         EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
     END LOOP;
 END $$;
+
+COMMENT ON FUNCTION deal_store.sees_all_deals() IS
+    'True when the caller sees and changes every deal: a superuser or a member of deal_store_admin. Used by the row-level security policies.';
+COMMENT ON FUNCTION deal_store.my_deals(text) IS
+    'The deals in which the acting user (current_actor) holds min_role (viewer, analyst, reviewer, lead) or a stronger deal role. Used by the row-level security policies, once per statement.';
+COMMENT ON FUNCTION deal_store._require_right(uuid, text) IS
+    'Internal: raises 42501, naming the deal and what is missing, unless the caller has the right needs (read, write, review, manage; administer with a NULL deal) on the deal: the group role of its login and the deal role of its actor.';

@@ -38,6 +38,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d deal_store.deals;
 BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
     SELECT * INTO d FROM deal_store.deals x WHERE x.id = deal_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
@@ -45,7 +46,7 @@ BEGIN
     RETURN deal_store._export_format(jsonb_build_object(
         'format', 'deal_store.export',
         'format_version', 1,
-        'owner', (SELECT to_jsonb(u) - 'password_hash' - 'roles' FROM deal_store.users u WHERE u.id = d.user_id),
+        'owner', (SELECT to_jsonb(u) - 'password_hash' - 'roles' - 'db_role' FROM deal_store.users u WHERE u.id = d.user_id),
         'deal', to_jsonb(d),
         'documents', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.documents x WHERE x.deal_id = d.id), '[]'),
         'analysis_runs', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.run_number) FROM deal_store.analysis_runs x WHERE x.deal_id = d.id), '[]'),
@@ -60,7 +61,7 @@ BEGIN
         'fact_finding_links', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.fact_finding_links x WHERE x.deal_id = d.id), '[]')));
 END $$;
 COMMENT ON FUNCTION deal_store.export_deal(uuid) IS
-    'One deal as jsonb: its owner (without password_hash and roles), the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
+    'One deal as jsonb: its owner (without password_hash, roles and db_role), the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
 CREATE OR REPLACE FUNCTION deal_store.import_deal(doc jsonb) RETURNS uuid
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -122,32 +123,45 @@ BEGIN
         jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')));
     PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
     PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    -- the caller leads what it imported (42501 and nothing imported unless it may write)
+    IF deal_store.current_actor() IS NOT NULL THEN
+        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
+        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    END IF;
+    PERFORM deal_store._require_right(deal, 'manage');
+    -- history rows are the export's own versions: written as the versioning writes them
+    PERFORM set_config('deal_store.caller_writes_versions', 'on', true);
     PERFORM deal_store._insert_rows('deal_store.facts',
         coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
+    PERFORM set_config('deal_store.caller_writes_versions', 'off', true);
     PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
     PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
     PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
     RETURN deal;
 END $$;
 COMMENT ON FUNCTION deal_store.import_deal(jsonb) IS
-    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import.';
+    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The caller (deal_store.actor) becomes a lead of it. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import.';
 
 -- 0.2.0: an id passed alone that names rows of more than one deal is an error (P0003),
 -- not a pick (issue 14).
-CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid) RETURNS void
+CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid, needs text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    deals bigint;
+    deals uuid[];
 BEGIN
-    EXECUTE format('SELECT count(DISTINCT deal_id) FROM %s WHERE id = $1', tbl) INTO deals USING id;
-    IF deals > 1 THEN
-        RAISE EXCEPTION 'id % names rows of % deals in %', id, deals, tbl USING ERRCODE = 'P0003',
+    EXECUTE format('SELECT array_agg(DISTINCT deal_id) FROM %s WHERE id = $1', tbl) INTO deals USING id;
+    IF cardinality(deals) > 1 THEN
+        RAISE EXCEPTION 'id % names rows of % deals in %', id, cardinality(deals), tbl USING ERRCODE = 'P0003',
             HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
+    ELSIF cardinality(deals) = 1 THEN
+        PERFORM deal_store._require_right(deals[1], needs);
     END IF;
 END $$;
-COMMENT ON FUNCTION deal_store._id_in_one_deal(regclass, uuid) IS
-    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them.';
-CREATE OR REPLACE FUNCTION deal_store._lock_row(entity regclass, id uuid,
+COMMENT ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) IS
+    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them; 42501 unless the caller has the right needs on the row''s deal.';
+DROP FUNCTION deal_store._lock_row(regclass, uuid);
+CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -159,7 +173,9 @@ BEGIN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
     END IF;
     IF entity <> 'deal_store.deals'::regclass THEN
-        PERFORM deal_store._id_in_one_deal(entity, id);
+        PERFORM deal_store._id_in_one_deal(entity, id, needs);
+    ELSE
+        PERFORM deal_store._require_right(id, needs);
     END IF;
     EXECUTE format('SELECT %I FROM %s WHERE id = $1%s', deal_col, entity, current_only)
         INTO _lock_row.deal_id USING id;
@@ -173,14 +189,14 @@ BEGIN
                    entity, deal_col, current_only)
         INTO _lock_row.deleted_at, _lock_row.delete_batch USING _lock_row.deal_id, id;
 END $$;
-COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid) IS
-    'Internal: validates entity and id, locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
+COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid, text) IS
+    'Internal: validates entity and id, checks the caller''s right needs on the row''s deal (42501), locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
 CREATE OR REPLACE FUNCTION deal_store._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g record;
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.gaps', gap_id);
+    PERFORM deal_store._id_in_one_deal('deal_store.gaps', gap_id, 'write');
     SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.id = gap_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'gap % does not exist or is deleted', gap_id USING ERRCODE = 'P0002';
@@ -203,7 +219,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deal uuid;
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.facts', fact_id);
+    PERFORM deal_store._id_in_one_deal('deal_store.facts', fact_id, 'read');
     SELECT f.deal_id INTO deal FROM deal_store.facts f WHERE f.id = fact_id AND f.superseded_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
@@ -230,7 +246,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c deal_store.pending_changes;
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.pending_changes', change_id);
+    PERFORM deal_store._id_in_one_deal('deal_store.pending_changes', change_id, 'review');
     SELECT * INTO c FROM deal_store.pending_changes p WHERE p.id = change_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pending change % does not exist', change_id USING ERRCODE = 'P0002';
@@ -256,7 +272,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id);
+    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
     SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
     FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
     WHERE x.id = run_id FOR NO KEY UPDATE OF x;
@@ -287,25 +303,26 @@ COMMENT ON FUNCTION deal_store._finish_run(uuid, text, text) IS
 
 -- 0.2.0: every function that takes a deal raises P0002 for a deal that does not exist,
 -- instead of an empty answer (issue 14).
-CREATE FUNCTION deal_store._require_deal(deal_id uuid) RETURNS void
+CREATE FUNCTION deal_store._require_deal(deal_id uuid, needs text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF deal_id IS NULL THEN
         RAISE EXCEPTION 'deal_id must not be NULL' USING ERRCODE = '22004';
     END IF;
+    PERFORM deal_store._require_right(deal_id, needs);
     PERFORM 1 FROM deal_store.deals d WHERE d.id = deal_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
     END IF;
 END $$;
-COMMENT ON FUNCTION deal_store._require_deal(uuid) IS 'Internal: raises P0002 unless the deal exists (live or deleted), 22004 for NULL.';
+COMMENT ON FUNCTION deal_store._require_deal(uuid, text) IS 'Internal: raises 42501 unless the caller has the right needs (read, write, review, manage, administer) on the deal, P0002 unless the deal exists (live or deleted), 22004 for NULL.';
 CREATE OR REPLACE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL)
 RETURNS TABLE(status text, n bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     locked uuid[];
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'review');
     IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
         RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
     END IF;
@@ -331,7 +348,7 @@ RETURNS TABLE(change_id uuid, entity_type text, legacy_id text, change_type text
               analysis_run_id uuid, decided_at timestamptz, note text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'read');
     RETURN QUERY
     SELECT c.id, c.entity_type, c.legacy_entity_id, c.change_type, c.base_checksum,
            deal_store.content_checksum_of(c.entity_type, cur.v), c.old_value, cur.v, c.new_value,
@@ -360,7 +377,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     locked uuid[];
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'write');
     SELECT array_agg(p.id) INTO locked FROM (
         SELECT p.id FROM deal_store.pending_changes p
         WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
@@ -378,7 +395,7 @@ DECLARE
     owner uuid;
     run_number integer;
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'write');
     SELECT count(*), jsonb_build_object('tier_1', count(*) FILTER (WHERE p.confidence_tier = 1),
                                         'tier_2', count(*) FILTER (WHERE p.confidence_tier = 2),
                                         'tier_3', count(*) FILTER (WHERE p.confidence_tier = 3))
@@ -412,7 +429,7 @@ CREATE OR REPLACE FUNCTION deal_store.deal_activity(deal_id uuid, since timestam
 RETURNS SETOF deal_store.deal_activity_log
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'read');
     IF lim IS NULL OR lim < 1 OR lim > 10000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 10000' USING ERRCODE = '22023';
     END IF;
@@ -426,7 +443,7 @@ COMMENT ON FUNCTION deal_store.deal_activity(uuid, timestamptz, integer) IS
 CREATE OR REPLACE FUNCTION deal_store.latest_completed_run(deal_id uuid) RETURNS uuid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'read');
     RETURN (SELECT r.id FROM deal_store.analysis_runs r
             WHERE r.deal_id = latest_completed_run.deal_id AND r.status = 'completed'
             ORDER BY r.run_number DESC LIMIT 1);
@@ -441,7 +458,7 @@ DECLARE
     tsq tsquery;
     opts text := deal_store.headline_options();
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'read');
     IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
     ELSIF query IS NULL OR btrim(query) = '' THEN
@@ -561,7 +578,7 @@ DECLARE
     n integer;
     t record;
 BEGIN
-    r := deal_store._lock_row(entity, id);
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
     IF r.deleted_at IS NOT NULL THEN
         RAISE EXCEPTION '% row % is already deleted', entity, id
             USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
@@ -622,7 +639,7 @@ DECLARE
                                 ELSE ts_headline($9, m.evidence, $2, $10) END, m.total
                     FROM m ORDER BY m.rank DESC, m.legacy_id, m.id';
 BEGIN
-    PERFORM deal_store._require_deal(deal_id);
+    PERFORM deal_store._require_deal(deal_id, 'read');
     IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
     ELSIF off IS NULL OR off < 0 THEN
@@ -676,3 +693,607 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store.search_facts(uuid, text, text, text, text, double precision, integer, integer) IS
     'Ranked search over a deal''s current live facts. query: web-search syntax ("quoted phrase", or, -excluded), the last word also matching as a prefix. Filters: domain, category, entity, min_confidence. Ordered by rank then legacy_id and id (stable pages); total = all matches. headline marks the matched words (tags deal_store.headline_start / headline_stop) in the item, or in the evidence when the item has none. rank in (0, 1): full-text match (ts_rank_cd normalised to rank/(rank+1)); rank <= 0: fallback (trigram word similarity - 1, or the typo-tolerant match''s rank - 1). NULL or blank query: no rows. 22023 for lim outside 1..1000 or negative off.';
+
+-- 0.2.0: access control (issue 15): group roles, users.db_role, deal teams,
+-- row-level security on every deal-owned table, grants instead of PUBLIC, the
+-- API as SECURITY DEFINER functions that check the caller's right on the deal,
+-- process_queue_batch; the capability settings become superuser-only (in the
+-- library). Existing deal owners become leads of their deals.
+CREATE FUNCTION deal_store."sees_all_deals"() RETURNS bool
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'sees_all_deals_wrapper';
+CREATE FUNCTION deal_store."my_deals"("min_role" TEXT DEFAULT 'viewer') RETURNS uuid[]
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'my_deals_wrapper';
+CREATE FUNCTION deal_store."_require_right"("deal_id" uuid, "needs" TEXT) RETURNS void
+VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'require_right_sql_wrapper';
+CREATE FUNCTION deal_store."access_changed"() RETURNS TRIGGER
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'access_changed_wrapper';
+DROP FUNCTION deal_store._claim(integer, integer);
+CREATE FUNCTION deal_store._claim(batch_size integer, max_tier integer, deals uuid[]) RETURNS uuid[]
+LANGUAGE sql VOLATILE SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
+BEGIN ATOMIC
+    SELECT pg_catalog.array_agg(p.id) FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= _claim.max_tier
+          AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+          AND (_claim.deals IS NULL OR p.deal_id = ANY (_claim.deals))
+        ORDER BY p.created_at, p.id
+        LIMIT _claim.batch_size
+        FOR UPDATE SKIP LOCKED) p;
+END;
+COMMENT ON FUNCTION deal_store._claim(integer, integer, uuid[]) IS
+    'Internal: locks (FOR UPDATE SKIP LOCKED) and returns up to batch_size eligible open changes of the given deals (all when NULL), oldest first, for process_queue.';
+
+CREATE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    claimed uuid[];
+    n integer;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
+    END IF;
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    -- admins work the whole queue; a reviewer the deals it reviews
+    claimed := deal_store._claim(batch_size, max_tier,
+        CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
+    n := coalesce(cardinality(claimed), 0);
+    IF n > 0 THEN
+        PERFORM deal_store._settle_batch(claimed, 'process_queue');
+    END IF;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION deal_store.process_queue_batch(integer, integer) IS
+    'One batch of process_queue in the caller''s transaction: claims up to batch_size eligible open changes (FOR UPDATE SKIP LOCKED; all deals for admins, else the deals where the actor is reviewer or lead), applies them and returns how many it settled.';
+
+CREATE OR REPLACE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    LOOP
+        n := deal_store.process_queue_batch(batch_size, max_tier);
+        COMMIT;
+        EXIT WHEN n < batch_size;
+    END LOOP;
+END $$;
+COMMENT ON PROCEDURE deal_store.process_queue(integer, integer) IS
+    'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block.';
+CREATE OR REPLACE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false)
+RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+    run_id uuid;
+BEGIN
+    PERFORM deal_store._require_deal(start_run.deal_id, 'write');
+    IF domains IS NOT NULL AND (array_position(domains, NULL) IS NOT NULL
+                                OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN
+        RAISE EXCEPTION 'domains must not contain NULL or empty names' USING ERRCODE = '22023';
+    END IF;
+    -- The deal's row lock serialises run starts per deal, so two sessions
+    -- never compute the same run_number. NO KEY UPDATE leaves FK checks free.
+    SELECT x.id, x.deleted_at INTO d FROM deal_store.deals x WHERE x.id = start_run.deal_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist', start_run.deal_id USING ERRCODE = 'P0002';
+    ELSIF d.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'deal % is deleted', start_run.deal_id USING ERRCODE = '55000';
+    END IF;
+    INSERT INTO deal_store.analysis_runs (deal_id, run_number, is_incremental, domains_analyzed, triggered_by)
+    SELECT start_run.deal_id, coalesce(max(r.run_number), 0) + 1, coalesce(incremental, false), domains,
+           deal_store.current_actor()
+    FROM deal_store.analysis_runs r WHERE r.deal_id = start_run.deal_id
+    RETURNING id INTO run_id;
+    RETURN run_id;
+END $$;
+COMMENT ON FUNCTION deal_store.start_run(uuid, text[], boolean) IS
+    'Starts an analysis run of a deal and returns its id. run_number is the deal''s next number, safe under concurrent starts. domains: what the run covers (NULL = all); incremental runs never propose removals. Errors: P0002 no such deal, 55000 deal deleted, 22023 bad domains.';
+CREATE OR REPLACE FUNCTION deal_store.deal_summary(deal_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
+    PERFORM deal_store._require_live_deal(deal_id);
+    RETURN jsonb_build_object(
+        'deal', (SELECT jsonb_build_object('id', d.id, 'name', d.name, 'target_name', d.target_name,
+                                           'deal_type', d.deal_type, 'status', d.status)
+                 FROM deal_store.deals d WHERE d.id = deal_summary.deal_id),
+        'facts_by_domain', coalesce((
+            SELECT jsonb_object_agg(s.domain, s.n ORDER BY s.domain)
+            FROM (SELECT f.domain, count(*) AS n FROM deal_store.current_facts f
+                  WHERE f.deal_id = deal_summary.deal_id GROUP BY f.domain) s), '{}'),
+        'findings', coalesce((
+            SELECT jsonb_object_agg(t.finding_type, t.by_severity ORDER BY t.finding_type)
+            FROM (SELECT s.finding_type,
+                         jsonb_object_agg(s.severity, jsonb_build_object('count', s.n, 'cost_low', s.low, 'cost_high', s.high)
+                                          ORDER BY s.severity) AS by_severity
+                  FROM (SELECT f.finding_type, coalesce(f.severity, 'unrated') AS severity, count(*) AS n,
+                               coalesce(sum(f.cost_estimate_low), 0) AS low, coalesce(sum(f.cost_estimate_high), 0) AS high
+                        FROM deal_store.current_findings f WHERE f.deal_id = deal_summary.deal_id
+                        GROUP BY 1, 2) s
+                  GROUP BY s.finding_type) t), '{}'),
+        'open_gaps_by_importance', coalesce((
+            SELECT jsonb_object_agg(s.importance, s.n ORDER BY s.importance)
+            FROM (SELECT g.importance, count(*) AS n FROM deal_store.current_gaps g
+                  WHERE g.deal_id = deal_summary.deal_id AND g.resolved_at IS NULL GROUP BY g.importance) s), '{}'),
+        'pending_changes_by_tier', coalesce((
+            SELECT jsonb_object_agg(s.confidence_tier::text, s.n ORDER BY s.confidence_tier)
+            FROM (SELECT c.confidence_tier, count(*) AS n FROM deal_store.pending_changes c
+                  WHERE c.deal_id = deal_summary.deal_id AND c.status IN ('pending', 'deferred')
+                  GROUP BY c.confidence_tier) s), '{}'),
+        'latest_run', (
+            SELECT jsonb_build_object('id', r.id, 'run_number', r.run_number, 'completed_at', r.completed_at,
+                                      'documents_processed', r.documents_processed, 'facts_created', r.facts_created,
+                                      'facts_updated', r.facts_updated, 'findings_created', r.findings_created,
+                                      'gaps_created', r.gaps_created)
+            FROM deal_store.analysis_runs r
+            WHERE r.deal_id = deal_summary.deal_id AND r.status = 'completed'
+            ORDER BY r.run_number DESC LIMIT 1));
+END $$;
+COMMENT ON FUNCTION deal_store.deal_summary(uuid) IS
+    'Dashboard of one live deal as jsonb: current facts by domain, findings by type and severity with count and summed cost range, open gaps by importance, pending changes (pending or deferred) by tier, and the latest completed run with its counts. P0002 when the deal does not exist or is deleted.';
+CREATE OR REPLACE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
+RETURNS SETOF deal_store.deals
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT d.* FROM deal_store.deals d
+    WHERE d.user_id = deals_for_user.user_id AND d.deleted_at IS NULL
+      AND (deal_store.sees_all_deals() OR d.id = ANY (deal_store.my_deals('viewer')))
+      AND (d.status <> 'archived' OR coalesce(deals_for_user.include_archived, false))
+    ORDER BY d.updated_at DESC, d.id;
+END;
+COMMENT ON FUNCTION deal_store.deals_for_user(uuid, boolean) IS
+    'A user''s live deals that the caller may see, most recently updated first; archived ones only when include_archived.';
+CREATE OR REPLACE FUNCTION deal_store._set_deal_status(deal_id uuid, from_status text, to_status text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cur text;
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'manage');
+    SELECT d.status INTO cur FROM deal_store.active_deals d WHERE d.id = deal_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist or is deleted', deal_id USING ERRCODE = 'P0002';
+    ELSIF cur <> from_status THEN
+        RAISE EXCEPTION 'deal % is %, not %', deal_id, cur, from_status USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.deals d SET status = to_status WHERE d.id = deal_id;
+END $$;
+COMMENT ON FUNCTION deal_store._set_deal_status(uuid, text, text) IS 'Internal: checked status transition of a live deal.';
+CREATE OR REPLACE FUNCTION deal_store.audit_log_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('deal_store.audit_purge', true) = 'on'
+       AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'deal_store.deal_activity_log is append-only: % is not allowed', TG_OP
+        USING ERRCODE = '42501', HINT = 'Only deal_store.purge_audit (members of deal_store_admin) removes entries.';
+END $$;
+COMMENT ON FUNCTION deal_store.audit_log_append_only() IS
+    'Trigger: rejects UPDATE, DELETE and TRUNCATE of deal_activity_log with 42501, except the DELETE that purge_audit performs for a superuser.';
+CREATE OR REPLACE FUNCTION deal_store.purge_audit(older_than interval) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM deal_store._require_right(NULL, 'administer');
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
+    END IF;
+    PERFORM set_config('deal_store.audit_purge', 'on', true);
+    DELETE FROM deal_store.deal_activity_log l WHERE l.created_at < now() - older_than;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM set_config('deal_store.audit_purge', 'off', true);
+    INSERT INTO deal_store.deal_activity_log (user_id, action, entity_type, reason, details)
+    VALUES (deal_store.current_actor(), 'purge_audit', 'deal_activity_log',
+            nullif(current_setting('deal_store.reason', true), ''),
+            jsonb_build_object('older_than', older_than::text, 'rows', n));
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION deal_store.purge_audit(interval) IS
+    'Removes audit entries older than older_than; members of deal_store_admin only (42501 otherwise). The purge itself is logged as action purge_audit. Returns the number of entries removed.';
+CREATE OR REPLACE FUNCTION deal_store.enable_audit(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._require_right(NULL, 'administer');
+    IF tbl IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p')
+       OR tbl = 'deal_store.deal_activity_log'::regclass THEN
+        RAISE EXCEPTION '% cannot be audited: not an ordinary table, or the log itself', tbl USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = tbl AND i.indisprimary) THEN
+        RAISE EXCEPTION '% has no primary key', tbl USING ERRCODE = '55000',
+            HINT = 'The audit log identifies a row by its primary key.';
+    END IF;
+    EXECUTE format('CREATE OR REPLACE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row()', tbl);
+    EXECUTE format('CREATE OR REPLACE TRIGGER deal_store_audit_flush AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION deal_store.audit_flush()', tbl);
+END $$;
+COMMENT ON FUNCTION deal_store.enable_audit(regclass) IS
+    'Puts the deal_store audit triggers (audit_row per row, audit_flush per statement) on a table (any primary key, composite included; idempotent). 55000 when the table has no primary key, 22023 when it is not an ordinary table.';
+CREATE OR REPLACE FUNCTION deal_store.disable_audit(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._require_right(NULL, 'administer');
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'tbl must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS deal_store_audit ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS deal_store_audit_flush ON %s', tbl);
+END $$;
+COMMENT ON FUNCTION deal_store.disable_audit(regclass) IS
+    'Removes the deal_store audit triggers from a table (idempotent).';
+CREATE OR REPLACE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid)
+RETURNS SETOF deal_store.deal_activity_log
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT l.* FROM deal_store.deal_activity_log l
+    WHERE l.entity_type = entity_history.entity_type AND l.entity_id = entity_history.entity_id
+      AND (deal_store.sees_all_deals() OR l.deal_id = ANY (deal_store.my_deals('viewer')))
+    ORDER BY l.seq;
+END;
+COMMENT ON FUNCTION deal_store.entity_history(text, uuid) IS
+    'Every audit entry of one row (entity_type is the table name, e.g. facts) in the deals the caller may see, oldest first.';
+CREATE OR REPLACE FUNCTION deal_store.restore(entity regclass, id uuid) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    total integer := 0;
+    n integer;
+    t regclass;
+BEGIN
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    IF r.deleted_at IS NULL THEN
+        RAISE EXCEPTION '% row % is not deleted', entity, id USING ERRCODE = '55000';
+    END IF;
+    IF entity <> 'deal_store.deals'::regclass
+       AND EXISTS (SELECT 1 FROM deal_store.deals d WHERE d.id = r.deal_id AND d.deleted_at IS NOT NULL
+                   AND d.delete_batch IS DISTINCT FROM r.delete_batch) THEN
+        RAISE EXCEPTION 'cannot restore % row %: its deal is deleted', entity, id
+            USING ERRCODE = '55000', HINT = 'Restore the deal first.';
+    END IF;
+    BEGIN
+        UPDATE deal_store.deals d SET deleted_at = NULL, deleted_by = NULL, delete_reason = NULL, delete_batch = NULL
+        WHERE d.id = r.deal_id AND d.delete_batch = r.delete_batch;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := n;
+        FOREACH t IN ARRAY ARRAY['deal_store.documents', 'deal_store.facts', 'deal_store.findings', 'deal_store.gaps']::regclass[] LOOP
+            EXECUTE format('UPDATE %s SET deleted_at = NULL, deleted_by = NULL, delete_reason = NULL, delete_batch = NULL '
+                           'WHERE deal_id = $1 AND delete_batch = $2', t)
+                USING r.deal_id, r.delete_batch;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            total := total + n;
+        END LOOP;
+    EXCEPTION WHEN unique_violation THEN
+        DECLARE
+            msg text; cons text;
+        BEGIN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, cons = CONSTRAINT_NAME;
+            RAISE EXCEPTION 'cannot restore % row %: a live row has taken its name since', entity, id
+                USING ERRCODE = '23505', CONSTRAINT = cons, DETAIL = msg,
+                      HINT = 'Rename or delete the live row, then restore again.';
+        END;
+    END;
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION deal_store.restore(regclass, uuid) IS
+    'Restores a soft-deleted row and exactly the rows deleted in the same batch (not rows deleted earlier for another reason). Returns the number of rows restored. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 not deleted or its deal is deleted, 23505 a live row has taken its name (nothing is restored).';
+CREATE OR REPLACE FUNCTION deal_store.purge(entity regclass, id uuid) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    n integer;
+BEGIN
+    r := deal_store._lock_row(entity, id, 'administer');
+    IF r.deleted_at IS NULL THEN
+        RAISE EXCEPTION 'cannot purge % row %: it is not deleted', entity, id
+            USING ERRCODE = '55000', HINT = 'Soft-delete it first with deal_store.soft_delete.';
+    END IF;
+    PERFORM set_config('deal_store.hard_delete', 'on', true);
+    IF entity = 'deal_store.deals'::regclass THEN
+        DELETE FROM deal_store.deals d WHERE d.id = r.deal_id;
+    ELSIF entity = 'deal_store.facts'::regclass THEN
+        -- the fact and every history row of its version chain
+        WITH RECURSIVE chain(vid) AS (
+            SELECT purge.id
+            UNION ALL
+            SELECT f.previous_version_id FROM chain c
+            JOIN deal_store.facts f ON f.deal_id = r.deal_id AND f.id = c.vid
+            WHERE f.previous_version_id IS NOT NULL
+        )
+        DELETE FROM deal_store.facts f USING chain c WHERE f.deal_id = r.deal_id AND f.id = c.vid;
+    ELSE
+        EXECUTE format('DELETE FROM %s WHERE deal_id = $1 AND id = $2', entity) USING r.deal_id, id;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM set_config('deal_store.hard_delete', 'off', true);
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION deal_store.purge(regclass, uuid) IS
+    'Really deletes a soft-deleted row (a fact with its whole version history; a deal with everything it owns). The only real delete. Errors: 22023, P0002, 55000 when the row is not soft-deleted first.';
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['deal_store_reader', 'deal_store_analyst', 'deal_store_reviewer',
+                             'deal_store_admin', 'deal_store_service'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles x WHERE x.rolname = r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+    -- each group has the privileges of the one before it
+    IF NOT pg_catalog.pg_has_role('deal_store_analyst', 'deal_store_reader', 'MEMBER') THEN
+        GRANT deal_store_reader TO deal_store_analyst;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('deal_store_reviewer', 'deal_store_analyst', 'MEMBER') THEN
+        GRANT deal_store_analyst TO deal_store_reviewer;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('deal_store_admin', 'deal_store_reviewer', 'MEMBER') THEN
+        GRANT deal_store_reviewer TO deal_store_admin;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('deal_store_service', 'deal_store_reviewer', 'MEMBER') THEN
+        GRANT deal_store_reviewer TO deal_store_service;
+    END IF;
+END $$;
+COMMENT ON ROLE deal_store_reader IS 'deal_store: reads the deals its user is a member of.';
+COMMENT ON ROLE deal_store_analyst IS 'deal_store: also writes documents, facts, findings, gaps, runs and proposals (where its user is analyst or above).';
+COMMENT ON ROLE deal_store_reviewer IS 'deal_store: also decides the merge queue (where its user is reviewer or above).';
+COMMENT ON ROLE deal_store_admin IS 'deal_store: every deal; purge, tier policies, users, enable_audit.';
+COMMENT ON ROLE deal_store_service IS 'deal_store: an application''s pooled login; acts for its users with SET LOCAL deal_store.actor (required), with their deal rights.';
+
+-- ---------------------------------------------------------------------------
+-- Who a login role is, and deal teams.
+
+ALTER TABLE deal_store.users ADD COLUMN db_role name;
+ALTER TABLE deal_store.users ADD CONSTRAINT users_db_role_key UNIQUE (db_role);
+COMMENT ON COLUMN deal_store.users.db_role IS 'The database login role that is this user: its actor is this user, whatever deal_store.actor says (42501 when set to someone else).';
+
+CREATE TABLE deal_store.deal_members (
+    deal_id  uuid        NOT NULL,
+    user_id  uuid        NOT NULL,
+    role     text        NOT NULL,
+    added_by uuid,
+    added_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT deal_members_pkey PRIMARY KEY (deal_id, user_id),
+    CONSTRAINT deal_members_deal_id_fkey FOREIGN KEY (deal_id) REFERENCES deal_store.deals (id) ON DELETE CASCADE,
+    CONSTRAINT deal_members_user_id_fkey FOREIGN KEY (user_id) REFERENCES deal_store.users (id) ON DELETE CASCADE,
+    CONSTRAINT deal_members_role_check CHECK (role IN ('viewer', 'analyst', 'reviewer', 'lead'))
+);
+CREATE INDEX deal_members_user_id_idx ON deal_store.deal_members (user_id, role);
+COMMENT ON TABLE deal_store.deal_members IS 'Deal teams: who may see and change a deal, with which deal role (viewer < analyst < reviewer < lead). The deal''s owner is its first lead. Changed through add_member / remove_member.';
+COMMENT ON COLUMN deal_store.deal_members.role IS 'viewer (reads), analyst (also writes and proposes), reviewer (also decides the merge queue), lead (also manages members, archives, deletes the deal).';
+COMMENT ON COLUMN deal_store.deal_members.added_by IS 'The actor who added the member or last changed the role.';
+SELECT pg_catalog.pg_extension_config_dump('deal_store.deal_members', '');
+
+-- Every deal's owner is a lead of it (existing deals too, on upgrade; before
+-- the audit triggers go on, so the upgrade adds no log entries).
+INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_at)
+SELECT d.id, d.user_id, 'lead', d.created_at FROM deal_store.deals d
+ON CONFLICT DO NOTHING;
+
+SELECT deal_store.enable_audit('deal_store.deal_members');
+CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON deal_store.deal_members
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.refuse_truncate();
+
+COMMENT ON FUNCTION deal_store.access_changed() IS
+    'Trigger (AFTER, FOR EACH STATEMENT on users): forgets what this session resolved about actors and roles.';
+CREATE TRIGGER access_changed AFTER INSERT OR UPDATE OR DELETE ON deal_store.users
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.access_changed();
+
+CREATE FUNCTION deal_store.owner_is_lead() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+    VALUES (NEW.id, NEW.user_id, 'lead', deal_store.current_actor())
+    ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION deal_store.owner_is_lead() IS
+    'Trigger (AFTER INSERT on deals): makes the deal''s owner a lead of it.';
+CREATE TRIGGER owner_is_lead AFTER INSERT ON deal_store.deals
+    FOR EACH ROW EXECUTE FUNCTION deal_store.owner_is_lead();
+
+CREATE FUNCTION deal_store.add_member(deal_id uuid, user_id uuid, role text DEFAULT 'viewer') RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM deal_store._require_right(deal_id, 'manage');
+    PERFORM deal_store._require_deal(deal_id, 'manage');
+    IF role IS NULL OR role NOT IN ('viewer', 'analyst', 'reviewer', 'lead') THEN
+        RAISE EXCEPTION 'unknown deal role "%"', role USING ERRCODE = '22023',
+            HINT = 'A deal role is viewer, analyst, reviewer or lead.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = add_member.user_id) THEN
+        RAISE EXCEPTION 'user % does not exist', user_id USING ERRCODE = 'P0002';
+    END IF;
+    INSERT INTO deal_store.deal_members AS m (deal_id, user_id, role, added_by)
+    VALUES (add_member.deal_id, add_member.user_id, add_member.role, deal_store.current_actor())
+    ON CONFLICT ON CONSTRAINT deal_members_pkey DO UPDATE SET role = EXCLUDED.role, added_by = EXCLUDED.added_by
+    WHERE m.role IS DISTINCT FROM EXCLUDED.role;
+END $$;
+COMMENT ON FUNCTION deal_store.add_member(uuid, uuid, text) IS
+    'Adds a user to a deal''s team with a deal role, or changes the role of a member (audited). Leads of the deal and admins only (42501). P0002 no such deal or user, 22023 unknown role.';
+
+CREATE FUNCTION deal_store.remove_member(deal_id uuid, user_id uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM deal_store._require_right(deal_id, 'manage');
+    PERFORM 1 FROM deal_store.deals d WHERE d.id = remove_member.deal_id FOR NO KEY UPDATE;
+    DELETE FROM deal_store.deal_members m WHERE m.deal_id = remove_member.deal_id AND m.user_id = remove_member.user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'user % is not a member of deal %', user_id, deal_id USING ERRCODE = 'P0002';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM deal_store.deal_members m WHERE m.deal_id = remove_member.deal_id AND m.role = 'lead') THEN
+        RAISE EXCEPTION 'deal % would have no lead', deal_id USING ERRCODE = '55000',
+            HINT = 'Make another member lead first.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store.remove_member(uuid, uuid) IS
+    'Removes a user from a deal''s team (audited). Leads of the deal and admins only (42501). P0002 not a member, 55000 when the deal would have no lead.';
+
+-- ---------------------------------------------------------------------------
+-- Row-level security. The deal lists are computed once per statement (the
+-- scalar subqueries become InitPlans), so a policy costs an array lookup per row.
+
+DO $$
+DECLARE
+    t record;
+    sees text := '(SELECT deal_store.sees_all_deals())';
+BEGIN
+    FOR t IN SELECT * FROM (VALUES
+        -- table, its deal column, the deal role that may change rows, extra read rule
+        ('deals',              'id',      'lead',     ' OR user_id = (SELECT deal_store.current_actor())'),
+        ('documents',          'deal_id', 'analyst',  ''),
+        ('analysis_runs',      'deal_id', 'analyst',  ''),
+        ('facts',              'deal_id', 'analyst',  ''),
+        ('findings',           'deal_id', 'analyst',  ''),
+        ('fact_finding_links', 'deal_id', 'analyst',  ''),
+        ('gaps',               'deal_id', 'analyst',  ''),
+        ('pending_changes',    'deal_id', 'reviewer', ''),
+        ('deal_members',       'deal_id', 'lead',     ''),
+        ('tier_policies',      'deal_id', 'lead',     ' OR deal_id IS NULL'),
+        ('deal_activity_log',  'deal_id', NULL,       '')) AS x(tbl, col, writer, also)
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE deal_store.%I ENABLE ROW LEVEL SECURITY', t.tbl);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%s OR %I = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[])%s)',
+            t.tbl, sees, t.col, t.also);
+        IF t.writer IS NOT NULL THEN
+            EXECUTE pg_catalog.format(
+                'CREATE POLICY members_write ON deal_store.%I FOR ALL USING (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
+                t.tbl, sees, t.col, t.writer);
+        END IF;
+    END LOOP;
+END $$;
+
+-- A deal's owner creates it: a user may insert deals it owns.
+CREATE POLICY owner_creates ON deal_store.deals FOR INSERT
+    WITH CHECK ((SELECT deal_store.sees_all_deals()) OR user_id = (SELECT deal_store.current_actor()));
+
+-- Notifications: each user their own.
+ALTER TABLE deal_store.notifications ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own ON deal_store.notifications FOR ALL
+    USING ((SELECT deal_store.sees_all_deals()) OR user_id = (SELECT deal_store.current_actor()));
+
+-- ---------------------------------------------------------------------------
+-- Grants. Nothing is granted to PUBLIC; each group role gets what its members need.
+
+REVOKE ALL ON SCHEMA deal_store FROM PUBLIC;
+GRANT USAGE ON SCHEMA deal_store TO deal_store_reader;
+REVOKE ALL ON ALL TABLES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON TYPE deal_store.fact_search_hit FROM PUBLIC;
+GRANT USAGE ON TYPE deal_store.fact_search_hit TO deal_store_reader;
+
+DO $$
+DECLARE
+    r record;
+BEGIN
+    -- readers read every table and view (rows: the policies), users without password_hash
+    FOR r IN SELECT c.oid::pg_catalog.regclass AS rel FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind IN ('r', 'v', 'p')
+               AND c.relname <> 'users' LOOP
+        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO deal_store_reader', r.rel);
+    END LOOP;
+    -- the views check the policies of the tables as the querying role
+    FOR r IN SELECT c.oid::pg_catalog.regclass AS rel FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind = 'v' LOOP
+        EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', r.rel);
+    END LOOP;
+END $$;
+GRANT SELECT (id, email, display_name, roles, active, created_at, updated_at, db_role) ON deal_store.users TO deal_store_reader;
+GRANT UPDATE (read, read_at) ON deal_store.notifications TO deal_store_reader;
+-- analysts write content directly too (DELETE is a soft delete)
+GRANT INSERT, UPDATE, DELETE ON deal_store.deals, deal_store.documents, deal_store.facts, deal_store.findings,
+    deal_store.fact_finding_links, deal_store.gaps,
+    deal_store.active_deals, deal_store.active_documents, deal_store.active_facts, deal_store.active_findings,
+    deal_store.active_gaps TO deal_store_analyst;
+-- admins also manage users, tier policies, runs, the queue and teams directly
+GRANT INSERT, UPDATE, DELETE ON deal_store.users, deal_store.tier_policies, deal_store.analysis_runs,
+    deal_store.pending_changes, deal_store.deal_members, deal_store.notifications TO deal_store_admin;
+GRANT SELECT ON deal_store.users TO deal_store_admin;
+
+-- ---------------------------------------------------------------------------
+-- Functions. The API runs with the owner's rights (SECURITY DEFINER, pinned
+-- search_path) and checks the caller's right on the deal itself; internal
+-- helpers (_*), the Rust internals and trigger functions are executable by no
+-- one but the owner (a trigger fires without EXECUTE).
+
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee, x.definer FROM (VALUES
+        -- reader: pure functions and reads
+        ('deal_store.current_actor()', 'deal_store_reader', false),
+        ('deal_store.sees_all_deals()', 'deal_store_reader', false),
+        ('deal_store.my_deals(text)', 'deal_store_reader', false),
+        ('deal_store.fact_search_vector(regconfig, text, text, text, text, jsonb)', 'deal_store_reader', false),
+        ('deal_store.fact_checksum(jsonb)', 'deal_store_reader', true),
+        ('deal_store.fact_canonical(jsonb)', 'deal_store_reader', true),
+        ('deal_store.content_checksum_of(text, jsonb)', 'deal_store_reader', true),
+        ('deal_store.search_config()', 'deal_store_reader', true),
+        ('deal_store.headline_options()', 'deal_store_reader', true),
+        ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', true),
+        ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', 'deal_store_reader', true),
+        ('deal_store.search_deal(uuid, text, integer)', 'deal_store_reader', true),
+        ('deal_store.deal_summary(uuid)', 'deal_store_reader', true),
+        ('deal_store.deals_for_user(uuid, boolean)', 'deal_store_reader', true),
+        ('deal_store.latest_completed_run(uuid)', 'deal_store_reader', true),
+        ('deal_store.diff_facts(uuid, jsonb, text[])', 'deal_store_reader', true),
+        ('deal_store.diff_summary(uuid, jsonb, text[])', 'deal_store_reader', true),
+        ('deal_store.fact_history(uuid)', 'deal_store_reader', true),
+        ('deal_store.fact_as_of(uuid, timestamptz)', 'deal_store_reader', true),
+        ('deal_store.export_deal(uuid)', 'deal_store_reader', true),
+        ('deal_store.conflicts(uuid)', 'deal_store_reader', true),
+        ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
+        ('deal_store.entity_history(text, uuid)', 'deal_store_reader', true),
+        -- analyst: runs, proposals, gaps, soft delete
+        ('deal_store.start_run(uuid, text[], boolean)', 'deal_store_analyst', true),
+        ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),
+        ('deal_store.fail_run(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.propose_facts(uuid, jsonb, text[])', 'deal_store_analyst', true),
+        ('deal_store.propose_findings(uuid, jsonb, text[])', 'deal_store_analyst', true),
+        ('deal_store.propose_gaps(uuid, jsonb, text[])', 'deal_store_analyst', true),
+        ('deal_store.resolve_gap(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.reopen_gap(uuid)', 'deal_store_analyst', true),
+        ('deal_store.soft_delete(regclass, uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.restore(regclass, uuid)', 'deal_store_analyst', true),
+        ('deal_store.import_deal(jsonb)', 'deal_store_analyst', true),
+        ('deal_store.archive_deal(uuid)', 'deal_store_analyst', true),
+        ('deal_store.unarchive_deal(uuid)', 'deal_store_analyst', true),
+        ('deal_store.add_member(uuid, uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.remove_member(uuid, uuid)', 'deal_store_analyst', true),
+        -- reviewer: the merge queue
+        ('deal_store.accept_change(uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.reject_change(uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.defer_change(uuid, timestamptz, text)', 'deal_store_reviewer', true),
+        ('deal_store.accept_changes(uuid, integer, uuid)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue(integer, integer)', 'deal_store_reviewer', false),
+        -- admin
+        ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
+        ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
+        ('deal_store.enable_audit(regclass)', 'deal_store_admin', true),
+        ('deal_store.disable_audit(regclass)', 'deal_store_admin', true)) AS x(fn, grantee, definer)
+    LOOP
+        IF f.definer THEN
+            EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
+        END IF;
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
+    END LOOP;
+END $$;
+
+COMMENT ON FUNCTION deal_store.sees_all_deals() IS
+    'True when the caller sees and changes every deal: a superuser or a member of deal_store_admin. Used by the row-level security policies.';
+COMMENT ON FUNCTION deal_store.my_deals(text) IS
+    'The deals in which the acting user (current_actor) holds min_role (viewer, analyst, reviewer, lead) or a stronger deal role. Used by the row-level security policies, once per statement.';
+COMMENT ON FUNCTION deal_store._require_right(uuid, text) IS
+    'Internal: raises 42501, naming the deal and what is missing, unless the caller has the right needs (read, write, review, manage; administer with a NULL deal) on the deal: the group role of its login and the deal role of its actor.';
