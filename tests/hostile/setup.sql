@@ -1,15 +1,16 @@
 -- Set-up of the hostile layer, as a superuser: an ordinary login role with the
--- rights an application role has (schema usage, DML on the tables, EXECUTE on
--- the functions), a deal with data and a running run, and a deal whose facts
--- hold a vocabulary of 30,000 lexemes (for the cancel of typo_tsquery).
+-- rights of deal_store_admin (every function, every deal), a deal with data and
+-- a running run, and a deal whose facts hold a vocabulary of 30,000 lexemes (for the cancel of typo_tsquery).
 \set ON_ERROR_STOP on
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS deal_store CASCADE;
 DROP ROLE IF EXISTS deal_store_hostile;
 CREATE ROLE deal_store_hostile LOGIN NOSUPERUSER;
-GRANT USAGE ON SCHEMA deal_store TO deal_store_hostile;
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA deal_store TO deal_store_hostile;
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA deal_store TO deal_store_hostile;
+-- an admin of deal_store: the role that may call every function, so every one meets the input
+GRANT deal_store_admin TO deal_store_hostile;
+-- and, for this test only, the internal functions too: they meet hostile input
+-- through the API, and are called here directly with it
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA deal_store TO deal_store_hostile;
 INSERT INTO deal_store.users (id, email) VALUES ('00000000-0000-0000-00ff-0000000000a1', 'hostile@example.com');
 INSERT INTO deal_store.deals (id, user_id, name, target_name) VALUES
   ('00000000-0000-0000-00ff-0000000000d1', '00000000-0000-0000-00ff-0000000000a1', 'Project Hostile', 'H'),
