@@ -82,7 +82,13 @@ start_throwaway_cluster() {
         install -d -o postgres -g postgres "$CLUSTER"
         runuser -u postgres -- "$PG_BIN/initdb" -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D "$CLUSTER/data" >/dev/null
     fi
-    if ! runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER/data" status >/dev/null 2>&1; then
+    # the superuser over the socket and TCP without a password; every other role
+    # over TCP with its password (the client test logs in as real login roles)
+    printf '%s\n' 'local all all trust' 'host all postgres 127.0.0.1/32 trust' \
+        'host all all 127.0.0.1/32 scram-sha-256' >"$CLUSTER/data/pg_hba.conf"
+    if runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER/data" status >/dev/null 2>&1; then
+        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER/data" reload >/dev/null
+    else
         step "starting the cluster on port $PGPORT"
         runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER/data" -l "$CLUSTER/log" -w start \
             -o "-p $PGPORT -k $CLUSTER -c listen_addresses=127.0.0.1 -c max_prepared_transactions=10 ${CLUSTER_OPTS:-}" >/dev/null

@@ -1239,6 +1239,7 @@ BEGIN
         ('deal_store.fact_checksum(jsonb)', 'deal_store_reader', true),
         ('deal_store.fact_canonical(jsonb)', 'deal_store_reader', true),
         ('deal_store.content_checksum_of(text, jsonb)', 'deal_store_reader', true),
+        ('deal_store.confidence_tier(uuid, text, text, double precision)', 'deal_store_reader', false),
         ('deal_store.search_config()', 'deal_store_reader', true),
         ('deal_store.headline_options()', 'deal_store_reader', true),
         ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', true),

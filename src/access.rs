@@ -272,6 +272,16 @@ pub fn require_right(deal_id: Uuid, right: Right) {
     }
     let actor = if right == Right::Read { actor() } else { actor_for_write() };
     if r.admin {
+        // a member's role implies the deal; an admin's right does not
+        let exists = as_owner(r.owner, || {
+            internal(Spi::get_one_with_args::<bool>(
+                "SELECT true FROM deal_store.deals d WHERE d.id OPERATOR(pg_catalog.=) $1",
+                &[deal_id.into()],
+            ))
+        });
+        if exists.is_none() {
+            raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("deal {deal_id} does not exist"), None);
+        }
         return;
     }
     let &(_, what, group, needed) = right.row();
@@ -343,8 +353,8 @@ fn current_actor() -> Option<Uuid> {
 /// administer) on the deal. Called by every API function before it touches a deal.
 /// `deal_id` may be NULL for `administer` (an act on no one deal, e.g. purge_audit).
 #[pg_extern(name = "_require_right", volatile)]
-fn require_right_sql(deal_id: Option<Uuid>, needs: &str) {
-    match (deal_id, Right::parse(needs)) {
+fn require_right_sql(deal_id: Option<Uuid>, needs: Option<&str>) {
+    match (deal_id, Right::parse(crate::errors::required(needs, "needs"))) {
         (None, Right::Admin) => {
             let r = resolve();
             if r.installed && !r.admin {

@@ -53,7 +53,7 @@ BEGIN
         FOR i IN 1 .. p.pronargs LOOP
             sane := sane || CASE types[i]
                 WHEN 'uuid'::regtype THEN pg_catalog.quote_literal(deal) || '::uuid'
-                WHEN 'text'::regtype THEN CASE p.proargnames[i] WHEN 'entity_type' THEN '''fact''' WHEN 'change_type' THEN '''new'''
+                WHEN 'text'::regtype THEN CASE p.proargnames[i] WHEN 'entity_type' THEN '''fact''' WHEN 'change_type' THEN '''new''' WHEN 'needs' THEN '''read'''
                                                                  WHEN 'cfg' THEN '''english''' WHEN 'query' THEN '''fibre''' ELSE '''x''' END
                 WHEN 'jsonb'::regtype THEN '''[{"legacy_id": "H-1", "domain": "network", "item": "x"}]''::jsonb'
                 WHEN 'anyelement'::regtype THEN '''[{"legacy_id": "H-1", "domain": "network", "item": "x"}]''::jsonb'
