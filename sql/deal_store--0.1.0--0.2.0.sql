@@ -1231,18 +1231,22 @@ DECLARE
     f record;
 BEGIN
     FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee, x.definer FROM (VALUES
-        -- reader: pure functions and reads
+        -- reader: pure functions (invoker: they touch no data, and SQL ones stay inlinable) and reads
         ('deal_store.current_actor()', 'deal_store_reader', false),
         ('deal_store.sees_all_deals()', 'deal_store_reader', false),
         ('deal_store.my_deals(text)', 'deal_store_reader', false),
         ('deal_store.fact_search_vector(regconfig, text, text, text, text, jsonb)', 'deal_store_reader', false),
-        ('deal_store.fact_checksum(jsonb)', 'deal_store_reader', true),
-        ('deal_store.fact_canonical(jsonb)', 'deal_store_reader', true),
-        ('deal_store.content_checksum_of(text, jsonb)', 'deal_store_reader', true),
+        ('deal_store.fact_checksum(jsonb)', 'deal_store_reader', false),
+        ('deal_store.fact_canonical(jsonb)', 'deal_store_reader', false),
+        ('deal_store.content_checksum_of(text, jsonb)', 'deal_store_reader', false),
         ('deal_store.confidence_tier(uuid, text, text, double precision)', 'deal_store_reader', false),
-        ('deal_store.search_config()', 'deal_store_reader', true),
-        ('deal_store.headline_options()', 'deal_store_reader', true),
-        ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', true),
+        -- the pure Rust bodies of fact_checksum and fact_canonical (no data access): executable
+        -- by readers so that those SQL wrappers stay inlinable into the caller's query
+        ('deal_store._content_checksum(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store._content_canonical(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store.search_config()', 'deal_store_reader', false),
+        ('deal_store.headline_options()', 'deal_store_reader', false),
+        ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', false),
         ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', 'deal_store_reader', true),
         ('deal_store.search_deal(uuid, text, integer)', 'deal_store_reader', true),
         ('deal_store.deal_summary(uuid)', 'deal_store_reader', true),
