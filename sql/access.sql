@@ -82,8 +82,10 @@ CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON deal_store.deal_members
     FOR EACH STATEMENT EXECUTE FUNCTION deal_store.refuse_truncate();
 
 COMMENT ON FUNCTION deal_store.access_changed() IS
-    'Trigger (AFTER, FOR EACH STATEMENT on users): forgets what this session resolved about actors and roles.';
+    'Trigger (AFTER, FOR EACH STATEMENT on users and deal_members): forgets what this session resolved about actors, roles and teams.';
 CREATE TRIGGER access_changed AFTER INSERT OR UPDATE OR DELETE ON deal_store.users
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.access_changed();
+CREATE TRIGGER access_changed AFTER INSERT OR UPDATE OR DELETE ON deal_store.deal_members
     FOR EACH STATEMENT EXECUTE FUNCTION deal_store.access_changed();
 
 CREATE FUNCTION deal_store.owner_is_lead() RETURNS trigger
@@ -163,9 +165,16 @@ BEGIN
         EXECUTE pg_catalog.format(
             'CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%s OR %I = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[])%s)',
             t.tbl, sees, t.col, t.also);
+        -- one policy per command, so a read is checked against the read rule alone
         IF t.writer IS NOT NULL THEN
             EXECUTE pg_catalog.format(
-                'CREATE POLICY members_write ON deal_store.%I FOR ALL USING (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
+                'CREATE POLICY members_insert ON deal_store.%I FOR INSERT WITH CHECK (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
+                t.tbl, sees, t.col, t.writer);
+            EXECUTE pg_catalog.format(
+                'CREATE POLICY members_update ON deal_store.%I FOR UPDATE USING (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
+                t.tbl, sees, t.col, t.writer);
+            EXECUTE pg_catalog.format(
+                'CREATE POLICY members_delete ON deal_store.%I FOR DELETE USING (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
                 t.tbl, sees, t.col, t.writer);
         END IF;
     END LOOP;

@@ -743,6 +743,10 @@ BEGIN
         RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
     END IF;
     -- admins work the whole queue; a reviewer the deals it reviews
+    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
+        RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
+    END IF;
     claimed := deal_store._claim(batch_size, max_tier,
         CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
     n := coalesce(cardinality(claimed), 0);
@@ -1083,8 +1087,10 @@ CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON deal_store.deal_members
     FOR EACH STATEMENT EXECUTE FUNCTION deal_store.refuse_truncate();
 
 COMMENT ON FUNCTION deal_store.access_changed() IS
-    'Trigger (AFTER, FOR EACH STATEMENT on users): forgets what this session resolved about actors and roles.';
+    'Trigger (AFTER, FOR EACH STATEMENT on users and deal_members): forgets what this session resolved about actors, roles and teams.';
 CREATE TRIGGER access_changed AFTER INSERT OR UPDATE OR DELETE ON deal_store.users
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.access_changed();
+CREATE TRIGGER access_changed AFTER INSERT OR UPDATE OR DELETE ON deal_store.deal_members
     FOR EACH STATEMENT EXECUTE FUNCTION deal_store.access_changed();
 
 CREATE FUNCTION deal_store.owner_is_lead() RETURNS trigger
@@ -1164,9 +1170,16 @@ BEGIN
         EXECUTE pg_catalog.format(
             'CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%s OR %I = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[])%s)',
             t.tbl, sees, t.col, t.also);
+        -- one policy per command, so a read is checked against the read rule alone
         IF t.writer IS NOT NULL THEN
             EXECUTE pg_catalog.format(
-                'CREATE POLICY members_write ON deal_store.%I FOR ALL USING (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
+                'CREATE POLICY members_insert ON deal_store.%I FOR INSERT WITH CHECK (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
+                t.tbl, sees, t.col, t.writer);
+            EXECUTE pg_catalog.format(
+                'CREATE POLICY members_update ON deal_store.%I FOR UPDATE USING (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
+                t.tbl, sees, t.col, t.writer);
+            EXECUTE pg_catalog.format(
+                'CREATE POLICY members_delete ON deal_store.%I FOR DELETE USING (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
                 t.tbl, sees, t.col, t.writer);
         END IF;
     END LOOP;

@@ -387,6 +387,10 @@ BEGIN
         RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
     END IF;
     -- admins work the whole queue; a reviewer the deals it reviews
+    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
+        RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
+    END IF;
     claimed := deal_store._claim(batch_size, max_tier,
         CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
     n := coalesce(cardinality(claimed), 0);

@@ -15,8 +15,9 @@
 //!
 //! The lookups run as the extension's owner, so they neither need the caller's
 //! grants nor recurse into the policies that call them. Everything is resolved
-//! once per transaction and role and forgotten when the transaction ends or
-//! `users` changes.
+//! once per transaction and role (the lookups are prepared once per session)
+//! and forgotten when the transaction ends, a savepoint rolls back, or `users`
+//! or `deal_members` change.
 //!
 //! A database still at 0.1.0 (the new library is installed, `ALTER EXTENSION
 //! UPDATE` has not run) has no `deal_members`: then everyone may do anything,
@@ -25,13 +26,15 @@ use crate::errors::raise;
 use crate::settings;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
-use pgrx::Uuid;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{PgOid, Uuid};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{c_void, CStr, CString};
 use std::rc::Rc;
 
 /// A member's role in one deal, weakest first.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DealRole {
     Viewer,
     Analyst,
@@ -113,10 +116,69 @@ struct Resolved {
     owner: Oid,
     /// the user the role acts as, or the message of the 42501 that using it raises
     actor: Result<Option<Uuid>, String>,
+    /// `my_deals` per minimum deal role, read once
+    deals: RefCell<HashMap<DealRole, Rc<Vec<Uuid>>>>,
 }
 
 thread_local! {
     static RESOLVED: RefCell<Option<Rc<Resolved>>> = const { RefCell::new(None) };
+    /// the lookups, prepared once per session
+    static PLANS: RefCell<HashMap<Lookup, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// The catalog and table lookups of this module, each a prepared statement.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Lookup {
+    /// the owner of the deal_store schema
+    Owner,
+    /// the user linked to a login role ($1 name)
+    UserOfRole,
+    /// a user's ($2) role in a deal ($1)
+    RoleInDeal,
+    /// the deals where a user ($1) holds one of the roles ($2)
+    DealsOf,
+    /// a deal ($1) exists
+    DealExists,
+}
+
+impl Lookup {
+    fn sql(self) -> (&'static str, Vec<PgOid>) {
+        let (uuid, text, texts) = (pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::TEXTARRAYOID);
+        let (sql, types): (&str, &[Oid]) = match self {
+            Lookup::Owner => ("SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'deal_store'", &[]),
+            Lookup::UserOfRole => (
+                "SELECT u.id FROM deal_store.users u WHERE u.db_role OPERATOR(pg_catalog.=) $1::pg_catalog.name",
+                &[text],
+            ),
+            Lookup::RoleInDeal => (
+                "SELECT m.role FROM deal_store.deal_members m WHERE m.deal_id OPERATOR(pg_catalog.=) $1 AND m.user_id OPERATOR(pg_catalog.=) $2",
+                &[uuid, uuid],
+            ),
+            Lookup::DealsOf => (
+                "SELECT COALESCE(pg_catalog.array_agg(m.deal_id), '{}') FROM deal_store.deal_members m \
+                 WHERE m.user_id OPERATOR(pg_catalog.=) $1 AND m.role OPERATOR(pg_catalog.=) ANY ($2)",
+                &[uuid, texts],
+            ),
+            Lookup::DealExists => ("SELECT true FROM deal_store.deals d WHERE d.id OPERATOR(pg_catalog.=) $1", &[uuid]),
+        };
+        (sql, types.iter().map(|&t| PgOid::from(t)).collect())
+    }
+
+    /// The one value the lookup returns (None: no row or NULL), run through its prepared statement.
+    fn one<T: FromDatum + IntoDatum>(self, args: &[pgrx::datum::DatumWithOid]) -> Option<T> {
+        Spi::connect_mut(|client| {
+            PLANS.with(|plans| {
+                let mut plans = plans.borrow_mut();
+                if !plans.contains_key(&self) {
+                    let (sql, types) = self.sql();
+                    let plan = client.prepare_mut(sql, &types).map(|p| p.keep());
+                    plans.insert(self, plan.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)));
+                }
+                let table = client.update(&plans[&self], Some(1), args);
+                internal(table.and_then(|t| t.first().get_one::<T>()))
+            })
+        })
+    }
 }
 
 /// Forgets what was resolved: at transaction end, and when `users` changes.
@@ -125,13 +187,29 @@ fn forget() {
 }
 
 pub fn init() {
-    // SAFETY: a plain function registered once per backend
-    unsafe { pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut()) };
+    // SAFETY: plain functions registered once per backend
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(_event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     forget();
+}
+
+/// A rolled-back savepoint may have undone a membership this session already read.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _sub: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        forget();
+    }
 }
 
 /// Runs `f` as `owner` (as a SECURITY DEFINER function would): an error inside
@@ -194,20 +272,8 @@ fn resolve() -> Rc<Resolved> {
         let n = pg_sys::GetUserNameFromId(outer, true);
         if n.is_null() { String::new() } else { CStr::from_ptr(n).to_string_lossy().into_owned() }
     };
-    let owner: Oid = internal(Spi::get_one::<Oid>(
-        "SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'deal_store'",
-    ))
-    .unwrap_or(outer);
-    let mapped = if installed {
-        as_owner(owner, || {
-            internal(Spi::get_one_with_args::<Uuid>(
-                "SELECT u.id FROM deal_store.users u WHERE u.db_role OPERATOR(pg_catalog.=) $1::pg_catalog.name",
-                &[name.as_str().into()],
-            ))
-        })
-    } else {
-        None
-    };
+    let owner: Oid = Lookup::Owner.one(&[]).unwrap_or(outer);
+    let mapped = if installed { as_owner(owner, || Lookup::UserOfRole.one::<Uuid>(&[name.as_str().into()])) } else { None };
     let set = settings::actor();
     let actor = match set {
         None => Ok(mapped),
@@ -217,7 +283,7 @@ fn resolve() -> Rc<Resolved> {
             None => format!("role \"{name}\" may not set deal_store.actor: only members of deal_store_service or deal_store_admin act for other users"),
         }),
     };
-    let r = Rc::new(Resolved { outer, raw, installed, admin, service, owner, actor });
+    let r = Rc::new(Resolved { outer, raw, installed, admin, service, owner, actor, deals: RefCell::default() });
     RESOLVED.with(|c| *c.borrow_mut() = Some(r.clone()));
     r
 }
@@ -255,12 +321,7 @@ pub fn actor_for_write() -> Option<Uuid> {
 
 /// The actor's role in a deal, None when not a member.
 fn deal_role(owner: Oid, deal_id: Uuid, user: Uuid) -> Option<DealRole> {
-    let role = as_owner(owner, || {
-        internal(Spi::get_one_with_args::<String>(
-            "SELECT m.role FROM deal_store.deal_members m WHERE m.deal_id OPERATOR(pg_catalog.=) $1 AND m.user_id OPERATOR(pg_catalog.=) $2",
-            &[deal_id.into(), user.into()],
-        ))
-    });
+    let role = as_owner(owner, || Lookup::RoleInDeal.one::<String>(&[deal_id.into(), user.into()]));
     role.as_deref().and_then(DealRole::parse)
 }
 
@@ -273,12 +334,7 @@ pub fn require_right(deal_id: Uuid, right: Right) {
     let actor = if right == Right::Read { actor() } else { actor_for_write() };
     if r.admin {
         // a member's role implies the deal; an admin's right does not
-        let exists = as_owner(r.owner, || {
-            internal(Spi::get_one_with_args::<bool>(
-                "SELECT true FROM deal_store.deals d WHERE d.id OPERATOR(pg_catalog.=) $1",
-                &[deal_id.into()],
-            ))
-        });
+        let exists = as_owner(r.owner, || Lookup::DealExists.one::<bool>(&[deal_id.into()]));
         if exists.is_none() {
             raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("deal {deal_id} does not exist"), None);
         }
@@ -332,14 +388,14 @@ fn my_deals(min_role: default!(&str, "'viewer'")) -> Vec<Uuid> {
     if !r.installed {
         return Vec::new();
     }
-    as_owner(r.owner, || {
-        internal(Spi::get_one_with_args::<Vec<Uuid>>(
-            "SELECT COALESCE(pg_catalog.array_agg(m.deal_id), '{}') FROM deal_store.deal_members m \
-             WHERE m.user_id OPERATOR(pg_catalog.=) $1 AND m.role OPERATOR(pg_catalog.=) ANY ($2)",
-            &[actor.into(), min.and_above().into()],
-        ))
-    })
-    .unwrap_or_default()
+    let cached = r.deals.borrow().get(&min).cloned();
+    let deals = cached.unwrap_or_else(|| {
+        let read = as_owner(r.owner, || Lookup::DealsOf.one::<Vec<Uuid>>(&[actor.into(), min.and_above().into()]));
+        let read = Rc::new(read.unwrap_or_default());
+        r.deals.borrow_mut().insert(min, read.clone());
+        read
+    });
+    deals.to_vec()
 }
 
 /// The acting user: the user the login role is linked to, or `deal_store.actor`
@@ -365,7 +421,8 @@ fn require_right_sql(deal_id: Option<Uuid>, needs: Option<&str>) {
     }
 }
 
-/// Trigger (AFTER, FOR EACH STATEMENT on users): what was resolved about roles may be stale.
+/// Trigger (AFTER, FOR EACH STATEMENT on users and deal_members): what was
+/// resolved about roles and teams may be stale.
 #[pg_trigger]
 fn access_changed<'a>(
     _trigger: &'a PgTrigger<'a>,

@@ -222,6 +222,7 @@ RESET deal_store.actor;
 RESET ROLE;
 SET ROLE ds_service;
 SELECT regress.expect_error($$SELECT deal_store.start_run('00000000-0000-0000-0011-0000000000d1')$$);
+SELECT regress.expect_error($$SELECT deal_store.process_queue_batch()$$);
 RESET ROLE;
 -- a linked login role is its user, whatever else it does
 SET ROLE ds_analyst;
