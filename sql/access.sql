@@ -294,8 +294,12 @@ BEGIN
         -- admin
         ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
         ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
-        ('deal_store.enable_audit(regclass)', 'deal_store_admin', true),
-        ('deal_store.disable_audit(regclass)', 'deal_store_admin', true)) AS x(fn, grantee, definer)
+        -- run as the caller: only a table's owner may put the triggers on it or take them off,
+        -- so no admin can switch off the audit of deal_store's own tables
+        ('deal_store.enable_audit(regclass)', 'deal_store_admin', false),
+        ('deal_store.disable_audit(regclass)', 'deal_store_admin', false),
+        ('deal_store.audit_row()', 'deal_store_admin', false),
+        ('deal_store.audit_flush()', 'deal_store_admin', false)) AS x(fn, grantee, definer)
     LOOP
         IF f.definer THEN
             EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);

@@ -906,7 +906,6 @@ COMMENT ON FUNCTION deal_store.purge_audit(interval) IS
 CREATE OR REPLACE FUNCTION deal_store.enable_audit(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_right(NULL, 'administer');
     IF tbl IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p')
        OR tbl = 'deal_store.deal_activity_log'::regclass THEN
         RAISE EXCEPTION '% cannot be audited: not an ordinary table, or the log itself', tbl USING ERRCODE = '22023';
@@ -921,11 +920,10 @@ BEGIN
                    'FOR EACH STATEMENT EXECUTE FUNCTION deal_store.audit_flush()', tbl);
 END $$;
 COMMENT ON FUNCTION deal_store.enable_audit(regclass) IS
-    'Puts the deal_store audit triggers (audit_row per row, audit_flush per statement) on a table (any primary key, composite included; idempotent). 55000 when the table has no primary key, 22023 when it is not an ordinary table.';
+    'Puts the deal_store audit triggers (audit_row per row, audit_flush per statement) on a table (any primary key, composite included; idempotent). Runs as the caller: members of deal_store_admin, on tables they own. 55000 when the table has no primary key, 22023 when it is not an ordinary table.';
 CREATE OR REPLACE FUNCTION deal_store.disable_audit(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_right(NULL, 'administer');
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'tbl must not be NULL' USING ERRCODE = '22004';
     END IF;
@@ -933,7 +931,7 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS deal_store_audit_flush ON %s', tbl);
 END $$;
 COMMENT ON FUNCTION deal_store.disable_audit(regclass) IS
-    'Removes the deal_store audit triggers from a table (idempotent).';
+    'Removes the deal_store audit triggers from a table (idempotent). Runs as the caller: only the table''s owner may, so the audit of deal_store''s own tables stays on.';
 CREATE OR REPLACE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid)
 RETURNS SETOF deal_store.deal_activity_log
 LANGUAGE sql STABLE
@@ -1299,8 +1297,12 @@ BEGIN
         -- admin
         ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
         ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
-        ('deal_store.enable_audit(regclass)', 'deal_store_admin', true),
-        ('deal_store.disable_audit(regclass)', 'deal_store_admin', true)) AS x(fn, grantee, definer)
+        -- run as the caller: only a table's owner may put the triggers on it or take them off,
+        -- so no admin can switch off the audit of deal_store's own tables
+        ('deal_store.enable_audit(regclass)', 'deal_store_admin', false),
+        ('deal_store.disable_audit(regclass)', 'deal_store_admin', false),
+        ('deal_store.audit_row()', 'deal_store_admin', false),
+        ('deal_store.audit_flush()', 'deal_store_admin', false)) AS x(fn, grantee, definer)
     LOOP
         IF f.definer THEN
             EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);

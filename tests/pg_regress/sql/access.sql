@@ -108,6 +108,7 @@ INSERT INTO regress.access_expected VALUES
   ('set hard_delete',      'write', 'DDDDDDDDD', $$SET LOCAL deal_store.hard_delete = on$$),
   ('set audit_purge',      'write', 'DDDDDDDDD', $$SET LOCAL deal_store.audit_purge = on$$),
   ('set caller_writes_versions', 'write', 'DDDDDDDDD', $$SET LOCAL deal_store.caller_writes_versions = on$$),
+  ('disable the audit',    'write', 'DDDDDDDDD', $$SELECT deal_store.disable_audit('deal_store.facts')$$),
   ('insert into the log',  'write', 'DDDDDDDDD', $$INSERT INTO deal_store.deal_activity_log (deal_id, action) VALUES ('00000000-0000-0000-0011-0000000000d1', 'forged')$$),
   ('write a history row',  'write', 'DDDDDDDDD', $$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, superseded_at) VALUES ('00000000-0000-0000-0011-0000000000d1', 'F-H', 'network', 'forged past', now())$$),
   ('insert a fact',        'write', 'DDAAAAADD', $$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0011-0000000000d1', 'F-7', 'network', 'new switch')$$),
