@@ -140,7 +140,8 @@ COMMENT ON FUNCTION deal_store.remove_member(uuid, uuid) IS
 
 -- ---------------------------------------------------------------------------
 -- Row-level security. The deal lists are computed once per statement (the
--- scalar subqueries become InitPlans), so a policy costs an array lookup per row.
+-- scalar subqueries become InitPlans), so a policy costs an array lookup per row;
+-- the member's test comes first, so for a member it is the only one.
 
 DO $$
 DECLARE
@@ -163,19 +164,19 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format('ALTER TABLE deal_store.%I ENABLE ROW LEVEL SECURITY', t.tbl);
         EXECUTE pg_catalog.format(
-            'CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%s OR %I = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[])%s)',
-            t.tbl, sees, t.col, t.also);
+            'CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%I = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[]) OR %s%s)',
+            t.tbl, t.col, sees, t.also);
         -- one policy per command, so a read is checked against the read rule alone
         IF t.writer IS NOT NULL THEN
             EXECUTE pg_catalog.format(
-                'CREATE POLICY members_insert ON deal_store.%I FOR INSERT WITH CHECK (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
-                t.tbl, sees, t.col, t.writer);
+                'CREATE POLICY members_insert ON deal_store.%I FOR INSERT WITH CHECK (%I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]) OR %s)',
+                t.tbl, t.col, t.writer, sees);
             EXECUTE pg_catalog.format(
-                'CREATE POLICY members_update ON deal_store.%I FOR UPDATE USING (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
-                t.tbl, sees, t.col, t.writer);
+                'CREATE POLICY members_update ON deal_store.%I FOR UPDATE USING (%I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]) OR %s)',
+                t.tbl, t.col, t.writer, sees);
             EXECUTE pg_catalog.format(
-                'CREATE POLICY members_delete ON deal_store.%I FOR DELETE USING (%s OR %I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]))',
-                t.tbl, sees, t.col, t.writer);
+                'CREATE POLICY members_delete ON deal_store.%I FOR DELETE USING (%I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]) OR %s)',
+                t.tbl, t.col, t.writer, sees);
         END IF;
     END LOOP;
 END $$;
