@@ -20,6 +20,7 @@
 DO $$
 DECLARE
     r text;
+    g record;
 BEGIN
     FOREACH r IN ARRAY ARRAY['deal_store_reader', 'deal_store_analyst', 'deal_store_reviewer',
                              'deal_store_admin', 'deal_store_service'] LOOP
@@ -27,19 +28,14 @@ BEGIN
             EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
         END IF;
     END LOOP;
-    -- each group has the privileges of the one before it
-    IF NOT pg_catalog.pg_has_role('deal_store_analyst', 'deal_store_reader', 'MEMBER') THEN
-        GRANT deal_store_reader TO deal_store_analyst;
-    END IF;
-    IF NOT pg_catalog.pg_has_role('deal_store_reviewer', 'deal_store_analyst', 'MEMBER') THEN
-        GRANT deal_store_analyst TO deal_store_reviewer;
-    END IF;
-    IF NOT pg_catalog.pg_has_role('deal_store_admin', 'deal_store_reviewer', 'MEMBER') THEN
-        GRANT deal_store_reviewer TO deal_store_admin;
-    END IF;
-    IF NOT pg_catalog.pg_has_role('deal_store_service', 'deal_store_reviewer', 'MEMBER') THEN
-        GRANT deal_store_reviewer TO deal_store_service;
-    END IF;
+    -- each group has the privileges of the one before it; the service a reviewer's
+    FOR g IN SELECT * FROM (VALUES ('deal_store_analyst', 'deal_store_reader'), ('deal_store_reviewer', 'deal_store_analyst'),
+                                   ('deal_store_admin', 'deal_store_reviewer'), ('deal_store_service', 'deal_store_reviewer')) AS x(member, grp)
+    LOOP
+        IF NOT pg_catalog.pg_has_role(g.member, g.grp, 'MEMBER') THEN
+            EXECUTE pg_catalog.format('GRANT %I TO %I', g.grp, g.member);
+        END IF;
+    END LOOP;
 END $$;
 COMMENT ON ROLE deal_store_reader IS 'deal_store: reads the deals its user is a member of.';
 COMMENT ON ROLE deal_store_analyst IS 'deal_store: also writes documents, facts, findings, gaps, runs and proposals (where its user is analyst or above).';
@@ -104,7 +100,6 @@ CREATE TRIGGER owner_is_lead AFTER INSERT ON deal_store.deals
 CREATE FUNCTION deal_store.add_member(deal_id uuid, user_id uuid, role text DEFAULT 'viewer') RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM deal_store._require_right(deal_id, 'manage');
     PERFORM deal_store._require_deal(deal_id, 'manage');
     IF role IS NULL OR role NOT IN ('viewer', 'analyst', 'reviewer', 'lead') THEN
         RAISE EXCEPTION 'unknown deal role "%"', role USING ERRCODE = '22023',

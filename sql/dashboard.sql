@@ -16,13 +16,10 @@ BEGIN
     IF deal_id IS NULL THEN
         RAISE EXCEPTION 'deal_id must not be NULL' USING ERRCODE = '22004';
     END IF;
+    -- 42501 unless the caller may; P0002 (admins) when there is no such deal
     PERFORM deal_store._require_right(deal_id, needs);
-    PERFORM 1 FROM deal_store.deals d WHERE d.id = deal_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
-    END IF;
 END $$;
-COMMENT ON FUNCTION deal_store._require_deal(uuid, text) IS 'Internal: raises 42501 unless the caller has the right needs (read, write, review, manage, administer) on the deal, P0002 unless the deal exists (live or deleted), 22004 for NULL.';
+COMMENT ON FUNCTION deal_store._require_deal(uuid, text) IS 'Internal: raises 42501 unless the caller has the right needs (read, write, review, manage, administer) on the deal, P0002 (to a caller who sees every deal) unless the deal exists (live or deleted), 22004 for NULL.';
 
 CREATE FUNCTION deal_store.deal_summary(deal_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$

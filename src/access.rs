@@ -181,7 +181,8 @@ impl Lookup {
     }
 }
 
-/// Forgets what was resolved: at transaction end, and when `users` changes.
+/// Forgets what was resolved: at transaction end, when a savepoint rolls back,
+/// and when `users` or `deal_members` change.
 fn forget() {
     RESOLVED.with(|r| r.borrow_mut().take());
 }
@@ -325,15 +326,14 @@ fn deal_role(owner: Oid, deal_id: Uuid, user: Uuid) -> Option<DealRole> {
     role.as_deref().and_then(DealRole::parse)
 }
 
-/// Raises 42501 unless the caller may do what `right` stands for in the deal.
+/// Raises 42501 unless the caller may do what `right` stands for in the deal,
+/// and P0002 when the deal does not exist (for a non-member: 42501 either way).
+/// On a database still at 0.1.0 (no teams) only the existence is checked.
 pub fn require_right(deal_id: Uuid, right: Right) {
     let r = resolve();
-    if !r.installed {
-        return;
-    }
     let actor = if right == Right::Read { actor() } else { actor_for_write() };
-    if r.admin {
-        // a member's role implies the deal; an admin's right does not
+    if !r.installed || r.admin {
+        // a member's role implies the deal; without one, look it up
         let exists = as_owner(r.owner, || Lookup::DealExists.one::<bool>(&[deal_id.into()]));
         if exists.is_none() {
             raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("deal {deal_id} does not exist"), None);

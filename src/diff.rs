@@ -135,18 +135,12 @@ struct Stored<'a> {
     domain: &'a str,
 }
 
-/// P0002 unless the deal exists (deleted or not): no function answers for a deal
-/// that is not there. SQL's `deal_store._require_deal` says the same; this one
-/// names no 0.2.0 SQL object, so the library still serves a 0.1.0 database
-/// between the library swap and ALTER EXTENSION UPDATE.
-pub fn require_deal(client: &pgrx::spi::SpiClient<'_>, deal_id: Uuid) {
-    let exists = client
-        .select("SELECT 1 FROM deal_store.deals WHERE id = $1", Some(1), &[deal_id.into()])
-        .map(|t| !t.is_empty())
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
-    if !exists {
-        raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("deal {deal_id} does not exist"), None);
-    }
+/// P0002 unless the deal exists (deleted or not), 42501 unless the caller may
+/// read it: no function answers for a deal that is not there or not its to see.
+/// SQL's `deal_store._require_deal` goes through the same check; this one names
+/// no 0.2.0 SQL object, so the library still serves a 0.1.0 database between
+/// the library swap and ALTER EXTENSION UPDATE.
+pub fn require_deal(deal_id: Uuid) {
     crate::access::require_right(deal_id, crate::access::Right::Read);
 }
 
@@ -155,7 +149,7 @@ pub fn require_deal(client: &pgrx::spi::SpiClient<'_>, deal_id: Uuid) {
 /// Lines come sorted by legacy_id.
 pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option<&[String]>) -> Vec<Change> {
     let mut changes: Vec<Change> = Spi::connect(|client| {
-        require_deal(client, deal_id);
+        require_deal(deal_id);
         let checksum = if kind.versioned { "item_checksum".to_string() } else { content_sql(kind) };
         let sql = format!(
             "SELECT legacy_id, id, {checksum}, domain FROM {} WHERE deal_id = $1 AND {}",

@@ -88,7 +88,7 @@ fn confidence_tier(deal_id: Uuid, entity_type: &str, change_type: &str, confiden
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown change type \"{change_type}\""), None);
     }
     let rules = Spi::connect(|c| {
-        crate::diff::require_deal(c, deal_id);
+        crate::diff::require_deal(deal_id);
         load_rules(c, deal_id)
     });
     tier(&rules, entity_type, change_type, confidence)

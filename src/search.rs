@@ -48,7 +48,7 @@ fn allowed_edits(len: usize) -> usize {
 #[pg_extern(stable, parallel_safe)]
 fn typo_tsquery(deal_id: Uuid, query: &str, cfg: default!(&str, "'english'")) -> Option<String> {
     let words: Vec<String> = Spi::connect(|c| {
-        crate::diff::require_deal(c, deal_id);
+        crate::diff::require_deal(deal_id);
         c.select("SELECT lexeme FROM pg_catalog.unnest(pg_catalog.to_tsvector($1::regconfig, $2))", None, &[cfg.into(), query.into()])
             .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
             .unwrap_or_default()
