@@ -8,225 +8,202 @@ COMMENT ON FUNCTION deal_store._propose(text, uuid, anyelement, text[]) IS
     'Internal: the Rust body of propose_facts, propose_findings and propose_gaps.';
 
 CREATE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[] DEFAULT NULL)
-RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
 LANGUAGE sql VOLATILE
 BEGIN ATOMIC
     SELECT * FROM deal_store._propose('fact', run_id, facts, domains);
 END;
 CREATE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL)
-RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
 LANGUAGE sql VOLATILE
 BEGIN ATOMIC
     SELECT * FROM deal_store._propose('finding', run_id, findings, domains);
 END;
 CREATE FUNCTION deal_store.propose_gaps(run_id uuid, gaps jsonb, domains text[] DEFAULT NULL)
-RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
 LANGUAGE sql VOLATILE
 BEGIN ATOMIC
     SELECT * FROM deal_store._propose('gap', run_id, gaps, domains);
 END;
 COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[]) IS
-    'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update, delete) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. Removals only inside domains (default: the domains of the given facts, within the run''s domains); an incremental run never removes. Idempotent; a newer run supersedes an older run''s open change. Returns counts by change type and tier.';
+    'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update, delete) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. Removals only inside domains (default: the domains of the given facts, within the run''s domains); an incremental run never removes. Idempotent; a newer run supersedes an older run''s open change. Every element is checked first against its column (type, required, CHECK constraints; unknown keys unless the deal ignores them): 22023 naming the element, its legacy_id and the field, and nothing is proposed. Returns counts by change type, tier and what became of them (status pending, or accepted / conflict for tier 1 applied at once).';
 COMMENT ON FUNCTION deal_store.propose_findings(uuid, jsonb, text[]) IS
     'propose_facts for findings (content checksum over deal_store.content_fields(''finding'')).';
 COMMENT ON FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]) IS
     'propose_facts for gaps (content checksum over deal_store.content_fields(''gap'')).';
 
--- Applies one change if its target has not moved; returns 'accepted' or 'conflict'.
-CREATE FUNCTION deal_store._apply_change(c deal_store.pending_changes, OUT result text, OUT problem text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    tbl regclass := CASE c.entity_type WHEN 'fact' THEN 'deal_store.facts'::regclass
-                                       WHEN 'finding' THEN 'deal_store.findings'::regclass
-                                       ELSE 'deal_store.gaps'::regclass END;
-    current_only text := CASE WHEN c.entity_type = 'fact' THEN ' AND superseded_at IS NULL' ELSE '' END;
-    content text[] := deal_store.content_fields(c.entity_type);
-    extra text[] := CASE WHEN c.entity_type = 'fact' THEN ARRAY['confidence_score', 'source_document_id'] ELSE '{}' END;
-    cols text; src text; cur jsonb; run_number integer;
-BEGIN
-    result := 'conflict';
-    IF c.change_type = 'new' THEN
-        EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE deal_id = $1 AND legacy_id = $2 AND deleted_at IS NULL%s',
-                       tbl, current_only) INTO cur USING c.deal_id, c.legacy_entity_id;
-        IF cur IS NOT NULL THEN
-            problem := 'a live row with this legacy_id exists';
-            RETURN;
-        END IF;
-        -- only the columns the proposal carries: the others take their defaults
-        SELECT string_agg(quote_ident(k), ', '), string_agg('r.' || quote_ident(k), ', ') INTO cols, src
-        FROM unnest(content || extra) k WHERE c.new_value ? k;
-        EXECUTE format('INSERT INTO %s (deal_id, legacy_id, analysis_run_id%s) SELECT $1, $2, $3%s '
-                       'FROM jsonb_populate_record(NULL::%s, $4) r',
-                       tbl, coalesce(', ' || cols, ''), coalesce(', ' || src, ''), tbl::text)
-            USING c.deal_id, c.legacy_entity_id, c.analysis_run_id, c.new_value;
-    ELSE
-        EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE deal_id = $1 AND id = $2%s FOR UPDATE', tbl, current_only)
-            INTO cur USING c.deal_id, c.entity_id;
-        IF cur IS NULL OR cur ->> 'deleted_at' IS NOT NULL THEN
-            problem := 'the target is gone or deleted';
-            RETURN;
-        END IF;
-        IF (CASE WHEN c.entity_type = 'fact' THEN cur ->> 'item_checksum'
-                 ELSE deal_store.content_checksum_of(c.entity_type, cur) END) IS DISTINCT FROM c.base_checksum THEN
-            problem := 'the target changed since the proposal';
-            RETURN;
-        END IF;
-        IF c.change_type = 'update' THEN
-            -- every content column (a missing one is NULL, as it was hashed); extras when given
-            SELECT string_agg(quote_ident(k), ', '), string_agg('r.' || quote_ident(k), ', ') INTO cols, src
-            FROM unnest(content || extra) k WHERE k = ANY (content) OR c.new_value ? k;
-            -- @plpgsql_check_options: security_warnings = false
-            -- (cols and src are quote_ident of content column names; tbl a regclass)
-            EXECUTE format('UPDATE %s t SET (%s, analysis_run_id) = (SELECT %s, $3 FROM jsonb_populate_record(NULL::%s, $4) r) '
-                           'WHERE t.deal_id = $1 AND t.id = $2', tbl, cols, src, tbl::text)
-                USING c.deal_id, c.entity_id, c.analysis_run_id, c.new_value;
-        ELSE
-            SELECT r.run_number INTO run_number FROM deal_store.analysis_runs r
-            WHERE r.deal_id = c.deal_id AND r.id = c.analysis_run_id;
-            PERFORM deal_store.soft_delete(tbl, c.entity_id, format('removed by analysis run %s', run_number));
-        END IF;
-    END IF;
-    result := 'accepted';
-EXCEPTION WHEN integrity_constraint_violation THEN
-    -- e.g. a live row took the legacy_id meanwhile, or the proposal breaks a constraint
-    GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
-    result := 'conflict';
-END $$;
-COMMENT ON FUNCTION deal_store._apply_change(deal_store.pending_changes) IS
-    'Internal: applies one change (new inserts with the run as analysis_run_id, update makes a new version, delete soft-deletes naming the run) unless its target moved (checksum differs from base_checksum, target deleted, or a live row took the legacy_id of a new). Returns accepted or conflict with the reason.';
+-- ---------------------------------------------------------------------------
+-- Applying: one path. _apply_set applies a set of locked open changes (facts,
+-- findings and gaps alike) set-based; _apply runs it and, when anything in the
+-- set fails, applies each change alone, so one bad change becomes a conflict
+-- with its reason and the rest apply. accept_change, accept_changes,
+-- process_queue and tier-1 auto-apply all go through _apply.
 
--- Applies a locked, open change and records the decision.
-CREATE FUNCTION deal_store._settle(c deal_store.pending_changes, note text) RETURNS text
+CREATE FUNCTION deal_store._apply_set(ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    a record;
-    prev_reason text := current_setting('deal_store.reason', true);
-BEGIN
-    PERFORM set_config('deal_store.reason', coalesce(note, prev_reason, ''), true);
-    a := deal_store._apply_change(c);
-    UPDATE deal_store.pending_changes p SET status = a.result, decided_by = deal_store.current_actor(), decided_at = now(),
-        review_note = concat_ws(' / ', note, a.problem)
-    WHERE p.deal_id = c.deal_id AND p.id = c.id;
-    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
-    RETURN a.result;
-END $$;
-COMMENT ON FUNCTION deal_store._settle(deal_store.pending_changes, text) IS
-    'Internal: applies a locked open change and records accepted or conflict with the reviewer (deal_store.actor) and note.';
-
--- Settles open changes the caller has locked, in one go: a run's fact changes
--- set-based (one statement for the whole set, with the same conflict rules as
--- _apply_change), findings and gaps one by one. When a constraint rejects the
--- set, the set is undone and settled one by one. One difference from settling
--- alone: the audit reason of a fact removed in a set is the batch note (the
--- fact's delete_reason still names the run).
-CREATE FUNCTION deal_store._settle_batch(ids uuid[], note text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    ch deal_store.pending_changes;
-    prev_reason text := current_setting('deal_store.reason', true);
+    todo deal_store.pending_changes[];
     actor uuid := deal_store.current_actor();
-    settled bigint := 0;
+    applied uuid[] := '{}';
+    done uuid[];
+    kind text;
+    tbl regclass;
+    live text;
+    same text;
+    content text[];
+    extra text[];
+    set_cols text;
+    set_vals text;
+    ins_cols text;
+    ins_vals text;
 BEGIN
-    PERFORM set_config('deal_store.reason', coalesce(note, prev_reason, ''), true);
-    BEGIN
-        -- An update becomes a new version: the fact keeps its id and points at a history row
-        -- holding the version it replaced. This statement writes those history rows itself,
-        -- set-based (caller_writes_versions tells the fact trigger not to, row by row).
-        PERFORM set_config('deal_store.caller_writes_versions', 'on', true);
-        WITH todo AS (
-            -- one lookup on the id index per id (LIMIT keeps the planner from scanning the open queue instead)
-            SELECT p.* FROM pg_catalog.unnest(ids) c(id),
-                LATERAL (SELECT p.ctid AS row_tid, p.* FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) p
-            WHERE p.status IN ('pending', 'deferred') AND p.entity_type = 'fact'),
-        current AS (
-            -- the update targets' newest versions, locked: what the history rows copy
-            SELECT t.ctid AS fact_tid, t.*, todo.id AS change_id, todo.new_value, todo.base_checksum, todo.proposed_checksum,
-                   todo.analysis_run_id AS change_run_id
-            FROM todo JOIN deal_store.facts t ON t.deal_id = todo.deal_id AND t.id = todo.entity_id
-            WHERE todo.change_type = 'update' AND t.superseded_at IS NULL
-            FOR UPDATE OF t),
-        updated AS (
-            -- the checksum test is re-checked on the newest row version when another session moved it
-            UPDATE deal_store.facts t
-            SET (domain, category, item, status, details, evidence, entity, source_page_numbers,
-                 confidence_score, source_document_id, analysis_run_id, previous_version_id) =
-                (r.domain, r.category, r.item, r.status, r.details, r.evidence, r.entity, r.source_page_numbers,
-                 CASE WHEN c.new_value ? 'confidence_score' THEN r.confidence_score ELSE t.confidence_score END,
-                 CASE WHEN c.new_value ? 'source_document_id' THEN r.source_document_id ELSE t.source_document_id END,
-                 c.change_run_id,
-                 CASE WHEN c.proposed_checksum IS DISTINCT FROM c.base_checksum
-                      THEN pg_catalog.gen_random_uuid() ELSE t.previous_version_id END)
-            FROM current c, LATERAL pg_catalog.jsonb_populate_record(NULL::deal_store.facts, c.new_value) r
-            WHERE t.ctid = c.fact_tid -- locked above: still the newest version
-              AND t.deleted_at IS NULL AND t.item_checksum = c.base_checksum
-            RETURNING c.change_id AS id, t.previous_version_id AS history_id, c AS o),
-        versions AS (
-            -- the replaced version as the fact trigger would copy it: new id, superseded_at set
-            INSERT INTO deal_store.facts (deal_id, id, legacy_id, domain, category, item, item_checksum, status, details,
-                evidence, confidence_score, entity, source_document_id, source_page_numbers, previous_version_id,
-                superseded_at, analysis_run_id, verified, verified_by, verified_at, verification_status,
-                verification_note, created_by, updated_by, created_at, updated_at, deleted_at, deleted_by,
-                delete_reason, delete_batch)
-            SELECT (o).deal_id, history_id, (o).legacy_id, (o).domain, (o).category, (o).item, (o).item_checksum,
-                   (o).status, (o).details, (o).evidence, (o).confidence_score, (o).entity, (o).source_document_id,
-                   (o).source_page_numbers, (o).previous_version_id, pg_catalog.now(), (o).analysis_run_id, (o).verified,
-                   (o).verified_by, (o).verified_at, (o).verification_status, (o).verification_note, (o).created_by,
-                   (o).updated_by, (o).created_at, (o).updated_at, (o).deleted_at, (o).deleted_by, (o).delete_reason,
-                   (o).delete_batch
-            FROM updated WHERE history_id IS DISTINCT FROM (o).previous_version_id
-            RETURNING 1),
-        deleted AS (
-            -- as soft_delete does for a fact (it owns nothing): one row, its own delete batch
-            UPDATE deal_store.facts t
-            SET deleted_at = pg_catalog.now(), deleted_by = actor,
-                delete_reason = pg_catalog.format('removed by analysis run %s', run.run_number),
-                delete_batch = pg_catalog.gen_random_uuid()
-            FROM todo JOIN deal_store.analysis_runs run ON run.deal_id = todo.deal_id AND run.id = todo.analysis_run_id
-            WHERE todo.change_type = 'delete' AND t.deal_id = todo.deal_id AND t.id = todo.entity_id
-              AND t.superseded_at IS NULL AND t.deleted_at IS NULL AND t.item_checksum = todo.base_checksum
-            RETURNING todo.id),
-        inserted AS (
-            INSERT INTO deal_store.facts (deal_id, legacy_id, analysis_run_id, domain, category, item, status, details,
-                                          evidence, entity, source_page_numbers, confidence_score, source_document_id)
-            SELECT todo.deal_id, todo.legacy_entity_id, todo.analysis_run_id, r.domain, r.category, r.item,
-                   coalesce(r.status, 'documented'), coalesce(r.details, '{}'), r.evidence, coalesce(r.entity, 'target'),
-                   r.source_page_numbers, coalesce(r.confidence_score, 0.5), r.source_document_id
-            FROM todo, LATERAL pg_catalog.jsonb_populate_record(NULL::deal_store.facts, todo.new_value) r
-            WHERE todo.change_type = 'new'
-            ON CONFLICT (deal_id, legacy_id) WHERE deleted_at IS NULL AND superseded_at IS NULL DO NOTHING
-            RETURNING deal_id, legacy_id)
-        UPDATE deal_store.pending_changes p
-        SET status = CASE WHEN done.ok THEN 'accepted' ELSE 'conflict' END,
-            decided_by = actor, decided_at = pg_catalog.now(),
-            review_note = pg_catalog.concat_ws(' / ', note, CASE
-                WHEN done.ok THEN NULL
-                WHEN todo.change_type = 'new' THEN 'a live row with this legacy_id exists'
-                WHEN EXISTS (SELECT 1 FROM deal_store.facts f WHERE f.deal_id = todo.deal_id AND f.id = todo.entity_id
-                               AND f.superseded_at IS NULL AND f.deleted_at IS NULL)
-                    THEN 'the target changed since the proposal'
-                ELSE 'the target is gone or deleted' END)
-        FROM todo, LATERAL (SELECT todo.id IN (SELECT u.id FROM updated u UNION ALL SELECT d.id FROM deleted d)
-                                OR (todo.deal_id, todo.legacy_entity_id) IN (SELECT i.deal_id, i.legacy_id FROM inserted i)
-                                AND todo.change_type = 'new' AS ok) done
-        WHERE p.ctid = todo.row_tid; -- the caller holds the lock: still the newest version
-        GET DIAGNOSTICS settled = ROW_COUNT;
-        PERFORM set_config('deal_store.caller_writes_versions', 'off', true);
-    EXCEPTION WHEN integrity_constraint_violation THEN
-        NULL; -- nothing of the set was applied: the loop below settles each change on its own
-    END;
-    -- what the statement did not settle: findings, gaps, or the whole set after a rejection
-    IF settled < pg_catalog.cardinality(ids) THEN
-        FOR ch IN SELECT p.* FROM pg_catalog.unnest(ids) c(id),
-                      LATERAL (SELECT p.* FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) p
-                  WHERE p.status IN ('pending', 'deferred')
-                  ORDER BY p.created_at, p.id LOOP
-            PERFORM deal_store._settle(ch, note);
-        END LOOP;
+    -- the open changes among ids (the caller holds their locks), oldest first
+    SELECT pg_catalog.array_agg(x.p ORDER BY (x.p).created_at, (x.p).id) INTO todo
+    FROM pg_catalog.unnest(ids) c(id),
+         LATERAL (SELECT p FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) x(p)
+    WHERE (x.p).status IN ('pending', 'deferred');
+    IF todo IS NULL THEN
+        RETURN;
     END IF;
-    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    -- changes that cannot apply whatever their target: a deleted deal, a failed run
+    WITH refused AS (
+        SELECT c.deal_id, c.id, CASE WHEN d.deleted_at IS NOT NULL THEN 'the deal is deleted'
+                                     WHEN r.status = 'failed' THEN pg_catalog.format('analysis run %s failed', r.run_number) END AS why
+        FROM pg_catalog.unnest(todo) c
+        JOIN deal_store.deals d ON d.id = c.deal_id
+        LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id)
+    UPDATE deal_store.pending_changes p
+    SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = pg_catalog.concat_ws(' / ', note, x.why)
+    FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = x.deal_id AND p.id = x.id;
+    SELECT pg_catalog.array_agg(c ORDER BY c.created_at, c.id) INTO todo
+    FROM pg_catalog.unnest(todo) c
+    WHERE NOT EXISTS (SELECT 1 FROM deal_store.pending_changes p
+                      WHERE p.deal_id = c.deal_id AND p.id = c.id AND p.status = 'conflict');
+    FOR kind IN SELECT DISTINCT c.entity_type FROM pg_catalog.unnest(todo) c ORDER BY 1 LOOP
+        tbl := (deal_store._kind_table(kind))::regclass;
+        live := 't.deleted_at IS NULL' || CASE WHEN kind = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END;
+        -- the target as proposed: same row, live, content checksum still the base
+        same := 't.deal_id = c.deal_id AND t.id = c.entity_id AND ' || live || ' AND '
+            || CASE WHEN kind = 'fact' THEN 't.item_checksum' ELSE 'deal_store.content_checksum_of(c.entity_type, pg_catalog.to_jsonb(t))' END
+            || ' = c.base_checksum';
+        content := deal_store.content_fields(kind);
+        extra := deal_store._extra_fields(kind);
+        -- an update sets every content field (a missing one is NULL, as it was hashed), an extra one only when given;
+        -- a new row takes the column default for whatever the proposal does not carry
+        SELECT pg_catalog.string_agg(pg_catalog.quote_ident(f), ', '),
+               pg_catalog.string_agg(CASE WHEN f = ANY (content) THEN 'r.' || pg_catalog.quote_ident(f)
+                                          ELSE pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE t.%I END', f, f, f) END, ', '),
+               pg_catalog.string_agg(pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE %s END', f, f,
+                   coalesce((SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attribute a
+                             JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                             WHERE a.attrelid = tbl AND a.attname = f), 'NULL')), ', ')
+        INTO set_cols, set_vals, ins_vals
+        FROM pg_catalog.unnest(content || extra) f;
+        -- @plpgsql_check_options: security_warnings = false
+        -- (the statements below are built from a regclass, catalog column names and defaults, and constant text)
+        EXECUTE pg_catalog.format(
+            'WITH u AS (UPDATE %1$s t SET (%2$s, analysis_run_id) = (SELECT %3$s, c.analysis_run_id '
+            '                FROM pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r) '
+            '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''update'' AND %4$s '
+            '           RETURNING c.id) '
+            'SELECT pg_catalog.array_agg(u.id) FROM u', tbl, set_cols, set_vals, same)
+            INTO done USING todo, kind;
+        applied := applied || coalesce(done, '{}');
+        -- a removal is a soft delete, by the code soft_delete() uses: each its own batch, the run named
+        EXECUTE pg_catalog.format(
+            'WITH x AS (SELECT c.id AS change_id, c.deal_id, c.entity_id, '
+            '                  pg_catalog.format(''removed by analysis run %%s'', run.run_number) AS reason '
+            '           FROM pg_catalog.unnest($1) c JOIN deal_store.analysis_runs run ON run.deal_id = c.deal_id AND run.id = c.analysis_run_id '
+            '           JOIN %1$s t ON %2$s '
+            '           WHERE c.entity_type = $2 AND c.change_type = ''delete'' FOR UPDATE OF t) '
+            'SELECT pg_catalog.array_agg(x.change_id) '
+            'FROM (SELECT pg_catalog.array_agg(x.deal_id) AS deals, pg_catalog.array_agg(x.entity_id) AS ids, '
+            '             pg_catalog.array_agg(x.reason) AS reasons FROM x) a, '
+            '     LATERAL deal_store._mark_deleted(%3$L::pg_catalog.regclass, ''row'', a.deals, a.ids, a.reasons, NULL) m '
+            '     JOIN x ON m.deal_id = x.deal_id AND m.id = x.entity_id',
+            tbl, same, tbl::text)
+            INTO done USING todo, kind;
+        applied := applied || coalesce(done, '{}');
+        EXECUTE pg_catalog.format(
+            'WITH x AS (SELECT c.id AS change_id, pg_catalog.gen_random_uuid() AS new_id, c.* '
+            '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''new''), '
+            'i AS (INSERT INTO %1$s (id, deal_id, legacy_id, analysis_run_id, %2$s) '
+            '      SELECT c.new_id, c.deal_id, c.legacy_entity_id, c.analysis_run_id, %3$s '
+            '      FROM x c, pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r '
+            '      ON CONFLICT (deal_id, legacy_id) WHERE %4$s DO NOTHING RETURNING id) '
+            'SELECT pg_catalog.array_agg(x.change_id) FROM x JOIN i ON i.id = x.new_id',
+            tbl, set_cols, ins_vals, replace(live, 't.', ''))
+            INTO done USING todo, kind;
+        applied := applied || coalesce(done, '{}');
+    END LOOP;
+    -- the decisions, each reason worded here once
+    UPDATE deal_store.pending_changes p
+    SET status = CASE WHEN x.ok THEN 'accepted' ELSE 'conflict' END,
+        decided_by = actor, decided_at = pg_catalog.now(),
+        review_note = pg_catalog.concat_ws(' / ', note, CASE
+            WHEN x.ok THEN NULL
+            WHEN x.change_type = 'new' THEN 'a live row with this legacy_id exists'
+            WHEN deal_store._is_live(x.entity_type, x.deal_id, x.entity_id) THEN 'the target changed since the proposal'
+            ELSE 'the target is gone or deleted' END)
+    FROM (SELECT c.*, c.id = ANY (applied) AS ok FROM pg_catalog.unnest(todo) c) x
+    WHERE p.deal_id = x.deal_id AND p.id = x.id;
 END $$;
-COMMENT ON FUNCTION deal_store._settle_batch(uuid[], text) IS
-    'Internal: settles open changes the caller has locked: fact changes set-based (new versions included, written by the statement itself under deal_store.caller_writes_versions), findings, gaps and any set a constraint rejects one by one through _settle. Same results as settling each change alone, except that the audit reason of a fact removal is the batch note.';
+COMMENT ON FUNCTION deal_store._apply_set(uuid[], text) IS
+    'Internal: applies a set of open changes the caller has locked, set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. Any error aborts the whole set (see _apply).';
+
+CREATE FUNCTION deal_store._is_live(entity_type text, deal_id uuid, id uuid) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found boolean;
+BEGIN
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %s t WHERE t.deal_id = $1 AND t.id = $2 AND t.deleted_at IS NULL%s)',
+                              deal_store._kind_table(entity_type),
+                              CASE WHEN entity_type = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END)
+        INTO found USING deal_id, id;
+    RETURN found;
+END $$;
+COMMENT ON FUNCTION deal_store._is_live(text, uuid, uuid) IS
+    'Internal: whether a fact (its current version), finding or gap is there and not deleted.';
+
+CREATE FUNCTION deal_store._apply(ids uuid[], note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := pg_catalog.current_setting('deal_store.reason', true);
+    -- not a change's fault: a deadlock or serialization failure (the caller retries),
+    -- resources, a privilege, a bug
+    not_the_change constant text[] := ARRAY['40', '42', '53', '57', '58', 'XX'];
+    one uuid;
+    state text;
+    problem text;
+BEGIN
+    PERFORM pg_catalog.set_config('deal_store.reason', coalesce(note, prev_reason, ''), true);
+    BEGIN
+        PERFORM deal_store._apply_set(ids, note);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
+        IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
+            RAISE;
+        END IF;
+        -- some change broke the set: apply each alone, so only what fails is refused
+        FOREACH one IN ARRAY ids LOOP
+            BEGIN
+                PERFORM deal_store._apply_set(ARRAY[one], note);
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, problem = MESSAGE_TEXT;
+                IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
+                    RAISE;
+                END IF;
+                UPDATE deal_store.pending_changes p
+                SET status = 'conflict', decided_by = deal_store.current_actor(), decided_at = pg_catalog.now(),
+                    review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', problem, state))
+                WHERE p.id = one AND p.status IN ('pending', 'deferred');
+            END;
+        END LOOP;
+    END;
+    PERFORM pg_catalog.set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+END $$;
+COMMENT ON FUNCTION deal_store._apply(uuid[], text) IS
+    'Internal: the one apply path. Applies open changes the caller has locked with _apply_set; when the set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
 
 CREATE FUNCTION deal_store._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -239,7 +216,7 @@ BEGIN
         WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
         ORDER BY p.created_at, p.id FOR UPDATE) p;
     IF locked IS NOT NULL THEN
-        PERFORM deal_store._settle_batch(locked, 'auto-applied (tier 1)');
+        PERFORM deal_store._apply(locked, 'auto-applied (tier 1)');
     END IF;
 END $$;
 COMMENT ON FUNCTION deal_store._apply_changes(uuid, uuid[]) IS 'Internal: auto-applies the given tier-1 changes of a proposal.';
@@ -300,7 +277,9 @@ BEGIN
             USING ERRCODE = '55000', DETAIL = format('Change %s was decided at %s.', change_id, c.decided_at);
     END IF;
     IF decision = 'accept' THEN
-        RETURN deal_store._settle(c, note);
+        PERFORM deal_store._apply(ARRAY[c.id], note);
+        SELECT p.status INTO decision FROM deal_store.pending_changes p WHERE p.deal_id = c.deal_id AND p.id = c.id;
+        RETURN decision;
     END IF;
     UPDATE deal_store.pending_changes p SET
         status = CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END,
@@ -346,7 +325,7 @@ BEGIN
         ORDER BY p.created_at, p.id
         FOR UPDATE SKIP LOCKED) p;
     IF locked IS NOT NULL THEN
-        PERFORM deal_store._settle_batch(locked, 'batch accept');
+        PERFORM deal_store._apply(locked, 'batch accept');
     END IF;
     RETURN QUERY SELECT p.status, count(*) FROM deal_store.pending_changes p
                  WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked)
@@ -395,7 +374,7 @@ BEGIN
         CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
     n := coalesce(cardinality(claimed), 0);
     IF n > 0 THEN
-        PERFORM deal_store._settle_batch(claimed, 'process_queue');
+        PERFORM deal_store._apply(claimed, 'process_queue');
     END IF;
     RETURN n;
 END $$;

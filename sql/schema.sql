@@ -43,6 +43,7 @@ CREATE TABLE deal_store.deals (
     deleted_by    uuid,
     delete_reason text,
     delete_batch  uuid,
+    ignore_unknown_keys boolean NOT NULL DEFAULT false,
     CONSTRAINT deals_pkey PRIMARY KEY (id),
     CONSTRAINT deals_user_id_fkey FOREIGN KEY (user_id) REFERENCES deal_store.users (id),
     CONSTRAINT deals_name_check CHECK (btrim(name) <> ''),
@@ -60,6 +61,7 @@ COMMENT ON COLUMN deal_store.deals.deleted_at IS 'Soft delete: set when the deal
 COMMENT ON COLUMN deal_store.deals.deleted_by IS 'Soft delete: the actor (deal_store.actor) who deleted it.';
 COMMENT ON COLUMN deal_store.deals.delete_reason IS 'Soft delete: free-text reason given by the deleter.';
 COMMENT ON COLUMN deal_store.deals.delete_batch IS 'Soft delete: shared by every row marked by one soft_delete call, so restore brings back exactly that batch.';
+COMMENT ON COLUMN deal_store.deals.ignore_unknown_keys IS 'On: a key a proposal (propose_facts, propose_findings, propose_gaps) does not know is dropped; off (the default): it is an error (22023) and nothing is proposed.';
 
 CREATE TABLE deal_store.documents (
     deal_id          uuid        NOT NULL,
@@ -191,7 +193,8 @@ CREATE TABLE deal_store.facts (
     CONSTRAINT facts_source_document_id_fkey FOREIGN KEY (deal_id, source_document_id)
         REFERENCES deal_store.documents (deal_id, id) ON DELETE SET NULL (source_document_id),
     CONSTRAINT facts_previous_version_id_fkey FOREIGN KEY (deal_id, previous_version_id)
-        REFERENCES deal_store.facts (deal_id, id) ON DELETE SET NULL (previous_version_id),
+        REFERENCES deal_store.facts (deal_id, id) ON DELETE SET NULL (previous_version_id)
+        DEFERRABLE INITIALLY DEFERRED, -- the history row is written at the end of the statement
     CONSTRAINT facts_analysis_run_id_fkey FOREIGN KEY (deal_id, analysis_run_id)
         REFERENCES deal_store.analysis_runs (deal_id, id) ON DELETE SET NULL (analysis_run_id),
     CONSTRAINT facts_legacy_id_check CHECK (btrim(legacy_id) <> ''),

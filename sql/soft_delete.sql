@@ -128,13 +128,37 @@ END $$;
 COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid, text) IS
     'Internal: validates entity and id, checks the caller''s right needs on the row''s deal (42501), locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
 
+-- Marks rows deleted, set-based: the one place a soft delete is written.
+CREATE FUNCTION deal_store._mark_deleted(tbl regclass, scope text, deal_ids uuid[], ids uuid[], reasons text[], batch uuid)
+RETURNS TABLE(deal_id uuid, id uuid)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._soft_deletable(tbl);
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the condition is one of the constant texts below; tbl a regclass)
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'UPDATE %s t SET deleted_at = pg_catalog.now(), deleted_by = $4, delete_reason = x.reason, '
+        '    delete_batch = coalesce($5, pg_catalog.gen_random_uuid()) '
+        'FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) x(deal_id, id, reason) '
+        'WHERE %s AND t.deleted_at IS NULL%s RETURNING %s, t.id',
+        tbl,
+        CASE scope WHEN 'row' THEN CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id = x.id'
+                                        ELSE 't.deal_id = x.deal_id AND t.id = x.id' END
+                   WHEN 'owned_by_deal' THEN 't.deal_id = x.id'
+                   WHEN 'owned_by_document' THEN 't.deal_id = x.deal_id AND t.source_document_id = x.id' END,
+        CASE WHEN tbl = 'deal_store.facts'::regclass THEN ' AND t.superseded_at IS NULL' ELSE '' END,
+        CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id' ELSE 't.deal_id' END)
+        USING deal_ids, ids, reasons, deal_store.current_actor(), batch;
+END $$;
+COMMENT ON FUNCTION deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid) IS
+    'Internal: soft-deletes live rows of tbl, set-based (deleted_at, deleted_by = deal_store.actor, the reason, batch, or a batch of its own per row when batch is NULL): the rows (deal_ids[i], ids[i]) themselves (scope row), the rows of the deals ids (owned_by_deal) or the facts sourced from the documents (owned_by_document). Returns the rows marked. soft_delete and the merge queue both write soft deletes through it.';
+
 CREATE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     prev_reason text := current_setting('deal_store.reason', true);
     r record;
     batch uuid := gen_random_uuid();
-    actor uuid := deal_store.current_actor();
     total integer := 0;
     n integer;
     t record;
@@ -150,22 +174,15 @@ BEGIN
     -- findings and gaps; a document owns the facts sourced from it.
     FOR t IN
         SELECT * FROM (VALUES
-            (entity, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id = $6' ELSE 'deal_id = $5 AND id = $6' END),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.documents'::regclass END, 'deal_id = $5'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.facts'::regclass END, 'deal_id = $5'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.findings'::regclass END, 'deal_id = $5'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.gaps'::regclass END, 'deal_id = $5'),
-            (CASE WHEN entity = 'deal_store.documents'::regclass THEN 'deal_store.facts'::regclass END,
-             'deal_id = $5 AND source_document_id = $6')
-        ) AS c(tbl, cond) WHERE c.tbl IS NOT NULL
+            (entity, 'row'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.documents'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.facts'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.findings'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.gaps'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.documents'::regclass THEN 'deal_store.facts'::regclass END, 'owned_by_document')
+        ) AS c(tbl, scope) WHERE c.tbl IS NOT NULL
     LOOP
-        -- @plpgsql_check_options: security_warnings = false
-        -- (t.cond is one of the constant conditions listed above; t.tbl a regclass)
-        EXECUTE format('UPDATE %s SET deleted_at = $1, deleted_by = $2, delete_reason = $3, delete_batch = $4 '
-                       'WHERE %s AND deleted_at IS NULL%s', t.tbl, t.cond,
-                       CASE WHEN t.tbl = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END)
-            USING now(), actor, reason, batch, r.deal_id, id;
-        GET DIAGNOSTICS n = ROW_COUNT;
+        SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
         total := total + n;
     END LOOP;
     PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);

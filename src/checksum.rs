@@ -32,6 +32,14 @@ pub struct Kind {
     /// content fields that are not text columns (jsonb, integers): hashed as
     /// given; every other field is a text (or text[]) column, see [`object_content`]
     pub not_text: &'static [&'static str],
+    /// columns a proposal may set besides the content (not hashed)
+    pub extras: &'static [&'static str],
+    /// every other column: written by deal_store itself (keys, runs, versions,
+    /// review, audit, soft delete), never by a proposal. Each column of the
+    /// table is in exactly one of `fields`, `extras`, `managed` (a test checks
+    /// it against the catalog, so a new column must be classified here).
+    #[cfg_attr(not(any(test, feature = "pg_test")), allow(dead_code))]
+    pub managed: &'static [&'static str],
     /// facts keep versions and a stored checksum (`item_checksum`)
     pub versioned: bool,
 }
@@ -43,6 +51,11 @@ pub const FACT: Kind = Kind {
     fields: &["category", "details", "domain", "entity", "evidence", "item", "source_page_numbers", "status"],
     defaults: &[("details", "{}"), ("entity", "\"target\""), ("status", "\"documented\"")],
     not_text: &["details", "source_page_numbers"],
+    extras: &["confidence_score", "source_document_id"],
+    managed: &["deal_id", "id", "legacy_id", "item_checksum", "previous_version_id", "superseded_at", "analysis_run_id",
+               "verified", "verified_by", "verified_at", "verification_status", "verification_note", "created_by",
+               "updated_by", "created_at", "updated_at", "deleted_at", "deleted_by", "delete_reason", "delete_batch",
+               "search_vector"],
     versioned: true,
 };
 
@@ -54,6 +67,9 @@ pub const FINDING: Kind = Kind {
               "mitigation", "phase", "reasoning", "severity", "title"],
     defaults: &[("cost_currency", "\"USD\"")],
     not_text: &["cost_estimate_high", "cost_estimate_low"],
+    extras: &[],
+    managed: &["deal_id", "id", "legacy_id", "analysis_run_id", "created_at", "updated_at", "deleted_at", "deleted_by",
+               "delete_reason", "delete_batch"],
     versioned: false,
 };
 
@@ -64,6 +80,9 @@ pub const GAP: Kind = Kind {
     fields: &["category", "description", "domain", "importance", "suggested_sources"],
     defaults: &[("importance", "\"important\"")],
     not_text: &[],
+    extras: &[],
+    managed: &["deal_id", "id", "legacy_id", "resolved_at", "resolved_by", "resolution_note", "analysis_run_id", "created_at",
+               "updated_at", "deleted_at", "deleted_by", "delete_reason", "delete_batch"],
     versioned: false,
 };
 
@@ -331,6 +350,18 @@ fn content_fields(entity_type: &str) -> Vec<String> {
     Kind::of(entity_type).fields.iter().map(|f| f.to_string()).collect()
 }
 
+/// The columns a proposal may set besides the content (`Kind::extras`).
+#[pg_extern(immutable, parallel_safe, strict, name = "_extra_fields")]
+fn extra_fields(entity_type: &str) -> Vec<String> {
+    Kind::of(entity_type).extras.iter().map(|f| f.to_string()).collect()
+}
+
+/// The table of a fact, finding or gap.
+#[pg_extern(immutable, parallel_safe, strict, name = "_kind_table")]
+fn kind_table(entity_type: &str) -> &'static str {
+    Kind::of(entity_type).table
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
@@ -434,6 +465,46 @@ mod tests {
             let value_sql = Spi::get_one::<String>(&format!("SELECT to_jsonb({expr})::text")).unwrap().unwrap();
             assert_eq!(value(&value_sql), default, "{field}: the default is written in canonical form");
         }
+        }
+    }
+
+    /// A column added to facts, findings or gaps fails this test until it is
+    /// classified in its `Kind` (content, extra or managed) — the one place.
+    #[pg_test]
+    fn every_column_is_classified_once() {
+        for kind in [&FACT, &FINDING, &GAP] {
+            let columns: Vec<String> = Spi::connect(|c| {
+                c.select(
+                    "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                    None,
+                    &[kind.table.into()],
+                )
+                .unwrap()
+                .filter_map(|r| r.get::<String>(1).unwrap())
+                .collect()
+            });
+            let mut classified: Vec<&str> = kind.fields.iter().chain(kind.extras).chain(kind.managed).copied().collect();
+            classified.sort();
+            let before = classified.len();
+            classified.dedup();
+            assert_eq!(before, classified.len(), "{}: a column is classified twice", kind.table);
+            let mut cols: Vec<&str> = columns.iter().map(String::as_str).collect();
+            cols.sort();
+            assert_eq!(cols, classified, "{}: columns vs. Kind (fields + extras + managed)", kind.table);
+            // the defaults a missing field takes when hashing are the columns' own
+            for (field, default) in kind.defaults {
+                let same = Spi::get_one_with_args::<bool>(
+                    &format!("SELECT (SELECT pg_catalog.to_jsonb(x.{field}) FROM (SELECT {} AS {field}) x) = $1::jsonb",
+                        Spi::get_one_with_args::<String>(
+                            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
+                             WHERE d.adrelid = $1::regclass AND a.attname = $2",
+                            &[kind.table.into(), (*field).into()],
+                        ).unwrap().unwrap_or_else(|| panic!("{}.{field} has no default", kind.table))),
+                    &[(*default).into()],
+                )
+                .unwrap();
+                assert_eq!(same, Some(true), "{}.{field}: Kind default {default} vs. the column default", kind.table);
+            }
         }
     }
 

@@ -59,7 +59,8 @@ rows! {
     Owner { id: Uuid, email: String, display_name: Option<String>, active: bool, created_at: Ts, updated_at: Ts }
     Deal { id: Uuid, user_id: Uuid, name: String, target_name: String, buyer_name: Option<String>, deal_type: String,
            industry: Option<String>, sub_industry: Option<String>, status: String, created_at: Ts, updated_at: Ts,
-           deleted_at: Option<Ts>, deleted_by: Option<Uuid>, delete_reason: Option<String>, delete_batch: Option<Uuid> }
+           deleted_at: Option<Ts>, deleted_by: Option<Uuid>, delete_reason: Option<String>, delete_batch: Option<Uuid>,
+           ignore_unknown_keys: Option<bool> } // absent before 0.2.0: off
     Document { deal_id: Uuid, id: Uuid, filename: String, file_hash: String, content_checksum: Option<String>, entity: String,
                authority_level: i32, storage_path: String, version: i32, supersedes_id: Option<Uuid>,
                extracted_text: Option<String>, page_count: Option<i32>, status: String, processed_at: Option<Ts>,

@@ -2,15 +2,19 @@
 //! a content-changing UPDATE of a current fact into a new version.
 //!
 //! On INSERT it computes the checksum (a client's own value is replaced). On
-//! UPDATE of a current fact whose checksum changes, it copies the old row into a
-//! history row (new id, `superseded_at` set) and points the updated row's
-//! `previous_version_id` at it, so the fact keeps its id and links keep working.
-//! An UPDATE that leaves the checksum alone writes no version.
+//! UPDATE of a current fact whose checksum changes, the row trigger points the
+//! updated row's `previous_version_id` at a new id, and the statement trigger
+//! `fact_history` copies the old rows into history rows with those ids (new id,
+//! `superseded_at` set), set-based from the statement's transition tables, so
+//! the fact keeps its id and links keep working. The self-referencing key is
+//! checked at commit (it is DEFERRABLE INITIALLY DEFERRED). An UPDATE that
+//! leaves the checksum alone writes no version. Every writer (a plain UPDATE,
+//! the merge queue) goes through these two triggers; `import_deal` restores an
+//! export's history rows through `_import_facts`.
 use crate::checksum::{content_text, md5_hex, write_canonical, write_folded_string, FACT};
 use crate::errors::raise;
 use crate::jsonb::JsonbDatum;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use pgrx::WhoAllocated;
 use std::fmt::Display;
 
@@ -52,9 +56,10 @@ fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> String {
 }
 
 thread_local! {
-    static HISTORY_INSERT: std::cell::OnceCell<OwnedPreparedStatement> = const { std::cell::OnceCell::new() };
-    /// true while `insert_history_row` writes: the one insert of a history row the trigger allows
+    /// true while `write_history` (or an import) writes: the one insert of a history row allowed
     static WRITING_HISTORY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// the history rows' INSERT ... SELECT from the statement's transition tables, built once per session
+    static HISTORY_SQL: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
 }
 
 /// Sets `WRITING_HISTORY` for its own life; an error unwinding through it clears it too.
@@ -72,11 +77,10 @@ impl Drop for WritingHistory {
 }
 
 /// A history row (superseded_at set) is written by the version mechanism only:
-/// this trigger's own copy, or a set-based writer of the extension under
-/// `deal_store.caller_writes_versions` (a setting only superusers may change).
+/// the statement trigger `fact_history` or `import_deal` restoring an export's versions.
 fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>) {
     let history = internal(new.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_some();
-    if history && !WRITING_HISTORY.with(std::cell::Cell::get) && !crate::settings::CALLER_WRITES_VERSIONS.get() {
+    if history && !WRITING_HISTORY.with(std::cell::Cell::get) {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "a fact's history row (superseded_at set) is written by deal_store's versioning only",
@@ -85,46 +89,69 @@ fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>) {
     }
 }
 
-/// Copies the old version of a fact into a history row: every stored (not
-/// generated) column, with a new id and superseded_at set. The plan is prepared
-/// once per session.
-fn insert_history_row(deal_id: Option<pgrx::Uuid>, id: Option<pgrx::Uuid>, history_id: pgrx::Uuid) {
-    HISTORY_INSERT.with(|cell| {
-        Spi::connect_mut(|client| {
-            let plan = cell.get_or_init(|| {
-                let cols: String = internal(
-                    client
-                        .select(
-                            "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(attname), ', ' ORDER BY attnum) FROM pg_catalog.pg_attribute \
-                             WHERE attrelid = 'deal_store.facts'::regclass AND attnum > 0 AND NOT attisdropped \
-                             AND attgenerated = ''",
-                            Some(1),
-                            &[],
-                        )
-                        .and_then(|t| t.first().get_one::<String>()),
-                )
-                .expect("facts has columns");
-                let src = cols.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ");
-                let sql = format!(
-                    "INSERT INTO deal_store.facts ({cols}) SELECT {src} FROM deal_store.facts f, \
-                     pg_catalog.jsonb_populate_record(f, pg_catalog.jsonb_build_object('id', $3, 'superseded_at', pg_catalog.now())) r \
-                     WHERE f.deal_id = $1 AND f.id = $2"
-                );
-                let uuid = PgOid::from(pg_sys::UUIDOID);
-                internal(client.prepare_mut(sql.as_str(), &[uuid, uuid, uuid])).keep()
-            });
-            let _writing = WritingHistory::begin();
-            internal(client.update(plan, None, &[deal_id.into(), id.into(), history_id.into()]));
+/// The INSERT that copies the statement's replaced versions into history rows:
+/// every stored (not generated) column of the old row, with the id the row
+/// trigger chose (the new row's `previous_version_id`) and `superseded_at` set.
+/// The column list is read from the catalog, so a new column is copied without
+/// a change here.
+fn history_sql(client: &pgrx::spi::SpiClient<'_>) -> String {
+    let cols: Vec<String> = internal(client.select(
+        "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute \
+         WHERE attrelid = 'deal_store.facts'::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
+         ORDER BY attnum",
+        None,
+        &[],
+    ))
+    .filter_map(|r| r.get::<String>(1).ok().flatten())
+    .collect();
+    let src: Vec<String> = cols
+        .iter()
+        .map(|c| match c.as_str() {
+            "id" => "n.previous_version_id".to_string(),
+            "superseded_at" => "pg_catalog.now()".to_string(),
+            other => format!("o.{other}"),
         })
-    })
+        .collect();
+    format!(
+        "INSERT INTO deal_store.facts ({}) SELECT {} FROM old_facts o JOIN new_facts n ON n.deal_id = o.deal_id AND n.id = o.id \
+         WHERE o.superseded_at IS NULL AND n.superseded_at IS NULL AND n.previous_version_id IS NOT NULL \
+           AND n.previous_version_id IS DISTINCT FROM o.previous_version_id",
+        cols.join(", "),
+        src.join(", ")
+    )
 }
 
-/// True when a set-based writer (the merge queue, with `deal_store.caller_writes_versions`
-/// on) points the row at a history row it writes itself in the same statement.
-fn caller_writes_version<A: WhoAllocated, B: WhoAllocated>(old: &PgHeapTuple<'_, A>, new: &PgHeapTuple<'_, B>) -> bool {
-    crate::settings::CALLER_WRITES_VERSIONS.get()
-        && internal(new.get_by_name::<pgrx::Uuid>("previous_version_id"))
-            != internal(old.get_by_name::<pgrx::Uuid>("previous_version_id"))
+/// AFTER UPDATE statement trigger: writes the history rows of every fact the
+/// statement gave a new version, in one INSERT from the transition tables.
+#[pg_trigger]
+fn fact_history<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
+    Spi::connect_mut(|client| {
+        let data: *const pg_sys::TriggerData = trigger.trigger_data();
+        // SAFETY: the trigger data is PostgreSQL's for this call and outlives the
+        // SPI connection; SPI_register_trigger_data only reads it (its transition
+        // tables become the relations old_facts and new_facts of this connection).
+        let rc = unsafe { pg_sys::SPI_register_trigger_data(data.cast_mut()) };
+        if rc < 0 {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store fact_history: SPI_register_trigger_data returned {rc}"), None);
+        }
+        let sql = HISTORY_SQL.with(|cell| cell.get_or_init(|| history_sql(client)).clone());
+        let _writing = WritingHistory::begin();
+        internal(client.update(&sql, None, &[]));
+    });
+    Ok(None)
+}
+
+/// Inserts an export's facts (history rows included, as the versioning wrote
+/// them) for `import_deal`: the one writer of history rows besides `fact_history`.
+#[pg_extern(volatile, name = "_import_facts")]
+fn import_facts(rows: pgrx::JsonB) {
+    let _writing = WritingHistory::begin();
+    internal(Spi::run_with_args(
+        "SELECT deal_store._insert_rows('deal_store.facts'::pg_catalog.regclass, $1)",
+        &[rows.into()],
+    ));
 }
 
 /// A row's primary key.
@@ -132,6 +159,9 @@ fn key<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> (Option<pgrx::Uuid>, Option
     (internal(row.get_by_name::<pgrx::Uuid>("deal_id")), internal(row.get_by_name::<pgrx::Uuid>("id")))
 }
 
+/// BEFORE INSERT OR UPDATE row trigger: the checksum, and on a content change of
+/// a current fact the id of its new history row (written by `fact_history` at
+/// the end of the statement).
 #[pg_trigger]
 fn fact_versions<'a>(
     trigger: &'a PgTrigger<'a>,
@@ -152,17 +182,24 @@ fn fact_versions<'a>(
             let was_current = internal(old.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_none();
             let stays_current = internal(new.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_none();
             let old_checksum = internal(old.get_by_name::<String>("item_checksum"));
-            if was_current && stays_current && old_checksum.as_deref() != Some(checksum.as_str()) && !caller_writes_version(&old, &new) {
+            let old_previous = internal(old.get_by_name::<pgrx::Uuid>("previous_version_id"));
+            let new_previous = internal(new.get_by_name::<pgrx::Uuid>("previous_version_id"));
+            if was_current && stays_current && old_checksum.as_deref() != Some(checksum.as_str()) {
                 let history_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-                // The old version is still the visible row: copy it with a new id.
-                insert_history_row(deal_id, id, history_id);
                 internal(new.set_by_name("previous_version_id", history_id));
+            } else if new_previous.is_some() && new_previous != old_previous {
+                // a link the versioning did not make would make fact_history copy a version that is none
+                raise(
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    "a fact's previous_version_id is set by deal_store's versioning only",
+                    Some("Update the fact's content; the versioning links the version it replaces.".into()),
+                );
             }
             if let Some(actor) = crate::access::actor_for_write() {
                 internal(new.set_by_name("updated_by", actor));
             }
         }
-        _ => refuse_forged_history(&new), // an INSERT (an import included) otherwise only gets its checksum
+        _ => refuse_forged_history(&new), // an INSERT otherwise only gets its checksum
     }
     internal(new.set_by_name("item_checksum", checksum));
     Ok(Some(new))

@@ -85,11 +85,13 @@ fn require_jsonb(arg: &AnyElement) {
     }
 }
 
-/// A jsonb argument passed on as an SPI parameter, without converting it.
-pub fn spi_arg(arg: AnyElement) -> DatumWithOid<'static> {
-    require_jsonb(&arg);
-    // SAFETY: the datum is a jsonb value that lives for the whole call
-    unsafe { DatumWithOid::new(arg, pg_sys::JSONBOID) }
+/// A jsonb argument passed on as an SPI parameter, without converting it; the
+/// parameter borrows the argument, so it cannot outlive it.
+pub fn spi_arg(arg: &AnyElement) -> DatumWithOid<'_> {
+    require_jsonb(arg);
+    // SAFETY: the datum is a jsonb value (checked above) that lives as long as
+    // the borrowed argument, which bounds the returned lifetime
+    unsafe { DatumWithOid::new(arg.clone(), pg_sys::JSONBOID) }
 }
 
 /// The root value of a jsonb argument. 22023 when the argument is not jsonb.

@@ -15,6 +15,7 @@ mod queue;
 mod schema;
 mod search;
 mod settings;
+mod validate;
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {

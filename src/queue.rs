@@ -59,25 +59,30 @@ pub fn tier(rules: &[Rule], entity_type: &str, change_type: &str, confidence: f6
     }
 }
 
+/// The tier rules that may apply to a deal's changes. Fails closed: an error
+/// reading them is an error, never "no rules" (which would mean the defaults).
 fn load_rules(client: &SpiClient<'_>, deal_id: Uuid) -> Vec<Rule> {
-    client
+    let rows = client
         .select(
             "SELECT deal_id IS NOT NULL, entity_type, change_type, min_confidence, tier \
              FROM deal_store.tier_policies WHERE deal_id = $1 OR deal_id IS NULL",
             None,
             &[deal_id.into()],
         )
-        .map(|t| {
-            t.map(|r| Rule {
-                deal_specific: r.get(1).ok().flatten().unwrap_or(false),
-                entity_type: r.get(2).ok().flatten(),
-                change_type: r.get(3).ok().flatten().unwrap_or_default(),
-                min_confidence: r.get(4).ok().flatten().unwrap_or(0.0),
-                tier: r.get(5).ok().flatten().unwrap_or(2),
-            })
-            .collect()
-        })
-        .unwrap_or_default()
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading the tier policies: {e}"), None));
+    rows.map(|r| {
+        let field = |e: pgrx::spi::Error| -> ! {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading the tier policies: {e}"), None)
+        };
+        Rule {
+            deal_specific: r.get(1).unwrap_or_else(|e| field(e)).unwrap_or(false),
+            entity_type: r.get(2).unwrap_or_else(|e| field(e)),
+            change_type: r.get(3).unwrap_or_else(|e| field(e)).unwrap_or_default(),
+            min_confidence: r.get(4).unwrap_or_else(|e| field(e)).unwrap_or(0.0),
+            tier: r.get(5).unwrap_or_else(|e| field(e)).unwrap_or(2),
+        }
+    })
+    .collect()
 }
 
 /// The tier the policy gives a change (see `deal_store.tier_policies`).
@@ -154,12 +159,14 @@ struct Open {
     proposed_checksum: Option<Digest>,
 }
 
-type Counts = BTreeMap<(String, i32), i64>;
+/// Proposed changes by change type, tier and what became of them (status).
+type Counts = BTreeMap<(String, i32, String), i64>;
 
 fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<String>>) -> Counts {
     let incoming = parse_incoming(kind, &doc);
     Spi::connect_mut(|client| {
         let run = lock_run(client, run_id);
+        crate::validate::check(client, kind, &doc, crate::validate::ignores_unknown_keys(client, run.deal_id));
         // removals are inferred only inside the domains this call covers
         let scope: Option<Vec<String>> = if run.incremental {
             Some(Vec::new())
@@ -261,7 +268,8 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
              SELECT $1, $2, x.change_type, $3, x.entity_id, x.legacy_entity_id, \
                     (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'search_vector'::text FROM {} t WHERE t.deal_id = $1 AND t.id = x.entity_id{current}), \
                     CASE WHEN x.ordinal IS NOT NULL THEN $6 || (SELECT coalesce(pg_catalog.jsonb_object_agg(j.k, j.v), '{{}}'::jsonb) \
-                         FROM pg_catalog.jsonb_each($5 OPERATOR(pg_catalog.->) x.ordinal) AS j(k, v) WHERE j.v <> 'null'::jsonb) END, \
+                         FROM pg_catalog.jsonb_each($5 OPERATOR(pg_catalog.->) x.ordinal) AS j(k, v) \
+                         WHERE j.v <> 'null'::jsonb AND j.k = ANY ($7)) END, \
                     x.base_checksum, x.proposed_checksum, x.confidence_tier \
              FROM pg_catalog.jsonb_to_recordset($4) AS x(change_type text, entity_id uuid, legacy_entity_id text, ordinal integer, \
                   base_checksum text, proposed_checksum text, confidence_tier integer) \
@@ -277,20 +285,20 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                     run_id.into(),
                     kind.entity_type.into(),
                     JsonB(Value::Array(rows)).into(),
-                    crate::jsonb::spi_arg(doc),
+                    crate::jsonb::spi_arg(&doc),
                     JsonB(kind.defaults_object()).into(),
+                    crate::validate::allowed_keys(kind).into_iter().map(String::from).collect::<Vec<_>>().into(),
                 ],
             )
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+        let mut proposed: Vec<Uuid> = Vec::new();
         let mut tier_one: Vec<Uuid> = Vec::new();
         for r in inserted {
             let id: Uuid = r.get(1).ok().flatten().expect("id");
-            let ct: String = r.get(2).ok().flatten().unwrap_or_default();
-            let t: i32 = r.get(3).ok().flatten().unwrap_or(2);
-            if t == 1 {
+            if r.get::<i32>(3).ok().flatten() == Some(1) {
                 tier_one.push(id);
             }
-            *counts.entry((ct, t)).or_default() += 1;
+            proposed.push(id);
         }
         if crate::settings::AUTO_APPLY.get() && !tier_one.is_empty() {
             client
@@ -300,6 +308,23 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
         client
             .update("SELECT deal_store._signal_review($1, $2)", None, &[run.deal_id.into(), run_id.into()])
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+        // what became of them: pending, or (tier 1) accepted or conflict
+        client
+            .select(
+                "SELECT p.change_type, p.confidence_tier, p.status, pg_catalog.count(*) FROM deal_store.pending_changes p \
+                 WHERE p.deal_id = $1 AND p.id = ANY ($2) GROUP BY 1, 2, 3",
+                None,
+                &[run.deal_id.into(), proposed.into()],
+            )
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
+            .for_each(|r| {
+                let key = (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<i32>(2).ok().flatten().unwrap_or(0),
+                    r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                );
+                counts.insert(key, r.get::<i64>(4).ok().flatten().unwrap_or(0));
+            });
         counts
     })
 }
@@ -313,11 +338,11 @@ fn propose_internal(
     run_id: Option<Uuid>,
     incoming: Option<AnyElement>,
     domains: Option<Vec<Option<String>>>,
-) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64))> {
+) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64), name!(status, String))> {
     let kind = Kind::of(required(entity_type, "entity_type"));
     let (run_id, incoming) = (required(run_id, "run_id"), required(incoming, kind.plural));
     let counts = propose(kind, run_id, incoming, check_domains(&domains));
-    TableIterator::new(counts.into_iter().map(|((ct, t), n)| (ct, t, n)))
+    TableIterator::new(counts.into_iter().map(|((ct, t, st), n)| (ct, t, n, st)))
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -27,6 +27,8 @@ extension_sql_file!(
         checksum::content_checksum_internal,
         checksum::content_fields,
         facts::fact_versions,
+        facts::fact_history,
+        facts::import_facts,
         diff::diff_facts_internal,
         export::export_format
     ]

@@ -11,7 +11,6 @@ use std::ffi::{c_char, c_void, CStr, CString};
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static HARD_DELETE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUDIT_PURGE: GucSetting<bool> = GucSetting::<bool>::new(false);
-pub static CALLER_WRITES_VERSIONS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static REQUIRE_ACTOR: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUTO_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static REASON: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -88,14 +87,6 @@ pub fn init() {
         c"Set by deal_store.purge_audit for its own transaction.",
         c"Only a superuser with this on may delete audit rows.",
         &AUDIT_PURGE,
-        GucContext::Suset,
-        GucFlags::NO_SHOW_ALL,
-    );
-    GucRegistry::define_bool_guc(
-        c"deal_store.caller_writes_versions",
-        c"Set by the merge queue for its own set-based fact updates.",
-        c"On: an UPDATE that also sets a fact's previous_version_id writes its history row itself; the trigger does not.",
-        &CALLER_WRITES_VERSIONS,
         GucContext::Suset,
         GucFlags::NO_SHOW_ALL,
     );

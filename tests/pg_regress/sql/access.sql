@@ -107,7 +107,7 @@ INSERT INTO regress.access_expected VALUES
   ('set actor to another', 'read',  'DDDDDAAAD', $$SELECT count(*) FROM (SELECT set_config('deal_store.actor', '00000000-0000-0000-0011-0000000000a7', true)) s, deal_store.current_actor()$$),
   ('set hard_delete',      'write', 'DDDDDDDDD', $$SET LOCAL deal_store.hard_delete = on$$),
   ('set audit_purge',      'write', 'DDDDDDDDD', $$SET LOCAL deal_store.audit_purge = on$$),
-  ('set caller_writes_versions', 'write', 'DDDDDDDDD', $$SET LOCAL deal_store.caller_writes_versions = on$$),
+  ('link a forged version', 'write', 'DDDDDDDDD', $$UPDATE deal_store.facts f SET previous_version_id = h.id FROM deal_store.facts h WHERE f.deal_id = '00000000-0000-0000-0011-0000000000d1' AND f.legacy_id = 'F-1' AND f.superseded_at IS NULL AND h.deal_id = f.deal_id AND h.id <> f.id AND h.id IS DISTINCT FROM f.previous_version_id$$),
   ('disable the audit',    'write', 'DDDDDDDDD', $$SELECT deal_store.disable_audit('deal_store.facts')$$),
   ('insert into the log',  'write', 'DDDDDDDDD', $$INSERT INTO deal_store.deal_activity_log (deal_id, action) VALUES ('00000000-0000-0000-0011-0000000000d1', 'forged')$$),
   ('write a history row',  'write', 'DDDDDDDDD', $$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, superseded_at) VALUES ('00000000-0000-0000-0011-0000000000d1', 'F-H', 'network', 'forged past', now())$$),

@@ -114,10 +114,11 @@ SELECT * FROM propose_facts(:'run4', '[{"legacy_id": "F-9", "domain": "network",
 SELECT status FROM pending_changes WHERE legacy_entity_id = 'F-9' AND deal_id = '00000000-0000-0000-0006-0000000000d8';
 RESET deal_store.auto_apply;
 
--- a batch where one change breaks a constraint: the batch falls back to one by
--- one, the good change applies, the bad one becomes a conflict naming the constraint
+-- a batch where one change breaks a constraint at apply time (its source document
+-- is not in the deal): the set falls back to one by one, the good change applies,
+-- the bad one becomes a conflict naming the constraint
 SELECT * FROM propose_facts(:'run4', '[{"legacy_id": "F-10", "domain": "network", "item": "WAN optimisers"},
-  {"legacy_id": "F-11", "domain": "network", "item": "Who owns this?", "entity": "nobody"}]', ARRAY[]::text[]);
+  {"legacy_id": "F-11", "domain": "network", "item": "Who owns this?", "source_document_id": "00000000-0000-0000-0006-00000000dead"}]', ARRAY[]::text[]);
 SELECT * FROM accept_changes('00000000-0000-0000-0006-0000000000d8', 2, :'run4');
 SELECT legacy_entity_id, status, review_note FROM pending_changes WHERE legacy_entity_id IN ('F-10', 'F-11') AND deal_id = '00000000-0000-0000-0006-0000000000d8' ORDER BY 1;
 
