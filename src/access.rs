@@ -169,12 +169,12 @@ impl Lookup {
         Spi::connect_mut(|client| {
             PLANS.with(|plans| {
                 let mut plans = plans.borrow_mut();
-                if !plans.contains_key(&self) {
+                let plan = plans.entry(self).or_insert_with(|| {
                     let (sql, types) = self.sql();
                     let plan = client.prepare_mut(sql, &types).map(|p| p.keep());
-                    plans.insert(self, plan.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)));
-                }
-                let table = client.update(&plans[&self], Some(1), args);
+                    plan.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
+                });
+                let table = client.update(&*plan, Some(1), args);
                 internal(table.and_then(|t| t.first().get_one::<T>()))
             })
         })

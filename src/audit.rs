@@ -237,6 +237,7 @@ unsafe extern "C-unwind" fn on_subxact(
 /// gets a call expression of its own, built once and kept for the session.
 fn to_jsonb(typid: pg_sys::Oid, value: pg_sys::Datum) -> pg_sys::Datum {
     let finfo = ENCODERS.with(|e| {
+        // SAFETY: fmgr_info fills a FmgrInfo we own, for a type's output function the catalog names
         *e.borrow_mut().entry(typid).or_insert_with(|| unsafe {
             PgMemoryContexts::TopMemoryContext.switch_to(|_| {
                 let finfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()) as *mut pg_sys::FmgrInfo;
@@ -315,6 +316,7 @@ unsafe extern "C-unwind" {
 
 unsafe fn attr(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc, attnum: i32) -> Option<pg_sys::Datum> {
     let mut isnull = false;
+    // SAFETY: the caller guarantees tuple and tupdesc describe one live row and attnum is a column of it
     let d = unsafe { pg_sys::heap_getattr(tuple, attnum, tupdesc, &mut isnull) };
     (!isnull).then_some(d)
 }
@@ -333,21 +335,27 @@ unsafe fn oversized(c: &Column, value: pg_sys::Datum) -> Option<usize> {
 }
 
 unsafe fn uuid_attr(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc, attnum: Option<i32>) -> Option<pgrx::Uuid> {
+    // SAFETY: the caller's guarantee for tuple and tupdesc, passed on
     let d = unsafe { attr(tuple, tupdesc, attnum?) }?;
+    // SAFETY: a non-NULL datum of a uuid column
     unsafe { pgrx::Uuid::from_datum(d, false) }
 }
 
 /// True when the relation has the enabled statement trigger that writes the
 /// buffer for this event, so the entry may wait for it.
 unsafe fn flushed_at_statement_end(data: &pg_sys::TriggerData, event: u32) -> bool {
+    // SAFETY: data is PostgreSQL's trigger data for this call: its relation is open
     let desc = unsafe { (*data.tg_relation).trigdesc };
     if desc.is_null() {
         return false;
     }
+    // SAFETY: tg_trigger is this call's trigger, valid for the call
     let enabled = unsafe { (*data.tg_trigger).tgenabled };
+    // SAFETY: trigdesc holds numtriggers triggers
     let triggers = unsafe { std::slice::from_raw_parts((*desc).triggers, (*desc).numtriggers as usize) };
     triggers.iter().any(|t| {
         let kind = t.tgtype as u32;
+        // SAFETY: tgname is a NUL-terminated name in the relation's trigger descriptor
         (unsafe { CStr::from_ptr(t.tgname) }) == FLUSH_TRIGGER
             && t.tgenabled == enabled
             && kind & (pg_sys::TRIGGER_TYPE_ROW | pg_sys::TRIGGER_TYPE_BEFORE | pg_sys::TRIGGER_TYPE_INSTEAD) == 0
@@ -374,18 +382,23 @@ fn audit_row<'a>(
         PgTriggerOperation::Delete => (data.tg_trigtuple, std::ptr::null_mut(), pg_sys::TRIGGER_TYPE_DELETE),
         PgTriggerOperation::Truncate => return Ok(None),
     };
+    // SAFETY: tg_relation is open for the whole trigger call
     let tupdesc = unsafe { (*data.tg_relation).rd_att };
+    // SAFETY: tg_relation is open for the whole trigger call
     let oid = unsafe { (*data.tg_relation).rd_id };
     let generation = GENERATION.with(Cell::get);
     if TABLES.with(|t| t.borrow().get(&oid).is_none_or(|t| t.generation != generation)) {
+        // SAFETY: tg_relation is a valid relation for the whole trigger call
         let info = table_info(&unsafe { PgRelation::from_pg(data.tg_relation) });
         TABLES.with(|t| t.borrow_mut().insert(oid, info));
     }
     let captured = TABLES.with(|tables| {
         let tables = tables.borrow();
         let t = &tables[&oid];
+        // SAFETY: old and new are this event's tuples (or NULL) of the relation tupdesc describes
         BUFFER.with(|b| unsafe { capture(&mut b.borrow_mut(), t, tupdesc, old, new) })
     });
+    // SAFETY: data is this call's trigger data
     if captured && (BUFFER.with(|b| b.borrow().own_entries() >= FLUSH_AT) || !unsafe { flushed_at_statement_end(data, event) }) {
         flush();
     }
@@ -403,6 +416,7 @@ unsafe fn capture(
     let row = if new.is_null() { old } else { new };
     let action = if old.is_null() {
         // a fact's history row is the versioning's own copy, not a new act
+        // SAFETY: new is this event's tuple of the relation tupdesc describes
         if t.superseded_at.and_then(|n| unsafe { attr(new, tupdesc, n) }).is_some() {
             return false;
         }
@@ -410,7 +424,9 @@ unsafe fn capture(
     } else if new.is_null() {
         "purge"
     } else {
+        // SAFETY: old and new are this event's tuples of the relation tupdesc describes
         let was = t.deleted_at.map(|n| unsafe { attr(old, tupdesc, n) }.is_some());
+        // SAFETY: new is this event's tuple of the relation tupdesc describes
         let is = t.deleted_at.map(|n| unsafe { attr(new, tupdesc, n) }.is_some());
         match (was, is) {
             (Some(false), Some(true)) => "soft_delete",
@@ -425,6 +441,7 @@ unsafe fn capture(
     // SAFETY: the tuples and their descriptor are the trigger's; a non-NULL
     // attribute is a datum of its column's type, as `oversized` requires
     let value = |c: &Column, tuple| {
+        // SAFETY: tuple is one of this event's tuples and c.attnum a column of tupdesc; the datum is of the column's type
         unsafe { attr(tuple, tupdesc, c.attnum) }.map(|v| match (c.secret, unsafe { oversized(c, v) }) {
             (true, _) => text(MASK),
             (false, Some(n)) => text(&std::ffi::CString::new(format!("[{n} bytes, not logged]")).expect("no NUL")),
@@ -433,6 +450,7 @@ unsafe fn capture(
     };
     let cx = b.context();
     // everything made from here on lives in the buffer's context until the entry is written
+    // SAFETY: the values are datums of their columns' types, built in the buffer's memory context
     let details = unsafe {
         PgMemoryContexts::For(cx).switch_to(|_| {
             if old.is_null() || new.is_null() {
@@ -474,7 +492,10 @@ unsafe fn capture(
         })
     };
     let Some(details) = details else { return false };
+    // SAFETY: row is this event's tuple of the relation tupdesc describes
     let entity_id = unsafe { uuid_attr(row, tupdesc, t.id) };
+    // SAFETY: row is this event's tuple; the key columns are columns of tupdesc, and the
+    // object is built in the buffer's memory context, which outlives the entry
     let entity_key = (entity_id.is_none() && !t.key.is_empty()).then(|| unsafe {
         PgMemoryContexts::For(cx).switch_to(|_| {
             let mut key = ObjectBuilder::new();
@@ -488,12 +509,14 @@ unsafe fn capture(
     b.entries.push(Entry {
         // SAFETY: reads the transaction state of this backend
         subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
+        // SAFETY: row is this event's tuple; t.id / t.deal_id are uuid columns of tupdesc
         deal_id: unsafe { uuid_attr(row, tupdesc, if t.is_deals { t.id } else { t.deal_id }) },
         user_id: crate::access::actor_for_write(),
         action,
         entity_type: t.entity_type.clone(),
         entity_id,
         entity_key,
+        // SAFETY: row is this event's tuple; t.run_id is a uuid column of tupdesc
         run_id: settings::run_id().or_else(|| unsafe { uuid_attr(row, tupdesc, t.run_id) }),
         reason: settings::reason(),
         details,
@@ -545,7 +568,6 @@ fn flush() {
                 .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("audit insert: {e}"), None));
         })
     }));
-    drop(args);
     BUFFER.with(|b| {
         let b = b.borrow();
         if let (true, Some(cx)) = (b.entries.is_empty(), b.context) {

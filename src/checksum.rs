@@ -185,7 +185,7 @@ pub fn write_canonical(v: Node<'_>, out: &mut String) {
     match v {
         Node::Null => out.push_str("null"),
         Node::Bool(b) => out.push_str(if b { "true" } else { "false" }),
-        Node::Number(n) => Node::with_number_text(n, |t| out.push_str(bounded(t))),
+        Node::Number(n) => n.with_text(|t| out.push_str(bounded(t))),
         Node::String(s) => write_folded_string(s, out),
         Node::Array(items) => write_array(items, out, write_canonical),
         Node::Object(map) => {
@@ -257,7 +257,7 @@ pub fn object_content(kind: &Kind, row: Container<'_>, defaults: bool) -> (Strin
 /// "5.0", as jsonb_populate_record writes it), arrays element by element.
 fn write_as_text(v: Node<'_>, out: &mut String) {
     match v {
-        Node::Number(n) => Node::with_number_output(n, |t| write_folded_string(bounded(t), out)),
+        Node::Number(n) => n.with_output(|t| write_folded_string(bounded(t), out)),
         Node::Bool(b) => write_folded_string(if b { "true" } else { "false" }, out),
         Node::Array(items) => write_array(items, out, |item, out| match item {
             Node::Array(_) | Node::Object(_) => write_canonical(item, out),

@@ -260,6 +260,7 @@ fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
 /// the SQL function `deal_store.diff_facts` unnests them into rows.
 /// changed_fields is a comma-separated list.
 #[pg_extern(volatile, name = "_diff_facts")]
+#[allow(clippy::type_complexity)] // the row type pgrx declares to SQL
 fn diff_facts_internal(
     deal_id: Option<Uuid>,
     incoming: Option<AnyElement>,

@@ -24,40 +24,49 @@ pub struct Container<'a> {
 pub enum Node<'a> {
     Null,
     Bool(bool),
-    Number(pg_sys::Numeric),
+    Number(Number<'a>),
     String(&'a str),
     Array(Container<'a>),
     Object(Container<'a>),
 }
 
+/// A numeric inside a jsonb datum that lives for `'a`; read it through its methods.
+#[derive(Clone, Copy)]
+pub struct Number<'a> {
+    ptr: pg_sys::Numeric,
+    _datum: PhantomData<&'a ()>,
+}
+
 /// A jsonb column value taken from a tuple as it is (no conversion), for
 /// `PgHeapTuple::get_by_name` and SPI rows; read it with [`JsonbDatum::root`].
+/// `'a` is the life of the tuple it came from: the nodes read from it live as long.
 #[derive(Clone, Copy)]
-pub struct JsonbDatum(pg_sys::Datum);
+pub struct JsonbDatum<'a>(pg_sys::Datum, PhantomData<&'a ()>);
 
-impl JsonbDatum {
+impl<'a> JsonbDatum<'a> {
     /// Wraps a jsonb datum.
     ///
     /// # Safety
-    /// `datum` must be a jsonb value that outlives every use of the wrapper.
+    /// `datum` must be a non-NULL jsonb value that outlives `'a`.
     pub unsafe fn new(datum: pg_sys::Datum) -> Self {
-        JsonbDatum(datum)
+        JsonbDatum(datum, PhantomData)
     }
 
-    /// The root value. The datum must outlive `'a` (a tuple of the current call).
-    pub fn root<'a>(self) -> Node<'a> {
-        // SAFETY: a non-NULL jsonb datum (FromDatum is only reached for jsonb columns)
+    /// The root value; it borrows the datum for `'a`, the wrapper's own life.
+    pub fn root(self) -> Node<'a> {
+        // SAFETY: a non-NULL jsonb datum living for 'a (FromDatum is only reached
+        // for non-NULL jsonb columns; `new` requires it of its caller)
         unsafe { root_of_datum(self.0) }
     }
 }
 
-impl FromDatum for JsonbDatum {
+impl FromDatum for JsonbDatum<'_> {
     unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
-        (!is_null).then_some(JsonbDatum(datum))
+        (!is_null).then_some(JsonbDatum(datum, PhantomData))
     }
 }
 
-impl IntoDatum for JsonbDatum {
+impl IntoDatum for JsonbDatum<'_> {
     fn into_datum(self) -> Option<pg_sys::Datum> {
         Some(self.0)
     }
@@ -67,18 +76,20 @@ impl IntoDatum for JsonbDatum {
     }
 }
 
-// SAFETY: the datum is passed through unchanged
-unsafe impl pgrx::datum::UnboxDatum for JsonbDatum {
-    type As<'src> = JsonbDatum;
-    unsafe fn unbox<'src>(datum: pgrx::datum::Datum<'src>) -> JsonbDatum
+// SAFETY: the datum is passed through unchanged, and the result lives no longer than its source
+unsafe impl pgrx::datum::UnboxDatum for JsonbDatum<'_> {
+    type As<'src>
+        = JsonbDatum<'src>
+    where
+        Self: 'src;
+    unsafe fn unbox<'src>(datum: pgrx::datum::Datum<'src>) -> JsonbDatum<'src>
     where
         Self: 'src,
     {
-        JsonbDatum(datum.sans_lifetime())
+        JsonbDatum(datum.sans_lifetime(), PhantomData)
     }
 }
 
-/// Raises 22023 unless a polymorphic argument is jsonb.
 fn require_jsonb(arg: &AnyElement) {
     if arg.oid() != pg_sys::JSONBOID {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "the argument must be jsonb", None);
@@ -91,7 +102,7 @@ pub fn spi_arg(arg: &AnyElement) -> DatumWithOid<'_> {
     require_jsonb(arg);
     // SAFETY: the datum is a jsonb value (checked above) that lives as long as
     // the borrowed argument, which bounds the returned lifetime
-    unsafe { DatumWithOid::new(arg.clone(), pg_sys::JSONBOID) }
+    unsafe { DatumWithOid::new(*arg, pg_sys::JSONBOID) }
 }
 
 /// The root value of a jsonb argument. 22023 when the argument is not jsonb.
@@ -107,8 +118,11 @@ pub fn root<'a>(arg: &'a AnyElement) -> Node<'a> {
 /// # Safety
 /// `datum` must be a jsonb datum that lives for `'a`.
 pub unsafe fn root_of_datum<'a>(datum: pg_sys::Datum) -> Node<'a> {
-    let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
-    let c = Container { ptr: &raw mut (*jb).root, _datum: PhantomData };
+    // SAFETY: the caller guarantees a jsonb datum living for 'a; pg_detoast_datum
+    // returns it (or a copy in the current memory context) with a 4-byte header
+    let jb = unsafe { pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) } as *mut pg_sys::Jsonb;
+    // SAFETY: jb points at a detoasted Jsonb; its root is the top container
+    let c = Container { ptr: unsafe { &raw mut (*jb).root }, _datum: PhantomData };
     let header = c.header();
     if header & pg_sys::JB_FSCALAR != 0 {
         c.iter().next().map_or(Node::Null, |(_, v)| v)
@@ -119,20 +133,30 @@ pub unsafe fn root_of_datum<'a>(datum: pg_sys::Datum) -> Node<'a> {
     }
 }
 
-fn utf8<'a>(ptr: *const std::ffi::c_char, len: std::ffi::c_int) -> &'a str {
-    // SAFETY: jsonb strings are (ptr, len) slices inside the datum
+/// A jsonb string as `&str`; 22021 unless it is UTF-8.
+///
+/// # Safety
+/// `ptr` must point at `len` bytes that stay valid for `'a` (a jsonb string
+/// inside a datum living for `'a`).
+unsafe fn utf8<'a>(ptr: *const std::ffi::c_char, len: std::ffi::c_int) -> &'a str {
+    // SAFETY: the caller guarantees (ptr, len) is valid for 'a
     let bytes = unsafe { std::slice::from_raw_parts(ptr as *const u8, len as usize) };
     std::str::from_utf8(bytes).unwrap_or_else(|_| {
         raise(PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, "deal_store needs a UTF8 database", None)
     })
 }
 
-fn node<'a>(v: &pg_sys::JsonbValue) -> Node<'a> {
-    // SAFETY: the union member read is the one `type_` names
+/// The node a `JsonbValue` filled by PostgreSQL's container API holds.
+///
+/// # Safety
+/// What `v` points into (strings, numerics, containers) must live for `'a`.
+unsafe fn node<'a>(v: &pg_sys::JsonbValue) -> Node<'a> {
+    // SAFETY: the union member read is the one `type_` names; the caller
+    // guarantees what it points at lives for 'a
     unsafe {
         match v.type_ {
             pg_sys::jbvType::jbvBool => Node::Bool(v.val.boolean),
-            pg_sys::jbvType::jbvNumeric => Node::Number(v.val.numeric),
+            pg_sys::jbvType::jbvNumeric => Node::Number(Number { ptr: v.val.numeric, _datum: PhantomData }),
             pg_sys::jbvType::jbvString => Node::String(utf8(v.val.string.val, v.val.string.len)),
             pg_sys::jbvType::jbvBinary => {
                 let c = Container { ptr: v.val.binary.data, _datum: PhantomData };
@@ -161,8 +185,8 @@ impl<'a> Container<'a> {
         let found = unsafe {
             pg_sys::getKeyJsonValueFromContainer(self.ptr, key.as_ptr().cast(), key.len() as _, v.as_mut_ptr())
         };
-        // SAFETY: written when found is not NULL
-        (!found.is_null()).then(|| node(unsafe { v.assume_init_ref() }))
+        // SAFETY: written when found is not NULL; it points into this container's datum ('a)
+        (!found.is_null()).then(|| unsafe { node(v.assume_init_ref()) })
     }
 
     /// The elements of an array (key None) or the pairs of an object, in storage order.
@@ -198,7 +222,8 @@ impl<'a> Iterator for Iter<'a> {
                     key = Some(unsafe { utf8(val.val.string.val, val.val.string.len) });
                 }
                 pg_sys::JsonbIteratorToken::WJB_VALUE | pg_sys::JsonbIteratorToken::WJB_ELEM => {
-                    return Some((key, node(val)));
+                    // SAFETY: val points into the iterated container's datum ('a)
+                    return Some((key, unsafe { node(val) }));
                 }
                 pg_sys::JsonbIteratorToken::WJB_DONE => return None,
                 _ => {} // begin / end of this container
@@ -220,12 +245,16 @@ impl Node<'_> {
         }
     }
 
-    /// A number in PostgreSQL's normalised form: plain decimal, no trailing
+}
+
+impl Number<'_> {
+    /// The number in PostgreSQL's normalised form: plain decimal, no trailing
     /// fractional zeros (`numeric_normalize`), passed to `f`.
-    pub fn with_number_text<R>(n: pg_sys::Numeric, f: impl FnOnce(&str) -> R) -> R {
-        // SAFETY: n points at a numeric inside the datum; the text is palloc'd and freed here
+    pub fn with_text<R>(self, f: impl FnOnce(&str) -> R) -> R {
+        // SAFETY: ptr points at a numeric inside a datum that outlives self ('a);
+        // the text is palloc'd here and freed after f
         unsafe {
-            let text = pg_sys::numeric_normalize(n);
+            let text = pg_sys::numeric_normalize(self.ptr);
             let r = f(std::ffi::CStr::from_ptr(text).to_str().unwrap_or("0"));
             pg_sys::pfree(text.cast());
             r
@@ -234,20 +263,22 @@ impl Node<'_> {
 
     /// The number as PostgreSQL's numeric output writes it (what a text column
     /// stores for it: `5.0` stays `5.0`), to `f`.
-    pub fn with_number_output<R>(n: pg_sys::Numeric, f: impl FnOnce(&str) -> R) -> R {
-        // SAFETY: n points at a numeric inside the datum; the text is palloc'd and freed here
+    pub fn with_output<R>(self, f: impl FnOnce(&str) -> R) -> R {
+        // SAFETY: as in with_text; numeric_out reads the numeric and returns palloc'd text
         unsafe {
-            let text = pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_NUMERIC_OUT), pg_sys::Datum::from(n));
+            let text = pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_NUMERIC_OUT), pg_sys::Datum::from(self.ptr));
             let r = f(std::ffi::CStr::from_ptr(text).to_str().unwrap_or("0"));
             pg_sys::pfree(text.cast());
             r
         }
     }
+}
 
+impl Node<'_> {
     /// A number as f64 (None for other types).
     pub fn as_f64(&self) -> Option<f64> {
         match self {
-            Node::Number(n) => Self::with_number_text(*n, |t| t.parse().ok()),
+            Node::Number(n) => n.with_text(|t| t.parse().ok()),
             _ => None,
         }
     }

@@ -1,6 +1,8 @@
 //! deal_store: a due-diligence deal store inside PostgreSQL.
 //!
 //! This file only wires the capability modules together; each lives in its own file.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::not_unsafe_ptr_arg_deref)]
 pgrx::pg_module_magic!(name, version);
 
 mod access;

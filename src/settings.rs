@@ -99,6 +99,7 @@ pub fn init() {
         GucFlags::NO_SHOW_ALL,
     );
     // Typos such as `SET deal_store.actr = ...` become errors instead of placeholders.
+    // SAFETY: a NUL-terminated constant prefix; called once from _PG_init
     unsafe { pg_sys::MarkGUCPrefixReserved(c"deal_store".as_ptr()) };
 }
 
@@ -109,14 +110,17 @@ unsafe extern "C-unwind" fn check_uuid(
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
+    // SAFETY: PostgreSQL passes a pointer to the candidate value (a C string or NULL)
     let value = unsafe { *newval };
     if value.is_null() {
         return true;
     }
+    // SAFETY: value is a NUL-terminated C string (checked non-NULL above)
     let text = unsafe { CStr::from_ptr(value) }.to_string_lossy();
     if text.trim().is_empty() || uuid::Uuid::parse_str(text.trim()).is_ok() {
         return true;
     }
+    // SAFETY: GUC_check_errdetail_string is read by PostgreSQL after the hook returns; pstrdup copies into its memory context
     unsafe {
         pg_sys::GUC_check_errdetail_string =
             pg_sys::pstrdup(c"The value must be a uuid, e.g. 7d0c3c1e-2f57-4d0e-9a57-5b8f0b0a0001.".as_ptr());

@@ -34,7 +34,13 @@ fn invalid(at: usize, legacy_id: &str, message: String) -> ! {
 
 /// The keys a proposal of this kind may carry (what `new_value` keeps).
 pub fn allowed_keys(kind: &Kind) -> Vec<&'static str> {
-    PROPOSAL_KEYS.iter().chain(kind.fields).chain(kind.extras).copied().collect()
+    let mut keys: Vec<&'static str> = PROPOSAL_KEYS.to_vec();
+    for k in kind.fields.iter().chain(kind.extras) {
+        if !keys.contains(k) {
+            keys.push(k);
+        }
+    }
+    keys
 }
 
 fn columns(client: &SpiClient<'_>, kind: &Kind) -> HashMap<String, Column> {
@@ -96,7 +102,7 @@ fn type_problem(type_name: &str, value: &Node<'_>) -> Option<String> {
 fn describe(value: &Node<'_>) -> String {
     match value {
         Node::String(s) => format!("\"{}\"", s.chars().take(40).collect::<String>()),
-        Node::Number(_) => value.as_f64().map_or("a number".into(), |x| x.to_string()),
+        Node::Number(n) => n.with_text(|t| if t.len() > 40 { format!("{}... ({} digits)", &t[..20], t.len()) } else { t.to_string() }),
         Node::Bool(b) => b.to_string(),
         other => format!("a JSON {}", other.type_name()),
     }
@@ -197,8 +203,11 @@ fn check_constraints(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, allo
         let legacy_id: String = r.get(2).ok().flatten().unwrap_or_default();
         let i: i32 = r.get(3).ok().flatten().unwrap_or(0);
         let (name, def, cols) = &constraints[i as usize];
-        let field = if cols.len() == 1 { format!("field \"{}\"", cols[0]) } else { format!("fields {}", cols.join(", ")) };
-        invalid(at as usize, &legacy_id, format!("{field} violates {name}: {def}"));
+        let field = match cols.as_slice() {
+            [one] => format!("field \"{one}\" violates"),
+            many => format!("fields {} violate", many.join(", ")),
+        };
+        invalid(at as usize, &legacy_id, format!("{field} {name}: {def}"));
     }
 }
 
@@ -212,7 +221,6 @@ pub fn ignores_unknown_keys(client: &SpiClient<'_>, deal_id: pgrx::Uuid) -> bool
             &[deal_id.into()],
         )
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
-        .into_iter()
         .next()
         .and_then(|r| r.get::<bool>(1).ok().flatten())
         .unwrap_or(false)
