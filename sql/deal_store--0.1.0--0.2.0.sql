@@ -1310,3 +1310,536 @@ COMMENT ON FUNCTION deal_store.my_deals(text) IS
     'The deals in which the acting user (current_actor) holds min_role (viewer, analyst, reviewer, lead) or a stronger deal role. Used by the row-level security policies, once per statement.';
 COMMENT ON FUNCTION deal_store._require_right(uuid, text) IS
     'Internal: raises 42501, naming the deal and what is missing, unless the caller has the right needs (read, write, review, manage; administer with a NULL deal) on the deal: the group role of its login and the deal role of its actor.';
+
+-- 0.2.0: one way to apply a change (issue 16):
+-- every change is applied by one set-based routine (_apply / _apply_set) that
+-- turns a change it cannot apply into a conflict with its reason; soft deletes
+-- go through _mark_deleted; fact history rows are written by a statement
+-- trigger (the self-referencing key is checked at commit); proposals are
+-- checked against the catalog and say what became of them; deals may ignore
+-- unknown keys.
+
+ALTER TABLE deal_store.deals ADD COLUMN ignore_unknown_keys boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN deal_store.deals.ignore_unknown_keys IS 'On: a key a proposal (propose_facts, propose_findings, propose_gaps) does not know is dropped; off (the default): it is an error (22023) and nothing is proposed.';
+ALTER TABLE deal_store.facts ALTER CONSTRAINT facts_previous_version_id_fkey DEFERRABLE INITIALLY DEFERRED;
+
+-- history rows carry no search vector and no checksum index entry: writing a
+-- version costs less (the column is re-added, so the two views over it are too)
+DROP VIEW deal_store.current_facts;
+DROP VIEW deal_store.active_facts;
+ALTER TABLE deal_store.facts DROP COLUMN search_vector;
+ALTER TABLE deal_store.facts ADD COLUMN search_vector       tsvector GENERATED ALWAYS AS (CASE WHEN superseded_at IS NULL
+                            THEN deal_store.fact_search_vector('english', item, category, domain, evidence, details) END) STORED;
+COMMENT ON COLUMN deal_store.facts.search_vector IS 'Weighted full-text vector (english): item A, category and domain B, evidence C, string values of details D. NULL on history rows (never searched).';
+CREATE INDEX facts_search_vector_idx ON deal_store.facts USING gin (search_vector)
+    WHERE deleted_at IS NULL AND superseded_at IS NULL;
+DROP INDEX deal_store.facts_checksum_idx;
+CREATE INDEX facts_checksum_idx ON deal_store.facts (deal_id, item_checksum) WHERE superseded_at IS NULL;
+CREATE VIEW deal_store.active_facts AS
+    SELECT * FROM deal_store.facts WHERE deleted_at IS NULL AND superseded_at IS NULL;
+COMMENT ON VIEW deal_store.active_facts IS 'The current version of every fact that is not soft-deleted. DELETE through it soft-deletes.';
+CREATE VIEW deal_store.current_facts AS
+    SELECT f.* FROM deal_store.active_facts f
+    WHERE f.analysis_run_id IS NULL
+       OR EXISTS (SELECT 1 FROM deal_store.analysis_runs r
+                  WHERE r.deal_id = f.deal_id AND r.id = f.analysis_run_id AND r.status = 'completed');
+COMMENT ON VIEW deal_store.current_facts IS
+    'Current live facts entered by hand or written by a completed run: the deterministic picture a reader should see.';
+ALTER VIEW deal_store.active_facts SET (security_invoker = true);
+ALTER VIEW deal_store.current_facts SET (security_invoker = true);
+GRANT SELECT ON deal_store.active_facts, deal_store.current_facts TO deal_store_reader;
+GRANT INSERT, UPDATE, DELETE ON deal_store.active_facts TO deal_store_analyst;
+
+CREATE FUNCTION deal_store."fact_version_rows"() RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'fact_version_rows_wrapper';
+CREATE FUNCTION deal_store."_import_facts"("rows" jsonb) RETURNS void
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'import_facts_wrapper';
+CREATE FUNCTION deal_store."_extra_fields"("entity_type" TEXT) RETURNS TEXT[]
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'extra_fields_wrapper';
+CREATE FUNCTION deal_store."_kind_table"("entity_type" TEXT) RETURNS TEXT
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'kind_table_wrapper';
+CREATE TRIGGER fact_version_rows AFTER UPDATE ON deal_store.facts
+    REFERENCING OLD TABLE AS old_facts NEW TABLE AS new_facts
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.fact_version_rows();
+COMMENT ON FUNCTION deal_store.fact_version_rows() IS
+    'Statement trigger on facts: writes the history rows of the versions an UPDATE replaced (the ids fact_versions chose), in one INSERT from the statement''s transition tables.';
+COMMENT ON FUNCTION deal_store._import_facts(jsonb) IS
+    'Internal: inserts an export''s facts for import_deal, history rows included (the one writer of history rows besides fact_version_rows).';
+COMMENT ON FUNCTION deal_store.fact_versions() IS
+    'Row trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and links previous_version_id to a new id, under which fact_version_rows writes the old content as a history row (superseded_at set) at the end of the statement. Refuses history rows and previous_version_id links written by anything else (42501).';
+
+-- soft deletes: one writer
+CREATE FUNCTION deal_store._mark_deleted(tbl regclass, scope text, deal_ids uuid[], ids uuid[], reasons text[], batch uuid)
+RETURNS TABLE(deal_id uuid, id uuid)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._soft_deletable(tbl);
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the condition is one of the constant texts below; tbl a regclass)
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'UPDATE %s t SET deleted_at = pg_catalog.now(), deleted_by = $4, delete_reason = x.reason, '
+        '    delete_batch = coalesce($5, pg_catalog.gen_random_uuid()) '
+        'FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) x(deal_id, id, reason) '
+        'WHERE %s AND t.deleted_at IS NULL%s RETURNING %s, t.id',
+        tbl,
+        CASE scope WHEN 'row' THEN CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id = x.id'
+                                        ELSE 't.deal_id = x.deal_id AND t.id = x.id' END
+                   WHEN 'owned_by_deal' THEN 't.deal_id = x.id'
+                   WHEN 'owned_by_document' THEN 't.deal_id = x.deal_id AND t.source_document_id = x.id' END,
+        CASE WHEN tbl = 'deal_store.facts'::regclass THEN ' AND t.superseded_at IS NULL' ELSE '' END,
+        CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id' ELSE 't.deal_id' END)
+        USING deal_ids, ids, reasons, deal_store.current_actor(), batch;
+END $$;
+COMMENT ON FUNCTION deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid) IS
+    'Internal: soft-deletes live rows of tbl, set-based (deleted_at, deleted_by = deal_store.actor, the reason, batch, or a batch of its own per row when batch is NULL): the rows (deal_ids[i], ids[i]) themselves (scope row), the rows of the deals ids (owned_by_deal) or the facts sourced from the documents (owned_by_document). Returns the rows marked. soft_delete and the merge queue both write soft deletes through it.';
+
+CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := current_setting('deal_store.reason', true);
+    r record;
+    batch uuid := gen_random_uuid();
+    total integer := 0;
+    n integer;
+    t record;
+BEGIN
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    IF r.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION '% row % is already deleted', entity, id
+            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
+    END IF;
+    -- the audit log records the reason of this delete
+    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
+    -- the row itself, then what it owns: a deal owns its documents, facts,
+    -- findings and gaps; a document owns the facts sourced from it.
+    FOR t IN
+        SELECT * FROM (VALUES
+            (entity, 'row'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.documents'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.facts'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.findings'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.gaps'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.documents'::regclass THEN 'deal_store.facts'::regclass END, 'owned_by_document')
+        ) AS c(tbl, scope) WHERE c.tbl IS NOT NULL
+    LOOP
+        SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
+        total := total + n;
+    END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text) IS
+    'Soft-deletes one row of deals, documents, facts, findings or gaps and what it owns (a deal: its documents, facts, findings, gaps; a document: the facts sourced from it). All rows get one delete_batch, deleted_by = deal_store.actor and the reason. Returns the number of rows marked. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 already deleted.';
+
+CREATE OR REPLACE FUNCTION deal_store.import_deal(doc jsonb) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deal uuid;
+    owner uuid;
+    taken text;
+    taken_in text;
+BEGIN
+    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
+       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
+    END IF;
+    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
+        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
+    END IF;
+    -- read through the typed format first: a malformed document fails here, naming
+    -- the JSON path of the first bad field, before anything is written
+    doc := deal_store._export_format(doc);
+    deal := (doc -> 'deal' ->> 'id')::uuid;
+    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
+        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
+            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                                           'findings', 'gaps', 'fact_finding_links']) k,
+                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
+               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
+        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
+    END IF;
+    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
+    -- accept_change ...) must name one row: an id already used here is refused
+    SELECT k, e ->> 'id' INTO taken_in, taken
+    FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                      'findings', 'gaps', 'fact_finding_links']) k,
+         jsonb_array_elements(coalesce(doc -> k, '[]')) e
+    WHERE CASE k WHEN 'documents' THEN EXISTS (SELECT 1 FROM deal_store.documents x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'analysis_runs' THEN EXISTS (SELECT 1 FROM deal_store.analysis_runs x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'findings' THEN EXISTS (SELECT 1 FROM deal_store.findings x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'gaps' THEN EXISTS (SELECT 1 FROM deal_store.gaps x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'fact_finding_links' THEN EXISTS (SELECT 1 FROM deal_store.fact_finding_links x WHERE x.id = (e ->> 'id')::uuid)
+                 ELSE EXISTS (SELECT 1 FROM deal_store.facts x WHERE x.id = (e ->> 'id')::uuid) END
+    LIMIT 1;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
+            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
+    END IF;
+    -- the owner: an existing user with the export's e-mail, else a new user with
+    -- no password and the default roles (never credentials or roles from the document)
+    SELECT u.id INTO owner FROM deal_store.users u WHERE lower(u.email) = lower(doc -> 'owner' ->> 'email');
+    IF owner IS NULL AND jsonb_typeof(doc -> 'owner') = 'object' THEN
+        INSERT INTO deal_store.users (id, email, display_name)
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = o.id) THEN gen_random_uuid() ELSE o.id END,
+               o.email, o.display_name
+        FROM jsonb_to_record(doc -> 'owner') AS o(id uuid, email text, display_name text)
+        RETURNING id INTO owner;
+    END IF;
+    PERFORM deal_store._insert_rows('deal_store.deals',
+        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')
+            || jsonb_build_object('ignore_unknown_keys', coalesce((doc -> 'deal' ->> 'ignore_unknown_keys')::boolean, false))));
+    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
+    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    -- the caller leads what it imported (42501 and nothing imported unless it may write)
+    IF deal_store.current_actor() IS NOT NULL THEN
+        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
+        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    END IF;
+    PERFORM deal_store._require_right(deal, 'manage');
+    -- history rows are the export's own versions: restored by the versioning's own writer
+    PERFORM deal_store._import_facts(
+        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
+    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
+    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
+    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
+    RETURN deal;
+END $$;
+COMMENT ON FUNCTION deal_store.import_deal(jsonb) IS
+    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The caller (deal_store.actor) becomes a lead of it. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import.';
+
+-- the apply path
+DROP FUNCTION deal_store._settle_batch(uuid[], text);
+DROP FUNCTION deal_store._settle(deal_store.pending_changes, text);
+DROP FUNCTION deal_store._apply_change(deal_store.pending_changes);
+CREATE FUNCTION deal_store._apply_set(ids uuid[], note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    todo deal_store.pending_changes[];
+    actor uuid := deal_store.current_actor();
+    applied uuid[] := '{}';
+    done uuid[];
+    kind text;
+    tbl regclass;
+    live text;
+    same text;
+    content text[];
+    extra text[];
+    set_cols text;
+    set_vals text;
+    ins_cols text;
+    ins_vals text;
+BEGIN
+    -- the open changes among ids (the caller holds their locks), oldest first
+    SELECT pg_catalog.array_agg(x.p ORDER BY (x.p).created_at, (x.p).id) INTO todo
+    FROM pg_catalog.unnest(ids) c(id),
+         LATERAL (SELECT p FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) x(p)
+    WHERE (x.p).status IN ('pending', 'deferred');
+    IF todo IS NULL THEN
+        RETURN;
+    END IF;
+    -- changes that cannot apply whatever their target: a deleted deal, a failed run
+    WITH refused AS (
+        SELECT c.deal_id, c.id, CASE WHEN d.deleted_at IS NOT NULL THEN 'the deal is deleted'
+                                     WHEN r.status = 'failed' THEN pg_catalog.format('analysis run %s failed', r.run_number) END AS why
+        FROM pg_catalog.unnest(todo) c
+        JOIN deal_store.deals d ON d.id = c.deal_id
+        LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id)
+    UPDATE deal_store.pending_changes p
+    SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = pg_catalog.concat_ws(' / ', note, x.why)
+    FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = x.deal_id AND p.id = x.id;
+    SELECT pg_catalog.array_agg(c ORDER BY c.created_at, c.id) INTO todo
+    FROM pg_catalog.unnest(todo) c
+    WHERE NOT EXISTS (SELECT 1 FROM deal_store.pending_changes p
+                      WHERE p.deal_id = c.deal_id AND p.id = c.id AND p.status = 'conflict');
+    FOR kind IN SELECT DISTINCT c.entity_type FROM pg_catalog.unnest(todo) c ORDER BY 1 LOOP
+        tbl := (deal_store._kind_table(kind))::regclass;
+        live := 't.deleted_at IS NULL' || CASE WHEN kind = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END;
+        -- the target as proposed: same row, live, content checksum still the base
+        same := 't.deal_id = c.deal_id AND t.id = c.entity_id AND ' || live || ' AND '
+            || CASE WHEN kind = 'fact' THEN 't.item_checksum' ELSE 'deal_store.content_checksum_of(c.entity_type, pg_catalog.to_jsonb(t))' END
+            || ' = c.base_checksum';
+        content := deal_store.content_fields(kind);
+        extra := deal_store._extra_fields(kind);
+        -- an update sets every content field (a missing one is NULL, as it was hashed), an extra one only when given;
+        -- a new row takes the column default for whatever the proposal does not carry
+        SELECT pg_catalog.string_agg(pg_catalog.quote_ident(f), ', '),
+               pg_catalog.string_agg(CASE WHEN f = ANY (content) THEN 'r.' || pg_catalog.quote_ident(f)
+                                          ELSE pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE t.%I END', f, f, f) END, ', '),
+               pg_catalog.string_agg(pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE %s END', f, f,
+                   coalesce((SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attribute a
+                             JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                             WHERE a.attrelid = tbl AND a.attname = f), 'NULL')), ', ')
+        INTO set_cols, set_vals, ins_vals
+        FROM pg_catalog.unnest(content || extra) f;
+        -- @plpgsql_check_options: security_warnings = false
+        -- (the statements below are built from a regclass, catalog column names and defaults, and constant text)
+        EXECUTE pg_catalog.format(
+            'WITH u AS (UPDATE %1$s t SET (%2$s, analysis_run_id) = (SELECT %3$s, c.analysis_run_id '
+            '                FROM pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r) '
+            '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''update'' AND %4$s '
+            '           RETURNING c.id) '
+            'SELECT pg_catalog.array_agg(u.id) FROM u', tbl, set_cols, set_vals, same)
+            INTO done USING todo, kind;
+        applied := applied || coalesce(done, '{}');
+        -- a removal is a soft delete, by the code soft_delete() uses: each its own batch, the run named
+        EXECUTE pg_catalog.format(
+            'WITH x AS (SELECT c.id AS change_id, c.deal_id, c.entity_id, '
+            '                  pg_catalog.format(''removed by analysis run %%s'', run.run_number) AS reason '
+            '           FROM pg_catalog.unnest($1) c JOIN deal_store.analysis_runs run ON run.deal_id = c.deal_id AND run.id = c.analysis_run_id '
+            '           JOIN %1$s t ON %2$s '
+            '           WHERE c.entity_type = $2 AND c.change_type = ''delete'' FOR UPDATE OF t) '
+            'SELECT pg_catalog.array_agg(x.change_id) '
+            'FROM (SELECT pg_catalog.array_agg(x.deal_id) AS deals, pg_catalog.array_agg(x.entity_id) AS ids, '
+            '             pg_catalog.array_agg(x.reason) AS reasons FROM x) a, '
+            '     LATERAL deal_store._mark_deleted(%3$L::pg_catalog.regclass, ''row'', a.deals, a.ids, a.reasons, NULL) m '
+            '     JOIN x ON m.deal_id = x.deal_id AND m.id = x.entity_id',
+            tbl, same, tbl::text)
+            INTO done USING todo, kind;
+        applied := applied || coalesce(done, '{}');
+        EXECUTE pg_catalog.format(
+            'WITH x AS (SELECT c.id AS change_id, pg_catalog.gen_random_uuid() AS new_id, c.* '
+            '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''new''), '
+            'i AS (INSERT INTO %1$s (id, deal_id, legacy_id, analysis_run_id, %2$s) '
+            '      SELECT c.new_id, c.deal_id, c.legacy_entity_id, c.analysis_run_id, %3$s '
+            '      FROM x c, pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r '
+            '      ON CONFLICT (deal_id, legacy_id) WHERE %4$s DO NOTHING RETURNING id) '
+            'SELECT pg_catalog.array_agg(x.change_id) FROM x JOIN i ON i.id = x.new_id',
+            tbl, set_cols, ins_vals, replace(live, 't.', ''))
+            INTO done USING todo, kind;
+        applied := applied || coalesce(done, '{}');
+    END LOOP;
+    -- the decisions, each reason worded here once
+    UPDATE deal_store.pending_changes p
+    SET status = CASE WHEN x.ok THEN 'accepted' ELSE 'conflict' END,
+        decided_by = actor, decided_at = pg_catalog.now(),
+        review_note = pg_catalog.concat_ws(' / ', note, CASE
+            WHEN x.ok THEN NULL
+            WHEN x.change_type = 'new' THEN 'a live row with this legacy_id exists'
+            WHEN deal_store._is_live(x.entity_type, x.deal_id, x.entity_id) THEN 'the target changed since the proposal'
+            ELSE 'the target is gone or deleted' END)
+    FROM (SELECT c.*, c.id = ANY (applied) AS ok FROM pg_catalog.unnest(todo) c) x
+    WHERE p.deal_id = x.deal_id AND p.id = x.id;
+END $$;
+COMMENT ON FUNCTION deal_store._apply_set(uuid[], text) IS
+    'Internal: applies a set of open changes the caller has locked, set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. Any error aborts the whole set (see _apply).';
+
+CREATE FUNCTION deal_store._is_live(entity_type text, deal_id uuid, id uuid) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found boolean;
+BEGIN
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %s t WHERE t.deal_id = $1 AND t.id = $2 AND t.deleted_at IS NULL%s)',
+                              deal_store._kind_table(entity_type),
+                              CASE WHEN entity_type = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END)
+        INTO found USING deal_id, id;
+    RETURN found;
+END $$;
+COMMENT ON FUNCTION deal_store._is_live(text, uuid, uuid) IS
+    'Internal: whether a fact (its current version), finding or gap is there and not deleted.';
+
+CREATE FUNCTION deal_store._apply(ids uuid[], note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := pg_catalog.current_setting('deal_store.reason', true);
+    -- not a change's fault: a deadlock or serialization failure (the caller retries),
+    -- resources, a privilege, a bug
+    not_the_change constant text[] := ARRAY['40', '42', '53', '57', '58', 'XX'];
+    one uuid;
+    state text;
+    problem text;
+BEGIN
+    PERFORM pg_catalog.set_config('deal_store.reason', coalesce(note, prev_reason, ''), true);
+    BEGIN
+        PERFORM deal_store._apply_set(ids, note);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
+        IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
+            RAISE;
+        END IF;
+        -- some change broke the set: apply each alone, so only what fails is refused
+        FOREACH one IN ARRAY ids LOOP
+            BEGIN
+                PERFORM deal_store._apply_set(ARRAY[one], note);
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, problem = MESSAGE_TEXT;
+                IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
+                    RAISE;
+                END IF;
+                UPDATE deal_store.pending_changes p
+                SET status = 'conflict', decided_by = deal_store.current_actor(), decided_at = pg_catalog.now(),
+                    review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', problem, state))
+                WHERE p.id = one AND p.status IN ('pending', 'deferred');
+            END;
+        END LOOP;
+    END;
+    PERFORM pg_catalog.set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+END $$;
+COMMENT ON FUNCTION deal_store._apply(uuid[], text) IS
+    'Internal: the one apply path. Applies open changes the caller has locked with _apply_set; when the set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
+
+CREATE OR REPLACE FUNCTION deal_store._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked uuid[];
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'write');
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
+        ORDER BY p.created_at, p.id FOR UPDATE) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store._apply(locked, 'auto-applied (tier 1)');
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._apply_changes(uuid, uuid[]) IS 'Internal: auto-applies the given tier-1 changes of a proposal.';
+
+CREATE OR REPLACE FUNCTION deal_store._decide(change_id uuid, decision text, note text, until timestamptz) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.pending_changes;
+BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.pending_changes', change_id, 'review');
+    SELECT * INTO c FROM deal_store.pending_changes p WHERE p.id = change_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pending change % does not exist', change_id USING ERRCODE = 'P0002';
+    ELSIF c.status NOT IN ('pending', 'deferred') THEN
+        RAISE EXCEPTION 'the change to % % is %, not pending', c.entity_type, c.legacy_entity_id, c.status
+            USING ERRCODE = '55000', DETAIL = format('Change %s was decided at %s.', change_id, c.decided_at);
+    END IF;
+    IF decision = 'accept' THEN
+        PERFORM deal_store._apply(ARRAY[c.id], note);
+        SELECT p.status INTO decision FROM deal_store.pending_changes p WHERE p.deal_id = c.deal_id AND p.id = c.id;
+        RETURN decision;
+    END IF;
+    UPDATE deal_store.pending_changes p SET
+        status = CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END,
+        decided_by = deal_store.current_actor(),
+        decided_at = CASE decision WHEN 'reject' THEN now() END,
+        deferred_until = CASE decision WHEN 'defer' THEN until END,
+        review_note = note
+    WHERE p.deal_id = c.deal_id AND p.id = c.id;
+    RETURN CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END;
+END $$;
+COMMENT ON FUNCTION deal_store._decide(uuid, text, text, timestamptz) IS 'Internal: shared body of accept_change, reject_change and defer_change.';
+
+CREATE OR REPLACE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL)
+RETURNS TABLE(status text, n bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked uuid[];
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'review');
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = accept_changes.deal_id AND p.confidence_tier <= max_tier
+          AND (accept_changes.run_id IS NULL OR p.analysis_run_id = accept_changes.run_id)
+          AND (p.status = 'pending' OR (p.status = 'deferred' AND p.deferred_until <= now()))
+        ORDER BY p.created_at, p.id
+        FOR UPDATE SKIP LOCKED) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store._apply(locked, 'batch accept');
+    END IF;
+    RETURN QUERY SELECT p.status, count(*) FROM deal_store.pending_changes p
+                 WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked)
+                 GROUP BY p.status ORDER BY p.status;
+END $$;
+COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid) IS
+    'Accepts every open change of a deal up to max_tier (of one run when run_id is given; deferred ones once their time has come), skipping rows another session holds. Returns how many were accepted and how many turned out to be conflicts.';
+
+CREATE OR REPLACE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    claimed uuid[];
+    n integer;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
+    END IF;
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    -- admins work the whole queue; a reviewer the deals it reviews
+    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
+        RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
+    END IF;
+    claimed := deal_store._claim(batch_size, max_tier,
+        CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
+    n := coalesce(cardinality(claimed), 0);
+    IF n > 0 THEN
+        PERFORM deal_store._apply(claimed, 'process_queue');
+    END IF;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION deal_store.process_queue_batch(integer, integer) IS
+    'One batch of process_queue in the caller''s transaction: claims up to batch_size eligible open changes (FOR UPDATE SKIP LOCKED; all deals for admins, else the deals where the actor is reviewer or lead), applies them and returns how many it settled.';
+
+-- proposals return what became of each change: a new result column
+DROP FUNCTION deal_store.propose_facts(uuid, jsonb, text[]);
+DROP FUNCTION deal_store.propose_findings(uuid, jsonb, text[]);
+DROP FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]);
+DROP FUNCTION deal_store._propose(text, uuid, anyelement, text[]);
+CREATE FUNCTION deal_store."_propose"("entity_type" TEXT, "run_id" uuid, "incoming" anyelement, "domains" TEXT[])
+RETURNS TABLE ("change_type" TEXT, "confidence_tier" INT, "proposed" bigint, "status" TEXT)
+VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'propose_internal_wrapper';
+COMMENT ON FUNCTION deal_store._propose(text, uuid, anyelement, text[]) IS
+    'Internal: the Rust body of propose_facts, propose_findings and propose_gaps.';
+CREATE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT * FROM deal_store._propose('fact', run_id, facts, domains);
+END;
+CREATE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT * FROM deal_store._propose('finding', run_id, findings, domains);
+END;
+CREATE FUNCTION deal_store.propose_gaps(run_id uuid, gaps jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT * FROM deal_store._propose('gap', run_id, gaps, domains);
+END;
+COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[]) IS
+    'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update, delete) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. Removals only inside domains (default: the domains of the given facts, within the run''s domains); an incremental run never removes. Idempotent; a newer run supersedes an older run''s open change. Every element is checked first against its column (type, required, CHECK constraints; unknown keys unless the deal ignores them): 22023 naming the element, its legacy_id and the field, and nothing is proposed. Returns counts by change type, tier and what became of them (status pending, or accepted / conflict for tier 1 applied at once).';
+COMMENT ON FUNCTION deal_store.propose_findings(uuid, jsonb, text[]) IS
+    'propose_facts for findings (content checksum over deal_store.content_fields(''finding'')).';
+COMMENT ON FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]) IS
+    'propose_facts for gaps (content checksum over deal_store.content_fields(''gap'')).';
+
+-- grants as access.sql gives them: the API runs as the owner, internals are the owner's
+DO $$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['deal_store.propose_facts(uuid, jsonb, text[])', 'deal_store.propose_findings(uuid, jsonb, text[])',
+                             'deal_store.propose_gaps(uuid, jsonb, text[])']::pg_catalog.regprocedure[] LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+        EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO deal_store_analyst', f);
+    END LOOP;
+    FOREACH f IN ARRAY ARRAY['deal_store.fact_version_rows()', 'deal_store._import_facts(jsonb)', 'deal_store._extra_fields(text)',
+                             'deal_store._kind_table(text)', 'deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid)',
+                             'deal_store._apply_set(uuid[], text)', 'deal_store._is_live(text, uuid, uuid)',
+                             'deal_store._apply(uuid[], text)', 'deal_store._propose(text, uuid, anyelement, text[])']::pg_catalog.regprocedure[] LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
+    END LOOP;
+END $$;

@@ -28,7 +28,7 @@ COMMENT ON FUNCTION deal_store._content_checksum(text, anyelement) IS
 COMMENT ON FUNCTION deal_store._content_canonical(text, anyelement) IS
     'Internal: the Rust body of fact_canonical.';
 COMMENT ON FUNCTION deal_store.fact_versions() IS
-    'Row trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and links previous_version_id to a new id, under which fact_history writes the old content as a history row (superseded_at set) at the end of the statement. Refuses history rows and previous_version_id links written by anything else (42501).';
+    'Row trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and links previous_version_id to a new id, under which fact_version_rows writes the old content as a history row (superseded_at set) at the end of the statement. Refuses history rows and previous_version_id links written by anything else (42501).';
 COMMENT ON FUNCTION deal_store._export_format(anyelement) IS
     'Internal: reads an export document through the typed format_version 1 (Rust structs) and returns what they serialize to; 22023 naming the JSON path of the first bad field. export_deal writes through it and import_deal reads through it.';
 COMMENT ON FUNCTION deal_store._diff_facts(uuid, anyelement, text[]) IS
@@ -49,13 +49,13 @@ COMMENT ON FUNCTION deal_store.diff_facts(uuid, jsonb, text[]) IS
 
 CREATE TRIGGER fact_versions BEFORE INSERT OR UPDATE ON deal_store.facts
     FOR EACH ROW EXECUTE FUNCTION deal_store.fact_versions();
-CREATE TRIGGER fact_history AFTER UPDATE ON deal_store.facts
+CREATE TRIGGER fact_version_rows AFTER UPDATE ON deal_store.facts
     REFERENCING OLD TABLE AS old_facts NEW TABLE AS new_facts
-    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.fact_history();
-COMMENT ON FUNCTION deal_store.fact_history() IS
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.fact_version_rows();
+COMMENT ON FUNCTION deal_store.fact_version_rows() IS
     'Statement trigger on facts: writes the history rows of the versions an UPDATE replaced (the ids fact_versions chose), in one INSERT from the statement''s transition tables.';
 COMMENT ON FUNCTION deal_store._import_facts(jsonb) IS
-    'Internal: inserts an export''s facts for import_deal, history rows included (the one writer of history rows besides fact_history).';
+    'Internal: inserts an export''s facts for import_deal, history rows included (the one writer of history rows besides fact_version_rows).';
 
 CREATE FUNCTION deal_store.diff_summary(deal_id uuid, incoming jsonb, domains text[] DEFAULT NULL)
 RETURNS TABLE(new bigint, changed bigint, unchanged bigint, removed bigint)

@@ -186,8 +186,9 @@ CREATE TABLE deal_store.facts (
     deleted_by          uuid,
     delete_reason       text,
     delete_batch        uuid,
-    search_vector       tsvector GENERATED ALWAYS AS
-                            (deal_store.fact_search_vector('english', item, category, domain, evidence, details)) STORED,
+    -- history rows are never searched: no vector to compute when a version is written
+    search_vector       tsvector GENERATED ALWAYS AS (CASE WHEN superseded_at IS NULL
+                            THEN deal_store.fact_search_vector('english', item, category, domain, evidence, details) END) STORED,
     CONSTRAINT facts_pkey PRIMARY KEY (deal_id, id),
     CONSTRAINT facts_deal_id_fkey FOREIGN KEY (deal_id) REFERENCES deal_store.deals (id) ON DELETE CASCADE,
     CONSTRAINT facts_source_document_id_fkey FOREIGN KEY (deal_id, source_document_id)
@@ -212,7 +213,7 @@ CREATE UNIQUE INDEX facts_deal_id_legacy_id_key ON deal_store.facts (deal_id, le
 CREATE INDEX facts_deal_id_domain_idx ON deal_store.facts (deal_id, domain)
     WHERE deleted_at IS NULL AND superseded_at IS NULL;
 CREATE INDEX facts_legacy_id_idx ON deal_store.facts (deal_id, legacy_id);
-CREATE INDEX facts_checksum_idx ON deal_store.facts (deal_id, item_checksum);
+CREATE INDEX facts_checksum_idx ON deal_store.facts (deal_id, item_checksum) WHERE superseded_at IS NULL;
 CREATE INDEX facts_source_document_id_idx ON deal_store.facts (deal_id, source_document_id) WHERE source_document_id IS NOT NULL;
 CREATE INDEX facts_previous_version_id_idx ON deal_store.facts (deal_id, previous_version_id) WHERE previous_version_id IS NOT NULL;
 CREATE INDEX facts_analysis_run_id_idx ON deal_store.facts (deal_id, analysis_run_id) WHERE analysis_run_id IS NOT NULL;
@@ -236,7 +237,7 @@ COMMENT ON COLUMN deal_store.facts.superseded_at IS 'NULL for the current versio
 COMMENT ON COLUMN deal_store.facts.analysis_run_id IS 'The run that last wrote this fact; NULL when entered by hand.';
 COMMENT ON COLUMN deal_store.facts.verification_status IS 'pending, verified, disputed or rejected.';
 COMMENT ON COLUMN deal_store.facts.deleted_at IS 'Soft delete: see deals.deleted_at.';
-COMMENT ON COLUMN deal_store.facts.search_vector IS 'Weighted full-text vector (english): item A, category and domain B, evidence C, string values of details D.';
+COMMENT ON COLUMN deal_store.facts.search_vector IS 'Weighted full-text vector (english): item A, category and domain B, evidence C, string values of details D. NULL on history rows (never searched).';
 COMMENT ON COLUMN deal_store.facts.delete_batch IS 'Soft delete: see deals.delete_batch.';
 
 CREATE TABLE deal_store.findings (

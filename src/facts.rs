@@ -4,7 +4,7 @@
 //! On INSERT it computes the checksum (a client's own value is replaced). On
 //! UPDATE of a current fact whose checksum changes, the row trigger points the
 //! updated row's `previous_version_id` at a new id, and the statement trigger
-//! `fact_history` copies the old rows into history rows with those ids (new id,
+//! `fact_version_rows` copies the old rows into history rows with those ids (new id,
 //! `superseded_at` set), set-based from the statement's transition tables, so
 //! the fact keeps its id and links keep working. The self-referencing key is
 //! checked at commit (it is DEFERRABLE INITIALLY DEFERRED). An UPDATE that
@@ -55,9 +55,18 @@ fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> String {
     .0
 }
 
+/// Who is writing history rows right now, if anyone.
+#[derive(Clone, Copy, PartialEq)]
+enum HistoryWriter {
+    None,
+    /// `fact_version_rows`: exact copies of rows this trigger checksummed
+    Copy,
+    /// `_import_facts`: an export's rows, checksummed again on the way in
+    Import,
+}
+
 thread_local! {
-    /// true while `write_history` (or an import) writes: the one insert of a history row allowed
-    static WRITING_HISTORY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static WRITING_HISTORY: std::cell::Cell<HistoryWriter> = const { std::cell::Cell::new(HistoryWriter::None) };
     /// the history rows' INSERT ... SELECT from the statement's transition tables, built once per session
     static HISTORY_SQL: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
 }
@@ -65,22 +74,22 @@ thread_local! {
 /// Sets `WRITING_HISTORY` for its own life; an error unwinding through it clears it too.
 struct WritingHistory;
 impl WritingHistory {
-    fn begin() -> WritingHistory {
-        WRITING_HISTORY.with(|w| w.set(true));
+    fn begin(writer: HistoryWriter) -> WritingHistory {
+        WRITING_HISTORY.with(|w| w.set(writer));
         WritingHistory
     }
 }
 impl Drop for WritingHistory {
     fn drop(&mut self) {
-        WRITING_HISTORY.with(|w| w.set(false));
+        WRITING_HISTORY.with(|w| w.set(HistoryWriter::None));
     }
 }
 
 /// A history row (superseded_at set) is written by the version mechanism only:
-/// the statement trigger `fact_history` or `import_deal` restoring an export's versions.
+/// the statement trigger `fact_version_rows` or `import_deal` restoring an export's versions.
 fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>) {
     let history = internal(new.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_some();
-    if history && !WRITING_HISTORY.with(std::cell::Cell::get) {
+    if history && WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::None {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "a fact's history row (superseded_at set) is written by deal_store's versioning only",
@@ -124,7 +133,7 @@ fn history_sql(client: &pgrx::spi::SpiClient<'_>) -> String {
 /// AFTER UPDATE statement trigger: writes the history rows of every fact the
 /// statement gave a new version, in one INSERT from the transition tables.
 #[pg_trigger]
-fn fact_history<'a>(
+fn fact_version_rows<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
     Spi::connect_mut(|client| {
@@ -134,20 +143,20 @@ fn fact_history<'a>(
         // tables become the relations old_facts and new_facts of this connection).
         let rc = unsafe { pg_sys::SPI_register_trigger_data(data.cast_mut()) };
         if rc < 0 {
-            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store fact_history: SPI_register_trigger_data returned {rc}"), None);
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store fact_version_rows: SPI_register_trigger_data returned {rc}"), None);
         }
         let sql = HISTORY_SQL.with(|cell| cell.get_or_init(|| history_sql(client)).clone());
-        let _writing = WritingHistory::begin();
+        let _writing = WritingHistory::begin(HistoryWriter::Copy);
         internal(client.update(&sql, None, &[]));
     });
     Ok(None)
 }
 
 /// Inserts an export's facts (history rows included, as the versioning wrote
-/// them) for `import_deal`: the one writer of history rows besides `fact_history`.
+/// them) for `import_deal`: the one writer of history rows besides `fact_version_rows`.
 #[pg_extern(volatile, name = "_import_facts")]
 fn import_facts(rows: pgrx::JsonB) {
-    let _writing = WritingHistory::begin();
+    let _writing = WritingHistory::begin(HistoryWriter::Import);
     internal(Spi::run_with_args(
         "SELECT deal_store._insert_rows('deal_store.facts'::pg_catalog.regclass, $1)",
         &[rows.into()],
@@ -160,13 +169,16 @@ fn key<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> (Option<pgrx::Uuid>, Option
 }
 
 /// BEFORE INSERT OR UPDATE row trigger: the checksum, and on a content change of
-/// a current fact the id of its new history row (written by `fact_history` at
+/// a current fact the id of its new history row (written by `fact_version_rows` at
 /// the end of the statement).
 #[pg_trigger]
 fn fact_versions<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
     let mut new = trigger.new().ok_or(PgTriggerError::NullTriggerData)?.into_owned();
+    if WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::Copy {
+        return Ok(Some(new)); // a copy of a row checksummed when it was written
+    }
     let checksum = md5_hex(&content_of(&new));
     match trigger.op()? {
         PgTriggerOperation::Update => {
@@ -188,7 +200,7 @@ fn fact_versions<'a>(
                 let history_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
                 internal(new.set_by_name("previous_version_id", history_id));
             } else if new_previous.is_some() && new_previous != old_previous {
-                // a link the versioning did not make would make fact_history copy a version that is none
+                // a link the versioning did not make would make fact_version_rows copy a version that is none
                 raise(
                     PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                     "a fact's previous_version_id is set by deal_store's versioning only",

@@ -27,7 +27,7 @@ extension_sql_file!(
         checksum::content_checksum_internal,
         checksum::content_fields,
         facts::fact_versions,
-        facts::fact_history,
+        facts::fact_version_rows,
         facts::import_facts,
         diff::diff_facts_internal,
         export::export_format
