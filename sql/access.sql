@@ -264,6 +264,7 @@ BEGIN
         ('deal_store.conflicts(uuid)', 'deal_store_reader', true),
         ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
         ('deal_store.entity_history(text, uuid)', 'deal_store_reader', true),
+        ('deal_store.entity_type_of(oid)', 'deal_store_reader', false),
         -- analyst: runs, proposals, gaps, soft delete
         ('deal_store.start_run(uuid, text[], boolean)', 'deal_store_analyst', true),
         ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),

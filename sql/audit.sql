@@ -107,7 +107,9 @@ BEGIN ATOMIC
     ORDER BY l.seq;
 END;
 COMMENT ON FUNCTION deal_store.entity_history(text, uuid) IS
-    'Every audit entry of one row (entity_type is the table name, e.g. facts) in the deals the caller may see, oldest first.';
+    'Every audit entry of one row (entity_type as the log records it: fact, finding, gap, deal, document, ... for deal_store''s tables, schema.table for others; see entity_type_of) in the deals the caller may see, oldest first.';
+COMMENT ON FUNCTION deal_store.entity_type_of(oid) IS
+    'The entity_type under which the audit log records rows of a table, e.g. entity_type_of(''deal_store.facts''::regclass) = fact (the merge queue''s name), entity_type_of(''public.valuations''::regclass) = public.valuations. NULL for no such relation.';
 
 CREATE FUNCTION deal_store.deal_activity(deal_id uuid, since timestamptz DEFAULT NULL, lim integer DEFAULT 100)
 RETURNS SETOF deal_store.deal_activity_log

@@ -1353,7 +1353,7 @@ GRANT INSERT, UPDATE, DELETE ON deal_store.active_facts TO deal_store_analyst;
 CREATE FUNCTION deal_store."fact_version_rows"() RETURNS trigger
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'fact_version_rows_wrapper';
-CREATE FUNCTION deal_store."_import_facts"("rows" jsonb) RETURNS void
+CREATE FUNCTION deal_store."_import_facts"("rows" anyelement) RETURNS void
 STRICT VOLATILE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'import_facts_wrapper';
@@ -1365,12 +1365,47 @@ CREATE FUNCTION deal_store."_kind_table"("entity_type" TEXT) RETURNS TEXT
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'kind_table_wrapper';
+CREATE FUNCTION deal_store."entity_type_of"("tbl" oid) RETURNS TEXT
+STABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'entity_type_of_wrapper';
+COMMENT ON FUNCTION deal_store._extra_fields(text) IS
+    'Internal: the columns a proposal of a fact, finding or gap may set besides its content fields (for facts: confidence_score, source_document_id).';
+COMMENT ON FUNCTION deal_store._kind_table(text) IS
+    'Internal: the table of an entity type of the merge queue (fact, finding, gap).';
+COMMENT ON FUNCTION deal_store.entity_history(text, uuid) IS
+    'Every audit entry of one row (entity_type as the log records it: fact, finding, gap, deal, document, ... for deal_store''s tables, schema.table for others; see entity_type_of) in the deals the caller may see, oldest first.';
+COMMENT ON FUNCTION deal_store.entity_type_of(oid) IS
+    'The entity_type under which the audit log records rows of a table, e.g. entity_type_of(''deal_store.facts''::regclass) = fact (the merge queue''s name), entity_type_of(''public.valuations''::regclass) = public.valuations. NULL for no such relation.';
+
+-- one vocabulary: the log names deal_store's rows as the queue does (fact, not facts);
+-- the entries already written are renamed the same way (the only UPDATE the log ever gets)
+ALTER TABLE deal_store.deal_activity_log DISABLE TRIGGER append_only;
+UPDATE deal_store.deal_activity_log l SET entity_type = deal_store.entity_type_of(c.oid)
+FROM pg_catalog.pg_class c
+WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind IN ('r', 'p') AND l.entity_type = c.relname::text
+  AND deal_store.entity_type_of(c.oid) <> l.entity_type;
+ALTER TABLE deal_store.deal_activity_log ENABLE TRIGGER append_only;
+-- the diff says update / delete as the queue does: diff_summary's columns follow
+DROP FUNCTION deal_store.diff_summary(uuid, jsonb, text[]);
+CREATE FUNCTION deal_store.diff_summary(deal_id uuid, incoming jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(new bigint, "update" bigint, unchanged bigint, "delete" bigint)
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT count(*) FILTER (WHERE d.change = 'new'), count(*) FILTER (WHERE d.change = 'update'),
+           count(*) FILTER (WHERE d.change = 'unchanged'), count(*) FILTER (WHERE d.change = 'delete')
+    FROM deal_store.diff_facts(deal_id, incoming, domains) d;
+END;
+COMMENT ON FUNCTION deal_store.diff_summary(uuid, jsonb, text[]) IS
+    'The four counts of deal_store.diff_facts: new, update, unchanged, delete.';
+COMMENT ON FUNCTION deal_store.diff_facts(uuid, jsonb, text[]) IS
+    'Diff of incoming facts (JSON array of objects keyed by legacy_id; missing content fields take the column defaults) against the deal''s current live facts: new, update (with changed_fields), unchanged, delete (only inside domains; all when NULL): the merge queue''s change types. 22023 on a non-array, a non-object element, a missing/empty or repeated legacy_id; P0002 when the deal does not exist.';
 CREATE TRIGGER fact_version_rows AFTER UPDATE ON deal_store.facts
     REFERENCING OLD TABLE AS old_facts NEW TABLE AS new_facts
     FOR EACH STATEMENT EXECUTE FUNCTION deal_store.fact_version_rows();
 COMMENT ON FUNCTION deal_store.fact_version_rows() IS
     'Statement trigger on facts: writes the history rows of the versions an UPDATE replaced (the ids fact_versions chose), in one INSERT from the statement''s transition tables.';
-COMMENT ON FUNCTION deal_store._import_facts(jsonb) IS
+COMMENT ON FUNCTION deal_store._import_facts(anyelement) IS
     'Internal: inserts an export''s facts for import_deal, history rows included (the one writer of history rows besides fact_version_rows).';
 COMMENT ON FUNCTION deal_store.fact_versions() IS
     'Row trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and links previous_version_id to a new id, under which fact_version_rows writes the old content as a history row (superseded_at set) at the end of the statement. Refuses history rows and previous_version_id links written by anything else (42501).';
@@ -1528,6 +1563,7 @@ DECLARE
     todo deal_store.pending_changes[];
     actor uuid := deal_store.current_actor();
     applied uuid[] := '{}';
+    moved uuid[] := '{}';
     done uuid[];
     kind text;
     tbl regclass;
@@ -1618,6 +1654,12 @@ BEGIN
             tbl, set_cols, ins_vals, replace(live, 't.', ''))
             INTO done USING todo, kind;
         applied := applied || coalesce(done, '{}');
+        -- of the updates and deletes not applied, those whose target is still there: it moved
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.array_agg(c.id) FROM pg_catalog.unnest($1) c JOIN %s t ON t.deal_id = c.deal_id AND t.id = c.entity_id AND %s '
+            'WHERE c.entity_type = $2 AND c.change_type <> ''new'' AND c.id <> ALL ($3)', tbl, live)
+            INTO done USING todo, kind, applied;
+        moved := moved || coalesce(done, '{}');
     END LOOP;
     -- the decisions, each reason worded here once
     UPDATE deal_store.pending_changes p
@@ -1626,27 +1668,13 @@ BEGIN
         review_note = pg_catalog.concat_ws(' / ', note, CASE
             WHEN x.ok THEN NULL
             WHEN x.change_type = 'new' THEN 'a live row with this legacy_id exists'
-            WHEN deal_store._is_live(x.entity_type, x.deal_id, x.entity_id) THEN 'the target changed since the proposal'
+            WHEN x.id = ANY (moved) THEN 'the target changed since the proposal'
             ELSE 'the target is gone or deleted' END)
     FROM (SELECT c.*, c.id = ANY (applied) AS ok FROM pg_catalog.unnest(todo) c) x
     WHERE p.deal_id = x.deal_id AND p.id = x.id;
 END $$;
 COMMENT ON FUNCTION deal_store._apply_set(uuid[], text) IS
     'Internal: applies a set of open changes the caller has locked, set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. Any error aborts the whole set (see _apply).';
-
-CREATE FUNCTION deal_store._is_live(entity_type text, deal_id uuid, id uuid) RETURNS boolean
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    found boolean;
-BEGIN
-    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %s t WHERE t.deal_id = $1 AND t.id = $2 AND t.deleted_at IS NULL%s)',
-                              deal_store._kind_table(entity_type),
-                              CASE WHEN entity_type = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END)
-        INTO found USING deal_id, id;
-    RETURN found;
-END $$;
-COMMENT ON FUNCTION deal_store._is_live(text, uuid, uuid) IS
-    'Internal: whether a fact (its current version), finding or gap is there and not deleted.';
 
 CREATE FUNCTION deal_store._apply(ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -1836,9 +1864,14 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
         EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO deal_store_analyst', f);
     END LOOP;
-    FOREACH f IN ARRAY ARRAY['deal_store.fact_version_rows()', 'deal_store._import_facts(jsonb)', 'deal_store._extra_fields(text)',
+    ALTER ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+    REVOKE ALL ON ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) FROM PUBLIC;
+    GRANT EXECUTE ON ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) TO deal_store_reader;
+    REVOKE ALL ON ROUTINE deal_store.entity_type_of(oid) FROM PUBLIC;
+    GRANT EXECUTE ON ROUTINE deal_store.entity_type_of(oid) TO deal_store_reader;
+    FOREACH f IN ARRAY ARRAY['deal_store.fact_version_rows()', 'deal_store._import_facts(anyelement)', 'deal_store._extra_fields(text)',
                              'deal_store._kind_table(text)', 'deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid)',
-                             'deal_store._apply_set(uuid[], text)', 'deal_store._is_live(text, uuid, uuid)',
+                             'deal_store._apply_set(uuid[], text)',
                              'deal_store._apply(uuid[], text)', 'deal_store._propose(text, uuid, anyelement, text[])']::pg_catalog.regprocedure[] LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
     END LOOP;

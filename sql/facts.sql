@@ -45,7 +45,7 @@ BEGIN ATOMIC
     ORDER BY u.n;
 END;
 COMMENT ON FUNCTION deal_store.diff_facts(uuid, jsonb, text[]) IS
-    'Diff of incoming facts (JSON array of objects keyed by legacy_id; missing content fields take the column defaults) against the deal''s current live facts: new, changed (with changed_fields), unchanged, removed (only inside domains; all when NULL). 22023 on a non-array, a non-object element, a missing/empty or repeated legacy_id; P0002 when the deal does not exist.';
+    'Diff of incoming facts (JSON array of objects keyed by legacy_id; missing content fields take the column defaults) against the deal''s current live facts: new, update (with changed_fields), unchanged, delete (only inside domains; all when NULL): the merge queue''s change types. 22023 on a non-array, a non-object element, a missing/empty or repeated legacy_id; P0002 when the deal does not exist.';
 
 CREATE TRIGGER fact_versions BEFORE INSERT OR UPDATE ON deal_store.facts
     FOR EACH ROW EXECUTE FUNCTION deal_store.fact_versions();
@@ -54,19 +54,19 @@ CREATE TRIGGER fact_version_rows AFTER UPDATE ON deal_store.facts
     FOR EACH STATEMENT EXECUTE FUNCTION deal_store.fact_version_rows();
 COMMENT ON FUNCTION deal_store.fact_version_rows() IS
     'Statement trigger on facts: writes the history rows of the versions an UPDATE replaced (the ids fact_versions chose), in one INSERT from the statement''s transition tables.';
-COMMENT ON FUNCTION deal_store._import_facts(jsonb) IS
+COMMENT ON FUNCTION deal_store._import_facts(anyelement) IS
     'Internal: inserts an export''s facts for import_deal, history rows included (the one writer of history rows besides fact_version_rows).';
 
 CREATE FUNCTION deal_store.diff_summary(deal_id uuid, incoming jsonb, domains text[] DEFAULT NULL)
-RETURNS TABLE(new bigint, changed bigint, unchanged bigint, removed bigint)
+RETURNS TABLE(new bigint, "update" bigint, unchanged bigint, "delete" bigint)
 LANGUAGE sql VOLATILE
 BEGIN ATOMIC
-    SELECT count(*) FILTER (WHERE d.change = 'new'), count(*) FILTER (WHERE d.change = 'changed'),
-           count(*) FILTER (WHERE d.change = 'unchanged'), count(*) FILTER (WHERE d.change = 'removed')
+    SELECT count(*) FILTER (WHERE d.change = 'new'), count(*) FILTER (WHERE d.change = 'update'),
+           count(*) FILTER (WHERE d.change = 'unchanged'), count(*) FILTER (WHERE d.change = 'delete')
     FROM deal_store.diff_facts(deal_id, incoming, domains) d;
 END;
 COMMENT ON FUNCTION deal_store.diff_summary(uuid, jsonb, text[]) IS
-    'The four counts of deal_store.diff_facts: new, changed, unchanged, removed.';
+    'The four counts of deal_store.diff_facts: new, update, unchanged, delete.';
 
 CREATE FUNCTION deal_store.fact_history(fact_id uuid)
 RETURNS TABLE(version integer, version_id uuid, is_current boolean, item text, item_checksum text,

@@ -4,6 +4,10 @@
 
 COMMENT ON FUNCTION deal_store.confidence_tier(uuid, text, text, double precision) IS
     'The tier the policy (deal_store.tier_policies, else the built-in default) gives a change of this deal, entity type, change type and confidence.';
+COMMENT ON FUNCTION deal_store._extra_fields(text) IS
+    'Internal: the columns a proposal of a fact, finding or gap may set besides its content fields (for facts: confidence_score, source_document_id).';
+COMMENT ON FUNCTION deal_store._kind_table(text) IS
+    'Internal: the table of an entity type of the merge queue (fact, finding, gap).';
 COMMENT ON FUNCTION deal_store._propose(text, uuid, anyelement, text[]) IS
     'Internal: the Rust body of propose_facts, propose_findings and propose_gaps.';
 
@@ -45,6 +49,7 @@ DECLARE
     todo deal_store.pending_changes[];
     actor uuid := deal_store.current_actor();
     applied uuid[] := '{}';
+    moved uuid[] := '{}';
     done uuid[];
     kind text;
     tbl regclass;
@@ -135,6 +140,12 @@ BEGIN
             tbl, set_cols, ins_vals, replace(live, 't.', ''))
             INTO done USING todo, kind;
         applied := applied || coalesce(done, '{}');
+        -- of the updates and deletes not applied, those whose target is still there: it moved
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.array_agg(c.id) FROM pg_catalog.unnest($1) c JOIN %s t ON t.deal_id = c.deal_id AND t.id = c.entity_id AND %s '
+            'WHERE c.entity_type = $2 AND c.change_type <> ''new'' AND c.id <> ALL ($3)', tbl, live)
+            INTO done USING todo, kind, applied;
+        moved := moved || coalesce(done, '{}');
     END LOOP;
     -- the decisions, each reason worded here once
     UPDATE deal_store.pending_changes p
@@ -143,27 +154,13 @@ BEGIN
         review_note = pg_catalog.concat_ws(' / ', note, CASE
             WHEN x.ok THEN NULL
             WHEN x.change_type = 'new' THEN 'a live row with this legacy_id exists'
-            WHEN deal_store._is_live(x.entity_type, x.deal_id, x.entity_id) THEN 'the target changed since the proposal'
+            WHEN x.id = ANY (moved) THEN 'the target changed since the proposal'
             ELSE 'the target is gone or deleted' END)
     FROM (SELECT c.*, c.id = ANY (applied) AS ok FROM pg_catalog.unnest(todo) c) x
     WHERE p.deal_id = x.deal_id AND p.id = x.id;
 END $$;
 COMMENT ON FUNCTION deal_store._apply_set(uuid[], text) IS
     'Internal: applies a set of open changes the caller has locked, set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. Any error aborts the whole set (see _apply).';
-
-CREATE FUNCTION deal_store._is_live(entity_type text, deal_id uuid, id uuid) RETURNS boolean
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    found boolean;
-BEGIN
-    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %s t WHERE t.deal_id = $1 AND t.id = $2 AND t.deleted_at IS NULL%s)',
-                              deal_store._kind_table(entity_type),
-                              CASE WHEN entity_type = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END)
-        INTO found USING deal_id, id;
-    RETURN found;
-END $$;
-COMMENT ON FUNCTION deal_store._is_live(text, uuid, uuid) IS
-    'Internal: whether a fact (its current version), finding or gap is there and not deleted.';
 
 CREATE FUNCTION deal_store._apply(ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

@@ -40,6 +40,53 @@ const NOISE: [&str; 3] = ["updated_at", "search_vector", "item_checksum"];
 /// (or null) in their place, so the log tells that one changed, never to what.
 const SECRET: [&str; 1] = ["password_hash"];
 
+/// The log's `entity_type` of deal_store's own tables: the singular name the
+/// merge queue, the diff and the docs use (`fact`, not `facts`). A table of
+/// another schema is logged as `schema.table`.
+const ENTITY_TYPES: [(&str, &str); 12] = [
+    ("deals", "deal"),
+    ("documents", "document"),
+    ("analysis_runs", "analysis_run"),
+    ("facts", crate::checksum::FACT.entity_type),
+    ("findings", crate::checksum::FINDING.entity_type),
+    ("gaps", crate::checksum::GAP.entity_type),
+    ("fact_finding_links", "fact_finding_link"),
+    ("pending_changes", "pending_change"),
+    ("notifications", "notification"),
+    ("users", "user"),
+    ("tier_policies", "tier_policy"),
+    ("deal_members", "deal_member"),
+];
+
+/// The `entity_type` the log gives rows of a table (see [`ENTITY_TYPES`]).
+fn entity_type_of_table(schema: &str, name: &str) -> String {
+    match ENTITY_TYPES.iter().find(|(t, _)| schema == "deal_store" && *t == name) {
+        Some((_, entity)) => entity.to_string(),
+        None if schema == "deal_store" => name.to_string(),
+        None => format!("{schema}.{name}"),
+    }
+}
+
+/// The `entity_type` under which the audit log records rows of a table
+/// (`deal_store.facts` -> `fact`; `public.valuations` -> `public.valuations`).
+#[pg_extern(stable, strict, parallel_safe)]
+fn entity_type_of(tbl: pg_sys::Oid) -> Option<String> {
+    // SAFETY: reads the catalog for an oid; NULL results (no such relation) are handled
+    let (schema, name) = unsafe {
+        let nsp = pg_sys::get_rel_namespace(tbl);
+        let name = pg_sys::get_rel_name(tbl);
+        if name.is_null() {
+            return None;
+        }
+        let schema = pg_sys::get_namespace_name(nsp);
+        if schema.is_null() {
+            return None;
+        }
+        (CStr::from_ptr(schema).to_string_lossy().into_owned(), CStr::from_ptr(name).to_string_lossy().into_owned())
+    };
+    Some(entity_type_of_table(&schema, &name))
+}
+
 /// What the log shows for a non-NULL secret value.
 const MASK: &std::ffi::CStr = c"[secret]";
 
@@ -296,7 +343,7 @@ fn table_info(rel: &PgRelation) -> TableInfo {
     let (uuid, ts) = (pg_sys::UUIDOID, pg_sys::TIMESTAMPTZOID);
     TableInfo {
         generation: GENERATION.with(Cell::get),
-        entity_type: if schema == "deal_store" { rel.name().into() } else { format!("{schema}.{}", rel.name()).into() },
+        entity_type: entity_type_of_table(&schema, rel.name()).into(),
         deal_id: find("deal_id", uuid),
         id: find("id", uuid),
         run_id: find("analysis_run_id", uuid),

@@ -34,16 +34,37 @@ impl Incoming {
     }
 }
 
+/// What a diff line, a queued change and the docs call a row's change: one
+/// vocabulary (`pending_changes.change_type` holds the first three).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ChangeType {
+    New,
+    Update,
+    Delete,
+    Unchanged,
+}
+
+impl ChangeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::New => "new",
+            ChangeType::Update => "update",
+            ChangeType::Delete => "delete",
+            ChangeType::Unchanged => "unchanged",
+        }
+    }
+}
+
 /// One line of a diff.
 pub struct Change {
     pub legacy_id: String,
-    pub change: &'static str,
+    pub change: ChangeType,
     pub fact_id: Option<Uuid>,
     pub old_checksum: Option<Digest>,
     pub new_checksum: Option<Digest>,
-    /// the content fields that differ (changed lines; empty for unchanged ones)
+    /// the content fields that differ (update lines; empty for unchanged ones)
     pub changed_fields: Option<Vec<&'static str>>,
-    /// The incoming row, for new and changed lines.
+    /// The incoming row, for new and update lines.
     pub incoming: Option<Incoming>,
 }
 
@@ -178,11 +199,11 @@ pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option
             check_for_interrupts!();
             let found = stored.remove(inc.legacy_id.as_str());
             let (change, fact_id, old_checksum) = match found {
-                None => ("new", None, None),
-                Some(s) if s.checksum == Some(inc.checksum) => ("unchanged", Some(s.id), s.checksum),
-                Some(s) => ("changed", Some(s.id), s.checksum),
+                None => (ChangeType::New, None, None),
+                Some(s) if s.checksum == Some(inc.checksum) => (ChangeType::Unchanged, Some(s.id), s.checksum),
+                Some(s) => (ChangeType::Update, Some(s.id), s.checksum),
             };
-            let unchanged = change == "unchanged";
+            let unchanged = change == ChangeType::Unchanged;
             let new_checksum = Some(inc.checksum);
             let (legacy_id, incoming) = if unchanged { (inc.legacy_id, None) } else { (inc.legacy_id.clone(), Some(inc)) };
             changes.push(Change {
@@ -199,7 +220,7 @@ pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option
             if domains.is_none_or(|d| d.iter().any(|x| x == s.domain)) {
                 changes.push(Change {
                     legacy_id: legacy_id.to_string(),
-                    change: "removed",
+                    change: ChangeType::Delete,
                     fact_id: Some(s.id),
                     old_checksum: s.checksum,
                     new_checksum: None,
@@ -220,7 +241,7 @@ fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
     let by_id: FastMap<[u8; 16], usize> = changes
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.change == "changed")
+        .filter(|(_, c)| c.change == ChangeType::Update)
         .filter_map(|(i, c)| Some((*c.fact_id?.as_bytes(), i)))
         .collect();
     if by_id.is_empty() {
@@ -284,7 +305,7 @@ fn diff_facts_internal(
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for ch in changes {
         a.push(ch.legacy_id);
-        b.push(ch.change.to_string());
+        b.push(ch.change.as_str().to_string());
         c.push(ch.fact_id);
         d.push(ch.old_checksum.as_ref().map(hex));
         e.push(ch.new_checksum.as_ref().map(hex));

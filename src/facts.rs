@@ -154,13 +154,15 @@ fn fact_version_rows<'a>(
 
 /// Inserts an export's facts (history rows included, as the versioning wrote
 /// them) for `import_deal`: the one writer of history rows besides `fact_version_rows`.
-#[pg_extern(volatile, name = "_import_facts")]
-fn import_facts(rows: pgrx::JsonB) {
+/// The jsonb is passed on as it is (no conversion to text and back).
+#[pg_extern(volatile, strict, name = "_import_facts")]
+fn import_facts(rows: pgrx::AnyElement) {
     let _writing = WritingHistory::begin(HistoryWriter::Import);
-    internal(Spi::run_with_args(
+    Spi::run_with_args(
         "SELECT deal_store._insert_rows('deal_store.facts'::pg_catalog.regclass, $1)",
-        &[rows.into()],
-    ));
+        &[crate::jsonb::spi_arg(&rows)],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store _import_facts: {e}"), None));
 }
 
 /// A row's primary key.

@@ -12,7 +12,7 @@
 //!
 //! Deciding (accept, reject, defer, conflicts) is SQL in `sql/queue.sql`.
 use crate::checksum::{from_hex, hex, Digest, Kind};
-use crate::diff::{check_domains, diff, parse_incoming};
+use crate::diff::{check_domains, diff, parse_incoming, ChangeType};
 use crate::errors::{raise, required};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -216,15 +216,13 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
         for c in changes {
             check_for_interrupts!();
             let change_type = match c.change {
-                "new" => "new",
-                "changed" => "update",
-                "removed" => "delete",
-                _ => {
+                ChangeType::Unchanged => {
                     if let Some(o) = open.get(&c.legacy_id).filter(|o| !o.same_run && o.run_number < run.run_number) {
                         supersede.push(o.id);
                     }
                     continue;
                 }
+                other => other.as_str(),
             };
             if let Some(o) = open.get(&c.legacy_id) {
                 if o.run_number > run.run_number {

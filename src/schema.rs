@@ -33,7 +33,11 @@ extension_sql_file!(
         export::export_format
     ]
 );
-extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["facts", audit::audit_row, audit::audit_flush, audit::uuid_v7]);
+extension_sql_file!(
+    "../sql/audit.sql",
+    name = "audit",
+    requires = ["facts", audit::audit_row, audit::audit_flush, audit::uuid_v7, audit::entity_type_of]
+);
 extension_sql_file!(
     "../sql/queue.sql",
     name = "queue",

@@ -298,7 +298,7 @@ fn merge_queue_as_real_login_roles() {
         .query(
             "SELECT l.action, l.entity_type, u.email FROM deal_store.deal_activity_log l
              LEFT JOIN deal_store.users u ON u.id = l.user_id
-             WHERE l.deal_id = $1 AND l.entity_type IN ('deals', 'deal_members', 'facts', 'analysis_runs')
+             WHERE l.deal_id = $1 AND l.entity_type IN ('deal', 'deal_member', 'fact', 'analysis_run')
              GROUP BY 1, 2, 3 ORDER BY 2, 1, 3",
             &[&deal],
         )
@@ -312,11 +312,11 @@ fn merge_queue_as_real_login_roles() {
             "no {action} of {entity} by {email} in the log: {actors:?}"
         );
     };
-    expect("insert", "deals", "lead@client.example");
-    expect("insert", "deal_members", "lead@client.example");
-    expect("insert", "analysis_runs", "analyst@client.example");
-    expect("insert", "facts", "analyst@client.example");
-    expect("update", "facts", "dana@client.example");
-    expect("insert", "facts", "reviewer@client.example");
+    expect("insert", "deal", "lead@client.example");
+    expect("insert", "deal_member", "lead@client.example");
+    expect("insert", "analysis_run", "analyst@client.example");
+    expect("insert", "fact", "analyst@client.example");
+    expect("update", "fact", "dana@client.example");
+    expect("insert", "fact", "reviewer@client.example");
     assert!(actors.iter().all(|(_, _, u)| u.is_some()), "every entry has an actor: {actors:?}");
 }

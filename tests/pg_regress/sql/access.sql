@@ -102,7 +102,7 @@ INSERT INTO regress.access_expected VALUES
   ('diff_facts',           'read',  'DAAAAAADD', $$SELECT count(*) FROM deal_store.diff_facts('00000000-0000-0000-0011-0000000000d1', '[]')$$),
   ('export_deal',          'read',  'DAAAAAADD', $$SELECT count(*) FROM deal_store.export_deal('00000000-0000-0000-0011-0000000000d1')$$),
   ('fact_history',         'read',  'DAAAAAADD', $$SELECT count(*) FROM deal_store.facts f, deal_store.fact_history(f.id) WHERE f.deal_id = '00000000-0000-0000-0011-0000000000d1' AND f.legacy_id = 'F-1'$$),
-  ('entity_history',       'read',  'DAAAAAADD', $$SELECT count(*) FROM deal_store.entity_history('deals', '00000000-0000-0000-0011-0000000000d1')$$),
+  ('entity_history',       'read',  'DAAAAAADD', $$SELECT count(*) FROM deal_store.entity_history('deal', '00000000-0000-0000-0011-0000000000d1')$$),
   ('deal_activity',        'read',  'DAAAAAADD', $$SELECT count(*) FROM deal_store.deal_activity('00000000-0000-0000-0011-0000000000d1')$$),
   ('set actor to another', 'read',  'DDDDDAAAD', $$SELECT count(*) FROM (SELECT set_config('deal_store.actor', '00000000-0000-0000-0011-0000000000a7', true)) s, deal_store.current_actor()$$),
   ('set hard_delete',      'write', 'DDDDDDDDD', $$SET LOCAL deal_store.hard_delete = on$$),

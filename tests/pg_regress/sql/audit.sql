@@ -35,7 +35,7 @@ SELECT action, user_id IS NOT NULL AS has_actor, reason, analysis_run_id = :'run
             THEN jsonb_build_object('item', details -> 'item', 'columns', (SELECT count(*) FROM jsonb_object_keys(details)))
             ELSE details - 'previous_version_id' - 'deleted_at' - 'delete_batch' END AS details,
        details ? 'previous_version_id' AS versioned
-FROM entity_history('facts', '00000000-0000-0000-0001-0000000000f7');
+FROM entity_history('fact', '00000000-0000-0000-0001-0000000000f7');
 SELECT count(*) FILTER (WHERE a.seq < b.seq) = count(*) AS seq_orders_entries
 FROM deal_activity_log a JOIN deal_activity_log b ON b.seq = a.seq + 1;
 SELECT action, entity_type FROM deal_activity('00000000-0000-0000-0001-0000000000d7', lim => 3);

@@ -80,9 +80,9 @@ CREATE TEMP VIEW cur AS
     FROM facts WHERE deal_id = '00000000-0000-0000-0003-0000000000db' AND deleted_at IS NULL AND superseded_at IS NULL;
 CREATE TEMP TABLE oracle AS
 SELECT coalesce(n.legacy_id, c.legacy_id) AS legacy_id,
-       CASE WHEN c.legacy_id IS NULL THEN 'new' WHEN n.legacy_id IS NULL THEN 'removed'
+       CASE WHEN c.legacy_id IS NULL THEN 'new' WHEN n.legacy_id IS NULL THEN 'delete'
             WHEN n.t IS NOT DISTINCT FROM c.t AND n.details = c.details AND n.pages IS NOT DISTINCT FROM c.pages
-            THEN 'unchanged' ELSE 'changed' END AS change,
+            THEN 'unchanged' ELSE 'update' END AS change,
        CASE WHEN c.legacy_id IS NOT NULL AND n.legacy_id IS NOT NULL THEN
          array_remove(ARRAY[
            CASE WHEN n.t[2] IS DISTINCT FROM c.t[2] THEN 'category' END,
@@ -104,7 +104,7 @@ SELECT change, count(*) FROM got GROUP BY change ORDER BY change;
 SELECT count(*) AS disagreements
 FROM got g FULL OUTER JOIN oracle o ON o.legacy_id = g.legacy_id
 WHERE g.legacy_id IS NULL OR o.legacy_id IS NULL OR g.change <> o.change
-   OR (g.change = 'changed' AND g.changed_fields IS DISTINCT FROM o.fields);
+   OR (g.change = 'update' AND g.changed_fields IS DISTINCT FROM o.fields);
 -- and the edits were classified as intended: cosmetic edits are unchanged, real edits name their field
 SELECT i.kind, g.change, count(*), bool_and(i.kind <> 'change' OR g.changed_fields = ARRAY[i.field]) AS field_named
 FROM incoming i JOIN got g USING (legacy_id) GROUP BY 1, 2 ORDER BY 1, 2;
@@ -121,13 +121,13 @@ SELECT regress.expect_error(format('SELECT deal_store.propose_facts(%L, %L)', :'
 UPDATE incoming SET doc = jsonb_set(doc, '{entity}', to_jsonb(btrim(doc ->> 'entity'))) WHERE doc ? 'entity';
 SELECT change_type, sum(proposed) AS proposed FROM propose_facts(:'oracle_run', (SELECT jsonb_agg(doc) FROM incoming))
 GROUP BY 1 ORDER BY 1;
--- each proposed change matches the oracle's verdict for its fact
+-- each proposed change matches the oracle's verdict for its fact (one vocabulary: the diff's change is the queue's change_type)
 SELECT count(*) AS queue_disagreements
 FROM pending_changes p FULL OUTER JOIN (SELECT * FROM oracle WHERE change <> 'unchanged') o
   ON o.legacy_id = p.legacy_entity_id AND p.deal_id = '00000000-0000-0000-0003-0000000000db'
 WHERE (p.deal_id IS NULL OR p.deal_id = '00000000-0000-0000-0003-0000000000db')
   AND (p.id IS NULL OR o.legacy_id IS NULL
-       OR p.change_type <> CASE o.change WHEN 'changed' THEN 'update' WHEN 'removed' THEN 'delete' ELSE 'new' END);
+       OR p.change_type <> o.change);
 SELECT * FROM accept_changes('00000000-0000-0000-0003-0000000000db', 3);
 SELECT count(*) AS stored_mismatches
 FROM norm n FULL OUTER JOIN cur c ON c.legacy_id = n.legacy_id
@@ -135,7 +135,7 @@ WHERE n.legacy_id IS NULL OR c.legacy_id IS NULL
    OR n.t IS DISTINCT FROM c.t OR n.details <> c.details OR n.pages IS DISTINCT FROM c.pages;
 SELECT count(*) AS removed_and_deleted FROM oracle o
 JOIN facts f ON f.deal_id = '00000000-0000-0000-0003-0000000000db' AND f.legacy_id = o.legacy_id
-WHERE o.change = 'removed' AND f.deleted_at IS NOT NULL AND f.superseded_at IS NULL
+WHERE o.change = 'delete' AND f.deleted_at IS NOT NULL AND f.superseded_at IS NULL
   AND f.delete_reason = 'removed by analysis run 1';
 SELECT count(*) AS versions_written FROM facts
 WHERE deal_id = '00000000-0000-0000-0003-0000000000db' AND superseded_at IS NOT NULL;

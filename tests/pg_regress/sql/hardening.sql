@@ -94,7 +94,7 @@ RESET client_min_messages;
 
 -- 7. Secrets stay secret: the log masks password_hash, export_deal leaves it out
 UPDATE users SET password_hash = 'bcrypt$secret' WHERE id = '00000000-0000-0000-0005-0000000000ae';
-SELECT details - 'created_at' - 'updated_at' AS details FROM deal_activity_log WHERE entity_type = 'users' AND entity_id = '00000000-0000-0000-0005-0000000000ae' ORDER BY seq;
+SELECT details - 'created_at' - 'updated_at' AS details FROM deal_activity_log WHERE entity_type = 'user' AND entity_id = '00000000-0000-0000-0005-0000000000ae' ORDER BY seq;
 SELECT export_deal('00000000-0000-0000-0005-0000000000de') -> 'owner' ? 'password_hash' AS exported_hash;
 
 -- 8. import_deal refuses ids already used here, and takes no credentials from the document

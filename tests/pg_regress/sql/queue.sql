@@ -149,6 +149,6 @@ SELECT version, item, run_number FROM fact_history((SELECT id FROM facts WHERE l
 SELECT version, item, run_number FROM fact_history((SELECT id FROM facts WHERE legacy_id = 'F-3' AND superseded_at IS NULL AND deal_id = '00000000-0000-0000-0006-0000000000d8'));
 SELECT legacy_id, delete_reason FROM facts WHERE deleted_at IS NOT NULL AND deal_id = '00000000-0000-0000-0006-0000000000d8';
 -- every proposal and decision is in the audit log with its actor
-SELECT action, count(*), count(user_id) AS with_actor FROM deal_activity_log WHERE entity_type = 'pending_changes' AND deal_id = '00000000-0000-0000-0006-0000000000d8'
+SELECT action, count(*), count(user_id) AS with_actor FROM deal_activity_log WHERE entity_type = 'pending_change' AND deal_id = '00000000-0000-0000-0006-0000000000d8'
 GROUP BY action ORDER BY action;
 RESET deal_store.actor;
