@@ -1321,6 +1321,23 @@ COMMENT ON FUNCTION deal_store._require_right(uuid, text) IS
 
 ALTER TABLE deal_store.deals ADD COLUMN ignore_unknown_keys boolean NOT NULL DEFAULT false;
 COMMENT ON COLUMN deal_store.deals.ignore_unknown_keys IS 'On: a key a proposal (propose_facts, propose_findings, propose_gaps) does not know is dropped; off (the default): it is an error (22023) and nothing is proposed.';
+-- what expands deals.* picks the new column up
+CREATE OR REPLACE VIEW deal_store.active_deals AS
+    SELECT * FROM deal_store.deals WHERE deleted_at IS NULL;
+COMMENT ON VIEW deal_store.active_deals IS 'Deals that are not soft-deleted. DELETE through it soft-deletes.';
+ALTER VIEW deal_store.active_deals SET (security_invoker = true);
+CREATE OR REPLACE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
+RETURNS SETOF deal_store.deals
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT d.* FROM deal_store.deals d
+    WHERE d.user_id = deals_for_user.user_id AND d.deleted_at IS NULL
+      AND (deal_store.sees_all_deals() OR d.id = ANY (deal_store.my_deals('viewer')))
+      AND (d.status <> 'archived' OR coalesce(deals_for_user.include_archived, false))
+    ORDER BY d.updated_at DESC, d.id;
+END;
+COMMENT ON FUNCTION deal_store.deals_for_user(uuid, boolean) IS
+    'A user''s live deals that the caller may see, most recently updated first; archived ones only when include_archived.';
 ALTER TABLE deal_store.facts ALTER CONSTRAINT facts_previous_version_id_fkey DEFERRABLE INITIALLY DEFERRED;
 
 -- history rows carry no search vector and no checksum index entry: writing a
@@ -1416,8 +1433,9 @@ RETURNS TABLE(deal_id uuid, id uuid)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM deal_store._soft_deletable(tbl);
-    -- @plpgsql_check_options: security_warnings = false
-    -- (the condition is one of the constant texts below; tbl a regclass)
+    -- @plpgsql_check_options: security_warnings = false, extra_warnings = false
+    -- (the condition is one of the constant texts below; tbl a regclass; the OUT
+    -- columns are the dynamic statement's RETURNING, which the checker cannot see)
     RETURN QUERY EXECUTE pg_catalog.format(
         'UPDATE %s t SET deleted_at = pg_catalog.now(), deleted_by = $4, delete_reason = x.reason, '
         '    delete_batch = coalesce($5, pg_catalog.gen_random_uuid()) '
@@ -1553,17 +1571,46 @@ END $$;
 COMMENT ON FUNCTION deal_store.import_deal(jsonb) IS
     'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The caller (deal_store.actor) becomes a lead of it. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import.';
 
+-- a fact's content is its content fields, named in one place
+CREATE OR REPLACE FUNCTION deal_store.fact_history(fact_id uuid)
+RETURNS TABLE(version integer, version_id uuid, is_current boolean, item text, item_checksum text,
+              content jsonb, analysis_run_id uuid, run_number integer, written_at timestamptz, superseded_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deal uuid;
+BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.facts', fact_id, 'read');
+    SELECT f.deal_id INTO deal FROM deal_store.facts f WHERE f.id = fact_id AND f.superseded_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
+    END IF;
+    RETURN QUERY
+    WITH RECURSIVE chain AS (
+        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_history.fact_id
+        UNION ALL
+        SELECT f.*, c.depth + 1 FROM chain c
+        JOIN deal_store.facts f ON f.deal_id = c.deal_id AND f.id = c.previous_version_id
+    )
+    SELECT (max(c.depth) OVER () - c.depth + 1)::integer, c.id, c.depth = 0, c.item, c.item_checksum,
+           (SELECT jsonb_object_agg(k, to_jsonb(c) -> k) FROM unnest(deal_store.content_fields('fact')) k),
+           c.analysis_run_id, r.run_number, c.updated_at, c.superseded_at
+    FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id
+    ORDER BY c.depth;
+END $$;
+COMMENT ON FUNCTION deal_store.fact_history(uuid) IS
+    'A fact''s versions, newest first: version number (1 = oldest), the row holding it, its content and checksum, the run that wrote it, when it was written and when it was superseded. P0002 when the fact does not exist.';
+
 -- the apply path
 DROP FUNCTION deal_store._settle_batch(uuid[], text);
 DROP FUNCTION deal_store._settle(deal_store.pending_changes, text);
 DROP FUNCTION deal_store._apply_change(deal_store.pending_changes);
-CREATE FUNCTION deal_store._apply_set(ids uuid[], note text) RETURNS void
+CREATE FUNCTION deal_store._apply_set(deal_ids uuid[], ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     todo deal_store.pending_changes[];
     actor uuid := deal_store.current_actor();
-    applied uuid[] := '{}';
-    moved uuid[] := '{}';
+    applied uuid[] := ARRAY[]::uuid[];
+    moved uuid[] := ARRAY[]::uuid[];
     done uuid[];
     kind text;
     tbl regclass;
@@ -1573,14 +1620,13 @@ DECLARE
     extra text[];
     set_cols text;
     set_vals text;
-    ins_cols text;
     ins_vals text;
 BEGIN
-    -- the open changes among ids (the caller holds their locks), oldest first
-    SELECT pg_catalog.array_agg(x.p ORDER BY (x.p).created_at, (x.p).id) INTO todo
-    FROM pg_catalog.unnest(ids) c(id),
-         LATERAL (SELECT p FROM deal_store.pending_changes p WHERE p.id = c.id LIMIT 1) x(p)
-    WHERE (x.p).status IN ('pending', 'deferred');
+    -- the open changes among (deal_ids[i], ids[i]) (the caller holds their locks), oldest first
+    SELECT pg_catalog.array_agg(p ORDER BY p.created_at, p.id) INTO todo
+    FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) c(deal_id, id)
+    JOIN deal_store.pending_changes p ON p.deal_id = c.deal_id AND p.id = c.id
+    WHERE p.status IN ('pending', 'deferred');
     IF todo IS NULL THEN
         RETURN;
     END IF;
@@ -1627,7 +1673,7 @@ BEGIN
             '           RETURNING c.id) '
             'SELECT pg_catalog.array_agg(u.id) FROM u', tbl, set_cols, set_vals, same)
             INTO done USING todo, kind;
-        applied := applied || coalesce(done, '{}');
+        applied := applied || coalesce(done, ARRAY[]::uuid[]);
         -- a removal is a soft delete, by the code soft_delete() uses: each its own batch, the run named
         EXECUTE pg_catalog.format(
             'WITH x AS (SELECT c.id AS change_id, c.deal_id, c.entity_id, '
@@ -1642,7 +1688,7 @@ BEGIN
             '     JOIN x ON m.deal_id = x.deal_id AND m.id = x.entity_id',
             tbl, same, tbl::text)
             INTO done USING todo, kind;
-        applied := applied || coalesce(done, '{}');
+        applied := applied || coalesce(done, ARRAY[]::uuid[]);
         EXECUTE pg_catalog.format(
             'WITH x AS (SELECT c.id AS change_id, pg_catalog.gen_random_uuid() AS new_id, c.* '
             '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''new''), '
@@ -1653,13 +1699,13 @@ BEGIN
             'SELECT pg_catalog.array_agg(x.change_id) FROM x JOIN i ON i.id = x.new_id',
             tbl, set_cols, ins_vals, replace(live, 't.', ''))
             INTO done USING todo, kind;
-        applied := applied || coalesce(done, '{}');
+        applied := applied || coalesce(done, ARRAY[]::uuid[]);
         -- of the updates and deletes not applied, those whose target is still there: it moved
         EXECUTE pg_catalog.format(
             'SELECT pg_catalog.array_agg(c.id) FROM pg_catalog.unnest($1) c JOIN %s t ON t.deal_id = c.deal_id AND t.id = c.entity_id AND %s '
             'WHERE c.entity_type = $2 AND c.change_type <> ''new'' AND c.id <> ALL ($3)', tbl, live)
             INTO done USING todo, kind, applied;
-        moved := moved || coalesce(done, '{}');
+        moved := moved || coalesce(done, ARRAY[]::uuid[]);
     END LOOP;
     -- the decisions, each reason worded here once
     UPDATE deal_store.pending_changes p
@@ -1673,32 +1719,32 @@ BEGIN
     FROM (SELECT c.*, c.id = ANY (applied) AS ok FROM pg_catalog.unnest(todo) c) x
     WHERE p.deal_id = x.deal_id AND p.id = x.id;
 END $$;
-COMMENT ON FUNCTION deal_store._apply_set(uuid[], text) IS
-    'Internal: applies a set of open changes the caller has locked, set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. Any error aborts the whole set (see _apply).';
+COMMENT ON FUNCTION deal_store._apply_set(uuid[], uuid[], text) IS
+    'Internal: applies a set of open changes the caller has locked (the changes (deal_ids[i], ids[i])), set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. Any error aborts the whole set (see _apply).';
 
-CREATE FUNCTION deal_store._apply(ids uuid[], note text) RETURNS void
+CREATE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     prev_reason text := pg_catalog.current_setting('deal_store.reason', true);
     -- not a change's fault: a deadlock or serialization failure (the caller retries),
     -- resources, a privilege, a bug
     not_the_change constant text[] := ARRAY['40', '42', '53', '57', '58', 'XX'];
-    one uuid;
+    i integer;
     state text;
     problem text;
 BEGIN
     PERFORM pg_catalog.set_config('deal_store.reason', coalesce(note, prev_reason, ''), true);
     BEGIN
-        PERFORM deal_store._apply_set(ids, note);
+        PERFORM deal_store._apply_set(deal_ids, ids, note);
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
         IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
             RAISE;
         END IF;
         -- some change broke the set: apply each alone, so only what fails is refused
-        FOREACH one IN ARRAY ids LOOP
+        FOR i IN 1 .. pg_catalog.cardinality(ids) LOOP
             BEGIN
-                PERFORM deal_store._apply_set(ARRAY[one], note);
+                PERFORM deal_store._apply_set(ARRAY[deal_ids[i]], ARRAY[ids[i]], note);
             EXCEPTION WHEN OTHERS THEN
                 GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, problem = MESSAGE_TEXT;
                 IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
@@ -1707,14 +1753,30 @@ BEGIN
                 UPDATE deal_store.pending_changes p
                 SET status = 'conflict', decided_by = deal_store.current_actor(), decided_at = pg_catalog.now(),
                     review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', problem, state))
-                WHERE p.id = one AND p.status IN ('pending', 'deferred');
+                WHERE p.deal_id = deal_ids[i] AND p.id = ids[i] AND p.status IN ('pending', 'deferred');
             END;
         END LOOP;
     END;
     PERFORM pg_catalog.set_config('deal_store.reason', coalesce(prev_reason, ''), true);
 END $$;
-COMMENT ON FUNCTION deal_store._apply(uuid[], text) IS
-    'Internal: the one apply path. Applies open changes the caller has locked with _apply_set; when the set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
+COMMENT ON FUNCTION deal_store._apply(uuid[], uuid[], text) IS
+    'Internal: the one apply path. Applies the open changes (deal_ids[i], ids[i]) the caller has locked with _apply_set; when the set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
+
+DROP FUNCTION deal_store._claim(integer, integer, uuid[]);
+CREATE FUNCTION deal_store._claim(batch_size integer, max_tier integer, deals uuid[], OUT deal_ids uuid[], OUT ids uuid[])
+LANGUAGE sql VOLATILE SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
+BEGIN ATOMIC
+    SELECT pg_catalog.array_agg(p.deal_id), pg_catalog.array_agg(p.id) FROM (
+        SELECT p.deal_id, p.id FROM deal_store.pending_changes p
+        WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= _claim.max_tier
+          AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+          AND (_claim.deals IS NULL OR p.deal_id = ANY (_claim.deals))
+        ORDER BY p.created_at, p.id
+        LIMIT _claim.batch_size
+        FOR UPDATE SKIP LOCKED) p;
+END;
+COMMENT ON FUNCTION deal_store._claim(integer, integer, uuid[]) IS
+    'Internal: locks (FOR UPDATE SKIP LOCKED) and returns (as deal_ids[i], ids[i]) up to batch_size eligible open changes of the given deals (all when NULL), oldest first, for process_queue.';
 
 CREATE OR REPLACE FUNCTION deal_store._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -1727,7 +1789,7 @@ BEGIN
         WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
         ORDER BY p.created_at, p.id FOR UPDATE) p;
     IF locked IS NOT NULL THEN
-        PERFORM deal_store._apply(locked, 'auto-applied (tier 1)');
+        PERFORM deal_store._apply(pg_catalog.array_fill(deal_id, ARRAY[pg_catalog.cardinality(locked)]), locked, 'auto-applied (tier 1)');
     END IF;
 END $$;
 COMMENT ON FUNCTION deal_store._apply_changes(uuid, uuid[]) IS 'Internal: auto-applies the given tier-1 changes of a proposal.';
@@ -1746,7 +1808,7 @@ BEGIN
             USING ERRCODE = '55000', DETAIL = format('Change %s was decided at %s.', change_id, c.decided_at);
     END IF;
     IF decision = 'accept' THEN
-        PERFORM deal_store._apply(ARRAY[c.id], note);
+        PERFORM deal_store._apply(ARRAY[c.deal_id], ARRAY[c.id], note);
         SELECT p.status INTO decision FROM deal_store.pending_changes p WHERE p.deal_id = c.deal_id AND p.id = c.id;
         RETURN decision;
     END IF;
@@ -1779,7 +1841,7 @@ BEGIN
         ORDER BY p.created_at, p.id
         FOR UPDATE SKIP LOCKED) p;
     IF locked IS NOT NULL THEN
-        PERFORM deal_store._apply(locked, 'batch accept');
+        PERFORM deal_store._apply(pg_catalog.array_fill(deal_id, ARRAY[pg_catalog.cardinality(locked)]), locked, 'batch accept');
     END IF;
     RETURN QUERY SELECT p.status, count(*) FROM deal_store.pending_changes p
                  WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked)
@@ -1791,7 +1853,7 @@ COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid) IS
 CREATE OR REPLACE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    claimed uuid[];
+    claimed record;
     n integer;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
@@ -1805,11 +1867,11 @@ BEGIN
         RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
     END IF;
-    claimed := deal_store._claim(batch_size, max_tier,
+    SELECT * INTO claimed FROM deal_store._claim(batch_size, max_tier,
         CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
-    n := coalesce(cardinality(claimed), 0);
+    n := coalesce(cardinality(claimed.ids), 0);
     IF n > 0 THEN
-        PERFORM deal_store._apply(claimed, 'process_queue');
+        PERFORM deal_store._apply(claimed.deal_ids, claimed.ids, 'process_queue');
     END IF;
     RETURN n;
 END $$;
@@ -1829,29 +1891,18 @@ AS 'MODULE_PATHNAME', 'propose_internal_wrapper';
 COMMENT ON FUNCTION deal_store._propose(text, uuid, anyelement, text[]) IS
     'Internal: the Rust body of propose_facts, propose_findings and propose_gaps.';
 CREATE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[] DEFAULT NULL)
-RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
-LANGUAGE sql VOLATILE
-BEGIN ATOMIC
-    SELECT * FROM deal_store._propose('fact', run_id, facts, domains);
-END;
-CREATE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL)
-RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
-LANGUAGE sql VOLATILE
-BEGIN ATOMIC
-    SELECT * FROM deal_store._propose('finding', run_id, findings, domains);
-END;
-CREATE FUNCTION deal_store.propose_gaps(run_id uuid, gaps jsonb, domains text[] DEFAULT NULL)
-RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
-LANGUAGE sql VOLATILE
-BEGIN ATOMIC
-    SELECT * FROM deal_store._propose('gap', run_id, gaps, domains);
-END;
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store._propose('fact', run_id, facts, domains); END;
 COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[]) IS
     'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update, delete) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. Removals only inside domains (default: the domains of the given facts, within the run''s domains); an incremental run never removes. Idempotent; a newer run supersedes an older run''s open change. Every element is checked first against its column (type, required, CHECK constraints; unknown keys unless the deal ignores them): 22023 naming the element, its legacy_id and the field, and nothing is proposed. Returns counts by change type, tier and what became of them (status pending, or accepted / conflict for tier 1 applied at once).';
-COMMENT ON FUNCTION deal_store.propose_findings(uuid, jsonb, text[]) IS
-    'propose_facts for findings (content checksum over deal_store.content_fields(''finding'')).';
-COMMENT ON FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]) IS
-    'propose_facts for gaps (content checksum over deal_store.content_fields(''gap'')).';
+CREATE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store._propose('finding', run_id, findings, domains); END;
+COMMENT ON FUNCTION deal_store.propose_findings(uuid, jsonb, text[]) IS 'propose_facts for findings (content checksum over deal_store.content_fields(''finding'')).';
+CREATE FUNCTION deal_store.propose_gaps(run_id uuid, gaps jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store._propose('gap', run_id, gaps, domains); END;
+COMMENT ON FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]) IS 'propose_facts for gaps (content checksum over deal_store.content_fields(''gap'')).';
 
 -- grants as access.sql gives them: the API runs as the owner, internals are the owner's
 DO $$
@@ -1865,14 +1916,20 @@ BEGIN
         EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO deal_store_analyst', f);
     END LOOP;
     ALTER ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+    -- re-created above: the API runs as the owner again
+    FOREACH f IN ARRAY ARRAY['deal_store.accept_changes(uuid, integer, uuid)', 'deal_store.import_deal(jsonb)',
+                             'deal_store.process_queue_batch(integer, integer)', 'deal_store.soft_delete(regclass, uuid, text)',
+                             'deal_store.deals_for_user(uuid, boolean)', 'deal_store.fact_history(uuid)']::pg_catalog.regprocedure[] LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+    END LOOP;
     REVOKE ALL ON ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) FROM PUBLIC;
     GRANT EXECUTE ON ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) TO deal_store_reader;
     REVOKE ALL ON ROUTINE deal_store.entity_type_of(oid) FROM PUBLIC;
     GRANT EXECUTE ON ROUTINE deal_store.entity_type_of(oid) TO deal_store_reader;
     FOREACH f IN ARRAY ARRAY['deal_store.fact_version_rows()', 'deal_store._import_facts(anyelement)', 'deal_store._extra_fields(text)',
                              'deal_store._kind_table(text)', 'deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid)',
-                             'deal_store._apply_set(uuid[], text)',
-                             'deal_store._apply(uuid[], text)', 'deal_store._propose(text, uuid, anyelement, text[])']::pg_catalog.regprocedure[] LOOP
+                             'deal_store._apply_set(uuid[], uuid[], text)', 'deal_store._claim(integer, integer, uuid[])',
+                             'deal_store._apply(uuid[], uuid[], text)', 'deal_store._propose(text, uuid, anyelement, text[])']::pg_catalog.regprocedure[] LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
     END LOOP;
 END $$;

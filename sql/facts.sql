@@ -88,9 +88,7 @@ BEGIN
         JOIN deal_store.facts f ON f.deal_id = c.deal_id AND f.id = c.previous_version_id
     )
     SELECT (max(c.depth) OVER () - c.depth + 1)::integer, c.id, c.depth = 0, c.item, c.item_checksum,
-           jsonb_build_object('domain', c.domain, 'category', c.category, 'item', c.item, 'status', c.status,
-                              'details', c.details, 'evidence', c.evidence, 'entity', c.entity,
-                              'source_page_numbers', c.source_page_numbers),
+           (SELECT jsonb_object_agg(k, to_jsonb(c) -> k) FROM unnest(deal_store.content_fields('fact')) k),
            c.analysis_run_id, r.run_number, c.updated_at, c.superseded_at
     FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id
     ORDER BY c.depth;

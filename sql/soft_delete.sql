@@ -134,8 +134,9 @@ RETURNS TABLE(deal_id uuid, id uuid)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM deal_store._soft_deletable(tbl);
-    -- @plpgsql_check_options: security_warnings = false
-    -- (the condition is one of the constant texts below; tbl a regclass)
+    -- @plpgsql_check_options: security_warnings = false, extra_warnings = false
+    -- (the condition is one of the constant texts below; tbl a regclass; the OUT
+    -- columns are the dynamic statement's RETURNING, which the checker cannot see)
     RETURN QUERY EXECUTE pg_catalog.format(
         'UPDATE %s t SET deleted_at = pg_catalog.now(), deleted_by = $4, delete_reason = x.reason, '
         '    delete_batch = coalesce($5, pg_catalog.gen_random_uuid()) '
