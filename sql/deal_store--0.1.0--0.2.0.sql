@@ -1729,7 +1729,6 @@ DECLARE
     -- not a change's fault: a deadlock or serialization failure (the caller retries),
     -- resources, a privilege, a bug
     not_the_change constant text[] := ARRAY['40', '42', '53', '57', '58', 'XX'];
-    i integer;
     state text;
     problem text;
 BEGIN

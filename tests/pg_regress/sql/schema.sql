@@ -38,7 +38,7 @@ WHERE table_schema = 'deal_store' AND data_type = 'timestamp without time zone';
 
 -- the reference indexes
 SELECT indexrelid::regclass AS idx, pg_get_expr(indpred, indrelid) AS predicate
-FROM pg_index WHERE indrelid = 'deal_store.facts'::regclass ORDER BY 1;
+FROM pg_index WHERE indrelid = 'deal_store.facts'::regclass ORDER BY indexrelid::regclass::text;
 
 -- some data to break constraints against
 INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0008-00000000000a', 'ana@example.com');
