@@ -213,6 +213,7 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
 
         let mut supersede: Vec<Uuid> = Vec::new();
         let mut rows: Vec<Value> = Vec::new();
+        let mut ordinals: Vec<i32> = Vec::new();
         for c in changes {
             check_for_interrupts!();
             let change_type = match c.change {
@@ -233,6 +234,9 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                 }
                 supersede.push(o.id);
             }
+            if let Some(i) = &c.incoming {
+                ordinals.push(i.ordinal as i32);
+            }
             let confidence =
                 c.incoming.as_ref().and_then(|i| i.confidence).unwrap_or(if kind.versioned { 0.5 } else { 0.0 });
             rows.push(json!({
@@ -245,6 +249,8 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                 "confidence_tier": tier(&rules, kind.entity_type, change_type, confidence),
             }));
         }
+        // what would be written must fit the table: checked before anything is
+        crate::validate::check_constraints(client, kind, &doc, ordinals);
         if !supersede.is_empty() {
             client
                 .update(

@@ -1,6 +1,7 @@
 //! Checking a proposal before anything is proposed: every field of every
-//! element against its column in the catalog (type, NOT NULL, CHECK
-//! constraints), unknown keys refused unless the deal ignores them. A bad
+//! element against its column in the catalog (type, NOT NULL; unknown keys
+//! refused unless the deal ignores them), and the table's CHECK constraints on
+//! every element that becomes a change. A bad
 //! element is ERROR 22023 naming its position, its `legacy_id` and the field;
 //! nothing of the call is proposed. So no change in the queue can fail to
 //! apply for a reason its proposal could have shown.
@@ -153,12 +154,16 @@ pub fn check(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, ignore_unkno
             }
         }
     }
-    check_constraints(client, kind, doc, &allowed);
 }
 
 /// The table's CHECK constraints over the columns a proposal sets, evaluated
-/// set-based on every element (with the kind's defaults for what it omits).
-fn check_constraints(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, allowed: &[&str]) {
+/// set-based on the elements at `ordinals` (the ones that become changes: an
+/// unchanged element writes nothing), with the kind's defaults for what they omit.
+pub fn check_constraints(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, ordinals: Vec<i32>) {
+    if ordinals.is_empty() {
+        return;
+    }
+    let allowed = allowed_keys(kind);
     let constraints: Vec<(String, String, Vec<String>)> = client
         .select(
             "SELECT c.conname::text, pg_catalog.pg_get_constraintdef(c.oid), \
@@ -184,11 +189,12 @@ fn check_constraints(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, allo
         })
         .collect();
     let sql = format!(
-        "SELECT (e.ord - 1)::integer, e.v OPERATOR(pg_catalog.->>) 'legacy_id', k.i \
-         FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY AS e(v, ord), \
+        "SELECT e.ord, e.v OPERATOR(pg_catalog.->>) 'legacy_id', k.i \
+         FROM pg_catalog.unnest($4::pg_catalog.int4[]) AS o(ord), \
+              LATERAL (SELECT o.ord, $1 OPERATOR(pg_catalog.->) o.ord AS v) AS e, \
               LATERAL pg_catalog.jsonb_populate_record(NULL::{table}, $2 OPERATOR(pg_catalog.||) \
-                  (SELECT coalesce(pg_catalog.jsonb_object_agg(j.key, j.value), '{{}}'::jsonb) FROM pg_catalog.jsonb_each(e.v) j \
-                   WHERE j.key OPERATOR(pg_catalog.=) ANY ($3) AND j.value OPERATOR(pg_catalog.<>) 'null'::jsonb)) AS r, \
+                  (SELECT coalesce(pg_catalog.jsonb_object_agg(j.key, j.value), '{{}}'::pg_catalog.jsonb) FROM pg_catalog.jsonb_each(e.v) j \
+                   WHERE j.key OPERATOR(pg_catalog.=) ANY ($3) AND j.value OPERATOR(pg_catalog.<>) 'null'::pg_catalog.jsonb)) AS r, \
               LATERAL (VALUES {tests}) AS k(i, ok) \
          WHERE NOT k.ok ORDER BY e.ord, k.i LIMIT 1",
         table = kind.table,
@@ -196,7 +202,11 @@ fn check_constraints(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, allo
     );
     let allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
     let bad = client
-        .select(&sql, Some(1), &[crate::jsonb::spi_arg(doc), JsonB(kind.defaults_object()).into(), allowed.into()])
+        .select(
+            &sql,
+            Some(1),
+            &[crate::jsonb::spi_arg(doc), JsonB(kind.defaults_object()).into(), allowed.into(), ordinals.into()],
+        )
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
     if let Some(r) = bad.into_iter().next() {
         let at: i32 = r.get(1).ok().flatten().unwrap_or(0);
