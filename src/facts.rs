@@ -15,7 +15,8 @@ use crate::checksum::{content_text, md5_hex, write_canonical, write_folded_strin
 use crate::errors::raise;
 use crate::jsonb::JsonbDatum;
 use pgrx::prelude::*;
-use pgrx::WhoAllocated;
+use pgrx::{PgTupleDesc, WhoAllocated};
+use std::num::NonZeroUsize;
 use std::fmt::Display;
 
 /// Internal failures (a column missing or of another type) are bugs: report them as XX000.
@@ -23,15 +24,53 @@ fn internal<T, E: Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store fact trigger: {e}"), None))
 }
 
+/// Attribute numbers of the columns the row trigger reads or sets, found in
+/// one pass over the tuple descriptor (not one name search per value).
+struct Cols {
+    deal_id: NonZeroUsize,
+    id: NonZeroUsize,
+    item_checksum: NonZeroUsize,
+    previous_version_id: NonZeroUsize,
+    superseded_at: NonZeroUsize,
+    updated_by: NonZeroUsize,
+    /// `FACT.fields`, in that order
+    fields: Vec<NonZeroUsize>,
+}
+
+impl Cols {
+    fn of(tupdesc: &PgTupleDesc<'_>) -> Cols {
+        let mut found: Vec<(&str, NonZeroUsize)> = Vec::with_capacity(tupdesc.len());
+        for (i, att) in tupdesc.iter().enumerate() {
+            if !att.attisdropped {
+                found.push((att.name(), NonZeroUsize::new(i + 1).expect("attribute numbers start at 1")));
+            }
+        }
+        let at = |name: &str| -> NonZeroUsize {
+            found.iter().find(|(n, _)| *n == name).map(|(_, a)| *a).unwrap_or_else(|| {
+                raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store fact trigger: facts has no column {name}"), None)
+            })
+        };
+        Cols {
+            deal_id: at("deal_id"),
+            id: at("id"),
+            item_checksum: at("item_checksum"),
+            previous_version_id: at("previous_version_id"),
+            superseded_at: at("superseded_at"),
+            updated_by: at("updated_by"),
+            fields: FACT.fields.iter().map(|f| at(f)).collect(),
+        }
+    }
+}
+
 /// The canonical content text of a facts row (see `checksum.rs`), read
 /// column by column: no JSON is built.
-fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> String {
+fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>, cols: &Cols) -> String {
     content_text(&FACT, |i, out| match FACT.fields[i] {
-        "details" => match internal(row.get_by_name::<JsonbDatum>("details")) {
+        "details" => match internal(row.get_by_index::<JsonbDatum>(cols.fields[i])) {
             Some(details) => write_canonical(details.root(), out),
             None => out.push_str("null"),
         },
-        "source_page_numbers" => match internal(row.get_by_name::<pgrx::Array<'_, i32>>("source_page_numbers")) {
+        "source_page_numbers" => match internal(row.get_by_index::<pgrx::Array<'_, i32>>(cols.fields[i])) {
             Some(pages) => {
                 out.push('[');
                 for (i, page) in pages.iter().enumerate() {
@@ -47,7 +86,7 @@ fn content_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> String {
             }
             None => out.push_str("null"),
         },
-        text_column => match internal(row.get_by_name::<&str>(text_column)) {
+        _ => match internal(row.get_by_index::<&str>(cols.fields[i])) {
             Some(s) => write_folded_string(s, out),
             None => out.push_str("null"),
         },
@@ -87,8 +126,8 @@ impl Drop for WritingHistory {
 
 /// A history row (superseded_at set) is written by the version mechanism only:
 /// the statement trigger `fact_version_rows` or `import_deal` restoring an export's versions.
-fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>) {
-    let history = internal(new.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_some();
+fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>, cols: &Cols) {
+    let history = internal(new.get_by_index::<TimestampWithTimeZone>(cols.superseded_at)).is_some();
     if history && WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::None {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -166,41 +205,47 @@ fn import_facts(rows: pgrx::AnyElement) {
 }
 
 /// A row's primary key.
-fn key<A: WhoAllocated>(row: &PgHeapTuple<'_, A>) -> (Option<pgrx::Uuid>, Option<pgrx::Uuid>) {
-    (internal(row.get_by_name::<pgrx::Uuid>("deal_id")), internal(row.get_by_name::<pgrx::Uuid>("id")))
+fn key<A: WhoAllocated>(row: &PgHeapTuple<'_, A>, cols: &Cols) -> (Option<pgrx::Uuid>, Option<pgrx::Uuid>) {
+    (internal(row.get_by_index::<pgrx::Uuid>(cols.deal_id)), internal(row.get_by_index::<pgrx::Uuid>(cols.id)))
 }
 
 /// BEFORE INSERT OR UPDATE row trigger: the checksum, and on a content change of
 /// a current fact the id of its new history row (written by `fact_version_rows` at
-/// the end of the statement).
+/// the end of the statement). The row is rewritten once, with every value it sets.
 #[pg_trigger]
 fn fact_versions<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
-    let mut new = trigger.new().ok_or(PgTriggerError::NullTriggerData)?.into_owned();
+    let new = trigger.new().ok_or(PgTriggerError::NullTriggerData)?;
     if WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::Copy {
         return Ok(Some(new)); // a copy of a row checksummed when it was written
     }
-    let checksum = md5_hex(&content_of(&new));
+    let data = trigger.trigger_data();
+    // SAFETY: tg_relation is the open relation of this trigger call; its descriptor
+    // describes both tuples and lives as long as the call ('a)
+    let tupdesc = unsafe { PgTupleDesc::from_pg_unchecked((*data.tg_relation).rd_att) };
+    let cols = Cols::of(&tupdesc);
+    let checksum = md5_hex(&content_of(&new, &cols));
+    let mut set: Vec<(NonZeroUsize, Option<pg_sys::Datum>)> = Vec::with_capacity(3);
     match trigger.op()? {
         PgTriggerOperation::Update => {
             let old = trigger.old().ok_or(PgTriggerError::NullTriggerData)?;
-            let (deal_id, id) = key(&old);
-            if key(&new) != (deal_id, id) {
+            let (deal_id, id) = key(&old, &cols);
+            if key(&new, &cols) != (deal_id, id) {
                 raise(
                     PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                     "a fact's deal_id and id cannot change",
                     Some("Insert a new fact instead; ids are what links and history point to.".into()),
                 );
             }
-            let was_current = internal(old.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_none();
-            let stays_current = internal(new.get_by_name::<TimestampWithTimeZone>("superseded_at")).is_none();
-            let old_checksum = internal(old.get_by_name::<String>("item_checksum"));
-            let old_previous = internal(old.get_by_name::<pgrx::Uuid>("previous_version_id"));
-            let new_previous = internal(new.get_by_name::<pgrx::Uuid>("previous_version_id"));
-            if was_current && stays_current && old_checksum.as_deref() != Some(checksum.as_str()) {
+            let was_current = internal(old.get_by_index::<TimestampWithTimeZone>(cols.superseded_at)).is_none();
+            let stays_current = internal(new.get_by_index::<TimestampWithTimeZone>(cols.superseded_at)).is_none();
+            let old_checksum = internal(old.get_by_index::<&str>(cols.item_checksum));
+            let old_previous = internal(old.get_by_index::<pgrx::Uuid>(cols.previous_version_id));
+            let new_previous = internal(new.get_by_index::<pgrx::Uuid>(cols.previous_version_id));
+            if was_current && stays_current && old_checksum != Some(checksum.as_str()) {
                 let history_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-                internal(new.set_by_name("previous_version_id", history_id));
+                set.push((cols.previous_version_id, history_id.into_datum()));
             } else if new_previous.is_some() && new_previous != old_previous {
                 // a link the versioning did not make would make fact_version_rows copy a version that is none
                 raise(
@@ -210,13 +255,34 @@ fn fact_versions<'a>(
                 );
             }
             if let Some(actor) = crate::access::actor_for_write() {
-                internal(new.set_by_name("updated_by", actor));
+                set.push((cols.updated_by, actor.into_datum()));
             }
         }
-        _ => refuse_forged_history(&new), // an INSERT otherwise only gets its checksum
+        _ => refuse_forged_history(&new, &cols), // an INSERT otherwise only gets its checksum
     }
-    internal(new.set_by_name("item_checksum", checksum));
-    Ok(Some(new))
+    let unchanged = internal(new.get_by_index::<&str>(cols.item_checksum)) == Some(checksum.as_str());
+    if !unchanged {
+        set.push((cols.item_checksum, checksum.as_str().into_datum()));
+    }
+    if set.is_empty() {
+        return Ok(Some(new));
+    }
+    let n = set.len();
+    let (mut attnums, mut values, mut nulls) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for (attnum, value) in set {
+        attnums.push(attnum.get() as std::ffi::c_int);
+        values.push(value.unwrap_or(pg_sys::Datum::from(0)));
+        nulls.push(value.is_none());
+    }
+    // SAFETY: the new tuple and its descriptor are this call's; the values are
+    // datums of the columns' types (uuid, text) built above and copied into the
+    // result, which heap_modify_tuple_by_cols pallocs in the trigger's memory
+    // context, as a C trigger's returned tuple is
+    let modified = unsafe {
+        let tuple = pg_sys::heap_modify_tuple_by_cols(new.into_pg(), tupdesc.as_ptr(), n as _, attnums.as_mut_ptr(), values.as_mut_ptr(), nulls.as_mut_ptr());
+        PgHeapTuple::from_heap_tuple(tupdesc, tuple)
+    };
+    Ok(Some(modified))
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -105,6 +105,22 @@ pub fn spi_arg(arg: &AnyElement) -> DatumWithOid<'_> {
     unsafe { DatumWithOid::new(*arg, pg_sys::JSONBOID) }
 }
 
+/// A jsonb argument detoasted once, in the memory context of the current call:
+/// SPI statements that pick elements out of it (`$1 -> i`) then read memory
+/// instead of decompressing the whole document for every element. 22023 when
+/// the argument is not jsonb.
+pub fn detoasted(arg: AnyElement) -> AnyElement {
+    require_jsonb(&arg);
+    // SAFETY: a non-NULL jsonb datum; pg_detoast_datum returns it as it is when it
+    // is not toasted, else a plain copy palloc'd in the current (per-call) memory
+    // context, which outlives every use within this call
+    unsafe {
+        let plain = pg_sys::pg_detoast_datum(arg.datum().cast_mut_ptr());
+        AnyElement::from_polymorphic_datum(pg_sys::Datum::from(plain), false, pg_sys::JSONBOID)
+            .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "the argument must not be NULL", None))
+    }
+}
+
 /// The root value of a jsonb argument. 22023 when the argument is not jsonb.
 pub fn root<'a>(arg: &'a AnyElement) -> Node<'a> {
     require_jsonb(arg);

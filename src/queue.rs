@@ -344,7 +344,7 @@ fn propose_internal(
     domains: Option<Vec<Option<String>>>,
 ) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64), name!(status, String))> {
     let kind = Kind::of(required(entity_type, "entity_type"));
-    let (run_id, incoming) = (required(run_id, "run_id"), required(incoming, kind.plural));
+    let (run_id, incoming) = (required(run_id, "run_id"), crate::jsonb::detoasted(required(incoming, kind.plural)));
     let counts = propose(kind, run_id, incoming, check_domains(&domains));
     TableIterator::new(counts.into_iter().map(|((ct, t, st), n)| (ct, t, n, st)))
 }
