@@ -137,12 +137,12 @@ fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>, cols: &Cols)
     }
 }
 
-/// The INSERT that copies the statement's replaced versions into history rows:
-/// every stored (not generated) column of the old row, with the id the row
-/// trigger chose (the new row's `previous_version_id`) and `superseded_at` set.
+/// The INSERT that copies replaced versions into history rows: every stored
+/// (not generated) column of the old row `o`, with the id the row trigger chose
+/// (`n.previous_version_id`) and `superseded_at` set, `FROM` what `from` names.
 /// The column list is read from the catalog, so a new column is copied without
 /// a change here.
-fn history_sql(client: &pgrx::spi::SpiClient<'_>) -> String {
+fn history_sql(client: &pgrx::spi::SpiClient<'_>, from: &str) -> String {
     let cols: Vec<String> = internal(client.select(
         "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute \
          WHERE attrelid = 'deal_store.facts'::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
@@ -160,14 +160,18 @@ fn history_sql(client: &pgrx::spi::SpiClient<'_>) -> String {
             other => format!("o.{other}"),
         })
         .collect();
-    format!(
-        "INSERT INTO deal_store.facts ({}) SELECT {} FROM old_facts o JOIN new_facts n ON n.deal_id = o.deal_id AND n.id = o.id \
-         WHERE o.superseded_at IS NULL AND n.superseded_at IS NULL AND n.previous_version_id IS NOT NULL \
-           AND n.previous_version_id IS DISTINCT FROM o.previous_version_id",
-        cols.join(", "),
-        src.join(", ")
-    )
+    format!("INSERT INTO deal_store.facts ({}) SELECT {} FROM {from}", cols.join(", "), src.join(", "))
 }
+
+/// `history_sql`'s source for a statement: the transition tables' replaced versions.
+const FROM_TRANSITION_TABLES: &str = "old_facts o JOIN new_facts n ON n.deal_id = o.deal_id AND n.id = o.id \
+     WHERE o.superseded_at IS NULL AND n.superseded_at IS NULL AND n.previous_version_id IS NOT NULL \
+       AND n.previous_version_id IS DISTINCT FROM o.previous_version_id";
+
+/// `history_sql`'s source for one row ($1, $2) given its history id ($3), while
+/// the old version is still the visible row (0.1.0's schema, see `statement_trigger_present`).
+const FROM_ONE_ROW: &str =
+    "deal_store.facts o, (SELECT $3::pg_catalog.uuid AS previous_version_id) n WHERE o.deal_id = $1 AND o.id = $2";
 
 /// AFTER UPDATE statement trigger: writes the history rows of every fact the
 /// statement gave a new version, in one INSERT from the transition tables.
@@ -184,7 +188,7 @@ fn fact_version_rows<'a>(
         if rc < 0 {
             raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store fact_version_rows: SPI_register_trigger_data returned {rc}"), None);
         }
-        let sql = HISTORY_SQL.with(|cell| cell.get_or_init(|| history_sql(client)).clone());
+        let sql = HISTORY_SQL.with(|cell| cell.get_or_init(|| history_sql(client, FROM_TRANSITION_TABLES)).clone());
         let _writing = WritingHistory::begin(HistoryWriter::Copy);
         internal(client.update(&sql, None, &[]));
     });
@@ -202,6 +206,43 @@ fn import_facts(rows: pgrx::AnyElement) {
         &[crate::jsonb::spi_arg(&rows)],
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store _import_facts: {e}"), None));
+}
+
+/// Whether the table has the statement trigger `fact_version_rows` (enabled or
+/// not). A database still at 0.1.0, served by this library between the library
+/// swap and `ALTER EXTENSION … UPDATE`, has only the row trigger: there the row
+/// trigger writes the history row itself, one INSERT per row, as 0.1.0 did.
+fn statement_trigger_present(data: &pg_sys::TriggerData) -> bool {
+    // SAFETY: tg_relation is the open relation of this trigger call
+    let desc = unsafe { (*data.tg_relation).trigdesc };
+    if desc.is_null() {
+        return false;
+    }
+    // SAFETY: trigdesc holds numtriggers triggers
+    let triggers = unsafe { std::slice::from_raw_parts((*desc).triggers, (*desc).numtriggers as usize) };
+    // SAFETY: tgname is a NUL-terminated name in the relation's trigger descriptor
+    triggers.iter().any(|t| unsafe { std::ffi::CStr::from_ptr(t.tgname) } == c"fact_version_rows")
+}
+
+thread_local! {
+    /// the 0.1.0 schema's history INSERT (see `statement_trigger_present`), prepared once per session
+    static HISTORY_ROW_INSERT: std::cell::OnceCell<pgrx::spi::OwnedPreparedStatement> = const { std::cell::OnceCell::new() };
+}
+
+/// Copies the current (old) version of one fact into a history row now: the
+/// 0.1.0 way, for a database whose schema has no statement trigger yet.
+fn insert_history_row(deal_id: Option<pgrx::Uuid>, id: Option<pgrx::Uuid>, history_id: pgrx::Uuid) {
+    HISTORY_ROW_INSERT.with(|cell| {
+        Spi::connect_mut(|client| {
+            let plan = cell.get_or_init(|| {
+                let sql = history_sql(client, FROM_ONE_ROW);
+                let uuid = PgOid::from(pg_sys::UUIDOID);
+                internal(client.prepare_mut(sql.as_str(), &[uuid, uuid, uuid])).keep()
+            });
+            let _writing = WritingHistory::begin(HistoryWriter::Copy);
+            internal(client.update(plan, None, &[deal_id.into(), id.into(), history_id.into()]));
+        })
+    })
 }
 
 /// A row's primary key.
@@ -245,6 +286,9 @@ fn fact_versions<'a>(
             let new_previous = internal(new.get_by_index::<pgrx::Uuid>(cols.previous_version_id));
             if was_current && stays_current && old_checksum != Some(checksum.as_str()) {
                 let history_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+                if !statement_trigger_present(data) {
+                    insert_history_row(deal_id, id, history_id);
+                }
                 set.push((cols.previous_version_id, history_id.into_datum()));
             } else if new_previous.is_some() && new_previous != old_previous {
                 // a link the versioning did not make would make fact_version_rows copy a version that is none
