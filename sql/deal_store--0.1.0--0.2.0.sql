@@ -1630,20 +1630,22 @@ BEGIN
     IF todo IS NULL THEN
         RETURN;
     END IF;
-    -- changes that cannot apply whatever their target: a deleted deal, a failed run
+    -- changes that cannot apply whatever their target (a deleted deal, a failed run)
+    -- are decided now and leave the set
     WITH refused AS (
         SELECT c.deal_id, c.id, CASE WHEN d.deleted_at IS NOT NULL THEN 'the deal is deleted'
                                      WHEN r.status = 'failed' THEN pg_catalog.format('analysis run %s failed', r.run_number) END AS why
         FROM pg_catalog.unnest(todo) c
         JOIN deal_store.deals d ON d.id = c.deal_id
-        LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id)
-    UPDATE deal_store.pending_changes p
-    SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = pg_catalog.concat_ws(' / ', note, x.why)
-    FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = x.deal_id AND p.id = x.id;
+        LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id),
+    decided AS (
+        UPDATE deal_store.pending_changes p
+        SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = pg_catalog.concat_ws(' / ', note, x.why)
+        FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = x.deal_id AND p.id = x.id
+        RETURNING p.deal_id, p.id)
     SELECT pg_catalog.array_agg(c ORDER BY c.created_at, c.id) INTO todo
     FROM pg_catalog.unnest(todo) c
-    WHERE NOT EXISTS (SELECT 1 FROM deal_store.pending_changes p
-                      WHERE p.deal_id = c.deal_id AND p.id = c.id AND p.status = 'conflict');
+    WHERE NOT EXISTS (SELECT 1 FROM decided x WHERE x.deal_id = c.deal_id AND x.id = c.id);
     FOR kind IN SELECT DISTINCT c.entity_type FROM pg_catalog.unnest(todo) c ORDER BY 1 LOOP
         tbl := (deal_store._kind_table(kind))::regclass;
         live := 't.deleted_at IS NULL' || CASE WHEN kind = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END;

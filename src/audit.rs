@@ -388,22 +388,28 @@ unsafe fn uuid_attr(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDes
     unsafe { pgrx::Uuid::from_datum(d, false) }
 }
 
-/// True when the relation has the enabled statement trigger that writes the
-/// buffer for this event, so the entry may wait for it.
-unsafe fn flushed_at_statement_end(data: &pg_sys::TriggerData, event: u32) -> bool {
+/// The triggers of the relation a trigger call fires on, with their names.
+pub fn triggers_of(data: &pg_sys::TriggerData) -> impl Iterator<Item = (&CStr, &pg_sys::Trigger)> {
     // SAFETY: data is PostgreSQL's trigger data for this call: its relation is open
     let desc = unsafe { (*data.tg_relation).trigdesc };
-    if desc.is_null() {
-        return false;
-    }
+    let triggers: &[pg_sys::Trigger] = if desc.is_null() {
+        &[]
+    } else {
+        // SAFETY: trigdesc holds numtriggers triggers, alive while the relation is open
+        unsafe { std::slice::from_raw_parts((*desc).triggers, (*desc).numtriggers as usize) }
+    };
+    // SAFETY: tgname is a NUL-terminated name in the relation's trigger descriptor
+    triggers.iter().map(|t| (unsafe { CStr::from_ptr(t.tgname) }, t))
+}
+
+/// True when the relation has the enabled statement trigger that writes the
+/// buffer for this event, so the entry may wait for it.
+fn flushed_at_statement_end(data: &pg_sys::TriggerData, event: u32) -> bool {
     // SAFETY: tg_trigger is this call's trigger, valid for the call
     let enabled = unsafe { (*data.tg_trigger).tgenabled };
-    // SAFETY: trigdesc holds numtriggers triggers
-    let triggers = unsafe { std::slice::from_raw_parts((*desc).triggers, (*desc).numtriggers as usize) };
-    triggers.iter().any(|t| {
+    triggers_of(data).any(|(name, t)| {
         let kind = t.tgtype as u32;
-        // SAFETY: tgname is a NUL-terminated name in the relation's trigger descriptor
-        (unsafe { CStr::from_ptr(t.tgname) }) == FLUSH_TRIGGER
+        name == FLUSH_TRIGGER
             && t.tgenabled == enabled
             && kind & (pg_sys::TRIGGER_TYPE_ROW | pg_sys::TRIGGER_TYPE_BEFORE | pg_sys::TRIGGER_TYPE_INSTEAD) == 0
             && kind & event != 0
@@ -445,8 +451,7 @@ fn audit_row<'a>(
         // SAFETY: old and new are this event's tuples (or NULL) of the relation tupdesc describes
         BUFFER.with(|b| unsafe { capture(&mut b.borrow_mut(), t, tupdesc, old, new) })
     });
-    // SAFETY: data is this call's trigger data
-    if captured && (BUFFER.with(|b| b.borrow().own_entries() >= FLUSH_AT) || !unsafe { flushed_at_statement_end(data, event) }) {
+    if captured && (BUFFER.with(|b| b.borrow().own_entries() >= FLUSH_AT) || !flushed_at_statement_end(data, event)) {
         flush();
     }
     Ok(None)

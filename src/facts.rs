@@ -188,9 +188,11 @@ fn fact_version_rows<'a>(
         if rc < 0 {
             raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store fact_version_rows: SPI_register_trigger_data returned {rc}"), None);
         }
-        let sql = HISTORY_SQL.with(|cell| cell.get_or_init(|| history_sql(client, FROM_TRANSITION_TABLES)).clone());
         let _writing = WritingHistory::begin(HistoryWriter::Copy);
-        internal(client.update(&sql, None, &[]));
+        HISTORY_SQL.with(|cell| {
+            let sql = cell.get_or_init(|| history_sql(client, FROM_TRANSITION_TABLES));
+            internal(client.update(sql.as_str(), None, &[]));
+        });
     });
     Ok(None)
 }
@@ -213,15 +215,7 @@ fn import_facts(rows: pgrx::AnyElement) {
 /// swap and `ALTER EXTENSION … UPDATE`, has only the row trigger: there the row
 /// trigger writes the history row itself, one INSERT per row, as 0.1.0 did.
 fn statement_trigger_present(data: &pg_sys::TriggerData) -> bool {
-    // SAFETY: tg_relation is the open relation of this trigger call
-    let desc = unsafe { (*data.tg_relation).trigdesc };
-    if desc.is_null() {
-        return false;
-    }
-    // SAFETY: trigdesc holds numtriggers triggers
-    let triggers = unsafe { std::slice::from_raw_parts((*desc).triggers, (*desc).numtriggers as usize) };
-    // SAFETY: tgname is a NUL-terminated name in the relation's trigger descriptor
-    triggers.iter().any(|t| unsafe { std::ffi::CStr::from_ptr(t.tgname) } == c"fact_version_rows")
+    crate::audit::triggers_of(data).any(|(name, _)| name == c"fact_version_rows")
 }
 
 thread_local! {

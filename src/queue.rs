@@ -166,7 +166,8 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
     let incoming = parse_incoming(kind, &doc);
     Spi::connect_mut(|client| {
         let run = lock_run(client, run_id);
-        crate::validate::check(client, kind, &doc, crate::validate::ignores_unknown_keys(client, run.deal_id));
+        let allowed = crate::validate::allowed_keys(kind);
+        crate::validate::check(client, kind, &doc, &allowed, crate::validate::ignores_unknown_keys(client, run.deal_id));
         // removals are inferred only inside the domains this call covers
         let scope: Option<Vec<String>> = if run.incremental {
             Some(Vec::new())
@@ -250,7 +251,7 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
             }));
         }
         // what would be written must fit the table: checked before anything is
-        crate::validate::check_constraints(client, kind, &doc, ordinals);
+        crate::validate::check_constraints(client, kind, &doc, &allowed, ordinals);
         if !supersede.is_empty() {
             client
                 .update(
@@ -291,7 +292,7 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                     JsonB(Value::Array(rows)).into(),
                     crate::jsonb::spi_arg(&doc),
                     JsonB(kind.defaults_object()).into(),
-                    crate::validate::allowed_keys(kind).into_iter().map(String::from).collect::<Vec<_>>().into(),
+                    allowed.iter().map(|k| k.to_string()).collect::<Vec<_>>().into(),
                 ],
             )
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));

@@ -111,10 +111,9 @@ fn describe(value: &Node<'_>) -> String {
 
 /// Checks every element of a proposal (see the module comment); 22023 on the
 /// first bad one. `ignore_unknown` is the deal's `ignore_unknown_keys`.
-pub fn check(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, ignore_unknown: bool) {
+pub fn check(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, allowed: &[&str], ignore_unknown: bool) {
     let Node::Array(items) = jsonb::root(doc) else { return }; // parse_incoming said what it must be
     let cols = columns(client, kind);
-    let allowed = allowed_keys(kind);
     let required: Vec<&str> = allowed.iter().copied().filter(|k| cols.get(*k).is_some_and(|c| c.required)).collect();
     for (at, (_, element)) in items.iter().enumerate() {
         check_for_interrupts!();
@@ -159,11 +158,10 @@ pub fn check(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, ignore_unkno
 /// The table's CHECK constraints over the columns a proposal sets, evaluated
 /// set-based on the elements at `ordinals` (the ones that become changes: an
 /// unchanged element writes nothing), with the kind's defaults for what they omit.
-pub fn check_constraints(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, ordinals: Vec<i32>) {
+pub fn check_constraints(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, allowed: &[&str], ordinals: Vec<i32>) {
     if ordinals.is_empty() {
         return;
     }
-    let allowed = allowed_keys(kind);
     let constraints: Vec<(String, String, Vec<String>)> = client
         .select(
             "SELECT c.conname::text, pg_catalog.pg_get_constraintdef(c.oid), \
