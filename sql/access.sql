@@ -185,6 +185,17 @@ ALTER TABLE deal_store.notifications ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own ON deal_store.notifications FOR ALL
     USING ((SELECT deal_store.sees_all_deals()) OR user_id = (SELECT deal_store.current_actor()));
 
+-- The actor for the rest of the transaction, from a uuid (a client binds a
+-- uuid parameter; SET cannot take one).
+CREATE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT pg_catalog.set_config('deal_store.actor', coalesce(user_id::text, ''), true);
+    SELECT deal_store.current_actor();
+END;
+COMMENT ON FUNCTION deal_store.set_actor(uuid) IS
+    'Names the acting user for the rest of the transaction (SET LOCAL deal_store.actor, from a bindable uuid; NULL clears it) and returns current_actor(): 42501 when this login may not act for that user.';
+
 -- ---------------------------------------------------------------------------
 -- Grants. Nothing is granted to PUBLIC; each group role gets what its members need.
 
@@ -251,6 +262,8 @@ BEGIN
         ('deal_store.search_config()', 'deal_store_reader', false),
         ('deal_store.headline_options()', 'deal_store_reader', false),
         ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', false),
+        ('deal_store.search_rank(tsvector, tsquery)', 'deal_store_reader', false),
+        ('deal_store.set_actor(uuid)', 'deal_store_reader', false),
         ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', 'deal_store_reader', true),
         ('deal_store.search_deal(uuid, text, integer)', 'deal_store_reader', true),
         ('deal_store.deal_summary(uuid)', 'deal_store_reader', true),
@@ -263,7 +276,7 @@ BEGIN
         ('deal_store.export_deal(uuid)', 'deal_store_reader', true),
         ('deal_store.conflicts(uuid)', 'deal_store_reader', true),
         ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
-        ('deal_store.entity_history(text, uuid)', 'deal_store_reader', true),
+        ('deal_store.entity_history(text, uuid, jsonb)', 'deal_store_reader', true),
         ('deal_store.entity_type_of(oid)', 'deal_store_reader', false),
         -- analyst: runs, proposals, gaps, soft delete
         ('deal_store.start_run(uuid, text[], boolean)', 'deal_store_analyst', true),
@@ -287,7 +300,7 @@ BEGIN
         ('deal_store.defer_change(uuid, timestamptz, text)', 'deal_store_reviewer', true),
         ('deal_store.accept_changes(uuid, integer, uuid)', 'deal_store_reviewer', true),
         ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
-        ('deal_store.process_queue(integer, integer)', 'deal_store_reviewer', false),
+        ('deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)', 'deal_store_reviewer', false),
         -- admin
         ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
         ('deal_store.purge_audit(interval)', 'deal_store_admin', true),

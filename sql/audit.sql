@@ -97,17 +97,18 @@ FROM pg_catalog.unnest(ARRAY['deal_store.users', 'deal_store.deals', 'deal_store
 -- ---------------------------------------------------------------------------
 -- Reading the log.
 
-CREATE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid)
+CREATE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid DEFAULT NULL, entity_key jsonb DEFAULT NULL)
 RETURNS SETOF deal_store.deal_activity_log
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     SELECT l.* FROM deal_store.deal_activity_log l
-    WHERE l.entity_type = entity_history.entity_type AND l.entity_id = entity_history.entity_id
+    WHERE l.entity_type = entity_history.entity_type
+      AND (l.entity_id = entity_history.entity_id OR l.entity_key = entity_history.entity_key)
       AND (deal_store.sees_all_deals() OR l.deal_id = ANY (deal_store.my_deals('viewer')))
     ORDER BY l.seq;
 END;
-COMMENT ON FUNCTION deal_store.entity_history(text, uuid) IS
-    'Every audit entry of one row (entity_type as the log records it: fact, finding, gap, deal, document, ... for deal_store''s tables, schema.table for others; see entity_type_of) in the deals the caller may see, oldest first.';
+COMMENT ON FUNCTION deal_store.entity_history(text, uuid, jsonb) IS
+    'Every audit entry of one row in the deals the caller may see, oldest first. entity_type as the log records it (fact, finding, gap, deal, document, deal_member, ... for deal_store''s tables, schema.table for others; see entity_type_of); the row by its uuid id (entity_id) or, for a table without one, by its primary key as an object (entity_key => ''{"deal_id": "…", "user_id": "…"}'', any key order).';
 COMMENT ON FUNCTION deal_store.entity_type_of(oid) IS
     'The entity_type under which the audit log records rows of a table, e.g. entity_type_of(''deal_store.facts''::regclass) = fact (the merge queue''s name), entity_type_of(''public.valuations''::regclass) = public.valuations. NULL for no such relation.';
 

@@ -135,3 +135,53 @@ CREATE FUNCTION deal_store.reopen_gap(gap_id uuid) RETURNS void
 LANGUAGE sql BEGIN ATOMIC SELECT deal_store._set_gap_resolution(gap_id, false, NULL); END;
 COMMENT ON FUNCTION deal_store.reopen_gap(uuid) IS
     'Reopens a resolved gap (clears resolved_at, resolved_by, resolution_note). P0002 no such live gap, 55000 not resolved.';
+
+-- ---------------------------------------------------------------------------
+-- Typed views for people and BI tools: one row per thing, plain columns.
+
+CREATE VIEW deal_store.deal_overview AS
+    SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
+           d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,
+           c.documents, c.facts, c.findings, c.critical_findings, c.gaps, c.open_gaps,
+           q.pending_tier_1, q.pending_tier_2, q.pending_tier_3, q.conflicts,
+           r.run_number AS last_run_number, r.completed_at AS last_run_completed_at, d.updated_at
+    FROM deal_store.active_deals d
+    LEFT JOIN deal_store.users u ON u.id = d.user_id
+    CROSS JOIN LATERAL (SELECT
+        (SELECT count(*) FROM deal_store.active_documents x WHERE x.deal_id = d.id) AS documents,
+        (SELECT count(*) FROM deal_store.current_facts x WHERE x.deal_id = d.id) AS facts,
+        (SELECT count(*) FROM deal_store.current_findings x WHERE x.deal_id = d.id) AS findings,
+        (SELECT count(*) FROM deal_store.current_findings x WHERE x.deal_id = d.id AND x.severity = 'critical') AS critical_findings,
+        (SELECT count(*) FROM deal_store.current_gaps x WHERE x.deal_id = d.id) AS gaps,
+        (SELECT count(*) FROM deal_store.current_gaps x WHERE x.deal_id = d.id AND x.resolved_at IS NULL) AS open_gaps) c
+    CROSS JOIN LATERAL (SELECT
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 1) AS pending_tier_1,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 2) AS pending_tier_2,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 3) AS pending_tier_3,
+        count(*) FILTER (WHERE p.status = 'conflict') AS conflicts
+        FROM deal_store.pending_changes p WHERE p.deal_id = d.id) q
+    LEFT JOIN LATERAL (SELECT x.run_number, x.completed_at FROM deal_store.analysis_runs x
+                       WHERE x.deal_id = d.id AND x.status = 'completed'
+                       ORDER BY x.run_number DESC LIMIT 1) r ON true;
+COMMENT ON VIEW deal_store.deal_overview IS
+    'One row per live deal the caller may see, plain columns for BI tools: owner (id, e-mail, display name), counts of active documents, current facts, findings (critical ones), gaps (open ones), the open merge queue by tier (pending or deferred), conflicts, and the last completed run. Key: deal_id.';
+
+CREATE VIEW deal_store.facts_by_domain AS
+    SELECT f.deal_id, f.domain, count(*) AS facts, count(*) FILTER (WHERE f.verified) AS verified,
+           count(*) FILTER (WHERE f.confidence_score < 0.7) AS low_confidence,
+           round(avg(f.confidence_score)::numeric, 2) AS avg_confidence,
+           count(DISTINCT f.source_document_id) AS documents, max(f.updated_at) AS last_updated_at
+    FROM deal_store.current_facts f
+    GROUP BY f.deal_id, f.domain;
+COMMENT ON VIEW deal_store.facts_by_domain IS
+    'Current facts per deal and domain: how many, verified, below 0.7 confidence, the average confidence, the documents they come from, the last change. Key: (deal_id, domain).';
+
+CREATE VIEW deal_store.activity AS
+    SELECT l.seq, l.created_at, l.deal_id, d.name AS deal_name, l.user_id, u.email AS user_email,
+           u.display_name AS user_name, l.action, l.entity_type, l.entity_id, l.entity_key, l.reason,
+           l.analysis_run_id, l.details, l.id, l.txid
+    FROM deal_store.deal_activity_log l
+    LEFT JOIN deal_store.users u ON u.id = l.user_id
+    LEFT JOIN deal_store.deals d ON d.id = l.deal_id;
+COMMENT ON VIEW deal_store.activity IS
+    'The audit log for people: every entry the caller may see with the deal''s name and the actor''s e-mail and display name (NULL when the actor is unknown or no longer exists). Key: id (seq orders).';

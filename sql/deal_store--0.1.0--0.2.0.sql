@@ -1934,3 +1934,461 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
     END LOOP;
 END $$;
+
+-- 0.2.0: the users' side (issue 17):
+-- soft delete the way clients write it (DELETE through the views reports its
+-- rows; UPDATE … SET deleted_at = now() is a soft delete), calls that say what
+-- they did (complete_run / fail_run return the run, process_queue its counts),
+-- typed views for people and BI tools, entity_history by composite key, search
+-- that composes (search_rank), set_actor.
+
+CREATE FUNCTION deal_store._owned(entity regclass) RETURNS TABLE(tbl regclass, scope text)
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT c.tbl, c.scope FROM (VALUES
+        ('deal_store.deals'::regclass, 'deal_store.documents'::regclass, 'owned_by_deal'),
+        ('deal_store.deals'::regclass, 'deal_store.facts'::regclass, 'owned_by_deal'),
+        ('deal_store.deals'::regclass, 'deal_store.findings'::regclass, 'owned_by_deal'),
+        ('deal_store.deals'::regclass, 'deal_store.gaps'::regclass, 'owned_by_deal'),
+        ('deal_store.documents'::regclass, 'deal_store.facts'::regclass, 'owned_by_document')) AS c(owner, tbl, scope)
+    WHERE c.owner = _owned.entity;
+END;
+COMMENT ON FUNCTION deal_store._owned(regclass) IS
+    'Internal: the tables whose rows a soft delete of a row of entity takes with it, and how they belong to it (a deal owns its documents, facts, findings and gaps; a document the facts sourced from it).';
+
+CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := current_setting('deal_store.reason', true);
+    r record;
+    batch uuid := gen_random_uuid();
+    total integer := 0;
+    n integer;
+    t record;
+BEGIN
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    IF r.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION '% row % is already deleted', entity, id
+            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
+    END IF;
+    -- the audit log records the reason of this delete
+    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
+    -- the row itself, then what it owns: a deal owns its documents, facts,
+    -- findings and gaps; a document owns the facts sourced from it.
+    FOR t IN SELECT entity AS tbl, 'row' AS scope UNION ALL SELECT * FROM deal_store._owned(entity) LOOP
+        SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
+        total := total + n;
+    END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text) IS
+    'Soft-deletes one row of deals, documents, facts, findings or gaps and what it owns (a deal: its documents, facts, findings, gaps; a document: the facts sourced from it). All rows get one delete_batch, deleted_by = deal_store.actor and the reason. Returns the number of rows marked. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 already deleted.';
+
+CREATE FUNCTION deal_store.soft_delete_by_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    entity regclass := TG_RELID::regclass;
+    deal uuid;
+    prev_reason text := current_setting('deal_store.reason', true);
+    t record;
+BEGIN
+    IF entity = 'deal_store.deals'::regclass THEN
+        deal := NEW.id;
+    ELSE
+        deal := NEW.deal_id;
+    END IF;
+    IF entity = 'deal_store.facts'::regclass THEN
+        IF NEW.superseded_at IS NOT NULL THEN
+            RETURN NULL;   -- a history row is never deleted on its own: it goes with its fact's purge
+        END IF;
+    END IF;
+    PERFORM deal_store._require_right(deal, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    NEW.deleted_at := now();
+    NEW.deleted_by := deal_store.current_actor();
+    NEW.delete_batch := gen_random_uuid();
+    NEW.delete_reason := coalesce(NEW.delete_reason, nullif(prev_reason, ''), 'UPDATE statement');
+    PERFORM set_config('deal_store.reason', NEW.delete_reason, true);
+    FOR t IN SELECT * FROM deal_store._owned(entity) LOOP
+        PERFORM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[deal], ARRAY[NEW.id], ARRAY[NEW.delete_reason], NEW.delete_batch);
+    END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION deal_store.soft_delete_by_update() IS
+    'Trigger (BEFORE UPDATE, when deleted_at goes from NULL to a value and delete_batch stays NULL): makes UPDATE … SET deleted_at = now() the soft delete soft_delete() writes: deleted_at = now(), deleted_by = the actor, a batch of its own, the reason (the row''s delete_reason, else deal_store.reason, else ''UPDATE statement''), and the rows it owns in the same batch. Needs the caller''s write right on the deal (manage for a deal). A fact''s history row is left as it is.';
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER soft_delete_by_update BEFORE UPDATE OF deleted_at ON deal_store.%I FOR EACH ROW
+            WHEN (OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL AND NEW.delete_batch IS NULL)
+            EXECUTE FUNCTION deal_store.soft_delete_by_update()', t);
+    END LOOP;
+END $$;
+
+-- DELETE through an active_* view: the soft delete, reported as deleted rows
+-- (DELETE 1, what ORMs count), where a DELETE on the table reports DELETE 0
+-- (its BEFORE trigger skips the real delete).
+CREATE FUNCTION deal_store.delete_through_view() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store.soft_delete(TG_ARGV[0]::regclass, OLD.id, 'DELETE statement');
+    RETURN OLD;
+END $$;
+COMMENT ON FUNCTION deal_store.delete_through_view() IS
+    'Trigger (INSTEAD OF DELETE on the active_* views): soft-deletes the row with deal_store.soft_delete (with cascade) and reports it deleted, so DELETE through a view returns the number of rows it soft-deleted.';
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER delete_through_view INSTEAD OF DELETE ON deal_store.%I FOR EACH ROW
+            EXECUTE FUNCTION deal_store.delete_through_view(%L)', 'active_' || t, 'deal_store.' || t);
+    END LOOP;
+END $$;
+
+-- complete_run and fail_run return the finished run
+DROP FUNCTION deal_store.complete_run(uuid);
+DROP FUNCTION deal_store.fail_run(uuid, text);
+DROP FUNCTION deal_store._finish_run(uuid, text, text);
+CREATE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS deal_store.analysis_runs
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    finished deal_store.analysis_runs;
+BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
+    SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
+    FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
+    WHERE x.id = run_id FOR NO KEY UPDATE OF x;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'analysis run % does not exist', run_id USING ERRCODE = 'P0002';
+    ELSIF r.status <> 'running' THEN
+        RAISE EXCEPTION 'analysis run % is already %', run_id, r.status USING ERRCODE = '55000';
+    ELSIF r.deal_deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'the deal of analysis run % is deleted', run_id USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.analysis_runs x SET
+        status = new_status,
+        error = _finish_run.error,
+        completed_at = clock_timestamp(),
+        duration_seconds = round(extract(epoch FROM clock_timestamp() - x.started_at)::numeric, 3),
+        documents_processed = (SELECT count(DISTINCT f.source_document_id) FROM deal_store.facts f
+                               WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        facts_created = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NULL),
+        facts_updated = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NOT NULL),
+        findings_created = (SELECT count(*) FROM deal_store.findings f WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        gaps_created = (SELECT count(*) FROM deal_store.gaps g WHERE g.deal_id = r.deal_id AND g.analysis_run_id = run_id)
+    WHERE x.deal_id = r.deal_id AND x.id = run_id
+    RETURNING x.* INTO finished;
+    RETURN finished;
+END $$;
+COMMENT ON FUNCTION deal_store._finish_run(uuid, text, text) IS
+    'Internal: shared body of complete_run and fail_run; returns the finished run.';
+
+CREATE FUNCTION deal_store.complete_run(run_id uuid) RETURNS deal_store.analysis_runs
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT * FROM deal_store._finish_run(run_id, 'completed', NULL);
+END;
+COMMENT ON FUNCTION deal_store.complete_run(uuid) IS
+    'Marks a running run completed: sets completed_at, duration_seconds and the counts of what it wrote, and returns the run (SELECT * FROM complete_run(id) shows its columns); its rows become visible in the current_* views. Errors: P0002 no such run, 55000 already finished or deal deleted.';
+
+CREATE FUNCTION deal_store.fail_run(run_id uuid, error text) RETURNS deal_store.analysis_runs
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT * FROM deal_store._finish_run(run_id, 'failed', error);
+END;
+COMMENT ON FUNCTION deal_store.fail_run(uuid, text) IS
+    'Marks a running run failed with an error message and returns the run; what it wrote stays stored but hidden from the current_* views. Errors: P0002, 55000.';
+
+-- process_queue_batch and process_queue report what they did
+DROP PROCEDURE deal_store.process_queue(integer, integer);
+DROP FUNCTION deal_store.process_queue_batch(integer, integer);
+CREATE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
+    OUT claimed integer, OUT applied integer, OUT conflicts integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    batch record;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
+    END IF;
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    -- admins work the whole queue; a reviewer the deals it reviews
+    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
+        RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
+    END IF;
+    SELECT * INTO batch FROM deal_store._claim(batch_size, max_tier,
+        CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
+    claimed := coalesce(cardinality(batch.ids), 0);
+    applied := 0;
+    conflicts := 0;
+    IF claimed > 0 THEN
+        PERFORM deal_store._apply(batch.deal_ids, batch.ids, 'process_queue');
+        SELECT count(*) FILTER (WHERE p.status = 'accepted'), count(*) FILTER (WHERE p.status = 'conflict')
+        INTO applied, conflicts
+        FROM ROWS FROM (pg_catalog.unnest(batch.deal_ids), pg_catalog.unnest(batch.ids)) x(deal_id, id)
+        JOIN deal_store.pending_changes p ON p.deal_id = x.deal_id AND p.id = x.id;
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store.process_queue_batch(integer, integer) IS
+    'One batch of process_queue in the caller''s transaction (for clients that cannot CALL a committing procedure): claims up to batch_size eligible open changes (FOR UPDATE SKIP LOCKED; all deals for admins, else the deals where the actor is reviewer or lead), applies them and returns how many it claimed, how many were applied and how many became conflicts. Fewer claimed than batch_size: the queue is drained for this caller.';
+
+-- The worker. Its INOUT parameters are its result (CALL shows them as one row);
+-- a caller passes nothing for them.
+CREATE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
+    INOUT batches integer DEFAULT NULL, INOUT applied bigint DEFAULT NULL,
+    INOUT conflicts bigint DEFAULT NULL, INOUT remaining bigint DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    b record;
+BEGIN
+    batches := 0;
+    applied := 0;
+    conflicts := 0;
+    LOOP
+        b := deal_store.process_queue_batch(batch_size, max_tier);
+        COMMIT;
+        EXIT WHEN b.claimed = 0;
+        batches := batches + 1;
+        applied := applied + b.applied;
+        conflicts := conflicts + b.conflicts;
+        RAISE NOTICE 'process_queue: batch %: % applied, % conflicts (so far % applied, % conflicts)',
+            batches, b.applied, b.conflicts, applied, conflicts;
+        EXIT WHEN b.claimed < batch_size;
+    END LOOP;
+    -- what is left for this caller: open changes above max_tier, deferred ones not yet due,
+    -- and changes other workers hold
+    SELECT count(*) INTO remaining FROM deal_store.pending_changes p
+    WHERE p.status IN ('pending', 'deferred')
+      AND (deal_store.sees_all_deals() OR p.deal_id = ANY (deal_store.my_deals('reviewer')));
+END $$;
+COMMENT ON PROCEDURE deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint) IS
+    'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch and raising a NOTICE with its progress. Returns (as its INOUT parameters; pass nothing for them) the batches it ran, the changes applied and those that became conflicts, and the open changes it left (other tiers, deferred, held by other workers) in the deals it works. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block (psql autocommit; a client in autocommit mode), or loop over process_queue_batch inside one.';
+
+-- typed views
+CREATE VIEW deal_store.deal_overview AS
+    SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
+           d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,
+           c.documents, c.facts, c.findings, c.critical_findings, c.gaps, c.open_gaps,
+           q.pending_tier_1, q.pending_tier_2, q.pending_tier_3, q.conflicts,
+           r.run_number AS last_run_number, r.completed_at AS last_run_completed_at, d.updated_at
+    FROM deal_store.active_deals d
+    LEFT JOIN deal_store.users u ON u.id = d.user_id
+    CROSS JOIN LATERAL (SELECT
+        (SELECT count(*) FROM deal_store.active_documents x WHERE x.deal_id = d.id) AS documents,
+        (SELECT count(*) FROM deal_store.current_facts x WHERE x.deal_id = d.id) AS facts,
+        (SELECT count(*) FROM deal_store.current_findings x WHERE x.deal_id = d.id) AS findings,
+        (SELECT count(*) FROM deal_store.current_findings x WHERE x.deal_id = d.id AND x.severity = 'critical') AS critical_findings,
+        (SELECT count(*) FROM deal_store.current_gaps x WHERE x.deal_id = d.id) AS gaps,
+        (SELECT count(*) FROM deal_store.current_gaps x WHERE x.deal_id = d.id AND x.resolved_at IS NULL) AS open_gaps) c
+    CROSS JOIN LATERAL (SELECT
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 1) AS pending_tier_1,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 2) AS pending_tier_2,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 3) AS pending_tier_3,
+        count(*) FILTER (WHERE p.status = 'conflict') AS conflicts
+        FROM deal_store.pending_changes p WHERE p.deal_id = d.id) q
+    LEFT JOIN LATERAL (SELECT x.run_number, x.completed_at FROM deal_store.analysis_runs x
+                       WHERE x.deal_id = d.id AND x.status = 'completed'
+                       ORDER BY x.run_number DESC LIMIT 1) r ON true;
+COMMENT ON VIEW deal_store.deal_overview IS
+    'One row per live deal the caller may see, plain columns for BI tools: owner (id, e-mail, display name), counts of active documents, current facts, findings (critical ones), gaps (open ones), the open merge queue by tier (pending or deferred), conflicts, and the last completed run. Key: deal_id.';
+CREATE VIEW deal_store.facts_by_domain AS
+    SELECT f.deal_id, f.domain, count(*) AS facts, count(*) FILTER (WHERE f.verified) AS verified,
+           count(*) FILTER (WHERE f.confidence_score < 0.7) AS low_confidence,
+           round(avg(f.confidence_score)::numeric, 2) AS avg_confidence,
+           count(DISTINCT f.source_document_id) AS documents, max(f.updated_at) AS last_updated_at
+    FROM deal_store.current_facts f
+    GROUP BY f.deal_id, f.domain;
+COMMENT ON VIEW deal_store.facts_by_domain IS
+    'Current facts per deal and domain: how many, verified, below 0.7 confidence, the average confidence, the documents they come from, the last change. Key: (deal_id, domain).';
+CREATE VIEW deal_store.activity AS
+    SELECT l.seq, l.created_at, l.deal_id, d.name AS deal_name, l.user_id, u.email AS user_email,
+           u.display_name AS user_name, l.action, l.entity_type, l.entity_id, l.entity_key, l.reason,
+           l.analysis_run_id, l.details, l.id, l.txid
+    FROM deal_store.deal_activity_log l
+    LEFT JOIN deal_store.users u ON u.id = l.user_id
+    LEFT JOIN deal_store.deals d ON d.id = l.deal_id;
+COMMENT ON VIEW deal_store.activity IS
+    'The audit log for people: every entry the caller may see with the deal''s name and the actor''s e-mail and display name (NULL when the actor is unknown or no longer exists). Key: id (seq orders).';
+
+-- entity_history finds rows by a composite key too
+DROP FUNCTION deal_store.entity_history(text, uuid);
+CREATE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid DEFAULT NULL, entity_key jsonb DEFAULT NULL)
+RETURNS SETOF deal_store.deal_activity_log
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT l.* FROM deal_store.deal_activity_log l
+    WHERE l.entity_type = entity_history.entity_type
+      AND (l.entity_id = entity_history.entity_id OR l.entity_key = entity_history.entity_key)
+      AND (deal_store.sees_all_deals() OR l.deal_id = ANY (deal_store.my_deals('viewer')))
+    ORDER BY l.seq;
+END;
+COMMENT ON FUNCTION deal_store.entity_history(text, uuid, jsonb) IS
+    'Every audit entry of one row in the deals the caller may see, oldest first. entity_type as the log records it (fact, finding, gap, deal, document, deal_member, ... for deal_store''s tables, schema.table for others; see entity_type_of); the row by its uuid id (entity_id) or, for a table without one, by its primary key as an object (entity_key => ''{"deal_id": "…", "user_id": "…"}'', any key order).';
+-- hash: a composite key of any size (a btree entry is limited to a third of a page)
+CREATE INDEX deal_activity_log_entity_key_idx ON deal_store.deal_activity_log USING hash (entity_key) WHERE entity_key IS NOT NULL;
+
+-- search that composes
+CREATE FUNCTION deal_store.search_rank(search_vector tsvector, query tsquery) RETURNS real
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.ts_rank_cd(search_vector, query, 32);
+COMMENT ON FUNCTION deal_store.search_rank(tsvector, tsquery) IS
+    'The rank search_facts orders full-text matches by, in (0, 1): ts_rank_cd normalised (flag 32). Use it with search_tsquery in a query of your own: WHERE f.search_vector @@ q ORDER BY deal_store.search_rank(f.search_vector, q) DESC.';
+CREATE OR REPLACE FUNCTION deal_store.search_tsquery(query text, cfg regconfig DEFAULT NULL) RETURNS tsquery
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    c regconfig := coalesce(cfg, deal_store.search_config());
+    q text := btrim(coalesce(query, ''));
+    last text := substring(q FROM '(?:^|\s)([[:alnum:]_]+)$');
+    head text;
+    prefix tsquery;
+BEGIN
+    -- the last word also matches as a prefix, unless it is inside quotes, excluded or "or"
+    IF last IS NULL OR lower(last) = 'or' OR (length(q) - length(replace(q, '"', ''))) % 2 = 1 THEN
+        RETURN websearch_to_tsquery(c, q);
+    END IF;
+    prefix := to_tsquery(c, last || ':*');   -- last is letters and digits only: never a syntax error
+    IF numnode(prefix) = 0 THEN
+        RETURN websearch_to_tsquery(c, q);   -- a stop word
+    END IF;
+    head := btrim(left(q, length(q) - length(last)));
+    IF head = '' THEN
+        RETURN prefix;
+    ELSIF head ~* '(^|\s)or$' THEN
+        RETURN websearch_to_tsquery(c, regexp_replace(head, '(^|\s)or$', '', 'i')) || prefix;
+    END IF;
+    RETURN websearch_to_tsquery(c, head) && prefix;
+END $$;
+COMMENT ON FUNCTION deal_store.search_tsquery(text, regconfig) IS
+    'The tsquery search_facts runs: websearch syntax ("phrase", or, -word) with the last word also matching as a prefix. Never raises a syntax error. Composes: SELECT … FROM deal_store.active_facts f WHERE f.search_vector @@ deal_store.search_tsquery(''…'') uses the GIN index on search_vector; order by deal_store.search_rank.';
+CREATE OR REPLACE FUNCTION deal_store.search_facts(deal_id uuid, query text, domain text DEFAULT NULL, category text DEFAULT NULL,
+    entity text DEFAULT NULL, min_confidence float8 DEFAULT NULL, lim integer DEFAULT 20, off integer DEFAULT 0)
+RETURNS SETOF deal_store.fact_search_hit
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    cfg regconfig := deal_store.search_config();
+    tsq tsquery;
+    vec text;
+    opts text := deal_store.headline_options();
+    trgm text := (SELECT quote_ident(n.nspname) FROM pg_catalog.pg_extension e
+                  JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm');
+    filters text := ' AND f.deal_id = $1 AND f.deleted_at IS NULL AND f.superseded_at IS NULL'
+                    ' AND ($3 IS NULL OR f.domain = $3) AND ($4 IS NULL OR f.category = $4)'
+                    ' AND ($5 IS NULL OR f.entity = $5) AND ($6 IS NULL OR f.confidence_score >= $6)';
+    page text := ' ORDER BY rank DESC, f.legacy_id, f.id LIMIT $7 OFFSET $8';
+    typo text;
+    tsq_found boolean := false;
+    -- the ranked page: %1$s the vector, %2$s the filters, %3$s the page, %4$s added to the rank;
+    -- the headline is computed for the returned rows only
+    ranked text := 'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item, f.evidence,
+                                      (deal_store.search_rank(%1$s, $2) + %4$s)::real AS rank, count(*) OVER () AS total
+                               FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
+                    SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
+                           CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN ts_headline($9, m.item, $2, $10)
+                                ELSE ts_headline($9, m.evidence, $2, $10) END, m.total
+                    FROM m ORDER BY m.rank DESC, m.legacy_id, m.id';
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
+    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
+    ELSIF off IS NULL OR off < 0 THEN
+        RAISE EXCEPTION 'off must not be negative' USING ERRCODE = '22023';
+    ELSIF query IS NULL OR btrim(query) = '' THEN
+        RETURN;
+    END IF;
+    -- the stored vector is built with english; another configuration computes it on the fly
+    vec := CASE WHEN cfg = 'english'::regconfig THEN 'f.search_vector'
+                ELSE format('deal_store.fact_search_vector(%L, f.item, f.category, f.domain, f.evidence, f.details)', cfg) END;
+    tsq := deal_store.search_tsquery(query, cfg);
+    -- 1. full-text match: rank in (0, 1)
+    IF numnode(tsq) > 0 THEN
+        RETURN QUERY EXECUTE format(ranked, vec, filters, page, '0')
+            USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category, search_facts.entity,
+                  min_confidence, lim, off, cfg, opts;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- an empty page past the end of a non-empty result is not a reason to go fuzzy
+        IF off > 0 THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM deal_store.facts f WHERE %s @@ $2 %s)', vec, filters)
+                INTO STRICT tsq_found USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category,
+                     search_facts.entity, min_confidence;
+            IF tsq_found THEN
+                RETURN;
+            END IF;
+        END IF;
+    END IF;
+    -- 2. trigram fallback (pg_trgm word similarity): rank = similarity - 1, so <= 0
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the EXECUTEd texts are constants of this function; trgm is quote_ident of pg_trgm's schema)
+    RETURN QUERY EXECUTE format(
+        'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item,
+                           (%1$s.word_similarity($2::text, f.item) - 1)::real AS rank, count(*) OVER () AS total
+                    FROM deal_store.facts f WHERE $2::text OPERATOR(%1$s.<%%) f.item %2$s %3$s)
+         SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank, m.item, m.total
+         FROM m ORDER BY m.rank DESC, m.legacy_id, m.id', trgm, filters, page)
+        USING search_facts.deal_id, btrim(query), search_facts.domain, search_facts.category, search_facts.entity,
+              min_confidence, lim, off;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    -- 3. typo fallback: the deal's lexemes within a small edit distance; rank = ts_rank_cd - 1
+    typo := deal_store.typo_tsquery(search_facts.deal_id, query, cfg::text);
+    IF typo IS NOT NULL THEN
+        RETURN QUERY EXECUTE format(ranked, vec, filters, page, '-1')
+            USING search_facts.deal_id, typo::tsquery, search_facts.domain, search_facts.category, search_facts.entity,
+                  min_confidence, lim, off, cfg, opts;
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store.search_facts(uuid, text, text, text, text, double precision, integer, integer) IS
+    'Ranked search over a deal''s current live facts. query: web-search syntax ("quoted phrase", or, -excluded), the last word also matching as a prefix. Filters: domain, category, entity, min_confidence. Ordered by rank then legacy_id and id (stable pages); total = all matches. headline marks the matched words (tags deal_store.headline_start / headline_stop) in the item, or in the evidence when the item has none. rank in (0, 1): full-text match (ts_rank_cd normalised to rank/(rank+1)); rank <= 0: fallback (trigram word similarity - 1, or the typo-tolerant match''s rank - 1). NULL or blank query: no rows. 22023 for lim outside 1..1000 or negative off.';
+
+CREATE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT pg_catalog.set_config('deal_store.actor', coalesce(user_id::text, ''), true);
+    SELECT deal_store.current_actor();
+END;
+COMMENT ON FUNCTION deal_store.set_actor(uuid) IS
+    'Names the acting user for the rest of the transaction (SET LOCAL deal_store.actor, from a bindable uuid; NULL clears it) and returns current_actor(): 42501 when this login may not act for that user.';
+
+-- grants as access.sql gives them
+ALTER VIEW deal_store.deal_overview SET (security_invoker = true);
+ALTER VIEW deal_store.facts_by_domain SET (security_invoker = true);
+ALTER VIEW deal_store.activity SET (security_invoker = true);
+GRANT SELECT ON deal_store.deal_overview, deal_store.facts_by_domain, deal_store.activity TO deal_store_reader;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee, x.definer FROM (VALUES
+        ('deal_store.soft_delete(regclass, uuid, text)', NULL, true),
+        ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', NULL, true),
+        ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),
+        ('deal_store.fail_run(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)', 'deal_store_reviewer', false),
+        ('deal_store.entity_history(text, uuid, jsonb)', 'deal_store_reader', true),
+        ('deal_store.search_rank(tsvector, tsquery)', 'deal_store_reader', false),
+        ('deal_store.set_actor(uuid)', 'deal_store_reader', false)) AS x(fn, grantee, definer)
+    LOOP
+        IF f.definer THEN
+            EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
+        END IF;
+        IF f.grantee IS NOT NULL THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
+        END IF;
+    END LOOP;
+END $$;

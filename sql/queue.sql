@@ -339,11 +339,11 @@ END;
 COMMENT ON FUNCTION deal_store._claim(integer, integer, uuid[]) IS
     'Internal: locks (FOR UPDATE SKIP LOCKED) and returns (as deal_ids[i], ids[i]) up to batch_size eligible open changes of the given deals (all when NULL), oldest first, for process_queue.';
 
-CREATE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1) RETURNS integer
+CREATE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
+    OUT claimed integer, OUT applied integer, OUT conflicts integer)
 LANGUAGE plpgsql AS $$
 DECLARE
-    claimed record;
-    n integer;
+    batch record;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
@@ -356,30 +356,53 @@ BEGIN
         RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
     END IF;
-    SELECT * INTO claimed FROM deal_store._claim(batch_size, max_tier,
+    SELECT * INTO batch FROM deal_store._claim(batch_size, max_tier,
         CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
-    n := coalesce(cardinality(claimed.ids), 0);
-    IF n > 0 THEN
-        PERFORM deal_store._apply(claimed.deal_ids, claimed.ids, 'process_queue');
+    claimed := coalesce(cardinality(batch.ids), 0);
+    applied := 0;
+    conflicts := 0;
+    IF claimed > 0 THEN
+        PERFORM deal_store._apply(batch.deal_ids, batch.ids, 'process_queue');
+        SELECT count(*) FILTER (WHERE p.status = 'accepted'), count(*) FILTER (WHERE p.status = 'conflict')
+        INTO applied, conflicts
+        FROM ROWS FROM (pg_catalog.unnest(batch.deal_ids), pg_catalog.unnest(batch.ids)) x(deal_id, id)
+        JOIN deal_store.pending_changes p ON p.deal_id = x.deal_id AND p.id = x.id;
     END IF;
-    RETURN n;
 END $$;
 COMMENT ON FUNCTION deal_store.process_queue_batch(integer, integer) IS
-    'One batch of process_queue in the caller''s transaction: claims up to batch_size eligible open changes (FOR UPDATE SKIP LOCKED; all deals for admins, else the deals where the actor is reviewer or lead), applies them and returns how many it settled.';
+    'One batch of process_queue in the caller''s transaction (for clients that cannot CALL a committing procedure): claims up to batch_size eligible open changes (FOR UPDATE SKIP LOCKED; all deals for admins, else the deals where the actor is reviewer or lead), applies them and returns how many it claimed, how many were applied and how many became conflicts. Fewer claimed than batch_size: the queue is drained for this caller.';
 
-CREATE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1)
+-- The worker. Its INOUT parameters are its result (CALL shows them as one row);
+-- a caller passes nothing for them.
+CREATE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
+    INOUT batches integer DEFAULT NULL, INOUT applied bigint DEFAULT NULL,
+    INOUT conflicts bigint DEFAULT NULL, INOUT remaining bigint DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
-    n integer;
+    b record;
 BEGIN
+    batches := 0;
+    applied := 0;
+    conflicts := 0;
     LOOP
-        n := deal_store.process_queue_batch(batch_size, max_tier);
+        b := deal_store.process_queue_batch(batch_size, max_tier);
         COMMIT;
-        EXIT WHEN n < batch_size;
+        EXIT WHEN b.claimed = 0;
+        batches := batches + 1;
+        applied := applied + b.applied;
+        conflicts := conflicts + b.conflicts;
+        RAISE NOTICE 'process_queue: batch %: % applied, % conflicts (so far % applied, % conflicts)',
+            batches, b.applied, b.conflicts, applied, conflicts;
+        EXIT WHEN b.claimed < batch_size;
     END LOOP;
+    -- what is left for this caller: open changes above max_tier, deferred ones not yet due,
+    -- and changes other workers hold
+    SELECT count(*) INTO remaining FROM deal_store.pending_changes p
+    WHERE p.status IN ('pending', 'deferred')
+      AND (deal_store.sees_all_deals() OR p.deal_id = ANY (deal_store.my_deals('reviewer')));
 END $$;
-COMMENT ON PROCEDURE deal_store.process_queue(integer, integer) IS
-    'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block.';
+COMMENT ON PROCEDURE deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint) IS
+    'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch and raising a NOTICE with its progress. Returns (as its INOUT parameters; pass nothing for them) the batches it ran, the changes applied and those that became conflicts, and the open changes it left (other tiers, deferred, held by other workers) in the deals it works. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block (psql autocommit; a client in autocommit mode), or loop over process_queue_batch inside one.';
 
 -- ---------------------------------------------------------------------------
 -- What a review UI reads.

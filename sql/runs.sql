@@ -31,10 +31,11 @@ END $$;
 COMMENT ON FUNCTION deal_store.start_run(uuid, text[], boolean) IS
     'Starts an analysis run of a deal and returns its id. run_number is the deal''s next number, safe under concurrent starts. domains: what the run covers (NULL = all); incremental runs never propose removals. Errors: P0002 no such deal, 55000 deal deleted, 22023 bad domains.';
 
-CREATE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS void
+CREATE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS deal_store.analysis_runs
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
+    finished deal_store.analysis_runs;
 BEGIN
     PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
     SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
@@ -60,26 +61,28 @@ BEGIN
                          AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NOT NULL),
         findings_created = (SELECT count(*) FROM deal_store.findings f WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
         gaps_created = (SELECT count(*) FROM deal_store.gaps g WHERE g.deal_id = r.deal_id AND g.analysis_run_id = run_id)
-    WHERE x.deal_id = r.deal_id AND x.id = run_id;
+    WHERE x.deal_id = r.deal_id AND x.id = run_id
+    RETURNING x.* INTO finished;
+    RETURN finished;
 END $$;
 COMMENT ON FUNCTION deal_store._finish_run(uuid, text, text) IS
-    'Internal: shared body of complete_run and fail_run.';
+    'Internal: shared body of complete_run and fail_run; returns the finished run.';
 
-CREATE FUNCTION deal_store.complete_run(run_id uuid) RETURNS void
+CREATE FUNCTION deal_store.complete_run(run_id uuid) RETURNS deal_store.analysis_runs
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT deal_store._finish_run(run_id, 'completed', NULL);
+    SELECT * FROM deal_store._finish_run(run_id, 'completed', NULL);
 END;
 COMMENT ON FUNCTION deal_store.complete_run(uuid) IS
-    'Marks a running run completed: sets completed_at, duration_seconds and the counts of what it wrote; its rows become visible in the current_* views. Errors: P0002 no such run, 55000 already finished or deal deleted.';
+    'Marks a running run completed: sets completed_at, duration_seconds and the counts of what it wrote, and returns the run (SELECT * FROM complete_run(id) shows its columns); its rows become visible in the current_* views. Errors: P0002 no such run, 55000 already finished or deal deleted.';
 
-CREATE FUNCTION deal_store.fail_run(run_id uuid, error text) RETURNS void
+CREATE FUNCTION deal_store.fail_run(run_id uuid, error text) RETURNS deal_store.analysis_runs
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT deal_store._finish_run(run_id, 'failed', error);
+    SELECT * FROM deal_store._finish_run(run_id, 'failed', error);
 END;
 COMMENT ON FUNCTION deal_store.fail_run(uuid, text) IS
-    'Marks a running run failed with an error message; what it wrote stays stored but hidden from the current_* views. Errors: P0002, 55000.';
+    'Marks a running run failed with an error message and returns the run; what it wrote stays stored but hidden from the current_* views. Errors: P0002, 55000.';
 
 CREATE FUNCTION deal_store.latest_completed_run(deal_id uuid) RETURNS uuid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$

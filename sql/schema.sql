@@ -428,6 +428,8 @@ CREATE TABLE deal_store.deal_activity_log (
 );
 CREATE INDEX deal_activity_log_deal_id_idx ON deal_store.deal_activity_log (deal_id, seq);
 CREATE INDEX deal_activity_log_entity_idx ON deal_store.deal_activity_log (entity_id, seq);
+-- hash: a composite key of any size (a btree entry is limited to a third of a page)
+CREATE INDEX deal_activity_log_entity_key_idx ON deal_store.deal_activity_log USING hash (entity_key) WHERE entity_key IS NOT NULL;
 COMMENT ON TABLE deal_store.deal_activity_log IS 'Audit trail: who did what to which row, when and why. Outlives the rows it describes, so it has no foreign keys.';
 COMMENT ON COLUMN deal_store.deal_activity_log.seq IS 'Orders entries, even inside one transaction.';
 COMMENT ON COLUMN deal_store.deal_activity_log.user_id IS 'The actor (deal_store.actor) or NULL.';

@@ -45,7 +45,14 @@ BEGIN
     RETURN websearch_to_tsquery(c, head) && prefix;
 END $$;
 COMMENT ON FUNCTION deal_store.search_tsquery(text, regconfig) IS
-    'The tsquery search_facts runs: websearch syntax ("phrase", or, -word) with the last word also matching as a prefix. Never raises a syntax error.';
+    'The tsquery search_facts runs: websearch syntax ("phrase", or, -word) with the last word also matching as a prefix. Never raises a syntax error. Composes: SELECT … FROM deal_store.active_facts f WHERE f.search_vector @@ deal_store.search_tsquery(''…'') uses the GIN index on search_vector; order by deal_store.search_rank.';
+
+-- No SET clause, so it is inlined into the caller's query (a plain ts_rank_cd there).
+CREATE FUNCTION deal_store.search_rank(search_vector tsvector, query tsquery) RETURNS real
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.ts_rank_cd(search_vector, query, 32);
+COMMENT ON FUNCTION deal_store.search_rank(tsvector, tsquery) IS
+    'The rank search_facts orders full-text matches by, in (0, 1): ts_rank_cd normalised (flag 32). Use it with search_tsquery in a query of your own: WHERE f.search_vector @@ q ORDER BY deal_store.search_rank(f.search_vector, q) DESC.';
 
 CREATE TYPE deal_store.fact_search_hit AS (fact_id uuid, legacy_id text, domain text, category text, item text,
                                            rank real, headline text, total bigint);
@@ -71,7 +78,7 @@ DECLARE
     -- the ranked page: %1$s the vector, %2$s the filters, %3$s the page, %4$s added to the rank;
     -- the headline is computed for the returned rows only
     ranked text := 'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item, f.evidence,
-                                      (ts_rank_cd(%1$s, $2, 32) + %4$s)::real AS rank, count(*) OVER () AS total
+                                      (deal_store.search_rank(%1$s, $2) + %4$s)::real AS rank, count(*) OVER () AS total
                                FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
                     SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
                            CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN ts_headline($9, m.item, $2, $10)

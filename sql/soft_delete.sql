@@ -154,6 +154,22 @@ END $$;
 COMMENT ON FUNCTION deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid) IS
     'Internal: soft-deletes live rows of tbl, set-based (deleted_at, deleted_by = deal_store.actor, the reason, batch, or a batch of its own per row when batch is NULL): the rows (deal_ids[i], ids[i]) themselves (scope row), the rows of the deals ids (owned_by_deal) or the facts sourced from the documents (owned_by_document). Returns the rows marked. soft_delete and the merge queue both write soft deletes through it.';
 
+-- What a soft delete takes with it: the one list soft_delete and an UPDATE
+-- that sets deleted_at both follow.
+CREATE FUNCTION deal_store._owned(entity regclass) RETURNS TABLE(tbl regclass, scope text)
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT c.tbl, c.scope FROM (VALUES
+        ('deal_store.deals'::regclass, 'deal_store.documents'::regclass, 'owned_by_deal'),
+        ('deal_store.deals'::regclass, 'deal_store.facts'::regclass, 'owned_by_deal'),
+        ('deal_store.deals'::regclass, 'deal_store.findings'::regclass, 'owned_by_deal'),
+        ('deal_store.deals'::regclass, 'deal_store.gaps'::regclass, 'owned_by_deal'),
+        ('deal_store.documents'::regclass, 'deal_store.facts'::regclass, 'owned_by_document')) AS c(owner, tbl, scope)
+    WHERE c.owner = _owned.entity;
+END;
+COMMENT ON FUNCTION deal_store._owned(regclass) IS
+    'Internal: the tables whose rows a soft delete of a row of entity takes with it, and how they belong to it (a deal owns its documents, facts, findings and gaps; a document the facts sourced from it).';
+
 CREATE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -173,16 +189,7 @@ BEGIN
     PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
     -- the row itself, then what it owns: a deal owns its documents, facts,
     -- findings and gaps; a document owns the facts sourced from it.
-    FOR t IN
-        SELECT * FROM (VALUES
-            (entity, 'row'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.documents'::regclass END, 'owned_by_deal'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.facts'::regclass END, 'owned_by_deal'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.findings'::regclass END, 'owned_by_deal'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.gaps'::regclass END, 'owned_by_deal'),
-            (CASE WHEN entity = 'deal_store.documents'::regclass THEN 'deal_store.facts'::regclass END, 'owned_by_document')
-        ) AS c(tbl, scope) WHERE c.tbl IS NOT NULL
-    LOOP
+    FOR t IN SELECT entity AS tbl, 'row' AS scope UNION ALL SELECT * FROM deal_store._owned(entity) LOOP
         SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
         total := total + n;
     END LOOP;
@@ -290,6 +297,77 @@ CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.documents FOR E
 CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.facts FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
 CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.findings FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
 CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.gaps FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
+
+-- UPDATE … SET deleted_at = now(), the soft delete ORM mixins and the seeds
+-- write: the same soft delete as soft_delete() (actor, batch, reason,
+-- cascade), for the rows the UPDATE names. The trigger's WHEN clause lets every
+-- other UPDATE pass without a call; the extension's own soft deletes set
+-- delete_batch themselves and pass too.
+CREATE FUNCTION deal_store.soft_delete_by_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    entity regclass := TG_RELID::regclass;
+    deal uuid;
+    prev_reason text := current_setting('deal_store.reason', true);
+    t record;
+BEGIN
+    IF entity = 'deal_store.deals'::regclass THEN
+        deal := NEW.id;
+    ELSE
+        deal := NEW.deal_id;
+    END IF;
+    IF entity = 'deal_store.facts'::regclass THEN
+        IF NEW.superseded_at IS NOT NULL THEN
+            RETURN NULL;   -- a history row is never deleted on its own: it goes with its fact's purge
+        END IF;
+    END IF;
+    PERFORM deal_store._require_right(deal, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    NEW.deleted_at := now();
+    NEW.deleted_by := deal_store.current_actor();
+    NEW.delete_batch := gen_random_uuid();
+    NEW.delete_reason := coalesce(NEW.delete_reason, nullif(prev_reason, ''), 'UPDATE statement');
+    PERFORM set_config('deal_store.reason', NEW.delete_reason, true);
+    FOR t IN SELECT * FROM deal_store._owned(entity) LOOP
+        PERFORM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[deal], ARRAY[NEW.id], ARRAY[NEW.delete_reason], NEW.delete_batch);
+    END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION deal_store.soft_delete_by_update() IS
+    'Trigger (BEFORE UPDATE, when deleted_at goes from NULL to a value and delete_batch stays NULL): makes UPDATE … SET deleted_at = now() the soft delete soft_delete() writes: deleted_at = now(), deleted_by = the actor, a batch of its own, the reason (the row''s delete_reason, else deal_store.reason, else ''UPDATE statement''), and the rows it owns in the same batch. Needs the caller''s write right on the deal (manage for a deal). A fact''s history row is left as it is.';
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER soft_delete_by_update BEFORE UPDATE OF deleted_at ON deal_store.%I FOR EACH ROW
+            WHEN (OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL AND NEW.delete_batch IS NULL)
+            EXECUTE FUNCTION deal_store.soft_delete_by_update()', t);
+    END LOOP;
+END $$;
+
+-- DELETE through an active_* view: the soft delete, reported as deleted rows
+-- (DELETE 1, what ORMs count), where a DELETE on the table reports DELETE 0
+-- (its BEFORE trigger skips the real delete).
+CREATE FUNCTION deal_store.delete_through_view() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store.soft_delete(TG_ARGV[0]::regclass, OLD.id, 'DELETE statement');
+    RETURN OLD;
+END $$;
+COMMENT ON FUNCTION deal_store.delete_through_view() IS
+    'Trigger (INSTEAD OF DELETE on the active_* views): soft-deletes the row with deal_store.soft_delete (with cascade) and reports it deleted, so DELETE through a view returns the number of rows it soft-deleted.';
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER delete_through_view INSTEAD OF DELETE ON deal_store.%I FOR EACH ROW
+            EXECUTE FUNCTION deal_store.delete_through_view(%L)', 'active_' || t, 'deal_store.' || t);
+    END LOOP;
+END $$;
 
 -- ---------------------------------------------------------------------------
 -- TRUNCATE bypasses every row trigger (soft delete, audit): refused on every

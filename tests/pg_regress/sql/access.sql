@@ -53,7 +53,7 @@ SELECT deal_store.start_run('00000000-0000-0000-0011-0000000000d1') AS run1 \gse
 SELECT count(*) FROM deal_store.propose_facts(:'run1', '[
   {"legacy_id": "F-1", "domain": "network", "item": "perimeter firewall", "confidence_score": 0.9},
   {"legacy_id": "F-9", "domain": "network", "item": "legacy modem", "confidence_score": 0.9}]');
-SELECT deal_store.complete_run(:'run1');
+SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM deal_store.complete_run(:'run1');
 SELECT deal_store.start_run('00000000-0000-0000-0011-0000000000d1') AS run2 \gset
 SELECT count(*) FROM deal_store.propose_facts(:'run2', '[
   {"legacy_id": "F-2", "domain": "network", "item": "branch VPN", "confidence_score": 0.5}]', ARRAY['applications']);
@@ -105,6 +105,10 @@ INSERT INTO regress.access_expected VALUES
   ('entity_history',       'read',  'DAAAAAADD', $$SELECT count(*) FROM deal_store.entity_history('deal', '00000000-0000-0000-0011-0000000000d1')$$),
   ('deal_activity',        'read',  'DAAAAAADD', $$SELECT count(*) FROM deal_store.deal_activity('00000000-0000-0000-0011-0000000000d1')$$),
   ('set actor to another', 'read',  'DDDDDAAAD', $$SELECT count(*) FROM (SELECT set_config('deal_store.actor', '00000000-0000-0000-0011-0000000000a7', true)) s, deal_store.current_actor()$$),
+  ('read deal_overview',   'read',  'DAAAAAADD', $$SELECT count(*) FROM deal_store.deal_overview WHERE deal_id = '00000000-0000-0000-0011-0000000000d1'$$),
+  ('read activity',        'read',  'DAAAAAADD', $$SELECT count(*) FROM deal_store.activity WHERE deal_id = '00000000-0000-0000-0011-0000000000d1'$$),
+  ('search in own query',  'read',  'DAAAAAADD', $$SELECT count(*) FROM deal_store.active_facts f WHERE f.deal_id = '00000000-0000-0000-0011-0000000000d1' AND f.search_vector @@ deal_store.search_tsquery('firewall')$$),
+  ('set_actor to another', 'read',  'DDDDDAAAD', $$SELECT count(*) FROM deal_store.set_actor('00000000-0000-0000-0011-0000000000a7')$$),
   ('set hard_delete',      'write', 'DDDDDDDDD', $$SET LOCAL deal_store.hard_delete = on$$),
   ('set audit_purge',      'write', 'DDDDDDDDD', $$SET LOCAL deal_store.audit_purge = on$$),
   ('link a forged version', 'write', 'DDDDDDDDD', $$UPDATE deal_store.facts f SET previous_version_id = h.id FROM deal_store.facts h WHERE f.deal_id = '00000000-0000-0000-0011-0000000000d1' AND f.legacy_id = 'F-1' AND f.superseded_at IS NULL AND h.deal_id = f.deal_id AND h.id <> f.id AND h.id IS DISTINCT FROM f.previous_version_id$$),
@@ -114,6 +118,9 @@ INSERT INTO regress.access_expected VALUES
   ('insert a fact',        'write', 'DDAAAAADD', $$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0011-0000000000d1', 'F-7', 'network', 'new switch')$$),
   ('update a fact',        'write', 'DDAAAAADD', $$UPDATE deal_store.facts SET item = 'edge firewall' WHERE deal_id = '00000000-0000-0000-0011-0000000000d1' AND legacy_id = 'F-1' AND superseded_at IS NULL$$),
   ('DELETE a fact',        'write', 'DDAAAAADD', $$DELETE FROM deal_store.facts WHERE deal_id = '00000000-0000-0000-0011-0000000000d1' AND legacy_id = 'F-1'$$),
+  ('DELETE via a view',    'write', 'DDAAAAADD', $$DELETE FROM deal_store.active_facts WHERE deal_id = '00000000-0000-0000-0011-0000000000d1' AND legacy_id = 'F-1'$$),
+  ('UPDATE deleted_at',    'write', 'DDAAAAADD', $$UPDATE deal_store.facts SET deleted_at = now() WHERE deal_id = '00000000-0000-0000-0011-0000000000d1' AND legacy_id = 'F-1'$$),
+  ('UPDATE the deal''s deleted_at', 'write', 'DDDDAAADD', $$UPDATE deal_store.deals SET deleted_at = now() WHERE id = '00000000-0000-0000-0011-0000000000d1'$$),
   ('start_run',            'write', 'DDAAAAADD', $$SELECT deal_store.start_run('00000000-0000-0000-0011-0000000000d1')$$),
   ('propose_facts',        'write', 'DDAAAAADD', $$SELECT deal_store.propose_facts(r.id, '[{"legacy_id": "F-3", "domain": "network", "item": "wifi", "confidence_score": 0.5}]', ARRAY['network']) FROM deal_store.analysis_runs r WHERE r.deal_id = '00000000-0000-0000-0011-0000000000d1' AND r.status = 'running'$$),
   ('soft_delete',          'write', 'DDAAAAADD', $$SELECT deal_store.soft_delete('deal_store.facts', f.id) FROM deal_store.facts f WHERE f.deal_id = '00000000-0000-0000-0011-0000000000d1' AND f.legacy_id = 'F-1' AND f.superseded_at IS NULL$$),

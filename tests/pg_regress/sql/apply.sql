@@ -62,7 +62,7 @@ FROM (VALUES ('X-verified', '{"domain": "network", "item": "a", "verified": "may
 INSERT INTO pending_changes (deal_id, analysis_run_id, change_type, entity_type, legacy_entity_id, new_value, confidence_tier)
 SELECT '00000000-0000-0000-0012-0000000000d2', :'run2', 'new', 'fact', 'C-' || i, jsonb_build_object('domain', 'network', 'item', 'clean ' || i), 1
 FROM generate_series(1, 3) i;
-SELECT process_queue_batch(100, 3) > 0 AS worked;
+SELECT * FROM process_queue_batch(100, 3);
 SELECT d.name, p.legacy_entity_id, p.status, p.review_note
 FROM pending_changes p JOIN deals d ON d.id = p.deal_id
 WHERE p.deal_id IN ('00000000-0000-0000-0012-0000000000d1', '00000000-0000-0000-0012-0000000000d2') AND p.status <> 'pending'
@@ -84,7 +84,7 @@ WHERE deal_id = '00000000-0000-0000-0012-0000000000d2' ORDER BY 1;
 
 -- 3. A failed run's change and a change into a deleted deal are refused with their reasons.
 SELECT * FROM propose_facts(:'run1', '[{"legacy_id": "P-9", "domain": "network", "item": "from a run that failed"}]', ARRAY[]::text[]);
-SELECT fail_run(:'run1', 'extractor crashed');
+SELECT status, error FROM fail_run(:'run1', 'extractor crashed');
 SELECT accept_change(id) FROM pending_changes WHERE deal_id = '00000000-0000-0000-0012-0000000000d1' AND legacy_entity_id = 'P-9';
 SELECT * FROM propose_facts(:'run2', '[{"legacy_id": "C-9", "domain": "network", "item": "into a deal about to go"}]', ARRAY[]::text[]);
 SELECT soft_delete('deal_store.deals', '00000000-0000-0000-0012-0000000000d2', 'deal dropped');

@@ -19,7 +19,7 @@ INSERT INTO gaps (deal_id, id, legacy_id, domain, description, importance, analy
  ('00000000-0000-0000-0002-0000000000d4', '00000000-0000-0000-0002-0000000000b5', 'G-2', 'network', 'r', 'important', :'run');
 INSERT INTO pending_changes (deal_id, analysis_run_id, change_type, entity_type, legacy_entity_id, confidence_tier)
 VALUES ('00000000-0000-0000-0002-0000000000d4', :'run', 'new', 'fact', 'F-4', 2);
-SELECT complete_run(:'run');
+SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run');
 SELECT jsonb_pretty(deal_summary('00000000-0000-0000-0002-0000000000d4') - 'latest_run' - 'deal');
 SELECT deal_summary('00000000-0000-0000-0002-0000000000d4') -> 'latest_run' ->> 'facts_created' AS facts_created;
 

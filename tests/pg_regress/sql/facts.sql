@@ -27,7 +27,7 @@ SELECT item_checksum = fact_checksum(to_jsonb(f)) AS still_right FROM facts f WH
 SELECT start_run('00000000-0000-0000-0004-0000000000d6') AS run1 \gset
 UPDATE facts SET confidence_score = 0.9, verified = true WHERE id = '00000000-0000-0000-0004-0000000000f1';
 UPDATE facts SET item = 'Oracle EBS 12.2', analysis_run_id = :'run1' WHERE id = '00000000-0000-0000-0004-0000000000f1';
-SELECT complete_run(:'run1');
+SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run1');
 UPDATE facts SET details = '{"users": 350}' WHERE id = '00000000-0000-0000-0004-0000000000f1';
 UPDATE facts SET details = '{"users": 350.0}' WHERE id = '00000000-0000-0000-0004-0000000000f1';
 SELECT h.version, h.is_current, h.item, h.content -> 'details' AS details, h.run_number, f.updated_by

@@ -21,7 +21,7 @@ SELECT count(*) AS proposed_again FROM propose_facts(:'run1', $$[
   {"legacy_id": "F-3", "domain": "network", "item": "MPLS WAN", "confidence_score": 0.85},
   {"legacy_id": "F-4", "domain": "network", "item": "Cisco LAN", "confidence_score": 0.8}
 ]$$);
-SELECT complete_run(:'run1');
+SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run1');
 SELECT legacy_id, item FROM current_facts WHERE deal_id = '00000000-0000-0000-0006-0000000000d8' ORDER BY 1;
 
 -- run 2, domain by domain: updates, a removal and low-confidence facts wait in tiers 2 and 3
@@ -73,7 +73,7 @@ SELECT count(*) AS history_rows,
                 = (SELECT to_jsonb(b) - 'id' - 'superseded_at' - 'search_vector' FROM f3_before b)) AS every_column
 FROM facts c JOIN facts h ON h.deal_id = c.deal_id AND h.legacy_id = c.legacy_id AND h.superseded_at IS NOT NULL
 WHERE c.legacy_id = 'F-3' AND c.superseded_at IS NULL AND c.deal_id = '00000000-0000-0000-0006-0000000000d8';
-SELECT complete_run(:'run2');
+SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run2');
 
 -- run 3 proposes again for F-4: its newer proposal supersedes run 2's deferred one
 SELECT start_run('00000000-0000-0000-0006-0000000000d8', ARRAY['network'], incremental => true) AS run3 \gset
@@ -87,7 +87,7 @@ WHERE c.legacy_entity_id = 'F-4' AND c.deal_id = '00000000-0000-0000-0006-000000
 -- an incremental run never proposes removals (F-3 and F-4 only were sent)
 SELECT count(*) AS removals FROM pending_changes WHERE analysis_run_id = :'run3' AND change_type = 'delete';
 SELECT accept_change(id) FROM pending_changes WHERE analysis_run_id = :'run3' AND legacy_entity_id = 'F-4';
-SELECT complete_run(:'run3');
+SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run3');
 SELECT deal_id IS NOT NULL AS deal, status, confidence_tier, changes FROM queue_stats WHERE deal_id = '00000000-0000-0000-0006-0000000000d8' ORDER BY status, confidence_tier;
 
 -- findings and gaps go through the same queue
@@ -143,7 +143,7 @@ SELECT regress.expect_error(s) FROM (VALUES
 ) AS t(s);
 
 -- the final picture
-SELECT complete_run(:'run4');
+SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run4');
 SELECT legacy_id, item FROM current_facts WHERE deal_id = '00000000-0000-0000-0006-0000000000d8' ORDER BY 1;
 SELECT version, item, run_number FROM fact_history((SELECT id FROM facts WHERE legacy_id = 'F-4' AND superseded_at IS NULL AND deal_id = '00000000-0000-0000-0006-0000000000d8'));
 SELECT version, item, run_number FROM fact_history((SELECT id FROM facts WHERE legacy_id = 'F-3' AND superseded_at IS NULL AND deal_id = '00000000-0000-0000-0006-0000000000d8'));

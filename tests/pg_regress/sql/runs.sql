@@ -25,8 +25,8 @@ INSERT INTO gaps (deal_id, legacy_id, domain, description, analysis_run_id) VALU
 
 -- nothing of a running run is visible yet
 SELECT legacy_id FROM current_facts WHERE deal_id = '00000000-0000-0000-0007-0000000000d3' ORDER BY 1;
-SELECT complete_run(:'run1');
-SELECT fail_run(:'run2', 'extractor crashed');
+SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run1');
+SELECT status, error FROM fail_run(:'run2', 'extractor crashed');
 SELECT legacy_id FROM current_facts WHERE deal_id = '00000000-0000-0000-0007-0000000000d3' ORDER BY 1;
 SELECT legacy_id FROM current_findings WHERE deal_id = '00000000-0000-0000-0007-0000000000d3';
 SELECT legacy_id FROM current_gaps WHERE deal_id = '00000000-0000-0000-0007-0000000000d3';
@@ -49,6 +49,6 @@ SELECT soft_delete('deal_store.deals', '00000000-0000-0000-0007-0000000000d3');
 SELECT regress.expect_error($$SELECT deal_store.complete_run('$$ || :'run3' || $$')$$);
 SELECT regress.expect_error($$SELECT deal_store.start_run('00000000-0000-0000-0007-0000000000d3')$$);
 SELECT restore('deal_store.deals', '00000000-0000-0000-0007-0000000000d3');
-SELECT complete_run(:'run3');
+SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run3');
 SELECT run_number, status FROM analysis_runs WHERE deal_id = '00000000-0000-0000-0007-0000000000d3' ORDER BY 1;
 RESET deal_store.actor;
