@@ -68,7 +68,10 @@ RESET deal_store.auto_apply;
 INSERT INTO pending_changes (deal_id, analysis_run_id, change_type, entity_type, legacy_entity_id, new_value, confidence_tier)
 VALUES ('00000000-0000-0000-0013-0000000000d1', :'run2', 'new', 'fact', 'N-9', '{"domain": "network", "item": "x", "verified": "maybe"}', 1);
 SELECT * FROM process_queue_batch(1);
-SELECT * FROM deal_overview WHERE deal_id = '00000000-0000-0000-0013-0000000000d1' \gx
+SELECT deal_id, name, target_name, deal_type, status, owner_id, owner_email, owner_name, documents, facts, findings,
+       critical_findings, gaps, open_gaps, pending_tier_1, pending_tier_2, pending_tier_3, conflicts, last_run_number,
+       last_run_completed_at IS NOT NULL AS has_last_run, updated_at IS NOT NULL AS has_updated_at
+FROM deal_overview WHERE deal_id = '00000000-0000-0000-0013-0000000000d1' \gx
 RESET deal_store.actor;
 CALL process_queue(batch_size => 2);
 SELECT legacy_entity_id, status FROM pending_changes WHERE deal_id = '00000000-0000-0000-0013-0000000000d1' ORDER BY 1;
