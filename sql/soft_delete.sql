@@ -307,19 +307,14 @@ CREATE FUNCTION deal_store.soft_delete_by_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     entity regclass := TG_RELID::regclass;
-    deal uuid;
+    -- the five tables differ in their columns: read the row by name
+    r jsonb := to_jsonb(NEW);
+    deal uuid := (r ->> CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END)::uuid;
     prev_reason text := current_setting('deal_store.reason', true);
     t record;
 BEGIN
-    IF entity = 'deal_store.deals'::regclass THEN
-        deal := NEW.id;
-    ELSE
-        deal := NEW.deal_id;
-    END IF;
-    IF entity = 'deal_store.facts'::regclass THEN
-        IF NEW.superseded_at IS NOT NULL THEN
-            RETURN NULL;   -- a history row is never deleted on its own: it goes with its fact's purge
-        END IF;
+    IF r ->> 'superseded_at' IS NOT NULL THEN
+        RETURN NULL;   -- a fact's history row is never deleted on its own: it goes with its fact's purge
     END IF;
     PERFORM deal_store._require_right(deal, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
     NEW.deleted_at := now();
