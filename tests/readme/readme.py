@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""The README layer: runs every ```sql block of README.md, in order, in one psql
+session against a database holding the demo deal (as a user pastes them after
+./scripts/demo), and fails on any error, and on any block whose output differs
+from the ```text block shown right after it.
+
+    python3 tests/readme/readme.py README.md psql -X -d deal_store_readme
+    README_FILL=1 python3 …   # rewrites the ```text blocks with the output they get
+
+psql's "psql:file:line: " prefix of messages is dropped and trailing blanks
+are ignored; everything else must match line for line."""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```[ \t]*$", re.M | re.S)
+PREFIX = re.compile(r"^psql:[^:]*:\d+: ")
+
+
+def blocks(readme):
+    """(line, sql, shown output or None) for every sql block, in order."""
+    found = list(FENCE.finditer(readme))
+    for i, m in enumerate(found):
+        if m.group(1) != "sql":
+            continue
+        shown = None
+        nxt = found[i + 1] if i + 1 < len(found) else None
+        if nxt and nxt.group(1) == "text" and readme[m.end():nxt.start()].strip() == "":
+            shown = nxt.group(2)
+        yield readme.count("\n", 0, m.start()) + 1, m.group(2), shown
+
+
+def lines(text):
+    out = [PREFIX.sub("", line).rstrip() for line in text.split("\n")]
+    while out and out[-1] == "":
+        out.pop()
+    while out and out[0] == "":
+        out.pop(0)
+    return out
+
+
+def fill(readme_path, todo, got):
+    """Writes each block's output into the ```text block shown after it."""
+    readme = open(readme_path, encoding="utf-8").read()
+    shown_at = [m for m in FENCE.finditer(readme)]
+    out, last = [], 0
+    n = -1
+    for i, m in enumerate(shown_at):
+        if m.group(1) == "sql":
+            n += 1
+            nxt = shown_at[i + 1] if i + 1 < len(shown_at) else None
+            if nxt and nxt.group(1) == "text" and readme[m.end():nxt.start()].strip() == "":
+                body = "\n".join(lines(got.get(n, "").split("@@end")[0])) + "\n"
+                out.append(readme[last:nxt.start(2)] + body)
+                last = nxt.end(2)
+    out.append(readme[last:])
+    open(readme_path, "w", encoding="utf-8").write("".join(out))
+
+
+def main():
+    readme_path, psql = sys.argv[1], sys.argv[2:]
+    todo = list(blocks(open(readme_path, encoding="utf-8").read()))
+    script = "".join(f"\\echo '@@block {n}'\n{sql}\n" for n, (_, sql, _) in enumerate(todo)) + "\\echo '@@end'\n"
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", encoding="utf-8") as f:
+        f.write(script)
+        f.flush()
+        run = subprocess.run(psql + ["-f", f.name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, check=False)
+    parts = re.split(r"^@@block (\d+)\n", run.stdout, flags=re.M)
+    got = {int(parts[i]): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+    failures = 0
+    for n, (line, sql, shown) in enumerate(todo):
+        out = got.get(n, "").split("@@end")[0]
+        errors = [l for l in lines(out) if re.match(r"^(ERROR|FATAL|PANIC):", l)]
+        if n not in got:
+            errors.append("the block did not run")
+        if errors:
+            failures += 1
+            print(f"README.md:{line}: the block fails:\n  " + "\n  ".join(errors))
+        if os.environ.get("README_SHOW"):
+            print(f"=== README.md:{line}\n" + "\n".join(lines(out)))
+        if errors:
+            pass
+        elif shown is not None and lines(out) != lines(shown):
+            failures += 1
+            print(f"README.md:{line}: the output differs from the one shown\n--- shown\n" + "\n".join(lines(shown))
+                  + "\n--- got\n" + "\n".join(lines(out)))
+    if os.environ.get("README_FILL"):
+        fill(readme_path, todo, got)
+    with_output = sum(1 for _, _, shown in todo if shown is not None)
+    print(f"README: {len(todo)} SQL blocks run, {with_output} with their output compared, {failures} failed")
+    sys.exit(1 if failures or run.returncode not in (0, 3) else 0)
+
+
+if __name__ == "__main__":
+    main()
