@@ -395,14 +395,15 @@ BEGIN
             batches, b.applied, b.conflicts, applied, conflicts;
         EXIT WHEN b.claimed < batch_size;
     END LOOP;
-    -- what is left for this caller: open changes above max_tier, deferred ones not yet due,
-    -- and changes other workers hold
+    -- what another call would find now: eligible changes that other workers hold
+    -- or that were proposed meanwhile
     SELECT count(*) INTO remaining FROM deal_store.pending_changes p
-    WHERE p.status IN ('pending', 'deferred')
+    WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+      AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
       AND (deal_store.sees_all_deals() OR p.deal_id = ANY (deal_store.my_deals('reviewer')));
 END $$;
 COMMENT ON PROCEDURE deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint) IS
-    'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch and raising a NOTICE with its progress. Returns (as its INOUT parameters; pass nothing for them) the batches it ran, the changes applied and those that became conflicts, and the open changes it left (other tiers, deferred, held by other workers) in the deals it works. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block (psql autocommit; a client in autocommit mode), or loop over process_queue_batch inside one.';
+    'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch and raising a NOTICE with its progress. Returns (as its INOUT parameters; pass nothing for them, or variables from PL/pgSQL) the batches it ran, the changes applied and those that became conflicts, and the eligible changes still open when it stopped (held by other workers or proposed meanwhile) in the deals it works. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block (psql autocommit; a client in autocommit mode), or loop over process_queue_batch inside one.';
 
 -- ---------------------------------------------------------------------------
 -- What a review UI reads.
