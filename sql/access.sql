@@ -224,6 +224,8 @@ BEGIN
     END LOOP;
 END $$;
 GRANT SELECT (id, email, display_name, roles, active, created_at, updated_at, db_role) ON deal_store.users TO deal_store_reader;
+-- feed consumers are read through consumers(): each role sees its own
+REVOKE ALL ON deal_store.feed_consumers FROM deal_store_reader;
 GRANT UPDATE (read, read_at) ON deal_store.notifications TO deal_store_reader;
 -- analysts write content directly too (DELETE is a soft delete)
 GRANT INSERT, UPDATE, DELETE ON deal_store.deals, deal_store.documents, deal_store.facts, deal_store.findings,
@@ -278,6 +280,12 @@ BEGIN
         ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
         ('deal_store.entity_history(text, uuid, jsonb)', 'deal_store_reader', true),
         ('deal_store.entity_type_of(oid)', 'deal_store_reader', false),
+        -- the change feed: a consumer is its registering role's; reads see the caller's deals
+        ('deal_store.register_consumer(text, boolean)', 'deal_store_reader', true),
+        ('deal_store.read_changes(text, integer)', 'deal_store_reader', true),
+        ('deal_store.ack_changes(text, bigint)', 'deal_store_reader', true),
+        ('deal_store.consumers()', 'deal_store_reader', true),
+        ('deal_store.remove_consumer(text)', 'deal_store_reader', true),
         -- analyst: runs, proposals, gaps, soft delete
         ('deal_store.start_run(uuid, text[], boolean)', 'deal_store_analyst', true),
         ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),

@@ -405,6 +405,17 @@ fn current_actor() -> Option<Uuid> {
     actor()
 }
 
+/// Internal: the role the caller acts as outside SECURITY DEFINER functions
+/// (its login, or the role it SET ROLE to): who owns a change-feed consumer.
+#[pg_extern(name = "_caller_role", stable, parallel_safe)]
+fn caller_role() -> String {
+    // SAFETY: reads this backend's role state; the name is copied out at once
+    unsafe {
+        let n = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), false);
+        CStr::from_ptr(n).to_string_lossy().into_owned()
+    }
+}
+
 /// Internal: 42501 unless the caller has `needs` (read, write, review, manage,
 /// administer) on the deal. Called by every API function before it touches a deal.
 /// `deal_id` may be NULL for `administer` (an act on no one deal, e.g. purge_audit).
