@@ -2388,3 +2388,250 @@ BEGIN
         END IF;
     END LOOP;
 END $$;
+
+-- 0.2.0: the change feed (issue 18):
+-- registered consumers read the log gap-free with cursors (read_changes /
+-- ack_changes); a wake-up notification on deal_store_feed.
+
+CREATE FUNCTION deal_store."_caller_role"() RETURNS TEXT
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'caller_role_wrapper';
+COMMENT ON FUNCTION deal_store._caller_role() IS
+    'Internal: the role the caller acts as outside SECURITY DEFINER functions (its login, or the role it SET ROLE to): the owner of the consumers it registers.';
+
+CREATE TABLE deal_store.feed_consumers (
+    name          text        NOT NULL,
+    owner_role    name        NOT NULL,
+    cursor_txid   bigint      NOT NULL,
+    cursor_seq    bigint      NOT NULL,
+    read_txid     bigint,
+    read_seq      bigint,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    read_at       timestamptz,
+    acked_at      timestamptz,
+    CONSTRAINT feed_consumers_pkey PRIMARY KEY (name),
+    CONSTRAINT feed_consumers_name_check CHECK (name ~ '^[A-Za-z0-9_.:-]{1,63}$'),
+    CONSTRAINT feed_consumers_read_check CHECK ((read_txid IS NULL) = (read_seq IS NULL))
+);
+COMMENT ON TABLE deal_store.feed_consumers IS
+    'Registered readers of the change feed (read_changes / ack_changes), each owned by the role that registered it.';
+COMMENT ON COLUMN deal_store.feed_consumers.cursor_txid IS
+    'With cursor_seq: every entry at or before (cursor_txid, cursor_seq) in (txid, seq) order is acknowledged.';
+COMMENT ON COLUMN deal_store.feed_consumers.read_txid IS
+    'With read_seq: where the last read_changes ended (the position an ack of all its rows moves the cursor to).';
+SELECT pg_catalog.pg_extension_config_dump('deal_store.feed_consumers', '');
+
+-- the feed reads the log in (txid, seq) order
+CREATE INDEX deal_activity_log_txid_idx ON deal_store.deal_activity_log (txid, seq);
+
+CREATE FUNCTION deal_store._horizon() RETURNS bigint
+LANGUAGE sql VOLATILE
+RETURN pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint;
+COMMENT ON FUNCTION deal_store._horizon() IS
+    'Internal: the xmin of the current snapshot as a txid: every transaction below it has committed or aborted, so the log holds all of their entries.';
+
+-- A consumer by name, locked, owned by the caller (admins may use any).
+CREATE FUNCTION deal_store._consumer(name text) RETURNS deal_store.feed_consumers
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'consumer must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT * INTO c FROM deal_store.feed_consumers f WHERE f.name = _consumer.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no feed consumer named "%"', name USING ERRCODE = 'P0002',
+            HINT = 'Register it with deal_store.register_consumer.';
+    ELSIF c.owner_role <> deal_store._caller_role() AND NOT deal_store.sees_all_deals() THEN
+        RAISE EXCEPTION 'permission denied for feed consumer "%": it belongs to role %', name, c.owner_role
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN c;
+END $$;
+COMMENT ON FUNCTION deal_store._consumer(text) IS
+    'Internal: the consumer of that name, locked; 42501 unless the caller''s role registered it (or the caller is an admin), P0002 when there is none.';
+
+CREATE FUNCTION deal_store.register_consumer(name text, from_start boolean DEFAULT false) RETURNS deal_store.feed_consumers
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+BEGIN
+    PERFORM deal_store._require_feed_reader();
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'name must not be NULL' USING ERRCODE = '22004';
+    ELSIF name !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid consumer name "%"', name USING ERRCODE = '22023',
+            HINT = 'Use 1 to 63 letters, digits, _ . : or -.';
+    END IF;
+    -- from now: the transactions that have finished are behind the cursor
+    INSERT INTO deal_store.feed_consumers AS f (name, owner_role, cursor_txid, cursor_seq)
+    VALUES (register_consumer.name, deal_store._caller_role(),
+            CASE WHEN coalesce(from_start, false) THEN 0 ELSE deal_store._horizon() - 1 END,
+            CASE WHEN coalesce(from_start, false) THEN 0 ELSE 9223372036854775807 END)
+    ON CONFLICT ON CONSTRAINT feed_consumers_pkey DO NOTHING
+    RETURNING f.* INTO c;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'a feed consumer named "%" exists', name USING ERRCODE = '23505';
+    END IF;
+    RETURN c;
+END $$;
+COMMENT ON FUNCTION deal_store.register_consumer(text, boolean) IS
+    'Registers a change-feed consumer owned by the caller''s role. It receives every log entry of the transactions that had not finished when it registered, and of all later ones (from_start: every entry in the log). 23505 when the name is taken, 22023 for a bad name (1 to 63 of A-Z a-z 0-9 _ . : -).';
+
+CREATE FUNCTION deal_store._require_feed_reader() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
+        RAISE EXCEPTION 'permission denied to read the change feed: no actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._require_feed_reader() IS
+    'Internal: 42501 unless the caller acts for a user (whose deals it will see) or sees every deal.';
+
+CREATE FUNCTION deal_store.read_changes(consumer text, max_rows integer DEFAULT 1000)
+RETURNS TABLE(seq bigint, txid bigint, created_at timestamptz, deal_id uuid, user_id uuid, action text,
+              entity_type text, entity_id uuid, entity_key jsonb, analysis_run_id uuid, reason text, details jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+    horizon bigint := deal_store._horizon();
+    everything boolean;
+    deals uuid[];
+BEGIN
+    c := deal_store._consumer(consumer);
+    PERFORM deal_store._require_feed_reader();
+    IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'max_rows must be between 1 and 100000' USING ERRCODE = '22023';
+    END IF;
+    everything := deal_store.sees_all_deals();
+    deals := deal_store.my_deals('viewer');
+    RETURN QUERY
+    WITH batch AS MATERIALIZED (
+        SELECT l.* FROM deal_store.deal_activity_log l
+        WHERE (l.txid, l.seq) > (c.cursor_txid, c.cursor_seq) AND l.txid < horizon
+          AND (everything OR l.deal_id = ANY (deals))
+        ORDER BY l.txid, l.seq
+        LIMIT max_rows
+    ), last AS (
+        SELECT b.txid, b.seq, (SELECT count(*) FROM batch) AS n FROM batch b ORDER BY b.txid DESC, b.seq DESC LIMIT 1
+    ), mark AS (
+        -- where an ack of the whole batch moves the cursor: past the horizon when
+        -- the batch is all there is below it (entries of other deals included)
+        UPDATE deal_store.feed_consumers f
+        SET read_txid = CASE WHEN coalesce((SELECT x.n FROM last x), 0) < max_rows THEN horizon - 1 ELSE (SELECT x.txid FROM last x) END,
+            read_seq = CASE WHEN coalesce((SELECT x.n FROM last x), 0) < max_rows THEN 9223372036854775807 ELSE (SELECT x.seq FROM last x) END,
+            read_at = pg_catalog.now()
+        WHERE f.name = c.name
+        RETURNING 1
+    )
+    SELECT b.seq, b.txid, b.created_at, b.deal_id, b.user_id, b.action, b.entity_type, b.entity_id,
+           b.entity_key, b.analysis_run_id, b.reason, b.details
+    FROM batch b ORDER BY b.seq;
+END $$;
+COMMENT ON FUNCTION deal_store.read_changes(text, integer) IS
+    'The next at most max_rows (1 to 100000) log entries after the consumer''s cursor, in the deals the caller may see, in seq order. Gap-free: an entry is delivered only when every transaction that could precede it has committed or aborted (its txid is below the snapshot''s xmin), so no entry is skipped whatever the commit order, and none of an aborted transaction appears. Reading does not move the cursor: ack_changes does, and what is not acknowledged is read again, in the same order (at least once).';
+
+CREATE FUNCTION deal_store.ack_changes(consumer text, up_to bigint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+    everything boolean;
+    deals uuid[];
+    stop record;
+    n bigint;
+BEGIN
+    c := deal_store._consumer(consumer);
+    IF up_to IS NULL THEN
+        RAISE EXCEPTION 'up_to must not be NULL' USING ERRCODE = '22004';
+    ELSIF c.read_txid IS NULL THEN
+        RAISE EXCEPTION 'feed consumer "%" has nothing read to acknowledge', consumer USING ERRCODE = '55000',
+            HINT = 'Call deal_store.read_changes first.';
+    END IF;
+    everything := deal_store.sees_all_deals();
+    deals := deal_store.my_deals('viewer');
+    -- the last read's entries in delivery order; the first one above up_to stays unacknowledged
+    SELECT r.before_txid, r.before_seq, r.n INTO stop FROM (
+        SELECT l.txid, l.seq, l.seq > up_to AS open,
+               pg_catalog.lag(l.txid) OVER w AS before_txid, pg_catalog.lag(l.seq) OVER w AS before_seq,
+               pg_catalog.row_number() OVER w - 1 AS n
+        FROM deal_store.deal_activity_log l
+        WHERE (l.txid, l.seq) > (c.cursor_txid, c.cursor_seq) AND (l.txid, l.seq) <= (c.read_txid, c.read_seq)
+          AND (everything OR l.deal_id = ANY (deals))
+        WINDOW w AS (ORDER BY l.txid, l.seq)) r
+    WHERE r.open
+    ORDER BY r.txid, r.seq LIMIT 1;
+    IF NOT FOUND THEN
+        SELECT count(*) INTO n FROM deal_store.deal_activity_log l
+        WHERE (l.txid, l.seq) > (c.cursor_txid, c.cursor_seq) AND (l.txid, l.seq) <= (c.read_txid, c.read_seq)
+          AND (everything OR l.deal_id = ANY (deals));
+        UPDATE deal_store.feed_consumers f
+        SET cursor_txid = c.read_txid, cursor_seq = c.read_seq, read_txid = NULL, read_seq = NULL, acked_at = pg_catalog.now()
+        WHERE f.name = c.name;
+        RETURN n;
+    ELSIF stop.before_txid IS NOT NULL THEN
+        UPDATE deal_store.feed_consumers f
+        SET cursor_txid = stop.before_txid, cursor_seq = stop.before_seq, acked_at = pg_catalog.now()
+        WHERE f.name = c.name;
+    END IF;
+    RETURN stop.n;
+END $$;
+COMMENT ON FUNCTION deal_store.ack_changes(text, bigint) IS
+    'Acknowledges the entries of the consumer''s last read_changes whose seq is at most up_to and returns how many; the cursor moves in delivery order, so it stops before the first entry of the read above up_to, and what follows comes back on the next read (at least once). Acknowledging all of a read moves the cursor past it (and past the entries of deals the caller does not see). 55000 when nothing was read since the last full acknowledgement.';
+
+CREATE FUNCTION deal_store.consumers()
+RETURNS TABLE(name text, owner_role name, registered_at timestamptz, read_at timestamptz, acked_at timestamptz,
+              lag bigint, oldest_unacked_at timestamptz)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT f.name, f.owner_role, f.registered_at, f.read_at, f.acked_at, w.lag, w.oldest
+    FROM deal_store.feed_consumers f
+    CROSS JOIN LATERAL (SELECT count(*) AS lag, min(l.created_at) AS oldest FROM deal_store.deal_activity_log l
+                        WHERE (l.txid, l.seq) > (f.cursor_txid, f.cursor_seq)) w
+    WHERE f.owner_role = deal_store._caller_role() OR deal_store.sees_all_deals()
+    ORDER BY f.name;
+END;
+COMMENT ON FUNCTION deal_store.consumers() IS
+    'The caller''s change-feed consumers (an admin''s: all) with their lag: the log entries after the cursor (of every deal; a consumer reads those of its deals) and the time of the oldest.';
+
+CREATE FUNCTION deal_store.remove_consumer(name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._consumer(name);
+    DELETE FROM deal_store.feed_consumers f WHERE f.name = remove_consumer.name;
+END $$;
+COMMENT ON FUNCTION deal_store.remove_consumer(text) IS
+    'Removes a change-feed consumer (its owner''s role or an admin). P0002 when there is none.';
+
+-- Wake-up: a LISTEN deal_store_feed gets one notification per committed
+-- transaction that wrote log entries while a consumer is registered. The data
+-- is read with read_changes; a missed notification loses nothing.
+CREATE FUNCTION deal_store.feed_wakeup() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM deal_store.feed_consumers) THEN
+        PERFORM pg_catalog.pg_notify('deal_store_feed', '');
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION deal_store.feed_wakeup() IS
+    'Trigger (AFTER INSERT on deal_activity_log, per statement): pg_notify(''deal_store_feed'', '''') while any consumer is registered; identical notifications of one transaction are delivered once, at commit.';
+CREATE TRIGGER feed_wakeup AFTER INSERT ON deal_store.deal_activity_log
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.feed_wakeup();
+
+-- grants as access.sql gives them
+REVOKE ALL ON deal_store.feed_consumers FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+DO $$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['deal_store.register_consumer(text, boolean)', 'deal_store.read_changes(text, integer)',
+                             'deal_store.ack_changes(text, bigint)', 'deal_store.consumers()',
+                             'deal_store.remove_consumer(text)']::pg_catalog.regprocedure[] LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO deal_store_reader', f);
+    END LOOP;
+END $$;

@@ -8,6 +8,9 @@
 -- in that order; reading does not move it, acknowledging does, so what is not
 -- acknowledged comes back (at least once, in the same order).
 
+COMMENT ON FUNCTION deal_store._caller_role() IS
+    'Internal: the role the caller acts as outside SECURITY DEFINER functions (its login, or the role it SET ROLE to): the owner of the consumers it registers.';
+
 CREATE TABLE deal_store.feed_consumers (
     name          text        NOT NULL,
     owner_role    name        NOT NULL,
