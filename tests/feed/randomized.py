@@ -11,6 +11,7 @@ entries under the same interleavings (the reason the feed exists).
 """
 import random
 import sys
+import time
 import uuid
 
 import psycopg
@@ -71,7 +72,13 @@ def run(seed):
     for w in range(WRITERS):
         writers[w].commit()
         writers[w].close()
-    while True:  # drain
+    # drain: the feed waits for every older transaction of the cluster (an autovacuum's included)
+    last_txid = admin.execute("SELECT max(txid) FROM deal_store.deal_activity_log").fetchone()[0]
+    for _ in range(600):
+        if admin.execute("SELECT deal_store._horizon() > %s", [last_txid]).fetchone()[0]:
+            break
+        time.sleep(0.05)
+    while True:
         seqs = [s for (s,) in consumer.execute("SELECT seq FROM deal_store.read_changes(%s, 1000)", [name]).fetchall()]
         if not seqs:
             break

@@ -13,9 +13,25 @@ DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ds_feed_viewer') THEN CREATE ROLE ds_feed_viewer NOLOGIN; END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ds_feed_other') THEN CREATE ROLE ds_feed_other NOLOGIN; END IF;
 END $$;
+SET client_min_messages = warning;
 GRANT deal_store_reader TO ds_feed_viewer, ds_feed_other;
+RESET client_min_messages;
 GRANT USAGE ON SCHEMA regress TO ds_feed_viewer, ds_feed_other;
 UPDATE users SET db_role = 'ds_feed_viewer' WHERE id = '00000000-0000-0000-0018-0000000000a2';
+
+-- The feed waits for every older transaction of the cluster (an autovacuum's
+-- ANALYZE included): before a read that must see the entries just written, wait
+-- until the horizon has passed them.
+CREATE FUNCTION regress.feed_settled() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. 600 LOOP
+        IF deal_store._horizon() > (SELECT max(txid) FROM deal_store.deal_activity_log) THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN false;
+END $$;
 
 -- 1. registering: from now (what finished before is behind the cursor) or from the start
 SELECT name, owner_role FROM register_consumer('mailer');
@@ -33,6 +49,7 @@ INSERT INTO facts (deal_id, legacy_id, domain, item)
 SELECT '00000000-0000-0000-0018-0000000000d1', 'F-' || i, 'network', 'fact ' || i FROM generate_series(1, 4) i;
 UPDATE facts SET verified = true WHERE deal_id = '00000000-0000-0000-0018-0000000000d1' AND legacy_id = 'F-2';
 RESET deal_store.actor;
+SELECT regress.feed_settled();
 CREATE TABLE regress.feed_first AS
 SELECT seq, action, entity_type, details ->> 'legacy_id' AS legacy_id FROM read_changes('mailer', 3);
 SELECT action, entity_type, legacy_id FROM regress.feed_first ORDER BY seq;
@@ -52,6 +69,7 @@ INSERT INTO facts (deal_id, legacy_id, domain, item) VALUES
   ('00000000-0000-0000-0018-0000000000d1', 'F-9', 'network', 'seen by the viewer'),
   ('00000000-0000-0000-0018-0000000000d2', 'X-9', 'network', 'not seen by the viewer');
 RESET deal_store.actor;
+SELECT regress.feed_settled();
 SET ROLE ds_feed_viewer;
 SELECT name, owner_role FROM deal_store.register_consumer('viewer.inbox', from_start => true);
 SELECT d.name, count(*) FROM deal_store.read_changes('viewer.inbox', 1000) c JOIN deal_store.deals d ON d.id = c.deal_id GROUP BY 1;
@@ -78,7 +96,9 @@ BEGIN;
 SET LOCAL deal_store.actor = '00000000-0000-0000-0018-0000000000a1';
 INSERT INTO facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0018-0000000000d1', 'F-ROLLED', 'network', 'never');
 ROLLBACK;
+SELECT regress.feed_settled();
 SELECT count(*) AS rolled_back_entries FROM read_changes('mailer') WHERE details ->> 'legacy_id' = 'F-ROLLED';
 SELECT remove_consumer('mailer');
 DROP TABLE regress.feed_first;
+DROP FUNCTION regress.feed_settled();
 REVOKE USAGE ON SCHEMA regress FROM ds_feed_viewer, ds_feed_other;

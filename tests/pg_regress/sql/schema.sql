@@ -3,7 +3,7 @@
 -- only, and the extension drops and re-creates cleanly.
 SET search_path = deal_store, public;
 
--- the twelve tables, all owned by the extension
+-- the tables, all owned by the extension
 SELECT c.relname, obj_description(c.oid, 'pg_class') IS NOT NULL AS commented
 FROM pg_class c JOIN pg_depend d ON d.objid = c.oid AND d.deptype = 'e'
 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'deal_store'
@@ -15,11 +15,12 @@ FROM pg_constraint WHERE contype = 'p' AND connamespace = 'deal_store'::regnames
 ORDER BY tbl::text;
 
 -- every unique index of a deal-owned table includes deal_id (users, deals and
--- tier_policies are reference tables; the log and notifications may have no deal)
+-- tier_policies are reference tables; the log and notifications may have no deal;
+-- a feed consumer reads many deals)
 SELECT i.indexrelid::regclass AS unique_index
 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid
 WHERE t.relnamespace = 'deal_store'::regnamespace AND i.indisunique
-  AND t.relname NOT IN ('users', 'deals', 'deal_activity_log', 'notifications', 'tier_policies')
+  AND t.relname NOT IN ('users', 'deals', 'deal_activity_log', 'notifications', 'tier_policies', 'feed_consumers')
   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.oid AND a.attname = 'deal_id'
                   AND a.attnum = ANY (i.indkey))
 ORDER BY 1;
