@@ -139,3 +139,5 @@ WHERE o.change = 'delete' AND f.deleted_at IS NOT NULL AND f.superseded_at IS NU
 SELECT count(*) AS versions_written FROM facts
 WHERE deal_id = '00000000-0000-0000-0003-0000000000db' AND superseded_at IS NOT NULL;
 RESET deal_store.auto_apply;
+-- the audit of facts comes back on for the files that follow
+SELECT enable_audit('deal_store.facts');
