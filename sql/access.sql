@@ -224,8 +224,8 @@ BEGIN
     END LOOP;
 END $$;
 GRANT SELECT (id, email, display_name, roles, active, created_at, updated_at, db_role) ON deal_store.users TO deal_store_reader;
--- feed consumers are read through consumers(): each role sees its own
-REVOKE ALL ON deal_store.feed_consumers FROM deal_store_reader;
+-- feed consumers are read through consumers(): each role sees its own; idempotency keys are internal
+REVOKE ALL ON deal_store.feed_consumers, deal_store.idempotency_keys FROM deal_store_reader;
 GRANT UPDATE (read, read_at) ON deal_store.notifications TO deal_store_reader;
 -- analysts write content directly too (DELETE is a soft delete)
 GRANT INSERT, UPDATE, DELETE ON deal_store.deals, deal_store.documents, deal_store.facts, deal_store.findings,
@@ -287,17 +287,17 @@ BEGIN
         ('deal_store.consumers()', 'deal_store_reader', true),
         ('deal_store.remove_consumer(text)', 'deal_store_reader', true),
         -- analyst: runs, proposals, gaps, soft delete
-        ('deal_store.start_run(uuid, text[], boolean)', 'deal_store_analyst', true),
+        ('deal_store.start_run(uuid, text[], boolean, text)', 'deal_store_analyst', true),
         ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),
         ('deal_store.fail_run(uuid, text)', 'deal_store_analyst', true),
-        ('deal_store.propose_facts(uuid, jsonb, text[])', 'deal_store_analyst', true),
-        ('deal_store.propose_findings(uuid, jsonb, text[])', 'deal_store_analyst', true),
-        ('deal_store.propose_gaps(uuid, jsonb, text[])', 'deal_store_analyst', true),
+        ('deal_store.propose_facts(uuid, jsonb, text[], text)', 'deal_store_analyst', true),
+        ('deal_store.propose_findings(uuid, jsonb, text[], text)', 'deal_store_analyst', true),
+        ('deal_store.propose_gaps(uuid, jsonb, text[], text)', 'deal_store_analyst', true),
         ('deal_store.resolve_gap(uuid, text)', 'deal_store_analyst', true),
         ('deal_store.reopen_gap(uuid)', 'deal_store_analyst', true),
         ('deal_store.soft_delete(regclass, uuid, text)', 'deal_store_analyst', true),
         ('deal_store.restore(regclass, uuid)', 'deal_store_analyst', true),
-        ('deal_store.import_deal(jsonb)', 'deal_store_analyst', true),
+        ('deal_store.import_deal(jsonb, text)', 'deal_store_analyst', true),
         ('deal_store.archive_deal(uuid)', 'deal_store_analyst', true),
         ('deal_store.unarchive_deal(uuid)', 'deal_store_analyst', true),
         ('deal_store.add_member(uuid, uuid, text)', 'deal_store_analyst', true),
@@ -306,7 +306,7 @@ BEGIN
         ('deal_store.accept_change(uuid, text)', 'deal_store_reviewer', true),
         ('deal_store.reject_change(uuid, text)', 'deal_store_reviewer', true),
         ('deal_store.defer_change(uuid, timestamptz, text)', 'deal_store_reviewer', true),
-        ('deal_store.accept_changes(uuid, integer, uuid)', 'deal_store_reviewer', true),
+        ('deal_store.accept_changes(uuid, integer, uuid, text)', 'deal_store_reviewer', true),
         ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
         ('deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)', 'deal_store_reviewer', false),
         -- admin

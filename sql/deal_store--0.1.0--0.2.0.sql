@@ -2635,3 +2635,280 @@ BEGIN
         EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO deal_store_reader', f);
     END LOOP;
 END $$;
+
+-- 0.2.0: idempotent calls (issue 18):
+-- start_run, propose_*, accept_changes and import_deal take an optional
+-- idempotency_key (each dropped and re-created with the new parameter).
+
+CREATE TABLE deal_store.idempotency_keys (
+    key           text        NOT NULL,
+    function_name text        NOT NULL,
+    caller        name        NOT NULL,
+    arguments     text        NOT NULL,
+    result        jsonb,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT idempotency_keys_pkey PRIMARY KEY (key),
+    CONSTRAINT idempotency_keys_key_check CHECK (length(key) BETWEEN 1 AND 200)
+);
+COMMENT ON TABLE deal_store.idempotency_keys IS
+    'The results of calls made with an idempotency key (start_run, propose_*, accept_changes, import_deal), so a retried call returns the first call''s result. arguments is the MD5 of the call''s arguments.';
+SELECT pg_catalog.pg_extension_config_dump('deal_store.idempotency_keys', '');
+
+CREATE FUNCTION deal_store._idempotent(key text, function_name text, arguments jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    digest text := md5(arguments::text);
+    caller name := deal_store._caller_role();
+    k deal_store.idempotency_keys;
+BEGIN
+    IF key IS NULL THEN
+        RETURN NULL;
+    ELSIF length(key) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'idempotency_key must have 1 to 200 characters' USING ERRCODE = '22023';
+    END IF;
+    -- the first call claims the key; a concurrent one waits here for it to end
+    INSERT INTO deal_store.idempotency_keys AS i (key, function_name, caller, arguments)
+    VALUES (_idempotent.key, _idempotent.function_name, caller, digest)
+    ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO STRICT k FROM deal_store.idempotency_keys i WHERE i.key = _idempotent.key;
+    IF k.function_name <> _idempotent.function_name OR k.caller <> caller OR k.arguments <> digest THEN
+        RAISE EXCEPTION 'idempotency key "%" was used for another call', key USING ERRCODE = '22023',
+            DETAIL = format('It was used by %s for %s with other arguments.', k.caller, k.function_name),
+            HINT = 'Use a new key for a new call.';
+    END IF;
+    RETURN coalesce(k.result, 'null');
+END $$;
+COMMENT ON FUNCTION deal_store._idempotent(text, text, jsonb) IS
+    'Internal: NULL when the call should run (no key, or the key is new: it is claimed for this call); else the result the first call with this key recorded. 22023 when the key was used for another function, role or arguments.';
+
+CREATE FUNCTION deal_store._remember(key text, result jsonb) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    UPDATE deal_store.idempotency_keys i SET result = _remember.result WHERE i.key = _remember.key;
+END;
+COMMENT ON FUNCTION deal_store._remember(text, jsonb) IS
+    'Internal: records the result of the call that claimed the key (nothing when key is NULL).';
+
+DROP FUNCTION deal_store.start_run(uuid, text[], boolean);
+DROP FUNCTION deal_store.propose_facts(uuid, jsonb, text[]);
+DROP FUNCTION deal_store.propose_findings(uuid, jsonb, text[]);
+DROP FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]);
+DROP FUNCTION deal_store.accept_changes(uuid, integer, uuid);
+DROP FUNCTION deal_store.import_deal(jsonb);
+CREATE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false,
+    idempotency_key text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+    run_id uuid;
+    prior jsonb;
+BEGIN
+    PERFORM deal_store._require_deal(start_run.deal_id, 'write');
+    prior := deal_store._idempotent(idempotency_key, 'start_run', jsonb_build_array(deal_id, domains, incremental));
+    IF prior IS NOT NULL THEN
+        RETURN prior #>> '{}';
+    END IF;
+    IF domains IS NOT NULL AND (array_position(domains, NULL) IS NOT NULL
+                                OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN
+        RAISE EXCEPTION 'domains must not contain NULL or empty names' USING ERRCODE = '22023';
+    END IF;
+    -- The deal's row lock serialises run starts per deal, so two sessions
+    -- never compute the same run_number. NO KEY UPDATE leaves FK checks free.
+    SELECT x.id, x.deleted_at INTO d FROM deal_store.deals x WHERE x.id = start_run.deal_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist', start_run.deal_id USING ERRCODE = 'P0002';
+    ELSIF d.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'deal % is deleted', start_run.deal_id USING ERRCODE = '55000';
+    END IF;
+    INSERT INTO deal_store.analysis_runs (deal_id, run_number, is_incremental, domains_analyzed, triggered_by)
+    SELECT start_run.deal_id, coalesce(max(r.run_number), 0) + 1, coalesce(incremental, false), domains,
+           deal_store.current_actor()
+    FROM deal_store.analysis_runs r WHERE r.deal_id = start_run.deal_id
+    RETURNING id INTO run_id;
+    PERFORM deal_store._remember(idempotency_key, to_jsonb(run_id));
+    RETURN run_id;
+END $$;
+COMMENT ON FUNCTION deal_store.start_run(uuid, text[], boolean, text) IS
+    'Starts an analysis run of a deal and returns its id. run_number is the deal''s next number, safe under concurrent starts. domains: what the run covers (NULL = all); incremental runs never propose removals. With an idempotency_key, a repeated call returns the first call''s run and starts nothing (22023 for the key with other arguments). Errors: P0002 no such deal, 55000 deal deleted, 22023 bad domains.';
+
+-- propose_*: the Rust proposal, once per idempotency key. Its result (a few
+-- rows of counts) is kept as jsonb, so a repeated call returns the same rows.
+CREATE FUNCTION deal_store._propose_once(entity_type text, run_id uuid, incoming jsonb, domains text[], idempotency_key text)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    IF idempotency_key IS NOT NULL THEN
+        PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
+        result := deal_store._idempotent(idempotency_key, 'propose_' || entity_type, jsonb_build_array(run_id, incoming, domains));
+    END IF;
+    IF result IS NULL THEN
+        SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]') INTO result FROM deal_store._propose(entity_type, run_id, incoming, domains) p;
+        PERFORM deal_store._remember(idempotency_key, result);
+    END IF;
+    RETURN QUERY SELECT x.change_type, x.confidence_tier, x.proposed, x.status
+                 FROM jsonb_to_recordset(result) AS x(change_type text, confidence_tier integer, proposed bigint, status text);
+END $$;
+COMMENT ON FUNCTION deal_store._propose_once(text, uuid, jsonb, text[], text) IS
+    'Internal: the body of propose_facts, propose_findings and propose_gaps: _propose, or with an idempotency_key the result of the first call with that key.';
+
+CREATE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[] DEFAULT NULL, idempotency_key text DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store._propose_once('fact', run_id, facts, domains, idempotency_key); END;
+COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[], text) IS
+    'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update, delete) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. Removals only inside domains (default: the domains of the given facts, within the run''s domains); an incremental run never removes. Idempotent; a newer run supersedes an older run''s open change. Every element is checked first against its column (type, required, unknown keys unless the deal ignores them; the table''s CHECK constraints for the elements that become changes): 22023 naming the element, its legacy_id and the field, and nothing is proposed. Returns counts by change type, tier and what became of them (status pending, or accepted / conflict for tier 1 applied at once).';
+CREATE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL, idempotency_key text DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store._propose_once('finding', run_id, findings, domains, idempotency_key); END;
+COMMENT ON FUNCTION deal_store.propose_findings(uuid, jsonb, text[], text) IS 'propose_facts for findings (content checksum over deal_store.content_fields(''finding'')).';
+CREATE FUNCTION deal_store.propose_gaps(run_id uuid, gaps jsonb, domains text[] DEFAULT NULL, idempotency_key text DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store._propose_once('gap', run_id, gaps, domains, idempotency_key); END;
+COMMENT ON FUNCTION deal_store.propose_gaps(uuid, jsonb, text[], text) IS 'propose_facts for gaps (content checksum over deal_store.content_fields(''gap'')).';
+
+CREATE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL,
+    idempotency_key text DEFAULT NULL)
+RETURNS TABLE(status text, n bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked uuid[];
+    result jsonb;
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'review');
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    result := deal_store._idempotent(idempotency_key, 'accept_changes', jsonb_build_array(deal_id, max_tier, run_id));
+    IF result IS NOT NULL THEN
+        RETURN QUERY SELECT x.status, x.n FROM jsonb_to_recordset(result) AS x(status text, n bigint);
+        RETURN;
+    END IF;
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = accept_changes.deal_id AND p.confidence_tier <= max_tier
+          AND (accept_changes.run_id IS NULL OR p.analysis_run_id = accept_changes.run_id)
+          AND (p.status = 'pending' OR (p.status = 'deferred' AND p.deferred_until <= now()))
+        ORDER BY p.created_at, p.id
+        FOR UPDATE SKIP LOCKED) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store._apply(pg_catalog.array_fill(deal_id, ARRAY[pg_catalog.cardinality(locked)]), locked, 'batch accept');
+    END IF;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('status', s.status, 'n', s.n) ORDER BY s.status), '[]') INTO result
+    FROM (SELECT p.status, count(*) AS n FROM deal_store.pending_changes p
+          WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked) GROUP BY p.status) s;
+    PERFORM deal_store._remember(idempotency_key, result);
+    RETURN QUERY SELECT x.status, x.n FROM jsonb_to_recordset(result) AS x(status text, n bigint);
+END $$;
+COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid, text) IS
+    'Accepts every open change of a deal up to max_tier (of one run when run_id is given; deferred ones once their time has come), skipping rows another session holds. Returns how many were accepted and how many turned out to be conflicts. With an idempotency_key, a repeated call returns the first call''s counts and accepts nothing.';
+
+CREATE FUNCTION deal_store.import_deal(doc jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prior jsonb;
+    deal uuid;
+    owner uuid;
+    taken text;
+    taken_in text;
+BEGIN
+    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
+       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
+    END IF;
+    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
+        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
+    END IF;
+    -- read through the typed format first: a malformed document fails here, naming
+    -- the JSON path of the first bad field, before anything is written
+    doc := deal_store._export_format(doc);
+    prior := deal_store._idempotent(idempotency_key, 'import_deal', jsonb_build_array(doc));
+    IF prior IS NOT NULL THEN
+        RETURN prior #>> '{}';
+    END IF;
+    deal := (doc -> 'deal' ->> 'id')::uuid;
+    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
+        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
+            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                                           'findings', 'gaps', 'fact_finding_links']) k,
+                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
+               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
+        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
+    END IF;
+    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
+    -- accept_change ...) must name one row: an id already used here is refused
+    SELECT k, e ->> 'id' INTO taken_in, taken
+    FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                      'findings', 'gaps', 'fact_finding_links']) k,
+         jsonb_array_elements(coalesce(doc -> k, '[]')) e
+    WHERE CASE k WHEN 'documents' THEN EXISTS (SELECT 1 FROM deal_store.documents x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'analysis_runs' THEN EXISTS (SELECT 1 FROM deal_store.analysis_runs x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'findings' THEN EXISTS (SELECT 1 FROM deal_store.findings x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'gaps' THEN EXISTS (SELECT 1 FROM deal_store.gaps x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'fact_finding_links' THEN EXISTS (SELECT 1 FROM deal_store.fact_finding_links x WHERE x.id = (e ->> 'id')::uuid)
+                 ELSE EXISTS (SELECT 1 FROM deal_store.facts x WHERE x.id = (e ->> 'id')::uuid) END
+    LIMIT 1;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
+            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
+    END IF;
+    -- the owner: an existing user with the export's e-mail, else a new user with
+    -- no password and the default roles (never credentials or roles from the document)
+    SELECT u.id INTO owner FROM deal_store.users u WHERE lower(u.email) = lower(doc -> 'owner' ->> 'email');
+    IF owner IS NULL AND jsonb_typeof(doc -> 'owner') = 'object' THEN
+        INSERT INTO deal_store.users (id, email, display_name)
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = o.id) THEN gen_random_uuid() ELSE o.id END,
+               o.email, o.display_name
+        FROM jsonb_to_record(doc -> 'owner') AS o(id uuid, email text, display_name text)
+        RETURNING id INTO owner;
+    END IF;
+    PERFORM deal_store._insert_rows('deal_store.deals',
+        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')
+            || jsonb_build_object('ignore_unknown_keys', coalesce((doc -> 'deal' ->> 'ignore_unknown_keys')::boolean, false))));
+    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
+    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    -- the caller leads what it imported (42501 and nothing imported unless it may write)
+    IF deal_store.current_actor() IS NOT NULL THEN
+        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
+        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    END IF;
+    PERFORM deal_store._require_right(deal, 'manage');
+    -- history rows are the export's own versions: restored by the versioning's own writer
+    PERFORM deal_store._import_facts(
+        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
+    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
+    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
+    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
+    PERFORM deal_store._remember(idempotency_key, to_jsonb(deal));
+    RETURN deal;
+END $$;
+COMMENT ON FUNCTION deal_store.import_deal(jsonb, text) IS
+    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The caller (deal_store.actor) becomes a lead of it. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import. With an idempotency_key, a repeated call returns the first call''s deal and imports nothing.';
+
+-- grants as access.sql gives them
+REVOKE ALL ON deal_store.idempotency_keys FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee FROM (VALUES
+        ('deal_store.start_run(uuid, text[], boolean, text)', 'deal_store_analyst'),
+        ('deal_store.propose_facts(uuid, jsonb, text[], text)', 'deal_store_analyst'),
+        ('deal_store.propose_findings(uuid, jsonb, text[], text)', 'deal_store_analyst'),
+        ('deal_store.propose_gaps(uuid, jsonb, text[], text)', 'deal_store_analyst'),
+        ('deal_store.import_deal(jsonb, text)', 'deal_store_analyst'),
+        ('deal_store.accept_changes(uuid, integer, uuid, text)', 'deal_store_reviewer')) AS x(fn, grantee)
+    LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
+    END LOOP;
+END $$;

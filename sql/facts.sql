@@ -145,9 +145,10 @@ END $$;
 COMMENT ON FUNCTION deal_store.export_deal(uuid) IS
     'One deal as jsonb: its owner (without password_hash, roles and db_role), the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
 
-CREATE FUNCTION deal_store.import_deal(doc jsonb) RETURNS uuid
+CREATE FUNCTION deal_store.import_deal(doc jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    prior jsonb;
     deal uuid;
     owner uuid;
     taken text;
@@ -164,6 +165,10 @@ BEGIN
     -- read through the typed format first: a malformed document fails here, naming
     -- the JSON path of the first bad field, before anything is written
     doc := deal_store._export_format(doc);
+    prior := deal_store._idempotent(idempotency_key, 'import_deal', jsonb_build_array(doc));
+    IF prior IS NOT NULL THEN
+        RETURN prior #>> '{}';
+    END IF;
     deal := (doc -> 'deal' ->> 'id')::uuid;
     IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
         RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
@@ -220,7 +225,8 @@ BEGIN
     PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
     PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
     PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
+    PERFORM deal_store._remember(idempotency_key, to_jsonb(deal));
     RETURN deal;
 END $$;
-COMMENT ON FUNCTION deal_store.import_deal(jsonb) IS
-    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The caller (deal_store.actor) becomes a lead of it. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import.';
+COMMENT ON FUNCTION deal_store.import_deal(jsonb, text) IS
+    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The caller (deal_store.actor) becomes a lead of it. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import. With an idempotency_key, a repeated call returns the first call''s deal and imports nothing.';

@@ -11,19 +11,41 @@ COMMENT ON FUNCTION deal_store._kind_table(text) IS
 COMMENT ON FUNCTION deal_store._propose(text, uuid, anyelement, text[]) IS
     'Internal: the Rust body of propose_facts, propose_findings and propose_gaps.';
 
-CREATE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[] DEFAULT NULL)
+-- propose_*: the Rust proposal, once per idempotency key. Its result (a few
+-- rows of counts) is kept as jsonb, so a repeated call returns the same rows.
+CREATE FUNCTION deal_store._propose_once(entity_type text, run_id uuid, incoming jsonb, domains text[], idempotency_key text)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    IF idempotency_key IS NOT NULL THEN
+        PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
+        result := deal_store._idempotent(idempotency_key, 'propose_' || entity_type, jsonb_build_array(run_id, incoming, domains));
+    END IF;
+    IF result IS NULL THEN
+        SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]') INTO result FROM deal_store._propose(entity_type, run_id, incoming, domains) p;
+        PERFORM deal_store._remember(idempotency_key, result);
+    END IF;
+    RETURN QUERY SELECT x.change_type, x.confidence_tier, x.proposed, x.status
+                 FROM jsonb_to_recordset(result) AS x(change_type text, confidence_tier integer, proposed bigint, status text);
+END $$;
+COMMENT ON FUNCTION deal_store._propose_once(text, uuid, jsonb, text[], text) IS
+    'Internal: the body of propose_facts, propose_findings and propose_gaps: _propose, or with an idempotency_key the result of the first call with that key.';
+
+CREATE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[] DEFAULT NULL, idempotency_key text DEFAULT NULL)
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
-BEGIN ATOMIC SELECT * FROM deal_store._propose('fact', run_id, facts, domains); END;
-COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[]) IS
+BEGIN ATOMIC SELECT * FROM deal_store._propose_once('fact', run_id, facts, domains, idempotency_key); END;
+COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[], text) IS
     'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update, delete) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. Removals only inside domains (default: the domains of the given facts, within the run''s domains); an incremental run never removes. Idempotent; a newer run supersedes an older run''s open change. Every element is checked first against its column (type, required, unknown keys unless the deal ignores them; the table''s CHECK constraints for the elements that become changes): 22023 naming the element, its legacy_id and the field, and nothing is proposed. Returns counts by change type, tier and what became of them (status pending, or accepted / conflict for tier 1 applied at once).';
-CREATE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL)
+CREATE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL, idempotency_key text DEFAULT NULL)
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
-BEGIN ATOMIC SELECT * FROM deal_store._propose('finding', run_id, findings, domains); END;
-COMMENT ON FUNCTION deal_store.propose_findings(uuid, jsonb, text[]) IS 'propose_facts for findings (content checksum over deal_store.content_fields(''finding'')).';
-CREATE FUNCTION deal_store.propose_gaps(run_id uuid, gaps jsonb, domains text[] DEFAULT NULL)
+BEGIN ATOMIC SELECT * FROM deal_store._propose_once('finding', run_id, findings, domains, idempotency_key); END;
+COMMENT ON FUNCTION deal_store.propose_findings(uuid, jsonb, text[], text) IS 'propose_facts for findings (content checksum over deal_store.content_fields(''finding'')).';
+CREATE FUNCTION deal_store.propose_gaps(run_id uuid, gaps jsonb, domains text[] DEFAULT NULL, idempotency_key text DEFAULT NULL)
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
-BEGIN ATOMIC SELECT * FROM deal_store._propose('gap', run_id, gaps, domains); END;
-COMMENT ON FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]) IS 'propose_facts for gaps (content checksum over deal_store.content_fields(''gap'')).';
+BEGIN ATOMIC SELECT * FROM deal_store._propose_once('gap', run_id, gaps, domains, idempotency_key); END;
+COMMENT ON FUNCTION deal_store.propose_gaps(uuid, jsonb, text[], text) IS 'propose_facts for gaps (content checksum over deal_store.content_fields(''gap'')).';
 
 -- ---------------------------------------------------------------------------
 -- Applying: one path. _apply_set applies a set of locked open changes (facts,
@@ -293,15 +315,22 @@ LANGUAGE sql BEGIN ATOMIC SELECT deal_store._decide(change_id, 'defer', note, un
 COMMENT ON FUNCTION deal_store.defer_change(uuid, timestamptz, text) IS
     'Defers an open change: it waits (status deferred) and becomes eligible for process_queue / accept_changes again after until (never by itself when until is NULL). P0002, 55000.';
 
-CREATE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL)
+CREATE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL,
+    idempotency_key text DEFAULT NULL)
 RETURNS TABLE(status text, n bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     locked uuid[];
+    result jsonb;
 BEGIN
     PERFORM deal_store._require_deal(deal_id, 'review');
     IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
         RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    result := deal_store._idempotent(idempotency_key, 'accept_changes', jsonb_build_array(deal_id, max_tier, run_id));
+    IF result IS NOT NULL THEN
+        RETURN QUERY SELECT x.status, x.n FROM jsonb_to_recordset(result) AS x(status text, n bigint);
+        RETURN;
     END IF;
     SELECT array_agg(p.id) INTO locked FROM (
         SELECT p.id FROM deal_store.pending_changes p
@@ -313,12 +342,14 @@ BEGIN
     IF locked IS NOT NULL THEN
         PERFORM deal_store._apply(pg_catalog.array_fill(deal_id, ARRAY[pg_catalog.cardinality(locked)]), locked, 'batch accept');
     END IF;
-    RETURN QUERY SELECT p.status, count(*) FROM deal_store.pending_changes p
-                 WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked)
-                 GROUP BY p.status ORDER BY p.status;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('status', s.status, 'n', s.n) ORDER BY s.status), '[]') INTO result
+    FROM (SELECT p.status, count(*) AS n FROM deal_store.pending_changes p
+          WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked) GROUP BY p.status) s;
+    PERFORM deal_store._remember(idempotency_key, result);
+    RETURN QUERY SELECT x.status, x.n FROM jsonb_to_recordset(result) AS x(status text, n bigint);
 END $$;
-COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid) IS
-    'Accepts every open change of a deal up to max_tier (of one run when run_id is given; deferred ones once their time has come), skipping rows another session holds. Returns how many were accepted and how many turned out to be conflicts.';
+COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid, text) IS
+    'Accepts every open change of a deal up to max_tier (of one run when run_id is given; deferred ones once their time has come), skipping rows another session holds. Returns how many were accepted and how many turned out to be conflicts. With an idempotency_key, a repeated call returns the first call''s counts and accepts nothing.';
 
 -- The plan is pinned to an ordered scan of the open-queue index that stops after
 -- batch_size rows: with the statistics a big proposal leaves behind (not yet

@@ -1,14 +1,20 @@
 -- Analysis runs: start, complete, fail; and the run-scoped views that show
 -- only what completed runs (or people) wrote.
 
-CREATE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false)
+CREATE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false,
+    idempotency_key text DEFAULT NULL)
 RETURNS uuid
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d record;
     run_id uuid;
+    prior jsonb;
 BEGIN
     PERFORM deal_store._require_deal(start_run.deal_id, 'write');
+    prior := deal_store._idempotent(idempotency_key, 'start_run', jsonb_build_array(deal_id, domains, incremental));
+    IF prior IS NOT NULL THEN
+        RETURN prior #>> '{}';
+    END IF;
     IF domains IS NOT NULL AND (array_position(domains, NULL) IS NOT NULL
                                 OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN
         RAISE EXCEPTION 'domains must not contain NULL or empty names' USING ERRCODE = '22023';
@@ -26,10 +32,11 @@ BEGIN
            deal_store.current_actor()
     FROM deal_store.analysis_runs r WHERE r.deal_id = start_run.deal_id
     RETURNING id INTO run_id;
+    PERFORM deal_store._remember(idempotency_key, to_jsonb(run_id));
     RETURN run_id;
 END $$;
-COMMENT ON FUNCTION deal_store.start_run(uuid, text[], boolean) IS
-    'Starts an analysis run of a deal and returns its id. run_number is the deal''s next number, safe under concurrent starts. domains: what the run covers (NULL = all); incremental runs never propose removals. Errors: P0002 no such deal, 55000 deal deleted, 22023 bad domains.';
+COMMENT ON FUNCTION deal_store.start_run(uuid, text[], boolean, text) IS
+    'Starts an analysis run of a deal and returns its id. run_number is the deal''s next number, safe under concurrent starts. domains: what the run covers (NULL = all); incremental runs never propose removals. With an idempotency_key, a repeated call returns the first call''s run and starts nothing (22023 for the key with other arguments). Errors: P0002 no such deal, 55000 deal deleted, 22023 bad domains.';
 
 CREATE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS deal_store.analysis_runs
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

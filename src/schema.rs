@@ -1,5 +1,6 @@
 //! The SQL surface, in dependency order: tables (`sql/schema.sql`), soft delete
-//! and views (`sql/soft_delete.sql`), analysis runs (`sql/runs.sql`) and the
+//! and views (`sql/soft_delete.sql`), idempotency keys (`sql/idempotency.sql`),
+//! analysis runs (`sql/runs.sql`) and the
 //! dashboard reads (`sql/dashboard.sql`), fact checksums, versions, diffs and
 //! export / import (`sql/facts.sql`), the audit log (`sql/audit.sql`) and the
 //! merge queue (`sql/queue.sql`), fact search (`sql/search.sql`), the change feed
@@ -13,7 +14,8 @@ extension_sql_file!(
     name = "soft_delete",
     requires = ["schema", access::current_actor]
 );
-extension_sql_file!("../sql/runs.sql", name = "runs", requires = ["soft_delete"]);
+extension_sql_file!("../sql/idempotency.sql", name = "idempotency", requires = ["soft_delete", access::caller_role]);
+extension_sql_file!("../sql/runs.sql", name = "runs", requires = ["idempotency"]);
 extension_sql_file!(
     "../sql/dashboard.sql",
     name = "dashboard",
@@ -63,11 +65,11 @@ mod tests {
     use pgrx::prelude::*;
 
     #[pg_test]
-    fn creates_the_fourteen_tables() {
+    fn creates_the_fifteen_tables() {
         let n = Spi::get_one::<i64>(
             "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'deal_store'",
         );
-        assert_eq!(n, Ok(Some(14)));
+        assert_eq!(n, Ok(Some(15)));
     }
 
     #[pg_test]
