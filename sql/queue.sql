@@ -21,7 +21,7 @@ DECLARE
 BEGIN
     IF idempotency_key IS NOT NULL THEN
         PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
-        result := deal_store._idempotent(idempotency_key, 'propose_' || entity_type, jsonb_build_array(run_id, incoming, domains));
+        result := deal_store._idempotent(idempotency_key, 'propose_' || entity_type || 's', jsonb_build_array(run_id, incoming, domains));
     END IF;
     IF result IS NULL THEN
         SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]') INTO result FROM deal_store._propose(entity_type, run_id, incoming, domains) p;
