@@ -225,7 +225,7 @@ BEGIN
 END $$;
 GRANT SELECT (id, email, display_name, roles, active, created_at, updated_at, db_role) ON deal_store.users TO deal_store_reader;
 -- feed consumers are read through consumers(): each role sees its own; idempotency keys are internal
-REVOKE ALL ON deal_store.feed_consumers, deal_store.idempotency_keys FROM deal_store_reader;
+REVOKE ALL ON deal_store.feed_consumers, deal_store.idempotency_keys, deal_store.seen_marks FROM deal_store_reader;
 GRANT UPDATE (read, read_at) ON deal_store.notifications TO deal_store_reader;
 -- analysts write content directly too (DELETE is a soft delete)
 GRANT INSERT, UPDATE, DELETE ON deal_store.deals, deal_store.documents, deal_store.facts, deal_store.findings,
@@ -286,6 +286,12 @@ BEGIN
         ('deal_store.ack_changes(text, bigint)', 'deal_store_reader', true),
         ('deal_store.consumers()', 'deal_store_reader', true),
         ('deal_store.remove_consumer(text)', 'deal_store_reader', true),
+        -- what changed, for people
+        ('deal_store.mark_seen(uuid)', 'deal_store_reader', true),
+        ('deal_store.changes_since_seen(uuid)', 'deal_store_reader', true),
+        ('deal_store.diff_runs(uuid, uuid)', 'deal_store_reader', true),
+        ('deal_store.document_changes(uuid)', 'deal_store_reader', true),
+        ('deal_store.add_document_version(uuid, text, text, text, integer)', 'deal_store_analyst', true),
         -- analyst: runs, proposals, gaps, soft delete
         ('deal_store.start_run(uuid, text[], boolean, text)', 'deal_store_analyst', true),
         ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),

@@ -65,18 +65,7 @@ END $$;
 COMMENT ON FUNCTION deal_store.deal_summary(uuid) IS
     'Dashboard of one live deal as jsonb: current facts by domain, findings by type and severity with count and summed cost range, open gaps by importance, pending changes (pending or deferred) by tier, and the latest completed run with its counts. P0002 when the deal does not exist or is deleted.';
 
-CREATE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
-RETURNS SETOF deal_store.deals
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT d.* FROM deal_store.deals d
-    WHERE d.user_id = deals_for_user.user_id AND d.deleted_at IS NULL
-      AND (deal_store.sees_all_deals() OR d.id = ANY (deal_store.my_deals('viewer')))
-      AND (d.status <> 'archived' OR coalesce(deals_for_user.include_archived, false))
-    ORDER BY d.updated_at DESC, d.id;
-END;
-COMMENT ON FUNCTION deal_store.deals_for_user(uuid, boolean) IS
-    'A user''s live deals that the caller may see, most recently updated first; archived ones only when include_archived.';
+-- deals_for_user: sql/changes.sql (it counts what the caller has not seen).
 
 CREATE FUNCTION deal_store._set_deal_status(deal_id uuid, from_status text, to_status text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

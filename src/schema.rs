@@ -4,7 +4,7 @@
 //! dashboard reads (`sql/dashboard.sql`), fact checksums, versions, diffs and
 //! export / import (`sql/facts.sql`), the audit log (`sql/audit.sql`) and the
 //! merge queue (`sql/queue.sql`), fact search (`sql/search.sql`), the change feed
-//! (`sql/feed.sql`) and, last, who may do
+//! (`sql/feed.sql`), "what changed" for people (`sql/changes.sql`) and, last, who may do
 //! what: roles, deal teams, row-level security and grants (`sql/access.sql`).
 use pgrx::prelude::*;
 
@@ -52,10 +52,11 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/search.sql", name = "search", requires = ["queue", search::typo_tsquery]);
 extension_sql_file!("../sql/feed.sql", name = "feed", requires = ["search", access::caller_role]);
+extension_sql_file!("../sql/changes.sql", name = "changes", requires = ["feed"]);
 extension_sql_file!(
     "../sql/access.sql",
     name = "access",
-    requires = ["feed", access::access_changed, access::sees_all_deals, access::my_deals, access::require_right_sql],
+    requires = ["changes", access::access_changed, access::sees_all_deals, access::my_deals, access::require_right_sql],
     finalize
 );
 
@@ -65,11 +66,11 @@ mod tests {
     use pgrx::prelude::*;
 
     #[pg_test]
-    fn creates_the_fifteen_tables() {
+    fn creates_the_sixteen_tables() {
         let n = Spi::get_one::<i64>(
             "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'deal_store'",
         );
-        assert_eq!(n, Ok(Some(15)));
+        assert_eq!(n, Ok(Some(16)));
     }
 
     #[pg_test]
