@@ -2710,7 +2710,7 @@ BEGIN
     PERFORM deal_store._require_deal(start_run.deal_id, 'write');
     prior := deal_store._idempotent(idempotency_key, 'start_run', jsonb_build_array(deal_id, domains, incremental));
     IF prior IS NOT NULL THEN
-        RETURN prior #>> '{}';
+        RETURN (prior #>> '{}')::uuid;
     END IF;
     IF domains IS NOT NULL AND (array_position(domains, NULL) IS NOT NULL
                                 OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN
@@ -2829,7 +2829,7 @@ BEGIN
     doc := deal_store._export_format(doc);
     prior := deal_store._idempotent(idempotency_key, 'import_deal', jsonb_build_array(doc));
     IF prior IS NOT NULL THEN
-        RETURN prior #>> '{}';
+        RETURN (prior #>> '{}')::uuid;
     END IF;
     deal := (doc -> 'deal' ->> 'id')::uuid;
     IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
@@ -2937,8 +2937,10 @@ SELECT pg_catalog.pg_extension_config_dump('deal_store.seen_marks', '');
 -- after it in seq (the deal's index), and those before it of a transaction
 -- that was still running when the user looked (the feed's index).
 CREATE FUNCTION deal_store._unseen(deal_id uuid) RETURNS SETOF deal_store.deal_activity_log
-LANGUAGE sql STABLE
-BEGIN ATOMIC
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
+    RETURN QUERY
     SELECT l.* FROM deal_store.deal_activity_log l
     WHERE l.deal_id = _unseen.deal_id
       AND l.seq > coalesce((SELECT m.seen_seq FROM deal_store.seen_marks m
@@ -2947,7 +2949,7 @@ BEGIN ATOMIC
     SELECT l.* FROM deal_store.seen_marks m
     JOIN deal_store.deal_activity_log l ON l.txid >= m.seen_txid AND l.seq <= m.seen_seq AND l.deal_id = m.deal_id
     WHERE m.deal_id = _unseen.deal_id AND m.user_id = deal_store.current_actor();
-END;
+END $$;
 COMMENT ON FUNCTION deal_store._unseen(uuid) IS
     'Internal: the deal''s log entries the actor has not seen: after its mark in seq, or of a transaction that may have committed after it looked.';
 
@@ -2995,23 +2997,27 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM deal_store._require_deal(deal_id, 'read');
     RETURN QUERY
-    WITH per AS (
+    WITH u AS MATERIALIZED (
+        SELECT x.* FROM deal_store._unseen(changes_since_seen.deal_id) x
+        WHERE x.entity_type IN ('fact', 'finding', 'gap') AND x.entity_id IS NOT NULL
+    ), fields AS (
+        SELECT x.entity_id, pg_catalog.array_agg(DISTINCT k ORDER BY k) AS fields
+        FROM u x, pg_catalog.jsonb_object_keys(x.details) k
+        WHERE x.action = 'update'
+          -- bookkeeping, not what a reader calls a change
+          AND k <> ALL (ARRAY['previous_version_id', 'analysis_run_id', 'created_by', 'updated_by', 'updated_at',
+                              'item_checksum', 'search_vector', 'deleted_at', 'deleted_by', 'delete_reason', 'delete_batch'])
+        GROUP BY x.entity_id
+    ), per AS (
         -- one row per fact, finding or gap touched since the mark
-        SELECT u.entity_type, u.entity_id,
-               bool_or(u.action = 'insert') AS inserted,
-               (pg_catalog.array_agg(u.action ORDER BY u.seq DESC)
-                    FILTER (WHERE u.action IN ('soft_delete', 'restore', 'purge')))[1] AS last_state,
-               (SELECT pg_catalog.array_agg(DISTINCT k ORDER BY k) FROM deal_store._unseen(changes_since_seen.deal_id) x,
-                       pg_catalog.jsonb_object_keys(x.details) k
-                WHERE x.entity_id = u.entity_id AND x.action = 'update'
-                  -- bookkeeping, not what a reader calls a change
-                  AND k <> ALL (ARRAY['previous_version_id', 'analysis_run_id', 'created_by', 'updated_by', 'updated_at',
-                                      'item_checksum', 'search_vector', 'deleted_at', 'deleted_by', 'delete_reason', 'delete_batch'])) AS fields
-        FROM deal_store._unseen(changes_since_seen.deal_id) u
-        WHERE u.entity_type IN ('fact', 'finding', 'gap') AND u.entity_id IS NOT NULL
-        GROUP BY u.entity_type, u.entity_id
+        SELECT x.entity_type, x.entity_id,
+               bool_or(x.action = 'insert') AS inserted,
+               (pg_catalog.array_agg(x.action ORDER BY x.seq DESC)
+                    FILTER (WHERE x.action IN ('soft_delete', 'restore', 'purge')))[1] AS last_state
+        FROM u x
+        GROUP BY x.entity_type, x.entity_id
     ), classified AS (
-        SELECT p.entity_type, p.entity_id, p.fields,
+        SELECT p.entity_type, p.entity_id, f.fields,
                CASE WHEN p.last_state IN ('soft_delete', 'purge') THEN 'removed'
                     WHEN p.inserted THEN 'new'
                     WHEN p.last_state = 'restore' THEN 'restored'
@@ -3019,7 +3025,7 @@ BEGIN
                coalesce((SELECT f.legacy_id FROM deal_store.facts f WHERE p.entity_type = 'fact' AND f.deal_id = changes_since_seen.deal_id AND f.id = p.entity_id),
                         (SELECT g.legacy_id FROM deal_store.findings g WHERE p.entity_type = 'finding' AND g.deal_id = changes_since_seen.deal_id AND g.id = p.entity_id),
                         (SELECT g.legacy_id FROM deal_store.gaps g WHERE p.entity_type = 'gap' AND g.deal_id = changes_since_seen.deal_id AND g.id = p.entity_id)) AS legacy_id
-        FROM per p
+        FROM per p LEFT JOIN fields f ON f.entity_id = p.entity_id
     )
     SELECT c.entity_type, c.change, count(*),
            pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', c.entity_id, 'legacy_id', c.legacy_id)
@@ -3050,8 +3056,10 @@ COMMENT ON FUNCTION deal_store.changes_since_seen(uuid) IS
 
 CREATE FUNCTION deal_store._facts_as_of(deal_id uuid, at timestamptz)
 RETURNS TABLE(legacy_id text, version_id uuid, item_checksum text, content jsonb, analysis_run_id uuid, source_document_id uuid)
-LANGUAGE sql STABLE
-BEGIN ATOMIC
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
+    RETURN QUERY
     SELECT v.legacy_id, v.id, v.item_checksum,
            (SELECT pg_catalog.jsonb_object_agg(k, pg_catalog.to_jsonb(v) -> k) FROM pg_catalog.unnest(deal_store.content_fields('fact')) k),
            v.analysis_run_id, v.source_document_id
@@ -3061,7 +3069,7 @@ BEGIN ATOMIC
       AND coalesce(p.superseded_at, v.created_at) <= _facts_as_of.at
       AND (v.superseded_at IS NULL OR _facts_as_of.at < v.superseded_at)
       AND (v.deleted_at IS NULL OR _facts_as_of.at < v.deleted_at);
-END;
+END $$;
 COMMENT ON FUNCTION deal_store._facts_as_of(uuid, timestamptz) IS
     'Internal: the deal''s live facts as they were at a moment (one version per legacy_id), with their content fields.';
 

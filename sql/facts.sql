@@ -167,7 +167,7 @@ BEGIN
     doc := deal_store._export_format(doc);
     prior := deal_store._idempotent(idempotency_key, 'import_deal', jsonb_build_array(doc));
     IF prior IS NOT NULL THEN
-        RETURN prior #>> '{}';
+        RETURN (prior #>> '{}')::uuid;
     END IF;
     deal := (doc -> 'deal' ->> 'id')::uuid;
     IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN

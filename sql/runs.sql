@@ -13,7 +13,7 @@ BEGIN
     PERFORM deal_store._require_deal(start_run.deal_id, 'write');
     prior := deal_store._idempotent(idempotency_key, 'start_run', jsonb_build_array(deal_id, domains, incremental));
     IF prior IS NOT NULL THEN
-        RETURN prior #>> '{}';
+        RETURN (prior #>> '{}')::uuid;
     END IF;
     IF domains IS NOT NULL AND (array_position(domains, NULL) IS NOT NULL
                                 OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN

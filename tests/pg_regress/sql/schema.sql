@@ -16,11 +16,11 @@ ORDER BY tbl::text;
 
 -- every unique index of a deal-owned table includes deal_id (users, deals and
 -- tier_policies are reference tables; the log and notifications may have no deal;
--- a feed consumer reads many deals)
+-- a feed consumer reads many deals; an idempotency key is a call's)
 SELECT i.indexrelid::regclass AS unique_index
 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid
 WHERE t.relnamespace = 'deal_store'::regnamespace AND i.indisunique
-  AND t.relname NOT IN ('users', 'deals', 'deal_activity_log', 'notifications', 'tier_policies', 'feed_consumers')
+  AND t.relname NOT IN ('users', 'deals', 'deal_activity_log', 'notifications', 'tier_policies', 'feed_consumers', 'idempotency_keys')
   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.oid AND a.attname = 'deal_id'
                   AND a.attnum = ANY (i.indkey))
 ORDER BY 1;
