@@ -12,6 +12,7 @@ CREATE TABLE deal_store.seen_marks (
     user_id   uuid        NOT NULL,
     seen_seq  bigint      NOT NULL,
     seen_txid bigint      NOT NULL,
+    seen_snapshot pg_snapshot NOT NULL,
     seen_at   timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT seen_marks_pkey PRIMARY KEY (deal_id, user_id),
     CONSTRAINT seen_marks_deal_id_fkey FOREIGN KEY (deal_id) REFERENCES deal_store.deals (id) ON DELETE CASCADE
@@ -19,12 +20,13 @@ CREATE TABLE deal_store.seen_marks (
 COMMENT ON TABLE deal_store.seen_marks IS
     'When each user last looked at each deal (mark_seen): the log entries after the mark are what changes_since_seen shows.';
 COMMENT ON COLUMN deal_store.seen_marks.seen_seq IS 'The largest log seq visible when the user looked.';
-COMMENT ON COLUMN deal_store.seen_marks.seen_txid IS 'The snapshot xmin then: entries of transactions at or above it may have committed after the look and count as unseen.';
+COMMENT ON COLUMN deal_store.seen_marks.seen_txid IS 'The xmin of seen_snapshot: entries of transactions below it were all visible when the user looked.';
+COMMENT ON COLUMN deal_store.seen_marks.seen_snapshot IS 'The snapshot the user looked with: an entry at or below seen_seq of a transaction invisible to it is unseen.';
 SELECT pg_catalog.pg_extension_config_dump('deal_store.seen_marks', '');
 
 -- The deal's log entries after the actor's mark (all without a mark): those
 -- after it in seq (the deal's index), and those before it of a transaction
--- that was still running when the user looked (the feed's index).
+-- the user's snapshot did not see (the feed's index).
 CREATE FUNCTION deal_store._unseen(deal_id uuid) RETURNS SETOF deal_store.deal_activity_log
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -37,7 +39,8 @@ BEGIN
     UNION ALL
     SELECT l.* FROM deal_store.seen_marks m
     JOIN deal_store.deal_activity_log l ON l.txid >= m.seen_txid AND l.seq <= m.seen_seq AND l.deal_id = m.deal_id
-    WHERE m.deal_id = _unseen.deal_id AND m.user_id = deal_store.current_actor();
+    WHERE m.deal_id = _unseen.deal_id AND m.user_id = deal_store.current_actor()
+      AND NOT pg_catalog.pg_visible_in_snapshot(l.txid::text::xid8, m.seen_snapshot);
 END $$;
 COMMENT ON FUNCTION deal_store._unseen(uuid) IS
     'Internal: the deal''s log entries the actor has not seen: after its mark in seq, or of a transaction that may have committed after it looked.';
@@ -70,10 +73,13 @@ BEGIN
         RAISE EXCEPTION 'mark_seen needs an actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or name the user with deal_store.set_actor.';
     END IF;
-    INSERT INTO deal_store.seen_marks AS m (deal_id, user_id, seen_seq, seen_txid)
-    VALUES (mark_seen.deal_id, actor, (SELECT coalesce(max(l.seq), 0) FROM deal_store.deal_activity_log l), deal_store._horizon())
+    INSERT INTO deal_store.seen_marks AS m (deal_id, user_id, seen_seq, seen_txid, seen_snapshot)
+    SELECT mark_seen.deal_id, actor, (SELECT coalesce(max(l.seq), 0) FROM deal_store.deal_activity_log l),
+           pg_catalog.pg_snapshot_xmin(s)::text::bigint, s
+    FROM pg_catalog.pg_current_snapshot() s
     ON CONFLICT ON CONSTRAINT seen_marks_pkey
-    DO UPDATE SET seen_seq = excluded.seen_seq, seen_txid = excluded.seen_txid, seen_at = now();
+    DO UPDATE SET seen_seq = excluded.seen_seq, seen_txid = excluded.seen_txid, seen_snapshot = excluded.seen_snapshot,
+                  seen_at = now();
     RETURN now();
 END $$;
 COMMENT ON FUNCTION deal_store.mark_seen(uuid) IS
