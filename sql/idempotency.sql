@@ -38,9 +38,13 @@ BEGIN
         RETURN NULL;
     END IF;
     SELECT * INTO STRICT k FROM deal_store.idempotency_keys i WHERE i.key = _idempotent.key;
-    IF k.function_name <> _idempotent.function_name OR k.caller <> caller OR k.arguments <> digest THEN
+    IF k.caller <> caller THEN
+        -- another role's key: say nothing about its call
         RAISE EXCEPTION 'idempotency key "%" was used for another call', key USING ERRCODE = '22023',
-            DETAIL = format('It was used by %s for %s with other arguments.', k.caller, k.function_name),
+            HINT = 'Use a new key for a new call.';
+    ELSIF k.function_name <> _idempotent.function_name OR k.arguments <> digest THEN
+        RAISE EXCEPTION 'idempotency key "%" was used for another call', key USING ERRCODE = '22023',
+            DETAIL = format('It was used for %s with other arguments.', k.function_name),
             HINT = 'Use a new key for a new call.';
     END IF;
     RETURN coalesce(k.result, 'null');
