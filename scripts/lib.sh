@@ -100,13 +100,19 @@ start_throwaway_cluster() {
     # over TCP with its password (the client test logs in as real login roles)
     printf '%s\n' 'local all all trust' 'host all postgres 127.0.0.1/32 trust' \
         'host all all 127.0.0.1/32 scram-sha-256' >"$CLUSTER/data/pg_hba.conf"
+    # a cluster left running (by an earlier run, with other options) is restarted
+    # with this run's options: CLUSTER_OPTS decide what is preloaded
+    local opts="-p $PGPORT -k $CLUSTER -c listen_addresses=127.0.0.1 -c max_prepared_transactions=10 ${CLUSTER_OPTS:-}"
     if runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER/data" status >/dev/null 2>&1; then
-        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER/data" reload >/dev/null
-    else
-        step "starting the cluster on port $PGPORT"
-        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER/data" -l "$CLUSTER/log" -w start \
-            -o "-p $PGPORT -k $CLUSTER -c listen_addresses=127.0.0.1 -c max_prepared_transactions=10 ${CLUSTER_OPTS:-}" >/dev/null
+        if [ "$(cat "$CLUSTER/opts" 2>/dev/null)" = "$opts" ]; then
+            runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER/data" reload >/dev/null
+            return 0
+        fi
+        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER/data" -m fast -w stop >/dev/null
     fi
+    step "starting the cluster on port $PGPORT"
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER/data" -l "$CLUSTER/log" -w start -o "$opts" >/dev/null
+    printf '%s' "$opts" >"$CLUSTER/opts"
 }
 
 stop_throwaway_cluster() {
