@@ -214,11 +214,7 @@ BEGIN
     SELECT t.entity_type,
            coalesce(x.legacy_id, ''),
            CASE WHEN x.existed_a AND NOT x.existed_b THEN 'delete' WHEN x.existed_b AND NOT x.existed_a THEN 'new' ELSE 'update' END,
-           CASE WHEN x.existed_a AND x.existed_b THEN
-                ARRAY(SELECT DISTINCT k FROM deal_store.deal_activity_log l, pg_catalog.jsonb_object_keys(l.details) k
-                      WHERE l.deal_id = a.deal_id AND l.entity_id = x.id AND l.action = 'update'
-                        AND l.created_at > least(a.at, b.at) AND l.created_at <= greatest(a.at, b.at)
-                        AND k = ANY (deal_store.content_fields(t.entity_type)) ORDER BY k) END
+           CASE WHEN x.existed_a AND x.existed_b THEN f.fields END
     FROM (VALUES ('finding'), ('gap')) t(entity_type)
     CROSS JOIN LATERAL (
         SELECT g.id, g.legacy_id,
@@ -230,12 +226,14 @@ BEGIN
                g.created_at <= a.at AND (g.deleted_at IS NULL OR a.at < g.deleted_at),
                g.created_at <= b.at AND (g.deleted_at IS NULL OR b.at < g.deleted_at)
         FROM deal_store.gaps g WHERE t.entity_type = 'gap' AND g.deal_id = a.deal_id) x
-    WHERE (x.existed_a OR x.existed_b)
-      AND (x.existed_a <> x.existed_b
-           OR EXISTS (SELECT 1 FROM deal_store.deal_activity_log l, pg_catalog.jsonb_object_keys(l.details) k
-                      WHERE l.deal_id = a.deal_id AND l.entity_id = x.id AND l.action = 'update'
-                        AND l.created_at > least(a.at, b.at) AND l.created_at <= greatest(a.at, b.at)
-                        AND k = ANY (deal_store.content_fields(t.entity_type))))
+    -- the content fields the log shows changed between the two moments (NULL: none)
+    CROSS JOIN LATERAL (
+        SELECT pg_catalog.array_agg(DISTINCT k ORDER BY k) AS fields
+        FROM deal_store.deal_activity_log l, pg_catalog.jsonb_object_keys(l.details) k
+        WHERE l.deal_id = a.deal_id AND l.entity_id = x.id AND l.action = 'update'
+          AND l.created_at > least(a.at, b.at) AND l.created_at <= greatest(a.at, b.at)
+          AND k = ANY (deal_store.content_fields(t.entity_type))) f
+    WHERE (x.existed_a OR x.existed_b) AND (x.existed_a <> x.existed_b OR f.fields IS NOT NULL)
     ORDER BY 1, 2;
 END $$;
 COMMENT ON FUNCTION deal_store.diff_runs(uuid, uuid) IS

@@ -20,7 +20,7 @@ PREFIX = re.compile(r"^psql:[^:]*:\d+: ")
 
 
 def blocks(readme):
-    """(line, sql, shown output or None) for every sql block, in order."""
+    """(line, sql, the text block shown right after it or None) for every sql block, in order."""
     found = list(FENCE.finditer(readme))
     for i, m in enumerate(found):
         if m.group(1) != "sql":
@@ -28,7 +28,7 @@ def blocks(readme):
         shown = None
         nxt = found[i + 1] if i + 1 < len(found) else None
         if nxt and nxt.group(1) == "text" and readme[m.end():nxt.start()].strip() == "":
-            shown = nxt.group(2)
+            shown = nxt
         yield readme.count("\n", 0, m.start()) + 1, m.group(2), shown
 
 
@@ -41,27 +41,26 @@ def lines(text):
     return out
 
 
-def fill(readme_path, todo, got):
+def output(got, n):
+    """What block n printed."""
+    return got.get(n, "").split("@@end")[0]
+
+
+def fill(readme_path, readme, todo, got):
     """Writes each block's output into the ```text block shown after it."""
-    readme = open(readme_path, encoding="utf-8").read()
-    shown_at = [m for m in FENCE.finditer(readme)]
     out, last = [], 0
-    n = -1
-    for i, m in enumerate(shown_at):
-        if m.group(1) == "sql":
-            n += 1
-            nxt = shown_at[i + 1] if i + 1 < len(shown_at) else None
-            if nxt and nxt.group(1) == "text" and readme[m.end():nxt.start()].strip() == "":
-                body = "\n".join(lines(got.get(n, "").split("@@end")[0])) + "\n"
-                out.append(readme[last:nxt.start(2)] + body)
-                last = nxt.end(2)
+    for n, (_, _, shown) in enumerate(todo):
+        if shown is not None:
+            out.append(readme[last:shown.start(2)] + "\n".join(lines(output(got, n))) + "\n")
+            last = shown.end(2)
     out.append(readme[last:])
     open(readme_path, "w", encoding="utf-8").write("".join(out))
 
 
 def main():
     readme_path, psql = sys.argv[1], sys.argv[2:]
-    todo = list(blocks(open(readme_path, encoding="utf-8").read()))
+    readme = open(readme_path, encoding="utf-8").read()
+    todo = list(blocks(readme))
     script = "".join(f"\\echo '@@block {n}'\n{sql}\n" for n, (_, sql, _) in enumerate(todo)) + "\\echo '@@end'\n"
     with tempfile.NamedTemporaryFile("w", suffix=".sql", encoding="utf-8") as f:
         f.write(script)
@@ -72,7 +71,7 @@ def main():
     got = {int(parts[i]): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
     failures = 0
     for n, (line, sql, shown) in enumerate(todo):
-        out = got.get(n, "").split("@@end")[0]
+        out = output(got, n)
         errors = [l for l in lines(out) if re.match(r"^(ERROR|FATAL|PANIC):", l)]
         if n not in got:
             errors.append("the block did not run")
@@ -83,12 +82,12 @@ def main():
             print(f"=== README.md:{line}\n" + "\n".join(lines(out)))
         if errors:
             pass
-        elif shown is not None and lines(out) != lines(shown):
+        elif shown is not None and lines(out) != lines(shown.group(2)):
             failures += 1
-            print(f"README.md:{line}: the output differs from the one shown\n--- shown\n" + "\n".join(lines(shown))
+            print(f"README.md:{line}: the output differs from the one shown\n--- shown\n" + "\n".join(lines(shown.group(2)))
                   + "\n--- got\n" + "\n".join(lines(out)))
     if os.environ.get("README_FILL"):
-        fill(readme_path, todo, got)
+        fill(readme_path, readme, todo, got)
     with_output = sum(1 for _, _, shown in todo if shown is not None)
     print(f"README: {len(todo)} SQL blocks run, {with_output} with their output compared, {failures} failed")
     sys.exit(1 if failures or run.returncode not in (0, 3) else 0)
