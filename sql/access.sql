@@ -280,6 +280,7 @@ BEGIN
         ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
         ('deal_store.entity_history(text, uuid, jsonb)', 'deal_store_reader', true),
         ('deal_store.entity_type_of(oid)', 'deal_store_reader', false),
+        ('deal_store._table_of(oid)', 'deal_store_reader', false),
         -- the change feed: a consumer is its registering role's; reads see the caller's deals
         ('deal_store.register_consumer(text, boolean)', 'deal_store_reader', true),
         ('deal_store.read_changes(text, integer)', 'deal_store_reader', true),

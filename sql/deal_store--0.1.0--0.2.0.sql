@@ -3241,3 +3241,63 @@ BEGIN
         EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
     END LOOP;
 END $$;
+
+-- ---------------------------------------------------------------------------
+-- 0.2.0: triggers that name their table, not their shard (issue 19): on Citus a
+-- trigger fires on a shard (deal_store.facts_102099); _table_of gives the table.
+
+CREATE FUNCTION deal_store."_table_of"(
+	"rel" oid
+) RETURNS oid
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'table_of_wrapper';
+COMMENT ON FUNCTION deal_store._table_of(oid) IS
+    'Internal: the table a relation''s rows belong to: the relation itself, or on Citus the distributed table of a shard (deal_store.facts_102099 -> deal_store.facts). Triggers name their table with it, not with TG_RELID.';
+REVOKE ALL ON FUNCTION deal_store._table_of(oid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deal_store._table_of(oid) TO deal_store_reader;
+
+CREATE OR REPLACE FUNCTION deal_store.delete_to_soft_delete() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('deal_store.hard_delete', true) = 'on' THEN
+        RETURN OLD;
+    END IF;
+    IF OLD.deleted_at IS NULL AND (to_jsonb(OLD) ->> 'superseded_at') IS NULL THEN
+        PERFORM deal_store.soft_delete(deal_store._table_of(TG_RELID)::regclass, OLD.id, 'DELETE statement');
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION deal_store.soft_delete_by_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    entity regclass := deal_store._table_of(TG_RELID)::regclass;   -- on Citus TG_RELID is a shard
+    -- the five tables differ in their columns: read the row by name
+    r jsonb := to_jsonb(NEW);
+    deal uuid := (r ->> CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END)::uuid;
+    prev_reason text := current_setting('deal_store.reason', true);
+    t record;
+BEGIN
+    IF r ->> 'superseded_at' IS NOT NULL THEN
+        RETURN NULL;   -- a fact's history row is never deleted on its own: it goes with its fact's purge
+    END IF;
+    PERFORM deal_store._require_right(deal, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    NEW.deleted_at := now();
+    NEW.deleted_by := deal_store.current_actor();
+    NEW.delete_batch := gen_random_uuid();
+    NEW.delete_reason := coalesce(NEW.delete_reason, nullif(prev_reason, ''), 'UPDATE statement');
+    PERFORM set_config('deal_store.reason', NEW.delete_reason, true);
+    FOR t IN SELECT * FROM deal_store._owned(entity) LOOP
+        PERFORM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[deal], ARRAY[NEW.id], ARRAY[NEW.delete_reason], NEW.delete_batch);
+    END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION deal_store.refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE of % is not allowed: it would bypass soft delete and the audit log', deal_store._table_of(TG_RELID)::regclass
+        USING ERRCODE = '42501', HINT = 'Use deal_store.soft_delete, then deal_store.purge for rows that must go.';
+END $$;

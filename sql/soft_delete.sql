@@ -19,6 +19,9 @@ END $$;
 COMMENT ON FUNCTION deal_store.touch_updated_at() IS
     'Trigger: keeps updated_at: now() when an UPDATE changes the row, unchanged otherwise (a client cannot set it).';
 
+COMMENT ON FUNCTION deal_store._table_of(oid) IS
+    'Internal: the table a relation''s rows belong to: the relation itself, or on Citus the distributed table of a shard (deal_store.facts_102099 -> deal_store.facts). Triggers name their table with it, not with TG_RELID.';
+
 CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.users FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
 CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.deals FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
 CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.documents FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
@@ -285,7 +288,7 @@ BEGIN
         RETURN OLD;
     END IF;
     IF OLD.deleted_at IS NULL AND (to_jsonb(OLD) ->> 'superseded_at') IS NULL THEN
-        PERFORM deal_store.soft_delete(TG_RELID::regclass, OLD.id, 'DELETE statement');
+        PERFORM deal_store.soft_delete(deal_store._table_of(TG_RELID)::regclass, OLD.id, 'DELETE statement');
     END IF;
     RETURN NULL;
 END $$;
@@ -306,7 +309,7 @@ CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.gaps FOR EACH R
 CREATE FUNCTION deal_store.soft_delete_by_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    entity regclass := TG_RELID::regclass;
+    entity regclass := deal_store._table_of(TG_RELID)::regclass;   -- on Citus TG_RELID is a shard
     -- the five tables differ in their columns: read the row by name
     r jsonb := to_jsonb(NEW);
     deal uuid := (r ->> CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END)::uuid;
@@ -371,7 +374,7 @@ END $$;
 CREATE FUNCTION deal_store.refuse_truncate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RAISE EXCEPTION 'TRUNCATE of %.% is not allowed: it would bypass soft delete and the audit log', TG_TABLE_SCHEMA, TG_TABLE_NAME
+    RAISE EXCEPTION 'TRUNCATE of % is not allowed: it would bypass soft delete and the audit log', deal_store._table_of(TG_RELID)::regclass
         USING ERRCODE = '42501', HINT = 'Use deal_store.soft_delete, then deal_store.purge for rows that must go.';
 END $$;
 COMMENT ON FUNCTION deal_store.refuse_truncate() IS

@@ -71,20 +71,9 @@ fn entity_type_of_table(schema: &str, name: &str) -> String {
 /// (`deal_store.facts` -> `fact`; `public.valuations` -> `public.valuations`).
 #[pg_extern(stable, strict, parallel_safe)]
 fn entity_type_of(tbl: pg_sys::Oid) -> Option<String> {
-    // SAFETY: reads the catalog for an oid; NULL results (no such relation) are handled
-    let (schema, name) = unsafe {
-        let nsp = pg_sys::get_rel_namespace(tbl);
-        let name = pg_sys::get_rel_name(tbl);
-        if name.is_null() {
-            return None;
-        }
-        let schema = pg_sys::get_namespace_name(nsp);
-        if schema.is_null() {
-            return None;
-        }
-        (CStr::from_ptr(schema).to_string_lossy().into_owned(), CStr::from_ptr(name).to_string_lossy().into_owned())
-    };
-    Some(entity_type_of_table(&schema, &name))
+    // a shard is logged as its table (see crate::shard)
+    let p = crate::shard::placement_of(tbl)?;
+    Some(entity_type_of_table(&p.schema, &p.table))
 }
 
 /// What the log shows for a non-NULL secret value.
@@ -100,14 +89,15 @@ const MAX_LOGGED_BYTES: usize = 1 << 20;
 const FLUSH_AT: usize = 1000;
 
 /// The statement trigger that writes the buffer; a table without it is logged row by row.
-const FLUSH_TRIGGER: &CStr = c"deal_store_audit_flush";
+const FLUSH_TRIGGER: &str = "deal_store_audit_flush";
 
-/// Writes a batch of entries, one array element per entry, in capture order.
+/// Writes a batch of entries, one array element per entry, in capture order,
+/// into `{log}`: the log, or on Citus the log's shard the entries belong in.
 const LOG_INSERT: &str = "\
-INSERT INTO deal_store.deal_activity_log
-    (deal_id, user_id, action, entity_type, entity_id, entity_key, analysis_run_id, reason, details)
+INSERT INTO {log}
+    (deal_id, user_id, action, entity_type, entity_id, entity_key, analysis_run_id, reason, details{seq})
 SELECT e.deal_id, e.user_id, e.action, e.entity_type, e.entity_id, e.entity_key, e.run_id, e.reason,
-       CASE WHEN e.action IN ('insert', 'purge') THEN e.details - 'search_vector' ELSE e.details END
+       CASE WHEN e.action IN ('insert', 'purge') THEN e.details - 'search_vector' ELSE e.details END{seq_value}
 FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($3::text[]),
                 pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::uuid[]), pg_catalog.unnest($6::jsonb[]),
                 pg_catalog.unnest($7::uuid[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::jsonb[]))
@@ -142,6 +132,11 @@ struct TableInfo {
     is_deals: bool,
     /// some column is secret: whole rows are logged column by column, masked
     has_secret: bool,
+    /// where its entries go: the log, or on Citus the log's shard co-located
+    /// with this shard (None: deal_store.deal_activity_log)
+    log: Option<Rc<str>>,
+    /// a copy of a Citus reference table: its changes are not logged (see README)
+    unlogged: bool,
 }
 
 /// One log row waiting to be written. Datums live in the buffer's memory context.
@@ -160,6 +155,8 @@ struct Entry {
     reason: Option<String>,
     /// jsonb: the row (insert, purge) or the changed columns (update)
     details: pg_sys::Datum,
+    /// the relation it is written to (see `TableInfo::log`)
+    log: Option<Rc<str>>,
 }
 
 #[derive(Default)]
@@ -210,7 +207,8 @@ thread_local! {
     /// bumped whenever the definition of an audited table may have changed
     static GENERATION: Cell<u64> = const { Cell::new(0) };
     static BUFFER: RefCell<Buffer> = RefCell::new(Buffer::default());
-    static PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    /// LOG_INSERT prepared, per relation it writes to (None: the log itself)
+    static PLANS: RefCell<HashMap<Option<Rc<str>>, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
     /// `to_jsonb` prepared for one argument type, per type
     static ENCODERS: RefCell<HashMap<pg_sys::Oid, *mut pg_sys::FmgrInfo>> = RefCell::new(HashMap::new());
 }
@@ -339,20 +337,24 @@ fn table_info(rel: &PgRelation) -> TableInfo {
             .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
             .unwrap_or_default()
     });
-    let schema = rel.namespace().to_string();
+    // on Citus the relation may be a shard: it is logged as the table it belongs to
+    let placement = crate::shard::placement(rel.oid(), rel.namespace(), rel.name());
+    let (schema, table) = (&*placement.schema, &*placement.table);
     let (uuid, ts) = (pg_sys::UUIDOID, pg_sys::TIMESTAMPTZOID);
     TableInfo {
         generation: GENERATION.with(Cell::get),
-        entity_type: entity_type_of_table(&schema, rel.name()).into(),
+        entity_type: entity_type_of_table(schema, table).into(),
         deal_id: find("deal_id", uuid),
         id: find("id", uuid),
         run_id: find("analysis_run_id", uuid),
         deleted_at: find("deleted_at", ts),
         superseded_at: find("superseded_at", ts),
         key: key_names.iter().filter_map(|k| columns.iter().position(|c| &*c.name == k)).collect(),
-        is_deals: schema == "deal_store" && rel.name() == "deals",
+        is_deals: schema == "deal_store" && table == "deals",
         has_secret: columns.iter().any(|c| c.secret),
         columns,
+        log: placement.shard.filter(|_| !placement.reference).map(|s| crate::shard::colocated(s, "deal_activity_log")),
+        unlogged: placement.reference,
     }
 }
 
@@ -409,7 +411,7 @@ fn flushed_at_statement_end(data: &pg_sys::TriggerData, event: u32) -> bool {
     let enabled = unsafe { (*data.tg_trigger).tgenabled };
     triggers_of(data).any(|(name, t)| {
         let kind = t.tgtype as u32;
-        name == FLUSH_TRIGGER
+        crate::shard::is_trigger(name, FLUSH_TRIGGER)
             && t.tgenabled == enabled
             && kind & (pg_sys::TRIGGER_TYPE_ROW | pg_sys::TRIGGER_TYPE_BEFORE | pg_sys::TRIGGER_TYPE_INSTEAD) == 0
             && kind & event != 0
@@ -465,6 +467,9 @@ unsafe fn capture(
     old: *mut pg_sys::HeapTupleData,
     new: *mut pg_sys::HeapTupleData,
 ) -> bool {
+    if t.unlogged {
+        return false;
+    }
     let row = if new.is_null() { old } else { new };
     let action = if old.is_null() {
         // a fact's history row is the versioning's own copy, not a new act
@@ -572,6 +577,7 @@ unsafe fn capture(
         run_id: settings::run_id().or_else(|| unsafe { uuid_attr(row, tupdesc, t.run_id) }),
         reason: settings::reason(),
         details,
+        log: t.log.clone(),
     });
     true
 }
@@ -581,15 +587,30 @@ unsafe fn capture(
 /// began stay in the buffer for the parent's own flush: written here, they
 /// would be rolled back with this subtransaction while their rows commit.
 fn flush() {
-    let entries = BUFFER.with(|b| {
+    let mut entries = BUFFER.with(|b| {
         let mut b = b.borrow_mut();
         // SAFETY: reads the transaction state of this backend
         let from = b.start_of(unsafe { pg_sys::GetCurrentSubTransactionId() });
         b.entries.split_off(from)
     });
-    if entries.is_empty() {
-        return;
+    // one INSERT per run of entries bound for one relation (on plain PostgreSQL: one run)
+    while !entries.is_empty() {
+        let run = entries.iter().position(|e| e.log != entries[0].log).unwrap_or(entries.len());
+        let rest = entries.split_off(run);
+        write(&entries);
+        entries = rest;
     }
+    BUFFER.with(|b| {
+        let b = b.borrow();
+        if let (true, Some(cx)) = (b.entries.is_empty(), b.context) {
+            // SAFETY: the written entries were the only users of the context
+            unsafe { pg_sys::MemoryContextReset(cx) };
+        }
+    });
+}
+
+/// Inserts entries bound for one relation (`entries[0].log`) with one statement.
+fn write(entries: &[Entry]) {
     // SAFETY: the datums are jsonb values in the buffer's context, reset only after the INSERT
     let jsonb = |d: pg_sys::Datum| unsafe { JsonbDatum::new(d) };
     let args = [
@@ -605,28 +626,31 @@ fn flush() {
     ];
     // the log is written with the extension owner's rights: no other role holds INSERT on it
     crate::access::as_owner(crate::access::owner(), || Spi::connect_mut(|client| {
-        PLAN.with(|plan| {
-            let mut plan = plan.borrow_mut();
-            if plan.is_none() {
+        PLANS.with(|plans| {
+            let mut plans = plans.borrow_mut();
+            let log = &entries[0].log;
+            if !plans.contains_key(log) {
                 let (u, t, j) = (pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONBARRAYOID);
                 let types: Vec<PgOid> = [u, u, t, t, u, j, u, t, j].into_iter().map(PgOid::from).collect();
+                // a shard has no identity column: seq comes from the log's sequence on this node
+                let (seq, seq_value) = match log {
+                    None => ("", ""),
+                    Some(_) => (", seq", ",\n       pg_catalog.nextval('deal_store.deal_activity_log_seq_seq'::pg_catalog.regclass)"),
+                };
+                let sql = LOG_INSERT
+                    .replace("{log}", log.as_deref().unwrap_or("deal_store.deal_activity_log"))
+                    .replace("{seq_value}", seq_value)
+                    .replace("{seq}", seq);
                 let prepared = client
-                    .prepare_mut(LOG_INSERT, &types)
+                    .prepare_mut(sql.as_str(), &types)
                     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("audit plan: {e}"), None));
-                *plan = Some(prepared.keep());
+                plans.insert(log.clone(), prepared.keep());
             }
             client
-                .update(plan.as_ref().expect("prepared above"), None, &args)
+                .update(&plans[log], None, &args)
                 .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("audit insert: {e}"), None));
         })
     }));
-    BUFFER.with(|b| {
-        let b = b.borrow();
-        if let (true, Some(cx)) = (b.entries.is_empty(), b.context) {
-            // SAFETY: the written entries were the only users of the context
-            unsafe { pg_sys::MemoryContextReset(cx) };
-        }
-    });
 }
 
 /// A version 7 uuid: time-ordered, so the log's primary key grows at its right

@@ -15,7 +15,7 @@ use crate::checksum::{content_text, md5_hex, write_canonical, write_folded_strin
 use crate::errors::raise;
 use crate::jsonb::JsonbDatum;
 use pgrx::prelude::*;
-use pgrx::{PgTupleDesc, WhoAllocated};
+use pgrx::{PgRelation, PgTupleDesc, WhoAllocated};
 use std::num::NonZeroUsize;
 use std::fmt::Display;
 
@@ -106,8 +106,9 @@ enum HistoryWriter {
 
 thread_local! {
     static WRITING_HISTORY: std::cell::Cell<HistoryWriter> = const { std::cell::Cell::new(HistoryWriter::None) };
-    /// the history rows' INSERT ... SELECT from the statement's transition tables, built once per session
-    static HISTORY_SQL: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
+    /// the history rows' INSERT ... SELECT from the statement's transition tables, built once per
+    /// session and relation (deal_store.facts, or on Citus each shard of it: see `crate::shard`)
+    static HISTORY_SQL: std::cell::RefCell<std::collections::HashMap<pg_sys::Oid, String>> = std::cell::RefCell::new(Default::default());
 }
 
 /// Sets `WRITING_HISTORY` for its own life; an error unwinding through it clears it too.
@@ -142,7 +143,7 @@ fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>, cols: &Cols)
 /// (`n.previous_version_id`) and `superseded_at` set, `FROM` what `from` names.
 /// The column list is read from the catalog, so a new column is copied without
 /// a change here.
-fn history_sql(client: &pgrx::spi::SpiClient<'_>, from: &str) -> String {
+fn history_sql(client: &pgrx::spi::SpiClient<'_>, from: &str, into: &str) -> String {
     let cols: Vec<String> = internal(client.select(
         "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute \
          WHERE attrelid = 'deal_store.facts'::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
@@ -160,7 +161,7 @@ fn history_sql(client: &pgrx::spi::SpiClient<'_>, from: &str) -> String {
             other => format!("o.{other}"),
         })
         .collect();
-    format!("INSERT INTO deal_store.facts ({}) SELECT {} FROM {from}", cols.join(", "), src.join(", "))
+    format!("INSERT INTO {into} ({}) SELECT {} FROM {from}", cols.join(", "), src.join(", "))
 }
 
 /// `history_sql`'s source for a statement: the transition tables' replaced versions.
@@ -189,10 +190,16 @@ fn fact_version_rows<'a>(
             raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store fact_version_rows: SPI_register_trigger_data returned {rc}"), None);
         }
         let _writing = WritingHistory::begin(HistoryWriter::Copy);
-        HISTORY_SQL.with(|cell| {
-            let sql = cell.get_or_init(|| history_sql(client, FROM_TRANSITION_TABLES));
-            internal(client.update(sql.as_str(), None, &[]));
+        // the trigger's own relation: the table, or on Citus the shard the rows are in
+        // SAFETY: tg_relation is open for the whole trigger call
+        let rel = unsafe { PgRelation::from_pg((*data).tg_relation) };
+        let sql = HISTORY_SQL.with(|cell| {
+            cell.borrow_mut()
+                .entry(rel.oid())
+                .or_insert_with(|| history_sql(client, FROM_TRANSITION_TABLES, &crate::shard::qualified(&rel)))
+                .clone()
         });
+        internal(client.update(sql.as_str(), None, &[]));
     });
     Ok(None)
 }
@@ -215,7 +222,7 @@ fn import_facts(rows: pgrx::AnyElement) {
 /// swap and `ALTER EXTENSION … UPDATE`, has only the row trigger: there the row
 /// trigger writes the history row itself, one INSERT per row, as 0.1.0 did.
 fn statement_trigger_present(data: &pg_sys::TriggerData) -> bool {
-    crate::audit::triggers_of(data).any(|(name, _)| name == c"fact_version_rows")
+    crate::audit::triggers_of(data).any(|(name, _)| crate::shard::is_trigger(name, "fact_version_rows"))
 }
 
 thread_local! {
@@ -229,7 +236,7 @@ fn insert_history_row(deal_id: Option<pgrx::Uuid>, id: Option<pgrx::Uuid>, histo
     HISTORY_ROW_INSERT.with(|cell| {
         Spi::connect_mut(|client| {
             let plan = cell.get_or_init(|| {
-                let sql = history_sql(client, FROM_ONE_ROW);
+                let sql = history_sql(client, FROM_ONE_ROW, "deal_store.facts");
                 let uuid = PgOid::from(pg_sys::UUIDOID);
                 internal(client.prepare_mut(sql.as_str(), &[uuid, uuid, uuid])).keep()
             });

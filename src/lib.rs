@@ -17,6 +17,7 @@ mod queue;
 mod schema;
 mod search;
 mod settings;
+mod shard;
 mod validate;
 
 #[pgrx::pg_guard]

@@ -12,7 +12,7 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../sql/soft_delete.sql",
     name = "soft_delete",
-    requires = ["schema", access::current_actor]
+    requires = ["schema", access::current_actor, shard::table_of]
 );
 extension_sql_file!("../sql/idempotency.sql", name = "idempotency", requires = ["soft_delete", access::caller_role]);
 extension_sql_file!("../sql/runs.sql", name = "runs", requires = ["idempotency"]);

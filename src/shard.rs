@@ -1,0 +1,163 @@
+//! Where a trigger's rows live: the table itself on plain PostgreSQL, or one
+//! shard of a Citus table (`deal_store.facts_102099` on a worker).
+//!
+//! A trigger on a shard must not name the distributed table: a query on it is
+//! planned by Citus again, from inside a query on a shard, and fails or reads
+//! other nodes. So triggers ask here what their relation *is* (the table it
+//! belongs to, which gives the log's `entity_type`) and which relation holds
+//! the co-located rows of another table (the log entry of a fact goes to the
+//! log's shard on the same node, covering the same hash range).
+//!
+//! On plain PostgreSQL (no `pg_dist_shard`) every relation is its own table and
+//! nothing is looked up; on Citus the answer is read from Citus's metadata once
+//! per relation and session.
+use crate::errors::raise;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::rc::Rc;
+
+/// What a trigger's relation is.
+#[derive(Clone)]
+pub struct Placement {
+    /// schema and name of the table the rows belong to (the distributed table
+    /// for a shard, else the relation's own)
+    pub schema: Rc<str>,
+    pub table: Rc<str>,
+    /// the shard this relation is, when it is one
+    pub shard: Option<i64>,
+    /// a shard of a Citus reference table (one copy per node)
+    pub reference: bool,
+}
+
+thread_local! {
+    static PLACEMENTS: RefCell<HashMap<pg_sys::Oid, Placement>> = RefCell::new(HashMap::new());
+    /// (shard, table) -> the co-located shard's qualified name
+    static COLOCATED: RefCell<HashMap<(i64, &'static str), Rc<str>>> = RefCell::new(HashMap::new());
+}
+
+/// True when Citus's metadata is in this database.
+fn citus_metadata() -> bool {
+    Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL")
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// What the relation `oid` (named `schema.name`) is; cached for the session
+/// (a shard's identity never changes; a dropped one's oid is not reused while
+/// this backend could still see it cached in a useful way).
+pub fn placement(oid: pg_sys::Oid, schema: &str, name: &str) -> Placement {
+    if let Some(p) = PLACEMENTS.with(|p| p.borrow().get(&oid).cloned()) {
+        return p;
+    }
+    let own = Placement { schema: schema.into(), table: name.into(), shard: None, reference: false };
+    let found = if citus_metadata() {
+        // a shard is named <table>_<shardid> in its table's schema (Citus's naming);
+        // the metadata confirms it, so a table that merely ends in digits stays itself
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT c.relname::pg_catalog.text, s.shardid, p.partmethod = 'n'
+                     FROM pg_catalog.pg_dist_shard s
+                     JOIN pg_catalog.pg_class c ON c.oid = s.logicalrelid
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = s.logicalrelid
+                     WHERE n.nspname = $1
+                       AND s.shardid = pg_catalog.substring($2, '_([0-9]+)$')::pg_catalog.int8
+                       AND c.relname::pg_catalog.text || '_' || s.shardid::pg_catalog.text = $2",
+                    Some(1),
+                    &[schema.into(), name.into()],
+                )
+                .ok()
+                .and_then(|mut t| t.next())
+                .and_then(|r| {
+                    let table = r.get::<String>(1).ok().flatten()?;
+                    let shard = r.get::<i64>(2).ok().flatten()?;
+                    let reference = r.get::<bool>(3).ok().flatten().unwrap_or(false);
+                    Some(Placement { schema: schema.into(), table: table.into(), shard: Some(shard), reference })
+                })
+        })
+    } else {
+        None
+    };
+    let p = found.unwrap_or(own);
+    PLACEMENTS.with(|m| m.borrow_mut().insert(oid, p.clone()));
+    p
+}
+
+/// The qualified name of the shard of `deal_store.<table>` co-located with
+/// shard `shard` (same hash range, so on the same node).
+pub fn colocated(shard: i64, table: &'static str) -> Rc<str> {
+    if let Some(n) = COLOCATED.with(|c| c.borrow().get(&(shard, table)).cloned()) {
+        return n;
+    }
+    let name = Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.format('%I.%I', 'deal_store', $2 || '_' || o.shardid::pg_catalog.text)
+         FROM pg_catalog.pg_dist_shard s
+         JOIN pg_catalog.pg_dist_shard o ON o.logicalrelid = pg_catalog.format('deal_store.%I', $2)::pg_catalog.regclass
+                                        AND o.shardminvalue = s.shardminvalue
+         WHERE s.shardid = $1",
+        &[shard.into(), table.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("deal_store.{table} has no shard co-located with shard {shard}"),
+            Some("Distribute deal_store's deal tables by deal_id in one co-location group.".into()),
+        )
+    });
+    let name: Rc<str> = name.into();
+    COLOCATED.with(|c| c.borrow_mut().insert((shard, table), name.clone()));
+    name
+}
+
+/// `schema.name` of a relation, quoted as needed.
+pub fn qualified(rel: &pgrx::PgRelation) -> String {
+    pgrx::spi::quote_qualified_identifier(rel.namespace(), rel.name())
+}
+
+/// True when `name` is the trigger `base`, or its copy on a shard
+/// (Citus names a shard's triggers `<trigger>_<shardid>`).
+pub fn is_trigger(name: &std::ffi::CStr, base: &str) -> bool {
+    let name = name.to_bytes();
+    name.strip_prefix(base.as_bytes()).is_some_and(|rest| {
+        rest.is_empty() || rest.strip_prefix(b"_").is_some_and(|id| !id.is_empty() && id.iter().all(u8::is_ascii_digit))
+    })
+}
+
+/// What the relation `rel` is, by its oid (None: no such relation).
+pub fn placement_of(rel: pg_sys::Oid) -> Option<Placement> {
+    // SAFETY: catalog lookups by oid; NULL (no such relation) is handled, the names are copied at once
+    let (schema, name) = unsafe {
+        let name = pg_sys::get_rel_name(rel);
+        if name.is_null() {
+            return None;
+        }
+        let schema = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(rel));
+        if schema.is_null() {
+            return None;
+        }
+        (CStr::from_ptr(schema).to_string_lossy().into_owned(), CStr::from_ptr(name).to_string_lossy().into_owned())
+    };
+    Some(placement(rel, &schema, &name))
+}
+
+/// The table a relation's rows belong to: the relation itself, or on Citus the
+/// distributed table of a shard (`deal_store.facts_102099` -> `deal_store.facts`).
+/// Triggers written in SQL identify their table with it instead of `TG_RELID`.
+#[pg_extern(name = "_table_of", stable, strict, parallel_safe)]
+fn table_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    let p = placement_of(rel)?;
+    if p.shard.is_none() {
+        return Some(rel);
+    }
+    let (schema, table) = (CString::new(&*p.schema).ok()?, CString::new(&*p.table).ok()?);
+    // SAFETY: name lookups with missing_ok
+    let oid = unsafe { pg_sys::get_relname_relid(table.as_ptr(), pg_sys::get_namespace_oid(schema.as_ptr(), true)) };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
