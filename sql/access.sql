@@ -302,7 +302,7 @@ BEGIN
         ('deal_store.propose_gaps(uuid, jsonb, text[], text)', 'deal_store_analyst', true),
         ('deal_store.resolve_gap(uuid, text)', 'deal_store_analyst', true),
         ('deal_store.reopen_gap(uuid)', 'deal_store_analyst', true),
-        ('deal_store.soft_delete(regclass, uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.soft_delete(regclass, uuid, text, uuid)', 'deal_store_analyst', true),
         ('deal_store.restore(regclass, uuid)', 'deal_store_analyst', true),
         ('deal_store.import_deal(jsonb, text)', 'deal_store_analyst', true),
         ('deal_store.archive_deal(uuid)', 'deal_store_analyst', true),

@@ -3245,6 +3245,8 @@ END $$;
 -- ---------------------------------------------------------------------------
 -- 0.2.0: triggers that name their table, not their shard (issue 19): on Citus a
 -- trigger fires on a shard (deal_store.facts_102099); _table_of gives the table.
+-- Lookups name the deal where the caller knows it; no volatile function inside
+-- an UPDATE of a deal table; a recursive CTE filters the deal in both terms.
 
 CREATE FUNCTION deal_store."_table_of"(
 	"rel" oid
@@ -3253,8 +3255,7 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'table_of_wrapper';
 COMMENT ON FUNCTION deal_store._table_of(oid) IS
-    'Internal: the table a relation''s rows belong to: the relation itself, or on Citus the distributed table of a shard (deal_store.facts_102099 -> deal_store.facts). Triggers name their table with it, not with TG_RELID.';
-REVOKE ALL ON FUNCTION deal_store._table_of(oid) FROM PUBLIC;
+    'Internal: the table a relation''s rows belong to: the relation itself, or on Citus the distributed table of a shard (deal_store.facts_102099 -> deal_store.facts). Triggers name their table with it, not with TG_RELID.';REVOKE ALL ON FUNCTION deal_store._table_of(oid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION deal_store._table_of(oid) TO deal_store_reader;
 
 CREATE OR REPLACE FUNCTION deal_store.delete_to_soft_delete() RETURNS trigger
@@ -3264,7 +3265,9 @@ BEGIN
         RETURN OLD;
     END IF;
     IF OLD.deleted_at IS NULL AND (to_jsonb(OLD) ->> 'superseded_at') IS NULL THEN
-        PERFORM deal_store.soft_delete(deal_store._table_of(TG_RELID)::regclass, OLD.id, 'DELETE statement');
+        -- the row's deal is named: the lookup stays in this deal (on Citus, in this shard)
+        PERFORM deal_store.soft_delete(deal_store._table_of(TG_RELID)::regclass, OLD.id, 'DELETE statement',
+                                       (to_jsonb(OLD) ->> 'deal_id')::uuid);
     END IF;
     RETURN NULL;
 END $$;
@@ -3301,3 +3304,242 @@ BEGIN
     RAISE EXCEPTION 'TRUNCATE of % is not allowed: it would bypass soft delete and the audit log', deal_store._table_of(TG_RELID)::regclass
         USING ERRCODE = '42501', HINT = 'Use deal_store.soft_delete, then deal_store.purge for rows that must go.';
 END $$;
+
+DROP FUNCTION deal_store._lock_row(regclass, uuid, text);
+CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text, deal uuid,
+    OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    current_only text := CASE WHEN entity = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END;
+    deal_col text := CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END;
+BEGIN
+    PERFORM deal_store._soft_deletable(entity);
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF entity = 'deal_store.deals'::regclass THEN
+        PERFORM deal_store._require_right(id, needs);
+    ELSIF deal IS NOT NULL THEN
+        PERFORM deal_store._require_right(deal, needs);
+    ELSE
+        PERFORM deal_store._id_in_one_deal(entity, id, needs);
+    END IF;
+    -- with the deal named, the lookup reads one deal (on Citus: one shard)
+    EXECUTE format('SELECT %I FROM %s WHERE id = $1%s%s', deal_col, entity, current_only,
+                   CASE WHEN deal IS NOT NULL AND entity <> 'deal_store.deals'::regclass THEN ' AND deal_id = $2' ELSE '' END)
+        INTO _lock_row.deal_id USING id, deal;
+    IF _lock_row.deal_id IS NULL THEN
+        RAISE EXCEPTION '% has no row with id %', entity, id USING ERRCODE = 'P0002';
+    END IF;
+    IF entity <> 'deal_store.deals'::regclass THEN
+        PERFORM 1 FROM deal_store.deals d WHERE d.id = _lock_row.deal_id FOR SHARE;
+    END IF;
+    EXECUTE format('SELECT deleted_at, delete_batch FROM %s WHERE %I = $1 AND id = $2%s FOR UPDATE',
+                   entity, deal_col, current_only)
+        INTO _lock_row.deleted_at, _lock_row.delete_batch USING _lock_row.deal_id, id;
+END $$;
+COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid, text, uuid) IS
+    'Internal: validates entity and id (in deal, when not NULL; else the id must name a row of one deal only), checks the caller''s right needs on the row''s deal (42501), locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';REVOKE ALL ON FUNCTION deal_store._lock_row(regclass, uuid, text, uuid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION deal_store._mark_deleted(tbl regclass, scope text, deal_ids uuid[], ids uuid[], reasons text[], batch uuid)
+RETURNS TABLE(deal_id uuid, id uuid)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store._soft_deletable(tbl);
+    -- @plpgsql_check_options: security_warnings = false, extra_warnings = false
+    -- (the condition is one of the constant texts below; tbl a regclass; the OUT
+    -- columns are the dynamic statement's RETURNING, which the checker cannot see)
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'UPDATE %s t SET deleted_at = pg_catalog.now(), deleted_by = $4, delete_reason = x.reason, '
+        '    delete_batch = x.batch '
+        'FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($5)) '
+        '    x(deal_id, id, reason, batch) '
+        'WHERE %s AND t.deleted_at IS NULL%s RETURNING %s, t.id',
+        tbl,
+        CASE scope WHEN 'row' THEN CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id = x.id'
+                                        ELSE 't.deal_id = x.deal_id AND t.id = x.id' END
+                   WHEN 'owned_by_deal' THEN 't.deal_id = x.id'
+                   WHEN 'owned_by_document' THEN 't.deal_id = x.deal_id AND t.source_document_id = x.id' END,
+        CASE WHEN tbl = 'deal_store.facts'::regclass THEN ' AND t.superseded_at IS NULL' ELSE '' END,
+        CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id' ELSE 't.deal_id' END)
+        -- the batches are drawn here, not in the UPDATE: Citus runs no volatile function in one
+        USING deal_ids, ids, reasons, deal_store.current_actor(),
+              CASE WHEN batch IS NULL THEN ARRAY(SELECT gen_random_uuid() FROM generate_series(1, coalesce(cardinality(ids), 0)))
+                   ELSE array_fill(batch, ARRAY[coalesce(cardinality(ids), 0)]) END;
+END $$;
+COMMENT ON FUNCTION deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid) IS
+    'Internal: soft-deletes live rows of tbl, set-based (deleted_at, deleted_by = deal_store.actor, the reason, batch, or when batch is NULL a batch of its own per named row): the rows (deal_ids[i], ids[i]) themselves (scope row), the rows of the deals ids (owned_by_deal) or the facts sourced from the documents (owned_by_document). Returns the rows marked. soft_delete and the merge queue both write soft deletes through it.';
+DROP FUNCTION deal_store.soft_delete(regclass, uuid, text);
+CREATE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL, deal_id uuid DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := current_setting('deal_store.reason', true);
+    r record;
+    batch uuid := gen_random_uuid();
+    total integer := 0;
+    n integer;
+    t record;
+BEGIN
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END,
+                              soft_delete.deal_id);
+    IF r.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION '% row % is already deleted', entity, id
+            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
+    END IF;
+    -- the audit log records the reason of this delete
+    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
+    -- the row itself, then what it owns: a deal owns its documents, facts,
+    -- findings and gaps; a document owns the facts sourced from it.
+    FOR t IN SELECT entity AS tbl, 'row' AS scope UNION ALL SELECT * FROM deal_store._owned(entity) LOOP
+        SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
+        total := total + n;
+    END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) IS
+    'Soft-deletes one row of deals, documents, facts, findings or gaps (of the deal deal_id, when given: then the id is looked up in that deal alone) and what it owns (a deal: its documents, facts, findings, gaps; a document: the facts sourced from it). All rows get one delete_batch, deleted_by = deal_store.actor and the reason. Returns the number of rows marked. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 already deleted.';REVOKE ALL ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) FROM PUBLIC;
+ALTER FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+GRANT EXECUTE ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) TO deal_store_analyst;
+
+CREATE OR REPLACE FUNCTION deal_store.restore(entity regclass, id uuid) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    total integer := 0;
+    n integer;
+    t regclass;
+BEGIN
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END, NULL);
+    IF r.deleted_at IS NULL THEN
+        RAISE EXCEPTION '% row % is not deleted', entity, id USING ERRCODE = '55000';
+    END IF;
+    IF entity <> 'deal_store.deals'::regclass
+       AND EXISTS (SELECT 1 FROM deal_store.deals d WHERE d.id = r.deal_id AND d.deleted_at IS NOT NULL
+                   AND d.delete_batch IS DISTINCT FROM r.delete_batch) THEN
+        RAISE EXCEPTION 'cannot restore % row %: its deal is deleted', entity, id
+            USING ERRCODE = '55000', HINT = 'Restore the deal first.';
+    END IF;
+    BEGIN
+        UPDATE deal_store.deals d SET deleted_at = NULL, deleted_by = NULL, delete_reason = NULL, delete_batch = NULL
+        WHERE d.id = r.deal_id AND d.delete_batch = r.delete_batch;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := n;
+        FOREACH t IN ARRAY ARRAY['deal_store.documents', 'deal_store.facts', 'deal_store.findings', 'deal_store.gaps']::regclass[] LOOP
+            EXECUTE format('UPDATE %s SET deleted_at = NULL, deleted_by = NULL, delete_reason = NULL, delete_batch = NULL '
+                           'WHERE deal_id = $1 AND delete_batch = $2', t)
+                USING r.deal_id, r.delete_batch;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            total := total + n;
+        END LOOP;
+    EXCEPTION WHEN unique_violation THEN
+        DECLARE
+            msg text; cons text;
+        BEGIN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, cons = CONSTRAINT_NAME;
+            RAISE EXCEPTION 'cannot restore % row %: a live row has taken its name since', entity, id
+                USING ERRCODE = '23505', CONSTRAINT = cons, DETAIL = msg,
+                      HINT = 'Rename or delete the live row, then restore again.';
+        END;
+    END;
+    RETURN total;
+END $$;
+ALTER FUNCTION deal_store.restore(regclass, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION deal_store.purge(entity regclass, id uuid) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    n integer;
+BEGIN
+    r := deal_store._lock_row(entity, id, 'administer', NULL);
+    IF r.deleted_at IS NULL THEN
+        RAISE EXCEPTION 'cannot purge % row %: it is not deleted', entity, id
+            USING ERRCODE = '55000', HINT = 'Soft-delete it first with deal_store.soft_delete.';
+    END IF;
+    PERFORM set_config('deal_store.hard_delete', 'on', true);
+    IF entity = 'deal_store.deals'::regclass THEN
+        DELETE FROM deal_store.deals d WHERE d.id = r.deal_id;
+    ELSIF entity = 'deal_store.facts'::regclass THEN
+        -- the fact and every history row of its version chain
+        WITH RECURSIVE chain(vid) AS (
+            SELECT purge.id
+            UNION ALL
+            SELECT f.previous_version_id FROM chain c
+            JOIN deal_store.facts f ON f.deal_id = r.deal_id AND f.id = c.vid
+            WHERE f.previous_version_id IS NOT NULL
+        )
+        DELETE FROM deal_store.facts f USING chain c WHERE f.deal_id = r.deal_id AND f.id = c.vid;
+    ELSE
+        EXECUTE format('DELETE FROM %s WHERE deal_id = $1 AND id = $2', entity) USING r.deal_id, id;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM set_config('deal_store.hard_delete', 'off', true);
+    RETURN n;
+END $$;
+ALTER FUNCTION deal_store.purge(regclass, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false,
+    idempotency_key text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+    run_id uuid;
+    prior jsonb;
+    -- read here: inside the INSERT it would run on the shard's node under Citus
+    actor uuid := deal_store.current_actor();
+BEGIN
+    PERFORM deal_store._require_deal(start_run.deal_id, 'write');
+    prior := deal_store._idempotent(idempotency_key, 'start_run', jsonb_build_array(deal_id, domains, incremental));
+    IF prior IS NOT NULL THEN
+        RETURN (prior #>> '{}')::uuid;
+    END IF;
+    IF domains IS NOT NULL AND (array_position(domains, NULL) IS NOT NULL
+                                OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN
+        RAISE EXCEPTION 'domains must not contain NULL or empty names' USING ERRCODE = '22023';
+    END IF;
+    -- The deal's row lock serialises run starts per deal, so two sessions
+    -- never compute the same run_number. NO KEY UPDATE leaves FK checks free.
+    SELECT x.id, x.deleted_at INTO d FROM deal_store.deals x WHERE x.id = start_run.deal_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist', start_run.deal_id USING ERRCODE = 'P0002';
+    ELSIF d.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'deal % is deleted', start_run.deal_id USING ERRCODE = '55000';
+    END IF;
+    INSERT INTO deal_store.analysis_runs (deal_id, run_number, is_incremental, domains_analyzed, triggered_by)
+    SELECT start_run.deal_id, coalesce(max(r.run_number), 0) + 1, coalesce(incremental, false), domains, actor
+    FROM deal_store.analysis_runs r WHERE r.deal_id = start_run.deal_id
+    RETURNING id INTO run_id;
+    PERFORM deal_store._remember(idempotency_key, to_jsonb(run_id));
+    RETURN run_id;
+END $$;
+ALTER FUNCTION deal_store.start_run(uuid, text[], boolean, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION deal_store.fact_history(fact_id uuid)
+RETURNS TABLE(version integer, version_id uuid, is_current boolean, item text, item_checksum text,
+              content jsonb, analysis_run_id uuid, run_number integer, written_at timestamptz, superseded_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deal uuid;
+BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.facts', fact_id, 'read');
+    SELECT f.deal_id INTO deal FROM deal_store.facts f WHERE f.id = fact_id AND f.superseded_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
+    END IF;
+    RETURN QUERY
+    WITH RECURSIVE chain AS (
+        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_history.fact_id
+        UNION ALL
+        SELECT f.*, c.depth + 1 FROM chain c
+        JOIN deal_store.facts f ON f.deal_id = c.deal_id AND f.id = c.previous_version_id
+        WHERE f.deal_id = deal   -- names the deal in both terms: on Citus, one shard
+    )
+    SELECT (max(c.depth) OVER () - c.depth + 1)::integer, c.id, c.depth = 0, c.item, c.item_checksum,
+           (SELECT jsonb_object_agg(k, to_jsonb(c) -> k) FROM unnest(deal_store.content_fields('fact')) k),
+           c.analysis_run_id, r.run_number, c.updated_at, c.superseded_at
+    FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id
+    ORDER BY c.depth;
+END $$;
+ALTER FUNCTION deal_store.fact_history(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

@@ -86,6 +86,7 @@ BEGIN
         UNION ALL
         SELECT f.*, c.depth + 1 FROM chain c
         JOIN deal_store.facts f ON f.deal_id = c.deal_id AND f.id = c.previous_version_id
+        WHERE f.deal_id = deal   -- names the deal in both terms: on Citus, one shard
     )
     SELECT (max(c.depth) OVER () - c.depth + 1)::integer, c.id, c.depth = 0, c.item, c.item_checksum,
            (SELECT jsonb_object_agg(k, to_jsonb(c) -> k) FROM unnest(deal_store.content_fields('fact')) k),

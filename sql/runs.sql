@@ -9,6 +9,8 @@ DECLARE
     d record;
     run_id uuid;
     prior jsonb;
+    -- read here: inside the INSERT it would run on the shard's node under Citus
+    actor uuid := deal_store.current_actor();
 BEGIN
     PERFORM deal_store._require_deal(start_run.deal_id, 'write');
     prior := deal_store._idempotent(idempotency_key, 'start_run', jsonb_build_array(deal_id, domains, incremental));
@@ -28,8 +30,7 @@ BEGIN
         RAISE EXCEPTION 'deal % is deleted', start_run.deal_id USING ERRCODE = '55000';
     END IF;
     INSERT INTO deal_store.analysis_runs (deal_id, run_number, is_incremental, domains_analyzed, triggered_by)
-    SELECT start_run.deal_id, coalesce(max(r.run_number), 0) + 1, coalesce(incremental, false), domains,
-           deal_store.current_actor()
+    SELECT start_run.deal_id, coalesce(max(r.run_number), 0) + 1, coalesce(incremental, false), domains, actor
     FROM deal_store.analysis_runs r WHERE r.deal_id = start_run.deal_id
     RETURNING id INTO run_id;
     PERFORM deal_store._remember(idempotency_key, to_jsonb(run_id));

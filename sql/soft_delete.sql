@@ -100,7 +100,7 @@ END $$;
 COMMENT ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) IS
     'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them; 42501 unless the caller has the right needs on the row''s deal.';
 
-CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text,
+CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text, deal uuid,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -111,13 +111,17 @@ BEGIN
     IF id IS NULL THEN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF entity <> 'deal_store.deals'::regclass THEN
-        PERFORM deal_store._id_in_one_deal(entity, id, needs);
-    ELSE
+    IF entity = 'deal_store.deals'::regclass THEN
         PERFORM deal_store._require_right(id, needs);
+    ELSIF deal IS NOT NULL THEN
+        PERFORM deal_store._require_right(deal, needs);
+    ELSE
+        PERFORM deal_store._id_in_one_deal(entity, id, needs);
     END IF;
-    EXECUTE format('SELECT %I FROM %s WHERE id = $1%s', deal_col, entity, current_only)
-        INTO _lock_row.deal_id USING id;
+    -- with the deal named, the lookup reads one deal (on Citus: one shard)
+    EXECUTE format('SELECT %I FROM %s WHERE id = $1%s%s', deal_col, entity, current_only,
+                   CASE WHEN deal IS NOT NULL AND entity <> 'deal_store.deals'::regclass THEN ' AND deal_id = $2' ELSE '' END)
+        INTO _lock_row.deal_id USING id, deal;
     IF _lock_row.deal_id IS NULL THEN
         RAISE EXCEPTION '% has no row with id %', entity, id USING ERRCODE = 'P0002';
     END IF;
@@ -128,8 +132,8 @@ BEGIN
                    entity, deal_col, current_only)
         INTO _lock_row.deleted_at, _lock_row.delete_batch USING _lock_row.deal_id, id;
 END $$;
-COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid, text) IS
-    'Internal: validates entity and id, checks the caller''s right needs on the row''s deal (42501), locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
+COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid, text, uuid) IS
+    'Internal: validates entity and id (in deal, when not NULL; else the id must name a row of one deal only), checks the caller''s right needs on the row''s deal (42501), locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
 
 -- Marks rows deleted, set-based: the one place a soft delete is written.
 CREATE FUNCTION deal_store._mark_deleted(tbl regclass, scope text, deal_ids uuid[], ids uuid[], reasons text[], batch uuid)
@@ -142,8 +146,9 @@ BEGIN
     -- columns are the dynamic statement's RETURNING, which the checker cannot see)
     RETURN QUERY EXECUTE pg_catalog.format(
         'UPDATE %s t SET deleted_at = pg_catalog.now(), deleted_by = $4, delete_reason = x.reason, '
-        '    delete_batch = coalesce($5, pg_catalog.gen_random_uuid()) '
-        'FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) x(deal_id, id, reason) '
+        '    delete_batch = x.batch '
+        'FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($5)) '
+        '    x(deal_id, id, reason, batch) '
         'WHERE %s AND t.deleted_at IS NULL%s RETURNING %s, t.id',
         tbl,
         CASE scope WHEN 'row' THEN CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id = x.id'
@@ -152,10 +157,13 @@ BEGIN
                    WHEN 'owned_by_document' THEN 't.deal_id = x.deal_id AND t.source_document_id = x.id' END,
         CASE WHEN tbl = 'deal_store.facts'::regclass THEN ' AND t.superseded_at IS NULL' ELSE '' END,
         CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id' ELSE 't.deal_id' END)
-        USING deal_ids, ids, reasons, deal_store.current_actor(), batch;
+        -- the batches are drawn here, not in the UPDATE: Citus runs no volatile function in one
+        USING deal_ids, ids, reasons, deal_store.current_actor(),
+              CASE WHEN batch IS NULL THEN ARRAY(SELECT gen_random_uuid() FROM generate_series(1, coalesce(cardinality(ids), 0)))
+                   ELSE array_fill(batch, ARRAY[coalesce(cardinality(ids), 0)]) END;
 END $$;
 COMMENT ON FUNCTION deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid) IS
-    'Internal: soft-deletes live rows of tbl, set-based (deleted_at, deleted_by = deal_store.actor, the reason, batch, or a batch of its own per row when batch is NULL): the rows (deal_ids[i], ids[i]) themselves (scope row), the rows of the deals ids (owned_by_deal) or the facts sourced from the documents (owned_by_document). Returns the rows marked. soft_delete and the merge queue both write soft deletes through it.';
+    'Internal: soft-deletes live rows of tbl, set-based (deleted_at, deleted_by = deal_store.actor, the reason, batch, or when batch is NULL a batch of its own per named row): the rows (deal_ids[i], ids[i]) themselves (scope row), the rows of the deals ids (owned_by_deal) or the facts sourced from the documents (owned_by_document). Returns the rows marked. soft_delete and the merge queue both write soft deletes through it.';
 
 -- What a soft delete takes with it: the one list soft_delete and an UPDATE
 -- that sets deleted_at both follow.
@@ -173,7 +181,7 @@ END;
 COMMENT ON FUNCTION deal_store._owned(regclass) IS
     'Internal: the tables whose rows a soft delete of a row of entity takes with it, and how they belong to it (a deal owns its documents, facts, findings and gaps; a document the facts sourced from it).';
 
-CREATE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
+CREATE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL, deal_id uuid DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     prev_reason text := current_setting('deal_store.reason', true);
@@ -183,7 +191,8 @@ DECLARE
     n integer;
     t record;
 BEGIN
-    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END,
+                              soft_delete.deal_id);
     IF r.deleted_at IS NOT NULL THEN
         RAISE EXCEPTION '% row % is already deleted', entity, id
             USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
@@ -199,8 +208,8 @@ BEGIN
     PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
     RETURN total;
 END $$;
-COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text) IS
-    'Soft-deletes one row of deals, documents, facts, findings or gaps and what it owns (a deal: its documents, facts, findings, gaps; a document: the facts sourced from it). All rows get one delete_batch, deleted_by = deal_store.actor and the reason. Returns the number of rows marked. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 already deleted.';
+COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) IS
+    'Soft-deletes one row of deals, documents, facts, findings or gaps (of the deal deal_id, when given: then the id is looked up in that deal alone) and what it owns (a deal: its documents, facts, findings, gaps; a document: the facts sourced from it). All rows get one delete_batch, deleted_by = deal_store.actor and the reason. Returns the number of rows marked. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 already deleted.';
 
 CREATE FUNCTION deal_store.restore(entity regclass, id uuid) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -210,7 +219,7 @@ DECLARE
     n integer;
     t regclass;
 BEGIN
-    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END, NULL);
     IF r.deleted_at IS NULL THEN
         RAISE EXCEPTION '% row % is not deleted', entity, id USING ERRCODE = '55000';
     END IF;
@@ -253,7 +262,7 @@ DECLARE
     r record;
     n integer;
 BEGIN
-    r := deal_store._lock_row(entity, id, 'administer');
+    r := deal_store._lock_row(entity, id, 'administer', NULL);
     IF r.deleted_at IS NULL THEN
         RAISE EXCEPTION 'cannot purge % row %: it is not deleted', entity, id
             USING ERRCODE = '55000', HINT = 'Soft-delete it first with deal_store.soft_delete.';
@@ -288,7 +297,9 @@ BEGIN
         RETURN OLD;
     END IF;
     IF OLD.deleted_at IS NULL AND (to_jsonb(OLD) ->> 'superseded_at') IS NULL THEN
-        PERFORM deal_store.soft_delete(deal_store._table_of(TG_RELID)::regclass, OLD.id, 'DELETE statement');
+        -- the row's deal is named: the lookup stays in this deal (on Citus, in this shard)
+        PERFORM deal_store.soft_delete(deal_store._table_of(TG_RELID)::regclass, OLD.id, 'DELETE statement',
+                                       (to_jsonb(OLD) ->> 'deal_id')::uuid);
     END IF;
     RETURN NULL;
 END $$;
