@@ -3354,8 +3354,10 @@ BEGIN
         '    delete_batch = x.batch '
         'FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($5)) '
         '    x(deal_id, id, reason, batch) '
-        'WHERE %s AND t.deleted_at IS NULL%s RETURNING %s, t.id',
+        'WHERE %s AND %s AND t.deleted_at IS NULL%s RETURNING %s, t.id',
         tbl,
+        -- the deals named once more, as a list: on Citus this routes the UPDATE to their shards
+        CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id = ANY ($6)' ELSE 't.deal_id = ANY ($6)' END,
         CASE scope WHEN 'row' THEN CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id = x.id'
                                         ELSE 't.deal_id = x.deal_id AND t.id = x.id' END
                    WHEN 'owned_by_deal' THEN 't.deal_id = x.id'
@@ -3365,7 +3367,9 @@ BEGIN
         -- the batches are drawn here, not in the UPDATE: Citus runs no volatile function in one
         USING deal_ids, ids, reasons, deal_store.current_actor(),
               CASE WHEN batch IS NULL THEN ARRAY(SELECT gen_random_uuid() FROM generate_series(1, coalesce(cardinality(ids), 0)))
-                   ELSE array_fill(batch, ARRAY[coalesce(cardinality(ids), 0)]) END;
+                   ELSE array_fill(batch, ARRAY[coalesce(cardinality(ids), 0)]) END,
+              ARRAY(SELECT DISTINCT d FROM unnest(CASE WHEN scope = 'owned_by_deal' OR tbl = 'deal_store.deals'::regclass
+                                                      THEN ids ELSE deal_ids END) d);
 END $$;
 COMMENT ON FUNCTION deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid) IS
     'Internal: soft-deletes live rows of tbl, set-based (deleted_at, deleted_by = deal_store.actor, the reason, batch, or when batch is NULL a batch of its own per named row): the rows (deal_ids[i], ids[i]) themselves (scope row), the rows of the deals ids (owned_by_deal) or the facts sourced from the documents (owned_by_document). Returns the rows marked. soft_delete and the merge queue both write soft deletes through it.';
@@ -3528,18 +3532,20 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
     END IF;
-    RETURN QUERY
+    -- dynamic, so the deal is a bound value when the query is planned: Citus plans a
+    -- recursive CTE only with the distribution column filtered in both terms
+    RETURN QUERY EXECUTE $q$
     WITH RECURSIVE chain AS (
-        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_history.fact_id
+        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = $1 AND f.id = $2
         UNION ALL
         SELECT f.*, c.depth + 1 FROM chain c
         JOIN deal_store.facts f ON f.deal_id = c.deal_id AND f.id = c.previous_version_id
-        WHERE f.deal_id = deal   -- names the deal in both terms: on Citus, one shard
+        WHERE f.deal_id = $1
     )
     SELECT (max(c.depth) OVER () - c.depth + 1)::integer, c.id, c.depth = 0, c.item, c.item_checksum,
            (SELECT jsonb_object_agg(k, to_jsonb(c) -> k) FROM unnest(deal_store.content_fields('fact')) k),
            c.analysis_run_id, r.run_number, c.updated_at, c.superseded_at
     FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id
-    ORDER BY c.depth;
+    ORDER BY c.depth$q$ USING deal, fact_id;
 END $$;
 ALTER FUNCTION deal_store.fact_history(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
