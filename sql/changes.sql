@@ -248,12 +248,12 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     old record;
     new_id uuid;
+    deal uuid := deal_store._id_in_one_deal('deal_store.documents', document_id, 'write');
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.documents', document_id, 'write');
     IF file_hash IS NULL THEN
         RAISE EXCEPTION 'file_hash must not be NULL' USING ERRCODE = '22004';
     END IF;
-    SELECT d.* INTO old FROM deal_store.documents d WHERE d.id = document_id FOR UPDATE;
+    SELECT d.* INTO old FROM deal_store.documents d WHERE d.deal_id = deal AND d.id = document_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'document % does not exist', document_id USING ERRCODE = 'P0002';
     ELSIF old.deleted_at IS NOT NULL THEN

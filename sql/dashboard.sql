@@ -97,9 +97,9 @@ CREATE FUNCTION deal_store._set_gap_resolution(gap_id uuid, resolve boolean, not
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g record;
+    deal uuid := deal_store._id_in_one_deal('deal_store.gaps', gap_id, 'write');
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.gaps', gap_id, 'write');
-    SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.id = gap_id FOR NO KEY UPDATE;
+    SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.deal_id = deal AND x.id = gap_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'gap % does not exist or is deleted', gap_id USING ERRCODE = 'P0002';
     ELSIF resolve AND g.resolved_at IS NOT NULL THEN

@@ -3305,6 +3305,144 @@ BEGIN
         USING ERRCODE = '42501', HINT = 'Use deal_store.soft_delete, then deal_store.purge for rows that must go.';
 END $$;
 
+DROP FUNCTION deal_store._id_in_one_deal(regclass, uuid, text);
+CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid, needs text) RETURNS uuid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deals uuid[];
+BEGIN
+    EXECUTE format('SELECT array_agg(DISTINCT deal_id) FROM %s WHERE id = $1', tbl) INTO deals USING id;
+    IF cardinality(deals) > 1 THEN
+        RAISE EXCEPTION 'id % names rows of % deals in %', id, cardinality(deals), tbl USING ERRCODE = 'P0003',
+            HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
+    ELSIF cardinality(deals) = 1 THEN
+        PERFORM deal_store._require_right(deals[1], needs);
+    END IF;
+    RETURN deals[1];
+END $$;
+COMMENT ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) IS
+    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them; 42501 unless the caller has the right needs on the row''s deal. Returns that deal (NULL: no row has the id), so the caller''s next lookup names it (on Citus: one shard, where a row lock is possible).';REVOKE ALL ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS deal_store.analysis_runs
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    finished deal_store.analysis_runs;
+    deal uuid := deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
+BEGIN
+    SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
+    FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
+    WHERE x.deal_id = deal AND d.id = deal AND x.id = run_id FOR NO KEY UPDATE OF x;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'analysis run % does not exist', run_id USING ERRCODE = 'P0002';
+    ELSIF r.status <> 'running' THEN
+        RAISE EXCEPTION 'analysis run % is already %', run_id, r.status USING ERRCODE = '55000';
+    ELSIF r.deal_deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'the deal of analysis run % is deleted', run_id USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.analysis_runs x SET
+        status = new_status,
+        error = _finish_run.error,
+        completed_at = clock_timestamp(),
+        duration_seconds = round(extract(epoch FROM clock_timestamp() - x.started_at)::numeric, 3),
+        documents_processed = (SELECT count(DISTINCT f.source_document_id) FROM deal_store.facts f
+                               WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        facts_created = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NULL),
+        facts_updated = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NOT NULL),
+        findings_created = (SELECT count(*) FROM deal_store.findings f WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        gaps_created = (SELECT count(*) FROM deal_store.gaps g WHERE g.deal_id = r.deal_id AND g.analysis_run_id = run_id)
+    WHERE x.deal_id = r.deal_id AND x.id = run_id
+    RETURNING x.* INTO finished;
+    RETURN finished;
+END $$;
+
+CREATE OR REPLACE FUNCTION deal_store._decide(change_id uuid, decision text, note text, until timestamptz) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.pending_changes;
+    deal uuid := deal_store._id_in_one_deal('deal_store.pending_changes', change_id, 'review');
+BEGIN
+    SELECT * INTO c FROM deal_store.pending_changes p WHERE p.deal_id = deal AND p.id = change_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pending change % does not exist', change_id USING ERRCODE = 'P0002';
+    ELSIF c.status NOT IN ('pending', 'deferred') THEN
+        RAISE EXCEPTION 'the change to % % is %, not pending', c.entity_type, c.legacy_entity_id, c.status
+            USING ERRCODE = '55000', DETAIL = format('Change %s was decided at %s.', change_id, c.decided_at);
+    END IF;
+    IF decision = 'accept' THEN
+        PERFORM deal_store._apply(ARRAY[c.deal_id], ARRAY[c.id], note);
+        SELECT p.status INTO decision FROM deal_store.pending_changes p WHERE p.deal_id = c.deal_id AND p.id = c.id;
+        RETURN decision;
+    END IF;
+    UPDATE deal_store.pending_changes p SET
+        status = CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END,
+        decided_by = deal_store.current_actor(),
+        decided_at = CASE decision WHEN 'reject' THEN now() END,
+        deferred_until = CASE decision WHEN 'defer' THEN until END,
+        review_note = note
+    WHERE p.deal_id = c.deal_id AND p.id = c.id;
+    RETURN CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END;
+END $$;
+
+CREATE OR REPLACE FUNCTION deal_store._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g record;
+    deal uuid := deal_store._id_in_one_deal('deal_store.gaps', gap_id, 'write');
+BEGIN
+    SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.deal_id = deal AND x.id = gap_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'gap % does not exist or is deleted', gap_id USING ERRCODE = 'P0002';
+    ELSIF resolve AND g.resolved_at IS NOT NULL THEN
+        RAISE EXCEPTION 'gap % is already resolved', gap_id USING ERRCODE = '55000';
+    ELSIF NOT resolve AND g.resolved_at IS NULL THEN
+        RAISE EXCEPTION 'gap % is not resolved', gap_id USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.gaps x SET
+        resolved_at = CASE WHEN resolve THEN now() END,
+        resolved_by = CASE WHEN resolve THEN deal_store.current_actor() END,
+        resolution_note = CASE WHEN resolve THEN note END
+    WHERE x.deal_id = g.deal_id AND x.id = gap_id;
+END $$;
+
+CREATE OR REPLACE FUNCTION deal_store.add_document_version(document_id uuid, file_hash text, filename text DEFAULT NULL,
+    storage_path text DEFAULT NULL, page_count integer DEFAULT NULL) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old record;
+    new_id uuid;
+    deal uuid := deal_store._id_in_one_deal('deal_store.documents', document_id, 'write');
+BEGIN
+    IF file_hash IS NULL THEN
+        RAISE EXCEPTION 'file_hash must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT d.* INTO old FROM deal_store.documents d WHERE d.deal_id = deal AND d.id = document_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'document % does not exist', document_id USING ERRCODE = 'P0002';
+    ELSIF old.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'document % is deleted', document_id USING ERRCODE = '55000';
+    ELSIF old.status = 'superseded' THEN
+        RAISE EXCEPTION 'document % is already superseded', document_id USING ERRCODE = '55000',
+            HINT = 'Add the version to the newest one (the document whose supersedes_id chain leads here).';
+    END IF;
+    BEGIN
+        INSERT INTO deal_store.documents AS d (deal_id, filename, file_hash, entity, authority_level, storage_path, version,
+                                               supersedes_id, page_count)
+        VALUES (old.deal_id, coalesce(add_document_version.filename, old.filename), add_document_version.file_hash, old.entity,
+                old.authority_level, coalesce(add_document_version.storage_path, old.storage_path), old.version + 1, old.id,
+                add_document_version.page_count)
+        RETURNING d.id INTO new_id;
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'the deal already has a document with file_hash %', file_hash USING ERRCODE = '23505',
+            HINT = 'A new version is a different file.';
+    END;
+    UPDATE deal_store.documents d SET status = 'superseded' WHERE d.deal_id = old.deal_id AND d.id = old.id;
+    RETURN new_id;
+END $$;
+ALTER FUNCTION deal_store.add_document_version(uuid, text, text, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
 DROP FUNCTION deal_store._lock_row(regclass, uuid, text);
 CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text, deal uuid,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
@@ -3532,20 +3670,20 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
     END IF;
-    -- dynamic, so the deal is a bound value when the query is planned: Citus plans a
-    -- recursive CTE only with the distribution column filtered in both terms
-    RETURN QUERY EXECUTE $q$
+    -- every table names the deal: Citus plans the recursive CTE on one shard
+    RETURN QUERY
     WITH RECURSIVE chain AS (
-        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = $1 AND f.id = $2
+        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_history.fact_id
         UNION ALL
         SELECT f.*, c.depth + 1 FROM chain c
         JOIN deal_store.facts f ON f.deal_id = c.deal_id AND f.id = c.previous_version_id
-        WHERE f.deal_id = $1
+        WHERE f.deal_id = deal
     )
     SELECT (max(c.depth) OVER () - c.depth + 1)::integer, c.id, c.depth = 0, c.item, c.item_checksum,
            (SELECT jsonb_object_agg(k, to_jsonb(c) -> k) FROM unnest(deal_store.content_fields('fact')) k),
            c.analysis_run_id, r.run_number, c.updated_at, c.superseded_at
-    FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id
-    ORDER BY c.depth$q$ USING deal, fact_id;
+    FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = deal AND r.id = c.analysis_run_id
+    WHERE c.deal_id = deal
+    ORDER BY c.depth;
 END $$;
 ALTER FUNCTION deal_store.fact_history(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

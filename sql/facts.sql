@@ -80,21 +80,21 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
     END IF;
-    -- dynamic, so the deal is a bound value when the query is planned: Citus plans a
-    -- recursive CTE only with the distribution column filtered in both terms
-    RETURN QUERY EXECUTE $q$
+    -- every table names the deal: Citus plans the recursive CTE on one shard
+    RETURN QUERY
     WITH RECURSIVE chain AS (
-        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = $1 AND f.id = $2
+        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_history.fact_id
         UNION ALL
         SELECT f.*, c.depth + 1 FROM chain c
         JOIN deal_store.facts f ON f.deal_id = c.deal_id AND f.id = c.previous_version_id
-        WHERE f.deal_id = $1
+        WHERE f.deal_id = deal
     )
     SELECT (max(c.depth) OVER () - c.depth + 1)::integer, c.id, c.depth = 0, c.item, c.item_checksum,
            (SELECT jsonb_object_agg(k, to_jsonb(c) -> k) FROM unnest(deal_store.content_fields('fact')) k),
            c.analysis_run_id, r.run_number, c.updated_at, c.superseded_at
-    FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id
-    ORDER BY c.depth$q$ USING deal, fact_id;
+    FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = deal AND r.id = c.analysis_run_id
+    WHERE c.deal_id = deal
+    ORDER BY c.depth;
 END $$;
 COMMENT ON FUNCTION deal_store.fact_history(uuid) IS
     'A fact''s versions, newest first: version number (1 = oldest), the row holding it, its content and checksum, the run that wrote it, when it was written and when it was superseded. P0002 when the fact does not exist.';

@@ -275,9 +275,9 @@ CREATE FUNCTION deal_store._decide(change_id uuid, decision text, note text, unt
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c deal_store.pending_changes;
+    deal uuid := deal_store._id_in_one_deal('deal_store.pending_changes', change_id, 'review');
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.pending_changes', change_id, 'review');
-    SELECT * INTO c FROM deal_store.pending_changes p WHERE p.id = change_id FOR UPDATE;
+    SELECT * INTO c FROM deal_store.pending_changes p WHERE p.deal_id = deal AND p.id = change_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pending change % does not exist', change_id USING ERRCODE = 'P0002';
     ELSIF c.status NOT IN ('pending', 'deferred') THEN

@@ -44,11 +44,11 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
     finished deal_store.analysis_runs;
+    deal uuid := deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
     SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
     FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
-    WHERE x.id = run_id FOR NO KEY UPDATE OF x;
+    WHERE x.deal_id = deal AND d.id = deal AND x.id = run_id FOR NO KEY UPDATE OF x;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'analysis run % does not exist', run_id USING ERRCODE = 'P0002';
     ELSIF r.status <> 'running' THEN

@@ -84,7 +84,7 @@ COMMENT ON FUNCTION deal_store._soft_deletable(regclass) IS
 -- (e.g. two queue workers soft-deleting facts) run side by side, while a
 -- soft delete or restore of the deal itself (FOR UPDATE of the deal row)
 -- waits for them and they for it.
-CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid, needs text) RETURNS void
+CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid, needs text) RETURNS uuid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deals uuid[];
@@ -96,9 +96,10 @@ BEGIN
     ELSIF cardinality(deals) = 1 THEN
         PERFORM deal_store._require_right(deals[1], needs);
     END IF;
+    RETURN deals[1];
 END $$;
 COMMENT ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) IS
-    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them; 42501 unless the caller has the right needs on the row''s deal.';
+    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them; 42501 unless the caller has the right needs on the row''s deal. Returns that deal (NULL: no row has the id), so the caller''s next lookup names it (on Citus: one shard, where a row lock is possible).';
 
 CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text, deal uuid,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)

@@ -108,29 +108,37 @@ struct Run {
 
 /// Locks the run's deal (proposals of one deal are serialised) and checks the run.
 fn lock_run(client: &mut SpiClient<'_>, run_id: Uuid) -> Run {
-    // up to two rows: a run id is unique per deal only, and one in two deals is
-    // P0003 as in SQL's _id_in_one_deal (checked here, not by calling it, so the
-    // library still serves a 0.1.0 database until ALTER EXTENSION UPDATE)
-    let rows = client
-        .update(
-            "SELECT r.deal_id, r.run_number, r.is_incremental, r.domains_analyzed, r.status, d.deleted_at IS NOT NULL \
-             FROM deal_store.analysis_runs r JOIN deal_store.deals d ON d.id = r.deal_id \
-             WHERE r.id = $1 FOR NO KEY UPDATE OF d",
-            Some(2),
-            &[run_id.into()],
-        )
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
-    if rows.len() > 1 {
+    // first the deal, unlocked: up to two rows, as a run id is unique per deal only,
+    // and one in two deals is P0003 as in SQL's _id_in_one_deal (checked here, not by
+    // calling it, so the library still serves a 0.1.0 database until ALTER EXTENSION UPDATE)
+    let deals: Vec<Uuid> = client
+        .select("SELECT r.deal_id FROM deal_store.analysis_runs r WHERE r.id = $1 LIMIT 2", None, &[run_id.into()])
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
+        .filter_map(|r| r.get::<Uuid>(1).ok().flatten())
+        .collect();
+    if deals.len() > 1 {
         raise(
             PgSqlErrorCode::ERRCODE_TOO_MANY_ROWS,
             format!("id {run_id} names rows of 2 deals in deal_store.analysis_runs"),
             Some("Ids are unique per deal only; this database holds the id in more than one deal.".into()),
         );
     }
+    let Some(&deal_id) = deals.first() else {
+        raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("analysis run {run_id} does not exist"), None)
+    };
+    // then the lock, naming the deal (on Citus: one shard, where FOR UPDATE is possible)
+    let rows = client
+        .update(
+            "SELECT r.deal_id, r.run_number, r.is_incremental, r.domains_analyzed, r.status, d.deleted_at IS NOT NULL \
+             FROM deal_store.analysis_runs r JOIN deal_store.deals d ON d.id = r.deal_id \
+             WHERE r.deal_id = $2 AND d.id = $2 AND r.id = $1 FOR NO KEY UPDATE OF d",
+            Some(1),
+            &[run_id.into(), deal_id.into()],
+        )
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
     let Some(r) = rows.into_iter().next() else {
         raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("analysis run {run_id} does not exist"), None)
     };
-    let deal_id: Uuid = r.get(1).ok().flatten().expect("deal_id");
     crate::access::require_right(deal_id, crate::access::Right::Write);
     let status: String = r.get(5).ok().flatten().unwrap_or_default();
     if status != "running" {
