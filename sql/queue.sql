@@ -54,7 +54,7 @@ COMMENT ON FUNCTION deal_store.propose_gaps(uuid, jsonb, text[], text) IS 'propo
 -- with its reason and the rest apply. accept_change, accept_changes,
 -- process_queue and tier-1 auto-apply all go through _apply.
 
-CREATE FUNCTION deal_store._apply_set(deal_ids uuid[], ids uuid[], note text) RETURNS void
+CREATE FUNCTION deal_store._apply_set(deal uuid, ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     todo deal_store.pending_changes[];
@@ -68,15 +68,17 @@ DECLARE
     same text;
     content text[];
     extra text[];
+    targets uuid[];
+    reasons text[];
     set_cols text;
     set_vals text;
     ins_vals text;
 BEGIN
-    -- the open changes among (deal_ids[i], ids[i]) (the caller holds their locks), oldest first
+    -- the open changes ids of the deal (the caller holds their locks), oldest first. Every
+    -- statement below names the deal on every deal table: on Citus each runs on one shard.
     SELECT pg_catalog.array_agg(p ORDER BY p.created_at, p.id) INTO todo
-    FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) c(deal_id, id)
-    JOIN deal_store.pending_changes p ON p.deal_id = c.deal_id AND p.id = c.id
-    WHERE p.status IN ('pending', 'deferred');
+    FROM deal_store.pending_changes p
+    WHERE p.deal_id = deal AND p.id = ANY (ids) AND p.status IN ('pending', 'deferred');
     IF todo IS NULL THEN
         RETURN;
     END IF;
@@ -86,12 +88,12 @@ BEGIN
         SELECT c.deal_id, c.id, CASE WHEN d.deleted_at IS NOT NULL THEN 'the deal is deleted'
                                      WHEN r.status = 'failed' THEN pg_catalog.format('analysis run %s failed', r.run_number) END AS why
         FROM pg_catalog.unnest(todo) c
-        JOIN deal_store.deals d ON d.id = c.deal_id
-        LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id),
+        JOIN deal_store.deals d ON d.id = deal
+        LEFT JOIN deal_store.analysis_runs r ON r.deal_id = deal AND r.id = c.analysis_run_id),
     decided AS (
         UPDATE deal_store.pending_changes p
         SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = pg_catalog.concat_ws(' / ', note, x.why)
-        FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = x.deal_id AND p.id = x.id
+        FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = deal AND p.id = x.id
         RETURNING p.deal_id, p.id)
     SELECT pg_catalog.array_agg(c ORDER BY c.created_at, c.id) INTO todo
     FROM pg_catalog.unnest(todo) c
@@ -100,7 +102,7 @@ BEGIN
         tbl := (deal_store._kind_table(kind))::regclass;
         live := 't.deleted_at IS NULL' || CASE WHEN kind = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END;
         -- the target as proposed: same row, live, content checksum still the base
-        same := 't.deal_id = c.deal_id AND t.id = c.entity_id AND ' || live || ' AND '
+        same := 't.deal_id = $3 AND t.id = c.entity_id AND ' || live || ' AND '
             || CASE WHEN kind = 'fact' THEN 't.item_checksum' ELSE 'deal_store.content_checksum_of(c.entity_type, pg_catalog.to_jsonb(t))' END
             || ' = c.base_checksum';
         content := deal_store.content_fields(kind);
@@ -124,23 +126,24 @@ BEGIN
             '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''update'' AND %4$s '
             '           RETURNING c.id) '
             'SELECT pg_catalog.array_agg(u.id) FROM u', tbl, set_cols, set_vals, same)
-            INTO done USING todo, kind;
+            INTO done USING todo, kind, deal;
         applied := applied || coalesce(done, ARRAY[]::uuid[]);
-        -- a removal is a soft delete, by the code soft_delete() uses: each its own batch, the run named
+        -- a removal is a soft delete, by the code soft_delete() uses: each its own batch, the run
+        -- named; the targets are locked first, then marked (a statement of its own, so no
+        -- query runs a distributed UPDATE from inside another on Citus)
         EXECUTE pg_catalog.format(
-            'WITH x AS (SELECT c.id AS change_id, c.deal_id, c.entity_id, '
-            '                  pg_catalog.format(''removed by analysis run %%s'', run.run_number) AS reason '
-            '           FROM pg_catalog.unnest($1) c JOIN deal_store.analysis_runs run ON run.deal_id = c.deal_id AND run.id = c.analysis_run_id '
-            '           JOIN %1$s t ON %2$s '
-            '           WHERE c.entity_type = $2 AND c.change_type = ''delete'' FOR UPDATE OF t) '
-            'SELECT pg_catalog.array_agg(x.change_id) '
-            'FROM (SELECT pg_catalog.array_agg(x.deal_id) AS deals, pg_catalog.array_agg(x.entity_id) AS ids, '
-            '             pg_catalog.array_agg(x.reason) AS reasons FROM x) a, '
-            '     LATERAL deal_store._mark_deleted(%3$L::pg_catalog.regclass, ''row'', a.deals, a.ids, a.reasons, NULL) m '
-            '     JOIN x ON m.deal_id = x.deal_id AND m.id = x.entity_id',
-            tbl, same, tbl::text)
-            INTO done USING todo, kind;
-        applied := applied || coalesce(done, ARRAY[]::uuid[]);
+            'SELECT pg_catalog.array_agg(x.id ORDER BY x.created_at, x.id), pg_catalog.array_agg(x.entity_id ORDER BY x.created_at, x.id), '
+            '       pg_catalog.array_agg(pg_catalog.format(''removed by analysis run %%s'', x.run_number) ORDER BY x.created_at, x.id) '
+            'FROM (SELECT c.id, c.entity_id, run.run_number, c.created_at '
+            '      FROM pg_catalog.unnest($1) c JOIN deal_store.analysis_runs run ON run.deal_id = $3 AND run.id = c.analysis_run_id '
+            '      JOIN %1$s t ON %2$s '
+            '      WHERE c.entity_type = $2 AND c.change_type = ''delete'' FOR UPDATE OF t) x', tbl, same)
+            INTO done, targets, reasons USING todo, kind, deal;
+        IF done IS NOT NULL THEN
+            PERFORM deal_store._mark_deleted(tbl, 'row', pg_catalog.array_fill(deal, ARRAY[pg_catalog.cardinality(targets)]),
+                                             targets, reasons, NULL);
+            applied := applied || done;
+        END IF;
         EXECUTE pg_catalog.format(
             'WITH x AS (SELECT c.id AS change_id, pg_catalog.gen_random_uuid() AS new_id, c.* '
             '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''new''), '
@@ -154,9 +157,9 @@ BEGIN
         applied := applied || coalesce(done, ARRAY[]::uuid[]);
         -- of the updates and deletes not applied, those whose target is still there: it moved
         EXECUTE pg_catalog.format(
-            'SELECT pg_catalog.array_agg(c.id) FROM pg_catalog.unnest($1) c JOIN %s t ON t.deal_id = c.deal_id AND t.id = c.entity_id AND %s '
+            'SELECT pg_catalog.array_agg(c.id) FROM pg_catalog.unnest($1) c JOIN %s t ON t.deal_id = $4 AND t.id = c.entity_id AND %s '
             'WHERE c.entity_type = $2 AND c.change_type <> ''new'' AND c.id <> ALL ($3)', tbl, live)
-            INTO done USING todo, kind, applied;
+            INTO done USING todo, kind, applied, deal;
         moved := moved || coalesce(done, ARRAY[]::uuid[]);
     END LOOP;
     -- the decisions, each reason worded here once
@@ -169,10 +172,10 @@ BEGIN
             WHEN x.id = ANY (moved) THEN 'the target changed since the proposal'
             ELSE 'the target is gone or deleted' END)
     FROM (SELECT c.*, c.id = ANY (applied) AS ok FROM pg_catalog.unnest(todo) c) x
-    WHERE p.deal_id = x.deal_id AND p.id = x.id;
+    WHERE p.deal_id = deal AND p.id = x.id;
 END $$;
-COMMENT ON FUNCTION deal_store._apply_set(uuid[], uuid[], text) IS
-    'Internal: applies a set of open changes the caller has locked (the changes (deal_ids[i], ids[i])), set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. Any error aborts the whole set (see _apply).';
+COMMENT ON FUNCTION deal_store._apply_set(uuid, uuid[], text) IS
+    'Internal: applies a set of open changes of one deal the caller has locked (the changes ids), set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. Any error aborts the whole set (see _apply).';
 
 CREATE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -183,35 +186,43 @@ DECLARE
     not_the_change constant text[] := ARRAY['40', '42', '53', '57', '58', 'XX'];
     state text;
     problem text;
+    deal uuid;
+    mine uuid[];
+    actor uuid := deal_store.current_actor();
 BEGIN
     PERFORM pg_catalog.set_config('deal_store.reason', coalesce(note, prev_reason, ''), true);
-    BEGIN
-        PERFORM deal_store._apply_set(deal_ids, ids, note);
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
-        IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
-            RAISE;
-        END IF;
-        -- some change broke the set: apply each alone, so only what fails is refused
-        FOR i IN 1 .. pg_catalog.cardinality(ids) LOOP
-            BEGIN
-                PERFORM deal_store._apply_set(ARRAY[deal_ids[i]], ARRAY[ids[i]], note);
-            EXCEPTION WHEN OTHERS THEN
-                GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, problem = MESSAGE_TEXT;
-                IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
-                    RAISE;
-                END IF;
-                UPDATE deal_store.pending_changes p
-                SET status = 'conflict', decided_by = deal_store.current_actor(), decided_at = pg_catalog.now(),
-                    review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', problem, state))
-                WHERE p.deal_id = deal_ids[i] AND p.id = ids[i] AND p.status IN ('pending', 'deferred');
-            END;
-        END LOOP;
-    END;
+    -- deal by deal: a deal's changes are one set (on Citus: one shard's work)
+    FOR deal, mine IN SELECT x.deal_id, pg_catalog.array_agg(x.id ORDER BY x.n)
+                      FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) WITH ORDINALITY x(deal_id, id, n)
+                      GROUP BY x.deal_id ORDER BY pg_catalog.min(x.n) LOOP
+        BEGIN
+            PERFORM deal_store._apply_set(deal, mine, note);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
+            IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
+                RAISE;
+            END IF;
+            -- some change broke the set: apply each alone, so only what fails is refused
+            FOR i IN 1 .. pg_catalog.cardinality(mine) LOOP
+                BEGIN
+                    PERFORM deal_store._apply_set(deal, ARRAY[mine[i]], note);
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, problem = MESSAGE_TEXT;
+                    IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
+                        RAISE;
+                    END IF;
+                    UPDATE deal_store.pending_changes p
+                    SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(),
+                        review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', problem, state))
+                    WHERE p.deal_id = deal AND p.id = mine[i] AND p.status IN ('pending', 'deferred');
+                END;
+            END LOOP;
+        END;
+    END LOOP;
     PERFORM pg_catalog.set_config('deal_store.reason', coalesce(prev_reason, ''), true);
 END $$;
 COMMENT ON FUNCTION deal_store._apply(uuid[], uuid[], text) IS
-    'Internal: the one apply path. Applies the open changes (deal_ids[i], ids[i]) the caller has locked with _apply_set; when the set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
+    'Internal: the one apply path. Applies the open changes (deal_ids[i], ids[i]) the caller has locked with _apply_set, deal by deal; when a deal''s set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
 
 CREATE FUNCTION deal_store._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
