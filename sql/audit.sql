@@ -104,7 +104,8 @@ BEGIN ATOMIC
     SELECT l.* FROM deal_store.deal_activity_log l
     WHERE l.entity_type = entity_history.entity_type
       AND (l.entity_id = entity_history.entity_id OR l.entity_key = entity_history.entity_key)
-      AND (deal_store.sees_all_deals() OR l.deal_id = ANY (deal_store.my_deals('viewer')))
+      -- once per call (on Citus: on the coordinator, not on the shards)
+      AND ((SELECT deal_store.sees_all_deals()) OR l.deal_id = ANY ((SELECT deal_store.my_deals('viewer'))::uuid[]))
     ORDER BY l.seq;
 END;
 COMMENT ON FUNCTION deal_store.entity_history(text, uuid, jsonb) IS

@@ -3329,6 +3329,8 @@ DECLARE
     r record;
     finished deal_store.analysis_runs;
     deal uuid := deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
+    -- read here: Citus runs no volatile function inside an UPDATE of a distributed table
+    finished_at timestamptz := clock_timestamp();
 BEGIN
     SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
     FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
@@ -3343,8 +3345,8 @@ BEGIN
     UPDATE deal_store.analysis_runs x SET
         status = new_status,
         error = _finish_run.error,
-        completed_at = clock_timestamp(),
-        duration_seconds = round(extract(epoch FROM clock_timestamp() - x.started_at)::numeric, 3),
+        completed_at = finished_at,
+        duration_seconds = round(extract(epoch FROM finished_at - x.started_at)::numeric, 3),
         documents_processed = (SELECT count(DISTINCT f.source_document_id) FROM deal_store.facts f
                                WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
         facts_created = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
@@ -3476,13 +3478,14 @@ BEGIN
     -- are decided now and leave the set
     WITH refused AS (
         SELECT c.deal_id, c.id, CASE WHEN d.deleted_at IS NOT NULL THEN 'the deal is deleted'
-                                     WHEN r.status = 'failed' THEN pg_catalog.format('analysis run %s failed', r.run_number) END AS why
+                                     WHEN r.status = 'failed' THEN 'analysis run ' || r.run_number::text || ' failed' END AS why
         FROM pg_catalog.unnest(todo) c
         JOIN deal_store.deals d ON d.id = deal
         LEFT JOIN deal_store.analysis_runs r ON r.deal_id = deal AND r.id = c.analysis_run_id),
     decided AS (
         UPDATE deal_store.pending_changes p
-        SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = pg_catalog.concat_ws(' / ', note, x.why)
+        -- the note and the reason joined by immutable operators: Citus calls no stable function on a column in an UPDATE
+        SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = coalesce(note || ' / ' || x.why, note, x.why)
         FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = deal AND p.id = x.id
         RETURNING p.deal_id, p.id)
     SELECT pg_catalog.array_agg(c ORDER BY c.created_at, c.id) INTO todo
@@ -3556,12 +3559,13 @@ BEGIN
     UPDATE deal_store.pending_changes p
     SET status = CASE WHEN x.ok THEN 'accepted' ELSE 'conflict' END,
         decided_by = actor, decided_at = pg_catalog.now(),
-        review_note = pg_catalog.concat_ws(' / ', note, CASE
-            WHEN x.ok THEN NULL
-            WHEN x.change_type = 'new' THEN 'a live row with this legacy_id exists'
-            WHEN x.id = ANY (moved) THEN 'the target changed since the proposal'
-            ELSE 'the target is gone or deleted' END)
-    FROM (SELECT c.*, c.id = ANY (applied) AS ok FROM pg_catalog.unnest(todo) c) x
+        review_note = coalesce(note || ' / ' || x.why, note, x.why)
+    FROM (SELECT c.id, c.id = ANY (applied) AS ok, CASE
+              WHEN c.id = ANY (applied) THEN NULL
+              WHEN c.change_type = 'new' THEN 'a live row with this legacy_id exists'
+              WHEN c.id = ANY (moved) THEN 'the target changed since the proposal'
+              ELSE 'the target is gone or deleted' END AS why
+          FROM pg_catalog.unnest(todo) c) x
     WHERE p.deal_id = deal AND p.id = x.id;
 END $$;
 COMMENT ON FUNCTION deal_store._apply_set(uuid, uuid[], text) IS
@@ -3613,6 +3617,186 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store._apply(uuid[], uuid[], text) IS
     'Internal: the one apply path. Applies the open changes (deal_ids[i], ids[i]) the caller has locked with _apply_set, deal by deal; when a deal''s set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
+CREATE FUNCTION deal_store._claim_by_deal(batch_size integer, max_tier integer, deals uuid[], OUT deal_ids uuid[], OUT ids uuid[])
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d uuid;
+    got uuid[];
+BEGIN
+    deal_ids := ARRAY[]::uuid[];
+    ids := ARRAY[]::uuid[];
+    FOR d IN SELECT p.deal_id FROM deal_store.pending_changes p
+             WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+               AND (p.status = 'pending' OR p.deferred_until <= now())
+               AND (deals IS NULL OR p.deal_id = ANY (deals))
+             GROUP BY p.deal_id ORDER BY min(p.created_at), p.deal_id LOOP
+        SELECT array_agg(x.id) INTO got FROM (
+            SELECT p.id FROM deal_store.pending_changes p
+            WHERE p.deal_id = d AND p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+              AND (p.status = 'pending' OR p.deferred_until <= now())
+            ORDER BY p.created_at, p.id
+            LIMIT batch_size - cardinality(ids)
+            FOR UPDATE SKIP LOCKED) x;
+        IF got IS NOT NULL THEN
+            deal_ids := deal_ids || array_fill(d, ARRAY[cardinality(got)]);
+            ids := ids || got;
+        END IF;
+        EXIT WHEN cardinality(ids) >= batch_size;
+    END LOOP;
+    IF cardinality(ids) = 0 THEN
+        deal_ids := NULL;
+        ids := NULL;
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) IS
+    'Internal: _claim for a database whose deal tables Citus distributes: locks up to batch_size eligible open changes deal by deal (the deals with the oldest eligible change first; each claim one query on the deal''s shard).';REVOKE ALL ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) FROM PUBLIC;
+
+CREATE FUNCTION deal_store._distributed() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    yes boolean;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;   -- plain PostgreSQL
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ''deal_store.pending_changes''::pg_catalog.regclass AND partmethod = ''h'')'
+        INTO yes;
+    RETURN yes;
+END $$;
+COMMENT ON FUNCTION deal_store._distributed() IS
+    'Internal: true when Citus distributes deal_store''s deal tables (pending_changes is hash-distributed).';REVOKE ALL ON FUNCTION deal_store._distributed() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
+    OUT claimed integer, OUT applied integer, OUT conflicts integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    batch record;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
+    END IF;
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    -- admins work the whole queue; a reviewer the deals it reviews
+    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
+        RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
+    END IF;
+    IF deal_store._distributed() THEN
+        SELECT * INTO batch FROM deal_store._claim_by_deal(batch_size, max_tier,
+            CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
+    ELSE
+        SELECT * INTO batch FROM deal_store._claim(batch_size, max_tier,
+            CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
+    END IF;
+    claimed := coalesce(cardinality(batch.ids), 0);
+    applied := 0;
+    conflicts := 0;
+    IF claimed > 0 THEN
+        PERFORM deal_store._apply(batch.deal_ids, batch.ids, 'process_queue');
+        -- the claimed (deal, id) pairs as keys (a uuid's text has a fixed length): a filter, not a
+        -- join with the arrays, which Citus could not plan over the distributed table
+        SELECT count(*) FILTER (WHERE p.status = 'accepted'), count(*) FILTER (WHERE p.status = 'conflict')
+        INTO applied, conflicts
+        FROM deal_store.pending_changes p
+        WHERE p.deal_id = ANY (batch.deal_ids) AND p.id = ANY (batch.ids)
+          AND p.deal_id::text || p.id::text = ANY (ARRAY(SELECT x.deal_id::text || x.id::text
+                                                          FROM unnest(batch.deal_ids, batch.ids) x(deal_id, id)));
+    END IF;
+END $$;
+ALTER FUNCTION deal_store.process_queue_batch(integer, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
+    INOUT batches integer DEFAULT NULL, INOUT applied bigint DEFAULT NULL,
+    INOUT conflicts bigint DEFAULT NULL, INOUT remaining bigint DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    b record;
+BEGIN
+    batches := 0;
+    applied := 0;
+    conflicts := 0;
+    LOOP
+        b := deal_store.process_queue_batch(batch_size, max_tier);
+        COMMIT;
+        EXIT WHEN b.claimed = 0;
+        batches := batches + 1;
+        applied := applied + b.applied;
+        conflicts := conflicts + b.conflicts;
+        RAISE NOTICE 'process_queue: batch %: % applied, % conflicts (so far % applied, % conflicts)',
+            batches, b.applied, b.conflicts, applied, conflicts;
+        EXIT WHEN b.claimed < batch_size;
+    END LOOP;
+    -- what another call would find now: eligible changes that other workers hold
+    -- or that were proposed meanwhile
+    SELECT count(*) INTO remaining FROM deal_store.pending_changes p
+    WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+      AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+      AND ((SELECT deal_store.sees_all_deals()) OR p.deal_id = ANY ((SELECT deal_store.my_deals('reviewer'))::uuid[]));
+END $$;
+
+CREATE OR REPLACE FUNCTION deal_store.search_deal(deal_id uuid, query text, lim integer DEFAULT 20)
+RETURNS TABLE(entity_type text, entity_id uuid, title text, rank real, headline text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    cfg regconfig := deal_store.search_config();
+    tsq tsquery;
+    opts text := deal_store.headline_options();
+    fact_ids uuid[];
+    fact_titles text[];
+    fact_ranks real[];
+    fact_headlines text[];
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
+    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
+    ELSIF query IS NULL OR btrim(query) = '' THEN
+        RETURN;
+    END IF;
+    tsq := deal_store.search_tsquery(query, cfg);
+    IF numnode(tsq) = 0 THEN
+        RETURN;
+    END IF;
+    -- the facts' hits first, in a statement of their own: on Citus the query below runs
+    -- on the deal's shard, where search_facts (a query of its own) cannot be called
+    SELECT array_agg(s.fact_id), array_agg(s.item), array_agg(s.rank), array_agg(s.headline)
+    INTO fact_ids, fact_titles, fact_ranks, fact_headlines
+    FROM deal_store.search_facts(search_deal.deal_id, query, lim => search_deal.lim) s WHERE s.rank > 0;
+    RETURN QUERY
+    WITH hits AS (
+        SELECT 'fact'::text AS kind, f.id, f.title, f.rank, f.headline
+        FROM ROWS FROM (unnest(fact_ids), unnest(fact_titles), unnest(fact_ranks), unnest(fact_headlines)) f(id, title, rank, headline)
+        UNION ALL
+        SELECT 'finding', g.id, g.title, ts_rank_cd(v.vec, tsq, 32)::real,
+               ts_headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
+        FROM deal_store.findings g,
+             LATERAL (SELECT setweight(to_tsvector(cfg, g.title), 'A') || setweight(to_tsvector(cfg, coalesce(g.description, '')), 'C') AS vec) v
+        WHERE g.deal_id = search_deal.deal_id AND g.deleted_at IS NULL AND v.vec @@ tsq
+        UNION ALL
+        SELECT 'gap', x.id, x.description, ts_rank_cd(v.vec, tsq, 32)::real, ts_headline(cfg, x.description, tsq, opts)
+        FROM deal_store.gaps x,
+             LATERAL (SELECT setweight(to_tsvector(cfg, x.description), 'A') AS vec) v
+        WHERE x.deal_id = search_deal.deal_id AND x.deleted_at IS NULL AND v.vec @@ tsq)
+    SELECT h.kind, h.id, h.title, h.rank, h.headline FROM hits h
+    ORDER BY h.rank DESC, h.kind, h.title, h.id
+    LIMIT lim;
+END $$;
+ALTER FUNCTION deal_store.search_deal(uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid DEFAULT NULL, entity_key jsonb DEFAULT NULL)
+RETURNS SETOF deal_store.deal_activity_log
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT l.* FROM deal_store.deal_activity_log l
+    WHERE l.entity_type = entity_history.entity_type
+      AND (l.entity_id = entity_history.entity_id OR l.entity_key = entity_history.entity_key)
+      -- once per call (on Citus: on the coordinator, not on the shards)
+      AND ((SELECT deal_store.sees_all_deals()) OR l.deal_id = ANY ((SELECT deal_store.my_deals('viewer'))::uuid[]))
+    ORDER BY l.seq;
+END;
+ALTER FUNCTION deal_store.entity_history(text, uuid, jsonb) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
 DROP FUNCTION deal_store._lock_row(regclass, uuid, text);
 CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text, deal uuid,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)

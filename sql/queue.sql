@@ -86,13 +86,14 @@ BEGIN
     -- are decided now and leave the set
     WITH refused AS (
         SELECT c.deal_id, c.id, CASE WHEN d.deleted_at IS NOT NULL THEN 'the deal is deleted'
-                                     WHEN r.status = 'failed' THEN pg_catalog.format('analysis run %s failed', r.run_number) END AS why
+                                     WHEN r.status = 'failed' THEN 'analysis run ' || r.run_number::text || ' failed' END AS why
         FROM pg_catalog.unnest(todo) c
         JOIN deal_store.deals d ON d.id = deal
         LEFT JOIN deal_store.analysis_runs r ON r.deal_id = deal AND r.id = c.analysis_run_id),
     decided AS (
         UPDATE deal_store.pending_changes p
-        SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = pg_catalog.concat_ws(' / ', note, x.why)
+        -- the note and the reason joined by immutable operators: Citus calls no stable function on a column in an UPDATE
+        SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = coalesce(note || ' / ' || x.why, note, x.why)
         FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = deal AND p.id = x.id
         RETURNING p.deal_id, p.id)
     SELECT pg_catalog.array_agg(c ORDER BY c.created_at, c.id) INTO todo
@@ -166,12 +167,13 @@ BEGIN
     UPDATE deal_store.pending_changes p
     SET status = CASE WHEN x.ok THEN 'accepted' ELSE 'conflict' END,
         decided_by = actor, decided_at = pg_catalog.now(),
-        review_note = pg_catalog.concat_ws(' / ', note, CASE
-            WHEN x.ok THEN NULL
-            WHEN x.change_type = 'new' THEN 'a live row with this legacy_id exists'
-            WHEN x.id = ANY (moved) THEN 'the target changed since the proposal'
-            ELSE 'the target is gone or deleted' END)
-    FROM (SELECT c.*, c.id = ANY (applied) AS ok FROM pg_catalog.unnest(todo) c) x
+        review_note = coalesce(note || ' / ' || x.why, note, x.why)
+    FROM (SELECT c.id, c.id = ANY (applied) AS ok, CASE
+              WHEN c.id = ANY (applied) THEN NULL
+              WHEN c.change_type = 'new' THEN 'a live row with this legacy_id exists'
+              WHEN c.id = ANY (moved) THEN 'the target changed since the proposal'
+              ELSE 'the target is gone or deleted' END AS why
+          FROM pg_catalog.unnest(todo) c) x
     WHERE p.deal_id = deal AND p.id = x.id;
 END $$;
 COMMENT ON FUNCTION deal_store._apply_set(uuid, uuid[], text) IS
@@ -381,6 +383,57 @@ END;
 COMMENT ON FUNCTION deal_store._claim(integer, integer, uuid[]) IS
     'Internal: locks (FOR UPDATE SKIP LOCKED) and returns (as deal_ids[i], ids[i]) up to batch_size eligible open changes of the given deals (all when NULL), oldest first, for process_queue.';
 
+-- On Citus a row lock needs a query on one shard: the changes are claimed deal by
+-- deal (the deals with eligible changes read first, unlocked), each claim naming its deal.
+CREATE FUNCTION deal_store._claim_by_deal(batch_size integer, max_tier integer, deals uuid[], OUT deal_ids uuid[], OUT ids uuid[])
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d uuid;
+    got uuid[];
+BEGIN
+    deal_ids := ARRAY[]::uuid[];
+    ids := ARRAY[]::uuid[];
+    FOR d IN SELECT p.deal_id FROM deal_store.pending_changes p
+             WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+               AND (p.status = 'pending' OR p.deferred_until <= now())
+               AND (deals IS NULL OR p.deal_id = ANY (deals))
+             GROUP BY p.deal_id ORDER BY min(p.created_at), p.deal_id LOOP
+        SELECT array_agg(x.id) INTO got FROM (
+            SELECT p.id FROM deal_store.pending_changes p
+            WHERE p.deal_id = d AND p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+              AND (p.status = 'pending' OR p.deferred_until <= now())
+            ORDER BY p.created_at, p.id
+            LIMIT batch_size - cardinality(ids)
+            FOR UPDATE SKIP LOCKED) x;
+        IF got IS NOT NULL THEN
+            deal_ids := deal_ids || array_fill(d, ARRAY[cardinality(got)]);
+            ids := ids || got;
+        END IF;
+        EXIT WHEN cardinality(ids) >= batch_size;
+    END LOOP;
+    IF cardinality(ids) = 0 THEN
+        deal_ids := NULL;
+        ids := NULL;
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) IS
+    'Internal: _claim for a database whose deal tables Citus distributes: locks up to batch_size eligible open changes deal by deal (the deals with the oldest eligible change first; each claim one query on the deal''s shard).';
+
+CREATE FUNCTION deal_store._distributed() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    yes boolean;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;   -- plain PostgreSQL
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ''deal_store.pending_changes''::pg_catalog.regclass AND partmethod = ''h'')'
+        INTO yes;
+    RETURN yes;
+END $$;
+COMMENT ON FUNCTION deal_store._distributed() IS
+    'Internal: true when Citus distributes deal_store''s deal tables (pending_changes is hash-distributed).';
+
 CREATE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
     OUT claimed integer, OUT applied integer, OUT conflicts integer)
 LANGUAGE plpgsql AS $$
@@ -398,17 +451,26 @@ BEGIN
         RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
     END IF;
-    SELECT * INTO batch FROM deal_store._claim(batch_size, max_tier,
-        CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
+    IF deal_store._distributed() THEN
+        SELECT * INTO batch FROM deal_store._claim_by_deal(batch_size, max_tier,
+            CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
+    ELSE
+        SELECT * INTO batch FROM deal_store._claim(batch_size, max_tier,
+            CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
+    END IF;
     claimed := coalesce(cardinality(batch.ids), 0);
     applied := 0;
     conflicts := 0;
     IF claimed > 0 THEN
         PERFORM deal_store._apply(batch.deal_ids, batch.ids, 'process_queue');
+        -- the claimed (deal, id) pairs as keys (a uuid's text has a fixed length): a filter, not a
+        -- join with the arrays, which Citus could not plan over the distributed table
         SELECT count(*) FILTER (WHERE p.status = 'accepted'), count(*) FILTER (WHERE p.status = 'conflict')
         INTO applied, conflicts
-        FROM ROWS FROM (pg_catalog.unnest(batch.deal_ids), pg_catalog.unnest(batch.ids)) x(deal_id, id)
-        JOIN deal_store.pending_changes p ON p.deal_id = x.deal_id AND p.id = x.id;
+        FROM deal_store.pending_changes p
+        WHERE p.deal_id = ANY (batch.deal_ids) AND p.id = ANY (batch.ids)
+          AND p.deal_id::text || p.id::text = ANY (ARRAY(SELECT x.deal_id::text || x.id::text
+                                                          FROM unnest(batch.deal_ids, batch.ids) x(deal_id, id)));
     END IF;
 END $$;
 COMMENT ON FUNCTION deal_store.process_queue_batch(integer, integer) IS
@@ -442,7 +504,7 @@ BEGIN
     SELECT count(*) INTO remaining FROM deal_store.pending_changes p
     WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
       AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
-      AND (deal_store.sees_all_deals() OR p.deal_id = ANY (deal_store.my_deals('reviewer')));
+      AND ((SELECT deal_store.sees_all_deals()) OR p.deal_id = ANY ((SELECT deal_store.my_deals('reviewer'))::uuid[]));
 END $$;
 COMMENT ON PROCEDURE deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint) IS
     'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch and raising a NOTICE with its progress. Returns (as its INOUT parameters; pass nothing for them, or variables from PL/pgSQL) the batches it ran, the changes applied and those that became conflicts, and the eligible changes still open when it stopped (held by other workers or proposed meanwhile) in the deals it works. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block (psql autocommit; a client in autocommit mode), or loop over process_queue_batch inside one.';

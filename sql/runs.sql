@@ -45,6 +45,8 @@ DECLARE
     r record;
     finished deal_store.analysis_runs;
     deal uuid := deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
+    -- read here: Citus runs no volatile function inside an UPDATE of a distributed table
+    finished_at timestamptz := clock_timestamp();
 BEGIN
     SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
     FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
@@ -59,8 +61,8 @@ BEGIN
     UPDATE deal_store.analysis_runs x SET
         status = new_status,
         error = _finish_run.error,
-        completed_at = clock_timestamp(),
-        duration_seconds = round(extract(epoch FROM clock_timestamp() - x.started_at)::numeric, 3),
+        completed_at = finished_at,
+        duration_seconds = round(extract(epoch FROM finished_at - x.started_at)::numeric, 3),
         documents_processed = (SELECT count(DISTINCT f.source_document_id) FROM deal_store.facts f
                                WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
         facts_created = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id

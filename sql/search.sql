@@ -147,6 +147,10 @@ DECLARE
     cfg regconfig := deal_store.search_config();
     tsq tsquery;
     opts text := deal_store.headline_options();
+    fact_ids uuid[];
+    fact_titles text[];
+    fact_ranks real[];
+    fact_headlines text[];
 BEGIN
     PERFORM deal_store._require_deal(deal_id, 'read');
     IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
@@ -158,10 +162,15 @@ BEGIN
     IF numnode(tsq) = 0 THEN
         RETURN;
     END IF;
+    -- the facts' hits first, in a statement of their own: on Citus the query below runs
+    -- on the deal's shard, where search_facts (a query of its own) cannot be called
+    SELECT array_agg(s.fact_id), array_agg(s.item), array_agg(s.rank), array_agg(s.headline)
+    INTO fact_ids, fact_titles, fact_ranks, fact_headlines
+    FROM deal_store.search_facts(search_deal.deal_id, query, lim => search_deal.lim) s WHERE s.rank > 0;
     RETURN QUERY
     WITH hits AS (
-        SELECT 'fact'::text AS kind, s.fact_id AS id, s.item AS title, s.rank, s.headline
-        FROM deal_store.search_facts(search_deal.deal_id, query, lim => search_deal.lim) s WHERE s.rank > 0
+        SELECT 'fact'::text AS kind, f.id, f.title, f.rank, f.headline
+        FROM ROWS FROM (unnest(fact_ids), unnest(fact_titles), unnest(fact_ranks), unnest(fact_headlines)) f(id, title, rank, headline)
         UNION ALL
         SELECT 'finding', g.id, g.title, ts_rank_cd(v.vec, tsq, 32)::real,
                ts_headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
