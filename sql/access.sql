@@ -188,11 +188,12 @@ CREATE POLICY own ON deal_store.notifications FOR ALL
 -- The actor for the rest of the transaction, from a uuid (a client binds a
 -- uuid parameter; SET cannot take one).
 CREATE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
-LANGUAGE sql VOLATILE
-BEGIN ATOMIC
-    SELECT pg_catalog.set_config('deal_store.actor', coalesce(user_id::text, ''), true);
-    SELECT deal_store.current_actor();
-END;
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- SET LOCAL rather than set_config: Citus passes SET LOCAL on to the nodes the transaction uses
+    EXECUTE pg_catalog.format('SET LOCAL deal_store.actor = %L', coalesce(user_id::text, ''));
+    RETURN deal_store.current_actor();
+END $$;
 COMMENT ON FUNCTION deal_store.set_actor(uuid) IS
     'Names the acting user for the rest of the transaction (SET LOCAL deal_store.actor, from a bindable uuid; NULL clears it) and returns current_actor(): 42501 when this login may not act for that user.';
 

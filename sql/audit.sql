@@ -41,10 +41,10 @@ BEGIN
     IF older_than IS NULL OR older_than < interval '0' THEN
         RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
     END IF;
-    PERFORM set_config('deal_store.audit_purge', 'on', true);
+    SET LOCAL deal_store.audit_purge = on;
     DELETE FROM deal_store.deal_activity_log l WHERE l.created_at < now() - older_than;
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM set_config('deal_store.audit_purge', 'off', true);
+    SET LOCAL deal_store.audit_purge = off;
     INSERT INTO deal_store.deal_activity_log (user_id, action, entity_type, reason, details)
     VALUES (deal_store.current_actor(), 'purge_audit', 'deal_activity_log',
             nullif(current_setting('deal_store.reason', true), ''),

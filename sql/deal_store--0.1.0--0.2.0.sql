@@ -3290,11 +3290,11 @@ BEGIN
     NEW.deleted_by := deal_store.current_actor();
     NEW.delete_batch := gen_random_uuid();
     NEW.delete_reason := coalesce(NEW.delete_reason, nullif(prev_reason, ''), 'UPDATE statement');
-    PERFORM set_config('deal_store.reason', NEW.delete_reason, true);
+    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', NEW.delete_reason);
     FOR t IN SELECT * FROM deal_store._owned(entity) LOOP
         PERFORM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[deal], ARRAY[NEW.id], ARRAY[NEW.delete_reason], NEW.delete_batch);
     END LOOP;
-    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(prev_reason, ''));
     RETURN NEW;
 END $$;
 
@@ -3584,7 +3584,7 @@ DECLARE
     mine uuid[];
     actor uuid := deal_store.current_actor();
 BEGIN
-    PERFORM pg_catalog.set_config('deal_store.reason', coalesce(note, prev_reason, ''), true);
+    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(note, prev_reason, ''));
     -- deal by deal: a deal's changes are one set (on Citus: one shard's work)
     FOR deal, mine IN SELECT x.deal_id, pg_catalog.array_agg(x.id ORDER BY x.n)
                       FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) WITH ORDINALITY x(deal_id, id, n)
@@ -3613,7 +3613,7 @@ BEGIN
             END LOOP;
         END;
     END LOOP;
-    PERFORM pg_catalog.set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(prev_reason, ''));
 END $$;
 COMMENT ON FUNCTION deal_store._apply(uuid[], uuid[], text) IS
     'Internal: the one apply path. Applies the open changes (deal_ids[i], ids[i]) the caller has locked with _apply_set, deal by deal; when a deal''s set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
@@ -3797,6 +3797,36 @@ BEGIN ATOMIC
 END;
 ALTER FUNCTION deal_store.entity_history(text, uuid, jsonb) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+CREATE OR REPLACE FUNCTION deal_store.purge_audit(older_than interval) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM deal_store._require_right(NULL, 'administer');
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
+    END IF;
+    SET LOCAL deal_store.audit_purge = on;
+    DELETE FROM deal_store.deal_activity_log l WHERE l.created_at < now() - older_than;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    SET LOCAL deal_store.audit_purge = off;
+    INSERT INTO deal_store.deal_activity_log (user_id, action, entity_type, reason, details)
+    VALUES (deal_store.current_actor(), 'purge_audit', 'deal_activity_log',
+            nullif(current_setting('deal_store.reason', true), ''),
+            jsonb_build_object('older_than', older_than::text, 'rows', n));
+    RETURN n;
+END $$;
+ALTER FUNCTION deal_store.purge_audit(interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- was LANGUAGE sql with set_config
+CREATE OR REPLACE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- SET LOCAL rather than set_config: Citus passes SET LOCAL on to the nodes the transaction uses
+    EXECUTE pg_catalog.format('SET LOCAL deal_store.actor = %L', coalesce(user_id::text, ''));
+    RETURN deal_store.current_actor();
+END $$;
+
 DROP FUNCTION deal_store._lock_row(regclass, uuid, text);
 CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text, deal uuid,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
@@ -3883,14 +3913,14 @@ BEGIN
             USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
     END IF;
     -- the audit log records the reason of this delete
-    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
+    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(reason, prev_reason, ''));
     -- the row itself, then what it owns: a deal owns its documents, facts,
     -- findings and gaps; a document owns the facts sourced from it.
     FOR t IN SELECT entity AS tbl, 'row' AS scope UNION ALL SELECT * FROM deal_store._owned(entity) LOOP
         SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
         total := total + n;
     END LOOP;
-    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(prev_reason, ''));
     RETURN total;
 END $$;
 COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) IS
@@ -3953,7 +3983,7 @@ BEGIN
         RAISE EXCEPTION 'cannot purge % row %: it is not deleted', entity, id
             USING ERRCODE = '55000', HINT = 'Soft-delete it first with deal_store.soft_delete.';
     END IF;
-    PERFORM set_config('deal_store.hard_delete', 'on', true);
+    SET LOCAL deal_store.hard_delete = on;
     IF entity = 'deal_store.deals'::regclass THEN
         DELETE FROM deal_store.deals d WHERE d.id = r.deal_id;
     ELSIF entity = 'deal_store.facts'::regclass THEN
@@ -3970,7 +4000,7 @@ BEGIN
         EXECUTE format('DELETE FROM %s WHERE deal_id = $1 AND id = $2', entity) USING r.deal_id, id;
     END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM set_config('deal_store.hard_delete', 'off', true);
+    SET LOCAL deal_store.hard_delete = off;
     RETURN n;
 END $$;
 ALTER FUNCTION deal_store.purge(regclass, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
