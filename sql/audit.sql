@@ -99,15 +99,19 @@ FROM pg_catalog.unnest(ARRAY['deal_store.users', 'deal_store.deals', 'deal_store
 
 CREATE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid DEFAULT NULL, entity_key jsonb DEFAULT NULL)
 RETURNS SETOF deal_store.deal_activity_log
-LANGUAGE sql STABLE
-BEGIN ATOMIC
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- read once, here (on Citus: on the coordinator, not on the shards)
+    everything boolean := deal_store.sees_all_deals();
+    visible uuid[] := CASE WHEN NOT everything THEN deal_store.my_deals('viewer') END;
+BEGIN
+    RETURN QUERY
     SELECT l.* FROM deal_store.deal_activity_log l
     WHERE l.entity_type = entity_history.entity_type
       AND (l.entity_id = entity_history.entity_id OR l.entity_key = entity_history.entity_key)
-      -- once per call (on Citus: on the coordinator, not on the shards)
-      AND ((SELECT deal_store.sees_all_deals()) OR l.deal_id = ANY ((SELECT deal_store.my_deals('viewer'))::uuid[]))
+      AND (everything OR l.deal_id = ANY (visible))
     ORDER BY l.seq;
-END;
+END $$;
 COMMENT ON FUNCTION deal_store.entity_history(text, uuid, jsonb) IS
     'Every audit entry of one row in the deals the caller may see, oldest first. entity_type as the log records it (fact, finding, gap, deal, document, deal_member, ... for deal_store''s tables, schema.table for others; see entity_type_of); the row by its uuid id (entity_id) or, for a table without one, by its primary key as an object (entity_key => ''{"deal_id": "…", "user_id": "…"}'', any key order).';
 COMMENT ON FUNCTION deal_store.entity_type_of(oid) IS

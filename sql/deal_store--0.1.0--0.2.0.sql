@@ -3365,6 +3365,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c deal_store.pending_changes;
     deal uuid := deal_store._id_in_one_deal('deal_store.pending_changes', change_id, 'review');
+    actor uuid := deal_store.current_actor();
+    now_ timestamptz := now();
+    outcome text;
 BEGIN
     SELECT * INTO c FROM deal_store.pending_changes p WHERE p.deal_id = deal AND p.id = change_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -3378,14 +3381,16 @@ BEGIN
         SELECT p.status INTO decision FROM deal_store.pending_changes p WHERE p.deal_id = c.deal_id AND p.id = c.id;
         RETURN decision;
     END IF;
+    outcome := CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END;
+    -- values, not expressions: Citus allows no stable function in a CASE of an UPDATE
     UPDATE deal_store.pending_changes p SET
-        status = CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END,
-        decided_by = deal_store.current_actor(),
-        decided_at = CASE decision WHEN 'reject' THEN now() END,
-        deferred_until = CASE decision WHEN 'defer' THEN until END,
+        status = outcome,
+        decided_by = actor,
+        decided_at = CASE WHEN outcome = 'rejected' THEN now_ END,
+        deferred_until = CASE WHEN outcome = 'deferred' THEN until END,
         review_note = note
     WHERE p.deal_id = c.deal_id AND p.id = c.id;
-    RETURN CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END;
+    RETURN outcome;
 END $$;
 
 CREATE OR REPLACE FUNCTION deal_store._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
@@ -3786,15 +3791,19 @@ ALTER FUNCTION deal_store.search_deal(uuid, text, integer) SECURITY DEFINER SET 
 
 CREATE OR REPLACE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid DEFAULT NULL, entity_key jsonb DEFAULT NULL)
 RETURNS SETOF deal_store.deal_activity_log
-LANGUAGE sql STABLE
-BEGIN ATOMIC
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- read once, here (on Citus: on the coordinator, not on the shards)
+    everything boolean := deal_store.sees_all_deals();
+    visible uuid[] := CASE WHEN NOT everything THEN deal_store.my_deals('viewer') END;
+BEGIN
+    RETURN QUERY
     SELECT l.* FROM deal_store.deal_activity_log l
     WHERE l.entity_type = entity_history.entity_type
       AND (l.entity_id = entity_history.entity_id OR l.entity_key = entity_history.entity_key)
-      -- once per call (on Citus: on the coordinator, not on the shards)
-      AND ((SELECT deal_store.sees_all_deals()) OR l.deal_id = ANY ((SELECT deal_store.my_deals('viewer'))::uuid[]))
+      AND (everything OR l.deal_id = ANY (visible))
     ORDER BY l.seq;
-END;
+END $$;
 ALTER FUNCTION deal_store.entity_history(text, uuid, jsonb) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 CREATE OR REPLACE FUNCTION deal_store.purge_audit(older_than interval) RETURNS bigint

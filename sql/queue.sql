@@ -289,6 +289,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c deal_store.pending_changes;
     deal uuid := deal_store._id_in_one_deal('deal_store.pending_changes', change_id, 'review');
+    actor uuid := deal_store.current_actor();
+    now_ timestamptz := now();
+    outcome text;
 BEGIN
     SELECT * INTO c FROM deal_store.pending_changes p WHERE p.deal_id = deal AND p.id = change_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -302,14 +305,16 @@ BEGIN
         SELECT p.status INTO decision FROM deal_store.pending_changes p WHERE p.deal_id = c.deal_id AND p.id = c.id;
         RETURN decision;
     END IF;
+    outcome := CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END;
+    -- values, not expressions: Citus allows no stable function in a CASE of an UPDATE
     UPDATE deal_store.pending_changes p SET
-        status = CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END,
-        decided_by = deal_store.current_actor(),
-        decided_at = CASE decision WHEN 'reject' THEN now() END,
-        deferred_until = CASE decision WHEN 'defer' THEN until END,
+        status = outcome,
+        decided_by = actor,
+        decided_at = CASE WHEN outcome = 'rejected' THEN now_ END,
+        deferred_until = CASE WHEN outcome = 'deferred' THEN until END,
         review_note = note
     WHERE p.deal_id = c.deal_id AND p.id = c.id;
-    RETURN CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END;
+    RETURN outcome;
 END $$;
 COMMENT ON FUNCTION deal_store._decide(uuid, text, text, timestamptz) IS 'Internal: shared body of accept_change, reject_change and defer_change.';
 

@@ -61,3 +61,16 @@ citus_db() {
         -c "SELECT citus_add_node('127.0.0.1', ${CITUS_PORTS[2]})" \
         -c "CREATE EXTENSION deal_store CASCADE" >/dev/null
 }
+
+# The layer: a distributed database, then tests/citus/sql/*.sql through the
+# coordinator with pg_regress against tests/citus/expected.
+citus_check() {
+    citus_start
+    citus_db deal_store_citus || return 1
+    citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus -f "$ROOT/tests/citus/distribute.sql" >/dev/null || return 1
+    local tests; tests=$(cd "$ROOT/tests/citus/sql" && ls *.sql | sed 's/\.sql$//' | sort)
+    "$PGXS/src/test/regress/pg_regress" --use-existing --bindir=/usr/lib/postgresql/15/bin \
+        --host="$CITUS_DIR/coordinator" --port="${CITUS_PORTS[0]}" --user=postgres \
+        --inputdir="$ROOT/tests/citus" --outputdir="$ROOT/tests/citus" --dbname=deal_store_citus \
+        $tests || { cat "$ROOT/tests/citus/regression.diffs" 2>/dev/null | head -200; return 1; }
+}

@@ -1,0 +1,122 @@
+-- deal_store on a three-node Citus cluster (tests/citus/citus.sh): the deal tables
+-- distributed by deal_id as tests/citus/distribute.sql places them, and the API a
+-- deal's life uses, through the coordinator. Every write names its actor with
+-- SET LOCAL, which Citus passes on to the workers (citus.propagate_set_commands).
+\set VERBOSITY terse
+SET citus.propagate_set_commands = 'local';
+SET client_min_messages = warning;
+
+-- where the tables are: reference tables on every node, the rest by deal
+SELECT logicalrelid::regclass AS table_name, CASE partmethod WHEN 'h' THEN 'by ' || column_to_column_name(logicalrelid, partkey) ELSE 'reference' END AS placement,
+       colocationid = (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'deal_store.deals'::regclass) AS with_deals
+FROM pg_dist_partition WHERE logicalrelid::regclass::text LIKE 'deal_store.%' ORDER BY 1::text;
+SELECT count(DISTINCT nodename || nodeport) AS nodes_with_shards FROM pg_dist_shard_placement
+WHERE shardid IN (SELECT shardid FROM pg_dist_shard WHERE logicalrelid = 'deal_store.facts'::regclass);
+
+INSERT INTO deal_store.users (id, email, display_name) VALUES ('00000000-0000-0000-0000-0000000000a1', 'ana@example.com', 'Ana');
+\set deal '00000000-0000-0000-0000-0000000000d1'
+\set other '00000000-0000-0000-0000-0000000000d2'
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SET LOCAL deal_store.reason = 'set up';
+INSERT INTO deal_store.deals (id, user_id, name, target_name) VALUES
+    (:'deal', '00000000-0000-0000-0000-0000000000a1', 'Carve-out', 'Target'),
+    (:'other', '00000000-0000-0000-0000-0000000000a1', 'Other', 'Target');
+INSERT INTO deal_store.documents (deal_id, id, filename, file_hash, storage_path)
+VALUES (:'deal', '00000000-0000-0000-0000-0000000000c1', 'network.pdf', 'h1', '/dr/network.pdf');
+INSERT INTO deal_store.facts (deal_id, id, domain, category, item, legacy_id, source_document_id) VALUES
+    (:'deal', '00000000-0000-0000-0000-0000000000f1', 'network', 'wan', 'MPLS WAN between plants', 'F-1', '00000000-0000-0000-0000-0000000000c1'),
+    (:'deal', '00000000-0000-0000-0000-0000000000f2', 'applications', 'erp', 'SAP ECC 6.0', 'F-2', NULL),
+    (:'other', '00000000-0000-0000-0000-0000000000f3', 'applications', 'erp', 'Oracle EBS', 'F-1', NULL);
+COMMIT;
+
+-- an audited update on a shard: a new version, the log entry under the table's name, actor and reason
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SET LOCAL deal_store.reason = 'reworded';
+UPDATE deal_store.facts SET item = 'MPLS WAN between all plants' WHERE deal_id = :'deal' AND id = '00000000-0000-0000-0000-0000000000f1';
+COMMIT;
+SELECT deal_id = :'deal' AS first_deal, entity_type, action, user_id IS NOT NULL AS actor, reason, count(*)
+FROM deal_store.deal_activity_log GROUP BY 1, 2, 3, 4, 5 ORDER BY 1 DESC, 2, 3, 5;
+SELECT version, is_current, item FROM deal_store.fact_history('00000000-0000-0000-0000-0000000000f1');
+-- a shard is named as its table
+SELECT DISTINCT result FROM run_command_on_shards('deal_store.facts', $$SELECT deal_store._table_of('%s'::regclass)::regclass$$);
+SELECT DISTINCT result FROM run_command_on_shards('deal_store.facts', $$SELECT deal_store.entity_type_of('%s'::regclass)$$);
+
+-- soft delete three ways, each in one deal's shard
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+UPDATE deal_store.facts SET deleted_at = now() WHERE deal_id = :'deal' AND id = '00000000-0000-0000-0000-0000000000f2';
+DELETE FROM deal_store.documents WHERE deal_id = :'deal' AND id = '00000000-0000-0000-0000-0000000000c1';
+COMMIT;
+SELECT legacy_id, deleted_at IS NOT NULL AS deleted, delete_reason FROM deal_store.facts
+WHERE superseded_at IS NULL ORDER BY deal_id, legacy_id;
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT deal_store.restore('deal_store.documents', '00000000-0000-0000-0000-0000000000c1') AS restored;
+SELECT deal_store.restore('deal_store.facts', '00000000-0000-0000-0000-0000000000f2') AS restored;
+SELECT deal_store.soft_delete('deal_store.facts', '00000000-0000-0000-0000-0000000000f3', 'duplicate', :'other') AS deleted;
+COMMIT;
+SELECT count(*) FILTER (WHERE deleted_at IS NULL) AS live, count(*) FILTER (WHERE deleted_at IS NOT NULL) AS deleted
+FROM deal_store.facts WHERE superseded_at IS NULL;
+
+-- a run through the merge queue
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT deal_store.start_run(:'deal', ARRAY['network']) AS run \gset
+SELECT * FROM deal_store.propose_facts(:'run',
+    '[{"legacy_id": "F-3", "domain": "network", "category": "wan", "item": "SD-WAN pilot links Lyon and Munich", "confidence_score": 0.9}]',
+    domains => '{}');
+SELECT * FROM deal_store.propose_facts(:'run',
+    '[{"legacy_id": "F-4", "domain": "network", "item": "Munich has a second internet line", "confidence_score": 0.6},
+      {"legacy_id": "F-5", "domain": "network", "item": "Guest Wi-Fi shares the office VLAN", "confidence_score": 0.5},
+      {"legacy_id": "F-6", "domain": "network", "item": "Firewall rules are reviewed yearly", "confidence_score": 0.55},
+      {"legacy_id": "F-1", "domain": "network", "category": "wan", "item": "MPLS WAN between all plants and Lyon", "confidence_score": 0.7}]',
+    domains => '{}');
+COMMIT;
+-- a deal_store function that writes is called with values, not per row of a query over a
+-- distributed table (Citus would run it on a shard): the ids are read first
+SELECT id AS c4 FROM deal_store.pending_changes WHERE deal_id = :'deal' AND legacy_entity_id = 'F-4' \gset
+SELECT id AS c5 FROM deal_store.pending_changes WHERE deal_id = :'deal' AND legacy_entity_id = 'F-5' \gset
+SELECT id AS c6 FROM deal_store.pending_changes WHERE deal_id = :'deal' AND legacy_entity_id = 'F-6' \gset
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT deal_store.accept_change(:'c4', 'checked with the CFO');
+SELECT deal_store.reject_change(:'c5', 'out of scope');
+SELECT deal_store.defer_change(:'c6', now() + interval '3 days', 'ask the vendor');
+SELECT * FROM deal_store.accept_changes(:'deal', max_tier => 2);
+COMMIT;
+SET deal_store.auto_apply = off;
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT * FROM deal_store.propose_facts(:'run',
+    '[{"legacy_id": "F-7", "domain": "network", "item": "Lyon has a backup LTE router", "confidence_score": 0.95}]',
+    domains => '{}');
+COMMIT;
+RESET deal_store.auto_apply;
+CALL deal_store.process_queue(batch_size => 1000, max_tier => 1);
+SELECT status, confidence_tier, changes FROM deal_store.queue_stats WHERE deal_id = :'deal' ORDER BY 1, 2;
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT run_number, status, facts_created, facts_updated FROM deal_store.complete_run(:'run');
+COMMIT;
+SELECT legacy_id, item FROM deal_store.current_facts WHERE deal_id = :'deal' ORDER BY 1;
+
+-- reads
+SELECT legacy_id, item, rank, headline FROM deal_store.search_facts(:'deal', 'Munich');
+SELECT entity_type, title, headline FROM deal_store.search_deal(:'deal', 'WAN');
+SELECT legacy_id, change, changed_fields FROM deal_store.diff_facts(:'deal',
+    '[{"legacy_id": "F-3", "domain": "network", "category": "wan", "item": "SD-WAN pilot links Lyon and Munich"}]', ARRAY['network']) ORDER BY 1;
+SELECT deal_store.deal_summary(:'deal') -> 'facts_by_domain' AS facts_by_domain;
+SELECT action, count(*) FROM deal_store.deal_activity(:'deal', lim => 1000) GROUP BY 1 ORDER BY 1;
+SELECT action, user_id IS NOT NULL AS actor FROM deal_store.entity_history('fact', '00000000-0000-0000-0000-0000000000f1') ORDER BY seq;
+
+-- export; the deal deleted and purged with everything it owns (import_deal does not run on Citus yet)
+SELECT jsonb_array_length(deal_store.export_deal(:'deal') -> 'facts') AS exported_facts;
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT deal_store.soft_delete('deal_store.deals', :'deal') > 0 AS deleted;
+SELECT deal_store.purge('deal_store.deals', :'deal') AS purged;
+COMMIT;
+SELECT (SELECT count(*) FROM deal_store.facts WHERE deal_id = :'deal') AS facts_left,
+       (SELECT count(*) FROM deal_store.facts WHERE deal_id = :'other') AS other_deals_facts;
