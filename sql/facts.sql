@@ -156,6 +156,8 @@ DECLARE
     owner uuid;
     taken text;
     taken_in text;
+    tbl regclass;
+    ids uuid[];
 BEGIN
     IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
        OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
@@ -185,17 +187,16 @@ BEGIN
     END IF;
     -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
     -- accept_change ...) must name one row: an id already used here is refused
-    SELECT k, e ->> 'id' INTO taken_in, taken
-    FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
-                      'findings', 'gaps', 'fact_finding_links']) k,
-         jsonb_array_elements(coalesce(doc -> k, '[]')) e
-    WHERE CASE k WHEN 'documents' THEN EXISTS (SELECT 1 FROM deal_store.documents x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'analysis_runs' THEN EXISTS (SELECT 1 FROM deal_store.analysis_runs x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'findings' THEN EXISTS (SELECT 1 FROM deal_store.findings x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'gaps' THEN EXISTS (SELECT 1 FROM deal_store.gaps x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'fact_finding_links' THEN EXISTS (SELECT 1 FROM deal_store.fact_finding_links x WHERE x.id = (e ->> 'id')::uuid)
-                 ELSE EXISTS (SELECT 1 FROM deal_store.facts x WHERE x.id = (e ->> 'id')::uuid) END
-    LIMIT 1;
+    -- (table by table, each a lookup of the export's ids: on Citus a query per table, no join)
+    FOR taken_in, tbl IN SELECT * FROM (VALUES ('documents', 'deal_store.documents'::regclass), ('analysis_runs', 'deal_store.analysis_runs'::regclass),
+                                               ('facts', 'deal_store.facts'::regclass), ('deleted_facts', 'deal_store.facts'::regclass),
+                                               ('fact_history', 'deal_store.facts'::regclass), ('findings', 'deal_store.findings'::regclass),
+                                               ('gaps', 'deal_store.gaps'::regclass), ('fact_finding_links', 'deal_store.fact_finding_links'::regclass)) v LOOP
+        ids := ARRAY(SELECT (e ->> 'id')::uuid FROM jsonb_array_elements(coalesce(doc -> taken_in, '[]')) e);
+        EXECUTE format('SELECT x.id::text FROM %s x WHERE x.id = ANY ($1) ORDER BY array_position($1, x.id) LIMIT 1', tbl)
+            INTO taken USING ids;
+        EXIT WHEN taken IS NOT NULL;
+    END LOOP;
     IF taken IS NOT NULL THEN
         RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
             HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';

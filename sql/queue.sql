@@ -427,13 +427,14 @@ COMMENT ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) IS
 CREATE FUNCTION deal_store._distributed() RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    dist regclass := to_regclass('pg_catalog.pg_dist_partition');
     yes boolean;
 BEGIN
-    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+    IF dist IS NULL THEN
         RETURN false;   -- plain PostgreSQL
     END IF;
-    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ''deal_store.pending_changes''::pg_catalog.regclass AND partmethod = ''h'')'
-        INTO yes;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE logicalrelid = $1 AND partmethod = ''h'')', dist)
+        INTO yes USING 'deal_store.pending_changes'::regclass;
     RETURN yes;
 END $$;
 COMMENT ON FUNCTION deal_store._distributed() IS

@@ -34,7 +34,7 @@ citus_start() {
         fi
         if ! runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
             runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w start -o \
-                "-p ${CITUS_PORTS[$n]} -k $dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=citus -c max_prepared_transactions=100 -c max_connections=200 -c citus.max_client_connections=150" >/dev/null
+                "-p ${CITUS_PORTS[$n]} -k $dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=citus -c max_prepared_transactions=100 -c max_connections=200 ${CITUS_OPTS:-}" >/dev/null
         fi
     done
 }
