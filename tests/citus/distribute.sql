@@ -74,5 +74,7 @@ BEGIN
         EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', p.t, p.conname, p.def);
     END LOOP;
 END $$;
--- the extension's settings reach the workers when set with SET LOCAL
+-- the extension's settings reach the workers when set with SET LOCAL; triggers
+-- (enable_audit, disable_audit) may be put on the distributed tables later too
 SELECT format('ALTER DATABASE %I SET citus.propagate_set_commands = local', current_database()) \gexec
+SELECT format('ALTER DATABASE %I SET citus.enable_unsafe_triggers = on', current_database()) \gexec
