@@ -16,14 +16,15 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::rc::Rc;
 
 /// What a trigger's relation is.
 #[derive(Clone)]
 pub struct Placement {
-    /// schema and name of the table the rows belong to (the distributed table
-    /// for a shard, else the relation's own)
+    /// the table the rows belong to (the distributed table for a shard, else
+    /// the relation itself): its oid, schema and name
+    pub table_oid: pg_sys::Oid,
     pub schema: Rc<str>,
     pub table: Rc<str>,
     /// the shard this relation is, when it is one
@@ -32,8 +33,19 @@ pub struct Placement {
     pub reference: bool,
 }
 
+/// A relation found to be a Citus shard.
+struct Shard {
+    table_oid: pg_sys::Oid,
+    table: Rc<str>,
+    id: i64,
+    reference: bool,
+}
+
 thread_local! {
-    static PLACEMENTS: RefCell<HashMap<pg_sys::Oid, Placement>> = RefCell::new(HashMap::new());
+    /// per relation: the shard it is, or None for a relation of its own. Only
+    /// that is cached, never a relation's own name (a RENAME shows at once); a
+    /// shard keeps its identity for its life.
+    static SHARDS: RefCell<HashMap<pg_sys::Oid, Option<Rc<Shard>>>> = RefCell::new(HashMap::new());
     /// (shard, table) -> the co-located shard's qualified name
     static COLOCATED: RefCell<HashMap<(i64, &'static str), Rc<str>>> = RefCell::new(HashMap::new());
 }
@@ -46,21 +58,19 @@ fn citus_metadata() -> bool {
         .unwrap_or(false)
 }
 
-/// What the relation `oid` (named `schema.name`) is; cached for the session
-/// (a shard's identity never changes; a dropped one's oid is not reused while
-/// this backend could still see it cached in a useful way).
-pub fn placement(oid: pg_sys::Oid, schema: &str, name: &str) -> Placement {
-    if let Some(p) = PLACEMENTS.with(|p| p.borrow().get(&oid).cloned()) {
-        return p;
+/// The shard the relation `oid` (named `schema.name`) is, if it is one; looked
+/// up once per relation and session.
+fn shard_of(oid: pg_sys::Oid, schema: &str, name: &str) -> Option<Rc<Shard>> {
+    if let Some(known) = SHARDS.with(|m| m.borrow().get(&oid).cloned()) {
+        return known;
     }
-    let own = Placement { schema: schema.into(), table: name.into(), shard: None, reference: false };
-    let found = if citus_metadata() {
-        // a shard is named <table>_<shardid> in its table's schema (Citus's naming);
-        // the metadata confirms it, so a table that merely ends in digits stays itself
+    // a shard is named <table>_<shardid> in its table's schema (Citus's naming);
+    // the metadata confirms it, so a table that merely ends in digits stays itself
+    let found = citus_metadata().then(|| {
         Spi::connect(|client| {
             client
                 .select(
-                    "SELECT c.relname::pg_catalog.text, s.shardid, p.partmethod = 'n'
+                    "SELECT s.logicalrelid::pg_catalog.oid, c.relname::pg_catalog.text, s.shardid, p.partmethod = 'n'
                      FROM pg_catalog.pg_dist_shard s
                      JOIN pg_catalog.pg_class c ON c.oid = s.logicalrelid
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -74,18 +84,26 @@ pub fn placement(oid: pg_sys::Oid, schema: &str, name: &str) -> Placement {
                 .ok()
                 .and_then(|mut t| t.next())
                 .and_then(|r| {
-                    let table = r.get::<String>(1).ok().flatten()?;
-                    let shard = r.get::<i64>(2).ok().flatten()?;
-                    let reference = r.get::<bool>(3).ok().flatten().unwrap_or(false);
-                    Some(Placement { schema: schema.into(), table: table.into(), shard: Some(shard), reference })
+                    Some(Rc::new(Shard {
+                        table_oid: r.get::<pg_sys::Oid>(1).ok().flatten()?,
+                        table: r.get::<String>(2).ok().flatten()?.into(),
+                        id: r.get::<i64>(3).ok().flatten()?,
+                        reference: r.get::<bool>(4).ok().flatten().unwrap_or(false),
+                    }))
                 })
         })
-    } else {
-        None
-    };
-    let p = found.unwrap_or(own);
-    PLACEMENTS.with(|m| m.borrow_mut().insert(oid, p.clone()));
-    p
+    });
+    let found = found.flatten();
+    SHARDS.with(|m| m.borrow_mut().insert(oid, found.clone()));
+    found
+}
+
+/// What the relation `oid` (named `schema.name`) is.
+pub fn placement(oid: pg_sys::Oid, schema: &str, name: &str) -> Placement {
+    match shard_of(oid, schema, name) {
+        Some(s) => Placement { table_oid: s.table_oid, schema: schema.into(), table: s.table.clone(), shard: Some(s.id), reference: s.reference },
+        None => Placement { table_oid: oid, schema: schema.into(), table: name.into(), shard: None, reference: false },
+    }
 }
 
 /// The qualified name of the shard of `deal_store.<table>` co-located with
@@ -152,12 +170,5 @@ pub fn placement_of(rel: pg_sys::Oid) -> Option<Placement> {
 /// Triggers written in SQL identify their table with it instead of `TG_RELID`.
 #[pg_extern(name = "_table_of", stable, strict, parallel_safe)]
 fn table_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
-    let p = placement_of(rel)?;
-    if p.shard.is_none() {
-        return Some(rel);
-    }
-    let (schema, table) = (CString::new(&*p.schema).ok()?, CString::new(&*p.table).ok()?);
-    // SAFETY: name lookups with missing_ok
-    let oid = unsafe { pg_sys::get_relname_relid(table.as_ptr(), pg_sys::get_namespace_oid(schema.as_ptr(), true)) };
-    (oid != pg_sys::InvalidOid).then_some(oid)
+    placement_of(rel).map(|p| p.table_oid)
 }
