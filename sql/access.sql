@@ -134,56 +134,70 @@ COMMENT ON FUNCTION deal_store.remove_member(uuid, uuid) IS
     'Removes a user from a deal''s team (audited). Leads of the deal and admins only (42501). P0002 not a member, 55000 when the deal would have no lead.';
 
 -- ---------------------------------------------------------------------------
--- Row-level security. The deal lists are computed once per statement (the
--- scalar subqueries become InitPlans), so a policy costs an array lookup per row;
--- the member's test comes first, so for a member it is the only one.
+-- Row-level security, written by one function in one of two forms.
+-- PostgreSQL: the deal lists are computed once per statement (the scalar
+-- subqueries become InitPlans), so a policy costs an array lookup per row; the
+-- member's test comes first, so for a member it is the only one.
+-- Citus (deal_store.distribute()): a policy may not hold a subquery and is
+-- checked on the shards, so each row asks deal_store._may(tableoid, ...), which
+-- reads the actor's team from the shard's own node once per transaction.
 
-DO $$
+CREATE FUNCTION deal_store._create_policies(on_citus boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t record;
-    sees text := '(SELECT deal_store.sees_all_deals())';
+    -- %1$I the deal column, %2$L the deal role it needs
+    member text := CASE WHEN on_citus THEN 'deal_store._may(tableoid, %1$I, %2$L)'
+                   ELSE '%1$I = ANY ((SELECT deal_store.my_deals(%2$L))::uuid[]) OR (SELECT deal_store.sees_all_deals())' END;
+    -- %1$I the user column: the row is the actor's own
+    own text := CASE WHEN on_citus THEN 'deal_store._acts_as(tableoid, %1$I)'
+                ELSE '(SELECT deal_store.sees_all_deals()) OR %1$I = (SELECT deal_store.current_actor())' END;
+    also text;
 BEGIN
+    FOR t IN SELECT tablename, policyname FROM pg_catalog.pg_policies WHERE schemaname = 'deal_store' LOOP
+        EXECUTE format('DROP POLICY %I ON deal_store.%I', t.policyname, t.tablename);
+    END LOOP;
     FOR t IN SELECT * FROM (VALUES
-        -- table, its deal column, the deal role that may change rows, extra read rule
-        ('deals',              'id',      'lead',     ' OR user_id = (SELECT deal_store.current_actor())'),
-        ('documents',          'deal_id', 'analyst',  ''),
-        ('analysis_runs',      'deal_id', 'analyst',  ''),
-        ('facts',              'deal_id', 'analyst',  ''),
-        ('findings',           'deal_id', 'analyst',  ''),
-        ('fact_finding_links', 'deal_id', 'analyst',  ''),
-        ('gaps',               'deal_id', 'analyst',  ''),
-        ('pending_changes',    'deal_id', 'reviewer', ''),
-        ('deal_members',       'deal_id', 'lead',     ''),
-        ('tier_policies',      'deal_id', 'lead',     ' OR deal_id IS NULL'),
-        ('deal_activity_log',  'deal_id', NULL,       '')) AS x(tbl, col, writer, also)
+        -- table, its deal column, the deal role that may change rows, who else reads a row
+        ('deals',              'id',      'lead',     'owner'),
+        ('documents',          'deal_id', 'analyst',  NULL),
+        ('analysis_runs',      'deal_id', 'analyst',  NULL),
+        ('facts',              'deal_id', 'analyst',  NULL),
+        ('findings',           'deal_id', 'analyst',  NULL),
+        ('fact_finding_links', 'deal_id', 'analyst',  NULL),
+        ('gaps',               'deal_id', 'analyst',  NULL),
+        ('pending_changes',    'deal_id', 'reviewer', NULL),
+        ('deal_members',       'deal_id', 'lead',     NULL),
+        ('tier_policies',      'deal_id', 'lead',     'everyone, for the global rules'),
+        ('deal_activity_log',  'deal_id', NULL,       NULL)) AS x(tbl, col, writer, reads)
     LOOP
-        EXECUTE pg_catalog.format('ALTER TABLE deal_store.%I ENABLE ROW LEVEL SECURITY', t.tbl);
-        EXECUTE pg_catalog.format(
-            'CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%I = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[]) OR %s%s)',
-            t.tbl, t.col, sees, t.also);
+        also := CASE t.reads
+            WHEN 'owner' THEN CASE WHEN on_citus THEN ' OR ' || format(own, 'user_id')
+                                   ELSE ' OR user_id = (SELECT deal_store.current_actor())' END
+            WHEN 'everyone, for the global rules' THEN ' OR deal_id IS NULL'
+            ELSE '' END;
+        EXECUTE format('ALTER TABLE deal_store.%I ENABLE ROW LEVEL SECURITY', t.tbl);
+        EXECUTE format('CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%s%s)',
+            t.tbl, format(member, t.col, 'viewer'), also);
         -- one policy per command, so a read is checked against the read rule alone
         IF t.writer IS NOT NULL THEN
-            EXECUTE pg_catalog.format(
-                'CREATE POLICY members_insert ON deal_store.%I FOR INSERT WITH CHECK (%I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]) OR %s)',
-                t.tbl, t.col, t.writer, sees);
-            EXECUTE pg_catalog.format(
-                'CREATE POLICY members_update ON deal_store.%I FOR UPDATE USING (%I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]) OR %s)',
-                t.tbl, t.col, t.writer, sees);
-            EXECUTE pg_catalog.format(
-                'CREATE POLICY members_delete ON deal_store.%I FOR DELETE USING (%I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]) OR %s)',
-                t.tbl, t.col, t.writer, sees);
+            EXECUTE format('CREATE POLICY members_insert ON deal_store.%I FOR INSERT WITH CHECK (%s)',
+                t.tbl, format(member, t.col, t.writer));
+            EXECUTE format('CREATE POLICY members_update ON deal_store.%I FOR UPDATE USING (%s)',
+                t.tbl, format(member, t.col, t.writer));
+            EXECUTE format('CREATE POLICY members_delete ON deal_store.%I FOR DELETE USING (%s)',
+                t.tbl, format(member, t.col, t.writer));
         END IF;
     END LOOP;
+    -- A deal's owner creates it: a user may insert deals it owns.
+    EXECUTE format('CREATE POLICY owner_creates ON deal_store.deals FOR INSERT WITH CHECK (%s)', format(own, 'user_id'));
+    -- Notifications: each user their own.
+    ALTER TABLE deal_store.notifications ENABLE ROW LEVEL SECURITY;
+    EXECUTE format('CREATE POLICY own ON deal_store.notifications FOR ALL USING (%s)', format(own, 'user_id'));
 END $$;
-
--- A deal's owner creates it: a user may insert deals it owns.
-CREATE POLICY owner_creates ON deal_store.deals FOR INSERT
-    WITH CHECK ((SELECT deal_store.sees_all_deals()) OR user_id = (SELECT deal_store.current_actor()));
-
--- Notifications: each user their own.
-ALTER TABLE deal_store.notifications ENABLE ROW LEVEL SECURITY;
-CREATE POLICY own ON deal_store.notifications FOR ALL
-    USING ((SELECT deal_store.sees_all_deals()) OR user_id = (SELECT deal_store.current_actor()));
+COMMENT ON FUNCTION deal_store._create_policies(boolean) IS
+    'Internal: (re)creates every row-level security policy of deal_store: with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
+SELECT deal_store._create_policies(false);
 
 -- The actor for the rest of the transaction, from a uuid (a client binds a
 -- uuid parameter; SET cannot take one).
@@ -282,6 +296,9 @@ BEGIN
         ('deal_store.entity_history(text, uuid, jsonb)', 'deal_store_reader', true),
         ('deal_store.entity_type_of(oid)', 'deal_store_reader', false),
         ('deal_store._table_of(oid)', 'deal_store_reader', false),
+        -- the row-level security policies on Citus
+        ('deal_store._may(oid, uuid, text)', 'deal_store_reader', false),
+        ('deal_store._acts_as(oid, uuid)', 'deal_store_reader', false),
         -- the change feed: a consumer is its registering role's; reads see the caller's deals
         ('deal_store.register_consumer(text, boolean)', 'deal_store_reader', true),
         ('deal_store.read_changes(text, integer)', 'deal_store_reader', true),
@@ -340,3 +357,7 @@ COMMENT ON FUNCTION deal_store.my_deals(text) IS
     'The deals in which the acting user (current_actor) holds min_role (viewer, analyst, reviewer, lead) or a stronger deal role. Used by the row-level security policies, once per statement.';
 COMMENT ON FUNCTION deal_store._require_right(uuid, text) IS
     'Internal: raises 42501, naming the deal and what is missing, unless the caller has the right needs (read, write, review, manage; administer with a NULL deal) on the deal: the group role of its login and the deal role of its actor.';
+COMMENT ON FUNCTION deal_store._may(oid, uuid, text) IS
+    'Internal, the row-level security policies on Citus: true when the caller sees every deal or its actor holds min_role or a stronger role in deal_id; rel is the policy''s relation (tableoid): on a worker the team is read from the deal_members shard on the same node, once per transaction.';
+COMMENT ON FUNCTION deal_store._acts_as(oid, uuid) IS
+    'Internal, the row-level security policies on Citus: true when the caller sees every deal or user_id is its actor (own deals, own notifications); rel as for _may.';

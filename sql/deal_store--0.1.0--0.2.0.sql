@@ -4167,3 +4167,188 @@ BEGIN
     ORDER BY c.depth;
 END $$;
 ALTER FUNCTION deal_store.fact_history(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- ---------------------------------------------------------------------------
+-- 0.2.0: deal_store.distribute() and row-level security on Citus (issue 19):
+-- the policies are written by one function, in their PostgreSQL form (as
+-- before) or in their Citus form (deal_store._may / _acts_as per row, no
+-- subquery); distribute() places the tables on a Citus coordinator.
+
+CREATE FUNCTION deal_store."_may"(
+	"rel" oid,
+	"deal_id" uuid,
+	"min_role" TEXT
+) RETURNS bool
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'may_wrapper';
+CREATE FUNCTION deal_store."_acts_as"(
+	"rel" oid,
+	"user_id" uuid
+) RETURNS bool
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'acts_as_wrapper';
+REVOKE ALL ON FUNCTION deal_store._may(oid, uuid, text), deal_store._acts_as(oid, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deal_store._may(oid, uuid, text), deal_store._acts_as(oid, uuid) TO deal_store_reader;
+COMMENT ON FUNCTION deal_store._may(oid, uuid, text) IS
+    'Internal, the row-level security policies on Citus: true when the caller sees every deal or its actor holds min_role or a stronger role in deal_id; rel is the policy''s relation (tableoid): on a worker the team is read from the deal_members shard on the same node, once per transaction.';COMMENT ON FUNCTION deal_store._acts_as(oid, uuid) IS
+    'Internal, the row-level security policies on Citus: true when the caller sees every deal or user_id is its actor (own deals, own notifications); rel as for _may.';
+CREATE FUNCTION deal_store._create_policies(on_citus boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+    -- %1$I the deal column, %2$L the deal role it needs
+    member text := CASE WHEN on_citus THEN 'deal_store._may(tableoid, %1$I, %2$L)'
+                   ELSE '%1$I = ANY ((SELECT deal_store.my_deals(%2$L))::uuid[]) OR (SELECT deal_store.sees_all_deals())' END;
+    -- %1$I the user column: the row is the actor's own
+    own text := CASE WHEN on_citus THEN 'deal_store._acts_as(tableoid, %1$I)'
+                ELSE '(SELECT deal_store.sees_all_deals()) OR %1$I = (SELECT deal_store.current_actor())' END;
+    also text;
+BEGIN
+    FOR t IN SELECT tablename, policyname FROM pg_catalog.pg_policies WHERE schemaname = 'deal_store' LOOP
+        EXECUTE format('DROP POLICY %I ON deal_store.%I', t.policyname, t.tablename);
+    END LOOP;
+    FOR t IN SELECT * FROM (VALUES
+        -- table, its deal column, the deal role that may change rows, who else reads a row
+        ('deals',              'id',      'lead',     'owner'),
+        ('documents',          'deal_id', 'analyst',  NULL),
+        ('analysis_runs',      'deal_id', 'analyst',  NULL),
+        ('facts',              'deal_id', 'analyst',  NULL),
+        ('findings',           'deal_id', 'analyst',  NULL),
+        ('fact_finding_links', 'deal_id', 'analyst',  NULL),
+        ('gaps',               'deal_id', 'analyst',  NULL),
+        ('pending_changes',    'deal_id', 'reviewer', NULL),
+        ('deal_members',       'deal_id', 'lead',     NULL),
+        ('tier_policies',      'deal_id', 'lead',     'everyone, for the global rules'),
+        ('deal_activity_log',  'deal_id', NULL,       NULL)) AS x(tbl, col, writer, reads)
+    LOOP
+        also := CASE t.reads
+            WHEN 'owner' THEN CASE WHEN on_citus THEN ' OR ' || format(own, 'user_id')
+                                   ELSE ' OR user_id = (SELECT deal_store.current_actor())' END
+            WHEN 'everyone, for the global rules' THEN ' OR deal_id IS NULL'
+            ELSE '' END;
+        EXECUTE format('ALTER TABLE deal_store.%I ENABLE ROW LEVEL SECURITY', t.tbl);
+        EXECUTE format('CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%s%s)',
+            t.tbl, format(member, t.col, 'viewer'), also);
+        -- one policy per command, so a read is checked against the read rule alone
+        IF t.writer IS NOT NULL THEN
+            EXECUTE format('CREATE POLICY members_insert ON deal_store.%I FOR INSERT WITH CHECK (%s)',
+                t.tbl, format(member, t.col, t.writer));
+            EXECUTE format('CREATE POLICY members_update ON deal_store.%I FOR UPDATE USING (%s)',
+                t.tbl, format(member, t.col, t.writer));
+            EXECUTE format('CREATE POLICY members_delete ON deal_store.%I FOR DELETE USING (%s)',
+                t.tbl, format(member, t.col, t.writer));
+        END IF;
+    END LOOP;
+    -- A deal's owner creates it: a user may insert deals it owns.
+    EXECUTE format('CREATE POLICY owner_creates ON deal_store.deals FOR INSERT WITH CHECK (%s)', format(own, 'user_id'));
+    -- Notifications: each user their own.
+    ALTER TABLE deal_store.notifications ENABLE ROW LEVEL SECURITY;
+    EXECUTE format('CREATE POLICY own ON deal_store.notifications FOR ALL USING (%s)', format(own, 'user_id'));
+END $$;
+COMMENT ON FUNCTION deal_store._create_policies(boolean) IS
+    'Internal: (re)creates every row-level security policy of deal_store: with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';REVOKE ALL ON FUNCTION deal_store._create_policies(boolean) FROM PUBLIC;
+
+CREATE FUNCTION deal_store._placement()
+RETURNS TABLE(table_name regclass, distribution_column text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT x.t::regclass, x.col FROM (VALUES
+        (1, 'deal_store.users', NULL::text), (2, 'deal_store.tier_policies', NULL),
+        (3, 'deal_store.deals', 'id'),
+        (4, 'deal_store.documents', 'deal_id'), (5, 'deal_store.analysis_runs', 'deal_id'),
+        (6, 'deal_store.facts', 'deal_id'), (7, 'deal_store.findings', 'deal_id'),
+        (8, 'deal_store.gaps', 'deal_id'), (9, 'deal_store.fact_finding_links', 'deal_id'),
+        (10, 'deal_store.pending_changes', 'deal_id'), (11, 'deal_store.deal_members', 'deal_id'),
+        (12, 'deal_store.deal_activity_log', 'deal_id'), (13, 'deal_store.notifications', 'deal_id'),
+        (14, 'deal_store.seen_marks', 'deal_id')) AS x(n, t, col)
+    ORDER BY x.n
+$$;
+COMMENT ON FUNCTION deal_store._placement() IS
+    'Internal: how deal_store.distribute() places each table on Citus: a NULL distribution_column is a reference table, the others are distributed by it and co-located with deals.';
+
+-- Run on every node (the extension's tables exist on each): what Citus cannot
+-- distribute goes, and the policies take their Citus form.
+CREATE FUNCTION deal_store._distribute_prepare() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c record;
+BEGIN
+    -- every foreign key (Citus converts tables linked to a distributed one
+    -- otherwise); the coordinator puts back those Citus supports
+    FOR c IN SELECT k.conrelid::regclass AS t, k.conname FROM pg_catalog.pg_constraint k
+             WHERE k.connamespace = 'deal_store'::regnamespace AND k.contype = 'f' LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.t, c.conname);
+    END LOOP;
+    -- unique keys without the distribution column
+    ALTER TABLE deal_store.deal_activity_log DROP CONSTRAINT deal_activity_log_pkey;
+    ALTER TABLE deal_store.notifications DROP CONSTRAINT notifications_pkey;
+    DROP INDEX deal_store.deals_user_id_name_key;
+    PERFORM deal_store._create_policies(true);
+END $$;
+COMMENT ON FUNCTION deal_store._distribute_prepare() IS
+    'Internal, deal_store.distribute() on every node: drops the foreign keys, the primary keys of deal_activity_log and notifications and the unique live deal name, and writes the row-level security policies in their Citus form.';
+
+CREATE FUNCTION deal_store.distribute()
+RETURNS TABLE(table_name regclass, distribution_column text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dist regclass := to_regclass('pg_catalog.pg_dist_partition');
+    coordinator boolean;
+    failed text;
+    keys text[][];
+    k text[];
+    p record;
+BEGIN
+    IF dist IS NULL THEN
+        RAISE EXCEPTION 'Citus is not installed in this database' USING ERRCODE = '55000',
+            HINT = 'On plain PostgreSQL deal_store needs no distribution. On Citus: CREATE EXTENSION citus, add the workers, CREATE EXTENSION deal_store, then distribute().';
+    END IF;
+    EXECUTE format('SELECT %s()', 'pg_catalog.citus_is_coordinator') INTO coordinator;
+    IF NOT coordinator THEN
+        RAISE EXCEPTION 'deal_store.distribute() runs on the Citus coordinator' USING ERRCODE = '55000';
+    END IF;
+    IF deal_store._distributed() THEN
+        RAISE EXCEPTION 'deal_store is already distributed' USING ERRCODE = '55000';
+    END IF;
+    -- the foreign keys Citus keeps: not ON DELETE SET NULL (column) (on Citus a
+    -- purged document or run leaves those references dangling), not from a
+    -- reference table (tier_policies) to a distributed one
+    SELECT coalesce(array_agg(ARRAY[k.conrelid::regclass::text, k.conname::text, pg_get_constraintdef(k.oid)]), '{}')
+    INTO keys
+    FROM pg_catalog.pg_constraint k
+    WHERE k.connamespace = 'deal_store'::regnamespace AND k.contype = 'f' AND k.confdeltype <> 'n'
+      AND k.conrelid NOT IN (SELECT x.table_name FROM deal_store._placement() x WHERE x.distribution_column IS NULL);
+    PERFORM deal_store._distribute_prepare();
+    EXECUTE format('SELECT string_agg(r.nodename || '':'' || r.nodeport || '': '' || r.result, ''; '') FROM %s(%L) r WHERE NOT r.success',
+                   'pg_catalog.run_command_on_workers', 'SELECT deal_store._distribute_prepare()')
+        INTO failed;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'deal_store could not be prepared on every worker: %', failed USING ERRCODE = '55000',
+            HINT = 'Every worker needs deal_store (Citus creates it there with CREATE EXTENSION on the coordinator).';
+    END IF;
+    -- triggers on shards (audit, versions, soft delete) are what deal_store is made of
+    PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- one transaction creates the tables and their keys to the reference tables
+    PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    FOR p IN SELECT * FROM deal_store._placement() LOOP
+        IF p.distribution_column IS NULL THEN
+            EXECUTE format('SELECT %s($1)', 'pg_catalog.create_reference_table') USING p.table_name;
+        ELSE
+            EXECUTE format('SELECT %s($1, $2, colocate_with => $3)', 'pg_catalog.create_distributed_table')
+                USING p.table_name, p.distribution_column,
+                      CASE WHEN p.table_name = 'deal_store.deals'::regclass THEN 'default' ELSE 'deal_store.deals' END;
+        END IF;
+    END LOOP;
+    FOREACH k SLICE 1 IN ARRAY keys LOOP
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', k[1], k[2], k[3]);
+    END LOOP;
+    -- the extension's settings reach the workers when set with SET LOCAL; later
+    -- enable_audit / disable_audit put triggers on distributed tables
+    EXECUTE format('ALTER DATABASE %I SET citus.propagate_set_commands = local', current_database());
+    EXECUTE format('ALTER DATABASE %I SET citus.enable_unsafe_triggers = on', current_database());
+    RETURN QUERY SELECT * FROM deal_store._placement();
+END $$;
+COMMENT ON FUNCTION deal_store.distribute() IS
+    'On a Citus coordinator (workers added, deal_store created): makes users and tier_policies reference tables and distributes deals by id and every deal table by deal_id in one co-location group; returns the placement. Gives up what Citus cannot enforce (README "Running on Citus"). 55000 without Citus, on a worker, or when already distributed. For the extension''s owner.';
+REVOKE ALL ON FUNCTION deal_store._placement(), deal_store._distribute_prepare(), deal_store.distribute() FROM PUBLIC;

@@ -24,11 +24,12 @@
 //! as in 0.1.0, and the actor is `deal_store.actor` as set.
 use crate::errors::raise;
 use crate::settings;
+use crate::shard;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{PgOid, Uuid};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr, CString};
 use std::rc::Rc;
@@ -100,6 +101,9 @@ const ADMIN: &CStr = c"deal_store_admin";
 /// The group role of applications that act for their users.
 const SERVICE: &CStr = c"deal_store_service";
 
+/// The sorted deal lists of one actor, per minimum role and source.
+type DealLists = HashMap<(DealRole, Source), Rc<Vec<Uuid>>>;
+
 /// What one role in one transaction is, resolved once.
 struct Resolved {
     /// the role outside any SECURITY DEFINER function: the session's, or SET ROLE's
@@ -116,14 +120,19 @@ struct Resolved {
     owner: Oid,
     /// the user the role acts as, or the message of the 42501 that using it raises
     actor: Result<Option<Uuid>, String>,
-    /// `my_deals` per minimum deal role, read once
-    deals: RefCell<HashMap<DealRole, Rc<Vec<Uuid>>>>,
+    /// the deals where the actor holds a minimum deal role, sorted, read once
+    /// per source (on a Citus shard: the deals of that shard's node)
+    deals: RefCell<DealLists>,
 }
 
 thread_local! {
     static RESOLVED: RefCell<Option<Rc<Resolved>>> = const { RefCell::new(None) };
-    /// the lookups, prepared once per session
-    static PLANS: RefCell<HashMap<Lookup, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+    /// the lookups, prepared once per session and source
+    static PLANS: RefCell<HashMap<(Lookup, Source), OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+    /// where the lookups read now (see [`Source`])
+    static SOURCE: Cell<Source> = const { Cell::new(Source::Tables) };
+    /// the last relation a policy asked about, and where its lookups read
+    static LAST_RELATION: Cell<Option<(Oid, Source)>> = const { Cell::new(None) };
 }
 
 /// The catalog and table lookups of this module, each a prepared statement.
@@ -141,37 +150,77 @@ enum Lookup {
     DealExists,
 }
 
+/// Where the lookups read. On plain PostgreSQL and on a Citus coordinator: the
+/// tables. Inside a query on a Citus shard (a row-level security policy on a
+/// worker) a query on the tables would be planned by Citus again, from inside a
+/// query on a shard, and fail: there the lookups read this node's shards, the
+/// `users` reference shard and the `deal_members` / `deals` shards co-located
+/// with the shard the policy guards (a deal's rows and its team share a node).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    Tables,
+    /// a shard of a distributed deal table: its id
+    Shard(i64),
+    /// a shard of a reference table: no deal's team is sure to be on this node
+    Reference,
+}
+
+impl Source {
+    /// The relation the lookups read for `deal_store.<table>`.
+    fn relation(self, table: &'static str) -> Rc<str> {
+        match (self, table) {
+            (Source::Tables, _) => format!("deal_store.{table}").into(),
+            (_, "users") => shard::reference_shard(table),
+            (Source::Shard(s), _) => shard::colocated(s, table),
+            (Source::Reference, _) => raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("deal_store.{table} cannot be read from a shard of a reference table"),
+                None,
+            ),
+        }
+    }
+}
+
 impl Lookup {
-    fn sql(self) -> (&'static str, Vec<PgOid>) {
+    fn sql(self, from: Source) -> (String, Vec<PgOid>) {
         let (uuid, text, texts) = (pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::TEXTARRAYOID);
-        let (sql, types): (&str, &[Oid]) = match self {
-            Lookup::Owner => ("SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'deal_store'", &[]),
+        let (sql, types): (String, &[Oid]) = match self {
+            Lookup::Owner => {
+                ("SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'deal_store'".into(), &[])
+            }
             Lookup::UserOfRole => (
-                "SELECT u.id FROM deal_store.users u WHERE u.db_role OPERATOR(pg_catalog.=) $1::pg_catalog.name",
+                format!("SELECT u.id FROM {} u WHERE u.db_role OPERATOR(pg_catalog.=) $1::pg_catalog.name", from.relation("users")),
                 &[text],
             ),
             Lookup::RoleInDeal => (
-                "SELECT m.role FROM deal_store.deal_members m WHERE m.deal_id OPERATOR(pg_catalog.=) $1 AND m.user_id OPERATOR(pg_catalog.=) $2",
+                format!(
+                    "SELECT m.role FROM {} m WHERE m.deal_id OPERATOR(pg_catalog.=) $1 AND m.user_id OPERATOR(pg_catalog.=) $2",
+                    from.relation("deal_members")
+                ),
                 &[uuid, uuid],
             ),
             Lookup::DealsOf => (
-                "SELECT COALESCE(pg_catalog.array_agg(m.deal_id), '{}') FROM deal_store.deal_members m \
-                 WHERE m.user_id OPERATOR(pg_catalog.=) $1 AND m.role OPERATOR(pg_catalog.=) ANY ($2)",
+                format!(
+                    "SELECT COALESCE(pg_catalog.array_agg(m.deal_id ORDER BY m.deal_id), '{{}}') FROM {} m \
+                     WHERE m.user_id OPERATOR(pg_catalog.=) $1 AND m.role OPERATOR(pg_catalog.=) ANY ($2)",
+                    from.relation("deal_members")
+                ),
                 &[uuid, texts],
             ),
-            Lookup::DealExists => ("SELECT true FROM deal_store.deals d WHERE d.id OPERATOR(pg_catalog.=) $1", &[uuid]),
+            Lookup::DealExists => (format!("SELECT true FROM {} d WHERE d.id OPERATOR(pg_catalog.=) $1", from.relation("deals")), &[uuid]),
         };
         (sql, types.iter().map(|&t| PgOid::from(t)).collect())
     }
 
     /// The one value the lookup returns (None: no row or NULL), run through its prepared statement.
     fn one<T: FromDatum + IntoDatum>(self, args: &[pgrx::datum::DatumWithOid]) -> Option<T> {
+        let from = SOURCE.get();
         Spi::connect_mut(|client| {
             PLANS.with(|plans| {
                 let mut plans = plans.borrow_mut();
-                let plan = plans.entry(self).or_insert_with(|| {
-                    let (sql, types) = self.sql();
-                    let plan = client.prepare_mut(sql, &types).map(|p| p.keep());
+                let plan = plans.entry((self, from)).or_insert_with(|| {
+                    let (sql, types) = self.sql(from);
+                    let plan = client.prepare_mut(sql.as_str(), &types).map(|p| p.keep());
                     plan.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
                 });
                 let table = client.update(&*plan, Some(1), args);
@@ -271,7 +320,11 @@ fn resolve() -> Rc<Resolved> {
     // SAFETY: the name is copied out before anything else runs
     let name = unsafe {
         let n = pg_sys::GetUserNameFromId(outer, true);
-        if n.is_null() { String::new() } else { CStr::from_ptr(n).to_string_lossy().into_owned() }
+        if n.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(n).to_string_lossy().into_owned()
+        }
     };
     let owner: Oid = Lookup::Owner.one(&[]).unwrap_or(outer);
     let mapped = if installed { as_owner(owner, || Lookup::UserOfRole.one::<Uuid>(&[name.as_str().into()])) } else { None };
@@ -281,7 +334,9 @@ fn resolve() -> Rc<Resolved> {
         Some(u) if !installed || admin || service || mapped == Some(u) => Ok(Some(u)),
         Some(u) => Err(match mapped {
             Some(m) => format!("role \"{name}\" acts as user {m} and may not set deal_store.actor to {u}"),
-            None => format!("role \"{name}\" may not set deal_store.actor: only members of deal_store_service or deal_store_admin act for other users"),
+            None => format!(
+                "role \"{name}\" may not set deal_store.actor: only members of deal_store_service or deal_store_admin act for other users"
+            ),
         }),
     };
     let r = Rc::new(Resolved { outer, raw, installed, admin, service, owner, actor, deals: RefCell::default() });
@@ -383,19 +438,92 @@ fn my_deals(min_role: default!(&str, "'viewer'")) -> Vec<Uuid> {
             Some("A deal role is viewer, analyst, reviewer or lead.".into()),
         )
     };
+    deals_of(min).map(|d| d.to_vec()).unwrap_or_default()
+}
+
+/// The deals (sorted) in which the actor holds `min` or a stronger role, read
+/// from the current source once per transaction; None without an actor or on
+/// a 0.1.0 database.
+fn deals_of(min: DealRole) -> Option<Rc<Vec<Uuid>>> {
     let r = resolve();
-    let Some(actor) = actor() else { return Vec::new() };
+    let actor = actor()?;
     if !r.installed {
-        return Vec::new();
+        return None;
     }
-    let cached = r.deals.borrow().get(&min).cloned();
-    let deals = cached.unwrap_or_else(|| {
+    let key = (min, SOURCE.get());
+    let cached = r.deals.borrow().get(&key).cloned();
+    Some(cached.unwrap_or_else(|| {
         let read = as_owner(r.owner, || Lookup::DealsOf.one::<Vec<Uuid>>(&[actor.into(), min.and_above().into()]));
         let read = Rc::new(read.unwrap_or_default());
-        r.deals.borrow_mut().insert(min, read.clone());
+        r.deals.borrow_mut().insert(key, read.clone());
         read
-    });
-    deals.to_vec()
+    }))
+}
+
+/// Runs `f` with the lookups reading where the rows of relation `rel` live
+/// (its shard's node on Citus, the tables otherwise).
+fn reading_for<T>(rel: Option<Oid>, f: impl FnOnce() -> T) -> T {
+    let rel = rel.unwrap_or(Oid::INVALID);
+    let from = match LAST_RELATION.get() {
+        Some((last, from)) if last == rel => from,
+        _ if rel == Oid::INVALID => Source::Tables,
+        _ => {
+            let from = match shard::placement_of(rel) {
+                Some(shard::Placement { shard: Some(_), reference: true, .. }) => Source::Reference,
+                Some(shard::Placement { shard: Some(id), .. }) => Source::Shard(id),
+                _ => Source::Tables,
+            };
+            LAST_RELATION.set(Some((rel, from)));
+            from
+        }
+    };
+    struct Restore(Source);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SOURCE.set(self.0);
+        }
+    }
+    let _restore = Restore(SOURCE.replace(from));
+    f()
+}
+
+/// Internal, the row-level security policies on Citus (where a policy may not
+/// hold a subquery): true when the caller sees every deal, or its actor holds
+/// `min_role` or a stronger role in `deal_id`. `rel` is the policy's relation
+/// (`tableoid`): on a worker, the team is read from the `deal_members` shard on
+/// the same node, once per transaction. On a shard of a reference table (no
+/// team is local) only those who see every deal pass.
+#[pg_extern(name = "_may", stable, parallel_safe)]
+fn may(rel: Option<Oid>, deal_id: Option<Uuid>, min_role: Option<&str>) -> bool {
+    let min_role = crate::errors::required(min_role, "min_role");
+    let Some(min) = DealRole::parse(min_role) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown deal role \"{min_role}\""),
+            Some("A deal role is viewer, analyst, reviewer or lead.".into()),
+        )
+    };
+    reading_for(rel, || {
+        let r = resolve();
+        if !r.installed || r.admin {
+            return true;
+        }
+        match (deal_id, SOURCE.get()) {
+            (None, _) | (_, Source::Reference) => false,
+            (Some(deal), _) => deals_of(min).is_some_and(|d| d.binary_search(&deal).is_ok()),
+        }
+    })
+}
+
+/// Internal, the row-level security policies on Citus: true when the caller
+/// sees every deal or `user_id` is its actor (own notifications, own deals).
+/// `rel` as for `_may`.
+#[pg_extern(name = "_acts_as", stable, parallel_safe)]
+fn acts_as(rel: Option<Oid>, user_id: Option<Uuid>) -> bool {
+    reading_for(rel, || {
+        let r = resolve();
+        !r.installed || r.admin || (user_id.is_some() && actor() == user_id)
+    })
 }
 
 /// The acting user: the user the login role is linked to, or `deal_store.actor`
@@ -435,9 +563,7 @@ fn require_right_sql(deal_id: Option<Uuid>, needs: Option<&str>) {
 /// Trigger (AFTER, FOR EACH STATEMENT on users and deal_members): what was
 /// resolved about roles and teams may be stale.
 #[pg_trigger]
-fn access_changed<'a>(
-    _trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
+fn access_changed<'a>(_trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
     forget();
     Ok(None)
 }

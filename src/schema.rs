@@ -53,10 +53,11 @@ extension_sql_file!(
 extension_sql_file!("../sql/search.sql", name = "search", requires = ["queue", search::typo_tsquery]);
 extension_sql_file!("../sql/feed.sql", name = "feed", requires = ["search", access::caller_role]);
 extension_sql_file!("../sql/changes.sql", name = "changes", requires = ["feed"]);
+extension_sql_file!("../sql/distribute.sql", name = "distribute", requires = ["changes", "queue"]);
 extension_sql_file!(
     "../sql/access.sql",
     name = "access",
-    requires = ["changes", access::access_changed, access::sees_all_deals, access::my_deals, access::require_right_sql],
+    requires = ["distribute", access::access_changed, access::sees_all_deals, access::my_deals, access::require_right_sql],
     finalize
 );
 

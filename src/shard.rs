@@ -48,14 +48,13 @@ thread_local! {
     static SHARDS: RefCell<HashMap<pg_sys::Oid, Option<Rc<Shard>>>> = RefCell::new(HashMap::new());
     /// (shard, table) -> the co-located shard's qualified name
     static COLOCATED: RefCell<HashMap<(i64, &'static str), Rc<str>>> = RefCell::new(HashMap::new());
+    /// reference table -> its shard's qualified name
+    static REFERENCE: RefCell<HashMap<&'static str, Rc<str>>> = RefCell::new(HashMap::new());
 }
 
 /// True when Citus's metadata is in this database.
 fn citus_metadata() -> bool {
-    Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL")
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL").ok().flatten().unwrap_or(false)
 }
 
 /// The shard the relation `oid` (named `schema.name`) is, if it is one; looked
@@ -101,7 +100,9 @@ fn shard_of(oid: pg_sys::Oid, schema: &str, name: &str) -> Option<Rc<Shard>> {
 /// What the relation `oid` (named `schema.name`) is.
 pub fn placement(oid: pg_sys::Oid, schema: &str, name: &str) -> Placement {
     match shard_of(oid, schema, name) {
-        Some(s) => Placement { table_oid: s.table_oid, schema: schema.into(), table: s.table.clone(), shard: Some(s.id), reference: s.reference },
+        Some(s) => {
+            Placement { table_oid: s.table_oid, schema: schema.into(), table: s.table.clone(), shard: Some(s.id), reference: s.reference }
+        }
         None => Placement { table_oid: oid, schema: schema.into(), table: name.into(), shard: None, reference: false },
     }
 }
@@ -126,11 +127,38 @@ pub fn colocated(shard: i64, table: &'static str) -> Rc<str> {
         raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("deal_store.{table} has no shard co-located with shard {shard}"),
-            Some("Distribute deal_store's deal tables by deal_id in one co-location group.".into()),
+            Some("Distribute deal_store with deal_store.distribute().".into()),
         )
     });
     let name: Rc<str> = name.into();
     COLOCATED.with(|c| c.borrow_mut().insert((shard, table), name.clone()));
+    name
+}
+
+/// The qualified name of the one shard of the reference table
+/// `deal_store.<table>` (a copy of it is on every node).
+pub fn reference_shard(table: &'static str) -> Rc<str> {
+    if let Some(n) = REFERENCE.with(|c| c.borrow().get(table).cloned()) {
+        return n;
+    }
+    let name = Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.format('%I.%I', 'deal_store', $1 || '_' || s.shardid::pg_catalog.text)
+         FROM pg_catalog.pg_dist_shard s
+         JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = s.logicalrelid AND p.partmethod = 'n'
+         WHERE s.logicalrelid = pg_catalog.format('deal_store.%I', $1)::pg_catalog.regclass",
+        &[table.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("deal_store.{table} is not a reference table"),
+            Some("Distribute deal_store with deal_store.distribute().".into()),
+        )
+    });
+    let name: Rc<str> = name.into();
+    REFERENCE.with(|c| c.borrow_mut().insert(table, name.clone()));
     name
 }
 

@@ -28,10 +28,14 @@ citus_start() {
             rm -rf "$dir"
             install -d -o postgres -g postgres "$dir"
             runuser -u postgres -- "$bin/initdb" -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D "$dir/data" >/dev/null
-            # nodes reach each other over TCP as postgres; other roles use their passwords
-            printf '%s\n' 'local all all trust' 'host all postgres 127.0.0.1/32 trust' \
-                'host all all 127.0.0.1/32 scram-sha-256' >"$dir/data/pg_hba.conf"
         fi
+        # the coordinator reaches the workers over TCP as the role that runs the
+        # query (the login roles of the tests included): this loopback-only test
+        # cluster trusts them; a real one gives Citus their credentials
+        # (pg_dist_authinfo or a .pgpass)
+        printf '%s\n' 'local all all trust' 'host all all 127.0.0.1/32 trust' >"$dir/data/pg_hba.conf"
+        runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1 &&
+            runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" reload >/dev/null
         if ! runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
             runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w start -o \
                 "-p ${CITUS_PORTS[$n]} -k $dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=citus -c max_prepared_transactions=100 -c max_connections=200 ${CITUS_OPTS:-}" >/dev/null
@@ -47,7 +51,7 @@ citus_stop() {
 }
 
 # citus_db NAME: a fresh database NAME on every node, the workers added, deal_store
-# created on the coordinator (Citus creates it on the workers) and distributed.
+# created on the coordinator (Citus creates it on the workers), not yet distributed.
 citus_db() {
     local db=$1 n
     for n in 0 1 2; do
@@ -67,7 +71,7 @@ citus_db() {
 citus_check() {
     citus_start
     citus_db deal_store_citus || return 1
-    citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus -f "$ROOT/tests/citus/distribute.sql" >/dev/null || return 1
+    citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus -c 'SELECT deal_store.distribute()' >/dev/null || return 1
     local tests; tests=$(cd "$ROOT/tests/citus/sql" && ls *.sql | sed 's/\.sql$//' | sort)
     "$PGXS/src/test/regress/pg_regress" --use-existing --bindir=/usr/lib/postgresql/15/bin \
         --host="$CITUS_DIR/coordinator" --port="${CITUS_PORTS[0]}" --user=postgres \

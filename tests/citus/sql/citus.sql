@@ -1,5 +1,5 @@
 -- deal_store on a three-node Citus cluster (tests/citus/citus.sh): the deal tables
--- distributed by deal_id as tests/citus/distribute.sql places them, and the API a
+-- distributed by deal_id as deal_store.distribute() places them, and the API a
 -- deal's life uses, through the coordinator. Every write names its actor with
 -- SET LOCAL, which Citus passes on to the workers (citus.propagate_set_commands).
 \set VERBOSITY terse
@@ -110,6 +110,57 @@ SELECT legacy_id, change, changed_fields FROM deal_store.diff_facts(:'deal',
 SELECT deal_store.deal_summary(:'deal') -> 'facts_by_domain' AS facts_by_domain;
 SELECT action, count(*) FROM deal_store.deal_activity(:'deal', lim => 1000) GROUP BY 1 ORDER BY 1;
 SELECT action, user_id IS NOT NULL AS actor FROM deal_store.entity_history('fact', '00000000-0000-0000-0000-0000000000f1') ORDER BY seq;
+
+-- row-level security on the shards (the policies distribute() wrote: _may per row,
+-- the team read on the shard's node): a viewer reads its deal alone and cannot
+-- write it, an outsider reads nothing, the API refuses both what they may not do
+SET client_min_messages = error;
+DROP ROLE IF EXISTS ds_viewer;
+DROP ROLE IF EXISTS ds_outsider;
+SET client_min_messages = warning;
+CREATE ROLE ds_viewer LOGIN;
+CREATE ROLE ds_outsider LOGIN;
+GRANT deal_store_analyst TO ds_viewer, ds_outsider;
+INSERT INTO deal_store.users (id, email, display_name, db_role) VALUES
+    ('00000000-0000-0000-0000-0000000000b1', 'vera@example.com', 'Vera', 'ds_viewer'),
+    ('00000000-0000-0000-0000-0000000000b2', 'otto@example.com', 'Otto', 'ds_outsider');
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT deal_store.add_member(:'deal', '00000000-0000-0000-0000-0000000000b1', 'viewer');
+COMMIT;
+SELECT polname, pg_get_expr(polqual, polrelid) AS using_expr FROM pg_policy
+WHERE polrelid = 'deal_store.facts'::regclass AND polname = 'members_read';
+SET ROLE ds_viewer;
+SELECT deal_store.current_actor() AS vera;
+SELECT deal_id = :'deal' AS own_deal, count(*) AS facts FROM deal_store.facts GROUP BY 1;
+SELECT count(*) AS other_deal_facts FROM deal_store.facts WHERE deal_id = :'other';
+SELECT name FROM deal_store.deals ORDER BY 1;
+SELECT count(*) > 0 AS reads_the_log FROM deal_store.deal_activity_log WHERE deal_id = :'deal';
+SELECT legacy_id FROM deal_store.search_facts(:'deal', 'Munich') ORDER BY 1;
+\set VERBOSITY sqlstate
+INSERT INTO deal_store.facts (deal_id, domain, category, item, legacy_id) VALUES (:'deal', 'network', 'lan', 'written by a viewer', 'F-8');
+SELECT deal_store.start_run(:'deal');
+\set VERBOSITY terse
+UPDATE deal_store.facts SET item = 'changed by a viewer' WHERE deal_id = :'deal' RETURNING id;
+RESET ROLE;
+SET ROLE ds_outsider;
+SELECT (SELECT count(*) FROM deal_store.facts) AS facts, (SELECT count(*) FROM deal_store.deals) AS deals,
+       (SELECT count(*) FROM deal_store.deal_activity_log) AS log_entries;
+\set VERBOSITY sqlstate
+SELECT * FROM deal_store.search_facts(:'deal', 'Munich');
+\set VERBOSITY terse
+RESET ROLE;
+-- an analyst of the deal writes it
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT deal_store.add_member(:'deal', '00000000-0000-0000-0000-0000000000b1', 'analyst');
+COMMIT;
+SET ROLE ds_viewer;
+INSERT INTO deal_store.facts (deal_id, domain, category, item, legacy_id) VALUES (:'deal', 'network', 'lan', 'written by an analyst', 'F-8');
+SELECT item, user_id = '00000000-0000-0000-0000-0000000000b1' AS by_vera FROM deal_store.facts f
+JOIN deal_store.deal_activity_log l ON l.deal_id = f.deal_id AND l.entity_id = f.id
+WHERE f.deal_id = :'deal' AND f.item LIKE 'written by%';
+RESET ROLE;
 
 -- export; the deal deleted and purged with everything it owns (import_deal does not run on Citus yet)
 SELECT jsonb_array_length(deal_store.export_deal(:'deal') -> 'facts') AS exported_facts;
