@@ -16,8 +16,8 @@ use crate::errors::raise;
 use crate::jsonb::JsonbDatum;
 use pgrx::prelude::*;
 use pgrx::{PgRelation, PgTupleDesc, WhoAllocated};
-use std::num::NonZeroUsize;
 use std::fmt::Display;
+use std::num::NonZeroUsize;
 
 /// Internal failures (a column missing or of another type) are bugs: report them as XX000.
 fn internal<T, E: Display>(r: Result<T, E>) -> T {
@@ -100,8 +100,6 @@ enum HistoryWriter {
     None,
     /// `fact_version_rows`: exact copies of rows this trigger checksummed
     Copy,
-    /// `_import_facts`: an export's rows, checksummed again on the way in
-    Import,
 }
 
 thread_local! {
@@ -126,10 +124,12 @@ impl Drop for WritingHistory {
 }
 
 /// A history row (superseded_at set) is written by the version mechanism only:
-/// the statement trigger `fact_version_rows` or `import_deal` restoring an export's versions.
+/// the statement trigger `fact_version_rows` or `import_deal` restoring an export's
+/// versions (`deal_store.importing_history`, a superuser-only setting: on Citus the
+/// trigger runs on a worker, which a per-process flag would not reach).
 fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>, cols: &Cols) {
     let history = internal(new.get_by_index::<TimestampWithTimeZone>(cols.superseded_at)).is_some();
-    if history && WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::None {
+    if history && WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::None && !crate::settings::IMPORTING_HISTORY.get() {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "a fact's history row (superseded_at set) is written by deal_store's versioning only",
@@ -171,15 +171,12 @@ const FROM_TRANSITION_TABLES: &str = "old_facts o JOIN new_facts n ON n.deal_id 
 
 /// `history_sql`'s source for one row ($1, $2) given its history id ($3), while
 /// the old version is still the visible row (0.1.0's schema, see `statement_trigger_present`).
-const FROM_ONE_ROW: &str =
-    "deal_store.facts o, (SELECT $3::pg_catalog.uuid AS previous_version_id) n WHERE o.deal_id = $1 AND o.id = $2";
+const FROM_ONE_ROW: &str = "deal_store.facts o, (SELECT $3::pg_catalog.uuid AS previous_version_id) n WHERE o.deal_id = $1 AND o.id = $2";
 
 /// AFTER UPDATE statement trigger: writes the history rows of every fact the
 /// statement gave a new version, in one INSERT from the transition tables.
 #[pg_trigger]
-fn fact_version_rows<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
+fn fact_version_rows<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
     Spi::connect_mut(|client| {
         let data: *const pg_sys::TriggerData = trigger.trigger_data();
         // SAFETY: the trigger data is PostgreSQL's for this call and outlives the
@@ -187,7 +184,11 @@ fn fact_version_rows<'a>(
         // tables become the relations old_facts and new_facts of this connection).
         let rc = unsafe { pg_sys::SPI_register_trigger_data(data.cast_mut()) };
         if rc < 0 {
-            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store fact_version_rows: SPI_register_trigger_data returned {rc}"), None);
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("deal_store fact_version_rows: SPI_register_trigger_data returned {rc}"),
+                None,
+            );
         }
         let _writing = WritingHistory::begin(HistoryWriter::Copy);
         // the trigger's own relation: the table, or on Citus the shard the rows are in
@@ -209,12 +210,16 @@ fn fact_version_rows<'a>(
 /// The jsonb is passed on as it is (no conversion to text and back).
 #[pg_extern(volatile, strict, name = "_import_facts")]
 fn import_facts(rows: pgrx::AnyElement) {
-    let _writing = WritingHistory::begin(HistoryWriter::Import);
-    Spi::run_with_args(
-        "SELECT deal_store._insert_rows('deal_store.facts'::pg_catalog.regclass, $1)",
-        &[crate::jsonb::spi_arg(&rows)],
-    )
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store _import_facts: {e}"), None));
+    // SET LOCAL (Citus passes it on to the workers the transaction uses), off
+    // again before returning; an error in between rolls the setting back with
+    // the (sub)transaction. SET needs the superuser the extension's owner is.
+    let run = |sql: &str, args: &[pgrx::datum::DatumWithOid]| {
+        Spi::run_with_args(sql, args)
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store _import_facts: {e}"), None))
+    };
+    run("SET LOCAL deal_store.importing_history = on", &[]);
+    run("SELECT deal_store._insert_rows('deal_store.facts'::pg_catalog.regclass, $1)", &[crate::jsonb::spi_arg(&rows)]);
+    run("SET LOCAL deal_store.importing_history = off", &[]);
 }
 
 /// Whether the table has the statement trigger `fact_version_rows` (enabled or
@@ -255,9 +260,7 @@ fn key<A: WhoAllocated>(row: &PgHeapTuple<'_, A>, cols: &Cols) -> (Option<pgrx::
 /// a current fact the id of its new history row (written by `fact_version_rows` at
 /// the end of the statement). The row is rewritten once, with every value it sets.
 #[pg_trigger]
-fn fact_versions<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
+fn fact_versions<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
     let new = trigger.new().ok_or(PgTriggerError::NullTriggerData)?;
     if WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::Copy {
         return Ok(Some(new)); // a copy of a row checksummed when it was written
@@ -324,7 +327,14 @@ fn fact_versions<'a>(
     // result, which heap_modify_tuple_by_cols pallocs in the trigger's memory
     // context, as a C trigger's returned tuple is
     let modified = unsafe {
-        let tuple = pg_sys::heap_modify_tuple_by_cols(new.into_pg(), tupdesc.as_ptr(), n as _, attnums.as_mut_ptr(), values.as_mut_ptr(), nulls.as_mut_ptr());
+        let tuple = pg_sys::heap_modify_tuple_by_cols(
+            new.into_pg(),
+            tupdesc.as_ptr(),
+            n as _,
+            attnums.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        );
         PgHeapTuple::from_heap_tuple(tupdesc, tuple)
     };
     Ok(Some(modified))
@@ -367,9 +377,11 @@ mod tests {
         Spi::run("UPDATE deal_store.facts SET item = '  MPLS   WAN ' WHERE id = '00000000-0000-0000-0000-0000000000f1'").unwrap();
         assert_eq!(count("SELECT count(*) FROM deal_store.facts"), 2, "white space alone is no change");
         assert_eq!(
-            count("SELECT count(*) FROM deal_store.facts c JOIN deal_store.facts h ON h.id = c.previous_version_id
+            count(
+                "SELECT count(*) FROM deal_store.facts c JOIN deal_store.facts h ON h.id = c.previous_version_id
                    WHERE c.id = '00000000-0000-0000-0000-0000000000f1' AND c.superseded_at IS NULL
-                     AND h.superseded_at IS NOT NULL AND h.item = 'MPLS' AND c.item = '  MPLS   WAN '"),
+                     AND h.superseded_at IS NOT NULL AND h.item = 'MPLS' AND c.item = '  MPLS   WAN '"
+            ),
             1
         );
     }

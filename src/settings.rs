@@ -10,6 +10,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static HARD_DELETE: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static IMPORTING_HISTORY: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUDIT_PURGE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static REQUIRE_ACTOR: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUTO_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -98,6 +99,14 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::NO_SHOW_ALL,
     );
+    GucRegistry::define_bool_guc(
+        c"deal_store.importing_history",
+        c"Set by import_deal while it restores an export's fact versions.",
+        c"Only then may history rows (superseded_at set) be inserted; a setting, so that it reaches Citus workers.",
+        &IMPORTING_HISTORY,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL,
+    );
     // Typos such as `SET deal_store.actr = ...` become errors instead of placeholders.
     // SAFETY: a NUL-terminated constant prefix; called once from _PG_init
     unsafe { pg_sys::MarkGUCPrefixReserved(c"deal_store".as_ptr()) };
@@ -105,11 +114,7 @@ pub fn init() {
 
 /// GUC check hook: accept NULL, the empty string or a uuid.
 #[pg_guard]
-unsafe extern "C-unwind" fn check_uuid(
-    newval: *mut *mut c_char,
-    _extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
-) -> bool {
+unsafe extern "C-unwind" fn check_uuid(newval: *mut *mut c_char, _extra: *mut *mut c_void, _source: pg_sys::GucSource::Type) -> bool {
     // SAFETY: PostgreSQL passes a pointer to the candidate value (a C string or NULL)
     let value = unsafe { *newval };
     if value.is_null() {

@@ -162,8 +162,10 @@ JOIN deal_store.deal_activity_log l ON l.deal_id = f.deal_id AND l.entity_id = f
 WHERE f.deal_id = :'deal' AND f.item LIKE 'written by%';
 RESET ROLE;
 
--- export; the deal deleted and purged with everything it owns (import_deal does not run on Citus yet)
+-- export; the deal deleted and purged with everything it owns, then imported again
+-- (its fact versions too: the versioning's import setting reaches the worker)
 SELECT jsonb_array_length(deal_store.export_deal(:'deal') -> 'facts') AS exported_facts;
+SELECT deal_store.export_deal(:'deal') AS export \gset
 BEGIN;
 SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
 SELECT deal_store.soft_delete('deal_store.deals', :'deal') > 0 AS deleted;
@@ -171,3 +173,15 @@ SELECT deal_store.purge('deal_store.deals', :'deal') AS purged;
 COMMIT;
 SELECT (SELECT count(*) FROM deal_store.facts WHERE deal_id = :'deal') AS facts_left,
        (SELECT count(*) FROM deal_store.facts WHERE deal_id = :'other') AS other_deals_facts;
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT deal_store.import_deal(:'export') = :'deal' AS imported;
+COMMIT;
+SELECT count(*) FILTER (WHERE superseded_at IS NULL) AS current_facts, count(*) FILTER (WHERE superseded_at IS NOT NULL) AS versions
+FROM deal_store.facts WHERE deal_id = :'deal';
+SELECT version, is_current, item FROM deal_store.fact_history('00000000-0000-0000-0000-0000000000f1');
+-- a history row from anyone else is still refused, on the worker
+\set VERBOSITY sqlstate
+INSERT INTO deal_store.facts (deal_id, domain, category, item, legacy_id, superseded_at)
+VALUES (:'deal', 'network', 'wan', 'forged', 'F-99', now());
+\set VERBOSITY terse
