@@ -134,15 +134,25 @@ COMMENT ON FUNCTION deal_store.deal_activity(uuid, timestamptz, integer) IS
     'A deal''s activity feed, newest first: at most lim entries (1 to 10000, 22023 otherwise), since a moment when given.';
 
 CREATE FUNCTION deal_store.fact_as_of(fact_id uuid, at timestamptz) RETURNS jsonb
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT v.content FROM (
-        SELECT h.content, h.superseded_at,
-               coalesce(lag(h.superseded_at) OVER (ORDER BY h.version),
-                        (SELECT f.created_at FROM deal_store.facts f WHERE f.id = h.version_id)) AS valid_from
-        FROM deal_store.fact_history(fact_as_of.fact_id) h) v
-    WHERE v.valid_from <= fact_as_of.at AND (v.superseded_at IS NULL OR fact_as_of.at < v.superseded_at)
-    LIMIT 1;
-END;
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    h record;
+    deal uuid;
+    valid_from timestamptz;   -- when the version h began: the fact's creation, then the end of the one before
+BEGIN
+    -- oldest first (fact_history raises P0002 for an unknown fact and checks the right to read)
+    FOR h IN SELECT x.version, x.version_id, x.content, x.superseded_at FROM deal_store.fact_history(fact_id) x ORDER BY x.version LOOP
+        IF valid_from IS NULL THEN
+            -- the lookup names the deal: on Citus one shard
+            deal := deal_store._id_in_one_deal('deal_store.facts', fact_id, 'read');
+            SELECT f.created_at INTO valid_from FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = h.version_id;
+        END IF;
+        IF valid_from <= at AND (h.superseded_at IS NULL OR at < h.superseded_at) THEN
+            RETURN h.content;
+        END IF;
+        valid_from := h.superseded_at;
+    END LOOP;
+    RETURN NULL;
+END $$;
 COMMENT ON FUNCTION deal_store.fact_as_of(uuid, timestamptz) IS
     'The fact''s content (the checksummed fields) as it was at that moment, from its version history; NULL before the fact existed. P0002 for an unknown fact.';

@@ -98,6 +98,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g record;
     deal uuid := deal_store._id_in_one_deal('deal_store.gaps', gap_id, 'write');
+    resolved timestamptz;
+    resolver uuid;
 BEGIN
     SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.deal_id = deal AND x.id = gap_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
@@ -107,10 +109,12 @@ BEGIN
     ELSIF NOT resolve AND g.resolved_at IS NULL THEN
         RAISE EXCEPTION 'gap % is not resolved', gap_id USING ERRCODE = '55000';
     END IF;
-    UPDATE deal_store.gaps x SET
-        resolved_at = CASE WHEN resolve THEN now() END,
-        resolved_by = CASE WHEN resolve THEN deal_store.current_actor() END,
-        resolution_note = CASE WHEN resolve THEN note END
+    -- values first: Citus allows no stable function inside CASE in an UPDATE
+    IF resolve THEN
+        resolved := now();
+        resolver := deal_store.current_actor();
+    END IF;
+    UPDATE deal_store.gaps x SET resolved_at = resolved, resolved_by = resolver, resolution_note = CASE WHEN resolve THEN note END
     WHERE x.deal_id = g.deal_id AND x.id = gap_id;
 END $$;
 COMMENT ON FUNCTION deal_store._set_gap_resolution(uuid, boolean, text) IS 'Internal: shared body of resolve_gap and reopen_gap.';

@@ -4352,3 +4352,53 @@ END $$;
 COMMENT ON FUNCTION deal_store.distribute() IS
     'On a Citus coordinator (workers added, deal_store created): makes users and tier_policies reference tables and distributes deals by id and every deal table by deal_id in one co-location group; returns the placement. Gives up what Citus cannot enforce (README "Running on Citus"). 55000 without Citus, on a worker, or when already distributed. For the extension''s owner.';
 REVOKE ALL ON FUNCTION deal_store._placement(), deal_store._distribute_prepare(), deal_store.distribute() FROM PUBLIC;
+
+-- was LANGUAGE sql (Citus cannot plan an SQL function's parameters; its lookup now names the deal)
+CREATE OR REPLACE FUNCTION deal_store.fact_as_of(fact_id uuid, at timestamptz) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    h record;
+    deal uuid;
+    valid_from timestamptz;   -- when the version h began: the fact's creation, then the end of the one before
+BEGIN
+    -- oldest first (fact_history raises P0002 for an unknown fact and checks the right to read)
+    FOR h IN SELECT x.version, x.version_id, x.content, x.superseded_at FROM deal_store.fact_history(fact_id) x ORDER BY x.version LOOP
+        IF valid_from IS NULL THEN
+            -- the lookup names the deal: on Citus one shard
+            deal := deal_store._id_in_one_deal('deal_store.facts', fact_id, 'read');
+            SELECT f.created_at INTO valid_from FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = h.version_id;
+        END IF;
+        IF valid_from <= at AND (h.superseded_at IS NULL OR at < h.superseded_at) THEN
+            RETURN h.content;
+        END IF;
+        valid_from := h.superseded_at;
+    END LOOP;
+    RETURN NULL;
+END $$;
+ALTER FUNCTION deal_store.fact_as_of(uuid, timestamptz) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- no stable function inside CASE in an UPDATE (Citus)
+CREATE OR REPLACE FUNCTION deal_store._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g record;
+    deal uuid := deal_store._id_in_one_deal('deal_store.gaps', gap_id, 'write');
+    resolved timestamptz;
+    resolver uuid;
+BEGIN
+    SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.deal_id = deal AND x.id = gap_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'gap % does not exist or is deleted', gap_id USING ERRCODE = 'P0002';
+    ELSIF resolve AND g.resolved_at IS NOT NULL THEN
+        RAISE EXCEPTION 'gap % is already resolved', gap_id USING ERRCODE = '55000';
+    ELSIF NOT resolve AND g.resolved_at IS NULL THEN
+        RAISE EXCEPTION 'gap % is not resolved', gap_id USING ERRCODE = '55000';
+    END IF;
+    -- values first: Citus allows no stable function inside CASE in an UPDATE
+    IF resolve THEN
+        resolved := now();
+        resolver := deal_store.current_actor();
+    END IF;
+    UPDATE deal_store.gaps x SET resolved_at = resolved, resolved_by = resolver, resolution_note = CASE WHEN resolve THEN note END
+    WHERE x.deal_id = g.deal_id AND x.id = gap_id;
+END $$;

@@ -110,6 +110,18 @@ SELECT legacy_id, change, changed_fields FROM deal_store.diff_facts(:'deal',
 SELECT deal_store.deal_summary(:'deal') -> 'facts_by_domain' AS facts_by_domain;
 SELECT action, count(*) FROM deal_store.deal_activity(:'deal', lim => 1000) GROUP BY 1 ORDER BY 1;
 SELECT action, user_id IS NOT NULL AS actor FROM deal_store.entity_history('fact', '00000000-0000-0000-0000-0000000000f1') ORDER BY seq;
+SELECT deal_store.fact_as_of('00000000-0000-0000-0000-0000000000f1', now()) ->> 'item' AS item_now,
+       deal_store.fact_as_of('00000000-0000-0000-0000-0000000000f1', '2000-01-01') AS before_it_existed;
+-- a gap answered and reopened (values computed before the UPDATE of the shard)
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+INSERT INTO deal_store.gaps (deal_id, id, legacy_id, domain, description)
+VALUES (:'deal', '00000000-0000-0000-0000-0000000000e1', 'G-1', 'network', 'No WAN contract in the data room');
+SELECT deal_store.resolve_gap('00000000-0000-0000-0000-0000000000e1', 'contract uploaded');
+SELECT resolved_at IS NOT NULL AS resolved, resolved_by, resolution_note FROM deal_store.gaps WHERE deal_id = :'deal';
+SELECT deal_store.reopen_gap('00000000-0000-0000-0000-0000000000e1');
+SELECT resolved_at IS NOT NULL AS resolved, resolved_by, resolution_note FROM deal_store.gaps WHERE deal_id = :'deal';
+COMMIT;
 
 -- row-level security on the shards (the policies distribute() wrote: _may per row,
 -- the team read on the shard's node): a viewer reads its deal alone and cannot
