@@ -135,18 +135,18 @@ COMMENT ON FUNCTION deal_store.reopen_gap(uuid) IS
 CREATE VIEW deal_store.deal_overview AS
     SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
            d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,
-           c.documents, c.facts, c.findings, c.critical_findings, c.gaps, c.open_gaps,
+           doc.documents, fa.facts, fi.findings, fi.critical_findings, g.gaps, g.open_gaps,
            q.pending_tier_1, q.pending_tier_2, q.pending_tier_3, q.conflicts,
            r.run_number AS last_run_number, r.completed_at AS last_run_completed_at, d.updated_at
     FROM deal_store.active_deals d
     LEFT JOIN deal_store.users u ON u.id = d.user_id
-    CROSS JOIN LATERAL (SELECT
-        (SELECT count(*) FROM deal_store.active_documents x WHERE x.deal_id = d.id) AS documents,
-        (SELECT count(*) FROM deal_store.current_facts x WHERE x.deal_id = d.id) AS facts,
-        (SELECT count(*) FROM deal_store.current_findings x WHERE x.deal_id = d.id) AS findings,
-        (SELECT count(*) FROM deal_store.current_findings x WHERE x.deal_id = d.id AND x.severity = 'critical') AS critical_findings,
-        (SELECT count(*) FROM deal_store.current_gaps x WHERE x.deal_id = d.id) AS gaps,
-        (SELECT count(*) FROM deal_store.current_gaps x WHERE x.deal_id = d.id AND x.resolved_at IS NULL) AS open_gaps) c
+    -- one aggregate per table, each over the deal's rows (on Citus: co-located with the deal)
+    CROSS JOIN LATERAL (SELECT count(*) AS documents FROM deal_store.active_documents x WHERE x.deal_id = d.id) doc
+    CROSS JOIN LATERAL (SELECT count(*) AS facts FROM deal_store.current_facts x WHERE x.deal_id = d.id) fa
+    CROSS JOIN LATERAL (SELECT count(*) AS findings, count(*) FILTER (WHERE x.severity = 'critical') AS critical_findings
+                        FROM deal_store.current_findings x WHERE x.deal_id = d.id) fi
+    CROSS JOIN LATERAL (SELECT count(*) AS gaps, count(*) FILTER (WHERE x.resolved_at IS NULL) AS open_gaps
+                        FROM deal_store.current_gaps x WHERE x.deal_id = d.id) g
     CROSS JOIN LATERAL (SELECT
         count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 1) AS pending_tier_1,
         count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 2) AS pending_tier_2,

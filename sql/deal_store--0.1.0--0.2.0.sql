@@ -4377,6 +4377,33 @@ BEGIN
 END $$;
 ALTER FUNCTION deal_store.fact_as_of(uuid, timestamptz) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+-- lateral aggregates with a FROM each (Citus refuses correlated subqueries in a subquery without FROM)
+CREATE OR REPLACE VIEW deal_store.deal_overview AS
+    SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
+           d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,
+           doc.documents, fa.facts, fi.findings, fi.critical_findings, g.gaps, g.open_gaps,
+           q.pending_tier_1, q.pending_tier_2, q.pending_tier_3, q.conflicts,
+           r.run_number AS last_run_number, r.completed_at AS last_run_completed_at, d.updated_at
+    FROM deal_store.active_deals d
+    LEFT JOIN deal_store.users u ON u.id = d.user_id
+    -- one aggregate per table, each over the deal's rows (on Citus: co-located with the deal)
+    CROSS JOIN LATERAL (SELECT count(*) AS documents FROM deal_store.active_documents x WHERE x.deal_id = d.id) doc
+    CROSS JOIN LATERAL (SELECT count(*) AS facts FROM deal_store.current_facts x WHERE x.deal_id = d.id) fa
+    CROSS JOIN LATERAL (SELECT count(*) AS findings, count(*) FILTER (WHERE x.severity = 'critical') AS critical_findings
+                        FROM deal_store.current_findings x WHERE x.deal_id = d.id) fi
+    CROSS JOIN LATERAL (SELECT count(*) AS gaps, count(*) FILTER (WHERE x.resolved_at IS NULL) AS open_gaps
+                        FROM deal_store.current_gaps x WHERE x.deal_id = d.id) g
+    CROSS JOIN LATERAL (SELECT
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 1) AS pending_tier_1,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 2) AS pending_tier_2,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 3) AS pending_tier_3,
+        count(*) FILTER (WHERE p.status = 'conflict') AS conflicts
+        FROM deal_store.pending_changes p WHERE p.deal_id = d.id) q
+    LEFT JOIN LATERAL (SELECT x.run_number, x.completed_at FROM deal_store.analysis_runs x
+                       WHERE x.deal_id = d.id AND x.status = 'completed'
+                       ORDER BY x.run_number DESC LIMIT 1) r ON true;
+ALTER VIEW deal_store.deal_overview SET (security_invoker = true);
+
 -- no stable function inside CASE in an UPDATE (Citus)
 CREATE OR REPLACE FUNCTION deal_store._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
