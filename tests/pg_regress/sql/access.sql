@@ -57,8 +57,9 @@ SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM
 SELECT deal_store.start_run('00000000-0000-0000-0011-0000000000d1') AS run2 \gset
 SELECT count(*) FROM deal_store.propose_facts(:'run2', '[
   {"legacy_id": "F-2", "domain": "network", "item": "branch VPN", "confidence_score": 0.5}]', ARRAY['applications']);
-SELECT deal_store.soft_delete('deal_store.facts', id) FROM deal_store.facts
-WHERE deal_id = '00000000-0000-0000-0011-0000000000d1' AND legacy_id = 'F-9';
+SELECT id AS target_id FROM deal_store.facts
+WHERE deal_id = '00000000-0000-0000-0011-0000000000d1' AND legacy_id = 'F-9' \gset
+SELECT deal_store.soft_delete('deal_store.facts', :'target_id');
 -- a deal exported and then purged, so its import can be tried by everyone
 INSERT INTO deal_store.deals (id, user_id, name, target_name) VALUES
   ('00000000-0000-0000-0011-0000000000d3', '00000000-0000-0000-0011-0000000000a5', 'Project Crate', 'Crate AG');

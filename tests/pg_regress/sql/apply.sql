@@ -85,10 +85,14 @@ WHERE deal_id = '00000000-0000-0000-0012-0000000000d2' ORDER BY 1;
 -- 3. A failed run's change and a change into a deleted deal are refused with their reasons.
 SELECT * FROM propose_facts(:'run1', '[{"legacy_id": "P-9", "domain": "network", "item": "from a run that failed"}]', ARRAY[]::text[]);
 SELECT status, error FROM fail_run(:'run1', 'extractor crashed');
-SELECT accept_change(id) FROM pending_changes WHERE deal_id = '00000000-0000-0000-0012-0000000000d1' AND legacy_entity_id = 'P-9';
+-- the id is read first: a function that writes is called with values (on Citus a call per
+-- row of a query over a distributed table would run on a shard; README "Running on Citus")
+SELECT id AS target_id FROM pending_changes WHERE deal_id = '00000000-0000-0000-0012-0000000000d1' AND legacy_entity_id = 'P-9' \gset
+SELECT accept_change(:'target_id');
 SELECT * FROM propose_facts(:'run2', '[{"legacy_id": "C-9", "domain": "network", "item": "into a deal about to go"}]', ARRAY[]::text[]);
 SELECT soft_delete('deal_store.deals', '00000000-0000-0000-0012-0000000000d2', 'deal dropped');
-SELECT accept_change(id) FROM pending_changes WHERE deal_id = '00000000-0000-0000-0012-0000000000d2' AND legacy_entity_id = 'C-9';
+SELECT id AS target_id FROM pending_changes WHERE deal_id = '00000000-0000-0000-0012-0000000000d2' AND legacy_entity_id = 'C-9' \gset
+SELECT accept_change(:'target_id');
 SELECT legacy_entity_id, status, review_note FROM pending_changes WHERE legacy_entity_id IN ('P-9', 'C-9') ORDER BY 1;
 SELECT count(*) AS leaked FROM facts WHERE legacy_id IN ('P-9', 'C-9');
 SELECT restore('deal_store.deals', '00000000-0000-0000-0012-0000000000d2');
@@ -118,6 +122,7 @@ SELECT regress.expect_error($$UPDATE deal_store.facts f SET previous_version_id 
 SELECT regress.expect_error($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, superseded_at)
   VALUES ('00000000-0000-0000-0012-0000000000d2', 'V-1', 'apps', 'forged past', now())$$);
 SELECT name FROM pg_settings WHERE name LIKE 'deal_store.caller%';
-SELECT version, item, is_current FROM fact_history((SELECT id FROM facts WHERE deal_id = '00000000-0000-0000-0012-0000000000d2' AND legacy_id = 'V-1' AND superseded_at IS NULL));
+SELECT id AS fact_id FROM facts WHERE deal_id = '00000000-0000-0000-0012-0000000000d2' AND legacy_id = 'V-1' AND superseded_at IS NULL \gset
+SELECT version, item, is_current FROM fact_history(:'fact_id');
 RESET deal_store.auto_apply;
 RESET deal_store.actor;

@@ -34,7 +34,10 @@ SELECT * FROM propose_facts(:'run2', (SELECT jsonb_agg(jsonb_build_object('legac
         FROM generate_series(1, 6) i WHERE i <> 3)) ORDER BY 1, 2;
 SELECT * FROM propose_findings(:'run2', '[{"legacy_id": "R-1", "finding_type": "risk", "domain": "network", "title": "one carrier", "severity": "high", "confidence_score": 0.9}]');
 SELECT * FROM accept_changes('00000000-0000-0000-0021-0000000000d1', max_tier => 2, run_id => :'run2');
-SELECT resolve_gap(id, 'contract runs to 2027') FROM gaps WHERE deal_id = '00000000-0000-0000-0021-0000000000d1' AND legacy_id = 'G-1';
+-- the id is read first: a function that writes is called with values (on Citus a call per
+-- row of a query over a distributed table would run on a shard; README "Running on Citus")
+SELECT id AS target_id FROM gaps WHERE deal_id = '00000000-0000-0000-0021-0000000000d1' AND legacy_id = 'G-1' \gset
+SELECT resolve_gap(:'target_id', 'contract runs to 2027');
 SELECT status FROM complete_run(:'run2');
 -- what Mo sees: grouped, counted, with changed fields; F-3's removal waits for review (tier 3)
 SELECT c.entity_type, c.change, c.changes, x.without_ids
@@ -54,7 +57,8 @@ SET deal_store.actor = '00000000-0000-0000-0021-0000000000a1';
 SELECT * FROM diff_runs(:'run1', :'run2');
 SELECT * FROM diff_runs(:'run2', :'run1');
 SELECT count(*) AS same FROM diff_runs(:'run2', :'run2');
-SELECT accept_change(id) FROM pending_changes WHERE deal_id = '00000000-0000-0000-0021-0000000000d1' AND legacy_entity_id = 'F-3' AND status = 'pending';
+SELECT id AS target_id FROM pending_changes WHERE deal_id = '00000000-0000-0000-0021-0000000000d1' AND legacy_entity_id = 'F-3' AND status = 'pending' \gset
+SELECT accept_change(:'target_id');
 SELECT start_run('00000000-0000-0000-0021-0000000000d1') AS run3 \gset
 SELECT status FROM complete_run(:'run3');
 SELECT * FROM diff_runs(:'run2', :'run3');

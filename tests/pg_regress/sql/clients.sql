@@ -38,8 +38,9 @@ SELECT legacy_id, superseded_at IS NOT NULL AS history, deleted_at IS NOT NULL A
 FROM facts WHERE deal_id = '00000000-0000-0000-0013-0000000000d1' AND legacy_id = 'F-2' ORDER BY 2;
 SELECT action, reason FROM deal_activity_log
 WHERE deal_id = '00000000-0000-0000-0013-0000000000d1' AND entity_type = 'fact' AND action = 'soft_delete' ORDER BY seq;
-SELECT restore('deal_store.facts', id) FROM facts
-WHERE deal_id = '00000000-0000-0000-0013-0000000000d1' AND legacy_id = 'F-2' AND superseded_at IS NULL;
+SELECT id AS target_id FROM facts
+WHERE deal_id = '00000000-0000-0000-0013-0000000000d1' AND legacy_id = 'F-2' AND superseded_at IS NULL \gset
+SELECT restore('deal_store.facts', :'target_id');
 -- a document: its facts go with it, in its batch, with the reason given
 UPDATE documents SET deleted_at = now(), delete_reason = 'wrong data room'
 WHERE deal_id = '00000000-0000-0000-0013-0000000000d1' AND id = '00000000-0000-0000-0013-000000000dd1';

@@ -43,14 +43,19 @@ SELECT user_id, type, title, payload - 'run_id' AS payload FROM notifications WH
 -- an analyst edits F-1 meanwhile: accepting run 2's update is now a conflict
 SET deal_store.actor = '00000000-0000-0000-0006-0000000000a9';
 UPDATE facts SET item = 'SAP ECC 6.0 EHP7 (confirmed)' WHERE legacy_id = 'F-1';
-SELECT accept_change(id, 'looks right') FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-1';
+-- the id is read first: a function that writes is called with values (on Citus a call per
+-- row of a query over a distributed table would run on a shard; README "Running on Citus")
+SELECT id AS target_id FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-1' \gset
+SELECT accept_change(:'target_id', 'looks right');
 SELECT legacy_id, change_type, base_value ->> 'item' AS base, current_value ->> 'item' AS current,
        proposed_value ->> 'item' AS proposed, base_checksum <> current_checksum AS moved, note
 FROM conflicts('00000000-0000-0000-0006-0000000000d8');
 
 -- reject, defer, decide twice
-SELECT reject_change(id, 'not in scope') FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-5';
-SELECT defer_change(id, now() + interval '1 day', 'ask the CFO') FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-4';
+SELECT id AS target_id FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-5' \gset
+SELECT reject_change(:'target_id', 'not in scope');
+SELECT id AS target_id FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-4' \gset
+SELECT defer_change(:'target_id', now() + interval '1 day', 'ask the CFO');
 SELECT regress.expect_error(format($$SELECT deal_store.accept_change(%L)$$, id)) FROM pending_changes
 WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-5';
 SELECT regress.expect_error($$SELECT deal_store.reject_change('00000000-0000-0000-0006-000000000999')$$);
@@ -86,7 +91,8 @@ FROM pending_changes c JOIN analysis_runs r ON r.id = c.analysis_run_id
 WHERE c.legacy_entity_id = 'F-4' AND c.deal_id = '00000000-0000-0000-0006-0000000000d8' ORDER BY r.run_number;
 -- an incremental run never proposes removals (F-3 and F-4 only were sent)
 SELECT count(*) AS removals FROM pending_changes WHERE analysis_run_id = :'run3' AND change_type = 'delete';
-SELECT accept_change(id) FROM pending_changes WHERE analysis_run_id = :'run3' AND legacy_entity_id = 'F-4';
+SELECT id AS target_id FROM pending_changes WHERE analysis_run_id = :'run3' AND legacy_entity_id = 'F-4' \gset
+SELECT accept_change(:'target_id');
 SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run3');
 SELECT deal_id IS NOT NULL AS deal, status, confidence_tier, changes FROM queue_stats WHERE deal_id = '00000000-0000-0000-0006-0000000000d8' ORDER BY status, confidence_tier;
 
@@ -145,8 +151,10 @@ SELECT regress.expect_error(s) FROM (VALUES
 -- the final picture
 SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run4');
 SELECT legacy_id, item FROM current_facts WHERE deal_id = '00000000-0000-0000-0006-0000000000d8' ORDER BY 1;
-SELECT version, item, run_number FROM fact_history((SELECT id FROM facts WHERE legacy_id = 'F-4' AND superseded_at IS NULL AND deal_id = '00000000-0000-0000-0006-0000000000d8'));
-SELECT version, item, run_number FROM fact_history((SELECT id FROM facts WHERE legacy_id = 'F-3' AND superseded_at IS NULL AND deal_id = '00000000-0000-0000-0006-0000000000d8'));
+SELECT id AS fact_id FROM facts WHERE legacy_id = 'F-4' AND superseded_at IS NULL AND deal_id = '00000000-0000-0000-0006-0000000000d8' \gset
+SELECT version, item, run_number FROM fact_history(:'fact_id');
+SELECT id AS fact_id FROM facts WHERE legacy_id = 'F-3' AND superseded_at IS NULL AND deal_id = '00000000-0000-0000-0006-0000000000d8' \gset
+SELECT version, item, run_number FROM fact_history(:'fact_id');
 SELECT legacy_id, delete_reason FROM facts WHERE deleted_at IS NOT NULL AND deal_id = '00000000-0000-0000-0006-0000000000d8';
 -- every proposal and decision is in the audit log with its actor
 SELECT action, count(*), count(user_id) AS with_actor FROM deal_activity_log WHERE entity_type = 'pending_change' AND deal_id = '00000000-0000-0000-0006-0000000000d8'
