@@ -29,17 +29,20 @@ SELECT pg_catalog.pg_extension_config_dump('deal_store.seen_marks', '');
 -- the user's snapshot did not see (the feed's index).
 CREATE FUNCTION deal_store._unseen(deal_id uuid) RETURNS SETOF deal_store.deal_activity_log
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- a value, not a call inside the query (Citus would make the call on a shard)
+    actor uuid := deal_store.current_actor();
 BEGIN
     PERFORM deal_store._require_deal(deal_id, 'read');
     RETURN QUERY
     SELECT l.* FROM deal_store.deal_activity_log l
     WHERE l.deal_id = _unseen.deal_id
       AND l.seq > coalesce((SELECT m.seen_seq FROM deal_store.seen_marks m
-                            WHERE m.deal_id = _unseen.deal_id AND m.user_id = deal_store.current_actor()), 0)
+                            WHERE m.deal_id = _unseen.deal_id AND m.user_id = actor), 0)
     UNION ALL
     SELECT l.* FROM deal_store.seen_marks m
     JOIN deal_store.deal_activity_log l ON l.txid >= m.seen_txid AND l.seq <= m.seen_seq AND l.deal_id = m.deal_id
-    WHERE m.deal_id = _unseen.deal_id AND m.user_id = deal_store.current_actor()
+    WHERE m.deal_id = _unseen.deal_id AND m.user_id = actor
       AND NOT pg_catalog.pg_visible_in_snapshot(l.txid::text::xid8, m.seen_snapshot);
 END $$;
 COMMENT ON FUNCTION deal_store._unseen(uuid) IS
@@ -47,18 +50,35 @@ COMMENT ON FUNCTION deal_store._unseen(uuid) IS
 
 -- A user's deals with what the caller has not seen in each (replaces the
 -- dashboard's first version: the unseen count needs the marks above).
+CREATE FUNCTION deal_store._deals_for_user(owner uuid, with_archived boolean)
+RETURNS TABLE(id uuid, user_id uuid, name text, target_name text, deal_type text, status text,
+              created_at timestamptz, updated_at timestamptz, unseen bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    all_deals boolean := deal_store.sees_all_deals();
+    mine uuid[] := deal_store.my_deals('viewer');
+    d record;
+BEGIN
+    -- the deals first, then each one's unseen entries by a lookup that names the
+    -- deal (on Citus a call per row of the query over deals would run on a shard)
+    FOR d IN SELECT x.id, x.user_id, x.name, x.target_name, x.deal_type, x.status, x.created_at, x.updated_at
+             FROM deal_store.deals x
+             WHERE x.user_id = owner AND x.deleted_at IS NULL AND (all_deals OR x.id = ANY (mine))
+               AND (x.status <> 'archived' OR coalesce(with_archived, false))
+             ORDER BY x.updated_at DESC, x.id LOOP
+        RETURN QUERY SELECT d.id, d.user_id, d.name, d.target_name, d.deal_type, d.status, d.created_at, d.updated_at,
+                            (SELECT count(*) FROM deal_store._unseen(d.id));
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION deal_store._deals_for_user(uuid, boolean) IS
+    'Internal: the body of deals_for_user, in PL/pgSQL (Citus cannot plan an SQL function''s parameters).';
+
 CREATE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
 RETURNS TABLE(id uuid, user_id uuid, name text, target_name text, deal_type text, status text,
               created_at timestamptz, updated_at timestamptz, unseen bigint)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT d.id, d.user_id, d.name, d.target_name, d.deal_type, d.status, d.created_at, d.updated_at,
-           (SELECT count(*) FROM deal_store._unseen(d.id))
-    FROM deal_store.deals d
-    WHERE d.user_id = deals_for_user.user_id AND d.deleted_at IS NULL
-      AND (deal_store.sees_all_deals() OR d.id = ANY (deal_store.my_deals('viewer')))
-      AND (d.status <> 'archived' OR coalesce(deals_for_user.include_archived, false))
-    ORDER BY d.updated_at DESC, d.id;
+    SELECT * FROM deal_store._deals_for_user(deals_for_user.user_id, deals_for_user.include_archived);
 END;
 COMMENT ON FUNCTION deal_store.deals_for_user(uuid, boolean) IS
     'A user''s live deals that the caller may see, most recently updated first (archived ones only when include_archived), with unseen: the log entries of each deal since the actor last looked (mark_seen; all of them before that).';

@@ -3255,7 +3255,8 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'table_of_wrapper';
 COMMENT ON FUNCTION deal_store._table_of(oid) IS
-    'Internal: the table a relation''s rows belong to: the relation itself, or on Citus the distributed table of a shard (deal_store.facts_102099 -> deal_store.facts). Triggers name their table with it, not with TG_RELID.';REVOKE ALL ON FUNCTION deal_store._table_of(oid) FROM PUBLIC;
+    'Internal: the table a relation''s rows belong to: the relation itself, or on Citus the distributed table of a shard (deal_store.facts_102099 -> deal_store.facts). Triggers name their table with it, not with TG_RELID.';
+REVOKE ALL ON FUNCTION deal_store._table_of(oid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION deal_store._table_of(oid) TO deal_store_reader;
 
 CREATE OR REPLACE FUNCTION deal_store.delete_to_soft_delete() RETURNS trigger
@@ -3321,7 +3322,8 @@ BEGIN
     RETURN deals[1];
 END $$;
 COMMENT ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) IS
-    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them; 42501 unless the caller has the right needs on the row''s deal. Returns that deal (NULL: no row has the id), so the caller''s next lookup names it (on Citus: one shard, where a row lock is possible).';REVOKE ALL ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) FROM PUBLIC;
+    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them; 42501 unless the caller has the right needs on the row''s deal. Returns that deal (NULL: no row has the id), so the caller''s next lookup names it (on Citus: one shard, where a row lock is possible).';
+REVOKE ALL ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS deal_store.analysis_runs
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -3398,6 +3400,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g record;
     deal uuid := deal_store._id_in_one_deal('deal_store.gaps', gap_id, 'write');
+    resolved timestamptz;
+    resolver uuid;
 BEGIN
     SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.deal_id = deal AND x.id = gap_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
@@ -3407,10 +3411,12 @@ BEGIN
     ELSIF NOT resolve AND g.resolved_at IS NULL THEN
         RAISE EXCEPTION 'gap % is not resolved', gap_id USING ERRCODE = '55000';
     END IF;
-    UPDATE deal_store.gaps x SET
-        resolved_at = CASE WHEN resolve THEN now() END,
-        resolved_by = CASE WHEN resolve THEN deal_store.current_actor() END,
-        resolution_note = CASE WHEN resolve THEN note END
+    -- values first: Citus allows no stable function inside CASE in an UPDATE
+    IF resolve THEN
+        resolved := now();
+        resolver := deal_store.current_actor();
+    END IF;
+    UPDATE deal_store.gaps x SET resolved_at = resolved, resolved_by = resolver, resolution_note = CASE WHEN resolve THEN note END
     WHERE x.deal_id = g.deal_id AND x.id = gap_id;
 END $$;
 
@@ -3574,7 +3580,8 @@ BEGIN
     WHERE p.deal_id = deal AND p.id = x.id;
 END $$;
 COMMENT ON FUNCTION deal_store._apply_set(uuid, uuid[], text) IS
-    'Internal: applies a set of open changes of one deal the caller has locked (the changes ids), set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. Any error aborts the whole set (see _apply).';REVOKE ALL ON FUNCTION deal_store._apply_set(uuid, uuid[], text) FROM PUBLIC;
+    'Internal: applies a set of open changes of one deal the caller has locked (the changes ids), set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. Any error aborts the whole set (see _apply).';
+REVOKE ALL ON FUNCTION deal_store._apply_set(uuid, uuid[], text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -3622,6 +3629,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store._apply(uuid[], uuid[], text) IS
     'Internal: the one apply path. Applies the open changes (deal_ids[i], ids[i]) the caller has locked with _apply_set, deal by deal; when a deal''s set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
+
 CREATE FUNCTION deal_store._claim_by_deal(batch_size integer, max_tier integer, deals uuid[], OUT deal_ids uuid[], OUT ids uuid[])
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -3654,7 +3662,8 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) IS
-    'Internal: _claim for a database whose deal tables Citus distributes: locks up to batch_size eligible open changes deal by deal (the deals with the oldest eligible change first; each claim one query on the deal''s shard).';REVOKE ALL ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) FROM PUBLIC;
+    'Internal: _claim for a database whose deal tables Citus distributes: locks up to batch_size eligible open changes deal by deal (the deals with the oldest eligible change first; each claim one query on the deal''s shard).';
+REVOKE ALL ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) FROM PUBLIC;
 
 CREATE FUNCTION deal_store._distributed() RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -3670,7 +3679,8 @@ BEGIN
     RETURN yes;
 END $$;
 COMMENT ON FUNCTION deal_store._distributed() IS
-    'Internal: true when Citus distributes deal_store''s deal tables (pending_changes is hash-distributed).';REVOKE ALL ON FUNCTION deal_store._distributed() FROM PUBLIC;
+    'Internal: true when Citus distributes deal_store''s deal tables (pending_changes is hash-distributed).';
+REVOKE ALL ON FUNCTION deal_store._distributed() FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
     OUT claimed integer, OUT applied integer, OUT conflicts integer)
@@ -3957,7 +3967,8 @@ BEGIN
         INTO _lock_row.deleted_at, _lock_row.delete_batch USING _lock_row.deal_id, id;
 END $$;
 COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid, text, uuid) IS
-    'Internal: validates entity and id (in deal, when not NULL; else the id must name a row of one deal only), checks the caller''s right needs on the row''s deal (42501), locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';REVOKE ALL ON FUNCTION deal_store._lock_row(regclass, uuid, text, uuid) FROM PUBLIC;
+    'Internal: validates entity and id (in deal, when not NULL; else the id must name a row of one deal only), checks the caller''s right needs on the row''s deal (42501), locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
+REVOKE ALL ON FUNCTION deal_store._lock_row(regclass, uuid, text, uuid) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION deal_store._mark_deleted(tbl regclass, scope text, deal_ids uuid[], ids uuid[], reasons text[], batch uuid)
 RETURNS TABLE(deal_id uuid, id uuid)
@@ -3991,6 +4002,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid) IS
     'Internal: soft-deletes live rows of tbl, set-based (deleted_at, deleted_by = deal_store.actor, the reason, batch, or when batch is NULL a batch of its own per named row): the rows (deal_ids[i], ids[i]) themselves (scope row), the rows of the deals ids (owned_by_deal) or the facts sourced from the documents (owned_by_document). Returns the rows marked. soft_delete and the merge queue both write soft deletes through it.';
+
 DROP FUNCTION deal_store.soft_delete(regclass, uuid, text);
 CREATE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL, deal_id uuid DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -4020,7 +4032,8 @@ BEGIN
     RETURN total;
 END $$;
 COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) IS
-    'Soft-deletes one row of deals, documents, facts, findings or gaps (of the deal deal_id, when given: then the id is looked up in that deal alone) and what it owns (a deal: its documents, facts, findings, gaps; a document: the facts sourced from it). All rows get one delete_batch, deleted_by = deal_store.actor and the reason. Returns the number of rows marked. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 already deleted.';REVOKE ALL ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) FROM PUBLIC;
+    'Soft-deletes one row of deals, documents, facts, findings or gaps (of the deal deal_id, when given: then the id is looked up in that deal alone) and what it owns (a deal: its documents, facts, findings, gaps; a document: the facts sourced from it). All rows get one delete_batch, deleted_by = deal_store.actor and the reason. Returns the number of rows marked. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 already deleted.';
+REVOKE ALL ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) FROM PUBLIC;
 ALTER FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 GRANT EXECUTE ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) TO deal_store_analyst;
 
@@ -4192,8 +4205,12 @@ AS 'MODULE_PATHNAME', 'acts_as_wrapper';
 REVOKE ALL ON FUNCTION deal_store._may(oid, uuid, text), deal_store._acts_as(oid, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION deal_store._may(oid, uuid, text), deal_store._acts_as(oid, uuid) TO deal_store_reader;
 COMMENT ON FUNCTION deal_store._may(oid, uuid, text) IS
-    'Internal, the row-level security policies on Citus: true when the caller sees every deal or its actor holds min_role or a stronger role in deal_id; rel is the policy''s relation (tableoid): on a worker the team is read from the deal_members shard on the same node, once per transaction.';COMMENT ON FUNCTION deal_store._acts_as(oid, uuid) IS
+    'Internal, the row-level security policies on Citus: true when the caller sees every deal or its actor holds min_role or a stronger role in deal_id; rel is the policy''s relation (tableoid): on a worker the team is read from the deal_members shard on the same node, once per transaction.';
+
+COMMENT ON FUNCTION deal_store._acts_as(oid, uuid) IS
     'Internal, the row-level security policies on Citus: true when the caller sees every deal or user_id is its actor (own deals, own notifications); rel as for _may.';
+
+
 CREATE FUNCTION deal_store._create_policies(on_citus boolean) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -4248,7 +4265,9 @@ BEGIN
     EXECUTE format('CREATE POLICY own ON deal_store.notifications FOR ALL USING (%s)', format(own, 'user_id'));
 END $$;
 COMMENT ON FUNCTION deal_store._create_policies(boolean) IS
-    'Internal: (re)creates every row-level security policy of deal_store: with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';REVOKE ALL ON FUNCTION deal_store._create_policies(boolean) FROM PUBLIC;
+    'Internal: (re)creates every row-level security policy of deal_store: with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
+
+REVOKE ALL ON FUNCTION deal_store._create_policies(boolean) FROM PUBLIC;
 
 CREATE FUNCTION deal_store._placement()
 RETURNS TABLE(table_name regclass, distribution_column text)
@@ -4404,28 +4423,57 @@ CREATE OR REPLACE VIEW deal_store.deal_overview AS
                        ORDER BY x.run_number DESC LIMIT 1) r ON true;
 ALTER VIEW deal_store.deal_overview SET (security_invoker = true);
 
--- no stable function inside CASE in an UPDATE (Citus)
-CREATE OR REPLACE FUNCTION deal_store._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- the actor as a value, not a call inside the query (Citus)
+CREATE OR REPLACE FUNCTION deal_store._unseen(deal_id uuid) RETURNS SETOF deal_store.deal_activity_log
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    g record;
-    deal uuid := deal_store._id_in_one_deal('deal_store.gaps', gap_id, 'write');
-    resolved timestamptz;
-    resolver uuid;
+    -- a value, not a call inside the query (Citus would make the call on a shard)
+    actor uuid := deal_store.current_actor();
 BEGIN
-    SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.deal_id = deal AND x.id = gap_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'gap % does not exist or is deleted', gap_id USING ERRCODE = 'P0002';
-    ELSIF resolve AND g.resolved_at IS NOT NULL THEN
-        RAISE EXCEPTION 'gap % is already resolved', gap_id USING ERRCODE = '55000';
-    ELSIF NOT resolve AND g.resolved_at IS NULL THEN
-        RAISE EXCEPTION 'gap % is not resolved', gap_id USING ERRCODE = '55000';
-    END IF;
-    -- values first: Citus allows no stable function inside CASE in an UPDATE
-    IF resolve THEN
-        resolved := now();
-        resolver := deal_store.current_actor();
-    END IF;
-    UPDATE deal_store.gaps x SET resolved_at = resolved, resolved_by = resolver, resolution_note = CASE WHEN resolve THEN note END
-    WHERE x.deal_id = g.deal_id AND x.id = gap_id;
+    PERFORM deal_store._require_deal(deal_id, 'read');
+    RETURN QUERY
+    SELECT l.* FROM deal_store.deal_activity_log l
+    WHERE l.deal_id = _unseen.deal_id
+      AND l.seq > coalesce((SELECT m.seen_seq FROM deal_store.seen_marks m
+                            WHERE m.deal_id = _unseen.deal_id AND m.user_id = actor), 0)
+    UNION ALL
+    SELECT l.* FROM deal_store.seen_marks m
+    JOIN deal_store.deal_activity_log l ON l.txid >= m.seen_txid AND l.seq <= m.seen_seq AND l.deal_id = m.deal_id
+    WHERE m.deal_id = _unseen.deal_id AND m.user_id = actor
+      AND NOT pg_catalog.pg_visible_in_snapshot(l.txid::text::xid8, m.seen_snapshot);
 END $$;
+
+-- the deals first, then each one's unseen count, in PL/pgSQL (Citus)
+CREATE FUNCTION deal_store._deals_for_user(owner uuid, with_archived boolean)
+RETURNS TABLE(id uuid, user_id uuid, name text, target_name text, deal_type text, status text,
+              created_at timestamptz, updated_at timestamptz, unseen bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    all_deals boolean := deal_store.sees_all_deals();
+    mine uuid[] := deal_store.my_deals('viewer');
+    d record;
+BEGIN
+    -- the deals first, then each one's unseen entries by a lookup that names the
+    -- deal (on Citus a call per row of the query over deals would run on a shard)
+    FOR d IN SELECT x.id, x.user_id, x.name, x.target_name, x.deal_type, x.status, x.created_at, x.updated_at
+             FROM deal_store.deals x
+             WHERE x.user_id = owner AND x.deleted_at IS NULL AND (all_deals OR x.id = ANY (mine))
+               AND (x.status <> 'archived' OR coalesce(with_archived, false))
+             ORDER BY x.updated_at DESC, x.id LOOP
+        RETURN QUERY SELECT d.id, d.user_id, d.name, d.target_name, d.deal_type, d.status, d.created_at, d.updated_at,
+                            (SELECT count(*) FROM deal_store._unseen(d.id));
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION deal_store._deals_for_user(uuid, boolean) IS
+    'Internal: the body of deals_for_user, in PL/pgSQL (Citus cannot plan an SQL function''s parameters).';
+
+REVOKE ALL ON FUNCTION deal_store._deals_for_user(uuid, boolean) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
+RETURNS TABLE(id uuid, user_id uuid, name text, target_name text, deal_type text, status text,
+              created_at timestamptz, updated_at timestamptz, unseen bigint)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT * FROM deal_store._deals_for_user(deals_for_user.user_id, deals_for_user.include_archived);
+END;
+ALTER FUNCTION deal_store.deals_for_user(uuid, boolean) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+

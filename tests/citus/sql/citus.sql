@@ -111,6 +111,7 @@ SELECT deal_store.deal_summary(:'deal') -> 'facts_by_domain' AS facts_by_domain;
 SELECT name, documents, facts, findings, gaps, pending_tier_1, pending_tier_2, conflicts, last_run_number
 FROM deal_store.deal_overview ORDER BY name;
 SELECT domain, facts, verified, low_confidence, documents FROM deal_store.facts_by_domain WHERE deal_id = :'deal' ORDER BY 1;
+SELECT name, status FROM deal_store.deals_for_user('00000000-0000-0000-0000-0000000000a1') ORDER BY 1;
 SELECT action, count(*) FROM deal_store.deal_activity(:'deal', lim => 1000) GROUP BY 1 ORDER BY 1;
 SELECT action, user_id IS NOT NULL AS actor FROM deal_store.entity_history('fact', '00000000-0000-0000-0000-0000000000f1') ORDER BY seq;
 SELECT deal_store.fact_as_of('00000000-0000-0000-0000-0000000000f1', now()) ->> 'item' AS item_now,
