@@ -4286,6 +4286,16 @@ $$;
 COMMENT ON FUNCTION deal_store._placement() IS
     'Internal: how deal_store.distribute() places each table on Citus: a NULL distribution_column is a reference table, the others are distributed by it and co-located with deals.';
 
+-- An error message as the table would give it: on Citus a worker names the
+-- shard ("facts_102118"); a note a reviewer reads names the table.
+CREATE FUNCTION deal_store._unsharded(message text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT regexp_replace(message, '"(' || string_agg(split_part(p.table_name::text, '.', 2), '|') || ')_[0-9]+"', '"\1"', 'g')
+    FROM deal_store._placement() p
+$$;
+COMMENT ON FUNCTION deal_store._unsharded(text) IS
+    'Internal: the message with every shard of a deal_store table named as its table ("facts_102118" -> "facts"), for the notes the apply path stores.';
+
 -- Run on every node (the extension's tables exist on each): what Citus cannot
 -- distribute goes, and the policies take their Citus form.
 CREATE FUNCTION deal_store._distribute_prepare() RETURNS void
@@ -4370,7 +4380,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store.distribute() IS
     'On a Citus coordinator (workers added, deal_store created): makes users and tier_policies reference tables and distributes deals by id and every deal table by deal_id in one co-location group; returns the placement. Gives up what Citus cannot enforce (README "Running on Citus"). 55000 without Citus, on a worker, or when already distributed. For the extension''s owner.';
-REVOKE ALL ON FUNCTION deal_store._placement(), deal_store._distribute_prepare(), deal_store.distribute() FROM PUBLIC;
+REVOKE ALL ON FUNCTION deal_store._placement(), deal_store._unsharded(text), deal_store._distribute_prepare(), deal_store.distribute() FROM PUBLIC;
 
 -- was LANGUAGE sql (Citus cannot plan an SQL function's parameters; its lookup now names the deal)
 CREATE OR REPLACE FUNCTION deal_store.fact_as_of(fact_id uuid, at timestamptz) RETURNS jsonb
@@ -4422,6 +4432,52 @@ CREATE OR REPLACE VIEW deal_store.deal_overview AS
                        WHERE x.deal_id = d.id AND x.status = 'completed'
                        ORDER BY x.run_number DESC LIMIT 1) r ON true;
 ALTER VIEW deal_store.deal_overview SET (security_invoker = true);
+
+-- a conflict's note names the table, not the shard (Citus)
+CREATE OR REPLACE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := pg_catalog.current_setting('deal_store.reason', true);
+    -- not a change's fault: a deadlock or serialization failure (the caller retries),
+    -- resources, a privilege, a bug
+    not_the_change constant text[] := ARRAY['40', '42', '53', '57', '58', 'XX'];
+    state text;
+    problem text;
+    deal uuid;
+    mine uuid[];
+    actor uuid := deal_store.current_actor();
+BEGIN
+    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(note, prev_reason, ''));
+    -- deal by deal: a deal's changes are one set (on Citus: one shard's work)
+    FOR deal, mine IN SELECT x.deal_id, pg_catalog.array_agg(x.id ORDER BY x.n)
+                      FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) WITH ORDINALITY x(deal_id, id, n)
+                      GROUP BY x.deal_id ORDER BY pg_catalog.min(x.n) LOOP
+        BEGIN
+            PERFORM deal_store._apply_set(deal, mine, note);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
+            IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
+                RAISE;
+            END IF;
+            -- some change broke the set: apply each alone, so only what fails is refused
+            FOR i IN 1 .. pg_catalog.cardinality(mine) LOOP
+                BEGIN
+                    PERFORM deal_store._apply_set(deal, ARRAY[mine[i]], note);
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, problem = MESSAGE_TEXT;
+                    IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
+                        RAISE;
+                    END IF;
+                    UPDATE deal_store.pending_changes p
+                    SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(),
+                        review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', deal_store._unsharded(problem), state))
+                    WHERE p.deal_id = deal AND p.id = mine[i] AND p.status IN ('pending', 'deferred');
+                END;
+            END LOOP;
+        END;
+    END LOOP;
+    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(prev_reason, ''));
+END $$;
 
 -- the actor as a value, not a call inside the query (Citus)
 CREATE OR REPLACE FUNCTION deal_store._unseen(deal_id uuid) RETURNS SETOF deal_store.deal_activity_log

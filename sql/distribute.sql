@@ -24,6 +24,16 @@ $$;
 COMMENT ON FUNCTION deal_store._placement() IS
     'Internal: how deal_store.distribute() places each table on Citus: a NULL distribution_column is a reference table, the others are distributed by it and co-located with deals.';
 
+-- An error message as the table would give it: on Citus a worker names the
+-- shard ("facts_102118"); a note a reviewer reads names the table.
+CREATE FUNCTION deal_store._unsharded(message text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT regexp_replace(message, '"(' || string_agg(split_part(p.table_name::text, '.', 2), '|') || ')_[0-9]+"', '"\1"', 'g')
+    FROM deal_store._placement() p
+$$;
+COMMENT ON FUNCTION deal_store._unsharded(text) IS
+    'Internal: the message with every shard of a deal_store table named as its table ("facts_102118" -> "facts"), for the notes the apply path stores.';
+
 -- Run on every node (the extension's tables exist on each): what Citus cannot
 -- distribute goes, and the policies take their Citus form.
 CREATE FUNCTION deal_store._distribute_prepare() RETURNS void

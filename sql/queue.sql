@@ -215,7 +215,7 @@ BEGIN
                     END IF;
                     UPDATE deal_store.pending_changes p
                     SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(),
-                        review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', problem, state))
+                        review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', deal_store._unsharded(problem), state))
                     WHERE p.deal_id = deal AND p.id = mine[i] AND p.status IN ('pending', 'deferred');
                 END;
             END LOOP;
