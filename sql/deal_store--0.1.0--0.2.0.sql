@@ -4433,6 +4433,142 @@ CREATE OR REPLACE VIEW deal_store.deal_overview AS
                        ORDER BY x.run_number DESC LIMIT 1) r ON true;
 ALTER VIEW deal_store.deal_overview SET (security_invoker = true);
 
+-- a finding's or gap's checksum is compared in a statement that locks the targets, not inside the UPDATE (Citus)
+CREATE OR REPLACE FUNCTION deal_store._apply_set(deal uuid, ids uuid[], note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    todo deal_store.pending_changes[];
+    actor uuid := deal_store.current_actor();
+    applied uuid[] := ARRAY[]::uuid[];
+    moved uuid[] := ARRAY[]::uuid[];
+    done uuid[];
+    kind text;
+    tbl regclass;
+    live text;
+    same text;
+    matched uuid[];
+    content text[];
+    extra text[];
+    targets uuid[];
+    reasons text[];
+    set_cols text;
+    set_vals text;
+    ins_vals text;
+BEGIN
+    -- the open changes ids of the deal (the caller holds their locks), oldest first. Every
+    -- statement below names the deal on every deal table: on Citus each runs on one shard.
+    SELECT pg_catalog.array_agg(p ORDER BY p.created_at, p.id) INTO todo
+    FROM deal_store.pending_changes p
+    WHERE p.deal_id = deal AND p.id = ANY (ids) AND p.status IN ('pending', 'deferred');
+    IF todo IS NULL THEN
+        RETURN;
+    END IF;
+    -- changes that cannot apply whatever their target (a deleted deal, a failed run)
+    -- are decided now and leave the set
+    WITH refused AS (
+        SELECT c.deal_id, c.id, CASE WHEN d.deleted_at IS NOT NULL THEN 'the deal is deleted'
+                                     WHEN r.status = 'failed' THEN 'analysis run ' || r.run_number::text || ' failed' END AS why
+        FROM pg_catalog.unnest(todo) c
+        JOIN deal_store.deals d ON d.id = deal
+        LEFT JOIN deal_store.analysis_runs r ON r.deal_id = deal AND r.id = c.analysis_run_id),
+    decided AS (
+        UPDATE deal_store.pending_changes p
+        -- the note and the reason joined by immutable operators: Citus calls no stable function on a column in an UPDATE
+        SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = coalesce(note || ' / ' || x.why, note, x.why)
+        FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = deal AND p.id = x.id
+        RETURNING p.deal_id, p.id)
+    SELECT pg_catalog.array_agg(c ORDER BY c.created_at, c.id) INTO todo
+    FROM pg_catalog.unnest(todo) c
+    WHERE NOT EXISTS (SELECT 1 FROM decided x WHERE x.deal_id = c.deal_id AND x.id = c.id);
+    FOR kind IN SELECT DISTINCT c.entity_type FROM pg_catalog.unnest(todo) c ORDER BY 1 LOOP
+        tbl := (deal_store._kind_table(kind))::regclass;
+        live := 't.deleted_at IS NULL' || CASE WHEN kind = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END;
+        -- the target as proposed: same row, live, content checksum still the base. A fact
+        -- stores its checksum; a finding's or gap's is computed from to_jsonb(t), which is
+        -- stable: that runs in a statement that locks the targets first ($4 the changes
+        -- whose target matched), not inside the UPDATE (Citus refuses it there)
+        IF kind = 'fact' THEN
+            same := 't.deal_id = $3 AND t.id = c.entity_id AND ' || live || ' AND t.item_checksum = c.base_checksum';
+        ELSE
+            EXECUTE pg_catalog.format(
+                'SELECT pg_catalog.array_agg(x.id) FROM (SELECT c.id FROM pg_catalog.unnest($1) c '
+                '  JOIN %s t ON t.deal_id = $3 AND t.id = c.entity_id AND %s '
+                '  WHERE c.entity_type = $2 AND c.change_type <> ''new'' '
+                '    AND deal_store.content_checksum_of(c.entity_type, pg_catalog.to_jsonb(t)) = c.base_checksum FOR UPDATE OF t) x', tbl, live)
+                INTO matched USING todo, kind, deal;
+            same := 't.deal_id = $3 AND t.id = c.entity_id AND ' || live || ' AND c.id = ANY ($4)';
+        END IF;
+        content := deal_store.content_fields(kind);
+        extra := deal_store._extra_fields(kind);
+        -- an update sets every content field (a missing one is NULL, as it was hashed), an extra one only when given;
+        -- a new row takes the column default for whatever the proposal does not carry
+        SELECT pg_catalog.string_agg(pg_catalog.quote_ident(f), ', '),
+               pg_catalog.string_agg(CASE WHEN f = ANY (content) THEN 'r.' || pg_catalog.quote_ident(f)
+                                          ELSE pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE t.%I END', f, f, f) END, ', '),
+               pg_catalog.string_agg(pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE %s END', f, f,
+                   coalesce((SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attribute a
+                             JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                             WHERE a.attrelid = tbl AND a.attname = f), 'NULL')), ', ')
+        INTO set_cols, set_vals, ins_vals
+        FROM pg_catalog.unnest(content || extra) f;
+        -- @plpgsql_check_options: security_warnings = false
+        -- (the statements below are built from a regclass, catalog column names and defaults, and constant text)
+        EXECUTE pg_catalog.format(
+            'WITH u AS (UPDATE %1$s t SET (%2$s, analysis_run_id) = (SELECT %3$s, c.analysis_run_id '
+            '                FROM pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r) '
+            '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''update'' AND %4$s '
+            '           RETURNING c.id) '
+            'SELECT pg_catalog.array_agg(u.id) FROM u', tbl, set_cols, set_vals, same)
+            INTO done USING todo, kind, deal, matched;
+        applied := applied || coalesce(done, ARRAY[]::uuid[]);
+        -- a removal is a soft delete, by the code soft_delete() uses: each its own batch, the run
+        -- named; the targets are locked first, then marked (a statement of its own, so no
+        -- query runs a distributed UPDATE from inside another on Citus)
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.array_agg(x.id ORDER BY x.created_at, x.id), pg_catalog.array_agg(x.entity_id ORDER BY x.created_at, x.id), '
+            '       pg_catalog.array_agg(pg_catalog.format(''removed by analysis run %%s'', x.run_number) ORDER BY x.created_at, x.id) '
+            'FROM (SELECT c.id, c.entity_id, run.run_number, c.created_at '
+            '      FROM pg_catalog.unnest($1) c JOIN deal_store.analysis_runs run ON run.deal_id = $3 AND run.id = c.analysis_run_id '
+            '      JOIN %1$s t ON %2$s '
+            '      WHERE c.entity_type = $2 AND c.change_type = ''delete'' FOR UPDATE OF t) x', tbl, same)
+            INTO done, targets, reasons USING todo, kind, deal, matched;
+        IF done IS NOT NULL THEN
+            PERFORM deal_store._mark_deleted(tbl, 'row', pg_catalog.array_fill(deal, ARRAY[pg_catalog.cardinality(targets)]),
+                                             targets, reasons, NULL);
+            applied := applied || done;
+        END IF;
+        EXECUTE pg_catalog.format(
+            'WITH x AS (SELECT c.id AS change_id, pg_catalog.gen_random_uuid() AS new_id, c.* '
+            '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''new''), '
+            'i AS (INSERT INTO %1$s (id, deal_id, legacy_id, analysis_run_id, %2$s) '
+            '      SELECT c.new_id, c.deal_id, c.legacy_entity_id, c.analysis_run_id, %3$s '
+            '      FROM x c, pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r '
+            '      ON CONFLICT (deal_id, legacy_id) WHERE %4$s DO NOTHING RETURNING id) '
+            'SELECT pg_catalog.array_agg(x.change_id) FROM x JOIN i ON i.id = x.new_id',
+            tbl, set_cols, ins_vals, replace(live, 't.', ''))
+            INTO done USING todo, kind;
+        applied := applied || coalesce(done, ARRAY[]::uuid[]);
+        -- of the updates and deletes not applied, those whose target is still there: it moved
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.array_agg(c.id) FROM pg_catalog.unnest($1) c JOIN %s t ON t.deal_id = $4 AND t.id = c.entity_id AND %s '
+            'WHERE c.entity_type = $2 AND c.change_type <> ''new'' AND c.id <> ALL ($3)', tbl, live)
+            INTO done USING todo, kind, applied, deal;
+        moved := moved || coalesce(done, ARRAY[]::uuid[]);
+    END LOOP;
+    -- the decisions, each reason worded here once
+    UPDATE deal_store.pending_changes p
+    SET status = CASE WHEN x.ok THEN 'accepted' ELSE 'conflict' END,
+        decided_by = actor, decided_at = pg_catalog.now(),
+        review_note = coalesce(note || ' / ' || x.why, note, x.why)
+    FROM (SELECT c.id, c.id = ANY (applied) AS ok, CASE
+              WHEN c.id = ANY (applied) THEN NULL
+              WHEN c.change_type = 'new' THEN 'a live row with this legacy_id exists'
+              WHEN c.id = ANY (moved) THEN 'the target changed since the proposal'
+              ELSE 'the target is gone or deleted' END AS why
+          FROM pg_catalog.unnest(todo) c) x
+    WHERE p.deal_id = deal AND p.id = x.id;
+END $$;
+
 -- a conflict's note names the table, not the shard (Citus)
 CREATE OR REPLACE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

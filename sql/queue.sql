@@ -66,6 +66,7 @@ DECLARE
     tbl regclass;
     live text;
     same text;
+    matched uuid[];
     content text[];
     extra text[];
     targets uuid[];
@@ -102,10 +103,21 @@ BEGIN
     FOR kind IN SELECT DISTINCT c.entity_type FROM pg_catalog.unnest(todo) c ORDER BY 1 LOOP
         tbl := (deal_store._kind_table(kind))::regclass;
         live := 't.deleted_at IS NULL' || CASE WHEN kind = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END;
-        -- the target as proposed: same row, live, content checksum still the base
-        same := 't.deal_id = $3 AND t.id = c.entity_id AND ' || live || ' AND '
-            || CASE WHEN kind = 'fact' THEN 't.item_checksum' ELSE 'deal_store.content_checksum_of(c.entity_type, pg_catalog.to_jsonb(t))' END
-            || ' = c.base_checksum';
+        -- the target as proposed: same row, live, content checksum still the base. A fact
+        -- stores its checksum; a finding's or gap's is computed from to_jsonb(t), which is
+        -- stable: that runs in a statement that locks the targets first ($4 the changes
+        -- whose target matched), not inside the UPDATE (Citus refuses it there)
+        IF kind = 'fact' THEN
+            same := 't.deal_id = $3 AND t.id = c.entity_id AND ' || live || ' AND t.item_checksum = c.base_checksum';
+        ELSE
+            EXECUTE pg_catalog.format(
+                'SELECT pg_catalog.array_agg(x.id) FROM (SELECT c.id FROM pg_catalog.unnest($1) c '
+                '  JOIN %s t ON t.deal_id = $3 AND t.id = c.entity_id AND %s '
+                '  WHERE c.entity_type = $2 AND c.change_type <> ''new'' '
+                '    AND deal_store.content_checksum_of(c.entity_type, pg_catalog.to_jsonb(t)) = c.base_checksum FOR UPDATE OF t) x', tbl, live)
+                INTO matched USING todo, kind, deal;
+            same := 't.deal_id = $3 AND t.id = c.entity_id AND ' || live || ' AND c.id = ANY ($4)';
+        END IF;
         content := deal_store.content_fields(kind);
         extra := deal_store._extra_fields(kind);
         -- an update sets every content field (a missing one is NULL, as it was hashed), an extra one only when given;
@@ -127,7 +139,7 @@ BEGIN
             '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''update'' AND %4$s '
             '           RETURNING c.id) '
             'SELECT pg_catalog.array_agg(u.id) FROM u', tbl, set_cols, set_vals, same)
-            INTO done USING todo, kind, deal;
+            INTO done USING todo, kind, deal, matched;
         applied := applied || coalesce(done, ARRAY[]::uuid[]);
         -- a removal is a soft delete, by the code soft_delete() uses: each its own batch, the run
         -- named; the targets are locked first, then marked (a statement of its own, so no
@@ -139,7 +151,7 @@ BEGIN
             '      FROM pg_catalog.unnest($1) c JOIN deal_store.analysis_runs run ON run.deal_id = $3 AND run.id = c.analysis_run_id '
             '      JOIN %1$s t ON %2$s '
             '      WHERE c.entity_type = $2 AND c.change_type = ''delete'' FOR UPDATE OF t) x', tbl, same)
-            INTO done, targets, reasons USING todo, kind, deal;
+            INTO done, targets, reasons USING todo, kind, deal, matched;
         IF done IS NOT NULL THEN
             PERFORM deal_store._mark_deleted(tbl, 'row', pg_catalog.array_fill(deal, ARRAY[pg_catalog.cardinality(targets)]),
                                              targets, reasons, NULL);

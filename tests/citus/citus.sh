@@ -78,3 +78,51 @@ citus_check() {
         --inputdir="$ROOT/tests/citus" --outputdir="$ROOT/tests/citus" --dbname=deal_store_citus \
         $tests || { cat "$ROOT/tests/citus/regression.diffs" 2>/dev/null | head -200; return 1; }
 }
+
+# The suites of the PostgreSQL layers on a distributed database: every
+# pg_regress file (tests/pg_regress/sql) and isolation spec (tests/isolation/specs)
+# through the coordinator, compared with what they give on Citus
+# (tests/citus/regress/*.out, tests/citus/isolation/*.out). Those files differ
+# from PostgreSQL's where README "Running on Citus" says why; CITUS_FILL=1
+# rewrites them from a run.
+citus_suite() {
+    local work=$CITUS_DIR/suite rc=0 tests specs
+    rm -rf "$work"
+    mkdir -p "$work/regress/expected" "$work/isolation/expected"
+    cp -r "$ROOT/tests/pg_regress/sql" "$work/regress/sql"
+    cp -r "$ROOT/tests/isolation/specs" "$work/isolation/specs"
+    cp "$ROOT"/tests/citus/regress/*.out "$work/regress/expected/"
+    cp "$ROOT"/tests/citus/isolation/*.out "$work/isolation/expected/"
+    citus_start
+
+    citus_db deal_store_citus_regress || return 1
+    citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus_regress -c 'SELECT deal_store.distribute()' >/dev/null || return 1
+    tests=$(cd "$ROOT/tests/pg_regress/sql" && ls *.sql | sed 's/\.sql$//' | grep -v -e '^setup$' -e '^reinstall$' | sort)
+    "$PGXS/src/test/regress/pg_regress" --use-existing --bindir=/usr/lib/postgresql/15/bin \
+        --host="$CITUS_DIR/coordinator" --port="${CITUS_PORTS[0]}" --user=postgres \
+        --inputdir="$work/regress" --outputdir="$work/regress" --dbname=deal_store_citus_regress \
+        setup $tests || rc=1
+
+    # the specs' sessions SET ROLE to a reviewer login; the coordinator connects to
+    # the workers as that role, so there it must be able to log in
+    citus_db deal_store_citus_isolation || return 1
+    citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus_isolation \
+        -c 'SELECT deal_store.distribute()' \
+        -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'deal_store_iso') THEN CREATE ROLE deal_store_iso LOGIN; END IF; END \$\$" \
+        -c "SELECT run_command_on_workers('ALTER ROLE deal_store_iso LOGIN')" -c 'ALTER ROLE deal_store_iso LOGIN' \
+        -c 'GRANT deal_store_reviewer TO deal_store_iso' \
+        -c 'ALTER DATABASE deal_store_citus_isolation SET citus.multi_shard_modify_mode = sequential' >/dev/null || return 1
+    specs=$(cd "$ROOT/tests/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
+    "$PGXS/src/test/isolation/pg_isolation_regress" --use-existing --bindir=/usr/lib/postgresql/15/bin \
+        --host="$CITUS_DIR/coordinator" --port="${CITUS_PORTS[0]}" --user=postgres \
+        --inputdir="$work/isolation" --outputdir="$work/isolation" --dbname=deal_store_citus_isolation \
+        $specs || rc=1
+
+    if [ -n "${CITUS_FILL:-}" ]; then
+        cp "$work"/regress/results/*.out "$ROOT/tests/citus/regress/"
+        cp "$work"/isolation/results/*.out "$ROOT/tests/citus/isolation/"
+        return 0
+    fi
+    [ "$rc" = 0 ] || cat "$work"/regress/regression.diffs "$work"/isolation/regression.diffs 2>/dev/null | head -300
+    return $rc
+}

@@ -74,6 +74,21 @@ SELECT * FROM deal_store.propose_facts(:'run',
       {"legacy_id": "F-1", "domain": "network", "category": "wan", "item": "MPLS WAN between all plants and Lyon", "confidence_score": 0.7}]',
     domains => '{}');
 COMMIT;
+-- findings and gaps through the same queue: new, then an update (its checksum compared
+-- while the target is locked, not inside the UPDATE)
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT * FROM deal_store.propose_findings(:'run',
+    '[{"legacy_id": "R-1", "finding_type": "risk", "domain": "network", "title": "One carrier for all plants", "severity": "high", "confidence_score": 0.9}]',
+    ARRAY['network']);
+SELECT * FROM deal_store.propose_findings(:'run',
+    '[{"legacy_id": "R-1", "finding_type": "risk", "domain": "network", "title": "One carrier for all plants and Lyon", "severity": "high", "confidence_score": 0.9}]',
+    ARRAY['network']);
+SELECT * FROM deal_store.propose_gaps(:'run',
+    '[{"legacy_id": "G-2", "domain": "network", "description": "Carrier contract", "confidence_score": 0.9}]', ARRAY['network']);
+COMMIT;
+SELECT legacy_id, title, severity FROM deal_store.findings WHERE deal_id = :'deal' AND deleted_at IS NULL;
+SELECT legacy_id, description FROM deal_store.gaps WHERE deal_id = :'deal' AND deleted_at IS NULL;
 -- a deal_store function that writes is called with values, not per row of a query over a
 -- distributed table (Citus would run it on a shard): the ids are read first
 SELECT id AS c4 FROM deal_store.pending_changes WHERE deal_id = :'deal' AND legacy_entity_id = 'F-4' \gset
@@ -101,6 +116,7 @@ SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
 SELECT run_number, status, facts_created, facts_updated FROM deal_store.complete_run(:'run');
 COMMIT;
 SELECT legacy_id, item FROM deal_store.current_facts WHERE deal_id = :'deal' ORDER BY 1;
+SELECT legacy_id, title FROM deal_store.findings WHERE deal_id = :'deal' AND deleted_at IS NULL;
 
 -- reads
 SELECT legacy_id, item, rank, headline FROM deal_store.search_facts(:'deal', 'Munich');
@@ -122,9 +138,9 @@ SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
 INSERT INTO deal_store.gaps (deal_id, id, legacy_id, domain, description)
 VALUES (:'deal', '00000000-0000-0000-0000-0000000000e1', 'G-1', 'network', 'No WAN contract in the data room');
 SELECT deal_store.resolve_gap('00000000-0000-0000-0000-0000000000e1', 'contract uploaded');
-SELECT resolved_at IS NOT NULL AS resolved, resolved_by, resolution_note FROM deal_store.gaps WHERE deal_id = :'deal';
+SELECT legacy_id, resolved_at IS NOT NULL AS resolved, resolved_by, resolution_note FROM deal_store.gaps WHERE deal_id = :'deal' ORDER BY 1;
 SELECT deal_store.reopen_gap('00000000-0000-0000-0000-0000000000e1');
-SELECT resolved_at IS NOT NULL AS resolved, resolved_by, resolution_note FROM deal_store.gaps WHERE deal_id = :'deal';
+SELECT legacy_id, resolved_at IS NOT NULL AS resolved, resolved_by, resolution_note FROM deal_store.gaps WHERE deal_id = :'deal' ORDER BY 1;
 COMMIT;
 
 -- row-level security on the shards (the policies distribute() wrote: _may per row,
