@@ -87,20 +87,24 @@ CREATE FUNCTION deal_store.mark_seen(deal_id uuid) RETURNS timestamptz
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     actor uuid := deal_store.current_actor();
+    at timestamptz := now();
+    last_seq bigint;
 BEGIN
     PERFORM deal_store._require_deal(deal_id, 'read');
     IF actor IS NULL THEN
         RAISE EXCEPTION 'mark_seen needs an actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or name the user with deal_store.set_actor.';
     END IF;
+    -- the deal's last entry (what the snapshot below has not seen is unseen either way);
+    -- values, not calls, in the ON CONFLICT (Citus)
+    SELECT coalesce(max(l.seq), 0) INTO last_seq FROM deal_store.deal_activity_log l WHERE l.deal_id = mark_seen.deal_id;
     INSERT INTO deal_store.seen_marks AS m (deal_id, user_id, seen_seq, seen_txid, seen_snapshot)
-    SELECT mark_seen.deal_id, actor, (SELECT coalesce(max(l.seq), 0) FROM deal_store.deal_activity_log l),
-           pg_catalog.pg_snapshot_xmin(s)::text::bigint, s
+    SELECT mark_seen.deal_id, actor, last_seq, pg_catalog.pg_snapshot_xmin(s)::text::bigint, s
     FROM pg_catalog.pg_current_snapshot() s
     ON CONFLICT ON CONSTRAINT seen_marks_pkey
     DO UPDATE SET seen_seq = excluded.seen_seq, seen_txid = excluded.seen_txid, seen_snapshot = excluded.seen_snapshot,
-                  seen_at = now();
-    RETURN now();
+                  seen_at = at;
+    RETURN at;
 END $$;
 COMMENT ON FUNCTION deal_store.mark_seen(uuid) IS
     'Records that the actor has looked at the deal now: changes_since_seen starts from here. 42501 without an actor or read right.';
@@ -108,12 +112,19 @@ COMMENT ON FUNCTION deal_store.mark_seen(uuid) IS
 CREATE FUNCTION deal_store.changes_since_seen(deal_id uuid)
 RETURNS TABLE(entity_type text, change text, changes bigint, items jsonb)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    unseen deal_store.deal_activity_log[];
+    reviews boolean;
 BEGIN
     PERFORM deal_store._require_deal(deal_id, 'read');
+    -- values first: on Citus the query below runs on the deal's shard, where a
+    -- function that queries the deal tables cannot run
+    unseen := ARRAY(SELECT x FROM deal_store._unseen(changes_since_seen.deal_id) x
+                    WHERE x.entity_type IN ('fact', 'finding', 'gap') AND x.entity_id IS NOT NULL);
+    reviews := deal_store.sees_all_deals() OR changes_since_seen.deal_id = ANY (deal_store.my_deals('reviewer'));
     RETURN QUERY
     WITH u AS MATERIALIZED (
-        SELECT x.* FROM deal_store._unseen(changes_since_seen.deal_id) x
-        WHERE x.entity_type IN ('fact', 'finding', 'gap') AND x.entity_id IS NOT NULL
+        SELECT x.* FROM pg_catalog.unnest(unseen) x
     ), fields AS (
         SELECT x.entity_id, pg_catalog.array_agg(DISTINCT k ORDER BY k) AS fields
         FROM u x, pg_catalog.jsonb_object_keys(x.details) k
@@ -155,8 +166,7 @@ BEGIN
                                                               'change_type', p.change_type, 'tier', p.confidence_tier)
                                 ORDER BY p.created_at, p.id)
     FROM deal_store.pending_changes p
-    WHERE p.deal_id = changes_since_seen.deal_id AND p.status = 'pending'
-      AND (deal_store.sees_all_deals() OR changes_since_seen.deal_id = ANY (deal_store.my_deals('reviewer')))
+    WHERE p.deal_id = changes_since_seen.deal_id AND p.status = 'pending' AND reviews
     HAVING count(*) > 0
     ORDER BY 1, 2;
 END $$;
@@ -225,10 +235,14 @@ BEGIN
     ELSIF a.deal_id <> b.deal_id THEN
         RAISE EXCEPTION 'analysis runs % and % belong to different deals', run_a, run_b USING ERRCODE = '22023';
     END IF;
+    -- facts first, by a call of their own (on Citus the query below runs on the deal's
+    -- shard, where a function that queries the deal tables cannot run); 'fact' sorts
+    -- before 'finding' and 'gap', so the rows come in the order of (entity_type, legacy_id)
     RETURN QUERY
     SELECT 'fact'::text, c.legacy_id, c.change, c.changed_fields
     FROM deal_store._fact_changes(a.deal_id, a.at, b.at) c WHERE c.change <> 'unchanged'
-    UNION ALL
+    ORDER BY 2;
+    RETURN QUERY
     -- findings and gaps keep no versions: their state then is their lifetime, their
     -- changes between the two moments are in the log
     SELECT t.entity_type,

@@ -4569,6 +4569,153 @@ BEGIN
     WHERE p.deal_id = deal AND p.id = x.id;
 END $$;
 
+-- facts by a call of their own, then findings and gaps (Citus)
+CREATE OR REPLACE FUNCTION deal_store.diff_runs(run_a uuid, run_b uuid)
+RETURNS TABLE(entity_type text, legacy_id text, change text, changed_fields text[])
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a record;
+    b record;
+BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_a, 'read');
+    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_b, 'read');
+    SELECT r.deal_id, coalesce(r.completed_at, now()) AS at INTO a FROM deal_store.analysis_runs r WHERE r.id = run_a;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'analysis run % does not exist', run_a USING ERRCODE = 'P0002';
+    END IF;
+    SELECT r.deal_id, coalesce(r.completed_at, now()) AS at INTO b FROM deal_store.analysis_runs r WHERE r.id = run_b;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'analysis run % does not exist', run_b USING ERRCODE = 'P0002';
+    ELSIF a.deal_id <> b.deal_id THEN
+        RAISE EXCEPTION 'analysis runs % and % belong to different deals', run_a, run_b USING ERRCODE = '22023';
+    END IF;
+    -- facts first, by a call of their own (on Citus the query below runs on the deal's
+    -- shard, where a function that queries the deal tables cannot run); 'fact' sorts
+    -- before 'finding' and 'gap', so the rows come in the order of (entity_type, legacy_id)
+    RETURN QUERY
+    SELECT 'fact'::text, c.legacy_id, c.change, c.changed_fields
+    FROM deal_store._fact_changes(a.deal_id, a.at, b.at) c WHERE c.change <> 'unchanged'
+    ORDER BY 2;
+    RETURN QUERY
+    -- findings and gaps keep no versions: their state then is their lifetime, their
+    -- changes between the two moments are in the log
+    SELECT t.entity_type,
+           coalesce(x.legacy_id, ''),
+           CASE WHEN x.existed_a AND NOT x.existed_b THEN 'delete' WHEN x.existed_b AND NOT x.existed_a THEN 'new' ELSE 'update' END,
+           CASE WHEN x.existed_a AND x.existed_b THEN f.fields END
+    FROM (VALUES ('finding'), ('gap')) t(entity_type)
+    CROSS JOIN LATERAL (
+        SELECT g.id, g.legacy_id,
+               g.created_at <= a.at AND (g.deleted_at IS NULL OR a.at < g.deleted_at) AS existed_a,
+               g.created_at <= b.at AND (g.deleted_at IS NULL OR b.at < g.deleted_at) AS existed_b
+        FROM deal_store.findings g WHERE t.entity_type = 'finding' AND g.deal_id = a.deal_id
+        UNION ALL
+        SELECT g.id, g.legacy_id,
+               g.created_at <= a.at AND (g.deleted_at IS NULL OR a.at < g.deleted_at),
+               g.created_at <= b.at AND (g.deleted_at IS NULL OR b.at < g.deleted_at)
+        FROM deal_store.gaps g WHERE t.entity_type = 'gap' AND g.deal_id = a.deal_id) x
+    -- the content fields the log shows changed between the two moments (NULL: none)
+    CROSS JOIN LATERAL (
+        SELECT pg_catalog.array_agg(DISTINCT k ORDER BY k) AS fields
+        FROM deal_store.deal_activity_log l, pg_catalog.jsonb_object_keys(l.details) k
+        WHERE l.deal_id = a.deal_id AND l.entity_id = x.id AND l.action = 'update'
+          AND l.created_at > least(a.at, b.at) AND l.created_at <= greatest(a.at, b.at)
+          AND k = ANY (deal_store.content_fields(t.entity_type))) f
+    WHERE (x.existed_a OR x.existed_b) AND (x.existed_a <> x.existed_b OR f.fields IS NOT NULL)
+    ORDER BY 1, 2;
+END $$;
+ALTER FUNCTION deal_store.diff_runs(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- the unseen entries and the reviewer's right as values first (Citus)
+CREATE OR REPLACE FUNCTION deal_store.changes_since_seen(deal_id uuid)
+RETURNS TABLE(entity_type text, change text, changes bigint, items jsonb)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    unseen deal_store.deal_activity_log[];
+    reviews boolean;
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
+    -- values first: on Citus the query below runs on the deal's shard, where a
+    -- function that queries the deal tables cannot run
+    unseen := ARRAY(SELECT x FROM deal_store._unseen(changes_since_seen.deal_id) x
+                    WHERE x.entity_type IN ('fact', 'finding', 'gap') AND x.entity_id IS NOT NULL);
+    reviews := deal_store.sees_all_deals() OR changes_since_seen.deal_id = ANY (deal_store.my_deals('reviewer'));
+    RETURN QUERY
+    WITH u AS MATERIALIZED (
+        SELECT x.* FROM pg_catalog.unnest(unseen) x
+    ), fields AS (
+        SELECT x.entity_id, pg_catalog.array_agg(DISTINCT k ORDER BY k) AS fields
+        FROM u x, pg_catalog.jsonb_object_keys(x.details) k
+        WHERE x.action = 'update'
+          -- bookkeeping, not what a reader calls a change
+          AND k <> ALL (ARRAY['previous_version_id', 'analysis_run_id', 'created_by', 'updated_by', 'updated_at',
+                              'item_checksum', 'search_vector', 'deleted_at', 'deleted_by', 'delete_reason', 'delete_batch'])
+        GROUP BY x.entity_id
+    ), per AS (
+        -- one row per fact, finding or gap touched since the mark
+        SELECT x.entity_type, x.entity_id,
+               bool_or(x.action = 'insert') AS inserted,
+               (pg_catalog.array_agg(x.action ORDER BY x.seq DESC)
+                    FILTER (WHERE x.action IN ('soft_delete', 'restore', 'purge')))[1] AS last_state
+        FROM u x
+        GROUP BY x.entity_type, x.entity_id
+    ), classified AS (
+        SELECT p.entity_type, p.entity_id, f.fields,
+               CASE WHEN p.last_state IN ('soft_delete', 'purge') THEN 'removed'
+                    WHEN p.inserted THEN 'new'
+                    WHEN p.last_state = 'restore' THEN 'restored'
+                    ELSE 'changed' END AS change,
+               coalesce((SELECT f.legacy_id FROM deal_store.facts f WHERE p.entity_type = 'fact' AND f.deal_id = changes_since_seen.deal_id AND f.id = p.entity_id),
+                        (SELECT g.legacy_id FROM deal_store.findings g WHERE p.entity_type = 'finding' AND g.deal_id = changes_since_seen.deal_id AND g.id = p.entity_id),
+                        (SELECT g.legacy_id FROM deal_store.gaps g WHERE p.entity_type = 'gap' AND g.deal_id = changes_since_seen.deal_id AND g.id = p.entity_id)) AS legacy_id
+        FROM per p LEFT JOIN fields f ON f.entity_id = p.entity_id
+    )
+    SELECT c.entity_type, c.change, count(*),
+           pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', c.entity_id, 'legacy_id', c.legacy_id)
+                                || CASE WHEN c.change = 'changed' THEN pg_catalog.jsonb_build_object('changed_fields', c.fields)
+                                        ELSE '{}' END
+                                ORDER BY c.legacy_id, c.entity_id)
+    FROM classified c
+    GROUP BY c.entity_type, c.change
+    UNION ALL
+    -- what waits for this user's review (reviewers and leads)
+    SELECT 'pending_change', 'waiting_for_review', count(*),
+           pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', p.id, 'entity_type', p.entity_type, 'legacy_id', p.legacy_entity_id,
+                                                              'change_type', p.change_type, 'tier', p.confidence_tier)
+                                ORDER BY p.created_at, p.id)
+    FROM deal_store.pending_changes p
+    WHERE p.deal_id = changes_since_seen.deal_id AND p.status = 'pending' AND reviews
+    HAVING count(*) > 0
+    ORDER BY 1, 2;
+END $$;
+ALTER FUNCTION deal_store.changes_since_seen(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- mark_seen: the deal's last entry, values in the ON CONFLICT (Citus)
+CREATE OR REPLACE FUNCTION deal_store.mark_seen(deal_id uuid) RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    actor uuid := deal_store.current_actor();
+    at timestamptz := now();
+    last_seq bigint;
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
+    IF actor IS NULL THEN
+        RAISE EXCEPTION 'mark_seen needs an actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or name the user with deal_store.set_actor.';
+    END IF;
+    -- the deal's last entry (what the snapshot below has not seen is unseen either way);
+    -- values, not calls, in the ON CONFLICT (Citus)
+    SELECT coalesce(max(l.seq), 0) INTO last_seq FROM deal_store.deal_activity_log l WHERE l.deal_id = mark_seen.deal_id;
+    INSERT INTO deal_store.seen_marks AS m (deal_id, user_id, seen_seq, seen_txid, seen_snapshot)
+    SELECT mark_seen.deal_id, actor, last_seq, pg_catalog.pg_snapshot_xmin(s)::text::bigint, s
+    FROM pg_catalog.pg_current_snapshot() s
+    ON CONFLICT ON CONSTRAINT seen_marks_pkey
+    DO UPDATE SET seen_seq = excluded.seen_seq, seen_txid = excluded.seen_txid, seen_snapshot = excluded.seen_snapshot,
+                  seen_at = at;
+    RETURN at;
+END $$;
+ALTER FUNCTION deal_store.mark_seen(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
 -- a conflict's note names the table, not the shard (Citus)
 CREATE OR REPLACE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
