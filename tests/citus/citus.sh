@@ -103,6 +103,16 @@ citus_suite() {
     cp "$ROOT"/tests/isolation/expected/*.out "$work/isolation/expected/"
     citus_start
 
+    # the personas of the access and feed files are roles the files create NOLOGIN
+    # when missing; on Citus the coordinator connects to the workers as them, so
+    # here they exist beforehand, on every node, able to log in
+    local n r
+    for n in 0 1 2; do
+        for r in ds_nobody ds_reader ds_analyst ds_reviewer ds_lead ds_admin ds_service ds_other ds_feed_viewer ds_feed_other; do
+            citus_psql $n -q -d postgres -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$r') THEN CREATE ROLE $r; END IF; END \$\$" \
+                -c "ALTER ROLE $r LOGIN" >/dev/null || return 1
+        done
+    done
     citus_db deal_store_citus_regress || return 1
     citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus_regress -c 'SELECT deal_store.distribute()' >/dev/null || return 1
     tests=$(cd "$ROOT/tests/pg_regress/sql" && ls *.sql | sed 's/\.sql$//' | grep -v -e '^setup$' -e '^reinstall$' | sort)
