@@ -154,6 +154,8 @@ DECLARE
                 ELSE '(SELECT deal_store.sees_all_deals()) OR %1$I = (SELECT deal_store.current_actor())' END;
     also text;
 BEGIN
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the statements are built from constant text and quote_ident'ed catalog names only)
     FOR t IN SELECT tablename, policyname FROM pg_catalog.pg_policies WHERE schemaname = 'deal_store' LOOP
         EXECUTE format('DROP POLICY %I ON deal_store.%I', t.policyname, t.tablename);
     END LOOP;
@@ -358,6 +360,6 @@ COMMENT ON FUNCTION deal_store.my_deals(text) IS
 COMMENT ON FUNCTION deal_store._require_right(uuid, text) IS
     'Internal: raises 42501, naming the deal and what is missing, unless the caller has the right needs (read, write, review, manage; administer with a NULL deal) on the deal: the group role of its login and the deal role of its actor.';
 COMMENT ON FUNCTION deal_store._may(oid, uuid, text) IS
-    'Internal, the row-level security policies on Citus: true when the caller sees every deal or its actor holds min_role or a stronger role in deal_id; rel is the policy''s relation (tableoid): on a worker the team is read from the deal_members shard on the same node, once per transaction.';
+    'Internal, the row-level security policies on Citus: true when the caller sees every deal or its actor holds min_role or a stronger role in deal (a row''s deal column); rel is the policy''s relation (tableoid): on a worker the team is read from the deal_members shard on the same node, once per transaction.';
 COMMENT ON FUNCTION deal_store._acts_as(oid, uuid) IS
     'Internal, the row-level security policies on Citus: true when the caller sees every deal or user_id is its actor (own deals, own notifications); rel as for _may.';

@@ -489,12 +489,13 @@ fn reading_for<T>(rel: Option<Oid>, f: impl FnOnce() -> T) -> T {
 
 /// Internal, the row-level security policies on Citus (where a policy may not
 /// hold a subquery): true when the caller sees every deal, or its actor holds
-/// `min_role` or a stronger role in `deal_id`. `rel` is the policy's relation
+/// `min_role` or a stronger role in `deal` (a row's deal column; NULL: no deal,
+/// so only those who see every deal pass). `rel` is the policy's relation
 /// (`tableoid`): on a worker, the team is read from the `deal_members` shard on
 /// the same node, once per transaction. On a shard of a reference table (no
 /// team is local) only those who see every deal pass.
 #[pg_extern(name = "_may", stable, parallel_safe)]
-fn may(rel: Option<Oid>, deal_id: Option<Uuid>, min_role: Option<&str>) -> bool {
+fn may(rel: Option<Oid>, deal: Option<Uuid>, min_role: Option<&str>) -> bool {
     let min_role = crate::errors::required(min_role, "min_role");
     let Some(min) = DealRole::parse(min_role) else {
         raise(
@@ -508,7 +509,7 @@ fn may(rel: Option<Oid>, deal_id: Option<Uuid>, min_role: Option<&str>) -> bool 
         if !r.installed || r.admin {
             return true;
         }
-        match (deal_id, SOURCE.get()) {
+        match (deal, SOURCE.get()) {
             (None, _) | (_, Source::Reference) => false,
             (Some(deal), _) => deals_of(min).is_some_and(|d| d.binary_search(&deal).is_ok()),
         }
