@@ -55,6 +55,17 @@ impl DealRole {
         DEAL_ROLES.iter().find(|(_, n)| *n == text).map(|(r, _)| *r)
     }
 
+    /// The role named by a function's argument: 22023 for an unknown name.
+    fn required(text: &str) -> DealRole {
+        DealRole::parse(text).unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("unknown deal role \"{text}\""),
+                Some("A deal role is viewer, analyst, reviewer or lead.".into()),
+            )
+        })
+    }
+
     /// This role and every stronger one, by name.
     fn and_above(self) -> Vec<&'static str> {
         DEAL_ROLES.iter().filter(|(r, _)| *r >= self).map(|(_, n)| *n).collect()
@@ -431,13 +442,7 @@ fn sees_all_deals() -> bool {
 /// The deals in which the acting user holds `min_role` or a stronger role.
 #[pg_extern(stable, parallel_safe)]
 fn my_deals(min_role: default!(&str, "'viewer'")) -> Vec<Uuid> {
-    let Some(min) = DealRole::parse(min_role) else {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("unknown deal role \"{min_role}\""),
-            Some("A deal role is viewer, analyst, reviewer or lead.".into()),
-        )
-    };
+    let min = DealRole::required(min_role);
     deals_of(min).map(|d| d.to_vec()).unwrap_or_default()
 }
 
@@ -497,13 +502,7 @@ fn reading_for<T>(rel: Option<Oid>, f: impl FnOnce() -> T) -> T {
 #[pg_extern(name = "_may", stable, parallel_safe)]
 fn may(rel: Option<Oid>, deal: Option<Uuid>, min_role: Option<&str>) -> bool {
     let min_role = crate::errors::required(min_role, "min_role");
-    let Some(min) = DealRole::parse(min_role) else {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("unknown deal role \"{min_role}\""),
-            Some("A deal role is viewer, analyst, reviewer or lead.".into()),
-        )
-    };
+    let min = DealRole::required(min_role);
     reading_for(rel, || {
         let r = resolve();
         if !r.installed || r.admin {
