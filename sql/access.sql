@@ -201,13 +201,31 @@ COMMENT ON FUNCTION deal_store._create_policies(boolean) IS
     'Internal: (re)creates every row-level security policy of deal_store: with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
 SELECT deal_store._create_policies(false);
 
+-- The extension's own settings for the rest of the transaction. A SET LOCAL of
+-- its own, inside a call: Citus passes a SET LOCAL on to the workers only in a
+-- transaction block or inside a function call, and a statement of a function a
+-- client calls on its own (SELECT deal_store.purge(…)) is neither.
+CREATE FUNCTION deal_store._set_local(setting text, value text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the name is one of four constants, the value is quote_literal'ed)
+    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.hard_delete', 'deal_store.audit_purge']) THEN
+        RAISE EXCEPTION 'deal_store._set_local sets deal_store.actor, reason, hard_delete or audit_purge, not %', setting
+            USING ERRCODE = '22023';
+    END IF;
+    EXECUTE pg_catalog.format('SET LOCAL %s = %L', setting, coalesce(value, ''));
+END $$;
+COMMENT ON FUNCTION deal_store._set_local(text, text) IS
+    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, hard_delete, audit_purge; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
+
 -- The actor for the rest of the transaction, from a uuid (a client binds a
 -- uuid parameter; SET cannot take one).
 CREATE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- SET LOCAL rather than set_config: Citus passes SET LOCAL on to the nodes the transaction uses
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.actor = %L', coalesce(user_id::text, ''));
+    PERFORM deal_store._set_local('deal_store.actor', user_id::text);
     RETURN deal_store.current_actor();
 END $$;
 COMMENT ON FUNCTION deal_store.set_actor(uuid) IS
@@ -283,6 +301,7 @@ BEGIN
         ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', false),
         ('deal_store.search_rank(tsvector, tsquery)', 'deal_store_reader', false),
         ('deal_store.set_actor(uuid)', 'deal_store_reader', false),
+        ('deal_store._set_local(text, text)', 'deal_store_reader', false),
         ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', 'deal_store_reader', true),
         ('deal_store.search_deal(uuid, text, integer)', 'deal_store_reader', true),
         ('deal_store.deal_summary(uuid)', 'deal_store_reader', true),

@@ -11,6 +11,11 @@ COMMENT ON FUNCTION deal_store.uuid_v7() IS
     'A new version 7 (time-ordered) uuid; the default of deal_activity_log.id, so the log''s primary key grows at its right edge.';
 ALTER TABLE deal_store.deal_activity_log ALTER COLUMN id SET DEFAULT deal_store.uuid_v7();
 
+-- An entry without a deal (a change of a table outside deal_store, purge_audit's
+-- own entry) has deal_id NULL, or on Citus the nil uuid (src/audit.rs, NO_DEAL).
+COMMENT ON FUNCTION deal_store._no_deal() IS
+    'Internal: the deal_id of a log entry without a deal: NULL, or the nil uuid when Citus distributes the log (no NULL in a distribution column).';
+
 -- ---------------------------------------------------------------------------
 -- Append-only: no UPDATE, DELETE or TRUNCATE, for any role, owner included.
 
@@ -41,12 +46,12 @@ BEGIN
     IF older_than IS NULL OR older_than < interval '0' THEN
         RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
     END IF;
-    SET LOCAL deal_store.audit_purge = on;
+    PERFORM deal_store._set_local('deal_store.audit_purge', 'on');
     DELETE FROM deal_store.deal_activity_log l WHERE l.created_at < now() - older_than;
     GET DIAGNOSTICS n = ROW_COUNT;
-    SET LOCAL deal_store.audit_purge = off;
-    INSERT INTO deal_store.deal_activity_log (user_id, action, entity_type, reason, details)
-    VALUES (deal_store.current_actor(), 'purge_audit', 'deal_activity_log',
+    PERFORM deal_store._set_local('deal_store.audit_purge', 'off');
+    INSERT INTO deal_store.deal_activity_log (deal_id, user_id, action, entity_type, reason, details)
+    VALUES (deal_store._no_deal(), deal_store.current_actor(), 'purge_audit', 'deal_activity_log',
             nullif(current_setting('deal_store.reason', true), ''),
             jsonb_build_object('older_than', older_than::text, 'rows', n));
     RETURN n;

@@ -88,6 +88,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     actor uuid := deal_store.current_actor();
     at timestamptz := now();
+    snap pg_catalog.pg_snapshot := pg_catalog.pg_current_snapshot();
     last_seq bigint;
 BEGIN
     PERFORM deal_store._require_deal(deal_id, 'read');
@@ -95,15 +96,14 @@ BEGIN
         RAISE EXCEPTION 'mark_seen needs an actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or name the user with deal_store.set_actor.';
     END IF;
-    -- the deal's last entry (what the snapshot below has not seen is unseen either way);
-    -- values, not calls, in the ON CONFLICT (Citus)
+    -- the deal's last entry (what the snapshot has not seen is unseen either way); one row
+    -- of values and no parameter in the ON CONFLICT (Citus sends the INSERT to a worker)
     SELECT coalesce(max(l.seq), 0) INTO last_seq FROM deal_store.deal_activity_log l WHERE l.deal_id = mark_seen.deal_id;
-    INSERT INTO deal_store.seen_marks AS m (deal_id, user_id, seen_seq, seen_txid, seen_snapshot)
-    SELECT mark_seen.deal_id, actor, last_seq, pg_catalog.pg_snapshot_xmin(s)::text::bigint, s
-    FROM pg_catalog.pg_current_snapshot() s
+    INSERT INTO deal_store.seen_marks AS m (deal_id, user_id, seen_seq, seen_txid, seen_snapshot, seen_at)
+    VALUES (mark_seen.deal_id, actor, last_seq, pg_catalog.pg_snapshot_xmin(snap)::text::bigint, snap, at)
     ON CONFLICT ON CONSTRAINT seen_marks_pkey
     DO UPDATE SET seen_seq = excluded.seen_seq, seen_txid = excluded.seen_txid, seen_snapshot = excluded.seen_snapshot,
-                  seen_at = at;
+                  seen_at = excluded.seen_at;
     RETURN at;
 END $$;
 COMMENT ON FUNCTION deal_store.mark_seen(uuid) IS
@@ -319,6 +319,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     doc record;
     since timestamptz;
+    runs jsonb;
 BEGIN
     PERFORM deal_store._id_in_one_deal('deal_store.documents', document_id, 'read');
     SELECT d.deal_id, d.id INTO doc FROM deal_store.documents d WHERE d.id = document_id;
@@ -330,10 +331,13 @@ BEGIN
         RAISE EXCEPTION 'document % has no newer version', document_id USING ERRCODE = '55000',
             HINT = 'deal_store.add_document_version adds one.';
     END IF;
+    -- the deal's run numbers as a value first: the query below then reads no deal table
+    -- (on Citus a query that does runs on the deal's shard, where _fact_changes cannot)
+    SELECT pg_catalog.jsonb_object_agg(r.id, r.run_number) INTO runs FROM deal_store.analysis_runs r WHERE r.deal_id = doc.deal_id;
     RETURN QUERY
-    SELECT c.legacy_id, c.change, c.changed_fields, c.content_then ->> 'item', c.content_now ->> 'item', r.run_number
+    SELECT c.legacy_id, c.change, c.changed_fields, c.content_then ->> 'item', c.content_now ->> 'item',
+           CASE WHEN c.change = 'update' THEN (runs ->> c.analysis_run_id::text)::integer END
     FROM deal_store._fact_changes(doc.deal_id, since, now()) c
-    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = doc.deal_id AND r.id = c.analysis_run_id AND c.change = 'update'
     WHERE c.change <> 'new' AND c.source_then = doc.id
     ORDER BY c.legacy_id;
 END $$;

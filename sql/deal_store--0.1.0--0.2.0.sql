@@ -4692,12 +4692,13 @@ BEGIN
 END $$;
 ALTER FUNCTION deal_store.changes_since_seen(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
--- mark_seen: the deal's last entry, values in the ON CONFLICT (Citus)
+-- mark_seen: the deal's last entry, one row of values, no parameter in the ON CONFLICT (Citus)
 CREATE OR REPLACE FUNCTION deal_store.mark_seen(deal_id uuid) RETURNS timestamptz
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     actor uuid := deal_store.current_actor();
     at timestamptz := now();
+    snap pg_catalog.pg_snapshot := pg_catalog.pg_current_snapshot();
     last_seq bigint;
 BEGIN
     PERFORM deal_store._require_deal(deal_id, 'read');
@@ -4705,18 +4706,207 @@ BEGIN
         RAISE EXCEPTION 'mark_seen needs an actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or name the user with deal_store.set_actor.';
     END IF;
-    -- the deal's last entry (what the snapshot below has not seen is unseen either way);
-    -- values, not calls, in the ON CONFLICT (Citus)
+    -- the deal's last entry (what the snapshot has not seen is unseen either way); one row
+    -- of values and no parameter in the ON CONFLICT (Citus sends the INSERT to a worker)
     SELECT coalesce(max(l.seq), 0) INTO last_seq FROM deal_store.deal_activity_log l WHERE l.deal_id = mark_seen.deal_id;
-    INSERT INTO deal_store.seen_marks AS m (deal_id, user_id, seen_seq, seen_txid, seen_snapshot)
-    SELECT mark_seen.deal_id, actor, last_seq, pg_catalog.pg_snapshot_xmin(s)::text::bigint, s
-    FROM pg_catalog.pg_current_snapshot() s
+    INSERT INTO deal_store.seen_marks AS m (deal_id, user_id, seen_seq, seen_txid, seen_snapshot, seen_at)
+    VALUES (mark_seen.deal_id, actor, last_seq, pg_catalog.pg_snapshot_xmin(snap)::text::bigint, snap, at)
     ON CONFLICT ON CONSTRAINT seen_marks_pkey
     DO UPDATE SET seen_seq = excluded.seen_seq, seen_txid = excluded.seen_txid, seen_snapshot = excluded.seen_snapshot,
-                  seen_at = at;
+                  seen_at = excluded.seen_at;
     RETURN at;
 END $$;
 ALTER FUNCTION deal_store.mark_seen(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- document_changes: the run numbers as a value first (Citus)
+CREATE OR REPLACE FUNCTION deal_store.document_changes(document_id uuid)
+RETURNS TABLE(legacy_id text, change text, changed_fields text[], item_then text, item_now text, run_number integer)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    doc record;
+    since timestamptz;
+    runs jsonb;
+BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.documents', document_id, 'read');
+    SELECT d.deal_id, d.id INTO doc FROM deal_store.documents d WHERE d.id = document_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'document % does not exist', document_id USING ERRCODE = 'P0002';
+    END IF;
+    SELECT min(n.uploaded_at) INTO since FROM deal_store.documents n WHERE n.deal_id = doc.deal_id AND n.supersedes_id = doc.id;
+    IF since IS NULL THEN
+        RAISE EXCEPTION 'document % has no newer version', document_id USING ERRCODE = '55000',
+            HINT = 'deal_store.add_document_version adds one.';
+    END IF;
+    -- the deal's run numbers as a value first: the query below then reads no deal table
+    -- (on Citus a query that does runs on the deal's shard, where _fact_changes cannot)
+    SELECT pg_catalog.jsonb_object_agg(r.id, r.run_number) INTO runs FROM deal_store.analysis_runs r WHERE r.deal_id = doc.deal_id;
+    RETURN QUERY
+    SELECT c.legacy_id, c.change, c.changed_fields, c.content_then ->> 'item', c.content_now ->> 'item',
+           CASE WHEN c.change = 'update' THEN (runs ->> c.analysis_run_id::text)::integer END
+    FROM deal_store._fact_changes(doc.deal_id, since, now()) c
+    WHERE c.change <> 'new' AND c.source_then = doc.id
+    ORDER BY c.legacy_id;
+END $$;
+ALTER FUNCTION deal_store.document_changes(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- the change feed refuses to run on Citus (its order is one node's transaction ids)
+CREATE OR REPLACE FUNCTION deal_store._require_feed_reader() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF deal_store._distributed() THEN
+        -- the feed's order is one node's transaction ids; on Citus each worker writes
+        -- its shards' entries with its own, so a cursor would skip or repeat entries
+        RAISE EXCEPTION 'the change feed is not available when Citus distributes deal_store' USING ERRCODE = '0A000',
+            HINT = 'Read the log with deal_store.deal_activity or deal_store.changes_since_seen; README "Running on Citus".';
+    ELSIF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
+        RAISE EXCEPTION 'permission denied to read the change feed: no actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store._require_feed_reader() IS
+    'Internal: 42501 unless the caller acts for a user (whose deals it will see) or sees every deal; 0A000 when Citus distributes the deal tables (the feed orders entries by one node''s transaction ids).';
+
+-- the extension's settings are set inside a call of their own, so that Citus
+-- passes them on to the workers also when a client calls a function on its own
+CREATE FUNCTION deal_store._set_local(setting text, value text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the name is one of four constants, the value is quote_literal'ed)
+    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.hard_delete', 'deal_store.audit_purge']) THEN
+        RAISE EXCEPTION 'deal_store._set_local sets deal_store.actor, reason, hard_delete or audit_purge, not %', setting
+            USING ERRCODE = '22023';
+    END IF;
+    EXECUTE pg_catalog.format('SET LOCAL %s = %L', setting, coalesce(value, ''));
+END $$;
+COMMENT ON FUNCTION deal_store._set_local(text, text) IS
+    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, hard_delete, audit_purge; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
+REVOKE ALL ON FUNCTION deal_store._set_local(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deal_store._set_local(text, text) TO deal_store_reader;
+CREATE OR REPLACE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- SET LOCAL rather than set_config: Citus passes SET LOCAL on to the nodes the transaction uses
+    PERFORM deal_store._set_local('deal_store.actor', user_id::text);
+    RETURN deal_store.current_actor();
+END $$;
+
+-- an entry without a deal: NULL, or on Citus the nil uuid (the log's distribution column)
+CREATE FUNCTION deal_store."_no_deal"() RETURNS uuid
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'no_deal_wrapper';
+COMMENT ON FUNCTION deal_store._no_deal() IS
+    'Internal: the deal_id of a log entry without a deal: NULL, or the nil uuid when Citus distributes the log (no NULL in a distribution column).';
+REVOKE ALL ON FUNCTION deal_store._no_deal() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION deal_store.purge_audit(older_than interval) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM deal_store._require_right(NULL, 'administer');
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
+    END IF;
+    PERFORM deal_store._set_local('deal_store.audit_purge', 'on');
+    DELETE FROM deal_store.deal_activity_log l WHERE l.created_at < now() - older_than;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM deal_store._set_local('deal_store.audit_purge', 'off');
+    INSERT INTO deal_store.deal_activity_log (deal_id, user_id, action, entity_type, reason, details)
+    VALUES (deal_store._no_deal(), deal_store.current_actor(), 'purge_audit', 'deal_activity_log',
+            nullif(current_setting('deal_store.reason', true), ''),
+            jsonb_build_object('older_than', older_than::text, 'rows', n));
+    RETURN n;
+END $$;
+ALTER FUNCTION deal_store.purge_audit(interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL, deal_id uuid DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := current_setting('deal_store.reason', true);
+    r record;
+    batch uuid := gen_random_uuid();
+    total integer := 0;
+    n integer;
+    t record;
+BEGIN
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END,
+                              soft_delete.deal_id);
+    IF r.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION '% row % is already deleted', entity, id
+            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
+    END IF;
+    -- the audit log records the reason of this delete
+    PERFORM deal_store._set_local('deal_store.reason', coalesce(reason, prev_reason));
+    -- the row itself, then what it owns: a deal owns its documents, facts,
+    -- findings and gaps; a document owns the facts sourced from it.
+    FOR t IN SELECT entity AS tbl, 'row' AS scope UNION ALL SELECT * FROM deal_store._owned(entity) LOOP
+        SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
+        total := total + n;
+    END LOOP;
+    PERFORM deal_store._set_local('deal_store.reason', prev_reason);
+    RETURN total;
+END $$;
+ALTER FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION deal_store.purge(entity regclass, id uuid) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    n integer;
+BEGIN
+    r := deal_store._lock_row(entity, id, 'administer', NULL);
+    IF r.deleted_at IS NULL THEN
+        RAISE EXCEPTION 'cannot purge % row %: it is not deleted', entity, id
+            USING ERRCODE = '55000', HINT = 'Soft-delete it first with deal_store.soft_delete.';
+    END IF;
+    PERFORM deal_store._set_local('deal_store.hard_delete', 'on');
+    IF entity = 'deal_store.deals'::regclass THEN
+        DELETE FROM deal_store.deals d WHERE d.id = r.deal_id;
+    ELSIF entity = 'deal_store.facts'::regclass THEN
+        -- the fact and every history row of its version chain
+        WITH RECURSIVE chain(vid) AS (
+            SELECT purge.id
+            UNION ALL
+            SELECT f.previous_version_id FROM chain c
+            JOIN deal_store.facts f ON f.deal_id = r.deal_id AND f.id = c.vid
+            WHERE f.previous_version_id IS NOT NULL
+        )
+        DELETE FROM deal_store.facts f USING chain c WHERE f.deal_id = r.deal_id AND f.id = c.vid;
+    ELSE
+        EXECUTE format('DELETE FROM %s WHERE deal_id = $1 AND id = $2', entity) USING r.deal_id, id;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM deal_store._set_local('deal_store.hard_delete', 'off');
+    RETURN n;
+END $$;
+ALTER FUNCTION deal_store.purge(regclass, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION deal_store.soft_delete_by_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    entity regclass := deal_store._table_of(TG_RELID)::regclass;   -- on Citus TG_RELID is a shard
+    -- the five tables differ in their columns: read the row by name
+    r jsonb := to_jsonb(NEW);
+    deal uuid := (r ->> CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END)::uuid;
+    prev_reason text := current_setting('deal_store.reason', true);
+    t record;
+BEGIN
+    IF r ->> 'superseded_at' IS NOT NULL THEN
+        RETURN NULL;   -- a fact's history row is never deleted on its own: it goes with its fact's purge
+    END IF;
+    PERFORM deal_store._require_right(deal, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    NEW.deleted_at := now();
+    NEW.deleted_by := deal_store.current_actor();
+    NEW.delete_batch := gen_random_uuid();
+    NEW.delete_reason := coalesce(NEW.delete_reason, nullif(prev_reason, ''), 'UPDATE statement');
+    PERFORM deal_store._set_local('deal_store.reason', NEW.delete_reason);
+    FOR t IN SELECT * FROM deal_store._owned(entity) LOOP
+        PERFORM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[deal], ARRAY[NEW.id], ARRAY[NEW.delete_reason], NEW.delete_batch);
+    END LOOP;
+    PERFORM deal_store._set_local('deal_store.reason', prev_reason);
+    RETURN NEW;
+END $$;
 
 -- a conflict's note names the table, not the shard (Citus)
 CREATE OR REPLACE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
@@ -4732,7 +4922,7 @@ DECLARE
     mine uuid[];
     actor uuid := deal_store.current_actor();
 BEGIN
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(note, prev_reason, ''));
+    PERFORM deal_store._set_local('deal_store.reason', coalesce(note, prev_reason));
     -- deal by deal: a deal's changes are one set (on Citus: one shard's work)
     FOR deal, mine IN SELECT x.deal_id, pg_catalog.array_agg(x.id ORDER BY x.n)
                       FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) WITH ORDINALITY x(deal_id, id, n)
@@ -4761,7 +4951,7 @@ BEGIN
             END LOOP;
         END;
     END LOOP;
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(prev_reason, ''));
+    PERFORM deal_store._set_local('deal_store.reason', prev_reason);
 END $$;
 
 -- the actor as a value, not a call inside the query (Citus)

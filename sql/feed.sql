@@ -94,13 +94,18 @@ COMMENT ON FUNCTION deal_store.register_consumer(text, boolean) IS
 CREATE FUNCTION deal_store._require_feed_reader() RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
+    IF deal_store._distributed() THEN
+        -- the feed's order is one node's transaction ids; on Citus each worker writes
+        -- its shards' entries with its own, so a cursor would skip or repeat entries
+        RAISE EXCEPTION 'the change feed is not available when Citus distributes deal_store' USING ERRCODE = '0A000',
+            HINT = 'Read the log with deal_store.deal_activity or deal_store.changes_since_seen; README "Running on Citus".';
+    ELSIF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
         RAISE EXCEPTION 'permission denied to read the change feed: no actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
     END IF;
 END $$;
 COMMENT ON FUNCTION deal_store._require_feed_reader() IS
-    'Internal: 42501 unless the caller acts for a user (whose deals it will see) or sees every deal.';
+    'Internal: 42501 unless the caller acts for a user (whose deals it will see) or sees every deal; 0A000 when Citus distributes the deal tables (the feed orders entries by one node''s transaction ids).';
 
 CREATE FUNCTION deal_store.read_changes(consumer text, max_rows integer DEFAULT 1000)
 RETURNS TABLE(seq bigint, txid bigint, created_at timestamptz, deal_id uuid, user_id uuid, action text,

@@ -204,7 +204,7 @@ DECLARE
     mine uuid[];
     actor uuid := deal_store.current_actor();
 BEGIN
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(note, prev_reason, ''));
+    PERFORM deal_store._set_local('deal_store.reason', coalesce(note, prev_reason));
     -- deal by deal: a deal's changes are one set (on Citus: one shard's work)
     FOR deal, mine IN SELECT x.deal_id, pg_catalog.array_agg(x.id ORDER BY x.n)
                       FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) WITH ORDINALITY x(deal_id, id, n)
@@ -233,7 +233,7 @@ BEGIN
             END LOOP;
         END;
     END LOOP;
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(prev_reason, ''));
+    PERFORM deal_store._set_local('deal_store.reason', prev_reason);
 END $$;
 COMMENT ON FUNCTION deal_store._apply(uuid[], uuid[], text) IS
     'Internal: the one apply path. Applies the open changes (deal_ids[i], ids[i]) the caller has locked with _apply_set, deal by deal; when a deal''s set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';

@@ -203,14 +203,14 @@ BEGIN
             USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
     END IF;
     -- the audit log records the reason of this delete
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(reason, prev_reason, ''));
+    PERFORM deal_store._set_local('deal_store.reason', coalesce(reason, prev_reason));
     -- the row itself, then what it owns: a deal owns its documents, facts,
     -- findings and gaps; a document owns the facts sourced from it.
     FOR t IN SELECT entity AS tbl, 'row' AS scope UNION ALL SELECT * FROM deal_store._owned(entity) LOOP
         SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
         total := total + n;
     END LOOP;
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(prev_reason, ''));
+    PERFORM deal_store._set_local('deal_store.reason', prev_reason);
     RETURN total;
 END $$;
 COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) IS
@@ -272,7 +272,7 @@ BEGIN
         RAISE EXCEPTION 'cannot purge % row %: it is not deleted', entity, id
             USING ERRCODE = '55000', HINT = 'Soft-delete it first with deal_store.soft_delete.';
     END IF;
-    SET LOCAL deal_store.hard_delete = on;
+    PERFORM deal_store._set_local('deal_store.hard_delete', 'on');
     IF entity = 'deal_store.deals'::regclass THEN
         DELETE FROM deal_store.deals d WHERE d.id = r.deal_id;
     ELSIF entity = 'deal_store.facts'::regclass THEN
@@ -289,7 +289,7 @@ BEGIN
         EXECUTE format('DELETE FROM %s WHERE deal_id = $1 AND id = $2', entity) USING r.deal_id, id;
     END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
-    SET LOCAL deal_store.hard_delete = off;
+    PERFORM deal_store._set_local('deal_store.hard_delete', 'off');
     RETURN n;
 END $$;
 COMMENT ON FUNCTION deal_store.purge(regclass, uuid) IS
@@ -340,11 +340,11 @@ BEGIN
     NEW.deleted_by := deal_store.current_actor();
     NEW.delete_batch := gen_random_uuid();
     NEW.delete_reason := coalesce(NEW.delete_reason, nullif(prev_reason, ''), 'UPDATE statement');
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', NEW.delete_reason);
+    PERFORM deal_store._set_local('deal_store.reason', NEW.delete_reason);
     FOR t IN SELECT * FROM deal_store._owned(entity) LOOP
         PERFORM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[deal], ARRAY[NEW.id], ARRAY[NEW.delete_reason], NEW.delete_batch);
     END LOOP;
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(prev_reason, ''));
+    PERFORM deal_store._set_local('deal_store.reason', prev_reason);
     RETURN NEW;
 END $$;
 COMMENT ON FUNCTION deal_store.soft_delete_by_update() IS

@@ -96,13 +96,26 @@ const FLUSH_TRIGGER: &str = "deal_store_audit_flush";
 const LOG_INSERT: &str = "\
 INSERT INTO {log}
     (deal_id, user_id, action, entity_type, entity_id, entity_key, analysis_run_id, reason, details{seq})
-SELECT e.deal_id, e.user_id, e.action, e.entity_type, e.entity_id, e.entity_key, e.run_id, e.reason,
+SELECT {deal_id}, e.user_id, e.action, e.entity_type, e.entity_id, e.entity_key, e.run_id, e.reason,
        CASE WHEN e.action IN ('insert', 'purge') THEN e.details - 'search_vector' ELSE e.details END{seq_value}
 FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($3::text[]),
                 pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::uuid[]), pg_catalog.unnest($6::jsonb[]),
                 pg_catalog.unnest($7::uuid[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::jsonb[]))
          WITH ORDINALITY AS e(deal_id, user_id, action, entity_type, entity_id, entity_key, run_id, reason, details, i)
 ORDER BY e.i";
+
+/// The `deal_id` of a log entry without a deal (a change of a table outside
+/// deal_store, `purge_audit`'s own entry) when Citus distributes the log by
+/// `deal_id`, which it requires to be non-NULL: the nil uuid, which no deal has
+/// and so no deal's team reads (as with NULL). On plain PostgreSQL it is NULL.
+const NO_DEAL: &str = "00000000-0000-0000-0000-000000000000";
+
+/// The `deal_id` a log entry without a deal is stored under: NULL, or on Citus
+/// the nil uuid (see [`NO_DEAL`]). Read when the statement is planned.
+#[pg_extern(name = "_no_deal", stable, parallel_safe)]
+fn no_deal() -> Option<pgrx::Uuid> {
+    crate::shard::distributed("deal_activity_log").then(|| pgrx::Uuid::from_bytes([0; 16]))
+}
 
 /// One column of an audited table.
 struct Column {
@@ -624,11 +637,19 @@ fn write(entries: &[Entry]) {
         entries.iter().map(|e| e.reason.as_deref()).collect::<Vec<_>>().into(),
         entries.iter().map(|e| jsonb(e.details)).collect::<Vec<_>>().into(),
     ];
+    // the distributed log (its shards hold deals only) takes the entries without a
+    // deal under NO_DEAL; asked only when the session plans its insert
+    let log = &entries[0].log;
+    let deal_id = match log {
+        None if !PLANS.with(|p| p.borrow().contains_key(log)) && crate::shard::distributed("deal_activity_log") => {
+            format!("coalesce(e.deal_id, '{NO_DEAL}'::uuid)")
+        }
+        _ => "e.deal_id".to_string(),
+    };
     // the log is written with the extension owner's rights: no other role holds INSERT on it
     crate::access::as_owner(crate::access::owner(), || Spi::connect_mut(|client| {
         PLANS.with(|plans| {
             let mut plans = plans.borrow_mut();
-            let log = &entries[0].log;
             if !plans.contains_key(log) {
                 let (u, t, j) = (pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONBARRAYOID);
                 let types: Vec<PgOid> = [u, u, t, t, u, j, u, t, j].into_iter().map(PgOid::from).collect();
@@ -639,6 +660,7 @@ fn write(entries: &[Entry]) {
                 };
                 let sql = LOG_INSERT
                     .replace("{log}", log.as_deref().unwrap_or("deal_store.deal_activity_log"))
+                    .replace("{deal_id}", &deal_id)
                     .replace("{seq_value}", seq_value)
                     .replace("{seq}", seq);
                 let prepared = client

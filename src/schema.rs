@@ -39,7 +39,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/audit.sql",
     name = "audit",
-    requires = ["facts", audit::audit_row, audit::audit_flush, audit::uuid_v7, audit::entity_type_of]
+    requires = ["facts", audit::audit_row, audit::audit_flush, audit::uuid_v7, audit::entity_type_of, audit::no_deal]
 );
 extension_sql_file!(
     "../sql/queue.sql",

@@ -57,6 +57,20 @@ fn citus_metadata() -> bool {
     Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL").ok().flatten().unwrap_or(false)
 }
 
+/// True when Citus distributes (hashes) `deal_store.<table>`; false on plain PostgreSQL.
+pub fn distributed(table: &str) -> bool {
+    citus_metadata()
+        && Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p
+                            WHERE p.logicalrelid = pg_catalog.to_regclass(pg_catalog.format('deal_store.%I', $1))
+                              AND p.partmethod = 'h')",
+            &[table.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// The shard the relation `oid` (named `schema.name`) is, if it is one; looked
 /// up once per relation and session.
 fn shard_of(oid: pg_sys::Oid, schema: &str, name: &str) -> Option<Rc<Shard>> {

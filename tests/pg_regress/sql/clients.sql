@@ -44,7 +44,7 @@ SELECT restore('deal_store.facts', :'target_id');
 -- a document: its facts go with it, in its batch, with the reason given
 UPDATE documents SET deleted_at = now(), delete_reason = 'wrong data room'
 WHERE deal_id = '00000000-0000-0000-0013-0000000000d1' AND id = '00000000-0000-0000-0013-000000000dd1';
-SELECT legacy_id, delete_reason, delete_batch = (SELECT delete_batch FROM documents WHERE id = '00000000-0000-0000-0013-000000000dd1') AS same_batch
+SELECT legacy_id, delete_reason, delete_batch = (SELECT delete_batch FROM documents WHERE deal_id = '00000000-0000-0000-0013-0000000000d1' AND id = '00000000-0000-0000-0013-000000000dd1') AS same_batch
 FROM facts WHERE deal_id = '00000000-0000-0000-0013-0000000000d1' AND deleted_at IS NOT NULL ORDER BY 1;
 SELECT restore('deal_store.documents', '00000000-0000-0000-0013-000000000dd1') AS restored;
 -- a deal: everything it owns; then restored as one batch
