@@ -4908,6 +4908,98 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- import_deal: on Citus, its reads of every shard and its write of a new owner over one connection per node
+CREATE OR REPLACE FUNCTION deal_store.import_deal(doc jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prior jsonb;
+    deal uuid;
+    owner uuid;
+    taken text;
+    taken_in text;
+    tbl regclass;
+    ids uuid[];
+BEGIN
+    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
+       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
+    END IF;
+    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
+        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
+    END IF;
+    -- read through the typed format first: a malformed document fails here, naming
+    -- the JSON path of the first bad field, before anything is written
+    doc := deal_store._export_format(doc);
+    prior := deal_store._idempotent(idempotency_key, 'import_deal', jsonb_build_array(doc));
+    IF prior IS NOT NULL THEN
+        RETURN (prior #>> '{}')::uuid;
+    END IF;
+    IF deal_store._distributed() THEN
+        -- the checks below read every shard at once; on Citus a write to a reference
+        -- table (a new owner in users) must then use the same one connection per node
+        PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    END IF;
+    deal := (doc -> 'deal' ->> 'id')::uuid;
+    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
+        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
+            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                                           'findings', 'gaps', 'fact_finding_links']) k,
+                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
+               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
+        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
+    END IF;
+    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
+    -- accept_change ...) must name one row: an id already used here is refused
+    -- (table by table, each a lookup of the export's ids: on Citus a query per table, no join)
+    FOR taken_in, tbl IN SELECT * FROM (VALUES ('documents', 'deal_store.documents'::regclass), ('analysis_runs', 'deal_store.analysis_runs'::regclass),
+                                               ('facts', 'deal_store.facts'::regclass), ('deleted_facts', 'deal_store.facts'::regclass),
+                                               ('fact_history', 'deal_store.facts'::regclass), ('findings', 'deal_store.findings'::regclass),
+                                               ('gaps', 'deal_store.gaps'::regclass), ('fact_finding_links', 'deal_store.fact_finding_links'::regclass)) v LOOP
+        ids := ARRAY(SELECT (e ->> 'id')::uuid FROM jsonb_array_elements(coalesce(doc -> taken_in, '[]')) e);
+        EXECUTE format('SELECT x.id::text FROM %s x WHERE x.id = ANY ($1) ORDER BY array_position($1, x.id) LIMIT 1', tbl)
+            INTO taken USING ids;
+        EXIT WHEN taken IS NOT NULL;
+    END LOOP;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
+            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
+    END IF;
+    -- the owner: an existing user with the export's e-mail, else a new user with
+    -- no password and the default roles (never credentials or roles from the document)
+    SELECT u.id INTO owner FROM deal_store.users u WHERE lower(u.email) = lower(doc -> 'owner' ->> 'email');
+    IF owner IS NULL AND jsonb_typeof(doc -> 'owner') = 'object' THEN
+        INSERT INTO deal_store.users (id, email, display_name)
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = o.id) THEN gen_random_uuid() ELSE o.id END,
+               o.email, o.display_name
+        FROM jsonb_to_record(doc -> 'owner') AS o(id uuid, email text, display_name text)
+        RETURNING id INTO owner;
+    END IF;
+    PERFORM deal_store._insert_rows('deal_store.deals',
+        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')
+            || jsonb_build_object('ignore_unknown_keys', coalesce((doc -> 'deal' ->> 'ignore_unknown_keys')::boolean, false))));
+    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
+    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    -- the caller leads what it imported (42501 and nothing imported unless it may write)
+    IF deal_store.current_actor() IS NOT NULL THEN
+        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
+        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    END IF;
+    PERFORM deal_store._require_right(deal, 'manage');
+    -- history rows are the export's own versions: restored by the versioning's own writer
+    PERFORM deal_store._import_facts(
+        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
+    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
+    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
+    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
+    PERFORM deal_store._remember(idempotency_key, to_jsonb(deal));
+    RETURN deal;
+END $$;
+ALTER FUNCTION deal_store.import_deal(jsonb, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
 -- a conflict's note names the table, not the shard (Citus)
 CREATE OR REPLACE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

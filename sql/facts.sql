@@ -174,6 +174,11 @@ BEGIN
     IF prior IS NOT NULL THEN
         RETURN (prior #>> '{}')::uuid;
     END IF;
+    IF deal_store._distributed() THEN
+        -- the checks below read every shard at once; on Citus a write to a reference
+        -- table (a new owner in users) must then use the same one connection per node
+        PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    END IF;
     deal := (doc -> 'deal' ->> 'id')::uuid;
     IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
         RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',

@@ -50,9 +50,10 @@ SELECT legacy_id, change FROM diff_facts('00000000-0000-0000-0004-0000000000d6',
   '[{"legacy_id": "F-2", "domain": "applications", "item": "Workday HCM"}]', ARRAY['applications']);
 SELECT * FROM diff_summary('00000000-0000-0000-0004-0000000000d6',
   '[{"legacy_id": "F-2", "domain": "applications", "item": "Workday HCM"}]');
--- diffing what is stored reports nothing changed
-SELECT * FROM diff_summary('00000000-0000-0000-0004-0000000000d6',
-  (SELECT jsonb_agg(to_jsonb(f)) FROM active_facts f WHERE deal_id = '00000000-0000-0000-0004-0000000000d6'));
+-- diffing what is stored reports nothing changed (the facts are read first: on Citus a
+-- query over a distributed table with a call in it runs the call on a shard)
+SELECT jsonb_agg(to_jsonb(f)) AS stored FROM active_facts f WHERE deal_id = '00000000-0000-0000-0004-0000000000d6' \gset
+SELECT * FROM diff_summary('00000000-0000-0000-0004-0000000000d6', :'stored');
 
 -- bad input: 22023 naming the element, P0002 for an unknown deal
 SELECT regress.expect_error(s) FROM (VALUES

@@ -56,8 +56,8 @@ SELECT id AS target_id FROM pending_changes WHERE analysis_run_id = :'run2' AND 
 SELECT reject_change(:'target_id', 'not in scope');
 SELECT id AS target_id FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-4' \gset
 SELECT defer_change(:'target_id', now() + interval '1 day', 'ask the CFO');
-SELECT regress.expect_error(format($$SELECT deal_store.accept_change(%L)$$, id)) FROM pending_changes
-WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-5';
+SELECT id AS f5_change FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-5' \gset
+SELECT regress.expect_error(format($$SELECT deal_store.accept_change(%L)$$, :'f5_change'));
 SELECT regress.expect_error($$SELECT deal_store.reject_change('00000000-0000-0000-0006-000000000999')$$);
 -- batch accept of tier 2: F-3's update; the deferred removal of F-4 (tier 3) waits
 -- (F-3 gets values in its non-content columns first, so a column the batch failed to copy would show)
@@ -87,7 +87,7 @@ SELECT * FROM propose_facts(:'run3', $$[
   {"legacy_id": "F-4", "domain": "network", "item": "Cisco LAN, end of support 2021", "confidence_score": 0.6}
 ]$$);
 SELECT r.run_number, c.legacy_entity_id, c.change_type, c.status, c.review_note
-FROM pending_changes c JOIN analysis_runs r ON r.id = c.analysis_run_id
+FROM pending_changes c JOIN analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id
 WHERE c.legacy_entity_id = 'F-4' AND c.deal_id = '00000000-0000-0000-0006-0000000000d8' ORDER BY r.run_number;
 -- an incremental run never proposes removals (F-3 and F-4 only were sent)
 SELECT count(*) AS removals FROM pending_changes WHERE analysis_run_id = :'run3' AND change_type = 'delete';
