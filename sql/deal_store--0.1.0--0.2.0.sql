@@ -2403,10 +2403,10 @@ COMMENT ON FUNCTION deal_store._caller_role() IS
 CREATE TABLE deal_store.feed_consumers (
     name          text        NOT NULL,
     owner_role    name        NOT NULL,
-    cursor_txid   bigint      NOT NULL,
-    cursor_seq    bigint      NOT NULL,
-    read_txid     bigint,
-    read_seq      bigint,
+    cursor_txid   bigint[]    NOT NULL,
+    cursor_seq    bigint[]    NOT NULL,
+    read_txid     bigint[],
+    read_seq      bigint[],
     registered_at timestamptz NOT NULL DEFAULT now(),
     read_at       timestamptz,
     acked_at      timestamptz,
@@ -2417,19 +2417,87 @@ CREATE TABLE deal_store.feed_consumers (
 COMMENT ON TABLE deal_store.feed_consumers IS
     'Registered readers of the change feed (read_changes / ack_changes), each owned by the role that registered it.';
 COMMENT ON COLUMN deal_store.feed_consumers.cursor_txid IS
-    'With cursor_seq: every entry at or before (cursor_txid, cursor_seq) in (txid, seq) order is acknowledged.';
+    'With cursor_seq, element n + 1 for the entries node n wrote (one node, 0, on plain PostgreSQL; a missing element is the start): every such entry at or before (cursor_txid, cursor_seq) in (txid, seq) order is acknowledged.';
 COMMENT ON COLUMN deal_store.feed_consumers.read_txid IS
-    'With read_seq: where the last read_changes ended (the position an ack of all its rows moves the cursor to).';
+    'With read_seq, per node like cursor_txid: where the last read_changes ended (the position an ack of all its rows moves the cursor to).';
 SELECT pg_catalog.pg_extension_config_dump('deal_store.feed_consumers', '');
 
 -- the feed reads the log in (txid, seq) order
 CREATE INDEX deal_activity_log_txid_idx ON deal_store.deal_activity_log (txid, seq);
+
+-- Which node wrote an entry: the one rule for numbering and reading.
+CREATE FUNCTION deal_store._log_seq(node integer, n bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (node::bigint << 48) + n;
+COMMENT ON FUNCTION deal_store._log_seq(integer, bigint) IS
+    'Internal: the seq of the n-th log entry a node wrote: its Citus group above bit 48 (the audit writer on a worker numbers its shards'' entries so; on plain PostgreSQL and on the coordinator the node is 0).';
+
+CREATE FUNCTION deal_store._log_node(seq bigint) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (seq >> 48)::integer;
+COMMENT ON FUNCTION deal_store._log_node(bigint) IS
+    'Internal: the node (Citus group; 0 on plain PostgreSQL) that wrote the log entry with this seq, whose transaction ids order it.';
 
 CREATE FUNCTION deal_store._horizon() RETURNS bigint
 LANGUAGE sql VOLATILE
 RETURN pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint;
 COMMENT ON FUNCTION deal_store._horizon() IS
     'Internal: the xmin of the current snapshot as a txid: every transaction below it has committed or aborted, so the log holds all of their entries.';
+
+-- Each node's horizon, element n + 1 for node n (plain PostgreSQL: just this one).
+-- On Citus the coordinator's comes first, then the workers' (asked over their own
+-- connections: a later read there sees every transaction below them). An entry the
+-- coordinator writes lands on a worker, where a two-phase commit makes it visible
+-- only after the coordinator's own commit: while a worker still holds a prepared
+-- transaction of a node, that node's horizon is 0 when `settled` (nothing new of
+-- it is delivered yet).
+CREATE FUNCTION deal_store._horizons(settled boolean) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+-- @plpgsql_check_options: security_warnings = false
+DECLARE
+    h bigint[] := ARRAY[deal_store._horizon()];
+    held integer[] := ARRAY[]::integer[];
+    g integer;
+    ok boolean;
+    xmin bigint;
+    pending integer[];
+    answer text;
+    failed text;
+BEGIN
+    IF NOT deal_store._distributed() THEN
+        RETURN h;
+    END IF;
+    FOR g, ok, xmin, pending, answer IN EXECUTE format(
+        $q$SELECT n.groupid, r.success,
+                  CASE WHEN r.success THEN pg_catalog.split_part(r.result, ':', 1)::bigint END,
+                  CASE WHEN r.success THEN pg_catalog.string_to_array(pg_catalog.nullif(pg_catalog.split_part(r.result, ':', 2), ''), ',')::integer[] END,
+                  r.result
+           FROM %s(%L) r JOIN pg_catalog.pg_dist_node n ON n.nodename = r.nodename AND n.nodeport = r.nodeport$q$,
+        'pg_catalog.run_command_on_workers',
+        -- its xmin, and the nodes that began its prepared transactions (Citus names them citus_<group>_...)
+        $w$SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::pg_catalog.text || ':'
+                  || coalesce((SELECT pg_catalog.string_agg(DISTINCT pg_catalog.split_part(p.gid, '_', 2), ',')
+                               FROM pg_catalog.pg_prepared_xacts p WHERE p.gid LIKE 'citus\_%'), '')$w$)
+    LOOP
+        IF ok THEN
+            h[g + 1] := xmin;
+            held := held || pending;
+        ELSE
+            failed := concat_ws('; ', failed, answer);
+        END IF;
+    END LOOP;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'the change feed could not ask every worker where it stands: %', failed USING ERRCODE = '58000';
+    END IF;
+    IF settled THEN
+        FOREACH g IN ARRAY held LOOP
+            h[g + 1] := 0;
+        END LOOP;
+    END IF;
+    RETURN h;
+END $$;
+COMMENT ON FUNCTION deal_store._horizons(boolean) IS
+    'Internal: each node''s horizon, element n + 1 for node n (the Citus group; one element on plain PostgreSQL): its entries below it are final. settled: 0 for a node while a worker holds a prepared transaction it began (its entries there are not yet visible).';
 
 -- A consumer by name, locked, owned by the caller (admins may use any).
 CREATE FUNCTION deal_store._consumer(name text) RETURNS deal_store.feed_consumers
@@ -2465,11 +2533,12 @@ BEGIN
         RAISE EXCEPTION 'invalid consumer name "%"', name USING ERRCODE = '22023',
             HINT = 'Use 1 to 63 letters, digits, _ . : or -.';
     END IF;
-    -- from now: the transactions that have finished are behind the cursor
+    -- from now: the transactions that have finished are behind the cursor, on every node
     INSERT INTO deal_store.feed_consumers AS f (name, owner_role, cursor_txid, cursor_seq)
-    VALUES (register_consumer.name, deal_store._caller_role(),
-            CASE WHEN coalesce(from_start, false) THEN 0 ELSE deal_store._horizon() - 1 END,
-            CASE WHEN coalesce(from_start, false) THEN 0 ELSE 9223372036854775807 END)
+    SELECT register_consumer.name, deal_store._caller_role(),
+           CASE WHEN coalesce(from_start, false) THEN '{}' ELSE ARRAY(SELECT x - 1 FROM unnest(h.h) WITH ORDINALITY x(x, i) ORDER BY i) END,
+           CASE WHEN coalesce(from_start, false) THEN '{}' ELSE array_fill(9223372036854775807, ARRAY[cardinality(h.h)]) END
+    FROM (SELECT deal_store._horizons(false) AS h) h
     ON CONFLICT ON CONSTRAINT feed_consumers_pkey DO NOTHING
     RETURNING f.* INTO c;
     IF NOT FOUND THEN
@@ -2478,7 +2547,7 @@ BEGIN
     RETURN c;
 END $$;
 COMMENT ON FUNCTION deal_store.register_consumer(text, boolean) IS
-    'Registers a change-feed consumer owned by the caller''s role. It receives every log entry of the transactions that had not finished when it registered, and of all later ones (from_start: every entry in the log). 23505 when the name is taken, 22023 for a bad name (1 to 63 of A-Z a-z 0-9 _ . : -).';
+    'Registers a change-feed consumer owned by the caller''s role. It receives every log entry of the transactions that had not finished when it registered (on Citus: on each node), and of all later ones (from_start: every entry in the log). 23505 when the name is taken, 22023 for a bad name (1 to 63 of A-Z a-z 0-9 _ . : -).';
 
 CREATE FUNCTION deal_store._require_feed_reader() RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -2497,9 +2566,18 @@ RETURNS TABLE(seq bigint, txid bigint, created_at timestamptz, deal_id uuid, use
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c deal_store.feed_consumers;
-    horizon bigint := deal_store._horizon();
+    horizons bigint[];
     everything boolean;
     deals uuid[];
+    nodes integer;
+    node_txid bigint;
+    node_seq bigint;
+    horizon bigint;
+    todo integer;
+    got bigint;
+    -- where the read ends on each node if it takes all the node has below its horizon
+    marks_txid bigint[];
+    marks_seq bigint[];
 BEGIN
     c := deal_store._consumer(consumer);
     PERFORM deal_store._require_feed_reader();
@@ -2508,31 +2586,54 @@ BEGIN
     END IF;
     everything := deal_store.sees_all_deals();
     deals := deal_store.my_deals('viewer');
-    RETURN QUERY
-    WITH batch AS MATERIALIZED (
-        SELECT l.* FROM deal_store.deal_activity_log l
-        WHERE (l.txid, l.seq) > (c.cursor_txid, c.cursor_seq) AND l.txid < horizon
-          AND (everything OR l.deal_id = ANY (deals))
-        ORDER BY l.txid, l.seq
-        LIMIT max_rows
-    ), last AS (
-        SELECT b.txid, b.seq, (SELECT count(*) FROM batch) AS n FROM batch b ORDER BY b.txid DESC, b.seq DESC LIMIT 1
-    ), mark AS (
-        -- where an ack of the whole batch moves the cursor: past the horizon when
-        -- the batch is all there is below it (entries of other deals included)
-        UPDATE deal_store.feed_consumers f
-        SET read_txid = CASE WHEN coalesce((SELECT x.n FROM last x), 0) < max_rows THEN horizon - 1 ELSE (SELECT x.txid FROM last x) END,
-            read_seq = CASE WHEN coalesce((SELECT x.n FROM last x), 0) < max_rows THEN 9223372036854775807 ELSE (SELECT x.seq FROM last x) END,
-            read_at = pg_catalog.now()
-        WHERE f.name = c.name
-        RETURNING 1
-    )
-    SELECT b.seq, b.txid, b.created_at, b.deal_id, b.user_id, b.action, b.entity_type, b.entity_id,
-           b.entity_key, b.analysis_run_id, b.reason, b.details
-    FROM batch b ORDER BY b.seq;
+    horizons := deal_store._horizons(true);
+    nodes := greatest(cardinality(horizons), cardinality(c.cursor_txid));
+    marks_txid := ARRAY(SELECT coalesce(c.cursor_txid[i], 0) FROM generate_series(1, nodes) i);
+    marks_seq := ARRAY(SELECT coalesce(c.cursor_seq[i], 0) FROM generate_series(1, nodes) i);
+    todo := max_rows;
+    -- node by node, each in (txid, seq) order, until max_rows
+    FOR node IN 0 .. nodes - 1 LOOP
+        EXIT WHEN todo = 0;
+        node_txid := marks_txid[node + 1];
+        node_seq := marks_seq[node + 1];
+        horizon := coalesce(horizons[node + 1], 9223372036854775807);   -- no such node any more: all final
+        IF (horizon - 1, 9223372036854775807) > (node_txid, node_seq) THEN
+            marks_txid[node + 1] := horizon - 1;
+            marks_seq[node + 1] := 9223372036854775807;
+        END IF;
+        RETURN QUERY
+        WITH batch AS MATERIALIZED (
+            SELECT l.* FROM deal_store.deal_activity_log l
+            WHERE l.seq >= deal_store._log_seq(node, 0) AND l.seq < deal_store._log_seq(node + 1, 0)
+              AND (l.txid, l.seq) > (node_txid, node_seq) AND l.txid < horizon
+              AND (everything OR l.deal_id = ANY (deals))
+            ORDER BY l.txid, l.seq
+            LIMIT todo
+        ), last AS (
+            SELECT b.txid, b.seq, (SELECT count(*) FROM batch) AS n FROM batch b ORDER BY b.txid DESC, b.seq DESC LIMIT 1
+        ), mark AS (
+            -- where an ack of the whole read moves the cursors: on this node past
+            -- the horizon when the read took all there is below it (entries of
+            -- other deals included), at its last entry otherwise; on the nodes
+            -- before, past their horizons; on the nodes after, where they were
+            UPDATE deal_store.feed_consumers f
+            SET read_txid = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.txid ELSE marks_txid[i] END
+                                  FROM generate_series(1, nodes) i LEFT JOIN last x ON true ORDER BY i),
+                read_seq = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.seq ELSE marks_seq[i] END
+                                 FROM generate_series(1, nodes) i LEFT JOIN last x ON true ORDER BY i),
+                read_at = pg_catalog.now()
+            WHERE f.name = c.name
+            RETURNING 1
+        )
+        SELECT b.seq, b.txid, b.created_at, b.deal_id, b.user_id, b.action, b.entity_type, b.entity_id,
+               b.entity_key, b.analysis_run_id, b.reason, b.details
+        FROM batch b ORDER BY b.seq;
+        GET DIAGNOSTICS got = ROW_COUNT;
+        todo := todo - got;
+    END LOOP;
 END $$;
 COMMENT ON FUNCTION deal_store.read_changes(text, integer) IS
-    'The next at most max_rows (1 to 100000) log entries after the consumer''s cursor, in the deals the caller may see, in seq order. Gap-free: an entry is delivered only when every transaction that could precede it has committed or aborted (its txid is below the snapshot''s xmin), so no entry is skipped whatever the commit order, and none of an aborted transaction appears. Reading does not move the cursor: ack_changes does, and what is not acknowledged is read again, in the same order (at least once).';
+    'The next at most max_rows (1 to 100000) log entries after the consumer''s cursor, in the deals the caller may see, in seq order. Gap-free: an entry is delivered only when every transaction that could precede it has committed or aborted (its txid is below the snapshot''s xmin; on Citus, that of the node that wrote it), so no entry is skipped whatever the commit order, and none of an aborted transaction appears. Reading does not move the cursor: ack_changes does, and what is not acknowledged is read again, in the same order (at least once).';
 
 CREATE FUNCTION deal_store.ack_changes(consumer text, up_to bigint) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -2540,8 +2641,10 @@ DECLARE
     c deal_store.feed_consumers;
     everything boolean;
     deals uuid[];
+    nodes integer;
     stop record;
-    n bigint;
+    n bigint := 0;
+    acked bigint;
 BEGIN
     c := deal_store._consumer(consumer);
     IF up_to IS NULL THEN
@@ -2552,31 +2655,43 @@ BEGIN
     END IF;
     everything := deal_store.sees_all_deals();
     deals := deal_store.my_deals('viewer');
-    -- the last read's entries in delivery order; the first one above up_to stays unacknowledged
-    SELECT r.before_txid, r.before_seq, r.n INTO stop FROM (
-        SELECT l.txid, l.seq, l.seq > up_to AS open,
-               pg_catalog.lag(l.txid) OVER w AS before_txid, pg_catalog.lag(l.seq) OVER w AS before_seq,
-               pg_catalog.row_number() OVER w - 1 AS n
-        FROM deal_store.deal_activity_log l
-        WHERE (l.txid, l.seq) > (c.cursor_txid, c.cursor_seq) AND (l.txid, l.seq) <= (c.read_txid, c.read_seq)
-          AND (everything OR l.deal_id = ANY (deals))
-        WINDOW w AS (ORDER BY l.txid, l.seq)) r
-    WHERE r.open
-    ORDER BY r.txid, r.seq LIMIT 1;
-    IF NOT FOUND THEN
-        SELECT count(*) INTO n FROM deal_store.deal_activity_log l
-        WHERE (l.txid, l.seq) > (c.cursor_txid, c.cursor_seq) AND (l.txid, l.seq) <= (c.read_txid, c.read_seq)
+    nodes := cardinality(c.read_txid);
+    -- the last read's entries in delivery order, node by node; the first one above
+    -- up_to stays unacknowledged, and the cursors stop before it
+    FOR node IN 0 .. nodes - 1 LOOP
+        SELECT r.before_txid, r.before_seq, r.n INTO stop FROM (
+            SELECT l.txid, l.seq, l.seq > up_to AS open,
+                   pg_catalog.lag(l.txid) OVER w AS before_txid, pg_catalog.lag(l.seq) OVER w AS before_seq,
+                   pg_catalog.row_number() OVER w - 1 AS n
+            FROM (SELECT l.txid, l.seq FROM deal_store.deal_activity_log l
+                  WHERE l.seq >= deal_store._log_seq(node, 0) AND l.seq < deal_store._log_seq(node + 1, 0)
+                    AND (l.txid, l.seq) > (coalesce(c.cursor_txid[node + 1], 0), coalesce(c.cursor_seq[node + 1], 0))
+                    AND (l.txid, l.seq) <= (c.read_txid[node + 1], c.read_seq[node + 1])
+                    AND (everything OR l.deal_id = ANY (deals))) l
+            WINDOW w AS (ORDER BY l.txid, l.seq)) r
+        WHERE r.open
+        ORDER BY r.txid, r.seq LIMIT 1;
+        IF FOUND THEN
+            UPDATE deal_store.feed_consumers f
+            SET cursor_txid = ARRAY(SELECT CASE WHEN i < node + 1 THEN c.read_txid[i] WHEN i = node + 1 THEN coalesce(stop.before_txid, c.cursor_txid[i], 0)
+                                                ELSE coalesce(c.cursor_txid[i], 0) END FROM generate_series(1, nodes) i ORDER BY i),
+                cursor_seq = ARRAY(SELECT CASE WHEN i < node + 1 THEN c.read_seq[i] WHEN i = node + 1 THEN coalesce(stop.before_seq, c.cursor_seq[i], 0)
+                                               ELSE coalesce(c.cursor_seq[i], 0) END FROM generate_series(1, nodes) i ORDER BY i),
+                acked_at = pg_catalog.now()
+            WHERE f.name = c.name AND (node > 0 OR stop.before_txid IS NOT NULL);
+            RETURN n + stop.n;
+        END IF;
+        SELECT count(*) INTO acked FROM deal_store.deal_activity_log l
+        WHERE l.seq >= deal_store._log_seq(node, 0) AND l.seq < deal_store._log_seq(node + 1, 0)
+          AND (l.txid, l.seq) > (coalesce(c.cursor_txid[node + 1], 0), coalesce(c.cursor_seq[node + 1], 0))
+          AND (l.txid, l.seq) <= (c.read_txid[node + 1], c.read_seq[node + 1])
           AND (everything OR l.deal_id = ANY (deals));
-        UPDATE deal_store.feed_consumers f
-        SET cursor_txid = c.read_txid, cursor_seq = c.read_seq, read_txid = NULL, read_seq = NULL, acked_at = pg_catalog.now()
-        WHERE f.name = c.name;
-        RETURN n;
-    ELSIF stop.before_txid IS NOT NULL THEN
-        UPDATE deal_store.feed_consumers f
-        SET cursor_txid = stop.before_txid, cursor_seq = stop.before_seq, acked_at = pg_catalog.now()
-        WHERE f.name = c.name;
-    END IF;
-    RETURN stop.n;
+        n := n + acked;
+    END LOOP;
+    UPDATE deal_store.feed_consumers f
+    SET cursor_txid = c.read_txid, cursor_seq = c.read_seq, read_txid = NULL, read_seq = NULL, acked_at = pg_catalog.now()
+    WHERE f.name = c.name;
+    RETURN n;
 END $$;
 COMMENT ON FUNCTION deal_store.ack_changes(text, bigint) IS
     'Acknowledges the entries of the consumer''s last read_changes whose seq is at most up_to and returns how many; the cursor moves in delivery order, so it stops before the first entry of the read above up_to, and what follows comes back on the next read (at least once). Acknowledging all of a read moves the cursor past it (and past the entries of deals the caller does not see). 55000 when nothing was read since the last full acknowledgement.';
@@ -2584,15 +2699,21 @@ COMMENT ON FUNCTION deal_store.ack_changes(text, bigint) IS
 CREATE FUNCTION deal_store.consumers()
 RETURNS TABLE(name text, owner_role name, registered_at timestamptz, read_at timestamptz, acked_at timestamptz,
               lag bigint, oldest_unacked_at timestamptz)
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT f.name, f.owner_role, f.registered_at, f.read_at, f.acked_at, w.lag, w.oldest
-    FROM deal_store.feed_consumers f
-    CROSS JOIN LATERAL (SELECT count(*) AS lag, min(l.created_at) AS oldest FROM deal_store.deal_activity_log l
-                        WHERE (l.txid, l.seq) > (f.cursor_txid, f.cursor_seq)) w
-    WHERE f.owner_role = deal_store._caller_role() OR deal_store.sees_all_deals()
-    ORDER BY f.name;
-END;
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f deal_store.feed_consumers;
+BEGIN
+    FOR f IN SELECT * FROM deal_store.feed_consumers x
+             WHERE x.owner_role = deal_store._caller_role() OR deal_store.sees_all_deals() ORDER BY x.name LOOP
+        -- a query per consumer, its cursors as values (on Citus it runs on every shard)
+        SELECT f.name, f.owner_role, f.registered_at, f.read_at, f.acked_at, count(*), min(l.created_at)
+        INTO name, owner_role, registered_at, read_at, acked_at, lag, oldest_unacked_at
+        FROM deal_store.deal_activity_log l
+        WHERE (l.txid, l.seq) > (coalesce(f.cursor_txid[deal_store._log_node(l.seq) + 1], 0),
+                                 coalesce(f.cursor_seq[deal_store._log_node(l.seq) + 1], 0));
+        RETURN NEXT;
+    END LOOP;
+END $$;
 COMMENT ON FUNCTION deal_store.consumers() IS
     'The caller''s change-feed consumers (an admin''s: all) with their lag: the log entries after the cursor (of every deal; a consumer reads those of its deals) and the time of the oldest.';
 
@@ -4748,23 +4869,6 @@ BEGIN
     ORDER BY c.legacy_id;
 END $$;
 ALTER FUNCTION deal_store.document_changes(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-
--- the change feed refuses to run on Citus (its order is one node's transaction ids)
-CREATE OR REPLACE FUNCTION deal_store._require_feed_reader() RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF deal_store._distributed() THEN
-        -- the feed's order is one node's transaction ids; on Citus each worker writes
-        -- its shards' entries with its own, so a cursor would skip or repeat entries
-        RAISE EXCEPTION 'the change feed is not available when Citus distributes deal_store' USING ERRCODE = '0A000',
-            HINT = 'Read the log with deal_store.deal_activity or deal_store.changes_since_seen; README "Running on Citus".';
-    ELSIF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
-        RAISE EXCEPTION 'permission denied to read the change feed: no actor' USING ERRCODE = '42501',
-            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
-    END IF;
-END $$;
-COMMENT ON FUNCTION deal_store._require_feed_reader() IS
-    'Internal: 42501 unless the caller acts for a user (whose deals it will see) or sees every deal; 0A000 when Citus distributes the deal tables (the feed orders entries by one node''s transaction ids).';
 
 -- the extension's settings are set inside a call of their own, so that Citus
 -- passes them on to the workers also when a client calls a function on its own

@@ -653,10 +653,16 @@ fn write(entries: &[Entry]) {
             if !plans.contains_key(log) {
                 let (u, t, j) = (pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONBARRAYOID);
                 let types: Vec<PgOid> = [u, u, t, t, u, j, u, t, j].into_iter().map(PgOid::from).collect();
-                // a shard has no identity column: seq comes from the log's sequence on this node
+                // a shard has no identity column: seq comes from the log's sequence on this
+                // node, numbered as this node's (its Citus group, see _log_seq), since the
+                // txid is this node's too and the change feed orders by both
                 let (seq, seq_value) = match log {
                     None => ("", ""),
-                    Some(_) => (", seq", ",\n       pg_catalog.nextval('deal_store.deal_activity_log_seq_seq'::pg_catalog.regclass)"),
+                    Some(_) => (
+                        ", seq",
+                        ",\n       deal_store._log_seq((SELECT g.groupid FROM pg_catalog.pg_dist_local_group g),
+                                   pg_catalog.nextval('deal_store.deal_activity_log_seq_seq'::pg_catalog.regclass))",
+                    ),
                 };
                 let sql = LOG_INSERT
                     .replace("{log}", log.as_deref().unwrap_or("deal_store.deal_activity_log"))

@@ -21,11 +21,15 @@ UPDATE users SET db_role = 'ds_feed_viewer' WHERE id = '00000000-0000-0000-0018-
 
 -- The feed waits for every older transaction of the cluster (an autovacuum's
 -- ANALYZE included): before a read that must see the entries just written, wait
--- until the horizon has passed them.
+-- until each node's horizon has passed its entries.
 CREATE FUNCTION regress.feed_settled() RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    h bigint[];
 BEGIN
     FOR i IN 1 .. 600 LOOP
-        IF deal_store._horizon() > (SELECT max(txid) FROM deal_store.deal_activity_log) THEN
+        h := deal_store._horizons(true);
+        IF NOT EXISTS (SELECT 1 FROM deal_store.deal_activity_log l
+                       WHERE l.txid >= coalesce(h[deal_store._log_node(l.seq) + 1], 9223372036854775807)) THEN
             RETURN true;
         END IF;
         PERFORM pg_sleep(0.05);
