@@ -87,7 +87,7 @@ BEGIN
     FOR g, ok, xmin, pending, answer IN EXECUTE format(
         $q$SELECT n.groupid, r.success,
                   CASE WHEN r.success THEN pg_catalog.split_part(r.result, ':', 1)::bigint END,
-                  CASE WHEN r.success THEN pg_catalog.string_to_array(pg_catalog.nullif(pg_catalog.split_part(r.result, ':', 2), ''), ',')::integer[] END,
+                  CASE WHEN r.success THEN pg_catalog.string_to_array(NULLIF(pg_catalog.split_part(r.result, ':', 2), ''), ',')::integer[] END,
                   r.result
            FROM %s(%L) r JOIN pg_catalog.pg_dist_node n ON n.nodename = r.nodename AND n.nodeport = r.nodeport$q$,
         'pg_catalog.run_command_on_workers',

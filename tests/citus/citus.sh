@@ -154,3 +154,14 @@ citus_suite() {
     [ "$rc" = 0 ] || head -300 "$work/citus.diffs"
     return $rc
 }
+
+# The change feed on a distributed database: tests/feed/randomized.py's seeded
+# interleavings, the writers' facts spread over deals on both workers (each
+# worker writes its entries with its own transaction ids).
+citus_feed() {
+    citus_start
+    citus_db deal_store_citus_feed || return 1
+    citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus_feed -c 'SELECT deal_store.distribute()' >/dev/null || return 1
+    PYTHONPATH="$PY_DIR" python3 "$ROOT/tests/feed/randomized.py" \
+        "host=$CITUS_DIR/coordinator port=${CITUS_PORTS[0]} user=postgres dbname=deal_store_citus_feed"
+}
