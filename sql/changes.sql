@@ -88,7 +88,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     actor uuid := deal_store.current_actor();
     at timestamptz := now();
-    snap pg_catalog.pg_snapshot := pg_catalog.pg_current_snapshot();
+    snap pg_catalog.pg_snapshot;
     last_seq bigint;
 BEGIN
     PERFORM deal_store._require_deal(deal_id, 'read');
@@ -96,9 +96,12 @@ BEGIN
         RAISE EXCEPTION 'mark_seen needs an actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or name the user with deal_store.set_actor.';
     END IF;
-    -- the deal's last entry (what the snapshot has not seen is unseen either way); one row
-    -- of values and no parameter in the ON CONFLICT (Citus sends the INSERT to a worker)
-    SELECT coalesce(max(l.seq), 0) INTO last_seq FROM deal_store.deal_activity_log l WHERE l.deal_id = mark_seen.deal_id;
+    -- the deal's last entry and the snapshot that read it, in one statement: what
+    -- the snapshot has not seen stays unseen. On Citus the statement runs on the
+    -- deal's node, whose transaction ids the deal's entries carry. Then one row of
+    -- values and no parameter in the ON CONFLICT (Citus sends the INSERT to a worker)
+    SELECT pg_catalog.pg_current_snapshot(), coalesce(max(l.seq), 0) INTO snap, last_seq
+    FROM deal_store.deal_activity_log l WHERE l.deal_id = mark_seen.deal_id;
     INSERT INTO deal_store.seen_marks AS m (deal_id, user_id, seen_seq, seen_txid, seen_snapshot, seen_at)
     VALUES (mark_seen.deal_id, actor, last_seq, pg_catalog.pg_snapshot_xmin(snap)::text::bigint, snap, at)
     ON CONFLICT ON CONSTRAINT seen_marks_pkey

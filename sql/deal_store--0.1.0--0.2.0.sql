@@ -2588,14 +2588,14 @@ BEGIN
     deals := deal_store.my_deals('viewer');
     horizons := deal_store._horizons(true);
     nodes := greatest(cardinality(horizons), cardinality(c.cursor_txid));
-    marks_txid := ARRAY(SELECT coalesce(c.cursor_txid[i], 0) FROM generate_series(1, nodes) i);
-    marks_seq := ARRAY(SELECT coalesce(c.cursor_seq[i], 0) FROM generate_series(1, nodes) i);
+    marks_txid := c.cursor_txid;
+    marks_seq := c.cursor_seq;
     todo := max_rows;
     -- node by node, each in (txid, seq) order, until max_rows
     FOR node IN 0 .. nodes - 1 LOOP
         EXIT WHEN todo = 0;
-        node_txid := marks_txid[node + 1];
-        node_seq := marks_seq[node + 1];
+        node_txid := coalesce(marks_txid[node + 1], 0);
+        node_seq := coalesce(marks_seq[node + 1], 0);
         horizon := coalesce(horizons[node + 1], 9223372036854775807);   -- no such node any more: all final
         IF (horizon - 1, 9223372036854775807) > (node_txid, node_seq) THEN
             marks_txid[node + 1] := horizon - 1;
@@ -2617,9 +2617,9 @@ BEGIN
             -- other deals included), at its last entry otherwise; on the nodes
             -- before, past their horizons; on the nodes after, where they were
             UPDATE deal_store.feed_consumers f
-            SET read_txid = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.txid ELSE marks_txid[i] END
+            SET read_txid = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.txid ELSE coalesce(marks_txid[i], 0) END
                                   FROM generate_series(1, nodes) i LEFT JOIN last x ON true ORDER BY i),
-                read_seq = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.seq ELSE marks_seq[i] END
+                read_seq = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.seq ELSE coalesce(marks_seq[i], 0) END
                                  FROM generate_series(1, nodes) i LEFT JOIN last x ON true ORDER BY i),
                 read_at = pg_catalog.now()
             WHERE f.name = c.name
@@ -3786,19 +3786,10 @@ COMMENT ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) IS
     'Internal: _claim for a database whose deal tables Citus distributes: locks up to batch_size eligible open changes deal by deal (the deals with the oldest eligible change first; each claim one query on the deal''s shard).';
 REVOKE ALL ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) FROM PUBLIC;
 
-CREATE FUNCTION deal_store._distributed() RETURNS boolean
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    dist regclass := to_regclass('pg_catalog.pg_dist_partition');
-    yes boolean;
-BEGIN
-    IF dist IS NULL THEN
-        RETURN false;   -- plain PostgreSQL
-    END IF;
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE logicalrelid = $1 AND partmethod = ''h'')', dist)
-        INTO yes USING 'deal_store.pending_changes'::regclass;
-    RETURN yes;
-END $$;
+CREATE FUNCTION deal_store."_distributed"() RETURNS bool
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'distributed_sql_wrapper';
 COMMENT ON FUNCTION deal_store._distributed() IS
     'Internal: true when Citus distributes deal_store''s deal tables (pending_changes is hash-distributed).';
 REVOKE ALL ON FUNCTION deal_store._distributed() FROM PUBLIC;
@@ -4813,13 +4804,13 @@ BEGIN
 END $$;
 ALTER FUNCTION deal_store.changes_since_seen(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
--- mark_seen: the deal's last entry, one row of values, no parameter in the ON CONFLICT (Citus)
+-- mark_seen: the deal's last entry and the snapshot that read it in one statement, on the deal's node; one row of values, no parameter in the ON CONFLICT (Citus)
 CREATE OR REPLACE FUNCTION deal_store.mark_seen(deal_id uuid) RETURNS timestamptz
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     actor uuid := deal_store.current_actor();
     at timestamptz := now();
-    snap pg_catalog.pg_snapshot := pg_catalog.pg_current_snapshot();
+    snap pg_catalog.pg_snapshot;
     last_seq bigint;
 BEGIN
     PERFORM deal_store._require_deal(deal_id, 'read');
@@ -4827,9 +4818,12 @@ BEGIN
         RAISE EXCEPTION 'mark_seen needs an actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or name the user with deal_store.set_actor.';
     END IF;
-    -- the deal's last entry (what the snapshot has not seen is unseen either way); one row
-    -- of values and no parameter in the ON CONFLICT (Citus sends the INSERT to a worker)
-    SELECT coalesce(max(l.seq), 0) INTO last_seq FROM deal_store.deal_activity_log l WHERE l.deal_id = mark_seen.deal_id;
+    -- the deal's last entry and the snapshot that read it, in one statement: what
+    -- the snapshot has not seen stays unseen. On Citus the statement runs on the
+    -- deal's node, whose transaction ids the deal's entries carry. Then one row of
+    -- values and no parameter in the ON CONFLICT (Citus sends the INSERT to a worker)
+    SELECT pg_catalog.pg_current_snapshot(), coalesce(max(l.seq), 0) INTO snap, last_seq
+    FROM deal_store.deal_activity_log l WHERE l.deal_id = mark_seen.deal_id;
     INSERT INTO deal_store.seen_marks AS m (deal_id, user_id, seen_seq, seen_txid, seen_snapshot, seen_at)
     VALUES (mark_seen.deal_id, actor, last_seq, pg_catalog.pg_snapshot_xmin(snap)::text::bigint, snap, at)
     ON CONFLICT ON CONSTRAINT seen_marks_pkey

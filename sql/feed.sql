@@ -205,14 +205,14 @@ BEGIN
     deals := deal_store.my_deals('viewer');
     horizons := deal_store._horizons(true);
     nodes := greatest(cardinality(horizons), cardinality(c.cursor_txid));
-    marks_txid := ARRAY(SELECT coalesce(c.cursor_txid[i], 0) FROM generate_series(1, nodes) i);
-    marks_seq := ARRAY(SELECT coalesce(c.cursor_seq[i], 0) FROM generate_series(1, nodes) i);
+    marks_txid := c.cursor_txid;
+    marks_seq := c.cursor_seq;
     todo := max_rows;
     -- node by node, each in (txid, seq) order, until max_rows
     FOR node IN 0 .. nodes - 1 LOOP
         EXIT WHEN todo = 0;
-        node_txid := marks_txid[node + 1];
-        node_seq := marks_seq[node + 1];
+        node_txid := coalesce(marks_txid[node + 1], 0);
+        node_seq := coalesce(marks_seq[node + 1], 0);
         horizon := coalesce(horizons[node + 1], 9223372036854775807);   -- no such node any more: all final
         IF (horizon - 1, 9223372036854775807) > (node_txid, node_seq) THEN
             marks_txid[node + 1] := horizon - 1;
@@ -234,9 +234,9 @@ BEGIN
             -- other deals included), at its last entry otherwise; on the nodes
             -- before, past their horizons; on the nodes after, where they were
             UPDATE deal_store.feed_consumers f
-            SET read_txid = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.txid ELSE marks_txid[i] END
+            SET read_txid = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.txid ELSE coalesce(marks_txid[i], 0) END
                                   FROM generate_series(1, nodes) i LEFT JOIN last x ON true ORDER BY i),
-                read_seq = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.seq ELSE marks_seq[i] END
+                read_seq = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.seq ELSE coalesce(marks_seq[i], 0) END
                                  FROM generate_series(1, nodes) i LEFT JOIN last x ON true ORDER BY i),
                 read_at = pg_catalog.now()
             WHERE f.name = c.name

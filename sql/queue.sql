@@ -436,19 +436,6 @@ END $$;
 COMMENT ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) IS
     'Internal: _claim for a database whose deal tables Citus distributes: locks up to batch_size eligible open changes deal by deal (the deals with the oldest eligible change first; each claim one query on the deal''s shard).';
 
-CREATE FUNCTION deal_store._distributed() RETURNS boolean
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    dist regclass := to_regclass('pg_catalog.pg_dist_partition');
-    yes boolean;
-BEGIN
-    IF dist IS NULL THEN
-        RETURN false;   -- plain PostgreSQL
-    END IF;
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE logicalrelid = $1 AND partmethod = ''h'')', dist)
-        INTO yes USING 'deal_store.pending_changes'::regclass;
-    RETURN yes;
-END $$;
 COMMENT ON FUNCTION deal_store._distributed() IS
     'Internal: true when Citus distributes deal_store''s deal tables (pending_changes is hash-distributed).';
 

@@ -148,8 +148,9 @@ struct TableInfo {
     /// where its entries go: the log, or on Citus the log's shard co-located
     /// with this shard (None: deal_store.deal_activity_log)
     log: Option<Rc<str>>,
-    /// a copy of a Citus reference table: its changes are not logged (see README)
-    unlogged: bool,
+    /// a copy of a Citus reference table (one on every node): each change is
+    /// logged once, by the node that holds the log's shard for the entry's deal
+    reference: bool,
 }
 
 /// One log row waiting to be written. Datums live in the buffer's memory context.
@@ -367,7 +368,7 @@ fn table_info(rel: &PgRelation) -> TableInfo {
         has_secret: columns.iter().any(|c| c.secret),
         columns,
         log: placement.shard.filter(|_| !placement.reference).map(|s| crate::shard::colocated(s, "deal_activity_log")),
-        unlogged: placement.reference,
+        reference: placement.reference,
     }
 }
 
@@ -480,10 +481,19 @@ unsafe fn capture(
     old: *mut pg_sys::HeapTupleData,
     new: *mut pg_sys::HeapTupleData,
 ) -> bool {
-    if t.unlogged {
-        return false;
-    }
     let row = if new.is_null() { old } else { new };
+    // SAFETY: row is this event's tuple; t.id / t.deal_id are uuid columns of tupdesc
+    let mut deal_id = unsafe { uuid_attr(row, tupdesc, if t.is_deals { t.id } else { t.deal_id }) };
+    let mut log = t.log.clone();
+    if t.reference {
+        // the same change happens on every node's copy: logged where the entry's shard is
+        let deal = deal_id.unwrap_or(pgrx::Uuid::from_bytes([0; 16]));
+        deal_id = Some(deal);
+        log = crate::shard::local_log_shard(deal);
+        if log.is_none() {
+            return false;
+        }
+    }
     let action = if old.is_null() {
         // a fact's history row is the versioning's own copy, not a new act
         // SAFETY: new is this event's tuple of the relation tupdesc describes
@@ -579,8 +589,7 @@ unsafe fn capture(
     b.entries.push(Entry {
         // SAFETY: reads the transaction state of this backend
         subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
-        // SAFETY: row is this event's tuple; t.id / t.deal_id are uuid columns of tupdesc
-        deal_id: unsafe { uuid_attr(row, tupdesc, if t.is_deals { t.id } else { t.deal_id }) },
+        deal_id,
         user_id: crate::access::actor_for_write(),
         action,
         entity_type: t.entity_type.clone(),
@@ -590,7 +599,7 @@ unsafe fn capture(
         run_id: settings::run_id().or_else(|| unsafe { uuid_attr(row, tupdesc, t.run_id) }),
         reason: settings::reason(),
         details,
-        log: t.log.clone(),
+        log,
     });
     true
 }

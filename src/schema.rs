@@ -47,7 +47,8 @@ extension_sql_file!(
     requires = [
         "audit",
         queue::propose_internal,
-        queue::confidence_tier
+        queue::confidence_tier,
+        shard::distributed_sql
     ]
 );
 extension_sql_file!("../sql/search.sql", name = "search", requires = ["queue", search::typo_tsquery]);

@@ -50,11 +50,21 @@ thread_local! {
     static COLOCATED: RefCell<HashMap<(i64, &'static str), Rc<str>>> = RefCell::new(HashMap::new());
     /// reference table -> its shard's qualified name
     static REFERENCE: RefCell<HashMap<&'static str, Rc<str>>> = RefCell::new(HashMap::new());
+    /// the log's shard for entries without a deal, if on this node (asked once)
+    static LOCAL_NIL_LOG: RefCell<Option<Option<Rc<str>>>> = const { RefCell::new(None) };
 }
 
 /// True when Citus's metadata is in this database.
 fn citus_metadata() -> bool {
-    Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL").ok().flatten().unwrap_or(false)
+    // SAFETY: a catalog lookup by name; with missing_ok it returns InvalidOid instead of raising
+    unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+/// `deal_store._distributed()`: true when Citus distributes deal_store's deal
+/// tables (`pending_changes` is hashed), the answer SQL and Rust share.
+#[pg_extern(name = "_distributed", stable, parallel_safe)]
+fn distributed_sql() -> bool {
+    distributed("pending_changes")
 }
 
 /// True when Citus distributes (hashes) `deal_store.<table>`; false on plain PostgreSQL.
@@ -173,6 +183,29 @@ pub fn reference_shard(table: &'static str) -> Rc<str> {
     });
     let name: Rc<str> = name.into();
     REFERENCE.with(|c| c.borrow_mut().insert(table, name.clone()));
+    name
+}
+
+/// The log's shard that holds the entries of `deal`, when its placement is on
+/// this node (None: another node's). The nil uuid's answer (entries without a
+/// deal) is kept for the session.
+pub fn local_log_shard(deal: pgrx::Uuid) -> Option<Rc<str>> {
+    let nil = deal.as_bytes() == &[0; 16];
+    if let Some(known) = nil.then(|| LOCAL_NIL_LOG.with(|c| c.borrow().clone())).flatten() {
+        return known;
+    }
+    let name: Option<Rc<str>> = Spi::get_one_with_args::<String>(
+        "SELECT (SELECT pg_catalog.format('%I.%I', 'deal_store', 'deal_activity_log_' || p.shardid::pg_catalog.text)
+                 FROM pg_catalog.pg_dist_placement p
+                 JOIN pg_catalog.pg_dist_local_group g ON g.groupid = p.groupid
+                 WHERE p.shardid = pg_catalog.get_shard_id_for_distribution_column('deal_store.deal_activity_log', $1))",
+        &[deal.into()],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("the log's shard for deal {deal}: {e}"), None))
+    .map(Into::into);
+    if nil {
+        LOCAL_NIL_LOG.with(|c| *c.borrow_mut() = Some(name.clone()));
+    }
     name
 }
 

@@ -217,3 +217,13 @@ SELECT version, is_current, item FROM deal_store.fact_history('00000000-0000-000
 INSERT INTO deal_store.facts (deal_id, domain, category, item, legacy_id, superseded_at)
 VALUES (:'deal', 'network', 'wan', 'forged', 'F-99', now());
 \set VERBOSITY terse
+
+-- a change of the users reference table (a copy on every node) is logged once: by the
+-- node that holds the log's shard for entries without a deal (the nil uuid), masked
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+UPDATE deal_store.users SET display_name = 'Ana B.', password_hash = 'not for the log' WHERE id = '00000000-0000-0000-0000-0000000000a1';
+COMMIT;
+SELECT action, deal_id, user_id IS NOT NULL AS actor, details -> 'password_hash' AS password,
+       deal_store._log_node(seq) > 0 AS written_on_a_worker, count(*)
+FROM deal_store.deal_activity_log WHERE entity_type = 'user' GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3;
