@@ -109,12 +109,16 @@ ORDER BY e.i";
 /// `deal_id`, which it requires to be non-NULL: the nil uuid, which no deal has
 /// and so no deal's team reads (as with NULL). On plain PostgreSQL it is NULL.
 const NO_DEAL: &str = "00000000-0000-0000-0000-000000000000";
+/// [`NO_DEAL`] as a value.
+pub fn no_deal_uuid() -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes([0; 16])
+}
 
 /// The `deal_id` a log entry without a deal is stored under: NULL, or on Citus
 /// the nil uuid (see [`NO_DEAL`]). Read when the statement is planned.
 #[pg_extern(name = "_no_deal", stable, parallel_safe)]
 fn no_deal() -> Option<pgrx::Uuid> {
-    crate::shard::distributed("deal_activity_log").then(|| pgrx::Uuid::from_bytes([0; 16]))
+    crate::shard::distributed("deal_activity_log").then(no_deal_uuid)
 }
 
 /// One column of an audited table.
@@ -487,7 +491,7 @@ unsafe fn capture(
     let mut log = t.log.clone();
     if t.reference {
         // the same change happens on every node's copy: logged where the entry's shard is
-        let deal = deal_id.unwrap_or(pgrx::Uuid::from_bytes([0; 16]));
+        let deal = deal_id.unwrap_or_else(no_deal_uuid);
         deal_id = Some(deal);
         log = crate::shard::local_log_shard(deal);
         if log.is_none() {
@@ -712,6 +716,11 @@ fn audit_flush<'a>(
 #[pg_schema]
 mod tests {
     use pgrx::prelude::*;
+
+    #[pg_test]
+    fn no_deal_is_one_value() {
+        assert_eq!(super::no_deal_uuid().to_string(), super::NO_DEAL);
+    }
 
     fn same(sql: &str) -> bool {
         Spi::get_one::<bool>(sql).unwrap().unwrap_or(false)

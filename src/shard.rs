@@ -190,7 +190,7 @@ pub fn reference_shard(table: &'static str) -> Rc<str> {
 /// this node (None: another node's). The nil uuid's answer (entries without a
 /// deal) is kept for the session.
 pub fn local_log_shard(deal: pgrx::Uuid) -> Option<Rc<str>> {
-    let nil = deal.as_bytes() == &[0; 16];
+    let nil = deal == crate::audit::no_deal_uuid();
     if let Some(known) = nil.then(|| LOCAL_NIL_LOG.with(|c| c.borrow().clone())).flatten() {
         return known;
     }
