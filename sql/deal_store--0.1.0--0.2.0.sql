@@ -3394,32 +3394,6 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION deal_store.soft_delete_by_update() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    entity regclass := deal_store._table_of(TG_RELID)::regclass;   -- on Citus TG_RELID is a shard
-    -- the five tables differ in their columns: read the row by name
-    r jsonb := to_jsonb(NEW);
-    deal uuid := (r ->> CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END)::uuid;
-    prev_reason text := current_setting('deal_store.reason', true);
-    t record;
-BEGIN
-    IF r ->> 'superseded_at' IS NOT NULL THEN
-        RETURN NULL;   -- a fact's history row is never deleted on its own: it goes with its fact's purge
-    END IF;
-    PERFORM deal_store._require_right(deal, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
-    NEW.deleted_at := now();
-    NEW.deleted_by := deal_store.current_actor();
-    NEW.delete_batch := gen_random_uuid();
-    NEW.delete_reason := coalesce(NEW.delete_reason, nullif(prev_reason, ''), 'UPDATE statement');
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', NEW.delete_reason);
-    FOR t IN SELECT * FROM deal_store._owned(entity) LOOP
-        PERFORM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[deal], ARRAY[NEW.id], ARRAY[NEW.delete_reason], NEW.delete_batch);
-    END LOOP;
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(prev_reason, ''));
-    RETURN NEW;
-END $$;
-
 CREATE OR REPLACE FUNCTION deal_store.refuse_truncate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -3704,50 +3678,6 @@ COMMENT ON FUNCTION deal_store._apply_set(uuid, uuid[], text) IS
     'Internal: applies a set of open changes of one deal the caller has locked (the changes ids), set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. Any error aborts the whole set (see _apply).';
 REVOKE ALL ON FUNCTION deal_store._apply_set(uuid, uuid[], text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    prev_reason text := pg_catalog.current_setting('deal_store.reason', true);
-    -- not a change's fault: a deadlock or serialization failure (the caller retries),
-    -- resources, a privilege, a bug
-    not_the_change constant text[] := ARRAY['40', '42', '53', '57', '58', 'XX'];
-    state text;
-    problem text;
-    deal uuid;
-    mine uuid[];
-    actor uuid := deal_store.current_actor();
-BEGIN
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(note, prev_reason, ''));
-    -- deal by deal: a deal's changes are one set (on Citus: one shard's work)
-    FOR deal, mine IN SELECT x.deal_id, pg_catalog.array_agg(x.id ORDER BY x.n)
-                      FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) WITH ORDINALITY x(deal_id, id, n)
-                      GROUP BY x.deal_id ORDER BY pg_catalog.min(x.n) LOOP
-        BEGIN
-            PERFORM deal_store._apply_set(deal, mine, note);
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
-            IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
-                RAISE;
-            END IF;
-            -- some change broke the set: apply each alone, so only what fails is refused
-            FOR i IN 1 .. pg_catalog.cardinality(mine) LOOP
-                BEGIN
-                    PERFORM deal_store._apply_set(deal, ARRAY[mine[i]], note);
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, problem = MESSAGE_TEXT;
-                    IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
-                        RAISE;
-                    END IF;
-                    UPDATE deal_store.pending_changes p
-                    SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(),
-                        review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', problem, state))
-                    WHERE p.deal_id = deal AND p.id = mine[i] AND p.status IN ('pending', 'deferred');
-                END;
-            END LOOP;
-        END;
-    END LOOP;
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.reason = %L', coalesce(prev_reason, ''));
-END $$;
 COMMENT ON FUNCTION deal_store._apply(uuid[], uuid[], text) IS
     'Internal: the one apply path. Applies the open changes (deal_ids[i], ids[i]) the caller has locked with _apply_set, deal by deal; when a deal''s set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
 
@@ -3929,122 +3859,6 @@ BEGIN
 END $$;
 ALTER FUNCTION deal_store.entity_history(text, uuid, jsonb) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
-CREATE OR REPLACE FUNCTION deal_store.purge_audit(older_than interval) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    n bigint;
-BEGIN
-    PERFORM deal_store._require_right(NULL, 'administer');
-    IF older_than IS NULL OR older_than < interval '0' THEN
-        RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
-    END IF;
-    SET LOCAL deal_store.audit_purge = on;
-    DELETE FROM deal_store.deal_activity_log l WHERE l.created_at < now() - older_than;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    SET LOCAL deal_store.audit_purge = off;
-    INSERT INTO deal_store.deal_activity_log (user_id, action, entity_type, reason, details)
-    VALUES (deal_store.current_actor(), 'purge_audit', 'deal_activity_log',
-            nullif(current_setting('deal_store.reason', true), ''),
-            jsonb_build_object('older_than', older_than::text, 'rows', n));
-    RETURN n;
-END $$;
-ALTER FUNCTION deal_store.purge_audit(interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-
--- was LANGUAGE sql with set_config
-CREATE OR REPLACE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    -- SET LOCAL rather than set_config: Citus passes SET LOCAL on to the nodes the transaction uses
-    EXECUTE pg_catalog.format('SET LOCAL deal_store.actor = %L', coalesce(user_id::text, ''));
-    RETURN deal_store.current_actor();
-END $$;
-
-CREATE OR REPLACE FUNCTION deal_store.import_deal(doc jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    prior jsonb;
-    deal uuid;
-    owner uuid;
-    taken text;
-    taken_in text;
-    tbl regclass;
-    ids uuid[];
-BEGIN
-    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
-       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
-        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
-            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
-    END IF;
-    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
-        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
-    END IF;
-    -- read through the typed format first: a malformed document fails here, naming
-    -- the JSON path of the first bad field, before anything is written
-    doc := deal_store._export_format(doc);
-    prior := deal_store._idempotent(idempotency_key, 'import_deal', jsonb_build_array(doc));
-    IF prior IS NOT NULL THEN
-        RETURN (prior #>> '{}')::uuid;
-    END IF;
-    deal := (doc -> 'deal' ->> 'id')::uuid;
-    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
-        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
-            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
-    END IF;
-    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
-                                           'findings', 'gaps', 'fact_finding_links']) k,
-                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
-               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
-        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
-    END IF;
-    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
-    -- accept_change ...) must name one row: an id already used here is refused
-    -- (table by table, each a lookup of the export's ids: on Citus a query per table, no join)
-    FOR taken_in, tbl IN SELECT * FROM (VALUES ('documents', 'deal_store.documents'::regclass), ('analysis_runs', 'deal_store.analysis_runs'::regclass),
-                                               ('facts', 'deal_store.facts'::regclass), ('deleted_facts', 'deal_store.facts'::regclass),
-                                               ('fact_history', 'deal_store.facts'::regclass), ('findings', 'deal_store.findings'::regclass),
-                                               ('gaps', 'deal_store.gaps'::regclass), ('fact_finding_links', 'deal_store.fact_finding_links'::regclass)) v LOOP
-        ids := ARRAY(SELECT (e ->> 'id')::uuid FROM jsonb_array_elements(coalesce(doc -> taken_in, '[]')) e);
-        EXECUTE format('SELECT x.id::text FROM %s x WHERE x.id = ANY ($1) ORDER BY array_position($1, x.id) LIMIT 1', tbl)
-            INTO taken USING ids;
-        EXIT WHEN taken IS NOT NULL;
-    END LOOP;
-    IF taken IS NOT NULL THEN
-        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
-            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
-    END IF;
-    -- the owner: an existing user with the export's e-mail, else a new user with
-    -- no password and the default roles (never credentials or roles from the document)
-    SELECT u.id INTO owner FROM deal_store.users u WHERE lower(u.email) = lower(doc -> 'owner' ->> 'email');
-    IF owner IS NULL AND jsonb_typeof(doc -> 'owner') = 'object' THEN
-        INSERT INTO deal_store.users (id, email, display_name)
-        SELECT CASE WHEN EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = o.id) THEN gen_random_uuid() ELSE o.id END,
-               o.email, o.display_name
-        FROM jsonb_to_record(doc -> 'owner') AS o(id uuid, email text, display_name text)
-        RETURNING id INTO owner;
-    END IF;
-    PERFORM deal_store._insert_rows('deal_store.deals',
-        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')
-            || jsonb_build_object('ignore_unknown_keys', coalesce((doc -> 'deal' ->> 'ignore_unknown_keys')::boolean, false))));
-    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
-    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
-    -- the caller leads what it imported (42501 and nothing imported unless it may write)
-    IF deal_store.current_actor() IS NOT NULL THEN
-        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
-        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
-        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
-    END IF;
-    PERFORM deal_store._require_right(deal, 'manage');
-    -- history rows are the export's own versions: restored by the versioning's own writer
-    PERFORM deal_store._import_facts(
-        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
-    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
-    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
-    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
-    PERFORM deal_store._remember(idempotency_key, to_jsonb(deal));
-    RETURN deal;
-END $$;
-ALTER FUNCTION deal_store.import_deal(jsonb, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-
 DROP FUNCTION deal_store._lock_row(regclass, uuid, text);
 CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text, deal uuid,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
@@ -4192,39 +4006,6 @@ BEGIN
     RETURN total;
 END $$;
 ALTER FUNCTION deal_store.restore(regclass, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-
-CREATE OR REPLACE FUNCTION deal_store.purge(entity regclass, id uuid) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    r record;
-    n integer;
-BEGIN
-    r := deal_store._lock_row(entity, id, 'administer', NULL);
-    IF r.deleted_at IS NULL THEN
-        RAISE EXCEPTION 'cannot purge % row %: it is not deleted', entity, id
-            USING ERRCODE = '55000', HINT = 'Soft-delete it first with deal_store.soft_delete.';
-    END IF;
-    SET LOCAL deal_store.hard_delete = on;
-    IF entity = 'deal_store.deals'::regclass THEN
-        DELETE FROM deal_store.deals d WHERE d.id = r.deal_id;
-    ELSIF entity = 'deal_store.facts'::regclass THEN
-        -- the fact and every history row of its version chain
-        WITH RECURSIVE chain(vid) AS (
-            SELECT purge.id
-            UNION ALL
-            SELECT f.previous_version_id FROM chain c
-            JOIN deal_store.facts f ON f.deal_id = r.deal_id AND f.id = c.vid
-            WHERE f.previous_version_id IS NOT NULL
-        )
-        DELETE FROM deal_store.facts f USING chain c WHERE f.deal_id = r.deal_id AND f.id = c.vid;
-    ELSE
-        EXECUTE format('DELETE FROM %s WHERE deal_id = $1 AND id = $2', entity) USING r.deal_id, id;
-    END IF;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    SET LOCAL deal_store.hard_delete = off;
-    RETURN n;
-END $$;
-ALTER FUNCTION deal_store.purge(regclass, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 CREATE OR REPLACE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false,
     idempotency_key text DEFAULT NULL)
@@ -4881,6 +4662,7 @@ COMMENT ON FUNCTION deal_store._set_local(text, text) IS
     'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, hard_delete, audit_purge; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
 REVOKE ALL ON FUNCTION deal_store._set_local(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION deal_store._set_local(text, text) TO deal_store_reader;
+-- set_actor: was LANGUAGE sql with set_config
 CREATE OR REPLACE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
