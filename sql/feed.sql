@@ -221,7 +221,7 @@ BEGIN
         RETURN QUERY
         WITH batch AS MATERIALIZED (
             SELECT l.* FROM deal_store.deal_activity_log l
-            WHERE l.seq >= deal_store._log_seq(node, 0) AND l.seq < deal_store._log_seq(node + 1, 0)
+            WHERE deal_store._log_node(l.seq) = node
               AND (l.txid, l.seq) > (node_txid, node_seq) AND l.txid < horizon
               AND (everything OR l.deal_id = ANY (deals))
             ORDER BY l.txid, l.seq
@@ -234,10 +234,10 @@ BEGIN
             -- other deals included), at its last entry otherwise; on the nodes
             -- before, past their horizons; on the nodes after, where they were
             UPDATE deal_store.feed_consumers f
-            SET read_txid = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.txid ELSE coalesce(marks_txid[i], 0) END
-                                  FROM generate_series(1, nodes) i LEFT JOIN last x ON true ORDER BY i),
-                read_seq = ARRAY(SELECT CASE WHEN i = node + 1 AND x.n = todo THEN x.seq ELSE coalesce(marks_seq[i], 0) END
-                                 FROM generate_series(1, nodes) i LEFT JOIN last x ON true ORDER BY i),
+            SET (read_txid, read_seq) = (
+                    SELECT array_agg(CASE WHEN i = node + 1 AND x.n = todo THEN x.txid ELSE coalesce(marks_txid[i], 0) END ORDER BY i),
+                           array_agg(CASE WHEN i = node + 1 AND x.n = todo THEN x.seq ELSE coalesce(marks_seq[i], 0) END ORDER BY i)
+                    FROM generate_series(1, nodes) i LEFT JOIN last x ON true),
                 read_at = pg_catalog.now()
             WHERE f.name = c.name
             RETURNING 1
@@ -261,7 +261,6 @@ DECLARE
     nodes integer;
     stop record;
     n bigint := 0;
-    acked bigint;
 BEGIN
     c := deal_store._consumer(consumer);
     IF up_to IS NULL THEN
@@ -274,36 +273,33 @@ BEGIN
     deals := deal_store.my_deals('viewer');
     nodes := cardinality(c.read_txid);
     -- the last read's entries in delivery order, node by node; the first one above
-    -- up_to stays unacknowledged, and the cursors stop before it
+    -- up_to stays unacknowledged, and the cursors stop before it. One query per
+    -- node: that entry if there is one, else any entry with the node's count
     FOR node IN 0 .. nodes - 1 LOOP
-        SELECT r.before_txid, r.before_seq, r.n INTO stop FROM (
+        SELECT r.open, r.before_txid, r.before_seq, r.n, r.total INTO stop FROM (
             SELECT l.txid, l.seq, l.seq > up_to AS open,
                    pg_catalog.lag(l.txid) OVER w AS before_txid, pg_catalog.lag(l.seq) OVER w AS before_seq,
-                   pg_catalog.row_number() OVER w - 1 AS n
+                   pg_catalog.row_number() OVER w - 1 AS n, pg_catalog.count(*) OVER () AS total
             FROM (SELECT l.txid, l.seq FROM deal_store.deal_activity_log l
-                  WHERE l.seq >= deal_store._log_seq(node, 0) AND l.seq < deal_store._log_seq(node + 1, 0)
+                  WHERE deal_store._log_node(l.seq) = node
                     AND (l.txid, l.seq) > (coalesce(c.cursor_txid[node + 1], 0), coalesce(c.cursor_seq[node + 1], 0))
                     AND (l.txid, l.seq) <= (c.read_txid[node + 1], c.read_seq[node + 1])
                     AND (everything OR l.deal_id = ANY (deals))) l
             WINDOW w AS (ORDER BY l.txid, l.seq)) r
-        WHERE r.open
-        ORDER BY r.txid, r.seq LIMIT 1;
-        IF FOUND THEN
+        ORDER BY r.open DESC, r.txid, r.seq LIMIT 1;
+        IF stop.open THEN
             UPDATE deal_store.feed_consumers f
-            SET cursor_txid = ARRAY(SELECT CASE WHEN i < node + 1 THEN c.read_txid[i] WHEN i = node + 1 THEN coalesce(stop.before_txid, c.cursor_txid[i], 0)
-                                                ELSE coalesce(c.cursor_txid[i], 0) END FROM generate_series(1, nodes) i ORDER BY i),
-                cursor_seq = ARRAY(SELECT CASE WHEN i < node + 1 THEN c.read_seq[i] WHEN i = node + 1 THEN coalesce(stop.before_seq, c.cursor_seq[i], 0)
-                                               ELSE coalesce(c.cursor_seq[i], 0) END FROM generate_series(1, nodes) i ORDER BY i),
+            SET (cursor_txid, cursor_seq) = (
+                    SELECT array_agg(CASE WHEN i < node + 1 THEN c.read_txid[i] WHEN i = node + 1 THEN coalesce(stop.before_txid, c.cursor_txid[i], 0)
+                                          ELSE coalesce(c.cursor_txid[i], 0) END ORDER BY i),
+                           array_agg(CASE WHEN i < node + 1 THEN c.read_seq[i] WHEN i = node + 1 THEN coalesce(stop.before_seq, c.cursor_seq[i], 0)
+                                          ELSE coalesce(c.cursor_seq[i], 0) END ORDER BY i)
+                    FROM generate_series(1, nodes) i),
                 acked_at = pg_catalog.now()
             WHERE f.name = c.name AND (node > 0 OR stop.before_txid IS NOT NULL);
             RETURN n + stop.n;
         END IF;
-        SELECT count(*) INTO acked FROM deal_store.deal_activity_log l
-        WHERE l.seq >= deal_store._log_seq(node, 0) AND l.seq < deal_store._log_seq(node + 1, 0)
-          AND (l.txid, l.seq) > (coalesce(c.cursor_txid[node + 1], 0), coalesce(c.cursor_seq[node + 1], 0))
-          AND (l.txid, l.seq) <= (c.read_txid[node + 1], c.read_seq[node + 1])
-          AND (everything OR l.deal_id = ANY (deals));
-        n := n + acked;
+        n := n + coalesce(stop.total, 0);
     END LOOP;
     UPDATE deal_store.feed_consumers f
     SET cursor_txid = c.read_txid, cursor_seq = c.read_seq, read_txid = NULL, read_seq = NULL, acked_at = pg_catalog.now()
