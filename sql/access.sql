@@ -210,14 +210,15 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- @plpgsql_check_options: security_warnings = false
     -- (the name is one of four constants, the value is quote_literal'ed)
-    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.hard_delete', 'deal_store.audit_purge']) THEN
-        RAISE EXCEPTION 'deal_store._set_local sets deal_store.actor, reason, hard_delete or audit_purge, not %', setting
+    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.hard_delete', 'deal_store.audit_purge',
+                                               'deal_store.importing_history']) THEN
+        RAISE EXCEPTION 'deal_store._set_local sets deal_store.actor, reason, hard_delete, audit_purge or importing_history, not %', setting
             USING ERRCODE = '22023';
     END IF;
     EXECUTE pg_catalog.format('SET LOCAL %s = %L', setting, coalesce(value, ''));
 END $$;
 COMMENT ON FUNCTION deal_store._set_local(text, text) IS
-    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, hard_delete, audit_purge; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
+    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, hard_delete, audit_purge, importing_history; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
 
 -- The actor for the rest of the transaction, from a uuid (a client binds a
 -- uuid parameter; SET cannot take one).
@@ -355,6 +356,7 @@ BEGIN
         ('deal_store.accept_changes(uuid, integer, uuid, text)', 'deal_store_reviewer', true),
         ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
         ('deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)', 'deal_store_reviewer', false),
+        ('deal_store._queue_remaining(integer)', 'deal_store_reviewer', false),
         -- admin
         ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
         ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
@@ -382,3 +384,52 @@ COMMENT ON FUNCTION deal_store._may(oid, uuid, text) IS
     'Internal, the row-level security policies on Citus: true when the caller sees every deal or its actor holds min_role or a stronger role in deal (a row''s deal column); rel is the policy''s relation (tableoid): on a worker the team is read from the deal_members shard on the same node, once per transaction.';
 COMMENT ON FUNCTION deal_store._acts_as(oid, uuid) IS
     'Internal, the row-level security policies on Citus: true when the caller sees every deal or user_id is its actor (own deals, own notifications); rel as for _may.';
+
+-- ---------------------------------------------------------------------------
+-- Names no caller can hijack: every routine of the extension is parsed and run
+-- under search_path = pg_catalog, pg_temp. Routines written in SQL or PL/pgSQL
+-- get it as a SET clause (the loop below gives it to any that lacks one, so a
+-- routine added later cannot be forgotten); the Rust library's routines run
+-- their SQL through one module that pins the same path (src/spi.rs, enforced by
+-- clippy); SQL routines with a standard body (BEGIN ATOMIC / RETURN) were parsed
+-- when they were created. What remains is the one list below.
+CREATE FUNCTION deal_store._unpinned() RETURNS TABLE(routine regprocedure, why text)
+LANGUAGE sql IMMUTABLE
+BEGIN ATOMIC
+    SELECT 'deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)'::pg_catalog.regprocedure,
+           'a procedure that COMMITs cannot have a SET clause: every name in it is schema-qualified';
+END;
+COMMENT ON FUNCTION deal_store._unpinned() IS
+    'Internal: the routines of deal_store that run without SET search_path = pg_catalog, pg_temp besides the Rust library''s own (which pin the path inside) and SQL-standard bodies (parsed at creation), and why: the one list the catalog test allows.';
+
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT p.oid::pg_catalog.regprocedure AS fn FROM pg_catalog.pg_proc p
+             JOIN pg_catalog.pg_language l ON l.oid OPERATOR(pg_catalog.=) p.prolang
+             WHERE p.pronamespace OPERATOR(pg_catalog.=) 'deal_store'::pg_catalog.regnamespace
+               AND l.lanname OPERATOR(pg_catalog.<>) 'c' AND p.prosqlbody IS NULL
+               AND NOT coalesce(p.proconfig, '{}') OPERATOR(pg_catalog.@>) '{"search_path=pg_catalog, pg_temp"}'::pg_catalog.text[]
+               AND p.oid OPERATOR(pg_catalog.<>) ALL (SELECT u.routine FROM deal_store._unpinned() u) LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SET search_path = pg_catalog, pg_temp', f.fn);
+    END LOOP;
+END $$;
+
+-- The server owns its records: who and when (src/records.rs classifies the
+-- columns). Every table with such a column gets the trigger, but the log, which
+-- only the server writes.
+COMMENT ON FUNCTION deal_store.server_columns() IS
+    'Trigger (BEFORE INSERT OR UPDATE on every table with *_by or *_at columns): who columns are the actor, when columns the server clock; a caller''s own value is replaced. Creation columns are set once, updated_at / updated_by when the row changes, act columns (deleted_at, decided_by, resolved_at, read_at, ...) when they get a value. See deal_store._server_columns().';
+COMMENT ON FUNCTION deal_store._server_columns() IS
+    'The columns the server writes itself (who: *_by, when: *_at), per table, with their moment: creation, touch, act or versioning (superseded_at, written by the fact versioning only).';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOR t IN SELECT DISTINCT s.table_name FROM deal_store._server_columns() s
+             WHERE s.table_name OPERATOR(pg_catalog.<>) 'deal_activity_log' ORDER BY 1 LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER server_columns BEFORE INSERT OR UPDATE ON deal_store.%I
+                                   FOR EACH ROW EXECUTE FUNCTION deal_store.server_columns()', t);
+    END LOOP;
+END $$;

@@ -111,12 +111,15 @@ BEGIN
     SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+    -- the export's own records (who, when): kept as they are (see src/records.rs)
+    PERFORM deal_store._set_local('deal_store.importing_history', 'on');
     -- @plpgsql_check_options: security_warnings = false
     -- (cols is quote_ident of the table's own column names; tbl a regclass)
     EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%s, $1)', tbl, cols, cols, tbl)
         USING coalesce(rows, '[]');
+    PERFORM deal_store._set_local('deal_store.importing_history', 'off');
 END $$;
-COMMENT ON FUNCTION deal_store._insert_rows(regclass, jsonb) IS 'Internal: inserts a jsonb array of rows into a table (stored columns only).';
+COMMENT ON FUNCTION deal_store._insert_rows(regclass, jsonb) IS 'Internal: inserts a jsonb array of rows into a table (stored columns only) for import_deal, keeping the export''s who and when columns (deal_store.importing_history, superuser-only: import_deal runs as the owner).';
 
 CREATE FUNCTION deal_store.export_deal(deal_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$

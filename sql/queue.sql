@@ -483,9 +483,22 @@ COMMENT ON FUNCTION deal_store.process_queue_batch(integer, integer) IS
 
 -- The worker. Its INOUT parameters are its result (CALL shows them as one row);
 -- a caller passes nothing for them.
+-- The eligible changes process_queue leaves behind (the caller's deals).
+CREATE FUNCTION deal_store._queue_remaining(max_tier integer) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*) FROM deal_store.pending_changes p
+    WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+      AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+      AND ((SELECT deal_store.sees_all_deals()) OR p.deal_id = ANY ((SELECT deal_store.my_deals('reviewer'))::uuid[]))
+$$;
+COMMENT ON FUNCTION deal_store._queue_remaining(integer) IS
+    'Internal: the pending (and due deferred) changes up to max_tier in the caller''s deals that no batch took: process_queue''s remaining.';
+
 CREATE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
     INOUT batches integer DEFAULT NULL, INOUT applied bigint DEFAULT NULL,
     INOUT conflicts bigint DEFAULT NULL, INOUT remaining bigint DEFAULT NULL)
+-- no SET search_path: a procedure with one cannot COMMIT. Every operator,
+-- function and type below is schema-qualified instead (see deal_store._unpinned()).
 LANGUAGE plpgsql AS $$
 DECLARE
     b record;
@@ -496,20 +509,17 @@ BEGIN
     LOOP
         b := deal_store.process_queue_batch(batch_size, max_tier);
         COMMIT;
-        EXIT WHEN b.claimed = 0;
-        batches := batches + 1;
-        applied := applied + b.applied;
-        conflicts := conflicts + b.conflicts;
+        EXIT WHEN b.claimed OPERATOR(pg_catalog.=) 0;
+        batches := batches OPERATOR(pg_catalog.+) 1;
+        applied := applied OPERATOR(pg_catalog.+) b.applied;
+        conflicts := conflicts OPERATOR(pg_catalog.+) b.conflicts;
         RAISE NOTICE 'process_queue: batch %: % applied, % conflicts (so far % applied, % conflicts)',
             batches, b.applied, b.conflicts, applied, conflicts;
-        EXIT WHEN b.claimed < batch_size;
+        EXIT WHEN b.claimed OPERATOR(pg_catalog.<) batch_size;
     END LOOP;
     -- what another call would find now: eligible changes that other workers hold
     -- or that were proposed meanwhile
-    SELECT count(*) INTO remaining FROM deal_store.pending_changes p
-    WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
-      AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
-      AND ((SELECT deal_store.sees_all_deals()) OR p.deal_id = ANY ((SELECT deal_store.my_deals('reviewer'))::uuid[]));
+    remaining := deal_store._queue_remaining(max_tier);
 END $$;
 COMMENT ON PROCEDURE deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint) IS
     'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch and raising a NOTICE with its progress. Returns (as its INOUT parameters; pass nothing for them, or variables from PL/pgSQL) the batches it ran, the changes applied and those that became conflicts, and the eligible changes still open when it stopped (held by other workers or proposed meanwhile) in the deals it works. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block (psql autocommit; a client in autocommit mode), or loop over process_queue_batch inside one.';

@@ -1,35 +1,9 @@
 -- Soft delete: nothing is ever really deleted. Views that hide deleted rows,
 -- soft_delete / restore with cascade and batches, DELETE turned into a soft
--- delete, purge as the only real delete, and updated_at kept by trigger.
-
--- Runs for every updated row, so it has no SET clause (a per-call search_path
--- switch costs more than the whole body, measured: 7.8 against 2 us a row); it
--- resolves nothing through search_path: the comparison is the schema-qualified
--- binary-image row equality (NULLs equal, any changed byte a change).
-CREATE FUNCTION deal_store.touch_updated_at() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    -- updated_at is the system's: a client's own value is ignored.
-    NEW.updated_at := OLD.updated_at;
-    IF NOT (NEW OPERATOR(pg_catalog.*=) OLD) THEN
-        NEW.updated_at := pg_catalog.now();
-    END IF;
-    RETURN NEW;
-END $$;
-COMMENT ON FUNCTION deal_store.touch_updated_at() IS
-    'Trigger: keeps updated_at: now() when an UPDATE changes the row, unchanged otherwise (a client cannot set it).';
+-- delete, purge as the only real delete.
 
 COMMENT ON FUNCTION deal_store._table_of(oid) IS
     'Internal: the table a relation''s rows belong to: the relation itself, or on Citus the distributed table of a shard (deal_store.facts_102099 -> deal_store.facts). Triggers name their table with it, not with TG_RELID.';
-
-CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.users FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
-CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.deals FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
-CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.documents FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
-CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.analysis_runs FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
-CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.findings FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
-CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.gaps FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
-CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.pending_changes FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
-CREATE TRIGGER touch_updated_at BEFORE UPDATE ON deal_store.facts FOR EACH ROW EXECUTE FUNCTION deal_store.touch_updated_at();
 
 -- ---------------------------------------------------------------------------
 -- Views that show what a UI should show.

@@ -27,7 +27,7 @@ use crate::settings;
 use crate::shard;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
+use crate::spi::OwnedPreparedStatement;
 use pgrx::{PgOid, Uuid};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -226,7 +226,7 @@ impl Lookup {
     /// The one value the lookup returns (None: no row or NULL), run through its prepared statement.
     fn one<T: FromDatum + IntoDatum>(self, args: &[pgrx::datum::DatumWithOid]) -> Option<T> {
         let from = SOURCE.get();
-        Spi::connect_mut(|client| {
+        crate::spi::connect_mut(|client| {
             PLANS.with(|plans| {
                 let mut plans = plans.borrow_mut();
                 let plan = plans.entry((self, from)).or_insert_with(|| {
@@ -304,10 +304,10 @@ fn has_privs_of(member: Oid, group: &CStr) -> bool {
 }
 
 /// The value of a one-value query: None for no row or NULL.
-fn internal<T>(r: Result<Option<T>, pgrx::spi::Error>) -> Option<T> {
+fn internal<T>(r: Result<Option<T>, crate::spi::Error>) -> Option<T> {
     match r {
         Ok(v) => v,
-        Err(pgrx::spi::Error::InvalidPosition) => None,
+        Err(crate::spi::Error::InvalidPosition) => None,
         Err(e) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None),
     }
 }

@@ -26,7 +26,7 @@ use crate::settings;
 use crate::jsonb::{JsonbDatum, ObjectBuilder};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
+use crate::spi::OwnedPreparedStatement;
 use pgrx::{PgMemoryContexts, PgRelation};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -34,7 +34,8 @@ use std::ffi::{c_void, CStr};
 use std::rc::Rc;
 
 /// Columns whose changes carry no meaning on their own.
-const NOISE: [&str; 3] = ["updated_at", "search_vector", "item_checksum"];
+/// (`updated_by` repeats the entry's own user_id.)
+const NOISE: [&str; 4] = ["updated_at", "updated_by", "search_vector", "item_checksum"];
 
 /// Columns whose values never reach the log: an entry shows `"[secret]"`
 /// (or null) in their place, so the log tells that one changed, never to what.
@@ -97,10 +98,11 @@ const LOG_INSERT: &str = "\
 INSERT INTO {log}
     (deal_id, user_id, action, entity_type, entity_id, entity_key, analysis_run_id, reason, details{seq})
 SELECT {deal_id}, e.user_id, e.action, e.entity_type, e.entity_id, e.entity_key, e.run_id, e.reason,
-       CASE WHEN e.action IN ('insert', 'purge') THEN e.details - 'search_vector' ELSE e.details END{seq_value}
-FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($3::text[]),
-                pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::uuid[]), pg_catalog.unnest($6::jsonb[]),
-                pg_catalog.unnest($7::uuid[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::jsonb[]))
+       CASE WHEN e.action OPERATOR(pg_catalog.=) ANY ('{insert,purge}'::pg_catalog.text[])
+            THEN e.details OPERATOR(pg_catalog.-) 'search_vector'::pg_catalog.text ELSE e.details END{seq_value}
+FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.uuid[]), pg_catalog.unnest($3::pg_catalog.text[]),
+                pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.uuid[]), pg_catalog.unnest($6::pg_catalog.jsonb[]),
+                pg_catalog.unnest($7::pg_catalog.uuid[]), pg_catalog.unnest($8::pg_catalog.text[]), pg_catalog.unnest($9::pg_catalog.jsonb[]))
          WITH ORDINALITY AS e(deal_id, user_id, action, entity_type, entity_id, entity_key, run_id, reason, details, i)
 ORDER BY e.i";
 
@@ -343,7 +345,7 @@ fn table_info(rel: &PgRelation) -> TableInfo {
         });
     }
     let find = |name: &str, typ: pg_sys::Oid| columns.iter().find(|c| &*c.name == name && c.typid == typ).map(|c| c.attnum);
-    let key_names: Vec<String> = Spi::connect(|client| {
+    let key_names: Vec<String> = crate::spi::connect(|client| {
         client
             .select(
                 "SELECT a.attname::text FROM pg_catalog.pg_index i \
@@ -655,12 +657,12 @@ fn write(entries: &[Entry]) {
     let log = &entries[0].log;
     let deal_id = match log {
         None if !PLANS.with(|p| p.borrow().contains_key(log)) && crate::shard::distributed("deal_activity_log") => {
-            format!("coalesce(e.deal_id, '{NO_DEAL}'::uuid)")
+            format!("coalesce(e.deal_id, '{NO_DEAL}'::pg_catalog.uuid)")
         }
         _ => "e.deal_id".to_string(),
     };
     // the log is written with the extension owner's rights: no other role holds INSERT on it
-    crate::access::as_owner(crate::access::owner(), || Spi::connect_mut(|client| {
+    crate::access::as_owner(crate::access::owner(), || crate::spi::connect_mut(|client| {
         PLANS.with(|plans| {
             let mut plans = plans.borrow_mut();
             if !plans.contains_key(log) {

@@ -169,7 +169,7 @@ pub fn require_deal(deal_id: Uuid) {
 /// `removed` is only inferred for stored rows inside `domains` (all when None).
 /// Lines come sorted by legacy_id.
 pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option<&[String]>) -> Vec<Change> {
-    let mut changes: Vec<Change> = Spi::connect(|client| {
+    let mut changes: Vec<Change> = crate::spi::connect(|client| {
         require_deal(deal_id);
         let checksum = if kind.versioned { "item_checksum".to_string() } else { content_sql(kind) };
         let sql = format!(
@@ -248,7 +248,7 @@ fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
         return;
     }
     let ids: Vec<Uuid> = by_id.keys().map(|b| Uuid::from_bytes(*b)).collect();
-    Spi::connect(|client| {
+    crate::spi::connect(|client| {
         let sql = format!(
             "SELECT t.id, {} FROM {} t JOIN pg_catalog.unnest($2::uuid[]) AS x(id) ON t.deal_id = $1 AND t.id = x.id WHERE {}",
             content_sql(kind),

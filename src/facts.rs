@@ -32,7 +32,6 @@ struct Cols {
     item_checksum: NonZeroUsize,
     previous_version_id: NonZeroUsize,
     superseded_at: NonZeroUsize,
-    updated_by: NonZeroUsize,
     /// `FACT.fields`, in that order
     fields: Vec<NonZeroUsize>,
 }
@@ -56,7 +55,6 @@ impl Cols {
             item_checksum: at("item_checksum"),
             previous_version_id: at("previous_version_id"),
             superseded_at: at("superseded_at"),
-            updated_by: at("updated_by"),
             fields: FACT.fields.iter().map(|f| at(f)).collect(),
         }
     }
@@ -109,6 +107,11 @@ thread_local! {
     static HISTORY_SQL: std::cell::RefCell<std::collections::HashMap<pg_sys::Oid, String>> = std::cell::RefCell::new(Default::default());
 }
 
+/// True while the versioning writes history rows (their records are copies, not new acts).
+pub fn writing_history() -> bool {
+    WRITING_HISTORY.with(std::cell::Cell::get) != HistoryWriter::None
+}
+
 /// Sets `WRITING_HISTORY` for its own life; an error unwinding through it clears it too.
 struct WritingHistory;
 impl WritingHistory {
@@ -128,12 +131,22 @@ impl Drop for WritingHistory {
 /// versions (`deal_store.importing_history`, a superuser-only setting: on Citus the
 /// trigger runs on a worker, which a per-process flag would not reach).
 fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>, cols: &Cols) {
+    if WRITING_HISTORY.with(std::cell::Cell::get) != HistoryWriter::None || crate::settings::IMPORTING_HISTORY.get() {
+        return;
+    }
     let history = internal(new.get_by_index::<TimestampWithTimeZone>(cols.superseded_at)).is_some();
-    if history && WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::None && !crate::settings::IMPORTING_HISTORY.get() {
+    if history {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "a fact's history row (superseded_at set) is written by deal_store's versioning only",
             Some("Update the current fact; its previous content becomes the history row.".into()),
+        );
+    }
+    if internal(new.get_by_index::<pgrx::Uuid>(cols.previous_version_id)).is_some() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "a new fact has no earlier version: previous_version_id is set by deal_store's versioning only",
+            Some("Insert the fact without previous_version_id; updating its content later writes its versions.".into()),
         );
     }
 }
@@ -143,7 +156,7 @@ fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>, cols: &Cols)
 /// (`n.previous_version_id`) and `superseded_at` set, `FROM` what `from` names.
 /// The column list is read from the catalog, so a new column is copied without
 /// a change here.
-fn history_sql(client: &pgrx::spi::SpiClient<'_>, from: &str, into: &str) -> String {
+fn history_sql(client: &crate::spi::SpiClient<'_>, from: &str, into: &str) -> String {
     let cols: Vec<String> = internal(client.select(
         "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute \
          WHERE attrelid = 'deal_store.facts'::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
@@ -177,19 +190,8 @@ const FROM_ONE_ROW: &str = "deal_store.facts o, (SELECT $3::pg_catalog.uuid AS p
 /// statement gave a new version, in one INSERT from the transition tables.
 #[pg_trigger]
 fn fact_version_rows<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
-    Spi::connect_mut(|client| {
-        let data: *const pg_sys::TriggerData = trigger.trigger_data();
-        // SAFETY: the trigger data is PostgreSQL's for this call and outlives the
-        // SPI connection; SPI_register_trigger_data only reads it (its transition
-        // tables become the relations old_facts and new_facts of this connection).
-        let rc = unsafe { pg_sys::SPI_register_trigger_data(data.cast_mut()) };
-        if rc < 0 {
-            raise(
-                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("deal_store fact_version_rows: SPI_register_trigger_data returned {rc}"),
-                None,
-            );
-        }
+    let data: *const pg_sys::TriggerData = trigger.trigger_data();
+    let write = |client: &mut crate::spi::SpiClient<'_>| {
         let _writing = WritingHistory::begin(HistoryWriter::Copy);
         // the trigger's own relation: the table, or on Citus the shard the rows are in
         // SAFETY: tg_relation is open for the whole trigger call
@@ -201,7 +203,10 @@ fn fact_version_rows<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTupl
                 .clone()
         });
         internal(client.update(sql.as_str(), None, &[]));
-    });
+    };
+    // SAFETY: the trigger data is PostgreSQL's for this call; its transition
+    // tables become the relations old_facts and new_facts of this connection
+    unsafe { crate::spi::connect_with_transition_tables(data, write) };
     Ok(None)
 }
 
@@ -214,7 +219,7 @@ fn import_facts(rows: pgrx::AnyElement) {
     // again before returning; an error in between rolls the setting back with
     // the (sub)transaction. SET needs the superuser the extension's owner is.
     let run = |sql: &str, args: &[pgrx::datum::DatumWithOid]| {
-        Spi::run_with_args(sql, args)
+        crate::spi::run(sql, args)
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store _import_facts: {e}"), None))
     };
     run("SET LOCAL deal_store.importing_history = on", &[]);
@@ -232,14 +237,14 @@ fn statement_trigger_present(data: &pg_sys::TriggerData) -> bool {
 
 thread_local! {
     /// the 0.1.0 schema's history INSERT (see `statement_trigger_present`), prepared once per session
-    static HISTORY_ROW_INSERT: std::cell::OnceCell<pgrx::spi::OwnedPreparedStatement> = const { std::cell::OnceCell::new() };
+    static HISTORY_ROW_INSERT: std::cell::OnceCell<crate::spi::OwnedPreparedStatement> = const { std::cell::OnceCell::new() };
 }
 
 /// Copies the current (old) version of one fact into a history row now: the
 /// 0.1.0 way, for a database whose schema has no statement trigger yet.
 fn insert_history_row(deal_id: Option<pgrx::Uuid>, id: Option<pgrx::Uuid>, history_id: pgrx::Uuid) {
     HISTORY_ROW_INSERT.with(|cell| {
-        Spi::connect_mut(|client| {
+        crate::spi::connect_mut(|client| {
             let plan = cell.get_or_init(|| {
                 let sql = history_sql(client, FROM_ONE_ROW, "deal_store.facts");
                 let uuid = PgOid::from(pg_sys::UUIDOID);
@@ -288,25 +293,36 @@ fn fact_versions<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a
             let old_checksum = internal(old.get_by_index::<&str>(cols.item_checksum));
             let old_previous = internal(old.get_by_index::<pgrx::Uuid>(cols.previous_version_id));
             let new_previous = internal(new.get_by_index::<pgrx::Uuid>(cols.previous_version_id));
+            // purge's own deletes (and the foreign keys' SET NULL they cause) may touch history rows
+            let purging = crate::settings::HARD_DELETE.get();
+            if !was_current && !purging {
+                // a history row never changes: a statement that reaches one (by legacy_id, say)
+                // leaves it as it is and changes the current version only
+                return Ok(None);
+            }
+            if was_current && !stays_current && !purging {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    "a fact becomes a history row (superseded_at) only through deal_store's versioning",
+                    Some("Update the fact's content to write a new version, or soft-delete it with deal_store.soft_delete.".into()),
+                );
+            }
             if was_current && stays_current && old_checksum != Some(checksum.as_str()) {
                 let history_id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
                 if !statement_trigger_present(data) {
                     insert_history_row(deal_id, id, history_id);
                 }
                 set.push((cols.previous_version_id, history_id.into_datum()));
-            } else if new_previous.is_some() && new_previous != old_previous {
-                // a link the versioning did not make would make fact_version_rows copy a version that is none
+            } else if new_previous != old_previous && !purging {
+                // a link the versioning did not make (or a cut chain) would falsify the fact's history
                 raise(
                     PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                     "a fact's previous_version_id is set by deal_store's versioning only",
                     Some("Update the fact's content; the versioning links the version it replaces.".into()),
                 );
             }
-            if let Some(actor) = crate::access::actor_for_write() {
-                set.push((cols.updated_by, actor.into_datum()));
-            }
         }
-        _ => refuse_forged_history(&new, &cols), // an INSERT otherwise only gets its checksum
+        _ => refuse_forged_history(&new, &cols), // an INSERT otherwise only gets its checksum (and no history link)
     }
     let unchanged = internal(new.get_by_index::<&str>(cols.item_checksum)) == Some(checksum.as_str());
     if !unchanged {

@@ -14,10 +14,12 @@ mod export;
 mod facts;
 mod jsonb;
 mod queue;
+mod records;
 mod schema;
 mod search;
 mod settings;
 mod shard;
+mod spi;
 mod validate;
 
 #[pgrx::pg_guard]

@@ -15,7 +15,7 @@ use crate::checksum::{from_hex, hex, Digest, Kind};
 use crate::diff::{check_domains, diff, parse_incoming, ChangeType};
 use crate::errors::{raise, required};
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use crate::spi::SpiClient;
 use pgrx::{AnyElement, JsonB, Uuid};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -71,7 +71,7 @@ fn load_rules(client: &SpiClient<'_>, deal_id: Uuid) -> Vec<Rule> {
         )
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading the tier policies: {e}"), None));
     rows.map(|r| {
-        let field = |e: pgrx::spi::Error| -> ! {
+        let field = |e: crate::spi::Error| -> ! {
             raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading the tier policies: {e}"), None)
         };
         Rule {
@@ -92,7 +92,7 @@ fn confidence_tier(deal_id: Uuid, entity_type: &str, change_type: &str, confiden
     if !["new", "update", "delete"].contains(&change_type) {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown change type \"{change_type}\""), None);
     }
-    let rules = Spi::connect(|c| {
+    let rules = crate::spi::connect(|c| {
         crate::diff::require_deal(deal_id);
         load_rules(c, deal_id)
     });
@@ -172,7 +172,7 @@ type Counts = BTreeMap<(String, i32, String), i64>;
 
 fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<String>>) -> Counts {
     let incoming = parse_incoming(kind, &doc);
-    Spi::connect_mut(|client| {
+    crate::spi::connect_mut(|client| {
         let run = lock_run(client, run_id);
         let allowed = crate::validate::allowed_keys(kind);
         crate::validate::check(client, kind, &doc, &allowed, crate::validate::ignores_unknown_keys(client, run.deal_id));

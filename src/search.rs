@@ -47,7 +47,7 @@ fn allowed_edits(len: usize) -> usize {
 /// distance of each query word (words ANDed, alternatives ORed), or NULL.
 #[pg_extern(stable, parallel_safe)]
 fn typo_tsquery(deal_id: Uuid, query: &str, cfg: default!(&str, "'english'")) -> Option<String> {
-    let words: Vec<String> = Spi::connect(|c| {
+    let words: Vec<String> = crate::spi::connect(|c| {
         crate::diff::require_deal(deal_id);
         c.select("SELECT lexeme FROM pg_catalog.unnest(pg_catalog.to_tsvector($1::regconfig, $2))", None, &[cfg.into(), query.into()])
             .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
@@ -57,7 +57,7 @@ fn typo_tsquery(deal_id: Uuid, query: &str, cfg: default!(&str, "'english'")) ->
         return None;
     }
     // the deal's vocabulary (its current live facts' lexemes)
-    let vocabulary: Vec<String> = Spi::connect(|c| {
+    let vocabulary: Vec<String> = crate::spi::connect(|c| {
         let stat = format!(
             "SELECT search_vector FROM deal_store.facts WHERE deal_id = '{deal_id}' AND deleted_at IS NULL AND superseded_at IS NULL"
         );

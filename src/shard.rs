@@ -70,7 +70,7 @@ fn distributed_sql() -> bool {
 /// True when Citus distributes (hashes) `deal_store.<table>`; false on plain PostgreSQL.
 pub fn distributed(table: &str) -> bool {
     citus_metadata()
-        && Spi::get_one_with_args::<bool>(
+        && crate::spi::get_one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p
                             WHERE p.logicalrelid = pg_catalog.to_regclass(pg_catalog.format('deal_store.%I', $1))
                               AND p.partmethod = 'h')",
@@ -90,7 +90,7 @@ fn shard_of(oid: pg_sys::Oid, schema: &str, name: &str) -> Option<Rc<Shard>> {
     // a shard is named <table>_<shardid> in its table's schema (Citus's naming);
     // the metadata confirms it, so a table that merely ends in digits stays itself
     let found = citus_metadata().then(|| {
-        Spi::connect(|client| {
+        crate::spi::connect(|client| {
             client
                 .select(
                     "SELECT s.logicalrelid::pg_catalog.oid, c.relname::pg_catalog.text, s.shardid, p.partmethod = 'n'
@@ -137,7 +137,7 @@ pub fn colocated(shard: i64, table: &'static str) -> Rc<str> {
     if let Some(n) = COLOCATED.with(|c| c.borrow().get(&(shard, table)).cloned()) {
         return n;
     }
-    let name = Spi::get_one_with_args::<String>(
+    let name = crate::spi::get_one::<String>(
         "SELECT pg_catalog.format('%I.%I', 'deal_store', $2 || '_' || o.shardid::pg_catalog.text)
          FROM pg_catalog.pg_dist_shard s
          JOIN pg_catalog.pg_dist_shard o ON o.logicalrelid = pg_catalog.format('deal_store.%I', $2)::pg_catalog.regclass
@@ -165,7 +165,7 @@ pub fn reference_shard(table: &'static str) -> Rc<str> {
     if let Some(n) = REFERENCE.with(|c| c.borrow().get(table).cloned()) {
         return n;
     }
-    let name = Spi::get_one_with_args::<String>(
+    let name = crate::spi::get_one::<String>(
         "SELECT pg_catalog.format('%I.%I', 'deal_store', $1 || '_' || s.shardid::pg_catalog.text)
          FROM pg_catalog.pg_dist_shard s
          JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = s.logicalrelid AND p.partmethod = 'n'
@@ -194,7 +194,7 @@ pub fn local_log_shard(deal: pgrx::Uuid) -> Option<Rc<str>> {
     if let Some(known) = nil.then(|| LOCAL_NIL_LOG.with(|c| c.borrow().clone())).flatten() {
         return known;
     }
-    let name: Option<Rc<str>> = Spi::get_one_with_args::<String>(
+    let name: Option<Rc<str>> = crate::spi::get_one::<String>(
         "SELECT (SELECT pg_catalog.format('%I.%I', 'deal_store', 'deal_activity_log_' || p.shardid::pg_catalog.text)
                  FROM pg_catalog.pg_dist_placement p
                  JOIN pg_catalog.pg_dist_local_group g ON g.groupid = p.groupid

@@ -9,7 +9,7 @@ use crate::checksum::Kind;
 use crate::errors::raise;
 use crate::jsonb::{self, Node};
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use crate::spi::SpiClient;
 use pgrx::{AnyElement, JsonB};
 use std::collections::HashMap;
 

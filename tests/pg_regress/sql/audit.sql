@@ -128,17 +128,18 @@ INSERT INTO public.valuations VALUES ('YEW', 2026, 14, NULL);
 SELECT count(*) AS entries FROM deal_activity_log WHERE entity_type = 'public.valuations' AND entity_key = '{"deal_code": "YEW", "year": 2026}';
 DROP TABLE public.valuations, public.no_key;
 
--- fact_as_of across three versions
+-- fact_as_of across three versions; the clock is the server's, so the versions
+-- are dated afterwards as a restore would write them (no trigger runs under replica)
 INSERT INTO facts (deal_id, id, legacy_id, domain, item, created_at) VALUES
  ('00000000-0000-0000-0001-0000000000d7', '00000000-0000-0000-0001-0000000000f8', 'F-2', 'applications', 'SAP ECC', '2026-01-01');
-BEGIN;
+SELECT created_at > '2026-06-01' AS created_by_the_server_clock FROM facts WHERE id = '00000000-0000-0000-0001-0000000000f8';
 UPDATE facts SET item = 'SAP ECC 6.0' WHERE id = '00000000-0000-0000-0001-0000000000f8';
-UPDATE facts SET superseded_at = '2026-02-01' WHERE superseded_at IS NOT NULL AND deal_id = '00000000-0000-0000-0001-0000000000d7';
-COMMIT;
-BEGIN;
 UPDATE facts SET item = 'SAP S/4HANA' WHERE id = '00000000-0000-0000-0001-0000000000f8';
-UPDATE facts SET superseded_at = '2026-03-01' WHERE superseded_at > '2026-02-01' AND deal_id = '00000000-0000-0000-0001-0000000000d7';
-COMMIT;
+SET session_replication_role = replica;
+UPDATE facts SET created_at = '2026-01-01' WHERE deal_id = '00000000-0000-0000-0001-0000000000d7' AND legacy_id = 'F-2';
+UPDATE facts SET superseded_at = '2026-02-01' WHERE deal_id = '00000000-0000-0000-0001-0000000000d7' AND item = 'SAP ECC' AND superseded_at IS NOT NULL;
+UPDATE facts SET superseded_at = '2026-03-01' WHERE deal_id = '00000000-0000-0000-0001-0000000000d7' AND item = 'SAP ECC 6.0' AND superseded_at IS NOT NULL;
+RESET session_replication_role;
 SELECT t, fact_as_of('00000000-0000-0000-0001-0000000000f8', t::timestamptz) ->> 'item' AS item
 FROM unnest(ARRAY['2025-12-31', '2026-01-15', '2026-02-01', '2026-02-15', '2026-03-15']) t;
 SELECT regress.expect_error($$SELECT deal_store.fact_as_of('00000000-0000-0000-0001-000000000999', now())$$);

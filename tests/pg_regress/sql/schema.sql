@@ -96,8 +96,11 @@ UPDATE deals SET deleted_at = now(), delete_batch = gen_random_uuid() WHERE name
 INSERT INTO deals (user_id, name, target_name) VALUES ('00000000-0000-0000-0008-00000000000a', 'Project Birch', 'Birch Ltd');
 UPDATE documents SET deleted_at = now(), delete_batch = gen_random_uuid() WHERE file_hash = 'h1';
 INSERT INTO documents (deal_id, filename, file_hash, storage_path) VALUES ('00000000-0000-0000-0008-0000000000d1', 'it-v2.pdf', 'h1', '/vdr/it2.pdf');
--- a history row (superseded) does not block either
+-- a history row (superseded) does not block either; only the versioning makes one
+SELECT regress.expect_error($$UPDATE deal_store.facts SET superseded_at = now() WHERE legacy_id = 'F-1'$$);
+SET session_replication_role = replica;
 UPDATE facts SET superseded_at = now() WHERE legacy_id = 'F-1';
+RESET session_replication_role;
 INSERT INTO facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0008-0000000000d1', 'F-1', 'applications', 'SAP S/4HANA');
 UPDATE findings SET deleted_at = now(), delete_batch = gen_random_uuid() WHERE legacy_id = 'R-1';
 INSERT INTO findings (deal_id, legacy_id, finding_type, domain, title) VALUES ('00000000-0000-0000-0008-0000000000d1', 'R-1', 'risk', 'applications', 'again');

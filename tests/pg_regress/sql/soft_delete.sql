@@ -88,13 +88,13 @@ SELECT count(*) AS links_left FROM fact_finding_links WHERE deal_id = '00000000-
 SHOW deal_store.hard_delete;
 
 -- updated_at moves on a real change only
-ALTER TABLE deals DISABLE TRIGGER touch_updated_at;
+ALTER TABLE deals DISABLE TRIGGER server_columns;
 UPDATE deals SET updated_at = '2020-01-01' WHERE name = 'Project Cedar';
-ALTER TABLE deals ENABLE TRIGGER touch_updated_at;
+ALTER TABLE deals ENABLE TRIGGER server_columns;
 UPDATE deals SET name = name WHERE name = 'Project Cedar';
 UPDATE deals SET updated_at = '2030-01-01' WHERE name = 'Project Cedar';
 SELECT updated_at = '2020-01-01' AS unchanged FROM deals WHERE name = 'Project Cedar';
 UPDATE deals SET industry = 'Retail' WHERE name = 'Project Cedar';
 SELECT updated_at > '2020-01-01' AND updated_at < '2030-01-01' AS touched FROM deals WHERE name = 'Project Cedar';
-SELECT tgrelid::regclass AS tbl FROM pg_trigger WHERE tgname = 'touch_updated_at' ORDER BY tbl::text;
+SELECT tgrelid::regclass AS tbl FROM pg_trigger WHERE tgname = 'server_columns' ORDER BY tbl::text;
 RESET deal_store.actor;
