@@ -401,6 +401,7 @@ BEGIN ATOMIC
 END;
 COMMENT ON FUNCTION deal_store._unpinned() IS
     'Internal: the routines of deal_store that run without SET search_path = pg_catalog, pg_temp besides the Rust library''s own (which pin the path inside) and SQL-standard bodies (parsed at creation), and why: the one list the catalog test allows.';
+REVOKE ALL ON FUNCTION deal_store._unpinned() FROM PUBLIC;
 
 DO $$
 DECLARE

@@ -4976,3 +4976,377 @@ BEGIN ATOMIC
 END;
 ALTER FUNCTION deal_store.deals_for_user(uuid, boolean) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+
+-- ---------------------------------------------------------------------------
+-- Names no caller can hijack; who and when are the server's; history rows never change.
+
+-- updated_at is kept by server_columns now (with every other who / when column)
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOR t IN SELECT c.relname::text FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
+             WHERE g.tgname = 'touch_updated_at' AND c.relnamespace = 'deal_store'::pg_catalog.regnamespace LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER touch_updated_at ON deal_store.%I', t);
+    END LOOP;
+END $$;
+DROP FUNCTION deal_store.touch_updated_at();
+
+CREATE FUNCTION deal_store."_server_columns"() RETURNS TABLE (
+	"table_name" TEXT,
+	"column_name" TEXT,
+	"kind" TEXT,
+	"moment" TEXT
+)
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'server_columns_sql_wrapper';
+CREATE FUNCTION deal_store."server_columns"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'server_columns_wrapper';
+REVOKE ALL ON FUNCTION deal_store._server_columns(), deal_store.server_columns() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION deal_store._set_local(setting text, value text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the name is one of four constants, the value is quote_literal'ed)
+    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.hard_delete', 'deal_store.audit_purge',
+                                               'deal_store.importing_history']) THEN
+        RAISE EXCEPTION 'deal_store._set_local sets deal_store.actor, reason, hard_delete, audit_purge or importing_history, not %', setting
+            USING ERRCODE = '22023';
+    END IF;
+    EXECUTE pg_catalog.format('SET LOCAL %s = %L', setting, coalesce(value, ''));
+END $$;
+COMMENT ON FUNCTION deal_store._set_local(text, text) IS
+    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, hard_delete, audit_purge, importing_history; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
+
+CREATE OR REPLACE FUNCTION deal_store._insert_rows(tbl regclass, rows jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cols text;
+BEGIN
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+    -- the export's own records (who, when): kept as they are (see src/records.rs)
+    PERFORM deal_store._set_local('deal_store.importing_history', 'on');
+    -- @plpgsql_check_options: security_warnings = false
+    -- (cols is quote_ident of the table's own column names; tbl a regclass)
+    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%s, $1)', tbl, cols, cols, tbl)
+        USING coalesce(rows, '[]');
+    PERFORM deal_store._set_local('deal_store.importing_history', 'off');
+END $$;
+COMMENT ON FUNCTION deal_store._insert_rows(regclass, jsonb) IS 'Internal: inserts a jsonb array of rows into a table (stored columns only) for import_deal, keeping the export''s who and when columns (deal_store.importing_history, superuser-only: import_deal runs as the owner).';
+
+-- The eligible changes process_queue leaves behind (the caller's deals).
+CREATE FUNCTION deal_store._queue_remaining(max_tier integer) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*) FROM deal_store.pending_changes p
+    WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+      AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+      AND ((SELECT deal_store.sees_all_deals()) OR p.deal_id = ANY ((SELECT deal_store.my_deals('reviewer'))::uuid[]))
+$$;
+COMMENT ON FUNCTION deal_store._queue_remaining(integer) IS
+    'Internal: the pending (and due deferred) changes up to max_tier in the caller''s deals that no batch took: process_queue''s remaining.';
+
+REVOKE ALL ON FUNCTION deal_store._queue_remaining(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deal_store._queue_remaining(integer) TO deal_store_reviewer;
+
+CREATE OR REPLACE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
+    INOUT batches integer DEFAULT NULL, INOUT applied bigint DEFAULT NULL,
+    INOUT conflicts bigint DEFAULT NULL, INOUT remaining bigint DEFAULT NULL)
+-- no SET search_path: a procedure with one cannot COMMIT. Every operator,
+-- function and type below is schema-qualified instead (see deal_store._unpinned()).
+LANGUAGE plpgsql AS $$
+DECLARE
+    b record;
+BEGIN
+    batches := 0;
+    applied := 0;
+    conflicts := 0;
+    LOOP
+        b := deal_store.process_queue_batch(batch_size, max_tier);
+        COMMIT;
+        EXIT WHEN b.claimed OPERATOR(pg_catalog.=) 0;
+        batches := batches OPERATOR(pg_catalog.+) 1;
+        applied := applied OPERATOR(pg_catalog.+) b.applied;
+        conflicts := conflicts OPERATOR(pg_catalog.+) b.conflicts;
+        RAISE NOTICE 'process_queue: batch %: % applied, % conflicts (so far % applied, % conflicts)',
+            batches, b.applied, b.conflicts, applied, conflicts;
+        EXIT WHEN b.claimed OPERATOR(pg_catalog.<) batch_size;
+    END LOOP;
+    -- what another call would find now: eligible changes that other workers hold
+    -- or that were proposed meanwhile
+    remaining := deal_store._queue_remaining(max_tier);
+END $$;
+
+-- Names no caller can hijack: every routine of the extension is parsed and run
+-- under search_path = pg_catalog, pg_temp. Routines written in SQL or PL/pgSQL
+-- get it as a SET clause (the loop below gives it to any that lacks one, so a
+-- routine added later cannot be forgotten); the Rust library's routines run
+-- their SQL through one module that pins the same path (src/spi.rs, enforced by
+-- clippy); SQL routines with a standard body (BEGIN ATOMIC / RETURN) were parsed
+-- when they were created. What remains is the one list below.
+CREATE FUNCTION deal_store._unpinned() RETURNS TABLE(routine regprocedure, why text)
+LANGUAGE sql IMMUTABLE
+BEGIN ATOMIC
+    SELECT 'deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)'::pg_catalog.regprocedure,
+           'a procedure that COMMITs cannot have a SET clause: every name in it is schema-qualified';
+END;
+COMMENT ON FUNCTION deal_store._unpinned() IS
+    'Internal: the routines of deal_store that run without SET search_path = pg_catalog, pg_temp besides the Rust library''s own (which pin the path inside) and SQL-standard bodies (parsed at creation), and why: the one list the catalog test allows.';
+REVOKE ALL ON FUNCTION deal_store._unpinned() FROM PUBLIC;
+
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT p.oid::pg_catalog.regprocedure AS fn FROM pg_catalog.pg_proc p
+             JOIN pg_catalog.pg_language l ON l.oid OPERATOR(pg_catalog.=) p.prolang
+             WHERE p.pronamespace OPERATOR(pg_catalog.=) 'deal_store'::pg_catalog.regnamespace
+               AND l.lanname OPERATOR(pg_catalog.<>) 'c' AND p.prosqlbody IS NULL
+               AND NOT coalesce(p.proconfig, '{}') OPERATOR(pg_catalog.@>) '{"search_path=pg_catalog, pg_temp"}'::pg_catalog.text[]
+               AND p.oid OPERATOR(pg_catalog.<>) ALL (SELECT u.routine FROM deal_store._unpinned() u) LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SET search_path = pg_catalog, pg_temp', f.fn);
+    END LOOP;
+END $$;
+
+-- The server owns its records: who and when (src/records.rs classifies the
+-- columns). Every table with such a column gets the trigger, but the log, which
+-- only the server writes.
+COMMENT ON FUNCTION deal_store.server_columns() IS
+    'Trigger (BEFORE INSERT OR UPDATE on every table with *_by or *_at columns): who columns are the actor, when columns the server clock; a caller''s own value is replaced. Creation columns are set once, updated_at / updated_by when the row changes, act columns (deleted_at, decided_by, resolved_at, read_at, ...) when they get a value. See deal_store._server_columns().';
+COMMENT ON FUNCTION deal_store._server_columns() IS
+    'The columns the server writes itself (who: *_by, when: *_at), per table, with their moment: creation, touch, act or versioning (superseded_at, written by the fact versioning only).';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOR t IN SELECT DISTINCT s.table_name FROM deal_store._server_columns() s
+             WHERE s.table_name OPERATOR(pg_catalog.<>) 'deal_activity_log' ORDER BY 1 LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER server_columns BEFORE INSERT OR UPDATE ON deal_store.%I
+                                   FOR EACH ROW EXECUTE FUNCTION deal_store.server_columns()', t);
+    END LOOP;
+END $$;
+
+-- Headlines escape stored text; the search query is bounded; the queue's wake-up carries nothing;
+-- the Citus preparation refuses where Citus is absent.
+
+CREATE FUNCTION deal_store._escaped(doc text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(doc, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'), '"', '&quot;');
+COMMENT ON FUNCTION deal_store._escaped(text) IS 'Internal: text with & < > " HTML-escaped: what a headline shows of stored text.';
+
+CREATE FUNCTION deal_store._headline(cfg regconfig, doc text, query tsquery, opts text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.ts_headline(cfg, deal_store._escaped(doc), query, opts);
+COMMENT ON FUNCTION deal_store._headline(regconfig, text, tsquery, text) IS
+    'Internal: ts_headline of the HTML-escaped text (& < > " escaped), so a headline holds no markup but the highlight markers.';
+
+REVOKE ALL ON FUNCTION deal_store._escaped(text), deal_store._headline(regconfig, text, tsquery, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION deal_store.search_facts(deal_id uuid, query text, domain text DEFAULT NULL, category text DEFAULT NULL,
+    entity text DEFAULT NULL, min_confidence float8 DEFAULT NULL, lim integer DEFAULT 20, off integer DEFAULT 0)
+RETURNS SETOF deal_store.fact_search_hit
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    cfg regconfig := deal_store.search_config();
+    tsq tsquery;
+    vec text;
+    opts text := deal_store.headline_options();
+    trgm text := (SELECT quote_ident(n.nspname) FROM pg_catalog.pg_extension e
+                  JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm');
+    filters text := ' AND f.deal_id = $1 AND f.deleted_at IS NULL AND f.superseded_at IS NULL'
+                    ' AND ($3 IS NULL OR f.domain = $3) AND ($4 IS NULL OR f.category = $4)'
+                    ' AND ($5 IS NULL OR f.entity = $5) AND ($6 IS NULL OR f.confidence_score >= $6)';
+    page text := ' ORDER BY rank DESC, f.legacy_id, f.id LIMIT $7 OFFSET $8';
+    typo text;
+    tsq_found boolean := false;
+    -- the ranked page: %1$s the vector, %2$s the filters, %3$s the page, %4$s added to the rank;
+    -- the headline is computed for the returned rows only
+    ranked text := 'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item, f.evidence,
+                                      (deal_store.search_rank(%1$s, $2) + %4$s)::real AS rank, count(*) OVER () AS total
+                               FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
+                    SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
+                           CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN deal_store._headline($9, m.item, $2, $10)
+                                ELSE deal_store._headline($9, m.evidence, $2, $10) END, m.total
+                    FROM m ORDER BY m.rank DESC, m.legacy_id, m.id';
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
+    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
+    ELSIF off IS NULL OR off < 0 THEN
+        RAISE EXCEPTION 'off must not be negative' USING ERRCODE = '22023';
+    ELSIF query IS NULL OR btrim(query) = '' THEN
+        RETURN;
+    ELSIF length(query) > 1000 THEN
+        -- pg_trgm's word similarity does not check for cancels: its cost grows with the
+        -- query times the item, so the query is bounded (every path then stops in time)
+        RAISE EXCEPTION 'a search query has at most 1000 characters, this one has %', length(query) USING ERRCODE = '22023',
+            HINT = 'Search for the distinctive words of what you are looking for.';
+    END IF;
+    -- the stored vector is built with english; another configuration computes it on the fly
+    vec := CASE WHEN cfg = 'english'::regconfig THEN 'f.search_vector'
+                ELSE format('deal_store.fact_search_vector(%L, f.item, f.category, f.domain, f.evidence, f.details)', cfg) END;
+    tsq := deal_store.search_tsquery(query, cfg);
+    -- 1. full-text match: rank in (0, 1)
+    IF numnode(tsq) > 0 THEN
+        RETURN QUERY EXECUTE format(ranked, vec, filters, page, '0')
+            USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category, search_facts.entity,
+                  min_confidence, lim, off, cfg, opts;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- an empty page past the end of a non-empty result is not a reason to go fuzzy
+        IF off > 0 THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM deal_store.facts f WHERE %s @@ $2 %s)', vec, filters)
+                INTO STRICT tsq_found USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category,
+                     search_facts.entity, min_confidence;
+            IF tsq_found THEN
+                RETURN;
+            END IF;
+        END IF;
+    END IF;
+    -- 2. trigram fallback (pg_trgm word similarity): rank = similarity - 1, so <= 0
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the EXECUTEd texts are constants of this function; trgm is quote_ident of pg_trgm's schema)
+    RETURN QUERY EXECUTE format(
+        'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item,
+                           (%1$s.word_similarity($2::text, f.item) - 1)::real AS rank, count(*) OVER () AS total
+                    FROM deal_store.facts f WHERE $2::text OPERATOR(%1$s.<%%) f.item %2$s %3$s)
+         SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank, deal_store._escaped(m.item), m.total
+         FROM m ORDER BY m.rank DESC, m.legacy_id, m.id', trgm, filters, page)
+        USING search_facts.deal_id, btrim(query), search_facts.domain, search_facts.category, search_facts.entity,
+              min_confidence, lim, off;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    -- 3. typo fallback: the deal's lexemes within a small edit distance; rank = ts_rank_cd - 1
+    typo := deal_store.typo_tsquery(search_facts.deal_id, query, cfg::text);
+    IF typo IS NOT NULL THEN
+        RETURN QUERY EXECUTE format(ranked, vec, filters, page, '-1')
+            USING search_facts.deal_id, typo::tsquery, search_facts.domain, search_facts.category, search_facts.entity,
+                  min_confidence, lim, off, cfg, opts;
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store.search_facts(uuid, text, text, text, text, double precision, integer, integer) IS
+    'Ranked search over a deal''s current live facts. query: web-search syntax ("quoted phrase", or, -excluded), the last word also matching as a prefix. Filters: domain, category, entity, min_confidence. Ordered by rank then legacy_id and id (stable pages); total = all matches. headline marks the matched words (tags deal_store.headline_start / headline_stop) in the item, or in the evidence when the item has none, the stored text HTML-escaped so the markers are its only tags. rank in (0, 1): full-text match (ts_rank_cd normalised to rank/(rank+1)); rank <= 0: fallback (trigram word similarity - 1, or the typo-tolerant match''s rank - 1). NULL or blank query: no rows. 22023 for lim outside 1..1000, negative off or a query over 1000 characters.';
+
+ALTER FUNCTION deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION deal_store.search_deal(deal_id uuid, query text, lim integer DEFAULT 20)
+RETURNS TABLE(entity_type text, entity_id uuid, title text, rank real, headline text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    cfg regconfig := deal_store.search_config();
+    tsq tsquery;
+    opts text := deal_store.headline_options();
+    fact_ids uuid[];
+    fact_titles text[];
+    fact_ranks real[];
+    fact_headlines text[];
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
+    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
+    ELSIF query IS NULL OR btrim(query) = '' THEN
+        RETURN;
+    END IF;
+    tsq := deal_store.search_tsquery(query, cfg);
+    IF numnode(tsq) = 0 THEN
+        RETURN;
+    END IF;
+    -- the facts' hits first, in a statement of their own: on Citus the query below runs
+    -- on the deal's shard, where search_facts (a query of its own) cannot be called
+    SELECT array_agg(s.fact_id), array_agg(s.item), array_agg(s.rank), array_agg(s.headline)
+    INTO fact_ids, fact_titles, fact_ranks, fact_headlines
+    FROM deal_store.search_facts(search_deal.deal_id, query, lim => search_deal.lim) s WHERE s.rank > 0;
+    RETURN QUERY
+    WITH hits AS (
+        SELECT 'fact'::text AS kind, f.id, f.title, f.rank, f.headline
+        FROM ROWS FROM (unnest(fact_ids), unnest(fact_titles), unnest(fact_ranks), unnest(fact_headlines)) f(id, title, rank, headline)
+        UNION ALL
+        SELECT 'finding', g.id, g.title, ts_rank_cd(v.vec, tsq, 32)::real,
+               deal_store._headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
+        FROM deal_store.findings g,
+             LATERAL (SELECT setweight(to_tsvector(cfg, g.title), 'A') || setweight(to_tsvector(cfg, coalesce(g.description, '')), 'C') AS vec) v
+        WHERE g.deal_id = search_deal.deal_id AND g.deleted_at IS NULL AND v.vec @@ tsq
+        UNION ALL
+        SELECT 'gap', x.id, x.description, ts_rank_cd(v.vec, tsq, 32)::real, deal_store._headline(cfg, x.description, tsq, opts)
+        FROM deal_store.gaps x,
+             LATERAL (SELECT setweight(to_tsvector(cfg, x.description), 'A') AS vec) v
+        WHERE x.deal_id = search_deal.deal_id AND x.deleted_at IS NULL AND v.vec @@ tsq)
+    SELECT h.kind, h.id, h.title, h.rank, h.headline FROM hits h
+    ORDER BY h.rank DESC, h.kind, h.title, h.id
+    LIMIT lim;
+END $$;
+COMMENT ON FUNCTION deal_store.search_deal(uuid, text, integer) IS
+    'One ranked list over a deal''s live facts (item, category, evidence, details), findings (title, description) and gaps (description), with highlighted headlines. Same query syntax as search_facts; 22023 for lim outside 1..1000.';
+
+ALTER FUNCTION deal_store.search_deal(uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION deal_store._signal_review(deal_id uuid, run_id uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    counts jsonb;
+    waiting bigint;
+    owner uuid;
+    run_number integer;
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'write');
+    SELECT count(*), jsonb_build_object('tier_1', count(*) FILTER (WHERE p.confidence_tier = 1),
+                                        'tier_2', count(*) FILTER (WHERE p.confidence_tier = 2),
+                                        'tier_3', count(*) FILTER (WHERE p.confidence_tier = 3))
+    INTO waiting, counts
+    FROM deal_store.pending_changes p
+    WHERE p.deal_id = _signal_review.deal_id AND p.analysis_run_id = run_id AND p.status = 'pending';
+    IF waiting = 0 THEN
+        RETURN;
+    END IF;
+    SELECT d.user_id INTO owner FROM deal_store.deals d WHERE d.id = _signal_review.deal_id;
+    SELECT r.run_number INTO run_number FROM deal_store.analysis_runs r WHERE r.deal_id = _signal_review.deal_id AND r.id = run_id;
+    -- one notification per deal owner per run, kept up to date
+    UPDATE deal_store.notifications n SET payload = jsonb_build_object('run_id', run_id, 'pending', waiting) || counts,
+        title = format('%s changes of analysis run %s wait for review', waiting, run_number)
+    WHERE n.user_id = owner AND n.deal_id = _signal_review.deal_id AND n.type = 'review_needed'
+      AND n.payload ->> 'run_id' = run_id::text;
+    IF NOT FOUND THEN
+        INSERT INTO deal_store.notifications (user_id, deal_id, type, title, message, payload)
+        VALUES (owner, _signal_review.deal_id, 'review_needed',
+                format('%s changes of analysis run %s wait for review', waiting, run_number),
+                'Review them with deal_store.accept_change / reject_change / defer_change or accept_changes.',
+                jsonb_build_object('run_id', run_id, 'pending', waiting) || counts);
+    END IF;
+    -- NOTIFY is delivered when the transaction commits, and not at all when it rolls back;
+    -- any connected role may LISTEN, so the wake-up carries nothing: the listener reads
+    -- what it may see (its notifications, conflicts(), the queue) through its own rights
+    PERFORM pg_notify('deal_store_queue', '');
+END $$;
+COMMENT ON FUNCTION deal_store._signal_review(uuid, uuid) IS
+    'Internal: when changes of a run wait for review, keeps one review_needed notification for the deal owner per run and sends an empty pg_notify(''deal_store_queue'', '''') on commit (any role may LISTEN: the details are in the notification, which only its user reads).';
+
+CREATE OR REPLACE FUNCTION deal_store._distribute_prepare() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RAISE EXCEPTION 'deal_store._distribute_prepare is for a Citus cluster, and Citus is not installed in this database'
+            USING ERRCODE = '0A000', HINT = 'On plain PostgreSQL there is nothing to prepare; on Citus, call deal_store.distribute() on the coordinator.';
+    END IF;
+    -- every foreign key (Citus converts tables linked to a distributed one
+    -- otherwise); the coordinator puts back those Citus supports
+    FOR c IN SELECT k.conrelid::regclass AS t, k.conname FROM pg_catalog.pg_constraint k
+             WHERE k.connamespace = 'deal_store'::regnamespace AND k.contype = 'f' LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.t, c.conname);
+    END LOOP;
+    -- unique keys without the distribution column
+    ALTER TABLE deal_store.deal_activity_log DROP CONSTRAINT deal_activity_log_pkey;
+    ALTER TABLE deal_store.notifications DROP CONSTRAINT notifications_pkey;
+    DROP INDEX deal_store.deals_user_id_name_key;
+    PERFORM deal_store._create_policies(true);
+END $$;
+COMMENT ON FUNCTION deal_store._distribute_prepare() IS
+    'Internal, deal_store.distribute() on every node: drops the foreign keys, the primary keys of deal_activity_log and notifications and the unique live deal name, and writes the row-level security policies in their Citus form.';

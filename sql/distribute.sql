@@ -41,6 +41,10 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c record;
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RAISE EXCEPTION 'deal_store._distribute_prepare is for a Citus cluster, and Citus is not installed in this database'
+            USING ERRCODE = '0A000', HINT = 'On plain PostgreSQL there is nothing to prepare; on Citus, call deal_store.distribute() on the coordinator.';
+    END IF;
     -- every foreign key (Citus converts tables linked to a distributed one
     -- otherwise); the coordinator puts back those Citus supports
     FOR c IN SELECT k.conrelid::regclass AS t, k.conname FROM pg_catalog.pg_constraint k

@@ -286,12 +286,13 @@ BEGIN
                 'Review them with deal_store.accept_change / reject_change / defer_change or accept_changes.',
                 jsonb_build_object('run_id', run_id, 'pending', waiting) || counts);
     END IF;
-    -- NOTIFY is delivered when the transaction commits, and not at all when it rolls back
-    PERFORM pg_notify('deal_store_queue',
-        (jsonb_build_object('deal_id', _signal_review.deal_id, 'run_id', run_id, 'pending', waiting) || counts)::text);
+    -- NOTIFY is delivered when the transaction commits, and not at all when it rolls back;
+    -- any connected role may LISTEN, so the wake-up carries nothing: the listener reads
+    -- what it may see (its notifications, conflicts(), the queue) through its own rights
+    PERFORM pg_notify('deal_store_queue', '');
 END $$;
 COMMENT ON FUNCTION deal_store._signal_review(uuid, uuid) IS
-    'Internal: when changes of a run wait for review, keeps one review_needed notification for the deal owner per run and sends pg_notify(''deal_store_queue'', {deal_id, run_id, pending, tier_1..3}) on commit.';
+    'Internal: when changes of a run wait for review, keeps one review_needed notification for the deal owner per run and sends an empty pg_notify(''deal_store_queue'', '''') on commit (any role may LISTEN: the details are in the notification, which only its user reads).';
 
 -- ---------------------------------------------------------------------------
 -- Review.

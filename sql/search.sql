@@ -48,6 +48,18 @@ COMMENT ON FUNCTION deal_store.search_tsquery(text, regconfig) IS
     'The tsquery search_facts runs: websearch syntax ("phrase", or, -word) with the last word also matching as a prefix. Never raises a syntax error. Composes: SELECT … FROM deal_store.active_facts f WHERE f.search_vector @@ deal_store.search_tsquery(''…'') uses the GIN index on search_vector; order by deal_store.search_rank.';
 
 -- No SET clause, so it is inlined into the caller's query (a plain ts_rank_cd there).
+-- A headline shows stored text: it is HTML-escaped first, so that the only tags
+-- in it are the highlight markers (an <img onerror> in a fact reaches no UI).
+CREATE FUNCTION deal_store._escaped(doc text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(doc, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'), '"', '&quot;');
+COMMENT ON FUNCTION deal_store._escaped(text) IS 'Internal: text with & < > " HTML-escaped: what a headline shows of stored text.';
+CREATE FUNCTION deal_store._headline(cfg regconfig, doc text, query tsquery, opts text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.ts_headline(cfg, deal_store._escaped(doc), query, opts);
+COMMENT ON FUNCTION deal_store._headline(regconfig, text, tsquery, text) IS
+    'Internal: ts_headline of the HTML-escaped text (& < > " escaped), so a headline holds no markup but the highlight markers.';
+
 CREATE FUNCTION deal_store.search_rank(search_vector tsvector, query tsquery) RETURNS real
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN pg_catalog.ts_rank_cd(search_vector, query, 32);
@@ -81,8 +93,8 @@ DECLARE
                                       (deal_store.search_rank(%1$s, $2) + %4$s)::real AS rank, count(*) OVER () AS total
                                FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
                     SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
-                           CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN ts_headline($9, m.item, $2, $10)
-                                ELSE ts_headline($9, m.evidence, $2, $10) END, m.total
+                           CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN deal_store._headline($9, m.item, $2, $10)
+                                ELSE deal_store._headline($9, m.evidence, $2, $10) END, m.total
                     FROM m ORDER BY m.rank DESC, m.legacy_id, m.id';
 BEGIN
     PERFORM deal_store._require_deal(deal_id, 'read');
@@ -92,6 +104,11 @@ BEGIN
         RAISE EXCEPTION 'off must not be negative' USING ERRCODE = '22023';
     ELSIF query IS NULL OR btrim(query) = '' THEN
         RETURN;
+    ELSIF length(query) > 1000 THEN
+        -- pg_trgm's word similarity does not check for cancels: its cost grows with the
+        -- query times the item, so the query is bounded (every path then stops in time)
+        RAISE EXCEPTION 'a search query has at most 1000 characters, this one has %', length(query) USING ERRCODE = '22023',
+            HINT = 'Search for the distinctive words of what you are looking for.';
     END IF;
     -- the stored vector is built with english; another configuration computes it on the fly
     vec := CASE WHEN cfg = 'english'::regconfig THEN 'f.search_vector'
@@ -122,7 +139,7 @@ BEGIN
         'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item,
                            (%1$s.word_similarity($2::text, f.item) - 1)::real AS rank, count(*) OVER () AS total
                     FROM deal_store.facts f WHERE $2::text OPERATOR(%1$s.<%%) f.item %2$s %3$s)
-         SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank, m.item, m.total
+         SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank, deal_store._escaped(m.item), m.total
          FROM m ORDER BY m.rank DESC, m.legacy_id, m.id', trgm, filters, page)
         USING search_facts.deal_id, btrim(query), search_facts.domain, search_facts.category, search_facts.entity,
               min_confidence, lim, off;
@@ -138,7 +155,7 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON FUNCTION deal_store.search_facts(uuid, text, text, text, text, double precision, integer, integer) IS
-    'Ranked search over a deal''s current live facts. query: web-search syntax ("quoted phrase", or, -excluded), the last word also matching as a prefix. Filters: domain, category, entity, min_confidence. Ordered by rank then legacy_id and id (stable pages); total = all matches. headline marks the matched words (tags deal_store.headline_start / headline_stop) in the item, or in the evidence when the item has none. rank in (0, 1): full-text match (ts_rank_cd normalised to rank/(rank+1)); rank <= 0: fallback (trigram word similarity - 1, or the typo-tolerant match''s rank - 1). NULL or blank query: no rows. 22023 for lim outside 1..1000 or negative off.';
+    'Ranked search over a deal''s current live facts. query: web-search syntax ("quoted phrase", or, -excluded), the last word also matching as a prefix. Filters: domain, category, entity, min_confidence. Ordered by rank then legacy_id and id (stable pages); total = all matches. headline marks the matched words (tags deal_store.headline_start / headline_stop) in the item, or in the evidence when the item has none, the stored text HTML-escaped so the markers are its only tags. rank in (0, 1): full-text match (ts_rank_cd normalised to rank/(rank+1)); rank <= 0: fallback (trigram word similarity - 1, or the typo-tolerant match''s rank - 1). NULL or blank query: no rows. 22023 for lim outside 1..1000, negative off or a query over 1000 characters.';
 
 CREATE FUNCTION deal_store.search_deal(deal_id uuid, query text, lim integer DEFAULT 20)
 RETURNS TABLE(entity_type text, entity_id uuid, title text, rank real, headline text)
@@ -173,12 +190,12 @@ BEGIN
         FROM ROWS FROM (unnest(fact_ids), unnest(fact_titles), unnest(fact_ranks), unnest(fact_headlines)) f(id, title, rank, headline)
         UNION ALL
         SELECT 'finding', g.id, g.title, ts_rank_cd(v.vec, tsq, 32)::real,
-               ts_headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
+               deal_store._headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
         FROM deal_store.findings g,
              LATERAL (SELECT setweight(to_tsvector(cfg, g.title), 'A') || setweight(to_tsvector(cfg, coalesce(g.description, '')), 'C') AS vec) v
         WHERE g.deal_id = search_deal.deal_id AND g.deleted_at IS NULL AND v.vec @@ tsq
         UNION ALL
-        SELECT 'gap', x.id, x.description, ts_rank_cd(v.vec, tsq, 32)::real, ts_headline(cfg, x.description, tsq, opts)
+        SELECT 'gap', x.id, x.description, ts_rank_cd(v.vec, tsq, 32)::real, deal_store._headline(cfg, x.description, tsq, opts)
         FROM deal_store.gaps x,
              LATERAL (SELECT setweight(to_tsvector(cfg, x.description), 'A') AS vec) v
         WHERE x.deal_id = search_deal.deal_id AND x.deleted_at IS NULL AND v.vec @@ tsq)

@@ -24,6 +24,10 @@ mod validate;
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // errors raised from Rust carry no backtrace to the client, whatever the
+    // server's environment says (Backtrace::capture reads this once, first)
+    // SAFETY: the backend is single-threaded, and nothing reads the environment concurrently
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     settings::init();
     access::init();
     audit::init();

@@ -1,0 +1,76 @@
+-- Names no caller can hijack: the catalog shows every routine of deal_store
+-- parsed and run under search_path = pg_catalog, pg_temp (pg_temp named, last).
+-- The only routines without that SET clause: the Rust library's own (their SQL
+-- runs through src/spi.rs, which pins the same path; clippy refuses SPI
+-- anywhere else), SQL-standard bodies (parsed when created), and the one list
+-- deal_store._unpinned() gives with its reasons.
+SELECT p.oid::regprocedure AS unpinned_routine
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE p.pronamespace = 'deal_store'::regnamespace
+  AND NOT coalesce(p.proconfig, '{}') @> '{"search_path=pg_catalog, pg_temp"}'
+  AND p.prosqlbody IS NULL
+  AND NOT (l.lanname = 'c' AND p.probin = '$libdir/deal_store')
+  AND p.oid <> ALL (SELECT u.routine FROM deal_store._unpinned() u)
+ORDER BY 1;
+-- a path set on a routine names pg_temp, last
+SELECT p.oid::regprocedure AS routine, c AS setting
+FROM pg_catalog.pg_proc p, unnest(p.proconfig) c
+WHERE p.pronamespace = 'deal_store'::regnamespace AND c LIKE 'search_path=%' AND c NOT LIKE '%, pg_temp'
+ORDER BY 1;
+-- the exceptions, with their reasons
+SELECT routine, why FROM deal_store._unpinned() ORDER BY 1;
+-- the C routines all come from the library itself
+SELECT count(*) AS foreign_c_routines FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE p.pronamespace = 'deal_store'::regnamespace AND l.lanname = 'c' AND p.probin <> '$libdir/deal_store';
+
+-- The server owns its records: the one classification of who / when columns
+-- covers every table, and every such table but the log has the trigger.
+SELECT s.table_name, string_agg(s.column_name || ':' || s.kind || '/' || s.moment, ', ' ORDER BY s.column_name) AS columns
+FROM deal_store._server_columns() s GROUP BY 1 ORDER BY 1;
+SELECT s.table_name AS without_trigger FROM (SELECT DISTINCT table_name FROM deal_store._server_columns()) s
+WHERE s.table_name <> 'deal_activity_log'
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = ('deal_store.' || quote_ident(s.table_name))::regclass
+                  AND t.tgname = 'server_columns' AND t.tgenabled = 'O');
+
+-- Each reported defect, now refused or harmless (as a superuser here; the
+-- trap layer of tests/hostile repeats the search-path ones as ordinary roles).
+SET deal_store.actor = '';
+INSERT INTO deal_store.users (id, email) VALUES
+  ('00000000-0000-0000-0029-0000000000a1', 'lead29@example.com'), ('00000000-0000-0000-0029-0000000000a2', 'other29@example.com');
+INSERT INTO deal_store.deals (id, user_id, name, target_name) VALUES
+  ('00000000-0000-0000-0029-0000000000d1', '00000000-0000-0000-0029-0000000000a1', 'Project Pinned', 'P');
+SET deal_store.actor = '00000000-0000-0000-0029-0000000000a1';
+-- "who" and "when" given by the caller are replaced by the actor and the server clock
+INSERT INTO deal_store.facts (deal_id, id, legacy_id, domain, item, created_by, updated_by, created_at)
+VALUES ('00000000-0000-0000-0029-0000000000d1', '00000000-0000-0000-0029-0000000000f1', 'P-1', 'network', 'fibre',
+        '00000000-0000-0000-0029-0000000000a2', '00000000-0000-0000-0029-0000000000a2', '2000-01-01');
+SELECT created_by, updated_by, created_at <> '2000-01-01' AS server_clock FROM deal_store.facts WHERE id = '00000000-0000-0000-0029-0000000000f1';
+UPDATE deal_store.facts SET item = 'fibre ring', created_at = '2000-01-01', updated_by = '00000000-0000-0000-0029-0000000000a2'
+WHERE id = '00000000-0000-0000-0029-0000000000f1';
+SELECT updated_by, created_at <> '2000-01-01' AS server_clock FROM deal_store.facts WHERE id = '00000000-0000-0000-0029-0000000000f1' AND superseded_at IS NULL;
+-- a soft delete by UPDATE with another deleter and another time
+UPDATE deal_store.facts SET deleted_at = '2001-09-11', deleted_by = '00000000-0000-0000-0029-0000000000a2'
+WHERE id = '00000000-0000-0000-0029-0000000000f1';
+SELECT deleted_by, deleted_at <> '2001-09-11' AS server_clock FROM deal_store.facts WHERE id = '00000000-0000-0000-0029-0000000000f1';
+SELECT deal_store.restore('deal_store.facts', '00000000-0000-0000-0029-0000000000f1');
+-- history: the history row never changes, the chain cannot be cut, a fact cannot leave active_facts by superseded_at
+UPDATE deal_store.facts SET item = 'rewritten', created_at = '2000-01-01' WHERE deal_id = '00000000-0000-0000-0029-0000000000d1' AND superseded_at IS NOT NULL;
+SELECT item FROM deal_store.facts WHERE deal_id = '00000000-0000-0000-0029-0000000000d1' AND superseded_at IS NOT NULL;
+SELECT regress.expect_error($$UPDATE deal_store.facts SET previous_version_id = NULL WHERE id = '00000000-0000-0000-0029-0000000000f1'$$);
+SELECT regress.expect_error($$UPDATE deal_store.facts SET superseded_at = now() WHERE id = '00000000-0000-0000-0029-0000000000f1'$$);
+SELECT regress.expect_error($$INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item, previous_version_id)
+    SELECT deal_id, 'P-2', 'network', 'forged', id FROM deal_store.facts WHERE deal_id = '00000000-0000-0000-0029-0000000000d1' AND superseded_at IS NOT NULL$$);
+SELECT count(*) AS versions FROM deal_store.fact_history('00000000-0000-0000-0029-0000000000f1');
+-- a gap resolved "by" someone else is resolved by the actor
+INSERT INTO deal_store.gaps (deal_id, legacy_id, domain, description, resolved_by, resolved_at)
+VALUES ('00000000-0000-0000-0029-0000000000d1', 'G-1', 'network', 'no diagram', '00000000-0000-0000-0029-0000000000a2', '2000-01-01');
+SELECT resolved_by, resolved_at <> '2000-01-01' AS server_clock FROM deal_store.gaps WHERE deal_id = '00000000-0000-0000-0029-0000000000d1';
+-- headlines escape stored markup; the query is bounded
+INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item)
+VALUES ('00000000-0000-0000-0029-0000000000d1', 'P-3', 'network', 'router <img src=x onerror=alert(1)> firmware');
+SELECT headline FROM deal_store.search_facts('00000000-0000-0000-0029-0000000000d1', 'firmware');
+SELECT headline FROM deal_store.search_facts('00000000-0000-0000-0029-0000000000d1', 'firmwre <img>');
+SELECT regress.expect_error($$SELECT * FROM deal_store.search_facts('00000000-0000-0000-0029-0000000000d1', repeat('x', 1001))$$);
+-- the Citus preparation refuses without Citus
+SELECT regress.expect_error($$SELECT deal_store._distribute_prepare()$$);
+RESET deal_store.actor;
