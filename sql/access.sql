@@ -196,9 +196,18 @@ BEGIN
     -- Notifications: each user their own.
     ALTER TABLE deal_store.notifications ENABLE ROW LEVEL SECURITY;
     EXECUTE format('CREATE POLICY own ON deal_store.notifications FOR ALL USING (%s)', format(own, 'user_id'));
+    -- Users: each sees itself and the members of the deals it sees (on Citus, which
+    -- allows no subquery in a policy: itself); admins see and change every user.
+    ALTER TABLE deal_store.users ENABLE ROW LEVEL SECURITY;
+    EXECUTE format('CREATE POLICY shared_deals ON deal_store.users FOR SELECT USING (%s%s)', format(own, 'id'),
+        CASE WHEN on_citus THEN ''
+             ELSE ' OR id = ANY (ARRAY(SELECT m.user_id FROM deal_store.deal_members m
+                                      WHERE m.deal_id = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[])))' END);
+    CREATE POLICY admins_write ON deal_store.users FOR ALL USING ((SELECT deal_store.sees_all_deals()))
+        WITH CHECK ((SELECT deal_store.sees_all_deals()));
 END $$;
 COMMENT ON FUNCTION deal_store._create_policies(boolean) IS
-    'Internal: (re)creates every row-level security policy of deal_store: with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
+    'Internal: (re)creates every row-level security policy of deal_store (users: a reader sees itself and the members of its deals): with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
 SELECT deal_store._create_policies(false);
 
 -- The extension's own settings for the rest of the transaction. A SET LOCAL of

@@ -5350,3 +5350,166 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store._distribute_prepare() IS
     'Internal, deal_store.distribute() on every node: drops the foreign keys, the primary keys of deal_activity_log and notifications and the unique live deal name, and writes the row-level security policies in their Citus form.';
+
+-- The importer owns what it imports; readers see the users they share a deal with.
+
+CREATE OR REPLACE FUNCTION deal_store.import_deal(doc jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prior jsonb;
+    deal uuid;
+    owner uuid;
+    taken text;
+    taken_in text;
+    tbl regclass;
+    ids uuid[];
+BEGIN
+    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
+       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
+    END IF;
+    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
+        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
+    END IF;
+    -- read through the typed format first: a malformed document fails here, naming
+    -- the JSON path of the first bad field, before anything is written
+    doc := deal_store._export_format(doc);
+    prior := deal_store._idempotent(idempotency_key, 'import_deal', jsonb_build_array(doc));
+    IF prior IS NOT NULL THEN
+        RETURN (prior #>> '{}')::uuid;
+    END IF;
+    IF deal_store._distributed() THEN
+        -- the checks below read every shard at once; on Citus a write to a reference
+        -- table (a new owner in users) must then use the same one connection per node
+        PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    END IF;
+    deal := (doc -> 'deal' ->> 'id')::uuid;
+    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
+        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
+            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                                           'findings', 'gaps', 'fact_finding_links']) k,
+                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
+               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
+        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
+    END IF;
+    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
+    -- accept_change ...) must name one row: an id already used here is refused
+    -- (table by table, each a lookup of the export's ids: on Citus a query per table, no join)
+    FOR taken_in, tbl IN SELECT * FROM (VALUES ('documents', 'deal_store.documents'::regclass), ('analysis_runs', 'deal_store.analysis_runs'::regclass),
+                                               ('facts', 'deal_store.facts'::regclass), ('deleted_facts', 'deal_store.facts'::regclass),
+                                               ('fact_history', 'deal_store.facts'::regclass), ('findings', 'deal_store.findings'::regclass),
+                                               ('gaps', 'deal_store.gaps'::regclass), ('fact_finding_links', 'deal_store.fact_finding_links'::regclass)) v LOOP
+        ids := ARRAY(SELECT (e ->> 'id')::uuid FROM jsonb_array_elements(coalesce(doc -> taken_in, '[]')) e);
+        EXECUTE format('SELECT x.id::text FROM %s x WHERE x.id = ANY ($1) ORDER BY array_position($1, x.id) LIMIT 1', tbl)
+            INTO taken USING ids;
+        EXIT WHEN taken IS NOT NULL;
+    END LOOP;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
+            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
+    END IF;
+    -- the owner is the importer: its actor (an admin names any existing user with
+    -- set_actor). Never a user taken or made from the document: an e-mail in it
+    -- names nobody here, and a deal planted in another user's list would be theirs
+    owner := deal_store.current_actor();
+    IF owner IS NULL THEN
+        RAISE EXCEPTION 'import_deal needs an actor: the importer owns the deal it imports' USING ERRCODE = '42501',
+            HINT = 'Link the login role to its user (users.db_role), or name the user with deal_store.set_actor (an admin may name any existing user).';
+    END IF;
+    PERFORM deal_store._insert_rows('deal_store.deals',
+        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')
+            || jsonb_build_object('ignore_unknown_keys', coalesce((doc -> 'deal' ->> 'ignore_unknown_keys')::boolean, false))));
+    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
+    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    -- the caller leads what it imported (42501 and nothing imported unless it may write)
+    IF deal_store.current_actor() IS NOT NULL THEN
+        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
+        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    END IF;
+    PERFORM deal_store._require_right(deal, 'manage');
+    -- history rows are the export's own versions: restored by the versioning's own writer
+    PERFORM deal_store._import_facts(
+        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
+    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
+    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
+    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
+    PERFORM deal_store._remember(idempotency_key, to_jsonb(deal));
+    RETURN deal;
+END $$;
+COMMENT ON FUNCTION deal_store.import_deal(jsonb, text) IS
+    'Loads a deal from export_deal''s jsonb, keeping the ids of its rows. The importer (its actor; an admin names any existing user with set_actor) owns it and leads it; the export''s owner is not looked up or created (42501 without an actor). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import. With an idempotency_key, a repeated call returns the first call''s deal and imports nothing.';
+
+ALTER FUNCTION deal_store.import_deal(jsonb, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION deal_store._create_policies(on_citus boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+    -- %1$I the deal column, %2$L the deal role it needs
+    member text := CASE WHEN on_citus THEN 'deal_store._may(tableoid, %1$I, %2$L)'
+                   ELSE '%1$I = ANY ((SELECT deal_store.my_deals(%2$L))::uuid[]) OR (SELECT deal_store.sees_all_deals())' END;
+    -- %1$I the user column: the row is the actor's own
+    own text := CASE WHEN on_citus THEN 'deal_store._acts_as(tableoid, %1$I)'
+                ELSE '(SELECT deal_store.sees_all_deals()) OR %1$I = (SELECT deal_store.current_actor())' END;
+    also text;
+BEGIN
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the statements are built from constant text and quote_ident'ed catalog names only)
+    FOR t IN SELECT tablename, policyname FROM pg_catalog.pg_policies WHERE schemaname = 'deal_store' LOOP
+        EXECUTE format('DROP POLICY %I ON deal_store.%I', t.policyname, t.tablename);
+    END LOOP;
+    FOR t IN SELECT * FROM (VALUES
+        -- table, its deal column, the deal role that may change rows, who else reads a row
+        ('deals',              'id',      'lead',     'owner'),
+        ('documents',          'deal_id', 'analyst',  NULL),
+        ('analysis_runs',      'deal_id', 'analyst',  NULL),
+        ('facts',              'deal_id', 'analyst',  NULL),
+        ('findings',           'deal_id', 'analyst',  NULL),
+        ('fact_finding_links', 'deal_id', 'analyst',  NULL),
+        ('gaps',               'deal_id', 'analyst',  NULL),
+        ('pending_changes',    'deal_id', 'reviewer', NULL),
+        ('deal_members',       'deal_id', 'lead',     NULL),
+        ('tier_policies',      'deal_id', 'lead',     'everyone, for the global rules'),
+        ('deal_activity_log',  'deal_id', NULL,       NULL)) AS x(tbl, col, writer, reads)
+    LOOP
+        also := CASE t.reads
+            WHEN 'owner' THEN CASE WHEN on_citus THEN ' OR ' || format(own, 'user_id')
+                                   ELSE ' OR user_id = (SELECT deal_store.current_actor())' END
+            WHEN 'everyone, for the global rules' THEN ' OR deal_id IS NULL'
+            ELSE '' END;
+        EXECUTE format('ALTER TABLE deal_store.%I ENABLE ROW LEVEL SECURITY', t.tbl);
+        EXECUTE format('CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%s%s)',
+            t.tbl, format(member, t.col, 'viewer'), also);
+        -- one policy per command, so a read is checked against the read rule alone
+        IF t.writer IS NOT NULL THEN
+            EXECUTE format('CREATE POLICY members_insert ON deal_store.%I FOR INSERT WITH CHECK (%s)',
+                t.tbl, format(member, t.col, t.writer));
+            EXECUTE format('CREATE POLICY members_update ON deal_store.%I FOR UPDATE USING (%s)',
+                t.tbl, format(member, t.col, t.writer));
+            EXECUTE format('CREATE POLICY members_delete ON deal_store.%I FOR DELETE USING (%s)',
+                t.tbl, format(member, t.col, t.writer));
+        END IF;
+    END LOOP;
+    -- A deal's owner creates it: a user may insert deals it owns.
+    EXECUTE format('CREATE POLICY owner_creates ON deal_store.deals FOR INSERT WITH CHECK (%s)', format(own, 'user_id'));
+    -- Notifications: each user their own.
+    ALTER TABLE deal_store.notifications ENABLE ROW LEVEL SECURITY;
+    EXECUTE format('CREATE POLICY own ON deal_store.notifications FOR ALL USING (%s)', format(own, 'user_id'));
+    -- Users: each sees itself and the members of the deals it sees (on Citus, which
+    -- allows no subquery in a policy: itself); admins see and change every user.
+    ALTER TABLE deal_store.users ENABLE ROW LEVEL SECURITY;
+    EXECUTE format('CREATE POLICY shared_deals ON deal_store.users FOR SELECT USING (%s%s)', format(own, 'id'),
+        CASE WHEN on_citus THEN ''
+             ELSE ' OR id = ANY (ARRAY(SELECT m.user_id FROM deal_store.deal_members m
+                                      WHERE m.deal_id = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[])))' END);
+    CREATE POLICY admins_write ON deal_store.users FOR ALL USING ((SELECT deal_store.sees_all_deals()))
+        WITH CHECK ((SELECT deal_store.sees_all_deals()));
+END $$;
+COMMENT ON FUNCTION deal_store._create_policies(boolean) IS
+    'Internal: (re)creates every row-level security policy of deal_store (users: a reader sees itself and the members of its deals): with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
+
+SELECT deal_store._create_policies(deal_store._distributed());

@@ -209,15 +209,13 @@ BEGIN
         RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
             HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
     END IF;
-    -- the owner: an existing user with the export's e-mail, else a new user with
-    -- no password and the default roles (never credentials or roles from the document)
-    SELECT u.id INTO owner FROM deal_store.users u WHERE lower(u.email) = lower(doc -> 'owner' ->> 'email');
-    IF owner IS NULL AND jsonb_typeof(doc -> 'owner') = 'object' THEN
-        INSERT INTO deal_store.users (id, email, display_name)
-        SELECT CASE WHEN EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = o.id) THEN gen_random_uuid() ELSE o.id END,
-               o.email, o.display_name
-        FROM jsonb_to_record(doc -> 'owner') AS o(id uuid, email text, display_name text)
-        RETURNING id INTO owner;
+    -- the owner is the importer: its actor (an admin names any existing user with
+    -- set_actor). Never a user taken or made from the document: an e-mail in it
+    -- names nobody here, and a deal planted in another user's list would be theirs
+    owner := deal_store.current_actor();
+    IF owner IS NULL THEN
+        RAISE EXCEPTION 'import_deal needs an actor: the importer owns the deal it imports' USING ERRCODE = '42501',
+            HINT = 'Link the login role to its user (users.db_role), or name the user with deal_store.set_actor (an admin may name any existing user).';
     END IF;
     PERFORM deal_store._insert_rows('deal_store.deals',
         jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')
@@ -241,4 +239,4 @@ BEGIN
     RETURN deal;
 END $$;
 COMMENT ON FUNCTION deal_store.import_deal(jsonb, text) IS
-    'Loads a deal from export_deal''s jsonb, keeping every id, so export_deal(import_deal(x)) = x. The caller (deal_store.actor) becomes a lead of it. The owner is the existing user with the export''s e-mail, else a new user with that e-mail, no password and the default roles (credentials and roles in the document are ignored). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import. With an idempotency_key, a repeated call returns the first call''s deal and imports nothing.';
+    'Loads a deal from export_deal''s jsonb, keeping the ids of its rows. The importer (its actor; an admin names any existing user with set_actor) owns it and leads it; the export''s owner is not looked up or created (42501 without an actor). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import. With an idempotency_key, a repeated call returns the first call''s deal and imports nothing.';

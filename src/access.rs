@@ -134,6 +134,8 @@ struct Resolved {
     /// the deals where the actor holds a minimum deal role, sorted, read once
     /// per source (on a Citus shard: the deals of that shard's node)
     deals: RefCell<DealLists>,
+    /// (deal, run) pairs checked for `deal_store.run_id`: is the run one of the deal's
+    runs: RefCell<HashMap<(Uuid, Uuid), bool>>,
 }
 
 thread_local! {
@@ -159,6 +161,8 @@ enum Lookup {
     DealsOf,
     /// a deal ($1) exists
     DealExists,
+    /// a run ($2) is a run of a deal ($1)
+    RunInDeal,
 }
 
 /// Where the lookups read. On plain PostgreSQL and on a Citus coordinator: the
@@ -219,6 +223,13 @@ impl Lookup {
                 &[uuid, texts],
             ),
             Lookup::DealExists => (format!("SELECT true FROM {} d WHERE d.id OPERATOR(pg_catalog.=) $1", from.relation("deals")), &[uuid]),
+            Lookup::RunInDeal => (
+                format!(
+                    "SELECT true FROM {} r WHERE r.deal_id OPERATOR(pg_catalog.=) $1 AND r.id OPERATOR(pg_catalog.=) $2",
+                    from.relation("analysis_runs")
+                ),
+                &[uuid, uuid],
+            ),
         };
         (sql, types.iter().map(|&t| PgOid::from(t)).collect())
     }
@@ -350,7 +361,7 @@ fn resolve() -> Rc<Resolved> {
             ),
         }),
     };
-    let r = Rc::new(Resolved { outer, raw, installed, admin, service, owner, actor, deals: RefCell::default() });
+    let r = Rc::new(Resolved { outer, raw, installed, admin, service, owner, actor, deals: RefCell::default(), runs: RefCell::default() });
     RESOLVED.with(|c| *c.borrow_mut() = Some(r.clone()));
     r
 }
@@ -370,6 +381,31 @@ pub fn actor() -> Option<Uuid> {
         Ok(a) => *a,
         Err(m) => denied(m.clone(), "Link the login role to its user (users.db_role), or act through a member of deal_store_service."),
     }
+}
+
+/// The run a change of a row of `deal` is logged under when `deal_store.run_id`
+/// names `run`: that run, which must be one of the deal's (22023 otherwise). A row
+/// of no deal is logged under no run.
+pub fn run_of_deal(deal: Option<Uuid>, run: Uuid) -> Option<Uuid> {
+    let deal = deal?;
+    let r = resolve();
+    if !r.installed {
+        return Some(run);
+    }
+    let known = r.runs.borrow().get(&(deal, run)).copied();
+    let ok = known.unwrap_or_else(|| {
+        let ok = as_owner(r.owner, || Lookup::RunInDeal.one::<bool>(&[deal.into(), run.into()])).unwrap_or(false);
+        r.runs.borrow_mut().insert((deal, run), ok);
+        ok
+    });
+    if !ok {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("deal_store.run_id names run {run}, which is not a run of deal {deal}"),
+            Some("Set deal_store.run_id to a run of the deal being changed, or leave it empty: the row's own analysis_run_id is logged then.".into()),
+        );
+    }
+    Some(run)
 }
 
 /// The actor of a change: as [`actor`], and 42501 when there is none but one is

@@ -601,8 +601,11 @@ unsafe fn capture(
         entity_type: t.entity_type.clone(),
         entity_id,
         entity_key,
-        // SAFETY: row is this event's tuple; t.run_id is a uuid column of tupdesc
-        run_id: settings::run_id().or_else(|| unsafe { uuid_attr(row, tupdesc, t.run_id) }),
+        run_id: match settings::run_id() {
+            Some(run) => crate::access::run_of_deal(deal_id, run),
+            // SAFETY: row is this event's tuple; t.run_id is a uuid column of tupdesc
+            None => unsafe { uuid_attr(row, tupdesc, t.run_id) },
+        },
         reason: settings::reason(),
         details,
         log,

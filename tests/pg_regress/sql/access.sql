@@ -140,7 +140,7 @@ INSERT INTO regress.access_expected VALUES
   ('purge',                'write', 'DDDDDADDD', $$SELECT deal_store.purge('deal_store.facts', f.id) FROM deal_store.facts f WHERE f.deal_id = '00000000-0000-0000-0011-0000000000d1' AND f.legacy_id = 'F-9'$$),
   ('purge_audit',          'write', 'DDDDDADDD', $$SELECT deal_store.purge_audit('0 seconds')$$),
   ('insert tier policy',   'write', 'DDDDDADDD', $$INSERT INTO deal_store.tier_policies (deal_id, change_type, tier) VALUES ('00000000-0000-0000-0011-0000000000d1', 'new', 3)$$),
-  ('import_deal',          'write', 'DDAAAAAAA', $$SELECT deal_store.import_deal(doc) FROM regress.acl_export$$);
+  ('import_deal',          'write', 'DDAAADAAA', $$SELECT deal_store.import_deal(doc) FROM regress.acl_export$$);
 
 -- What every table holds, as one hash: "nothing changed" means this is equal.
 CREATE FUNCTION regress.acl_state() RETURNS text LANGUAGE sql AS $$
@@ -217,6 +217,60 @@ FROM regress.acl_result r JOIN regress.access_expected e USING (op)
 GROUP BY e.op ORDER BY e.op;
 SELECT count(*) AS cells, count(*) FILTER (WHERE outcome = 'A') AS allowed, count(*) FILTER (WHERE outcome = 'D') AS denied
 FROM regress.acl_result;
+
+-- Who and when are the server's: every who / when column of every table (the
+-- one classification, deal_store._server_columns()) written with another
+-- person or another time by every persona. A cell is D (refused or nothing
+-- written), S (written, the server's value stored) or F (the forged value
+-- stored: never).
+CREATE FUNCTION regress.who_when_run() RETURNS TABLE(col text, n int, outcome text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    p regress.acl_personas;
+    c record;
+    stmt text;
+    forged text;
+    rows_written bigint;
+    stored bigint;
+BEGIN
+    FOR c IN SELECT s.table_name, s.column_name, s.kind,
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = ('deal_store.' || s.table_name)::regclass
+                            AND a.attname = 'deal_id') AS has_deal
+             FROM deal_store._server_columns() s
+             WHERE s.moment <> 'versioning' AND s.table_name <> 'deal_activity_log' ORDER BY 1, 2 LOOP
+        forged := CASE c.kind WHEN 'who' THEN '00000000-0000-0000-0011-0000000000a7' ELSE '2000-01-01 00:00:00+00' END;
+        stmt := format('UPDATE deal_store.%I SET %I = %L WHERE %s', c.table_name, c.column_name, forged,
+                       CASE WHEN c.has_deal THEN format('deal_id = %L', '00000000-0000-0000-0011-0000000000d1')
+                            WHEN c.table_name = 'deals' THEN format('id = %L', '00000000-0000-0000-0011-0000000000d1')
+                            ELSE 'true' END);
+        FOR p IN SELECT * FROM regress.acl_personas ORDER BY 1 LOOP
+            BEGIN
+                EXECUTE format('SET LOCAL ROLE %I', p.login);
+                PERFORM set_config('deal_store.actor', coalesce(p.actor::text, ''), true);
+                BEGIN
+                    EXECUTE stmt;
+                    GET DIAGNOSTICS rows_written = ROW_COUNT;
+                EXCEPTION WHEN OTHERS THEN
+                    rows_written := 0;
+                END;
+                RESET ROLE;
+                PERFORM set_config('deal_store.actor', '', true);
+                EXECUTE format('SELECT count(*) FROM deal_store.%I WHERE %I::text = %L::%s::text', c.table_name, c.column_name, forged,
+                               CASE c.kind WHEN 'who' THEN 'text' ELSE 'timestamptz' END) INTO stored;
+                col := c.table_name || '.' || c.column_name;
+                n := p.n;
+                outcome := CASE WHEN stored > 0 THEN 'F' WHEN rows_written > 0 THEN 'S' ELSE 'D' END;
+                RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'undo the cell';
+            EXCEPTION WHEN raise_exception THEN
+                NULL;
+            END;
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END $$;
+CREATE TABLE regress.who_when AS SELECT * FROM regress.who_when_run();
+SELECT col, string_agg(outcome, '' ORDER BY n) AS personas_1_to_9 FROM regress.who_when GROUP BY col ORDER BY col;
+SELECT count(*) AS forged_cells FROM regress.who_when WHERE outcome = 'F';
 
 -- Denials name the deal and what is missing.
 SET ROLE ds_reader;

@@ -112,7 +112,18 @@ SELECT import_deal(jsonb_build_object('format', 'deal_store.export', 'format_ver
   'deal', jsonb_build_object('id', '00000000-0000-0000-0005-0000000000df', 'user_id', '00000000-0000-0000-0005-0000000000af',
                              'name', 'Imported', 'target_name', 'T', 'deal_type', 'carve_out', 'status', 'active',
                              'created_at', now(), 'updated_at', now())));
-SELECT email, password_hash, roles FROM users WHERE id = '00000000-0000-0000-0005-0000000000af';
+-- the importer owns what it imports: without an actor the import is refused, and
+-- with one the export's owner is neither looked up nor created
+SELECT set_config('deal_store.actor', (SELECT user_id::text FROM deals WHERE id = '00000000-0000-0000-0005-0000000000de'), false) IS NOT NULL AS acting;
+SELECT import_deal(jsonb_build_object('format', 'deal_store.export', 'format_version', 1,
+  'owner', jsonb_build_object('id', '00000000-0000-0000-0005-0000000000af', 'email', 'mallory@example.com', 'active', true,
+                              'created_at', now(), 'updated_at', now()),
+  'deal', jsonb_build_object('id', '00000000-0000-0000-0005-0000000000df', 'user_id', '00000000-0000-0000-0005-0000000000af',
+                             'name', 'Imported', 'target_name', 'T', 'deal_type', 'carve_out', 'status', 'active',
+                             'created_at', now(), 'updated_at', now())));
+SELECT d.user_id::text = current_setting('deal_store.actor') AS owned_by_the_importer FROM deals d WHERE d.id = '00000000-0000-0000-0005-0000000000df';
+RESET deal_store.actor;
+SELECT count(*) AS users_from_the_document FROM users WHERE id = '00000000-0000-0000-0005-0000000000af' OR email = 'mallory@example.com';
 -- 11. a malformed export fails before anything is written, naming the JSON path of the first bad field
 CREATE TEMP TABLE yew AS SELECT replace(export_deal('00000000-0000-0000-0005-0000000000de')::text,
   '00000000-0000-0000-0005-0000000000de', '00000000-0000-0000-0005-0000000000d0')::jsonb AS doc;
