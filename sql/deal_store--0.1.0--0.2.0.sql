@@ -5513,3 +5513,270 @@ COMMENT ON FUNCTION deal_store._create_policies(boolean) IS
     'Internal: (re)creates every row-level security policy of deal_store (users: a reader sees itself and the members of its deals): with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
 
 SELECT deal_store._create_policies(deal_store._distributed());
+
+-- Idempotency keys and feed consumer names are per caller role.
+
+ALTER TABLE deal_store.idempotency_keys DROP CONSTRAINT idempotency_keys_pkey,
+    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (caller, key);
+
+ALTER TABLE deal_store.feed_consumers DROP CONSTRAINT feed_consumers_pkey,
+    ADD CONSTRAINT feed_consumers_pkey PRIMARY KEY (owner_role, name);
+
+CREATE OR REPLACE FUNCTION deal_store._idempotent(key text, function_name text, arguments jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    digest text := md5(arguments::text);
+    me name := deal_store._caller_role();
+    k deal_store.idempotency_keys;
+BEGIN
+    IF key IS NULL THEN
+        RETURN NULL;
+    ELSIF length(key) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'idempotency_key must have 1 to 200 characters' USING ERRCODE = '22023';
+    END IF;
+    -- the first call claims the key; a concurrent one waits here for it to end
+    INSERT INTO deal_store.idempotency_keys AS i (key, function_name, caller, arguments)
+    VALUES (_idempotent.key, _idempotent.function_name, me, digest)
+    ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO STRICT k FROM deal_store.idempotency_keys i WHERE i.caller = me AND i.key = _idempotent.key;
+    IF k.function_name <> _idempotent.function_name OR k.arguments <> digest THEN
+        RAISE EXCEPTION 'idempotency key "%" was used for another call', key USING ERRCODE = '22023',
+            DETAIL = format('It was used for %s with other arguments.', k.function_name),
+            HINT = 'Use a new key for a new call.';
+    END IF;
+    RETURN coalesce(k.result, 'null');
+END $$;
+COMMENT ON FUNCTION deal_store._idempotent(text, text, jsonb) IS
+    'Internal: NULL when the call should run (no key, or the key is new for the caller''s role: it is claimed for this call); else the result the first call with this key recorded. 22023 when the role used the key for another function or arguments.';
+
+CREATE OR REPLACE FUNCTION deal_store._remember(key text, result jsonb) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    UPDATE deal_store.idempotency_keys i SET result = _remember.result
+    WHERE i.caller = deal_store._caller_role() AND i.key = _remember.key;
+END;
+COMMENT ON FUNCTION deal_store._remember(text, jsonb) IS
+    'Internal: records the result of the call that claimed the key (nothing when key is NULL).';
+
+CREATE OR REPLACE FUNCTION deal_store._consumer(name text) RETURNS deal_store.feed_consumers
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'consumer must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    -- names are the caller's own: another role's consumer of the same name is not
+    -- this one (an admin reaches any, its own first)
+    SELECT * INTO c FROM deal_store.feed_consumers f
+    WHERE f.name = _consumer.name AND (f.owner_role = deal_store._caller_role() OR deal_store.sees_all_deals())
+    ORDER BY f.owner_role = deal_store._caller_role() DESC, f.owner_role LIMIT 1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no feed consumer named "%"', name USING ERRCODE = 'P0002',
+            HINT = 'Register it with deal_store.register_consumer.';
+    END IF;
+    RETURN c;
+END $$;
+COMMENT ON FUNCTION deal_store._consumer(text) IS
+    'Internal: the caller''s consumer of that name (names are per role; an admin reaches any role''s, its own first), locked; P0002 when there is none.';
+
+CREATE OR REPLACE FUNCTION deal_store.register_consumer(name text, from_start boolean DEFAULT false) RETURNS deal_store.feed_consumers
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+BEGIN
+    PERFORM deal_store._require_feed_reader();
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'name must not be NULL' USING ERRCODE = '22004';
+    ELSIF name !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid consumer name "%"', name USING ERRCODE = '22023',
+            HINT = 'Use 1 to 63 letters, digits, _ . : or -.';
+    END IF;
+    -- from now: the transactions that have finished are behind the cursor, on every node
+    INSERT INTO deal_store.feed_consumers AS f (name, owner_role, cursor_txid, cursor_seq)
+    SELECT register_consumer.name, deal_store._caller_role(),
+           CASE WHEN coalesce(from_start, false) THEN '{}' ELSE ARRAY(SELECT x - 1 FROM unnest(h.h) WITH ORDINALITY x(x, i) ORDER BY i) END,
+           CASE WHEN coalesce(from_start, false) THEN '{}' ELSE array_fill(9223372036854775807, ARRAY[cardinality(h.h)]) END
+    FROM (SELECT deal_store._horizons(false) AS h) h
+    ON CONFLICT ON CONSTRAINT feed_consumers_pkey DO NOTHING
+    RETURNING f.* INTO c;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'you have a feed consumer named "%" already', name USING ERRCODE = '23505',
+            HINT = 'Read with it, or remove it first with deal_store.remove_consumer.';
+    END IF;
+    RETURN c;
+END $$;
+COMMENT ON FUNCTION deal_store.register_consumer(text, boolean) IS
+    'Registers a change-feed consumer owned by the caller''s role (names are per role: another role''s consumer of the same name is another consumer). It receives every log entry of the transactions that had not finished when it registered (on Citus: on each node), and of all later ones (from_start: every entry in the log). 23505 when the caller''s role has a consumer of that name, 22023 for a bad name (1 to 63 of A-Z a-z 0-9 _ . : -).';
+
+CREATE OR REPLACE FUNCTION deal_store.read_changes(consumer text, max_rows integer DEFAULT 1000)
+RETURNS TABLE(seq bigint, txid bigint, created_at timestamptz, deal_id uuid, user_id uuid, action text,
+              entity_type text, entity_id uuid, entity_key jsonb, analysis_run_id uuid, reason text, details jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+    horizons bigint[];
+    everything boolean;
+    deals uuid[];
+    nodes integer;
+    node_txid bigint;
+    node_seq bigint;
+    horizon bigint;
+    todo integer;
+    got bigint;
+    -- where the read ends on each node if it takes all the node has below its horizon
+    marks_txid bigint[];
+    marks_seq bigint[];
+BEGIN
+    c := deal_store._consumer(consumer);
+    PERFORM deal_store._require_feed_reader();
+    IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'max_rows must be between 1 and 100000' USING ERRCODE = '22023';
+    END IF;
+    everything := deal_store.sees_all_deals();
+    deals := deal_store.my_deals('viewer');
+    horizons := deal_store._horizons(true);
+    nodes := greatest(cardinality(horizons), cardinality(c.cursor_txid));
+    marks_txid := c.cursor_txid;
+    marks_seq := c.cursor_seq;
+    todo := max_rows;
+    -- node by node, each in (txid, seq) order, until max_rows
+    FOR node IN 0 .. nodes - 1 LOOP
+        EXIT WHEN todo = 0;
+        node_txid := coalesce(marks_txid[node + 1], 0);
+        node_seq := coalesce(marks_seq[node + 1], 0);
+        horizon := coalesce(horizons[node + 1], 9223372036854775807);   -- no such node any more: all final
+        IF (horizon - 1, 9223372036854775807) > (node_txid, node_seq) THEN
+            marks_txid[node + 1] := horizon - 1;
+            marks_seq[node + 1] := 9223372036854775807;
+        END IF;
+        RETURN QUERY
+        WITH batch AS MATERIALIZED (
+            SELECT l.* FROM deal_store.deal_activity_log l
+            WHERE deal_store._log_node(l.seq) = node
+              AND (l.txid, l.seq) > (node_txid, node_seq) AND l.txid < horizon
+              AND (everything OR l.deal_id = ANY (deals))
+            ORDER BY l.txid, l.seq
+            LIMIT todo
+        ), last AS (
+            SELECT b.txid, b.seq, (SELECT count(*) FROM batch) AS n FROM batch b ORDER BY b.txid DESC, b.seq DESC LIMIT 1
+        ), mark AS (
+            -- where an ack of the whole read moves the cursors: on this node past
+            -- the horizon when the read took all there is below it (entries of
+            -- other deals included), at its last entry otherwise; on the nodes
+            -- before, past their horizons; on the nodes after, where they were
+            UPDATE deal_store.feed_consumers f
+            SET (read_txid, read_seq) = (
+                    SELECT array_agg(CASE WHEN i = node + 1 AND x.n = todo THEN x.txid ELSE coalesce(marks_txid[i], 0) END ORDER BY i),
+                           array_agg(CASE WHEN i = node + 1 AND x.n = todo THEN x.seq ELSE coalesce(marks_seq[i], 0) END ORDER BY i)
+                    FROM generate_series(1, nodes) i LEFT JOIN last x ON true),
+                read_at = pg_catalog.now()
+            WHERE f.owner_role = c.owner_role AND f.name = c.name
+            RETURNING 1
+        )
+        SELECT b.seq, b.txid, b.created_at, b.deal_id, b.user_id, b.action, b.entity_type, b.entity_id,
+               b.entity_key, b.analysis_run_id, b.reason, b.details
+        FROM batch b ORDER BY b.seq;
+        GET DIAGNOSTICS got = ROW_COUNT;
+        todo := todo - got;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION deal_store.read_changes(text, integer) IS
+    'The next at most max_rows (1 to 100000) log entries after the consumer''s cursor, in the deals the caller may see, in seq order. Gap-free: an entry is delivered only when every transaction that could precede it has committed or aborted (its txid is below the snapshot''s xmin; on Citus, that of the node that wrote it), so no entry is skipped whatever the commit order, and none of an aborted transaction appears. Reading does not move the cursor: ack_changes does, and what is not acknowledged is read again, in the same order (at least once).';
+
+CREATE OR REPLACE FUNCTION deal_store.ack_changes(consumer text, up_to bigint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+    everything boolean;
+    deals uuid[];
+    nodes integer;
+    stop record;
+    n bigint := 0;
+BEGIN
+    c := deal_store._consumer(consumer);
+    IF up_to IS NULL THEN
+        RAISE EXCEPTION 'up_to must not be NULL' USING ERRCODE = '22004';
+    ELSIF c.read_txid IS NULL THEN
+        RAISE EXCEPTION 'feed consumer "%" has nothing read to acknowledge', consumer USING ERRCODE = '55000',
+            HINT = 'Call deal_store.read_changes first.';
+    END IF;
+    everything := deal_store.sees_all_deals();
+    deals := deal_store.my_deals('viewer');
+    nodes := cardinality(c.read_txid);
+    -- the last read's entries in delivery order, node by node; the first one above
+    -- up_to stays unacknowledged, and the cursors stop before it. One query per
+    -- node: that entry if there is one, else any entry with the node's count
+    FOR node IN 0 .. nodes - 1 LOOP
+        SELECT r.open, r.before_txid, r.before_seq, r.n, r.total INTO stop FROM (
+            SELECT l.txid, l.seq, l.seq > up_to AS open,
+                   pg_catalog.lag(l.txid) OVER w AS before_txid, pg_catalog.lag(l.seq) OVER w AS before_seq,
+                   pg_catalog.row_number() OVER w - 1 AS n, pg_catalog.count(*) OVER () AS total
+            FROM (SELECT l.txid, l.seq FROM deal_store.deal_activity_log l
+                  WHERE deal_store._log_node(l.seq) = node
+                    AND (l.txid, l.seq) > (coalesce(c.cursor_txid[node + 1], 0), coalesce(c.cursor_seq[node + 1], 0))
+                    AND (l.txid, l.seq) <= (c.read_txid[node + 1], c.read_seq[node + 1])
+                    AND (everything OR l.deal_id = ANY (deals))) l
+            WINDOW w AS (ORDER BY l.txid, l.seq)) r
+        ORDER BY r.open DESC, r.txid, r.seq LIMIT 1;
+        IF stop.open THEN
+            UPDATE deal_store.feed_consumers f
+            SET (cursor_txid, cursor_seq) = (
+                    SELECT array_agg(CASE WHEN i < node + 1 THEN c.read_txid[i] WHEN i = node + 1 THEN coalesce(stop.before_txid, c.cursor_txid[i], 0)
+                                          ELSE coalesce(c.cursor_txid[i], 0) END ORDER BY i),
+                           array_agg(CASE WHEN i < node + 1 THEN c.read_seq[i] WHEN i = node + 1 THEN coalesce(stop.before_seq, c.cursor_seq[i], 0)
+                                          ELSE coalesce(c.cursor_seq[i], 0) END ORDER BY i)
+                    FROM generate_series(1, nodes) i),
+                acked_at = pg_catalog.now()
+            WHERE f.owner_role = c.owner_role AND f.name = c.name AND (node > 0 OR stop.before_txid IS NOT NULL);
+            RETURN n + stop.n;
+        END IF;
+        n := n + coalesce(stop.total, 0);
+    END LOOP;
+    UPDATE deal_store.feed_consumers f
+    SET cursor_txid = c.read_txid, cursor_seq = c.read_seq, read_txid = NULL, read_seq = NULL, acked_at = pg_catalog.now()
+    WHERE f.owner_role = c.owner_role AND f.name = c.name;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION deal_store.ack_changes(text, bigint) IS
+    'Acknowledges the entries of the consumer''s last read_changes whose seq is at most up_to and returns how many; the cursor moves in delivery order, so it stops before the first entry of the read above up_to, and what follows comes back on the next read (at least once). Acknowledging all of a read moves the cursor past it (and past the entries of deals the caller does not see). 55000 when nothing was read since the last full acknowledgement.';
+
+CREATE OR REPLACE FUNCTION deal_store.consumers()
+RETURNS TABLE(name text, owner_role name, registered_at timestamptz, read_at timestamptz, acked_at timestamptz,
+              lag bigint, oldest_unacked_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f deal_store.feed_consumers;
+BEGIN
+    FOR f IN SELECT * FROM deal_store.feed_consumers x
+             WHERE x.owner_role = deal_store._caller_role() OR deal_store.sees_all_deals() ORDER BY x.name, x.owner_role LOOP
+        -- a query per consumer, its cursors as values (on Citus it runs on every shard)
+        SELECT f.name, f.owner_role, f.registered_at, f.read_at, f.acked_at, count(*), min(l.created_at)
+        INTO name, owner_role, registered_at, read_at, acked_at, lag, oldest_unacked_at
+        FROM deal_store.deal_activity_log l
+        WHERE (l.txid, l.seq) > (coalesce(f.cursor_txid[deal_store._log_node(l.seq) + 1], 0),
+                                 coalesce(f.cursor_seq[deal_store._log_node(l.seq) + 1], 0));
+        RETURN NEXT;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION deal_store.consumers() IS
+    'The caller''s change-feed consumers (an admin''s: all) with their lag: the log entries after the cursor (of every deal; a consumer reads those of its deals) and the time of the oldest.';
+
+CREATE OR REPLACE FUNCTION deal_store.remove_consumer(name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers := deal_store._consumer(name);
+BEGIN
+    DELETE FROM deal_store.feed_consumers f WHERE f.owner_role = c.owner_role AND f.name = c.name;
+END $$;
+COMMENT ON FUNCTION deal_store.remove_consumer(text) IS
+    'Removes a change-feed consumer (its owner''s role or an admin). P0002 when there is none.';
+
+ALTER FUNCTION deal_store.register_consumer(text, boolean) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION deal_store.read_changes(text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION deal_store.ack_changes(text, bigint) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION deal_store.consumers() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION deal_store.remove_consumer(text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

@@ -27,7 +27,7 @@ CREATE TABLE deal_store.feed_consumers (
     registered_at timestamptz NOT NULL DEFAULT now(),
     read_at       timestamptz,
     acked_at      timestamptz,
-    CONSTRAINT feed_consumers_pkey PRIMARY KEY (name),
+    CONSTRAINT feed_consumers_pkey PRIMARY KEY (owner_role, name),
     CONSTRAINT feed_consumers_name_check CHECK (name ~ '^[A-Za-z0-9_.:-]{1,63}$'),
     CONSTRAINT feed_consumers_read_check CHECK ((read_txid IS NULL) = (read_seq IS NULL))
 );
@@ -125,18 +125,19 @@ BEGIN
     IF name IS NULL THEN
         RAISE EXCEPTION 'consumer must not be NULL' USING ERRCODE = '22004';
     END IF;
-    SELECT * INTO c FROM deal_store.feed_consumers f WHERE f.name = _consumer.name FOR UPDATE;
+    -- names are the caller's own: another role's consumer of the same name is not
+    -- this one (an admin reaches any, its own first)
+    SELECT * INTO c FROM deal_store.feed_consumers f
+    WHERE f.name = _consumer.name AND (f.owner_role = deal_store._caller_role() OR deal_store.sees_all_deals())
+    ORDER BY f.owner_role = deal_store._caller_role() DESC, f.owner_role LIMIT 1 FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no feed consumer named "%"', name USING ERRCODE = 'P0002',
             HINT = 'Register it with deal_store.register_consumer.';
-    ELSIF c.owner_role <> deal_store._caller_role() AND NOT deal_store.sees_all_deals() THEN
-        RAISE EXCEPTION 'permission denied for feed consumer "%": it belongs to role %', name, c.owner_role
-            USING ERRCODE = '42501';
     END IF;
     RETURN c;
 END $$;
 COMMENT ON FUNCTION deal_store._consumer(text) IS
-    'Internal: the consumer of that name, locked; 42501 unless the caller''s role registered it (or the caller is an admin), P0002 when there is none.';
+    'Internal: the caller''s consumer of that name (names are per role; an admin reaches any role''s, its own first), locked; P0002 when there is none.';
 
 CREATE FUNCTION deal_store.register_consumer(name text, from_start boolean DEFAULT false) RETURNS deal_store.feed_consumers
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -159,12 +160,13 @@ BEGIN
     ON CONFLICT ON CONSTRAINT feed_consumers_pkey DO NOTHING
     RETURNING f.* INTO c;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'a feed consumer named "%" exists', name USING ERRCODE = '23505';
+        RAISE EXCEPTION 'you have a feed consumer named "%" already', name USING ERRCODE = '23505',
+            HINT = 'Read with it, or remove it first with deal_store.remove_consumer.';
     END IF;
     RETURN c;
 END $$;
 COMMENT ON FUNCTION deal_store.register_consumer(text, boolean) IS
-    'Registers a change-feed consumer owned by the caller''s role. It receives every log entry of the transactions that had not finished when it registered (on Citus: on each node), and of all later ones (from_start: every entry in the log). 23505 when the name is taken, 22023 for a bad name (1 to 63 of A-Z a-z 0-9 _ . : -).';
+    'Registers a change-feed consumer owned by the caller''s role (names are per role: another role''s consumer of the same name is another consumer). It receives every log entry of the transactions that had not finished when it registered (on Citus: on each node), and of all later ones (from_start: every entry in the log). 23505 when the caller''s role has a consumer of that name, 22023 for a bad name (1 to 63 of A-Z a-z 0-9 _ . : -).';
 
 CREATE FUNCTION deal_store._require_feed_reader() RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -239,7 +241,7 @@ BEGIN
                            array_agg(CASE WHEN i = node + 1 AND x.n = todo THEN x.seq ELSE coalesce(marks_seq[i], 0) END ORDER BY i)
                     FROM generate_series(1, nodes) i LEFT JOIN last x ON true),
                 read_at = pg_catalog.now()
-            WHERE f.name = c.name
+            WHERE f.owner_role = c.owner_role AND f.name = c.name
             RETURNING 1
         )
         SELECT b.seq, b.txid, b.created_at, b.deal_id, b.user_id, b.action, b.entity_type, b.entity_id,
@@ -296,14 +298,14 @@ BEGIN
                                           ELSE coalesce(c.cursor_seq[i], 0) END ORDER BY i)
                     FROM generate_series(1, nodes) i),
                 acked_at = pg_catalog.now()
-            WHERE f.name = c.name AND (node > 0 OR stop.before_txid IS NOT NULL);
+            WHERE f.owner_role = c.owner_role AND f.name = c.name AND (node > 0 OR stop.before_txid IS NOT NULL);
             RETURN n + stop.n;
         END IF;
         n := n + coalesce(stop.total, 0);
     END LOOP;
     UPDATE deal_store.feed_consumers f
     SET cursor_txid = c.read_txid, cursor_seq = c.read_seq, read_txid = NULL, read_seq = NULL, acked_at = pg_catalog.now()
-    WHERE f.name = c.name;
+    WHERE f.owner_role = c.owner_role AND f.name = c.name;
     RETURN n;
 END $$;
 COMMENT ON FUNCTION deal_store.ack_changes(text, bigint) IS
@@ -317,7 +319,7 @@ DECLARE
     f deal_store.feed_consumers;
 BEGIN
     FOR f IN SELECT * FROM deal_store.feed_consumers x
-             WHERE x.owner_role = deal_store._caller_role() OR deal_store.sees_all_deals() ORDER BY x.name LOOP
+             WHERE x.owner_role = deal_store._caller_role() OR deal_store.sees_all_deals() ORDER BY x.name, x.owner_role LOOP
         -- a query per consumer, its cursors as values (on Citus it runs on every shard)
         SELECT f.name, f.owner_role, f.registered_at, f.read_at, f.acked_at, count(*), min(l.created_at)
         INTO name, owner_role, registered_at, read_at, acked_at, lag, oldest_unacked_at
@@ -332,9 +334,10 @@ COMMENT ON FUNCTION deal_store.consumers() IS
 
 CREATE FUNCTION deal_store.remove_consumer(name text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers := deal_store._consumer(name);
 BEGIN
-    PERFORM deal_store._consumer(name);
-    DELETE FROM deal_store.feed_consumers f WHERE f.name = remove_consumer.name;
+    DELETE FROM deal_store.feed_consumers f WHERE f.owner_role = c.owner_role AND f.name = c.name;
 END $$;
 COMMENT ON FUNCTION deal_store.remove_consumer(text) IS
     'Removes a change-feed consumer (its owner''s role or an admin). P0002 when there is none.';

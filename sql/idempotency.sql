@@ -1,7 +1,8 @@
 -- Idempotent calls: start_run, propose_*, accept_changes and import_deal take an
 -- optional idempotency_key. The first call with a key records its result; a
 -- call with the same key returns that result and changes nothing; the same key
--- with other arguments (or from another role) is 22023. Two concurrent calls
+-- with other arguments is 22023. Keys are per caller role: one role's key
+-- never meets another's. Two concurrent calls
 -- with one key: the second waits for the first and returns its result.
 
 CREATE TABLE deal_store.idempotency_keys (
@@ -11,7 +12,7 @@ CREATE TABLE deal_store.idempotency_keys (
     arguments     text        NOT NULL,
     result        jsonb,
     created_at    timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT idempotency_keys_pkey PRIMARY KEY (key),
+    CONSTRAINT idempotency_keys_pkey PRIMARY KEY (caller, key),
     CONSTRAINT idempotency_keys_key_check CHECK (length(key) BETWEEN 1 AND 200)
 );
 COMMENT ON TABLE deal_store.idempotency_keys IS
@@ -22,7 +23,7 @@ CREATE FUNCTION deal_store._idempotent(key text, function_name text, arguments j
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     digest text := md5(arguments::text);
-    caller name := deal_store._caller_role();
+    me name := deal_store._caller_role();
     k deal_store.idempotency_keys;
 BEGIN
     IF key IS NULL THEN
@@ -32,17 +33,13 @@ BEGIN
     END IF;
     -- the first call claims the key; a concurrent one waits here for it to end
     INSERT INTO deal_store.idempotency_keys AS i (key, function_name, caller, arguments)
-    VALUES (_idempotent.key, _idempotent.function_name, caller, digest)
+    VALUES (_idempotent.key, _idempotent.function_name, me, digest)
     ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING;
     IF FOUND THEN
         RETURN NULL;
     END IF;
-    SELECT * INTO STRICT k FROM deal_store.idempotency_keys i WHERE i.key = _idempotent.key;
-    IF k.caller <> caller THEN
-        -- another role's key: say nothing about its call
-        RAISE EXCEPTION 'idempotency key "%" was used for another call', key USING ERRCODE = '22023',
-            HINT = 'Use a new key for a new call.';
-    ELSIF k.function_name <> _idempotent.function_name OR k.arguments <> digest THEN
+    SELECT * INTO STRICT k FROM deal_store.idempotency_keys i WHERE i.caller = me AND i.key = _idempotent.key;
+    IF k.function_name <> _idempotent.function_name OR k.arguments <> digest THEN
         RAISE EXCEPTION 'idempotency key "%" was used for another call', key USING ERRCODE = '22023',
             DETAIL = format('It was used for %s with other arguments.', k.function_name),
             HINT = 'Use a new key for a new call.';
@@ -50,12 +47,13 @@ BEGIN
     RETURN coalesce(k.result, 'null');
 END $$;
 COMMENT ON FUNCTION deal_store._idempotent(text, text, jsonb) IS
-    'Internal: NULL when the call should run (no key, or the key is new: it is claimed for this call); else the result the first call with this key recorded. 22023 when the key was used for another function, role or arguments.';
+    'Internal: NULL when the call should run (no key, or the key is new for the caller''s role: it is claimed for this call); else the result the first call with this key recorded. 22023 when the role used the key for another function or arguments.';
 
 CREATE FUNCTION deal_store._remember(key text, result jsonb) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    UPDATE deal_store.idempotency_keys i SET result = _remember.result WHERE i.key = _remember.key;
+    UPDATE deal_store.idempotency_keys i SET result = _remember.result
+    WHERE i.caller = deal_store._caller_role() AND i.key = _remember.key;
 END;
 COMMENT ON FUNCTION deal_store._remember(text, jsonb) IS
     'Internal: records the result of the call that claimed the key (nothing when key is NULL).';

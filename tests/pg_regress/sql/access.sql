@@ -294,3 +294,24 @@ RESET ROLE;
 SET ROLE ds_analyst;
 SELECT deal_store.current_actor();
 RESET ROLE;
+
+-- Idempotency keys and feed consumer names are per role: one role's never blocks another's.
+SET ROLE ds_reviewer;
+SELECT count(*) AS reviewer_call FROM deal_store.accept_changes('00000000-0000-0000-0011-0000000000d1', idempotency_key => 'one-key');
+SELECT (deal_store.register_consumer('shared.name')).name AS reviewer_consumer;
+RESET ROLE;
+SET ROLE ds_lead;
+SELECT count(*) AS lead_call FROM deal_store.accept_changes('00000000-0000-0000-0011-0000000000d1', idempotency_key => 'one-key');
+SELECT (deal_store.register_consumer('shared.name')).name AS lead_consumer;
+SELECT regress.expect_error($$SELECT deal_store.register_consumer('shared.name')$$);
+SELECT count(*) AS lead_sees_own_consumers FROM deal_store.consumers() WHERE name = 'shared.name';
+SELECT deal_store.remove_consumer('shared.name');
+RESET ROLE;
+SET ROLE ds_reviewer;
+SELECT count(*) AS reviewer_consumer_kept FROM deal_store.consumers() WHERE name = 'shared.name';
+SELECT deal_store.remove_consumer('shared.name');
+RESET ROLE;
+-- readers see themselves and their deals' members, not every user
+SET ROLE ds_reader;
+SELECT count(*) > 0 AS sees_team, bool_and(id IN (SELECT user_id FROM deal_store.deal_members)) AS only_team FROM deal_store.users;
+RESET ROLE;

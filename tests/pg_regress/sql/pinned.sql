@@ -74,3 +74,18 @@ SELECT regress.expect_error($$SELECT * FROM deal_store.search_facts('00000000-00
 -- the Citus preparation refuses without Citus
 SELECT regress.expect_error($$SELECT deal_store._distribute_prepare()$$);
 RESET deal_store.actor;
+
+-- deal_store.run_id labels log entries of its own deal's rows only
+SET deal_store.actor = '00000000-0000-0000-0029-0000000000a1';
+INSERT INTO deal_store.deals (id, user_id, name, target_name) VALUES
+  ('00000000-0000-0000-0029-0000000000d2', '00000000-0000-0000-0029-0000000000a1', 'Project Elsewhere', 'E');
+SELECT deal_store.start_run('00000000-0000-0000-0029-0000000000d2') AS other_run \gset
+SELECT deal_store.start_run('00000000-0000-0000-0029-0000000000d1') AS own_run \gset
+SET deal_store.run_id = :'other_run';
+SELECT regress.expect_error($$UPDATE deal_store.facts SET item = 'relabelled' WHERE id = '00000000-0000-0000-0029-0000000000f1'$$);
+SET deal_store.run_id = :'own_run';
+UPDATE deal_store.facts SET item = 'labelled' WHERE id = '00000000-0000-0000-0029-0000000000f1';
+SELECT analysis_run_id = :'own_run' AS logged_under_its_run FROM deal_store.deal_activity_log
+WHERE entity_id = '00000000-0000-0000-0029-0000000000f1' ORDER BY seq DESC LIMIT 1;
+RESET deal_store.run_id;
+RESET deal_store.actor;
