@@ -87,13 +87,16 @@ CREATE TRIGGER access_changed AFTER INSERT OR UPDATE OR DELETE ON deal_store.dea
 CREATE FUNCTION deal_store.owner_is_lead() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF deal_store._restoring() THEN
+        RETURN NULL;   -- a restore brings the team back as it was
+    END IF;
     INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
     VALUES (NEW.id, NEW.user_id, 'lead', deal_store.current_actor())
     ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION deal_store.owner_is_lead() IS
-    'Trigger (AFTER INSERT on deals): makes the deal''s owner a lead of it.';
+    'Trigger (AFTER INSERT on deals): makes the deal''s owner a lead of it (not during a restore: the team is restored as it was).';
 CREATE TRIGGER owner_is_lead AFTER INSERT ON deal_store.deals
     FOR EACH ROW EXECUTE FUNCTION deal_store.owner_is_lead();
 
@@ -443,3 +446,19 @@ BEGIN
                                    FOR EACH ROW EXECUTE FUNCTION deal_store.server_columns()', t);
     END LOOP;
 END $$;
+
+-- ---------------------------------------------------------------------------
+-- What a DBA does by habit loses nothing (src/operations.rs): a superuser's
+-- COPY FROM is a restore (deal_store._restoring()), and DROP EXTENSION is
+-- refused while a deal exists.
+COMMENT ON FUNCTION deal_store._restoring() IS
+    'Internal: true while a superuser restores rows with COPY FROM (pg_restore, a dump replayed by psql): the triggers then take the rows as the dump holds them, without auditing them again.';
+CREATE FUNCTION deal_store._guard_drop() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'deal_store_guard_drop';
+COMMENT ON FUNCTION deal_store._guard_drop() IS
+    'Event trigger function: refuses DROP EXTENSION deal_store (or a CASCADE drop that would take it) while any deal exists (2BP01), unless a superuser has set deal_store.allow_drop = on.';
+REVOKE ALL ON FUNCTION deal_store._guard_drop() FROM PUBLIC;
+CREATE EVENT TRIGGER deal_store_guard_drop ON ddl_command_start WHEN TAG IN ('DROP EXTENSION')
+    EXECUTE FUNCTION deal_store._guard_drop();
+COMMENT ON EVENT TRIGGER deal_store_guard_drop IS
+    'Refuses DROP EXTENSION deal_store while deals exist: set deal_store.allow_drop = on (superusers) to drop them with it.';

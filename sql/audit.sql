@@ -93,11 +93,13 @@ END $$;
 COMMENT ON FUNCTION deal_store.disable_audit(regclass) IS
     'Removes the deal_store audit triggers from a table (idempotent). Runs as the caller: only the table''s owner may, so the audit of deal_store''s own tables stays on.';
 
--- Every table of the extension is audited, except the log itself.
+-- Every table of the extension is audited, except the log itself and the
+-- notifications: a notification is its user's own, and the log is read by the
+-- whole team of its deal.
 SELECT deal_store.enable_audit(t)
 FROM pg_catalog.unnest(ARRAY['deal_store.users', 'deal_store.deals', 'deal_store.documents', 'deal_store.analysis_runs',
                              'deal_store.facts', 'deal_store.findings', 'deal_store.fact_finding_links', 'deal_store.gaps',
-                             'deal_store.pending_changes', 'deal_store.notifications']::pg_catalog.regclass[]) t;
+                             'deal_store.pending_changes']::pg_catalog.regclass[]) t;
 
 -- ---------------------------------------------------------------------------
 -- Reading the log.

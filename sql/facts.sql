@@ -193,6 +193,23 @@ BEGIN
                WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
         RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
     END IF;
+    -- every fact version chain of the export is one: it starts at a fact (current or
+    -- deleted), each link names a history row of the export, and every history row
+    -- is on exactly one chain (so no chain loops and none is made up on its own)
+    IF NOT (WITH RECURSIVE v AS (
+                SELECT (e ->> 'id')::uuid AS id, (e ->> 'previous_version_id')::uuid AS prev, k = 'fact_history' AS hist
+                FROM unnest(ARRAY['facts', 'deleted_facts', 'fact_history']) k, jsonb_array_elements(coalesce(doc -> k, '[]')) e),
+            walk(id, depth) AS (
+                SELECT v.prev, 1 FROM v WHERE NOT v.hist AND v.prev IS NOT NULL
+                UNION ALL
+                SELECT v.prev, w.depth + 1 FROM walk w JOIN v ON v.id = w.id
+                WHERE v.prev IS NOT NULL AND w.depth <= (SELECT count(*) FROM v))
+            SELECT (SELECT count(*) FROM walk) = (SELECT count(*) FROM v WHERE v.hist)
+               AND (SELECT count(DISTINCT w.id) FROM walk w JOIN v ON v.id = w.id AND v.hist) = (SELECT count(*) FROM v WHERE v.hist)) THEN
+        RAISE EXCEPTION 'the export''s fact versions do not form chains' USING ERRCODE = '22023',
+            DETAIL = 'Each previous_version_id must name a row of fact_history, each of which belongs to exactly one fact''s chain.',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned, unchanged.';
+    END IF;
     -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
     -- accept_change ...) must name one row: an id already used here is refused
     -- (table by table, each a lookup of the export's ids: on Citus a query per table, no join)
@@ -239,4 +256,4 @@ BEGIN
     RETURN deal;
 END $$;
 COMMENT ON FUNCTION deal_store.import_deal(jsonb, text) IS
-    'Loads a deal from export_deal''s jsonb, keeping the ids of its rows. The importer (its actor; an admin names any existing user with set_actor) owns it and leads it; the export''s owner is not looked up or created (42501 without an actor). 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import. With an idempotency_key, a repeated call returns the first call''s deal and imports nothing.';
+    'Loads a deal from export_deal''s jsonb, keeping the ids of its rows. The importer (its actor; an admin names any existing user with set_actor) owns it and leads it; the export''s owner is not looked up or created (42501 without an actor). An admin''s import keeps the export''s who and when columns; anyone else''s is recorded as written by the importer, now. 22023 when the fact versions do not form chains. 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import. With an idempotency_key, a repeated call returns the first call''s deal and imports nothing.';

@@ -475,6 +475,11 @@ fn sees_all_deals() -> bool {
     !r.installed || r.admin
 }
 
+/// True when the caller (the role outside SECURITY DEFINER functions) administers every deal.
+pub fn is_admin() -> bool {
+    resolve().admin
+}
+
 /// The deals in which the acting user holds `min_role` or a stronger role.
 #[pg_extern(stable, parallel_safe)]
 fn my_deals(min_role: default!(&str, "'viewer'")) -> Vec<Uuid> {

@@ -449,6 +449,9 @@ fn audit_row<'a>(
             Some("Use deal_store.enable_audit(table) to put it on a table.".into()),
         );
     }
+    if crate::operations::restoring() {
+        return Ok(None); // the restored log holds these rows' history already
+    }
     let op = trigger.op()?;
     let data = trigger.trigger_data();
     let (old, new, event) = match op {

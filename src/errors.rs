@@ -5,9 +5,18 @@ use pgrx::prelude::*;
 /// Raises ERROR with `code`, `message` and an optional detail; never returns.
 #[track_caller]
 pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<String>) -> ! {
+    raise_hinted(code, message, detail, None)
+}
+
+/// Raises ERROR with `code`, `message`, an optional detail and an optional hint (what to do); never returns.
+#[track_caller]
+pub fn raise_hinted(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<String>, hint: Option<String>) -> ! {
     let mut report = ErrorReport::new(code, message.into(), "deal_store");
     if let Some(detail) = detail {
         report = report.set_detail(detail);
+    }
+    if let Some(hint) = hint {
+        report = report.set_hint(hint);
     }
     report.report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")

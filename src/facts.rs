@@ -267,8 +267,8 @@ fn key<A: WhoAllocated>(row: &PgHeapTuple<'_, A>, cols: &Cols) -> (Option<pgrx::
 #[pg_trigger]
 fn fact_versions<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
     let new = trigger.new().ok_or(PgTriggerError::NullTriggerData)?;
-    if WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::Copy {
-        return Ok(Some(new)); // a copy of a row checksummed when it was written
+    if WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::Copy || crate::operations::restoring() {
+        return Ok(Some(new)); // a copy of a row checksummed when it was written (or restored)
     }
     let data = trigger.trigger_data();
     // SAFETY: tg_relation is the open relation of this trigger call; its descriptor

@@ -13,6 +13,7 @@ mod errors;
 mod export;
 mod facts;
 mod jsonb;
+mod operations;
 mod queue;
 mod records;
 mod schema;

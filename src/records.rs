@@ -19,10 +19,14 @@
 //! table of the schema with such a column) applies the rule. It steps aside in
 //! two cases only, neither of which an ordinary role can bring about: while
 //! the versioning copies a fact into its history row (a process-local flag of
-//! this library), and while `import_deal` restores an export's records
-//! (`deal_store.importing_history`, a setting only superusers may change,
-//! which `import_deal` sets as the extension's owner). A restore by
-//! `pg_restore` runs no triggers at all.
+//! this library), and while an admin's `import_deal` restores an export's
+//! records (`deal_store.importing_history`, a setting only superusers may
+//! change, which `import_deal` sets as the extension's owner; anyone else's
+//! import is written by the importer, now). A superuser's restore by COPY is
+//! taken as it is (see `operations.rs`).
+//!
+//! The who column of an act is never cleared while the act stands: clearing
+//! `deleted_by` keeps it as long as `deleted_at` is set (a restore clears both).
 use crate::errors::raise;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -120,7 +124,10 @@ fn same(a: Option<pg_sys::Datum>, b: Option<pg_sys::Datum>, byval: bool, len: i1
 #[pg_trigger]
 fn server_columns<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
     let new = trigger.new().ok_or(PgTriggerError::NullTriggerData)?;
-    if crate::facts::writing_history() || crate::settings::IMPORTING_HISTORY.get() {
+    // an import keeps the export's records for an admin restoring a deal; anyone
+    // else's import is a new deal written by the importer, now
+    let importing = crate::settings::IMPORTING_HISTORY.get() && crate::access::is_admin();
+    if crate::facts::writing_history() || importing || crate::operations::restoring() {
         return Ok(Some(new));
     }
     if !matches!(trigger.when()?, PgTriggerWhen::Before) || !matches!(trigger.level(), PgTriggerLevel::Row) {
@@ -152,6 +159,7 @@ fn server_columns<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'
     let mut set: Vec<(i32, Option<pg_sys::Datum>)> = Vec::new();
     let mut touch: Vec<(i32, Kind, bool)> = Vec::new();
     let mut changed = false;
+    let mut cleared_acts: Vec<(i32, String)> = Vec::new();
     for (i, att) in tupdesc.iter().enumerate() {
         if att.attisdropped || att.attgenerated != 0 {
             continue;
@@ -183,7 +191,23 @@ fn server_columns<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'
                 changed |= differs;
                 if value.is_some() && (!update || differs) {
                     set.push((attnum, stamp(kind, &mut who)));
+                } else if kind == Kind::Who && value.is_none() && before.is_some() {
+                    cleared_acts.push((attnum, att.name().trim_end_matches("_by").to_string()));
                 }
+            }
+        }
+    }
+    // the who of an act stands as long as the act: cleared while its when column
+    // (same stem, `_at`) keeps a value, it keeps its old value
+    if update {
+        for (attnum, stem) in cleared_acts {
+            let when_set = tupdesc.iter().enumerate().any(|(i, att)| {
+                // SAFETY: new_t is this call's new tuple, described by rd_att
+                att.name() == format!("{stem}_at") && unsafe { attr(new_t, rd_att, (i + 1) as i32) }.is_some()
+            });
+            if when_set {
+                // SAFETY: old_t is this call's old tuple, described by rd_att
+                set.push((attnum, unsafe { attr(old_t, rd_att, attnum) }));
             }
         }
     }

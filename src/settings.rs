@@ -10,6 +10,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static HARD_DELETE: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static ALLOW_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static IMPORTING_HISTORY: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUDIT_PURGE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static REQUIRE_ACTOR: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -98,6 +99,14 @@ pub fn init() {
         &HARD_DELETE,
         GucContext::Suset,
         GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_bool_guc(
+        c"deal_store.allow_drop",
+        c"Lets DROP EXTENSION deal_store delete a database's deals, facts and audit log.",
+        c"Off (the default): DROP EXTENSION is refused while any deal exists. Only superusers may turn it on.",
+        &ALLOW_DROP,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
         c"deal_store.importing_history",

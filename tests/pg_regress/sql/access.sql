@@ -315,3 +315,44 @@ RESET ROLE;
 SET ROLE ds_reader;
 SELECT count(*) > 0 AS sees_team, bool_and(id IN (SELECT user_id FROM deal_store.deal_members)) AS only_team FROM deal_store.users;
 RESET ROLE;
+
+-- An analyst's import is a new deal written by the analyst, now: the export's
+-- who / when columns are not taken over (an admin's import keeps them); version
+-- chains that do not end in the export's own history rows are refused
+SET deal_store.actor = '00000000-0000-0000-0011-0000000000a5';
+INSERT INTO deal_store.deals (id, user_id, name, target_name) VALUES
+  ('00000000-0000-0000-0011-0000000000d4', '00000000-0000-0000-0011-0000000000a5', 'Project Forge', 'Forge AG');
+INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item) VALUES
+  ('00000000-0000-0000-0011-0000000000d4', 'G-1', 'network', 'one'), ('00000000-0000-0000-0011-0000000000d4', 'G-2', 'network', 'two');
+UPDATE deal_store.facts SET item = 'one, revised' WHERE deal_id = '00000000-0000-0000-0011-0000000000d4' AND legacy_id = 'G-1';
+CREATE TABLE regress.forge AS SELECT deal_store.export_deal('00000000-0000-0000-0011-0000000000d4') AS doc;
+SELECT deal_store.soft_delete('deal_store.deals', '00000000-0000-0000-0011-0000000000d4');
+SELECT deal_store.purge('deal_store.deals', '00000000-0000-0000-0011-0000000000d4');
+RESET deal_store.actor;
+UPDATE regress.forge SET doc = jsonb_set(jsonb_set(doc, '{facts,0,created_by}', '"00000000-0000-0000-0011-0000000000a6"'),
+                                         '{facts,0,created_at}', '"2001-01-01T00:00:00+00:00"');
+GRANT SELECT ON regress.forge TO PUBLIC;
+SET ROLE ds_analyst;
+SELECT regress.expect_error(format('SELECT deal_store.import_deal(%L)',
+  jsonb_set(doc, '{facts,0,previous_version_id}', doc -> 'facts' -> 1 -> 'id'))) FROM regress.forge;
+SELECT deal_store.import_deal(doc) AS imported FROM regress.forge;
+RESET ROLE;
+SELECT count(*) AS fact_rows, count(*) FILTER (WHERE created_by = '00000000-0000-0000-0011-0000000000a3'
+                                               AND created_at > now() - interval '1 hour') AS written_by_the_importer_now
+FROM deal_store.facts WHERE deal_id = '00000000-0000-0000-0011-0000000000d4';
+-- an id used in another deal neither blocks nor reveals a row of this one
+SET ROLE ds_other;
+INSERT INTO deal_store.facts (deal_id, id, legacy_id, domain, item)
+SELECT '00000000-0000-0000-0011-0000000000d2', :'target_id', 'PLANT', 'network', 'planted';
+SELECT count(*) AS versions_seen_by_the_planter FROM deal_store.fact_history(:'target_id');
+RESET ROLE;
+SET ROLE ds_lead;
+SELECT count(*) AS versions_seen_by_the_lead FROM deal_store.fact_history(:'target_id');
+RESET ROLE;
+-- notifications are their user's own: the deal's log does not copy them
+SELECT count(*) AS notifications_in_the_log FROM deal_store.deal_activity_log WHERE entity_type = 'notification';
+-- the who of an act stands while the act does
+SET deal_store.actor = '00000000-0000-0000-0011-0000000000a5';
+UPDATE deal_store.facts SET deleted_by = NULL WHERE id = :'target_id' AND deal_id = '00000000-0000-0000-0011-0000000000d1';
+SELECT deleted_by IS NOT NULL AS deleter_kept FROM deal_store.facts WHERE id = :'target_id' AND deal_id = '00000000-0000-0000-0011-0000000000d1';
+RESET deal_store.actor;

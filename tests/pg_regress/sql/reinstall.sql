@@ -3,9 +3,21 @@ SELECT extname, extversion, extnamespace::regnamespace, extrelocatable,
        obj_description(oid, 'pg_extension') IS NOT NULL AS described
 FROM pg_extension WHERE extname = 'deal_store';
 
--- DROP EXTENSION then CREATE EXTENSION again
+-- DROP EXTENSION is refused while deals exist (also through a CASCADE of an
+-- extension deal_store requires); with deal_store.allow_drop it drops, and then
+-- it creates again
 RESET search_path;
+SELECT count(*) > 0 AS has_deals FROM deal_store.deals;
+SELECT regress.expect_error('DROP EXTENSION deal_store');
+SELECT regress.expect_error('DROP EXTENSION pg_trgm CASCADE');
+SELECT regress.expect_error('DROP EXTENSION IF EXISTS hstore, deal_store RESTRICT');
+SELECT count(*) > 0 AS deals_kept FROM deal_store.deals;
+SET deal_store.allow_drop = on;
 DROP EXTENSION deal_store;
+RESET deal_store.allow_drop;
 SELECT count(*) AS schemas_left FROM pg_namespace WHERE nspname = 'deal_store';
 CREATE EXTENSION deal_store;
 SELECT count(*) AS tables FROM pg_tables WHERE schemaname = 'deal_store';
+-- without deals it drops as before
+DROP EXTENSION deal_store;
+CREATE EXTENSION deal_store;

@@ -1,0 +1,154 @@
+//! What a DBA does by habit loses nothing: a restore, and DROP EXTENSION.
+//!
+//! **A restore is told apart from ordinary writes by two facts no ordinary role
+//! can fake: the statement is a `COPY ... FROM` (what `pg_restore` and a dump
+//! replayed by `psql` send for table data), and the role outside any SECURITY
+//! DEFINER function is a superuser.** While both hold, deal_store's triggers
+//! take the rows as the dump holds them: no audit entry is written again, the
+//! who / when columns, checksums and fact histories are kept, and a deal's
+//! owner is not added to its team a second time (the team is in the dump). A
+//! superuser could switch the triggers off anyway; anyone else's COPY is an
+//! ordinary write, checked and audited like an INSERT, so replaying a dump as a
+//! non-superuser cannot forge a history row or a log entry.
+//!
+//! **DROP EXTENSION deal_store is refused while a deal exists** (an event
+//! trigger at `ddl_command_start`, which sees the statement before anything is
+//! dropped, also when deal_store would go with a `CASCADE` of an extension it
+//! requires). A superuser who means it sets `deal_store.allow_drop = on` first.
+use crate::errors::{raise, raise_hinted};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+/// True while a superuser restores rows with COPY (see the module documentation).
+pub fn restoring() -> bool {
+    // SAFETY: ActivePortal is this backend's running portal, or NULL
+    let copy = unsafe {
+        let portal = pg_sys::ActivePortal;
+        !portal.is_null() && (*portal).commandTag == pg_sys::CommandTag::CMDTAG_COPY
+    };
+    // SAFETY: role lookups of this backend's outer role (outside SECURITY DEFINER functions)
+    copy && unsafe { pg_sys::superuser_arg(pg_sys::GetOuterUserId()) }
+}
+
+/// `deal_store._restoring()`: [`restoring`] for the PL/pgSQL triggers.
+#[pg_extern(name = "_restoring", stable, parallel_safe)]
+fn restoring_sql() -> bool {
+    restoring()
+}
+
+/// The extensions a `DROP EXTENSION` names, and whether it cascades; None for another command.
+///
+/// # Safety
+/// `fcinfo` must be the call info of an event trigger call.
+unsafe fn dropped_extensions(fcinfo: pg_sys::FunctionCallInfo) -> Option<(Vec<String>, bool)> {
+    // SAFETY: an event trigger is called with its EventTriggerData as the context (caller)
+    unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_EventTriggerData {
+            raise(
+                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "deal_store._guard_drop must be called as an event trigger",
+                None,
+            );
+        }
+        let data = context as *mut pg_sys::EventTriggerData;
+        let tree = (*data).parsetree;
+        if tree.is_null() || (*tree).type_ != pg_sys::NodeTag::T_DropStmt {
+            return None;
+        }
+        let drop = tree as *mut pg_sys::DropStmt;
+        if (*drop).removeType != pg_sys::ObjectType::OBJECT_EXTENSION {
+            return None;
+        }
+        let list = (*drop).objects;
+        let mut names = Vec::new();
+        if !list.is_null() {
+            for i in 0..(*list).length as usize {
+                let node = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::Node;
+                if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_String {
+                    let s = node as *mut pg_sys::String;
+                    names.push(CStr::from_ptr((*s).sval).to_string_lossy().into_owned());
+                }
+            }
+        }
+        Some((names, (*drop).behavior == pg_sys::DropBehavior::DROP_CASCADE))
+    }
+}
+
+/// Refuses a DROP EXTENSION that would take deal_store while it holds deals.
+fn guard(names: &[String], cascade: bool) {
+    if crate::settings::ALLOW_DROP.get() {
+        return;
+    }
+    let ours = names.iter().any(|n| n == "deal_store");
+    let through = || {
+        cascade
+            && crate::spi::get_one::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                 JOIN pg_catalog.pg_extension x ON x.oid OPERATOR(pg_catalog.=) d.objid
+                 JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid
+                 WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+                   AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+                   AND x.extname OPERATOR(pg_catalog.=) 'deal_store'
+                   AND e.extname OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]))",
+                &[names.to_vec().into()],
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    };
+    // SAFETY: a catalog lookup by name, missing_ok
+    let installed = unsafe { pg_sys::get_extension_oid(c"deal_store".as_ptr(), true) } != pg_sys::InvalidOid;
+    if !installed || !(ours || through()) {
+        return;
+    }
+    let counts = crate::spi::connect(|client| {
+        client
+            .select(
+                "SELECT (SELECT pg_catalog.count(*) FROM deal_store.deals), (SELECT pg_catalog.count(*) FROM deal_store.facts),
+                        (SELECT pg_catalog.count(*) FROM deal_store.deal_activity_log)",
+                None,
+                &[],
+            )
+            .ok()
+            .and_then(|t| t.first().get_three::<i64, i64, i64>().ok())
+    });
+    let (deals, facts, entries) = match counts {
+        Some((Some(d), Some(f), Some(e))) => (d, f, e),
+        _ => return, // the tables are gone already: nothing left to keep
+    };
+    if deals == 0 {
+        return;
+    }
+    raise_hinted(
+        PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        "DROP EXTENSION deal_store would delete every deal, its facts and the audit log",
+        Some(format!("deal_store holds {deals} deal(s), {facts} fact row(s) and {entries} log entries. Nothing was dropped.")),
+        Some(
+            "Keep what you need first (pg_dump, or deal_store.export_deal for each deal). \
+             To drop anyway, a superuser runs SET deal_store.allow_drop = on, then DROP EXTENSION."
+                .into(),
+        ),
+    );
+}
+
+/// The V1 call convention record of [`deal_store_guard_drop`].
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_deal_store_guard_drop() -> &'static pg_sys::Pg_finfo_record {
+    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1_API
+}
+
+/// `deal_store._guard_drop()`: the event trigger function (ddl_command_start,
+/// DROP EXTENSION) that refuses to drop deal_store while it holds deals.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn deal_store_guard_drop(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: PostgreSQL calls this as an event trigger (its SQL declaration returns event_trigger)
+    if let Some((names, cascade)) = unsafe { dropped_extensions(fcinfo) } {
+        guard(&names, cascade);
+    }
+    pg_sys::Datum::from(0)
+}
