@@ -451,6 +451,20 @@ END $$;
 -- What a DBA does by habit loses nothing (src/operations.rs): a superuser's
 -- COPY FROM is a restore (deal_store._restoring()), and DROP EXTENSION is
 -- refused while a deal exists.
+COMMENT ON FUNCTION deal_store.restored() IS
+    'Trigger (AFTER INSERT per statement, enabled ALWAYS): ends the switch to session_replication_role = replica that a superuser''s restoring COPY made for its own rows.';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    -- every table a restore loads through deal_store's row triggers: those with server_columns
+    FOR t IN SELECT c.relname::text FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) g.tgrelid
+             WHERE g.tgname OPERATOR(pg_catalog.=) 'server_columns' ORDER BY 1 LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER deal_store_restored AFTER INSERT ON deal_store.%I
+                                   FOR EACH STATEMENT EXECUTE FUNCTION deal_store.restored()', t);
+        EXECUTE pg_catalog.format('ALTER TABLE deal_store.%I ENABLE ALWAYS TRIGGER deal_store_restored', t);
+    END LOOP;
+END $$;
 COMMENT ON FUNCTION deal_store._restoring() IS
     'Internal: true while a superuser restores rows with COPY FROM (pg_restore, a dump replayed by psql): the triggers then take the rows as the dump holds them, without auditing them again.';
 CREATE FUNCTION deal_store._guard_drop() RETURNS event_trigger

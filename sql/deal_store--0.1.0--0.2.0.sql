@@ -5952,3 +5952,24 @@ COMMENT ON FUNCTION deal_store.import_deal(jsonb, text) IS
     'Loads a deal from export_deal''s jsonb, keeping the ids of its rows. The importer (its actor; an admin names any existing user with set_actor) owns it and leads it; the export''s owner is not looked up or created (42501 without an actor). An admin''s import keeps the export''s who and when columns; anyone else''s is recorded as written by the importer, now. 22023 when the fact versions do not form chains. 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import. With an idempotency_key, a repeated call returns the first call''s deal and imports nothing.';
 
 ALTER FUNCTION deal_store.import_deal(jsonb, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- A restore's COPY switches its own triggers off for its rows, and back at the statement's end.
+CREATE FUNCTION deal_store."restored"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'restored_wrapper';
+REVOKE ALL ON FUNCTION deal_store.restored() FROM PUBLIC;
+COMMENT ON FUNCTION deal_store.restored() IS
+    'Trigger (AFTER INSERT per statement, enabled ALWAYS): ends the switch to session_replication_role = replica that a superuser''s restoring COPY made for its own rows.';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    -- every table a restore loads through deal_store's row triggers: those with server_columns
+    FOR t IN SELECT c.relname::text FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) g.tgrelid
+             WHERE g.tgname OPERATOR(pg_catalog.=) 'server_columns' ORDER BY 1 LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER deal_store_restored AFTER INSERT ON deal_store.%I
+                                   FOR EACH STATEMENT EXECUTE FUNCTION deal_store.restored()', t);
+        EXECUTE pg_catalog.format('ALTER TABLE deal_store.%I ENABLE ALWAYS TRIGGER deal_store_restored', t);
+    END LOOP;
+END $$;

@@ -32,6 +32,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::init();
     access::init();
     audit::init();
+    operations::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -20,7 +20,50 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
+thread_local! {
+    /// The GUC nest level at which a restore's COPY switched its own triggers off
+    /// (`session_replication_role = replica`), until the statement ends.
+    static REPLICA_LEVEL: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
+    /// the (sub)transaction nesting depth at which the switch was made
+    static REPLICA_DEPTH: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// Registers the callbacks that forget a switch an abort undid.
+pub fn init() {
+    // SAFETY: plain functions registered once per backend
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(_event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    REPLICA_LEVEL.set(None);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _sub: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    // SAFETY: reads this backend's transaction state
+    let depth = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB && REPLICA_LEVEL.get().is_some() && REPLICA_DEPTH.get() >= depth {
+        REPLICA_LEVEL.set(None); // the abort of the subtransaction that switched popped its level
+    }
+}
+
 /// True while a superuser restores rows with COPY (see the module documentation).
+///
+/// The first row of such a COPY also switches the rest of the statement to
+/// `session_replication_role = replica`: the rows are taken as they are, in any
+/// order (a parallel `pg_restore` loads a table before the one it refers to),
+/// without a trigger or a foreign-key check per row. The statement trigger
+/// `deal_store_restored` (enabled ALWAYS) switches it back when the COPY ends;
+/// an error ends the switch with the transaction.
 pub fn restoring() -> bool {
     // SAFETY: ActivePortal is this backend's running portal, or NULL
     let copy = unsafe {
@@ -28,7 +71,41 @@ pub fn restoring() -> bool {
         !portal.is_null() && (*portal).commandTag == pg_sys::CommandTag::CMDTAG_COPY
     };
     // SAFETY: role lookups of this backend's outer role (outside SECURITY DEFINER functions)
-    copy && unsafe { pg_sys::superuser_arg(pg_sys::GetOuterUserId()) }
+    let restoring = copy && unsafe { pg_sys::superuser_arg(pg_sys::GetOuterUserId()) };
+    if restoring && REPLICA_LEVEL.get().is_none() {
+        // SAFETY: as fmgr does for a function's SET clause: a nest level of our own, popped by
+        // restored() at the end of the statement or by the transaction's abort; the caller is a superuser
+        let level = unsafe {
+            let level = pg_sys::NewGUCNestLevel();
+            pg_sys::set_config_option(
+                c"session_replication_role".as_ptr(),
+                c"replica".as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+            level
+        };
+        REPLICA_LEVEL.set(Some(level));
+        // SAFETY: reads this backend's transaction state
+        REPLICA_DEPTH.set(unsafe { pg_sys::GetCurrentTransactionNestLevel() });
+    }
+    restoring
+}
+
+/// Statement trigger `deal_store_restored` (AFTER INSERT, enabled ALWAYS): ends
+/// the switch a restore's COPY made (see [`restoring`]).
+#[pg_trigger]
+fn restored<'a>(_trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
+    if let Some(level) = REPLICA_LEVEL.take() {
+        // SAFETY: pops the nest level restoring() opened in this statement; the levels of
+        // functions called since then were popped when they returned
+        unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    }
+    Ok(None)
 }
 
 /// `deal_store._restoring()`: [`restoring`] for the PL/pgSQL triggers.

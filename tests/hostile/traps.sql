@@ -21,7 +21,8 @@
 -- issue's reproduction), and by raising 'TRAP FIRED: ...' with the call stack.
 --
 -- Then every function of schema deal_store is called with sane arguments, and
--- every audited table (the deal_store_audit_flush trigger) gets an INSERT, an
+-- every audited table (the deal_store_audit_flush trigger), and every table
+-- with the who / when trigger that a write below names, gets an INSERT, an
 -- UPDATE, a DELETE and, where it has deleted_at, a soft delete by UPDATE and by
 -- deal_store.soft_delete, each in a subtransaction that is rolled back: first
 -- with the traps on (path "$user", pg_catalog, deal_store, public, in a session
@@ -445,13 +446,18 @@ INSERT INTO pg_temp.writes VALUES
      '(deal_id, user_id, role) VALUES (' || pg_temp.id('deal') || ', ' || pg_temp.id('lead') || $w$, 'viewer') ON CONFLICT DO NOTHING$w$,
      $w$role = 'lead'$w$);
 
--- the audited tables: those with the audit triggers; each must have its writes above
+-- the audited tables: those with the audit triggers (each must have its writes above), and
+-- the written tables with the server's who / when trigger
 CREATE TEMP TABLE audited AS
 SELECT DISTINCT t.tgrelid::pg_catalog.regclass::text AS tbl,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = t.tgrelid AND a.attname = 'deleted_at' AND NOT a.attisdropped) AS soft
 FROM pg_catalog.pg_trigger t
 WHERE t.tgname IN ('deal_store_audit_flush', 'deal_store_audit')
-   OR t.tgfoid IN ('deal_store.audit_row()'::pg_catalog.regprocedure, 'deal_store.audit_flush()'::pg_catalog.regprocedure);
+   OR t.tgfoid IN ('deal_store.audit_row()'::pg_catalog.regprocedure, 'deal_store.audit_flush()'::pg_catalog.regprocedure)
+   -- and the tables whose who / when columns the server writes (its trigger runs lookups as the owner),
+   -- where the writes above name them (notifications: the one write a reader may make)
+   OR (t.tgfoid OPERATOR(pg_catalog.=) 'deal_store.server_columns()'::pg_catalog.regprocedure
+       AND t.tgrelid::pg_catalog.regclass::text IN (SELECT w.tbl FROM pg_temp.writes w));
 SELECT tbl AS audited_table_without_writes FROM pg_temp.audited WHERE tbl NOT IN (SELECT tbl FROM pg_temp.writes) ORDER BY 1;
 DO $$
 BEGIN

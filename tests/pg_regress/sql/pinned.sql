@@ -89,3 +89,17 @@ SELECT analysis_run_id = :'own_run' AS logged_under_its_run FROM deal_store.deal
 WHERE entity_id = '00000000-0000-0000-0029-0000000000f1' ORDER BY seq DESC LIMIT 1;
 RESET deal_store.run_id;
 RESET deal_store.actor;
+
+-- A superuser's COPY FROM is a restore, for its own rows only: they are kept as
+-- dumped and not audited; the next statement of the transaction is ordinary again.
+BEGIN;
+COPY deal_store.gaps (deal_id, legacy_id, domain, description, created_at) FROM stdin;
+00000000-0000-0000-0029-0000000000d1	G-9	network	restored gap	2001-01-01 00:00:00+00
+\.
+SHOW session_replication_role;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0029-0000000000a1';
+UPDATE deal_store.gaps SET description = 'edited after the restore' WHERE legacy_id = 'G-9';
+COMMIT;
+SELECT created_at = '2001-01-01 00:00:00+00' AS kept_as_dumped FROM deal_store.gaps WHERE legacy_id = 'G-9';
+SELECT l.action, l.user_id FROM deal_store.deal_activity_log l JOIN deal_store.gaps g ON g.id = l.entity_id
+WHERE g.legacy_id = 'G-9' ORDER BY l.seq;

@@ -1,0 +1,72 @@
+# The restore layer, sourced by scripts/test: a database holding the demo deal
+# and a deal with a team, versions, links, a consumer, keys and seen marks is
+# dumped and restored as a DBA does by habit, with no special setting: pg_dump
+# -Fc + pg_restore, pg_dump + psql, pg_dump -Fd + pg_restore -j 4. Every table
+# must come back row for row (tests/restore/rows.sql), with no error reported.
+# Then a non-superuser replaying a dump's rows cannot forge a history row or a
+# log entry, and DROP EXTENSION is refused while the deals exist.
+
+RESTORE_OUT=${RESTORE_OUT:-/tmp/deal_store_restore}
+
+restore_rows() {
+    psql -X -q -At -v ON_ERROR_STOP=1 -d "$1" -f "$ROOT/tests/restore/rows.sql"
+}
+
+# restore_compare NAME: the rows of database NAME against the source's; prints the verdict
+restore_compare() {
+    restore_rows "$1" >"$RESTORE_OUT/$1.rows" || return 1
+    if diff -u "$RESTORE_OUT/source.rows" "$RESTORE_OUT/$1.rows"; then
+        echo "$2: $(wc -l <"$RESTORE_OUT/source.rows") tables and the log sequence equal, $(awk -F'|' '{n += $2} END {print n}' "$RESTORE_OUT/source.rows") rows"
+    else
+        echo "$2: the restored rows differ (above: - source, + restored)" >&2
+        return 1
+    fi
+}
+
+# restore_clean LOG: fails when a restore's messages hold an error or a warning
+restore_clean() {
+    if grep -E 'ERROR|WARNING|error|warning' "$1"; then
+        echo "the restore reported the problems above" >&2
+        return 1
+    fi
+}
+
+restore_check() {
+    local ok=0 src=deal_store_restore_src
+    rm -rf "$RESTORE_OUT"; mkdir -p "$RESTORE_OUT"; chmod 777 "$RESTORE_OUT"
+    fresh_db $src
+    psql -X -q -v ON_ERROR_STOP=1 -d $src -c "SET client_min_messages = warning" -c "CREATE EXTENSION deal_store CASCADE" || return 1
+    psql -X -q -v ON_ERROR_STOP=1 -d $src -f scripts/demo_data/carve_out.sql >/dev/null || return 1
+    psql -X -q -v ON_ERROR_STOP=1 -d $src -f tests/restore/extra.sql >/dev/null || return 1
+    restore_rows $src >"$RESTORE_OUT/source.rows" || return 1
+
+    # 1. custom format, pg_restore
+    "$PG_BIN/pg_dump" -Fc -d $src -f "$RESTORE_OUT/deal.dump" || return 1
+    fresh_db deal_store_restore_fc
+    "$PG_BIN/pg_restore" -d deal_store_restore_fc "$RESTORE_OUT/deal.dump" >"$RESTORE_OUT/fc.log" 2>&1 || { cat "$RESTORE_OUT/fc.log"; ok=1; }
+    restore_clean "$RESTORE_OUT/fc.log" || ok=1
+    restore_compare deal_store_restore_fc "pg_dump -Fc + pg_restore" || ok=1
+
+    # 2. plain SQL replayed by psql
+    "$PG_BIN/pg_dump" -d $src -f "$RESTORE_OUT/deal.sql" || return 1
+    fresh_db deal_store_restore_sql
+    psql -X -q -v ON_ERROR_STOP=1 -d deal_store_restore_sql -f "$RESTORE_OUT/deal.sql" >"$RESTORE_OUT/sql.log" 2>&1 || { cat "$RESTORE_OUT/sql.log"; ok=1; }
+    restore_clean "$RESTORE_OUT/sql.log" || ok=1
+    restore_compare deal_store_restore_sql "pg_dump + psql" || ok=1
+
+    # 3. directory format in parallel
+    "$PG_BIN/pg_dump" -Fd -j 4 -d $src -f "$RESTORE_OUT/deal.dir" || return 1
+    fresh_db deal_store_restore_dir
+    "$PG_BIN/pg_restore" -j 4 -d deal_store_restore_dir "$RESTORE_OUT/deal.dir" >"$RESTORE_OUT/dir.log" 2>&1 || { cat "$RESTORE_OUT/dir.log"; ok=1; }
+    restore_clean "$RESTORE_OUT/dir.log" || ok=1
+    restore_compare deal_store_restore_dir "pg_dump -Fd + pg_restore -j 4" || ok=1
+
+    # 4. the restored database works on: the consumer reads on, a change applies
+    psql -X -q -At -v ON_ERROR_STOP=1 -d deal_store_restore_fc -f tests/restore/after.sql >"$RESTORE_OUT/after.out" 2>&1 ||
+        { cat "$RESTORE_OUT/after.out"; ok=1; }
+    grep -q '^restored database works on$' "$RESTORE_OUT/after.out" || { cat "$RESTORE_OUT/after.out"; ok=1; }
+
+    # 5. a non-superuser replaying a dump's rows is an ordinary writer
+    psql -X -q -v ON_ERROR_STOP=1 -d $src -f tests/restore/replay.sql || ok=1
+    return $ok
+}
