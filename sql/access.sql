@@ -476,3 +476,6 @@ CREATE EVENT TRIGGER deal_store_guard_drop ON ddl_command_start WHEN TAG IN ('DR
     EXECUTE FUNCTION deal_store._guard_drop();
 COMMENT ON EVENT TRIGGER deal_store_guard_drop IS
     'Refuses DROP EXTENSION deal_store while deals exist: set deal_store.allow_drop = on (superusers) to drop them with it.';
+COMMENT ON FUNCTION deal_store.version() IS
+    'The version of the deal_store library serving this session and of the extension installed in this database (pg_extension.extversion); a WARNING when they differ (run ALTER EXTENSION deal_store UPDATE).';
+GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;

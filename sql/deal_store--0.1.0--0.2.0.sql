@@ -5973,3 +5973,16 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER TABLE deal_store.%I ENABLE ALWAYS TRIGGER deal_store_restored', t);
     END LOOP;
 END $$;
+
+-- Which library serves the database, and which catalog version it holds.
+CREATE FUNCTION deal_store."version"() RETURNS TABLE (
+	"library" TEXT,
+	"catalog" TEXT
+)
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'version_wrapper';
+COMMENT ON FUNCTION deal_store.version() IS
+    'The version of the deal_store library serving this session and of the extension installed in this database (pg_extension.extversion); a WARNING when they differ (run ALTER EXTENSION deal_store UPDATE).';
+REVOKE ALL ON FUNCTION deal_store.version() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;

@@ -361,6 +361,7 @@ fn resolve() -> Rc<Resolved> {
             ),
         }),
     };
+    crate::operations::check_version_once();
     let r = Rc::new(Resolved { outer, raw, installed, admin, service, owner, actor, deals: RefCell::default(), runs: RefCell::default() });
     RESOLVED.with(|c| *c.borrow_mut() = Some(r.clone()));
     r

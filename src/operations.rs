@@ -229,3 +229,48 @@ pub unsafe extern "C-unwind" fn deal_store_guard_drop(fcinfo: pg_sys::FunctionCa
     }
     pg_sys::Datum::from(0)
 }
+
+/// The version of this library (Cargo.toml).
+const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+thread_local! {
+    /// whether this session has compared the library's version with the catalog's
+    static VERSION_CHECKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The installed catalog's version (`pg_extension.extversion`), None without the extension.
+fn catalog_version() -> Option<String> {
+    crate::spi::get_one::<String>(
+        "SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'deal_store'",
+        &[],
+    )
+    .ok()
+    .flatten()
+}
+
+/// A WARNING when the library serves a catalog of another version (a library
+/// installed, `ALTER EXTENSION deal_store UPDATE` not run yet); once per session.
+pub fn check_version_once() {
+    if VERSION_CHECKED.replace(true) {
+        return;
+    }
+    warn_if_differs(catalog_version().as_deref());
+}
+
+fn warn_if_differs(catalog: Option<&str>) {
+    if let Some(catalog) = catalog.filter(|c| *c != LIBRARY_VERSION) {
+        pgrx::warning!(
+            "deal_store: the library is version {LIBRARY_VERSION} but this database's extension is at {catalog}; \
+             run ALTER EXTENSION deal_store UPDATE"
+        );
+    }
+}
+
+/// `deal_store.version()`: the library's version and the version of the
+/// extension installed in this database; a WARNING when they differ.
+#[pg_extern(volatile)]
+fn version() -> TableIterator<'static, (name!(library, String), name!(catalog, Option<String>))> {
+    let catalog = catalog_version();
+    warn_if_differs(catalog.as_deref());
+    TableIterator::once((LIBRARY_VERSION.to_string(), catalog))
+}

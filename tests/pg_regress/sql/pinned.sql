@@ -103,3 +103,7 @@ COMMIT;
 SELECT created_at = '2001-01-01 00:00:00+00' AS kept_as_dumped FROM deal_store.gaps WHERE legacy_id = 'G-9';
 SELECT l.action, l.user_id FROM deal_store.deal_activity_log l JOIN deal_store.gaps g ON g.id = l.entity_id
 WHERE g.legacy_id = 'G-9' ORDER BY l.seq;
+
+-- which library serves this database, and which catalog version it holds
+SELECT library = extversion AS same_version, catalog = extversion AS catalog_is_installed
+FROM deal_store.version(), pg_catalog.pg_extension WHERE extname = 'deal_store';
