@@ -107,3 +107,44 @@ WHERE g.legacy_id = 'G-9' ORDER BY l.seq;
 -- which library serves this database, and which catalog version it holds
 SELECT library = extversion AS same_version, catalog = extversion AS catalog_is_installed
 FROM deal_store.version(), pg_catalog.pg_extension WHERE extname = 'deal_store';
+
+-- The reported escalation, as a plain reader whose only write is marking its own
+-- notification read: its pg_temp type named uuid, with casts that try to make it
+-- a superuser when they run with a superuser's rights, steers nothing.
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS pinned_reader;
+CREATE ROLE pinned_reader NOLOGIN;
+RESET client_min_messages;
+GRANT deal_store_reader TO pinned_reader;
+INSERT INTO deal_store.users (id, email, db_role) VALUES ('00000000-0000-0000-0029-0000000000a3', 'reader29@example.com', 'pinned_reader');
+SELECT deal_store.add_member('00000000-0000-0000-0029-0000000000d1', '00000000-0000-0000-0029-0000000000a3', 'viewer');
+INSERT INTO deal_store.notifications (user_id, deal_id, type, title)
+VALUES ('00000000-0000-0000-0029-0000000000a3', '00000000-0000-0000-0029-0000000000d1', 'review_needed', 'please look');
+SET ROLE pinned_reader;
+CREATE TYPE pg_temp.uuid AS (v pg_catalog.uuid);
+CREATE FUNCTION pg_temp.to_evil(x pg_catalog.uuid) RETURNS pg_temp.uuid LANGUAGE plpgsql AS $f$
+BEGIN IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) current_user)
+ THEN EXECUTE pg_catalog.format('ALTER ROLE %I SUPERUSER', session_user); END IF;
+ RETURN ROW(x)::pg_temp.uuid; END $f$;
+CREATE FUNCTION pg_temp.from_evil(x pg_temp.uuid) RETURNS pg_catalog.uuid LANGUAGE sql AS 'SELECT x.v';
+CREATE CAST (pg_catalog.uuid AS pg_temp.uuid) WITH FUNCTION pg_temp.to_evil(pg_catalog.uuid);
+CREATE CAST (pg_temp.uuid AS pg_catalog.uuid) WITH FUNCTION pg_temp.from_evil(pg_temp.uuid) AS ASSIGNMENT;
+UPDATE deal_store.notifications SET read = true, read_at = now();
+RESET ROLE;
+SELECT rolsuper AS reader_became_superuser FROM pg_catalog.pg_roles WHERE rolname = 'pinned_reader';
+SELECT read, read_at IS NOT NULL AS read_at_set FROM deal_store.notifications WHERE user_id = '00000000-0000-0000-0029-0000000000a3';
+-- The reported outage: an operator planted in public by a role with CREATE there
+-- breaks nobody's audited writes.
+CREATE FUNCTION public.jsonb_minus_trap(jsonb, jsonb) RETURNS jsonb LANGUAGE sql AS $f$ SELECT '"trapped"'::jsonb $f$;
+CREATE OPERATOR public.- (LEFTARG = jsonb, RIGHTARG = jsonb, FUNCTION = public.jsonb_minus_trap);
+SET search_path = public, pg_catalog;
+SET deal_store.actor = '00000000-0000-0000-0029-0000000000a1';
+UPDATE deal_store.facts SET item = 'fibre, planted operator ignored' WHERE id = '00000000-0000-0000-0029-0000000000f1' AND superseded_at IS NULL;
+INSERT INTO deal_store.facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0029-0000000000d1', 'P-4', 'network', 'logged whole');
+RESET deal_store.actor;
+RESET search_path;
+SELECT action, details ? 'search_vector' AS vector_logged, details::text LIKE '%trapped%' AS trap_fired
+FROM deal_store.deal_activity_log WHERE deal_id = '00000000-0000-0000-0029-0000000000d1' AND entity_type = 'fact'
+ORDER BY seq DESC LIMIT 2;
+DROP OPERATOR public.- (jsonb, jsonb);
+DROP FUNCTION public.jsonb_minus_trap(jsonb, jsonb);
