@@ -470,12 +470,12 @@ COMMENT ON FUNCTION deal_store._restoring() IS
 CREATE FUNCTION deal_store._guard_drop() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'deal_store_guard_drop';
 COMMENT ON FUNCTION deal_store._guard_drop() IS
-    'Event trigger function: refuses DROP EXTENSION deal_store (or a CASCADE drop that would take it) while any deal exists (2BP01), unless a superuser has set deal_store.allow_drop = on.';
+    'Event trigger function: refuses a DROP that would take deal_store (DROP EXTENSION deal_store, a CASCADE drop of an extension it needs or of a schema holding one, DROP SCHEMA deal_store, DROP OWNED BY its owner) while any deal exists (2BP01), unless a superuser has set deal_store.allow_drop = on.';
 REVOKE ALL ON FUNCTION deal_store._guard_drop() FROM PUBLIC;
-CREATE EVENT TRIGGER deal_store_guard_drop ON ddl_command_start WHEN TAG IN ('DROP EXTENSION')
+CREATE EVENT TRIGGER deal_store_guard_drop ON ddl_command_start WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION deal_store._guard_drop();
 COMMENT ON EVENT TRIGGER deal_store_guard_drop IS
-    'Refuses DROP EXTENSION deal_store while deals exist: set deal_store.allow_drop = on (superusers) to drop them with it.';
+    'Refuses a DROP that would take deal_store (the extension, its schema, an extension it needs, their owner''s objects) while deals exist: set deal_store.allow_drop = on (superusers) to drop them with it.';
 COMMENT ON FUNCTION deal_store.version() IS
     'The version of the deal_store library serving this session and of the extension installed in this database (pg_extension.extversion); a WARNING when they differ (run ALTER EXTENSION deal_store UPDATE).';
 GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;

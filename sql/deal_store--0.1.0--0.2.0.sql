@@ -5815,12 +5815,12 @@ COMMENT ON FUNCTION deal_store._restoring() IS
 CREATE FUNCTION deal_store._guard_drop() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'deal_store_guard_drop';
 COMMENT ON FUNCTION deal_store._guard_drop() IS
-    'Event trigger function: refuses DROP EXTENSION deal_store (or a CASCADE drop that would take it) while any deal exists (2BP01), unless a superuser has set deal_store.allow_drop = on.';
+    'Event trigger function: refuses a DROP that would take deal_store (DROP EXTENSION deal_store, a CASCADE drop of an extension it needs or of a schema holding one, DROP SCHEMA deal_store, DROP OWNED BY its owner) while any deal exists (2BP01), unless a superuser has set deal_store.allow_drop = on.';
 REVOKE ALL ON FUNCTION deal_store._guard_drop() FROM PUBLIC;
-CREATE EVENT TRIGGER deal_store_guard_drop ON ddl_command_start WHEN TAG IN ('DROP EXTENSION')
+CREATE EVENT TRIGGER deal_store_guard_drop ON ddl_command_start WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION deal_store._guard_drop();
 COMMENT ON EVENT TRIGGER deal_store_guard_drop IS
-    'Refuses DROP EXTENSION deal_store while deals exist: set deal_store.allow_drop = on (superusers) to drop them with it.';
+    'Refuses a DROP that would take deal_store (the extension, its schema, an extension it needs, their owner''s objects) while deals exist: set deal_store.allow_drop = on (superusers) to drop them with it.';
 
 SELECT deal_store.disable_audit('deal_store.notifications');
 
@@ -5986,3 +5986,116 @@ COMMENT ON FUNCTION deal_store.version() IS
     'The version of the deal_store library serving this session and of the extension installed in this database (pg_extension.extversion); a WARNING when they differ (run ALTER EXTENSION deal_store UPDATE).';
 REVOKE ALL ON FUNCTION deal_store.version() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;
+
+-- import_deal: history rows are the export's fact_history and only those.
+
+CREATE OR REPLACE FUNCTION deal_store.import_deal(doc jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prior jsonb;
+    deal uuid;
+    owner uuid;
+    taken text;
+    taken_in text;
+    tbl regclass;
+    ids uuid[];
+BEGIN
+    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
+       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
+    END IF;
+    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
+        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
+    END IF;
+    -- read through the typed format first: a malformed document fails here, naming
+    -- the JSON path of the first bad field, before anything is written
+    doc := deal_store._export_format(doc);
+    prior := deal_store._idempotent(idempotency_key, 'import_deal', jsonb_build_array(doc));
+    IF prior IS NOT NULL THEN
+        RETURN (prior #>> '{}')::uuid;
+    END IF;
+    IF deal_store._distributed() THEN
+        -- the checks below read every shard at once; on Citus a write to a reference
+        -- table (a new owner in users) must then use the same one connection per node
+        PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    END IF;
+    deal := (doc -> 'deal' ->> 'id')::uuid;
+    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
+        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
+            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                                           'findings', 'gaps', 'fact_finding_links']) k,
+                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
+               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
+        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
+    END IF;
+    -- every fact version chain of the export is one: it starts at a fact (current or
+    -- deleted), each link names a history row of the export, and every history row
+    -- is on exactly one chain (so no chain loops and none is made up on its own)
+    IF NOT (WITH RECURSIVE v AS (
+                SELECT (e ->> 'id')::uuid AS id, (e ->> 'previous_version_id')::uuid AS prev, k = 'fact_history' AS hist,
+                       (e ->> 'superseded_at') IS NOT NULL AS superseded
+                FROM unnest(ARRAY['facts', 'deleted_facts', 'fact_history']) k, jsonb_array_elements(coalesce(doc -> k, '[]')) e),
+            walk(id, depth) AS (
+                SELECT v.prev, 1 FROM v WHERE NOT v.hist AND v.prev IS NOT NULL
+                UNION ALL
+                SELECT v.prev, w.depth + 1 FROM walk w JOIN v ON v.id = w.id
+                WHERE v.prev IS NOT NULL AND w.depth <= (SELECT count(*) FROM v))
+            SELECT (SELECT count(*) FROM walk) = (SELECT count(*) FROM v WHERE v.hist)
+               AND (SELECT count(DISTINCT w.id) FROM walk w JOIN v ON v.id = w.id AND v.hist) = (SELECT count(*) FROM v WHERE v.hist)
+               AND NOT EXISTS (SELECT 1 FROM v WHERE v.hist <> v.superseded)) THEN
+        RAISE EXCEPTION 'the export''s fact versions do not form chains' USING ERRCODE = '22023',
+            DETAIL = 'Each previous_version_id must name a row of fact_history (superseded_at set, as on no current or deleted fact), each of which belongs to exactly one fact''s chain.',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned, unchanged.';
+    END IF;
+    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
+    -- accept_change ...) must name one row: an id already used here is refused
+    -- (table by table, each a lookup of the export's ids: on Citus a query per table, no join)
+    FOR taken_in, tbl IN SELECT * FROM (VALUES ('documents', 'deal_store.documents'::regclass), ('analysis_runs', 'deal_store.analysis_runs'::regclass),
+                                               ('facts', 'deal_store.facts'::regclass), ('deleted_facts', 'deal_store.facts'::regclass),
+                                               ('fact_history', 'deal_store.facts'::regclass), ('findings', 'deal_store.findings'::regclass),
+                                               ('gaps', 'deal_store.gaps'::regclass), ('fact_finding_links', 'deal_store.fact_finding_links'::regclass)) v LOOP
+        ids := ARRAY(SELECT (e ->> 'id')::uuid FROM jsonb_array_elements(coalesce(doc -> taken_in, '[]')) e);
+        EXECUTE format('SELECT x.id::text FROM %s x WHERE x.id = ANY ($1) ORDER BY array_position($1, x.id) LIMIT 1', tbl)
+            INTO taken USING ids;
+        EXIT WHEN taken IS NOT NULL;
+    END LOOP;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
+            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
+    END IF;
+    -- the owner is the importer: its actor (an admin names any existing user with
+    -- set_actor). Never a user taken or made from the document: an e-mail in it
+    -- names nobody here, and a deal planted in another user's list would be theirs
+    owner := deal_store.current_actor();
+    IF owner IS NULL THEN
+        RAISE EXCEPTION 'import_deal needs an actor: the importer owns the deal it imports' USING ERRCODE = '42501',
+            HINT = 'Link the login role to its user (users.db_role), or name the user with deal_store.set_actor (an admin may name any existing user).';
+    END IF;
+    PERFORM deal_store._insert_rows('deal_store.deals',
+        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')
+            || jsonb_build_object('ignore_unknown_keys', coalesce((doc -> 'deal' ->> 'ignore_unknown_keys')::boolean, false))));
+    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
+    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    -- the caller leads what it imported (42501 and nothing imported unless it may write)
+    IF deal_store.current_actor() IS NOT NULL THEN
+        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
+        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    END IF;
+    PERFORM deal_store._require_right(deal, 'manage');
+    -- history rows are the export's own versions: restored by the versioning's own writer
+    PERFORM deal_store._import_facts(
+        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
+    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
+    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
+    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
+    PERFORM deal_store._remember(idempotency_key, to_jsonb(deal));
+    RETURN deal;
+END $$;
+COMMENT ON FUNCTION deal_store.import_deal(jsonb, text) IS
+    'Loads a deal from export_deal''s jsonb, keeping the ids of its rows. The importer (its actor; an admin names any existing user with set_actor) owns it and leads it; the export''s owner is not looked up or created (42501 without an actor). An admin''s import keeps the export''s who and when columns; anyone else''s is recorded as written by the importer, now. 22023 when the fact versions do not form chains. 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import. With an idempotency_key, a repeated call returns the first call''s deal and imports nothing.';
+
+ALTER FUNCTION deal_store.import_deal(jsonb, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

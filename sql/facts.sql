@@ -197,7 +197,8 @@ BEGIN
     -- deleted), each link names a history row of the export, and every history row
     -- is on exactly one chain (so no chain loops and none is made up on its own)
     IF NOT (WITH RECURSIVE v AS (
-                SELECT (e ->> 'id')::uuid AS id, (e ->> 'previous_version_id')::uuid AS prev, k = 'fact_history' AS hist
+                SELECT (e ->> 'id')::uuid AS id, (e ->> 'previous_version_id')::uuid AS prev, k = 'fact_history' AS hist,
+                       (e ->> 'superseded_at') IS NOT NULL AS superseded
                 FROM unnest(ARRAY['facts', 'deleted_facts', 'fact_history']) k, jsonb_array_elements(coalesce(doc -> k, '[]')) e),
             walk(id, depth) AS (
                 SELECT v.prev, 1 FROM v WHERE NOT v.hist AND v.prev IS NOT NULL
@@ -205,9 +206,10 @@ BEGIN
                 SELECT v.prev, w.depth + 1 FROM walk w JOIN v ON v.id = w.id
                 WHERE v.prev IS NOT NULL AND w.depth <= (SELECT count(*) FROM v))
             SELECT (SELECT count(*) FROM walk) = (SELECT count(*) FROM v WHERE v.hist)
-               AND (SELECT count(DISTINCT w.id) FROM walk w JOIN v ON v.id = w.id AND v.hist) = (SELECT count(*) FROM v WHERE v.hist)) THEN
+               AND (SELECT count(DISTINCT w.id) FROM walk w JOIN v ON v.id = w.id AND v.hist) = (SELECT count(*) FROM v WHERE v.hist)
+               AND NOT EXISTS (SELECT 1 FROM v WHERE v.hist <> v.superseded)) THEN
         RAISE EXCEPTION 'the export''s fact versions do not form chains' USING ERRCODE = '22023',
-            DETAIL = 'Each previous_version_id must name a row of fact_history, each of which belongs to exactly one fact''s chain.',
+            DETAIL = 'Each previous_version_id must name a row of fact_history (superseded_at set, as on no current or deleted fact), each of which belongs to exactly one fact''s chain.',
             HINT = 'Pass the jsonb that deal_store.export_deal returned, unchanged.';
     END IF;
     -- ids are unique per deal only, but an id passed alone (soft_delete, restore,

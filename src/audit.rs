@@ -449,11 +449,12 @@ fn audit_row<'a>(
             Some("Use deal_store.enable_audit(table) to put it on a table.".into()),
         );
     }
-    if crate::operations::restoring() {
-        return Ok(None); // the restored log holds these rows' history already
-    }
     let op = trigger.op()?;
     let data = trigger.trigger_data();
+    // SAFETY: tg_relation is open for the whole trigger call
+    if crate::operations::restoring(unsafe { (*data.tg_relation).rd_id }) {
+        return Ok(None); // the restored log holds these rows' history already
+    }
     let (old, new, event) = match op {
         PgTriggerOperation::Insert => (std::ptr::null_mut(), data.tg_trigtuple, pg_sys::TRIGGER_TYPE_INSERT),
         PgTriggerOperation::Update => (data.tg_trigtuple, data.tg_newtuple, pg_sys::TRIGGER_TYPE_UPDATE),

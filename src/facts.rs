@@ -267,10 +267,12 @@ fn key<A: WhoAllocated>(row: &PgHeapTuple<'_, A>, cols: &Cols) -> (Option<pgrx::
 #[pg_trigger]
 fn fact_versions<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
     let new = trigger.new().ok_or(PgTriggerError::NullTriggerData)?;
-    if WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::Copy || crate::operations::restoring() {
+    let data = trigger.trigger_data();
+    // SAFETY: tg_relation is open for the whole trigger call
+    let restoring = crate::operations::restoring(unsafe { (*data.tg_relation).rd_id });
+    if WRITING_HISTORY.with(std::cell::Cell::get) == HistoryWriter::Copy || restoring {
         return Ok(Some(new)); // a copy of a row checksummed when it was written (or restored)
     }
-    let data = trigger.trigger_data();
     // SAFETY: tg_relation is the open relation of this trigger call; its descriptor
     // describes both tuples and lives as long as the call ('a)
     let tupdesc = unsafe { PgTupleDesc::from_pg_unchecked((*data.tg_relation).rd_att) };

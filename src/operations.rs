@@ -1,20 +1,25 @@
 //! What a DBA does by habit loses nothing: a restore, and DROP EXTENSION.
 //!
-//! **A restore is told apart from ordinary writes by two facts no ordinary role
-//! can fake: the statement is a `COPY ... FROM` (what `pg_restore` and a dump
-//! replayed by `psql` send for table data), and the role outside any SECURITY
-//! DEFINER function is a superuser.** While both hold, deal_store's triggers
-//! take the rows as the dump holds them: no audit entry is written again, the
+//! **A restore is told apart from ordinary writes by facts no ordinary role can
+//! fake: the statement being run is a `COPY … FROM` (what `pg_restore` and a
+//! dump replayed by `psql` send for table data) into deal_store's table whose
+//! trigger asks, and the role running it is a superuser, both outside any
+//! SECURITY DEFINER function and as the current user.** Rows another table's
+//! COPY writes through someone's trigger or function, a `COPY (…) TO`, and
+//! anything run through SPI inside another statement are ordinary writes.
+//! While it holds, deal_store's triggers take the rows as the dump holds them: no audit entry is written again, the
 //! who / when columns, checksums and fact histories are kept, and a deal's
 //! owner is not added to its team a second time (the team is in the dump). A
 //! superuser could switch the triggers off anyway; anyone else's COPY is an
 //! ordinary write, checked and audited like an INSERT, so replaying a dump as a
 //! non-superuser cannot forge a history row or a log entry.
 //!
-//! **DROP EXTENSION deal_store is refused while a deal exists** (an event
-//! trigger at `ddl_command_start`, which sees the statement before anything is
-//! dropped, also when deal_store would go with a `CASCADE` of an extension it
-//! requires). A superuser who means it sets `deal_store.allow_drop = on` first.
+//! **A DROP that would take deal_store is refused while a deal exists** (an
+//! event trigger at `ddl_command_start`, which sees the statement before
+//! anything is dropped): `DROP EXTENSION deal_store`, a `CASCADE` drop of an
+//! extension it needs (pg_trgm, plpgsql) or of a schema holding one, `DROP
+//! SCHEMA deal_store`, and `DROP OWNED BY` the role owning any of them. A
+//! superuser who means it sets `deal_store.allow_drop = on` first.
 use crate::errors::{raise, raise_hinted};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -51,12 +56,57 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     // SAFETY: reads this backend's transaction state
     let depth = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB && REPLICA_LEVEL.get().is_some() && REPLICA_DEPTH.get() >= depth {
-        REPLICA_LEVEL.set(None); // the abort of the subtransaction that switched popped its level
+    let ends = event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB || event == pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB;
+    if ends && REPLICA_LEVEL.get().is_some() && REPLICA_DEPTH.get() >= depth {
+        REPLICA_LEVEL.set(None); // the end of the subtransaction that switched popped its level
     }
 }
 
-/// True while a superuser restores rows with COPY (see the module documentation).
+/// The table that a superuser's `COPY … FROM`, the statement the active portal
+/// runs, loads: None for any other statement, role or caller.
+fn restore_target() -> Option<pg_sys::Oid> {
+    // SAFETY: ActivePortal is this backend's running portal or NULL; its statement list
+    // and the nodes in it are the portal's own, alive while it runs
+    unsafe {
+        let portal = pg_sys::ActivePortal;
+        if portal.is_null() || (*portal).commandTag != pg_sys::CommandTag::CMDTAG_COPY {
+            return None;
+        }
+        let stmts = (*portal).stmts;
+        if stmts.is_null() || (*stmts).length != 1 {
+            return None;
+        }
+        let stmt = (*(*stmts).elements).ptr_value as *mut pg_sys::Node;
+        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_PlannedStmt {
+            return None;
+        }
+        let utility = (*(stmt as *mut pg_sys::PlannedStmt)).utilityStmt;
+        if utility.is_null() || (*utility).type_ != pg_sys::NodeTag::T_CopyStmt {
+            return None;
+        }
+        let copy = utility as *mut pg_sys::CopyStmt;
+        if !(*copy).is_from || (*copy).relation.is_null() {
+            return None;
+        }
+        let outer = pg_sys::GetOuterUserId();
+        if !pg_sys::superuser_arg(outer) || pg_sys::GetUserId() != outer {
+            return None;
+        }
+        let oid = pg_sys::RangeVarGetRelidExtended((*copy).relation, pg_sys::NoLock as _, pg_sys::RVROption::RVR_MISSING_OK as _, None, std::ptr::null_mut());
+        (oid != pg_sys::InvalidOid).then_some(oid)
+    }
+}
+
+/// True when `rel` is one of deal_store's tables.
+fn in_deal_store(rel: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups by oid and name, missing_ok
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"deal_store".as_ptr(), true);
+        schema != pg_sys::InvalidOid && pg_sys::get_rel_namespace(rel) == schema
+    }
+}
+
+/// True while a superuser restores rows of `rel` with COPY (see the module documentation).
 ///
 /// The first row of such a COPY also switches the rest of the statement to
 /// `session_replication_role = replica`: the rows are taken as they are, in any
@@ -64,14 +114,8 @@ unsafe extern "C-unwind" fn on_subxact(
 /// without a trigger or a foreign-key check per row. The statement trigger
 /// `deal_store_restored` (enabled ALWAYS) switches it back when the COPY ends;
 /// an error ends the switch with the transaction.
-pub fn restoring() -> bool {
-    // SAFETY: ActivePortal is this backend's running portal, or NULL
-    let copy = unsafe {
-        let portal = pg_sys::ActivePortal;
-        !portal.is_null() && (*portal).commandTag == pg_sys::CommandTag::CMDTAG_COPY
-    };
-    // SAFETY: role lookups of this backend's outer role (outside SECURITY DEFINER functions)
-    let restoring = copy && unsafe { pg_sys::superuser_arg(pg_sys::GetOuterUserId()) };
+pub fn restoring(rel: pg_sys::Oid) -> bool {
+    let restoring = restore_target() == Some(rel) && in_deal_store(rel);
     if restoring && REPLICA_LEVEL.get().is_none() {
         // SAFETY: as fmgr does for a function's SET clause: a nest level of our own, popped by
         // restored() at the end of the statement or by the transaction's abort; the caller is a superuser
@@ -101,25 +145,64 @@ pub fn restoring() -> bool {
 #[pg_trigger]
 fn restored<'a>(_trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
     if let Some(level) = REPLICA_LEVEL.take() {
-        // SAFETY: pops the nest level restoring() opened in this statement; the levels of
-        // functions called since then were popped when they returned
-        unsafe { pg_sys::AtEOXact_GUC(true, level) };
+        // SAFETY: a probe of the current nest level (opened and closed at once); the level
+        // restoring() opened is popped only while it is still the innermost one
+        unsafe {
+            let probe = pg_sys::NewGUCNestLevel();
+            pg_sys::AtEOXact_GUC(true, probe);
+            if level == probe - 1 {
+                pg_sys::AtEOXact_GUC(true, level);
+            }
+        }
     }
     Ok(None)
 }
 
-/// `deal_store._restoring()`: [`restoring`] for the PL/pgSQL triggers.
+/// `deal_store._restoring()`: true while a superuser's COPY FROM loads one of
+/// deal_store's tables (for the PL/pgSQL triggers; switches nothing).
 #[pg_extern(name = "_restoring", stable, parallel_safe)]
 fn restoring_sql() -> bool {
-    restoring()
+    restore_target().is_some_and(in_deal_store)
 }
 
-/// The extensions a `DROP EXTENSION` names, and whether it cascades; None for another command.
+/// What a DROP statement names, when it may take deal_store with it.
+enum Dropping {
+    /// `DROP EXTENSION names [CASCADE]`
+    Extensions(Vec<String>, bool),
+    /// `DROP SCHEMA names [CASCADE]`
+    Schemas(Vec<String>, bool),
+    /// `DROP OWNED BY roles`
+    Owned(Vec<pg_sys::Oid>),
+}
+
+/// The names in a list of String nodes.
+///
+/// # Safety
+/// `list` must be NULL or a List of nodes.
+unsafe fn names_of(list: *mut pg_sys::List) -> Vec<String> {
+    let mut names = Vec::new();
+    if list.is_null() {
+        return names;
+    }
+    // SAFETY: a List of `length` cells, each a node pointer (caller)
+    unsafe {
+        for i in 0..(*list).length as usize {
+            let node = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::Node;
+            if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_String {
+                names.push(CStr::from_ptr((*(node as *mut pg_sys::String)).sval).to_string_lossy().into_owned());
+            }
+        }
+    }
+    names
+}
+
+/// What the DROP statement an event trigger fires for names; None for another command.
 ///
 /// # Safety
 /// `fcinfo` must be the call info of an event trigger call.
-unsafe fn dropped_extensions(fcinfo: pg_sys::FunctionCallInfo) -> Option<(Vec<String>, bool)> {
-    // SAFETY: an event trigger is called with its EventTriggerData as the context (caller)
+unsafe fn dropping(fcinfo: pg_sys::FunctionCallInfo) -> Option<Dropping> {
+    // SAFETY: an event trigger is called with its EventTriggerData as the context (caller);
+    // the parse tree and its lists are alive for the call
     unsafe {
         let context = (*fcinfo).context;
         if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_EventTriggerData {
@@ -129,55 +212,100 @@ unsafe fn dropped_extensions(fcinfo: pg_sys::FunctionCallInfo) -> Option<(Vec<St
                 None,
             );
         }
-        let data = context as *mut pg_sys::EventTriggerData;
-        let tree = (*data).parsetree;
-        if tree.is_null() || (*tree).type_ != pg_sys::NodeTag::T_DropStmt {
+        let tree = (*(context as *mut pg_sys::EventTriggerData)).parsetree;
+        if tree.is_null() {
             return None;
         }
-        let drop = tree as *mut pg_sys::DropStmt;
-        if (*drop).removeType != pg_sys::ObjectType::OBJECT_EXTENSION {
-            return None;
-        }
-        let list = (*drop).objects;
-        let mut names = Vec::new();
-        if !list.is_null() {
-            for i in 0..(*list).length as usize {
-                let node = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::Node;
-                if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_String {
-                    let s = node as *mut pg_sys::String;
-                    names.push(CStr::from_ptr((*s).sval).to_string_lossy().into_owned());
+        match (*tree).type_ {
+            pg_sys::NodeTag::T_DropStmt => {
+                let drop = tree as *mut pg_sys::DropStmt;
+                let cascade = (*drop).behavior == pg_sys::DropBehavior::DROP_CASCADE;
+                match (*drop).removeType {
+                    pg_sys::ObjectType::OBJECT_EXTENSION => Some(Dropping::Extensions(names_of((*drop).objects), cascade)),
+                    pg_sys::ObjectType::OBJECT_SCHEMA => Some(Dropping::Schemas(names_of((*drop).objects), cascade)),
+                    _ => None,
                 }
             }
+            pg_sys::NodeTag::T_DropOwnedStmt => {
+                let list = (*(tree as *mut pg_sys::DropOwnedStmt)).roles;
+                let mut roles = Vec::new();
+                if !list.is_null() {
+                    for i in 0..(*list).length as usize {
+                        let spec = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::RoleSpec;
+                        roles.push(pg_sys::get_rolespec_oid(spec, true));
+                    }
+                }
+                Some(Dropping::Owned(roles))
+            }
+            _ => None,
         }
-        Some((names, (*drop).behavior == pg_sys::DropBehavior::DROP_CASCADE))
     }
 }
 
-/// Refuses a DROP EXTENSION that would take deal_store while it holds deals.
-fn guard(names: &[String], cascade: bool) {
+/// The extensions deal_store cannot live without: those it requires, and those
+/// owning an object one of its own objects depends on (plpgsql, for its language).
+const NEEDED_EXTENSIONS: &str = "
+    SELECT d.refobjid FROM pg_catalog.pg_depend d
+    WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+      AND d.objid OPERATOR(pg_catalog.=) x.oid
+      AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+    UNION
+    SELECT o.refobjid FROM pg_catalog.pg_depend m
+    JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) m.classid AND d.objid OPERATOR(pg_catalog.=) m.objid
+                                AND d.deptype OPERATOR(pg_catalog.=) 'n'
+    JOIN pg_catalog.pg_depend o ON o.classid OPERATOR(pg_catalog.=) d.refclassid AND o.objid OPERATOR(pg_catalog.=) d.refobjid
+                                AND o.deptype OPERATOR(pg_catalog.=) 'e'
+                                AND o.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+    WHERE m.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+      AND m.refobjid OPERATOR(pg_catalog.=) x.oid AND m.deptype OPERATOR(pg_catalog.=) 'e'";
+
+/// True when the DROP would take deal_store (the extension, its schema, or what it needs) with it.
+fn takes_deal_store(what: &Dropping) -> bool {
+    let (sql, arg): (String, pgrx::datum::DatumWithOid<'_>) = match what {
+        Dropping::Extensions(names, cascade) => (
+            format!(
+                "SELECT x.extname OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
+                     OR ({cascade} AND EXISTS (SELECT 1 FROM pg_catalog.pg_extension e
+                                               WHERE e.extname OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
+                                                 AND e.oid IN ({NEEDED_EXTENSIONS})))
+                 FROM pg_catalog.pg_extension x WHERE x.extname OPERATOR(pg_catalog.=) 'deal_store'"
+            ),
+            names.to_vec().into(),
+        ),
+        Dropping::Schemas(names, cascade) => (
+            format!(
+                "SELECT 'deal_store' OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
+                     OR ({cascade} AND EXISTS (SELECT 1 FROM pg_catalog.pg_extension e
+                                               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+                                               WHERE n.nspname OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
+                                                 AND e.oid IN ({NEEDED_EXTENSIONS})))
+                 FROM pg_catalog.pg_extension x WHERE x.extname OPERATOR(pg_catalog.=) 'deal_store'"
+            ),
+            names.to_vec().into(),
+        ),
+        Dropping::Owned(roles) => (
+            format!(
+                "SELECT x.extowner OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])
+                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'deal_store'
+                                AND n.nspowner OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[]))
+                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extowner OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])
+                                AND e.oid IN ({NEEDED_EXTENSIONS}))
+                 FROM pg_catalog.pg_extension x WHERE x.extname OPERATOR(pg_catalog.=) 'deal_store'"
+            ),
+            roles.to_vec().into(),
+        ),
+    };
+    crate::spi::get_one::<bool>(&sql, &[arg]).ok().flatten().unwrap_or(false)
+}
+
+/// Refuses a DROP that would take deal_store while it holds deals.
+fn guard(what: &Dropping) {
     if crate::settings::ALLOW_DROP.get() {
         return;
     }
-    let ours = names.iter().any(|n| n == "deal_store");
-    let through = || {
-        cascade
-            && crate::spi::get_one::<bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                 JOIN pg_catalog.pg_extension x ON x.oid OPERATOR(pg_catalog.=) d.objid
-                 JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid
-                 WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
-                   AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
-                   AND x.extname OPERATOR(pg_catalog.=) 'deal_store'
-                   AND e.extname OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]))",
-                &[names.to_vec().into()],
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false)
-    };
     // SAFETY: a catalog lookup by name, missing_ok
     let installed = unsafe { pg_sys::get_extension_oid(c"deal_store".as_ptr(), true) } != pg_sys::InvalidOid;
-    if !installed || !(ours || through()) {
+    if !installed || !takes_deal_store(what) {
         return;
     }
     let counts = crate::spi::connect(|client| {
@@ -200,11 +328,11 @@ fn guard(names: &[String], cascade: bool) {
     }
     raise_hinted(
         PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-        "DROP EXTENSION deal_store would delete every deal, its facts and the audit log",
+        "this would drop deal_store: every deal, its facts and the audit log",
         Some(format!("deal_store holds {deals} deal(s), {facts} fact row(s) and {entries} log entries. Nothing was dropped.")),
         Some(
             "Keep what you need first (pg_dump, or deal_store.export_deal for each deal). \
-             To drop anyway, a superuser runs SET deal_store.allow_drop = on, then DROP EXTENSION."
+             To drop anyway, a superuser runs SET deal_store.allow_drop = on, then the DROP."
                 .into(),
         ),
     );
@@ -224,8 +352,8 @@ pub extern "C" fn pg_finfo_deal_store_guard_drop() -> &'static pg_sys::Pg_finfo_
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn deal_store_guard_drop(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: PostgreSQL calls this as an event trigger (its SQL declaration returns event_trigger)
-    if let Some((names, cascade)) = unsafe { dropped_extensions(fcinfo) } {
-        guard(&names, cascade);
+    if let Some(what) = unsafe { dropping(fcinfo) } {
+        guard(&what);
     }
     pg_sys::Datum::from(0)
 }

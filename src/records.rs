@@ -127,7 +127,9 @@ fn server_columns<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'
     // an import keeps the export's records for an admin restoring a deal; anyone
     // else's import is a new deal written by the importer, now
     let importing = crate::settings::IMPORTING_HISTORY.get() && crate::access::is_admin();
-    if crate::facts::writing_history() || importing || crate::operations::restoring() {
+    // SAFETY: tg_relation is open for the whole trigger call
+    let restoring = crate::operations::restoring(unsafe { (*trigger.trigger_data().tg_relation).rd_id });
+    if crate::facts::writing_history() || importing || restoring {
         return Ok(Some(new));
     }
     if !matches!(trigger.when()?, PgTriggerWhen::Before) || !matches!(trigger.level(), PgTriggerLevel::Row) {
@@ -176,6 +178,10 @@ fn server_columns<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'
             Kind::When => now(),
         };
         match classify(att.name()) {
+            // an import written by its importer dates the versions it brings now too
+            Some((Kind::When, Moment::Versioning)) if !update && value.is_some() && crate::settings::IMPORTING_HISTORY.get() => {
+                set.push((attnum, now()));
+            }
             None | Some((_, Moment::Versioning)) => changed |= differs,
             Some((kind, Moment::Creation)) => {
                 if update {

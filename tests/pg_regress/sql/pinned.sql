@@ -148,3 +148,31 @@ FROM deal_store.deal_activity_log WHERE deal_id = '00000000-0000-0000-0029-00000
 ORDER BY seq DESC LIMIT 2;
 DROP OPERATOR public.- (jsonb, jsonb);
 DROP FUNCTION public.jsonb_minus_trap(jsonb, jsonb);
+
+-- Only a superuser's COPY FROM into deal_store's own table is a restore: rows a
+-- trigger of another table writes during a superuser's COPY, and a COPY (…) TO,
+-- are ordinary writes (stamped, audited), and nothing stays switched off.
+CREATE TABLE public.loader (x int);
+CREATE FUNCTION public.loader_writes() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    INSERT INTO deal_store.gaps (deal_id, legacy_id, domain, description, created_at)
+    VALUES ('00000000-0000-0000-0029-0000000000d1', 'L-' || NEW.x, 'network', 'written by a loader', '1999-01-01');
+    RETURN NEW;
+END $f$;
+CREATE TRIGGER loader_writes BEFORE INSERT ON public.loader FOR EACH ROW EXECUTE FUNCTION public.loader_writes();
+BEGIN;
+COPY public.loader FROM stdin;
+1
+\.
+SHOW session_replication_role;
+COMMIT;
+SELECT g.created_at <> '1999-01-01' AS stamped, EXISTS (SELECT 1 FROM deal_store.deal_activity_log l WHERE l.entity_id = g.id) AS audited
+FROM deal_store.gaps g WHERE g.legacy_id = 'L-1';
+BEGIN;
+COPY (UPDATE deal_store.gaps SET description = 'changed by a COPY TO' WHERE legacy_id = 'L-1' RETURNING legacy_id) TO STDOUT;
+SHOW session_replication_role;
+COMMIT;
+SELECT count(*) AS update_audited FROM deal_store.deal_activity_log l JOIN deal_store.gaps g ON g.id = l.entity_id
+WHERE g.legacy_id = 'L-1' AND l.action = 'update';
+DROP TABLE public.loader;
+DROP FUNCTION public.loader_writes();
