@@ -1,0 +1,1990 @@
+-- 0.1.0 -> 0.2.0: what no generator can know (tables, columns, data moves, drops of
+-- changed signatures, roles, grants, triggers, the Rust functions' declarations).
+-- Each '-- @routine name' stands for that routine's current definition in
+-- sql/*.sql: ./scripts/gen-upgrade writes sql/deal_store--0.1.0--0.2.0.sql.
+SET check_function_bodies = off;
+-- deal_store 0.1.0 -> 0.2.0, run by ALTER EXTENSION deal_store UPDATE (install
+-- the 0.2.0 library first). Every change to the SQL surface since 0.1.0 has its
+-- part here, in the order it was made; tests/upgrade proves that a 0.1.0
+-- database upgraded by this script has the same catalog as a fresh 0.2.0
+-- install and keeps every row. README "Upgrading" says what an upgrade changes.
+\echo Use "ALTER EXTENSION deal_store UPDATE" to load this file. \quit
+
+-- 0.2.0: TRUNCATE of a deal table is refused (issue 14).
+CREATE FUNCTION deal_store.refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE of %.% is not allowed: it would bypass soft delete and the audit log', TG_TABLE_SCHEMA, TG_TABLE_NAME
+        USING ERRCODE = '42501', HINT = 'Use deal_store.soft_delete, then deal_store.purge for rows that must go.';
+END $$;
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'analysis_runs', 'facts', 'findings', 'fact_finding_links', 'gaps',
+                             'pending_changes', 'notifications'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON deal_store.%I
+                                   FOR EACH STATEMENT EXECUTE FUNCTION deal_store.refuse_truncate()', t);
+    END LOOP;
+END $$;
+
+-- 0.2.0: export_deal leaves out the owner's password_hash and roles; import_deal
+-- refuses ids already used here and maps the owner by e-mail or creates one
+-- without credentials; both go through the typed format of _export_format (issue 14).
+CREATE FUNCTION deal_store._export_format(doc anyelement) RETURNS jsonb
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'export_format_wrapper';
+COMMENT ON FUNCTION deal_store._export_format(anyelement) IS
+    'Internal: reads an export document through the typed format_version 1 (Rust structs) and returns what they serialize to; 22023 naming the JSON path of the first bad field. export_deal writes through it and import_deal reads through it.';
+-- @routine deal_store.export_deal
+
+CREATE OR REPLACE FUNCTION deal_store.import_deal(doc jsonb) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deal uuid;
+    owner uuid;
+    taken text;
+    taken_in text;
+BEGIN
+    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
+       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
+    END IF;
+    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
+        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
+    END IF;
+    -- read through the typed format first: a malformed document fails here, naming
+    -- the JSON path of the first bad field, before anything is written
+    doc := deal_store._export_format(doc);
+    deal := (doc -> 'deal' ->> 'id')::uuid;
+    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
+        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
+            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                                           'findings', 'gaps', 'fact_finding_links']) k,
+                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
+               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
+        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
+    END IF;
+    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
+    -- accept_change ...) must name one row: an id already used here is refused
+    SELECT k, e ->> 'id' INTO taken_in, taken
+    FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                      'findings', 'gaps', 'fact_finding_links']) k,
+         jsonb_array_elements(coalesce(doc -> k, '[]')) e
+    WHERE CASE k WHEN 'documents' THEN EXISTS (SELECT 1 FROM deal_store.documents x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'analysis_runs' THEN EXISTS (SELECT 1 FROM deal_store.analysis_runs x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'findings' THEN EXISTS (SELECT 1 FROM deal_store.findings x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'gaps' THEN EXISTS (SELECT 1 FROM deal_store.gaps x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'fact_finding_links' THEN EXISTS (SELECT 1 FROM deal_store.fact_finding_links x WHERE x.id = (e ->> 'id')::uuid)
+                 ELSE EXISTS (SELECT 1 FROM deal_store.facts x WHERE x.id = (e ->> 'id')::uuid) END
+    LIMIT 1;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
+            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
+    END IF;
+    -- the owner: an existing user with the export's e-mail, else a new user with
+    -- no password and the default roles (never credentials or roles from the document)
+    SELECT u.id INTO owner FROM deal_store.users u WHERE lower(u.email) = lower(doc -> 'owner' ->> 'email');
+    IF owner IS NULL AND jsonb_typeof(doc -> 'owner') = 'object' THEN
+        INSERT INTO deal_store.users (id, email, display_name)
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = o.id) THEN gen_random_uuid() ELSE o.id END,
+               o.email, o.display_name
+        FROM jsonb_to_record(doc -> 'owner') AS o(id uuid, email text, display_name text)
+        RETURNING id INTO owner;
+    END IF;
+    PERFORM deal_store._insert_rows('deal_store.deals',
+        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')));
+    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
+    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    -- the caller leads what it imported (42501 and nothing imported unless it may write)
+    IF deal_store.current_actor() IS NOT NULL THEN
+        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
+        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    END IF;
+    PERFORM deal_store._require_right(deal, 'manage');
+    -- history rows are the export's own versions: written as the versioning writes them
+    PERFORM set_config('deal_store.caller_writes_versions', 'on', true);
+    PERFORM deal_store._insert_rows('deal_store.facts',
+        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
+    PERFORM set_config('deal_store.caller_writes_versions', 'off', true);
+    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
+    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
+    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
+    RETURN deal;
+END $$;
+
+-- 0.2.0: an id passed alone that names rows of more than one deal is an error (P0003),
+-- not a pick (issue 14).
+CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid, needs text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deals uuid[];
+BEGIN
+    EXECUTE format('SELECT array_agg(DISTINCT deal_id) FROM %s WHERE id = $1', tbl) INTO deals USING id;
+    IF cardinality(deals) > 1 THEN
+        RAISE EXCEPTION 'id % names rows of % deals in %', id, cardinality(deals), tbl USING ERRCODE = 'P0003',
+            HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
+    ELSIF cardinality(deals) = 1 THEN
+        PERFORM deal_store._require_right(deals[1], needs);
+    END IF;
+END $$;
+
+DROP FUNCTION deal_store._lock_row(regclass, uuid);
+CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text,
+    OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    current_only text := CASE WHEN entity = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END;
+    deal_col text := CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END;
+BEGIN
+    PERFORM deal_store._soft_deletable(entity);
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF entity <> 'deal_store.deals'::regclass THEN
+        PERFORM deal_store._id_in_one_deal(entity, id, needs);
+    ELSE
+        PERFORM deal_store._require_right(id, needs);
+    END IF;
+    EXECUTE format('SELECT %I FROM %s WHERE id = $1%s', deal_col, entity, current_only)
+        INTO _lock_row.deal_id USING id;
+    IF _lock_row.deal_id IS NULL THEN
+        RAISE EXCEPTION '% has no row with id %', entity, id USING ERRCODE = 'P0002';
+    END IF;
+    IF entity <> 'deal_store.deals'::regclass THEN
+        PERFORM 1 FROM deal_store.deals d WHERE d.id = _lock_row.deal_id FOR SHARE;
+    END IF;
+    EXECUTE format('SELECT deleted_at, delete_batch FROM %s WHERE %I = $1 AND id = $2%s FOR UPDATE',
+                   entity, deal_col, current_only)
+        INTO _lock_row.deleted_at, _lock_row.delete_batch USING _lock_row.deal_id, id;
+END $$;
+
+-- @routine deal_store._set_gap_resolution
+
+-- @routine deal_store.fact_history
+
+-- @routine deal_store._decide
+
+CREATE OR REPLACE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
+    SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
+    FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
+    WHERE x.id = run_id FOR NO KEY UPDATE OF x;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'analysis run % does not exist', run_id USING ERRCODE = 'P0002';
+    ELSIF r.status <> 'running' THEN
+        RAISE EXCEPTION 'analysis run % is already %', run_id, r.status USING ERRCODE = '55000';
+    ELSIF r.deal_deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'the deal of analysis run % is deleted', run_id USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.analysis_runs x SET
+        status = new_status,
+        error = _finish_run.error,
+        completed_at = clock_timestamp(),
+        duration_seconds = round(extract(epoch FROM clock_timestamp() - x.started_at)::numeric, 3),
+        documents_processed = (SELECT count(DISTINCT f.source_document_id) FROM deal_store.facts f
+                               WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        facts_created = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NULL),
+        facts_updated = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NOT NULL),
+        findings_created = (SELECT count(*) FROM deal_store.findings f WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        gaps_created = (SELECT count(*) FROM deal_store.gaps g WHERE g.deal_id = r.deal_id AND g.analysis_run_id = run_id)
+    WHERE x.deal_id = r.deal_id AND x.id = run_id;
+END $$;
+
+-- 0.2.0: every function that takes a deal raises P0002 for a deal that does not exist,
+-- instead of an empty answer (issue 14).
+-- @routine deal_store._require_deal
+
+CREATE OR REPLACE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL)
+RETURNS TABLE(status text, n bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked uuid[];
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'review');
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = accept_changes.deal_id AND p.confidence_tier <= max_tier
+          AND (accept_changes.run_id IS NULL OR p.analysis_run_id = accept_changes.run_id)
+          AND (p.status = 'pending' OR (p.status = 'deferred' AND p.deferred_until <= now()))
+        ORDER BY p.created_at, p.id
+        FOR UPDATE SKIP LOCKED) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store._settle_batch(locked, 'batch accept');
+    END IF;
+    RETURN QUERY SELECT p.status, count(*) FROM deal_store.pending_changes p
+                 WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked)
+                 GROUP BY p.status ORDER BY p.status;
+END $$;
+
+-- @routine deal_store.conflicts
+
+-- @routine deal_store._apply_changes
+
+-- @routine deal_store._signal_review
+
+-- @routine deal_store.deal_activity
+
+-- @routine deal_store.latest_completed_run
+
+-- @routine deal_store.search_deal
+
+-- 0.2.0: plpgsql_check runs clean: dynamic SQL built only from quote_ident'ed names
+-- and constants says so (issue 14); search_facts also checks its deal.
+-- @routine deal_store._insert_rows
+
+CREATE OR REPLACE FUNCTION deal_store._apply_change(c deal_store.pending_changes, OUT result text, OUT problem text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tbl regclass := CASE c.entity_type WHEN 'fact' THEN 'deal_store.facts'::regclass
+                                       WHEN 'finding' THEN 'deal_store.findings'::regclass
+                                       ELSE 'deal_store.gaps'::regclass END;
+    current_only text := CASE WHEN c.entity_type = 'fact' THEN ' AND superseded_at IS NULL' ELSE '' END;
+    content text[] := deal_store.content_fields(c.entity_type);
+    extra text[] := CASE WHEN c.entity_type = 'fact' THEN ARRAY['confidence_score', 'source_document_id'] ELSE '{}' END;
+    cols text; src text; cur jsonb; run_number integer;
+BEGIN
+    result := 'conflict';
+    IF c.change_type = 'new' THEN
+        EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE deal_id = $1 AND legacy_id = $2 AND deleted_at IS NULL%s',
+                       tbl, current_only) INTO cur USING c.deal_id, c.legacy_entity_id;
+        IF cur IS NOT NULL THEN
+            problem := 'a live row with this legacy_id exists';
+            RETURN;
+        END IF;
+        -- only the columns the proposal carries: the others take their defaults
+        SELECT string_agg(quote_ident(k), ', '), string_agg('r.' || quote_ident(k), ', ') INTO cols, src
+        FROM unnest(content || extra) k WHERE c.new_value ? k;
+        EXECUTE format('INSERT INTO %s (deal_id, legacy_id, analysis_run_id%s) SELECT $1, $2, $3%s '
+                       'FROM jsonb_populate_record(NULL::%s, $4) r',
+                       tbl, coalesce(', ' || cols, ''), coalesce(', ' || src, ''), tbl::text)
+            USING c.deal_id, c.legacy_entity_id, c.analysis_run_id, c.new_value;
+    ELSE
+        EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE deal_id = $1 AND id = $2%s FOR UPDATE', tbl, current_only)
+            INTO cur USING c.deal_id, c.entity_id;
+        IF cur IS NULL OR cur ->> 'deleted_at' IS NOT NULL THEN
+            problem := 'the target is gone or deleted';
+            RETURN;
+        END IF;
+        IF (CASE WHEN c.entity_type = 'fact' THEN cur ->> 'item_checksum'
+                 ELSE deal_store.content_checksum_of(c.entity_type, cur) END) IS DISTINCT FROM c.base_checksum THEN
+            problem := 'the target changed since the proposal';
+            RETURN;
+        END IF;
+        IF c.change_type = 'update' THEN
+            -- every content column (a missing one is NULL, as it was hashed); extras when given
+            SELECT string_agg(quote_ident(k), ', '), string_agg('r.' || quote_ident(k), ', ') INTO cols, src
+            FROM unnest(content || extra) k WHERE k = ANY (content) OR c.new_value ? k;
+            -- @plpgsql_check_options: security_warnings = false
+            -- (cols and src are quote_ident of content column names; tbl a regclass)
+            EXECUTE format('UPDATE %s t SET (%s, analysis_run_id) = (SELECT %s, $3 FROM jsonb_populate_record(NULL::%s, $4) r) '
+                           'WHERE t.deal_id = $1 AND t.id = $2', tbl, cols, src, tbl::text)
+                USING c.deal_id, c.entity_id, c.analysis_run_id, c.new_value;
+        ELSE
+            SELECT r.run_number INTO run_number FROM deal_store.analysis_runs r
+            WHERE r.deal_id = c.deal_id AND r.id = c.analysis_run_id;
+            PERFORM deal_store.soft_delete(tbl, c.entity_id, format('removed by analysis run %s', run_number));
+        END IF;
+    END IF;
+    result := 'accepted';
+EXCEPTION WHEN integrity_constraint_violation THEN
+    -- e.g. a live row took the legacy_id meanwhile, or the proposal breaks a constraint
+    GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+    result := 'conflict';
+END $$;
+COMMENT ON FUNCTION deal_store._apply_change(deal_store.pending_changes) IS
+    'Internal: applies one change (new inserts with the run as analysis_run_id, update makes a new version, delete soft-deletes naming the run) unless its target moved (checksum differs from base_checksum, target deleted, or a live row took the legacy_id of a new). Returns accepted or conflict with the reason.';
+CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := current_setting('deal_store.reason', true);
+    r record;
+    batch uuid := gen_random_uuid();
+    actor uuid := deal_store.current_actor();
+    total integer := 0;
+    n integer;
+    t record;
+BEGIN
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    IF r.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION '% row % is already deleted', entity, id
+            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
+    END IF;
+    -- the audit log records the reason of this delete
+    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
+    -- the row itself, then what it owns: a deal owns its documents, facts,
+    -- findings and gaps; a document owns the facts sourced from it.
+    FOR t IN
+        SELECT * FROM (VALUES
+            (entity, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id = $6' ELSE 'deal_id = $5 AND id = $6' END),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.documents'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.facts'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.findings'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.gaps'::regclass END, 'deal_id = $5'),
+            (CASE WHEN entity = 'deal_store.documents'::regclass THEN 'deal_store.facts'::regclass END,
+             'deal_id = $5 AND source_document_id = $6')
+        ) AS c(tbl, cond) WHERE c.tbl IS NOT NULL
+    LOOP
+        -- @plpgsql_check_options: security_warnings = false
+        -- (t.cond is one of the constant conditions listed above; t.tbl a regclass)
+        EXECUTE format('UPDATE %s SET deleted_at = $1, deleted_by = $2, delete_reason = $3, delete_batch = $4 '
+                       'WHERE %s AND deleted_at IS NULL%s', t.tbl, t.cond,
+                       CASE WHEN t.tbl = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END)
+            USING now(), actor, reason, batch, r.deal_id, id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := total + n;
+    END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    RETURN total;
+END $$;
+
+-- @routine deal_store.search_facts
+
+-- 0.2.0: access control (issue 15): group roles, users.db_role, deal teams,
+-- row-level security on every deal-owned table, grants instead of PUBLIC, the
+-- API as SECURITY DEFINER functions that check the caller's right on the deal,
+-- process_queue_batch; the capability settings become superuser-only (in the
+-- library). Existing deal owners become leads of their deals.
+CREATE FUNCTION deal_store."sees_all_deals"() RETURNS bool
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'sees_all_deals_wrapper';
+CREATE FUNCTION deal_store."my_deals"("min_role" TEXT DEFAULT 'viewer') RETURNS uuid[]
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'my_deals_wrapper';
+CREATE FUNCTION deal_store."_require_right"("deal_id" uuid, "needs" TEXT) RETURNS void
+VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'require_right_sql_wrapper';
+CREATE FUNCTION deal_store."access_changed"() RETURNS TRIGGER
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'access_changed_wrapper';
+DROP FUNCTION deal_store._claim(integer, integer);
+CREATE FUNCTION deal_store._claim(batch_size integer, max_tier integer, deals uuid[]) RETURNS uuid[]
+LANGUAGE sql VOLATILE SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
+BEGIN ATOMIC
+    SELECT pg_catalog.array_agg(p.id) FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= _claim.max_tier
+          AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+          AND (_claim.deals IS NULL OR p.deal_id = ANY (_claim.deals))
+        ORDER BY p.created_at, p.id
+        LIMIT _claim.batch_size
+        FOR UPDATE SKIP LOCKED) p;
+END;
+
+CREATE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    claimed uuid[];
+    n integer;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
+    END IF;
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    -- admins work the whole queue; a reviewer the deals it reviews
+    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
+        RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
+    END IF;
+    claimed := deal_store._claim(batch_size, max_tier,
+        CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
+    n := coalesce(cardinality(claimed), 0);
+    IF n > 0 THEN
+        PERFORM deal_store._settle_batch(claimed, 'process_queue');
+    END IF;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    LOOP
+        n := deal_store.process_queue_batch(batch_size, max_tier);
+        COMMIT;
+        EXIT WHEN n < batch_size;
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false)
+RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+    run_id uuid;
+BEGIN
+    PERFORM deal_store._require_deal(start_run.deal_id, 'write');
+    IF domains IS NOT NULL AND (array_position(domains, NULL) IS NOT NULL
+                                OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN
+        RAISE EXCEPTION 'domains must not contain NULL or empty names' USING ERRCODE = '22023';
+    END IF;
+    -- The deal's row lock serialises run starts per deal, so two sessions
+    -- never compute the same run_number. NO KEY UPDATE leaves FK checks free.
+    SELECT x.id, x.deleted_at INTO d FROM deal_store.deals x WHERE x.id = start_run.deal_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist', start_run.deal_id USING ERRCODE = 'P0002';
+    ELSIF d.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'deal % is deleted', start_run.deal_id USING ERRCODE = '55000';
+    END IF;
+    INSERT INTO deal_store.analysis_runs (deal_id, run_number, is_incremental, domains_analyzed, triggered_by)
+    SELECT start_run.deal_id, coalesce(max(r.run_number), 0) + 1, coalesce(incremental, false), domains,
+           deal_store.current_actor()
+    FROM deal_store.analysis_runs r WHERE r.deal_id = start_run.deal_id
+    RETURNING id INTO run_id;
+    RETURN run_id;
+END $$;
+
+-- @routine deal_store.deal_summary
+
+CREATE OR REPLACE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
+RETURNS SETOF deal_store.deals
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT d.* FROM deal_store.deals d
+    WHERE d.user_id = deals_for_user.user_id AND d.deleted_at IS NULL
+      AND (deal_store.sees_all_deals() OR d.id = ANY (deal_store.my_deals('viewer')))
+      AND (d.status <> 'archived' OR coalesce(deals_for_user.include_archived, false))
+    ORDER BY d.updated_at DESC, d.id;
+END;
+
+-- @routine deal_store._set_deal_status
+
+-- @routine deal_store.audit_log_append_only
+
+-- @routine deal_store.purge_audit
+
+-- @routine deal_store.enable_audit
+
+-- @routine deal_store.disable_audit
+
+CREATE OR REPLACE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid)
+RETURNS SETOF deal_store.deal_activity_log
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT l.* FROM deal_store.deal_activity_log l
+    WHERE l.entity_type = entity_history.entity_type AND l.entity_id = entity_history.entity_id
+      AND (deal_store.sees_all_deals() OR l.deal_id = ANY (deal_store.my_deals('viewer')))
+    ORDER BY l.seq;
+END;
+
+-- @routine deal_store.restore
+
+-- @routine deal_store.purge
+
+DO $$
+DECLARE
+    r text;
+    g record;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['deal_store_reader', 'deal_store_analyst', 'deal_store_reviewer',
+                             'deal_store_admin', 'deal_store_service'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles x WHERE x.rolname = r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+    -- each group has the privileges of the one before it; the service a reviewer's
+    FOR g IN SELECT * FROM (VALUES ('deal_store_analyst', 'deal_store_reader'), ('deal_store_reviewer', 'deal_store_analyst'),
+                                   ('deal_store_admin', 'deal_store_reviewer'), ('deal_store_service', 'deal_store_reviewer')) AS x(member, grp)
+    LOOP
+        IF NOT pg_catalog.pg_has_role(g.member, g.grp, 'MEMBER') THEN
+            EXECUTE pg_catalog.format('GRANT %I TO %I', g.grp, g.member);
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON ROLE deal_store_reader IS 'deal_store: reads the deals its user is a member of.';
+COMMENT ON ROLE deal_store_analyst IS 'deal_store: also writes documents, facts, findings, gaps, runs and proposals (where its user is analyst or above).';
+COMMENT ON ROLE deal_store_reviewer IS 'deal_store: also decides the merge queue (where its user is reviewer or above).';
+COMMENT ON ROLE deal_store_admin IS 'deal_store: every deal; purge, tier policies, users, enable_audit.';
+COMMENT ON ROLE deal_store_service IS 'deal_store: an application''s pooled login; acts for its users with SET LOCAL deal_store.actor (required), with their deal rights.';
+
+-- ---------------------------------------------------------------------------
+-- Who a login role is, and deal teams.
+
+ALTER TABLE deal_store.users ADD COLUMN db_role name;
+ALTER TABLE deal_store.users ADD CONSTRAINT users_db_role_key UNIQUE (db_role);
+COMMENT ON COLUMN deal_store.users.db_role IS 'The database login role that is this user: its actor is this user, whatever deal_store.actor says (42501 when set to someone else).';
+
+CREATE TABLE deal_store.deal_members (
+    deal_id  uuid        NOT NULL,
+    user_id  uuid        NOT NULL,
+    role     text        NOT NULL,
+    added_by uuid,
+    added_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT deal_members_pkey PRIMARY KEY (deal_id, user_id),
+    CONSTRAINT deal_members_deal_id_fkey FOREIGN KEY (deal_id) REFERENCES deal_store.deals (id) ON DELETE CASCADE,
+    CONSTRAINT deal_members_user_id_fkey FOREIGN KEY (user_id) REFERENCES deal_store.users (id) ON DELETE CASCADE,
+    CONSTRAINT deal_members_role_check CHECK (role IN ('viewer', 'analyst', 'reviewer', 'lead'))
+);
+CREATE INDEX deal_members_user_id_idx ON deal_store.deal_members (user_id, role);
+COMMENT ON TABLE deal_store.deal_members IS 'Deal teams: who may see and change a deal, with which deal role (viewer < analyst < reviewer < lead). The deal''s owner is its first lead. Changed through add_member / remove_member.';
+COMMENT ON COLUMN deal_store.deal_members.role IS 'viewer (reads), analyst (also writes and proposes), reviewer (also decides the merge queue), lead (also manages members, archives, deletes the deal).';
+COMMENT ON COLUMN deal_store.deal_members.added_by IS 'The actor who added the member or last changed the role.';
+SELECT pg_catalog.pg_extension_config_dump('deal_store.deal_members', '');
+
+-- Every deal's owner is a lead of it (existing deals too, on upgrade; before
+-- the audit triggers go on, so the upgrade adds no log entries).
+INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_at)
+SELECT d.id, d.user_id, 'lead', d.created_at FROM deal_store.deals d
+ON CONFLICT DO NOTHING;
+
+SELECT deal_store.enable_audit('deal_store.deal_members');
+CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON deal_store.deal_members
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.refuse_truncate();
+
+COMMENT ON FUNCTION deal_store.access_changed() IS
+    'Trigger (AFTER, FOR EACH STATEMENT on users and deal_members): forgets what this session resolved about actors, roles and teams.';
+CREATE TRIGGER access_changed AFTER INSERT OR UPDATE OR DELETE ON deal_store.users
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.access_changed();
+CREATE TRIGGER access_changed AFTER INSERT OR UPDATE OR DELETE ON deal_store.deal_members
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.access_changed();
+
+-- @routine deal_store.owner_is_lead
+
+CREATE TRIGGER owner_is_lead AFTER INSERT ON deal_store.deals
+    FOR EACH ROW EXECUTE FUNCTION deal_store.owner_is_lead();
+
+-- @routine deal_store.add_member
+
+-- @routine deal_store.remove_member
+
+-- ---------------------------------------------------------------------------
+-- Row-level security. The deal lists are computed once per statement (the
+-- scalar subqueries become InitPlans), so a policy costs an array lookup per row;
+-- the member's test comes first, so for a member it is the only one.
+
+DO $$
+DECLARE
+    t record;
+    sees text := '(SELECT deal_store.sees_all_deals())';
+BEGIN
+    FOR t IN SELECT * FROM (VALUES
+        -- table, its deal column, the deal role that may change rows, extra read rule
+        ('deals',              'id',      'lead',     ' OR user_id = (SELECT deal_store.current_actor())'),
+        ('documents',          'deal_id', 'analyst',  ''),
+        ('analysis_runs',      'deal_id', 'analyst',  ''),
+        ('facts',              'deal_id', 'analyst',  ''),
+        ('findings',           'deal_id', 'analyst',  ''),
+        ('fact_finding_links', 'deal_id', 'analyst',  ''),
+        ('gaps',               'deal_id', 'analyst',  ''),
+        ('pending_changes',    'deal_id', 'reviewer', ''),
+        ('deal_members',       'deal_id', 'lead',     ''),
+        ('tier_policies',      'deal_id', 'lead',     ' OR deal_id IS NULL'),
+        ('deal_activity_log',  'deal_id', NULL,       '')) AS x(tbl, col, writer, also)
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE deal_store.%I ENABLE ROW LEVEL SECURITY', t.tbl);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%I = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[]) OR %s%s)',
+            t.tbl, t.col, sees, t.also);
+        -- one policy per command, so a read is checked against the read rule alone
+        IF t.writer IS NOT NULL THEN
+            EXECUTE pg_catalog.format(
+                'CREATE POLICY members_insert ON deal_store.%I FOR INSERT WITH CHECK (%I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]) OR %s)',
+                t.tbl, t.col, t.writer, sees);
+            EXECUTE pg_catalog.format(
+                'CREATE POLICY members_update ON deal_store.%I FOR UPDATE USING (%I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]) OR %s)',
+                t.tbl, t.col, t.writer, sees);
+            EXECUTE pg_catalog.format(
+                'CREATE POLICY members_delete ON deal_store.%I FOR DELETE USING (%I = ANY ((SELECT deal_store.my_deals(%L))::uuid[]) OR %s)',
+                t.tbl, t.col, t.writer, sees);
+        END IF;
+    END LOOP;
+END $$;
+
+-- A deal's owner creates it: a user may insert deals it owns.
+CREATE POLICY owner_creates ON deal_store.deals FOR INSERT
+    WITH CHECK ((SELECT deal_store.sees_all_deals()) OR user_id = (SELECT deal_store.current_actor()));
+
+-- Notifications: each user their own.
+ALTER TABLE deal_store.notifications ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own ON deal_store.notifications FOR ALL
+    USING ((SELECT deal_store.sees_all_deals()) OR user_id = (SELECT deal_store.current_actor()));
+
+-- ---------------------------------------------------------------------------
+-- Grants. Nothing is granted to PUBLIC; each group role gets what its members need.
+
+REVOKE ALL ON SCHEMA deal_store FROM PUBLIC;
+GRANT USAGE ON SCHEMA deal_store TO deal_store_reader;
+REVOKE ALL ON ALL TABLES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON TYPE deal_store.fact_search_hit FROM PUBLIC;
+GRANT USAGE ON TYPE deal_store.fact_search_hit TO deal_store_reader;
+
+DO $$
+DECLARE
+    r record;
+BEGIN
+    -- readers read every table and view (rows: the policies), users without password_hash
+    FOR r IN SELECT c.oid::pg_catalog.regclass AS rel FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind IN ('r', 'v', 'p')
+               AND c.relname <> 'users' LOOP
+        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO deal_store_reader', r.rel);
+    END LOOP;
+    -- the views check the policies of the tables as the querying role
+    FOR r IN SELECT c.oid::pg_catalog.regclass AS rel FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind = 'v' LOOP
+        EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', r.rel);
+    END LOOP;
+END $$;
+GRANT SELECT (id, email, display_name, roles, active, created_at, updated_at, db_role) ON deal_store.users TO deal_store_reader;
+GRANT UPDATE (read, read_at) ON deal_store.notifications TO deal_store_reader;
+-- analysts write content directly too (DELETE is a soft delete)
+GRANT INSERT, UPDATE, DELETE ON deal_store.deals, deal_store.documents, deal_store.facts, deal_store.findings,
+    deal_store.fact_finding_links, deal_store.gaps,
+    deal_store.active_deals, deal_store.active_documents, deal_store.active_facts, deal_store.active_findings,
+    deal_store.active_gaps TO deal_store_analyst;
+-- admins also manage users, tier policies, runs, the queue and teams directly
+GRANT INSERT, UPDATE, DELETE ON deal_store.users, deal_store.tier_policies, deal_store.analysis_runs,
+    deal_store.pending_changes, deal_store.deal_members, deal_store.notifications TO deal_store_admin;
+GRANT SELECT ON deal_store.users TO deal_store_admin;
+
+-- ---------------------------------------------------------------------------
+-- Functions. The API runs with the owner's rights (SECURITY DEFINER, pinned
+-- search_path) and checks the caller's right on the deal itself; internal
+-- helpers (_*), the Rust internals and trigger functions are executable by no
+-- one but the owner (a trigger fires without EXECUTE).
+
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee, x.definer FROM (VALUES
+        -- reader: pure functions (invoker: they touch no data, and SQL ones stay inlinable) and reads
+        ('deal_store.current_actor()', 'deal_store_reader', false),
+        ('deal_store.sees_all_deals()', 'deal_store_reader', false),
+        ('deal_store.my_deals(text)', 'deal_store_reader', false),
+        ('deal_store.fact_search_vector(regconfig, text, text, text, text, jsonb)', 'deal_store_reader', false),
+        ('deal_store.fact_checksum(jsonb)', 'deal_store_reader', false),
+        ('deal_store.fact_canonical(jsonb)', 'deal_store_reader', false),
+        ('deal_store.content_checksum_of(text, jsonb)', 'deal_store_reader', false),
+        ('deal_store.confidence_tier(uuid, text, text, double precision)', 'deal_store_reader', false),
+        -- the pure Rust bodies of fact_checksum and fact_canonical (no data access): executable
+        -- by readers so that those SQL wrappers stay inlinable into the caller's query
+        ('deal_store._content_checksum(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store._content_canonical(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store.search_config()', 'deal_store_reader', false),
+        ('deal_store.headline_options()', 'deal_store_reader', false),
+        ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', false),
+        ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', 'deal_store_reader', true),
+        ('deal_store.search_deal(uuid, text, integer)', 'deal_store_reader', true),
+        ('deal_store.deal_summary(uuid)', 'deal_store_reader', true),
+        ('deal_store.deals_for_user(uuid, boolean)', 'deal_store_reader', true),
+        ('deal_store.latest_completed_run(uuid)', 'deal_store_reader', true),
+        ('deal_store.diff_facts(uuid, jsonb, text[])', 'deal_store_reader', true),
+        ('deal_store.diff_summary(uuid, jsonb, text[])', 'deal_store_reader', true),
+        ('deal_store.fact_history(uuid)', 'deal_store_reader', true),
+        ('deal_store.fact_as_of(uuid, timestamptz)', 'deal_store_reader', true),
+        ('deal_store.export_deal(uuid)', 'deal_store_reader', true),
+        ('deal_store.conflicts(uuid)', 'deal_store_reader', true),
+        ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
+        ('deal_store.entity_history(text, uuid)', 'deal_store_reader', true),
+        -- analyst: runs, proposals, gaps, soft delete
+        ('deal_store.start_run(uuid, text[], boolean)', 'deal_store_analyst', true),
+        ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),
+        ('deal_store.fail_run(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.propose_facts(uuid, jsonb, text[])', 'deal_store_analyst', true),
+        ('deal_store.propose_findings(uuid, jsonb, text[])', 'deal_store_analyst', true),
+        ('deal_store.propose_gaps(uuid, jsonb, text[])', 'deal_store_analyst', true),
+        ('deal_store.resolve_gap(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.reopen_gap(uuid)', 'deal_store_analyst', true),
+        ('deal_store.soft_delete(regclass, uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.restore(regclass, uuid)', 'deal_store_analyst', true),
+        ('deal_store.import_deal(jsonb)', 'deal_store_analyst', true),
+        ('deal_store.archive_deal(uuid)', 'deal_store_analyst', true),
+        ('deal_store.unarchive_deal(uuid)', 'deal_store_analyst', true),
+        ('deal_store.add_member(uuid, uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.remove_member(uuid, uuid)', 'deal_store_analyst', true),
+        -- reviewer: the merge queue
+        ('deal_store.accept_change(uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.reject_change(uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.defer_change(uuid, timestamptz, text)', 'deal_store_reviewer', true),
+        ('deal_store.accept_changes(uuid, integer, uuid)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue(integer, integer)', 'deal_store_reviewer', false),
+        -- admin
+        ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
+        ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
+        -- run as the caller: only a table's owner may put the triggers on it or take them off,
+        -- so no admin can switch off the audit of deal_store's own tables
+        ('deal_store.enable_audit(regclass)', 'deal_store_admin', false),
+        ('deal_store.disable_audit(regclass)', 'deal_store_admin', false),
+        ('deal_store.audit_row()', 'deal_store_admin', false),
+        ('deal_store.audit_flush()', 'deal_store_admin', false)) AS x(fn, grantee, definer)
+    LOOP
+        IF f.definer THEN
+            EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
+        END IF;
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
+    END LOOP;
+END $$;
+
+COMMENT ON FUNCTION deal_store.sees_all_deals() IS
+    'True when the caller sees and changes every deal: a superuser or a member of deal_store_admin. Used by the row-level security policies.';
+COMMENT ON FUNCTION deal_store.my_deals(text) IS
+    'The deals in which the acting user (current_actor) holds min_role (viewer, analyst, reviewer, lead) or a stronger deal role. Used by the row-level security policies, once per statement.';
+COMMENT ON FUNCTION deal_store._require_right(uuid, text) IS
+    'Internal: raises 42501, naming the deal and what is missing, unless the caller has the right needs (read, write, review, manage; administer with a NULL deal) on the deal: the group role of its login and the deal role of its actor.';
+
+-- 0.2.0: one way to apply a change (issue 16):
+-- every change is applied by one set-based routine (_apply / _apply_set) that
+-- turns a change it cannot apply into a conflict with its reason; soft deletes
+-- go through _mark_deleted; fact history rows are written by a statement
+-- trigger (the self-referencing key is checked at commit); proposals are
+-- checked against the catalog and say what became of them; deals may ignore
+-- unknown keys.
+
+ALTER TABLE deal_store.deals ADD COLUMN ignore_unknown_keys boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN deal_store.deals.ignore_unknown_keys IS 'On: a key a proposal (propose_facts, propose_findings, propose_gaps) does not know is dropped; off (the default): it is an error (22023) and nothing is proposed.';
+-- what expands deals.* picks the new column up
+CREATE OR REPLACE VIEW deal_store.active_deals AS
+    SELECT * FROM deal_store.deals WHERE deleted_at IS NULL;
+COMMENT ON VIEW deal_store.active_deals IS 'Deals that are not soft-deleted. DELETE through it soft-deletes.';
+ALTER VIEW deal_store.active_deals SET (security_invoker = true);
+CREATE OR REPLACE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
+RETURNS SETOF deal_store.deals
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT d.* FROM deal_store.deals d
+    WHERE d.user_id = deals_for_user.user_id AND d.deleted_at IS NULL
+      AND (deal_store.sees_all_deals() OR d.id = ANY (deal_store.my_deals('viewer')))
+      AND (d.status <> 'archived' OR coalesce(deals_for_user.include_archived, false))
+    ORDER BY d.updated_at DESC, d.id;
+END;
+
+ALTER TABLE deal_store.facts ALTER CONSTRAINT facts_previous_version_id_fkey DEFERRABLE INITIALLY DEFERRED;
+
+-- history rows carry no search vector and no checksum index entry: writing a
+-- version costs less (the column is re-added, so the two views over it are too)
+DROP VIEW deal_store.current_facts;
+DROP VIEW deal_store.active_facts;
+ALTER TABLE deal_store.facts DROP COLUMN search_vector;
+ALTER TABLE deal_store.facts ADD COLUMN search_vector       tsvector GENERATED ALWAYS AS (CASE WHEN superseded_at IS NULL
+                            THEN deal_store.fact_search_vector('english', item, category, domain, evidence, details) END) STORED;
+COMMENT ON COLUMN deal_store.facts.search_vector IS 'Weighted full-text vector (english): item A, category and domain B, evidence C, string values of details D. NULL on history rows (never searched).';
+CREATE INDEX facts_search_vector_idx ON deal_store.facts USING gin (search_vector)
+    WHERE deleted_at IS NULL AND superseded_at IS NULL;
+DROP INDEX deal_store.facts_checksum_idx;
+CREATE INDEX facts_checksum_idx ON deal_store.facts (deal_id, item_checksum) WHERE superseded_at IS NULL;
+CREATE VIEW deal_store.active_facts AS
+    SELECT * FROM deal_store.facts WHERE deleted_at IS NULL AND superseded_at IS NULL;
+COMMENT ON VIEW deal_store.active_facts IS 'The current version of every fact that is not soft-deleted. DELETE through it soft-deletes.';
+CREATE VIEW deal_store.current_facts AS
+    SELECT f.* FROM deal_store.active_facts f
+    WHERE f.analysis_run_id IS NULL
+       OR EXISTS (SELECT 1 FROM deal_store.analysis_runs r
+                  WHERE r.deal_id = f.deal_id AND r.id = f.analysis_run_id AND r.status = 'completed');
+COMMENT ON VIEW deal_store.current_facts IS
+    'Current live facts entered by hand or written by a completed run: the deterministic picture a reader should see.';
+ALTER VIEW deal_store.active_facts SET (security_invoker = true);
+ALTER VIEW deal_store.current_facts SET (security_invoker = true);
+GRANT SELECT ON deal_store.active_facts, deal_store.current_facts TO deal_store_reader;
+GRANT INSERT, UPDATE, DELETE ON deal_store.active_facts TO deal_store_analyst;
+
+CREATE FUNCTION deal_store."fact_version_rows"() RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'fact_version_rows_wrapper';
+CREATE FUNCTION deal_store."_import_facts"("rows" anyelement) RETURNS void
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'import_facts_wrapper';
+CREATE FUNCTION deal_store."_extra_fields"("entity_type" TEXT) RETURNS TEXT[]
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'extra_fields_wrapper';
+CREATE FUNCTION deal_store."_kind_table"("entity_type" TEXT) RETURNS TEXT
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'kind_table_wrapper';
+CREATE FUNCTION deal_store."entity_type_of"("tbl" oid) RETURNS TEXT
+STABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'entity_type_of_wrapper';
+COMMENT ON FUNCTION deal_store._extra_fields(text) IS
+    'Internal: the columns a proposal of a fact, finding or gap may set besides its content fields (for facts: confidence_score, source_document_id).';
+COMMENT ON FUNCTION deal_store._kind_table(text) IS
+    'Internal: the table of an entity type of the merge queue (fact, finding, gap).';
+
+COMMENT ON FUNCTION deal_store.entity_type_of(oid) IS
+    'The entity_type under which the audit log records rows of a table, e.g. entity_type_of(''deal_store.facts''::regclass) = fact (the merge queue''s name), entity_type_of(''public.valuations''::regclass) = public.valuations. NULL for no such relation.';
+
+-- one vocabulary: the log names deal_store's rows as the queue does (fact, not facts);
+-- the entries already written are renamed the same way (the only UPDATE the log ever gets)
+ALTER TABLE deal_store.deal_activity_log DISABLE TRIGGER append_only;
+UPDATE deal_store.deal_activity_log l SET entity_type = deal_store.entity_type_of(c.oid)
+FROM pg_catalog.pg_class c
+WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind IN ('r', 'p') AND l.entity_type = c.relname::text
+  AND deal_store.entity_type_of(c.oid) <> l.entity_type;
+ALTER TABLE deal_store.deal_activity_log ENABLE TRIGGER append_only;
+-- the diff says update / delete as the queue does: diff_summary's columns follow
+DROP FUNCTION deal_store.diff_summary(uuid, jsonb, text[]);
+-- @routine deal_store.diff_summary
+
+COMMENT ON FUNCTION deal_store.diff_facts(uuid, jsonb, text[]) IS
+    'Diff of incoming facts (JSON array of objects keyed by legacy_id; missing content fields take the column defaults) against the deal''s current live facts: new, update (with changed_fields), unchanged, delete (only inside domains; all when NULL): the merge queue''s change types. 22023 on a non-array, a non-object element, a missing/empty or repeated legacy_id; P0002 when the deal does not exist.';
+CREATE TRIGGER fact_version_rows AFTER UPDATE ON deal_store.facts
+    REFERENCING OLD TABLE AS old_facts NEW TABLE AS new_facts
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.fact_version_rows();
+COMMENT ON FUNCTION deal_store.fact_version_rows() IS
+    'Statement trigger on facts: writes the history rows of the versions an UPDATE replaced (the ids fact_versions chose), in one INSERT from the statement''s transition tables.';
+COMMENT ON FUNCTION deal_store._import_facts(anyelement) IS
+    'Internal: inserts an export''s facts for import_deal, history rows included (the one writer of history rows besides fact_version_rows).';
+COMMENT ON FUNCTION deal_store.fact_versions() IS
+    'Row trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and links previous_version_id to a new id, under which fact_version_rows writes the old content as a history row (superseded_at set) at the end of the statement. Refuses history rows and previous_version_id links written by anything else (42501).';
+
+-- soft deletes: one writer
+-- @routine deal_store._mark_deleted
+
+CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := current_setting('deal_store.reason', true);
+    r record;
+    batch uuid := gen_random_uuid();
+    total integer := 0;
+    n integer;
+    t record;
+BEGIN
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    IF r.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION '% row % is already deleted', entity, id
+            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
+    END IF;
+    -- the audit log records the reason of this delete
+    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
+    -- the row itself, then what it owns: a deal owns its documents, facts,
+    -- findings and gaps; a document owns the facts sourced from it.
+    FOR t IN
+        SELECT * FROM (VALUES
+            (entity, 'row'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.documents'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.facts'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.findings'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.gaps'::regclass END, 'owned_by_deal'),
+            (CASE WHEN entity = 'deal_store.documents'::regclass THEN 'deal_store.facts'::regclass END, 'owned_by_document')
+        ) AS c(tbl, scope) WHERE c.tbl IS NOT NULL
+    LOOP
+        SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
+        total := total + n;
+    END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    RETURN total;
+END $$;
+
+CREATE OR REPLACE FUNCTION deal_store.import_deal(doc jsonb) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deal uuid;
+    owner uuid;
+    taken text;
+    taken_in text;
+BEGIN
+    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
+       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
+    END IF;
+    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
+        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
+    END IF;
+    -- read through the typed format first: a malformed document fails here, naming
+    -- the JSON path of the first bad field, before anything is written
+    doc := deal_store._export_format(doc);
+    deal := (doc -> 'deal' ->> 'id')::uuid;
+    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
+        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
+            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                                           'findings', 'gaps', 'fact_finding_links']) k,
+                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
+               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
+        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
+    END IF;
+    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
+    -- accept_change ...) must name one row: an id already used here is refused
+    SELECT k, e ->> 'id' INTO taken_in, taken
+    FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                      'findings', 'gaps', 'fact_finding_links']) k,
+         jsonb_array_elements(coalesce(doc -> k, '[]')) e
+    WHERE CASE k WHEN 'documents' THEN EXISTS (SELECT 1 FROM deal_store.documents x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'analysis_runs' THEN EXISTS (SELECT 1 FROM deal_store.analysis_runs x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'findings' THEN EXISTS (SELECT 1 FROM deal_store.findings x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'gaps' THEN EXISTS (SELECT 1 FROM deal_store.gaps x WHERE x.id = (e ->> 'id')::uuid)
+                 WHEN 'fact_finding_links' THEN EXISTS (SELECT 1 FROM deal_store.fact_finding_links x WHERE x.id = (e ->> 'id')::uuid)
+                 ELSE EXISTS (SELECT 1 FROM deal_store.facts x WHERE x.id = (e ->> 'id')::uuid) END
+    LIMIT 1;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
+            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
+    END IF;
+    -- the owner: an existing user with the export's e-mail, else a new user with
+    -- no password and the default roles (never credentials or roles from the document)
+    SELECT u.id INTO owner FROM deal_store.users u WHERE lower(u.email) = lower(doc -> 'owner' ->> 'email');
+    IF owner IS NULL AND jsonb_typeof(doc -> 'owner') = 'object' THEN
+        INSERT INTO deal_store.users (id, email, display_name)
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = o.id) THEN gen_random_uuid() ELSE o.id END,
+               o.email, o.display_name
+        FROM jsonb_to_record(doc -> 'owner') AS o(id uuid, email text, display_name text)
+        RETURNING id INTO owner;
+    END IF;
+    PERFORM deal_store._insert_rows('deal_store.deals',
+        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')
+            || jsonb_build_object('ignore_unknown_keys', coalesce((doc -> 'deal' ->> 'ignore_unknown_keys')::boolean, false))));
+    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
+    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    -- the caller leads what it imported (42501 and nothing imported unless it may write)
+    IF deal_store.current_actor() IS NOT NULL THEN
+        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
+        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    END IF;
+    PERFORM deal_store._require_right(deal, 'manage');
+    -- history rows are the export's own versions: restored by the versioning's own writer
+    PERFORM deal_store._import_facts(
+        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
+    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
+    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
+    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
+    RETURN deal;
+END $$;
+
+-- a fact's content is its content fields, named in one place
+
+-- the apply path
+DROP FUNCTION deal_store._settle_batch(uuid[], text);
+DROP FUNCTION deal_store._settle(deal_store.pending_changes, text);
+DROP FUNCTION deal_store._apply_change(deal_store.pending_changes);
+CREATE FUNCTION deal_store._apply_set(deal_ids uuid[], ids uuid[], note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    todo deal_store.pending_changes[];
+    actor uuid := deal_store.current_actor();
+    applied uuid[] := ARRAY[]::uuid[];
+    moved uuid[] := ARRAY[]::uuid[];
+    done uuid[];
+    kind text;
+    tbl regclass;
+    live text;
+    same text;
+    content text[];
+    extra text[];
+    set_cols text;
+    set_vals text;
+    ins_vals text;
+BEGIN
+    -- the open changes among (deal_ids[i], ids[i]) (the caller holds their locks), oldest first
+    SELECT pg_catalog.array_agg(p ORDER BY p.created_at, p.id) INTO todo
+    FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) c(deal_id, id)
+    JOIN deal_store.pending_changes p ON p.deal_id = c.deal_id AND p.id = c.id
+    WHERE p.status IN ('pending', 'deferred');
+    IF todo IS NULL THEN
+        RETURN;
+    END IF;
+    -- changes that cannot apply whatever their target (a deleted deal, a failed run)
+    -- are decided now and leave the set
+    WITH refused AS (
+        SELECT c.deal_id, c.id, CASE WHEN d.deleted_at IS NOT NULL THEN 'the deal is deleted'
+                                     WHEN r.status = 'failed' THEN pg_catalog.format('analysis run %s failed', r.run_number) END AS why
+        FROM pg_catalog.unnest(todo) c
+        JOIN deal_store.deals d ON d.id = c.deal_id
+        LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id),
+    decided AS (
+        UPDATE deal_store.pending_changes p
+        SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = pg_catalog.concat_ws(' / ', note, x.why)
+        FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = x.deal_id AND p.id = x.id
+        RETURNING p.deal_id, p.id)
+    SELECT pg_catalog.array_agg(c ORDER BY c.created_at, c.id) INTO todo
+    FROM pg_catalog.unnest(todo) c
+    WHERE NOT EXISTS (SELECT 1 FROM decided x WHERE x.deal_id = c.deal_id AND x.id = c.id);
+    FOR kind IN SELECT DISTINCT c.entity_type FROM pg_catalog.unnest(todo) c ORDER BY 1 LOOP
+        tbl := (deal_store._kind_table(kind))::regclass;
+        live := 't.deleted_at IS NULL' || CASE WHEN kind = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END;
+        -- the target as proposed: same row, live, content checksum still the base
+        same := 't.deal_id = c.deal_id AND t.id = c.entity_id AND ' || live || ' AND '
+            || CASE WHEN kind = 'fact' THEN 't.item_checksum' ELSE 'deal_store.content_checksum_of(c.entity_type, pg_catalog.to_jsonb(t))' END
+            || ' = c.base_checksum';
+        content := deal_store.content_fields(kind);
+        extra := deal_store._extra_fields(kind);
+        -- an update sets every content field (a missing one is NULL, as it was hashed), an extra one only when given;
+        -- a new row takes the column default for whatever the proposal does not carry
+        SELECT pg_catalog.string_agg(pg_catalog.quote_ident(f), ', '),
+               pg_catalog.string_agg(CASE WHEN f = ANY (content) THEN 'r.' || pg_catalog.quote_ident(f)
+                                          ELSE pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE t.%I END', f, f, f) END, ', '),
+               pg_catalog.string_agg(pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE %s END', f, f,
+                   coalesce((SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attribute a
+                             JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                             WHERE a.attrelid = tbl AND a.attname = f), 'NULL')), ', ')
+        INTO set_cols, set_vals, ins_vals
+        FROM pg_catalog.unnest(content || extra) f;
+        -- @plpgsql_check_options: security_warnings = false
+        -- (the statements below are built from a regclass, catalog column names and defaults, and constant text)
+        EXECUTE pg_catalog.format(
+            'WITH u AS (UPDATE %1$s t SET (%2$s, analysis_run_id) = (SELECT %3$s, c.analysis_run_id '
+            '                FROM pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r) '
+            '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''update'' AND %4$s '
+            '           RETURNING c.id) '
+            'SELECT pg_catalog.array_agg(u.id) FROM u', tbl, set_cols, set_vals, same)
+            INTO done USING todo, kind;
+        applied := applied || coalesce(done, ARRAY[]::uuid[]);
+        -- a removal is a soft delete, by the code soft_delete() uses: each its own batch, the run named
+        EXECUTE pg_catalog.format(
+            'WITH x AS (SELECT c.id AS change_id, c.deal_id, c.entity_id, '
+            '                  pg_catalog.format(''removed by analysis run %%s'', run.run_number) AS reason '
+            '           FROM pg_catalog.unnest($1) c JOIN deal_store.analysis_runs run ON run.deal_id = c.deal_id AND run.id = c.analysis_run_id '
+            '           JOIN %1$s t ON %2$s '
+            '           WHERE c.entity_type = $2 AND c.change_type = ''delete'' FOR UPDATE OF t) '
+            'SELECT pg_catalog.array_agg(x.change_id) '
+            'FROM (SELECT pg_catalog.array_agg(x.deal_id) AS deals, pg_catalog.array_agg(x.entity_id) AS ids, '
+            '             pg_catalog.array_agg(x.reason) AS reasons FROM x) a, '
+            '     LATERAL deal_store._mark_deleted(%3$L::pg_catalog.regclass, ''row'', a.deals, a.ids, a.reasons, NULL) m '
+            '     JOIN x ON m.deal_id = x.deal_id AND m.id = x.entity_id',
+            tbl, same, tbl::text)
+            INTO done USING todo, kind;
+        applied := applied || coalesce(done, ARRAY[]::uuid[]);
+        EXECUTE pg_catalog.format(
+            'WITH x AS (SELECT c.id AS change_id, pg_catalog.gen_random_uuid() AS new_id, c.* '
+            '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''new''), '
+            'i AS (INSERT INTO %1$s (id, deal_id, legacy_id, analysis_run_id, %2$s) '
+            '      SELECT c.new_id, c.deal_id, c.legacy_entity_id, c.analysis_run_id, %3$s '
+            '      FROM x c, pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r '
+            '      ON CONFLICT (deal_id, legacy_id) WHERE %4$s DO NOTHING RETURNING id) '
+            'SELECT pg_catalog.array_agg(x.change_id) FROM x JOIN i ON i.id = x.new_id',
+            tbl, set_cols, ins_vals, replace(live, 't.', ''))
+            INTO done USING todo, kind;
+        applied := applied || coalesce(done, ARRAY[]::uuid[]);
+        -- of the updates and deletes not applied, those whose target is still there: it moved
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.array_agg(c.id) FROM pg_catalog.unnest($1) c JOIN %s t ON t.deal_id = c.deal_id AND t.id = c.entity_id AND %s '
+            'WHERE c.entity_type = $2 AND c.change_type <> ''new'' AND c.id <> ALL ($3)', tbl, live)
+            INTO done USING todo, kind, applied;
+        moved := moved || coalesce(done, ARRAY[]::uuid[]);
+    END LOOP;
+    -- the decisions, each reason worded here once
+    UPDATE deal_store.pending_changes p
+    SET status = CASE WHEN x.ok THEN 'accepted' ELSE 'conflict' END,
+        decided_by = actor, decided_at = pg_catalog.now(),
+        review_note = pg_catalog.concat_ws(' / ', note, CASE
+            WHEN x.ok THEN NULL
+            WHEN x.change_type = 'new' THEN 'a live row with this legacy_id exists'
+            WHEN x.id = ANY (moved) THEN 'the target changed since the proposal'
+            ELSE 'the target is gone or deleted' END)
+    FROM (SELECT c.*, c.id = ANY (applied) AS ok FROM pg_catalog.unnest(todo) c) x
+    WHERE p.deal_id = x.deal_id AND p.id = x.id;
+END $$;
+
+-- @routine deal_store._apply
+
+DROP FUNCTION deal_store._claim(integer, integer, uuid[]);
+-- @routine deal_store._claim
+
+CREATE OR REPLACE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL)
+RETURNS TABLE(status text, n bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked uuid[];
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'review');
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = accept_changes.deal_id AND p.confidence_tier <= max_tier
+          AND (accept_changes.run_id IS NULL OR p.analysis_run_id = accept_changes.run_id)
+          AND (p.status = 'pending' OR (p.status = 'deferred' AND p.deferred_until <= now()))
+        ORDER BY p.created_at, p.id
+        FOR UPDATE SKIP LOCKED) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store._apply(pg_catalog.array_fill(deal_id, ARRAY[pg_catalog.cardinality(locked)]), locked, 'batch accept');
+    END IF;
+    RETURN QUERY SELECT p.status, count(*) FROM deal_store.pending_changes p
+                 WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked)
+                 GROUP BY p.status ORDER BY p.status;
+END $$;
+
+CREATE OR REPLACE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    claimed record;
+    n integer;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
+    END IF;
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    -- admins work the whole queue; a reviewer the deals it reviews
+    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
+        RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
+    END IF;
+    SELECT * INTO claimed FROM deal_store._claim(batch_size, max_tier,
+        CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
+    n := coalesce(cardinality(claimed.ids), 0);
+    IF n > 0 THEN
+        PERFORM deal_store._apply(claimed.deal_ids, claimed.ids, 'process_queue');
+    END IF;
+    RETURN n;
+END $$;
+
+-- proposals return what became of each change: a new result column
+DROP FUNCTION deal_store.propose_facts(uuid, jsonb, text[]);
+DROP FUNCTION deal_store.propose_findings(uuid, jsonb, text[]);
+DROP FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]);
+DROP FUNCTION deal_store._propose(text, uuid, anyelement, text[]);
+CREATE FUNCTION deal_store."_propose"("entity_type" TEXT, "run_id" uuid, "incoming" anyelement, "domains" TEXT[])
+RETURNS TABLE ("change_type" TEXT, "confidence_tier" INT, "proposed" bigint, "status" TEXT)
+VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'propose_internal_wrapper';
+COMMENT ON FUNCTION deal_store._propose(text, uuid, anyelement, text[]) IS
+    'Internal: the Rust body of propose_facts, propose_findings and propose_gaps.';
+CREATE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store._propose('fact', run_id, facts, domains); END;
+
+CREATE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store._propose('finding', run_id, findings, domains); END;
+
+CREATE FUNCTION deal_store.propose_gaps(run_id uuid, gaps jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store._propose('gap', run_id, gaps, domains); END;
+
+-- grants as access.sql gives them: the API runs as the owner, internals are the owner's
+DO $$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['deal_store.propose_facts(uuid, jsonb, text[])', 'deal_store.propose_findings(uuid, jsonb, text[])',
+                             'deal_store.propose_gaps(uuid, jsonb, text[])']::pg_catalog.regprocedure[] LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+        EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO deal_store_analyst', f);
+    END LOOP;
+    ALTER ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+    -- re-created above: the API runs as the owner again
+    FOREACH f IN ARRAY ARRAY['deal_store.accept_changes(uuid, integer, uuid)', 'deal_store.import_deal(jsonb)',
+                             'deal_store.process_queue_batch(integer, integer)', 'deal_store.soft_delete(regclass, uuid, text)',
+                             'deal_store.deals_for_user(uuid, boolean)', 'deal_store.fact_history(uuid)']::pg_catalog.regprocedure[] LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+    END LOOP;
+    REVOKE ALL ON ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) FROM PUBLIC;
+    GRANT EXECUTE ON ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) TO deal_store_reader;
+    REVOKE ALL ON ROUTINE deal_store.entity_type_of(oid) FROM PUBLIC;
+    GRANT EXECUTE ON ROUTINE deal_store.entity_type_of(oid) TO deal_store_reader;
+    FOREACH f IN ARRAY ARRAY['deal_store.fact_version_rows()', 'deal_store._import_facts(anyelement)', 'deal_store._extra_fields(text)',
+                             'deal_store._kind_table(text)', 'deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid)',
+                             'deal_store._apply_set(uuid[], uuid[], text)', 'deal_store._claim(integer, integer, uuid[])',
+                             'deal_store._apply(uuid[], uuid[], text)', 'deal_store._propose(text, uuid, anyelement, text[])']::pg_catalog.regprocedure[] LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
+    END LOOP;
+END $$;
+
+-- 0.2.0: the users' side (issue 17):
+-- soft delete the way clients write it (DELETE through the views reports its
+-- rows; UPDATE … SET deleted_at = now() is a soft delete), calls that say what
+-- they did (complete_run / fail_run return the run, process_queue its counts),
+-- typed views for people and BI tools, entity_history by composite key, search
+-- that composes (search_rank), set_actor.
+
+-- @routine deal_store._owned
+
+CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := current_setting('deal_store.reason', true);
+    r record;
+    batch uuid := gen_random_uuid();
+    total integer := 0;
+    n integer;
+    t record;
+BEGIN
+    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    IF r.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION '% row % is already deleted', entity, id
+            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
+    END IF;
+    -- the audit log records the reason of this delete
+    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
+    -- the row itself, then what it owns: a deal owns its documents, facts,
+    -- findings and gaps; a document owns the facts sourced from it.
+    FOR t IN SELECT entity AS tbl, 'row' AS scope UNION ALL SELECT * FROM deal_store._owned(entity) LOOP
+        SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
+        total := total + n;
+    END LOOP;
+    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
+    RETURN total;
+END $$;
+
+-- @routine deal_store.soft_delete_by_update
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER soft_delete_by_update BEFORE UPDATE OF deleted_at ON deal_store.%I FOR EACH ROW
+            WHEN (OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL AND NEW.delete_batch IS NULL)
+            EXECUTE FUNCTION deal_store.soft_delete_by_update()', t);
+    END LOOP;
+END $$;
+
+-- DELETE through an active_* view: the soft delete, reported as deleted rows
+-- (DELETE 1, what ORMs count), where a DELETE on the table reports DELETE 0
+-- (its BEFORE trigger skips the real delete).
+-- @routine deal_store.delete_through_view
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER delete_through_view INSTEAD OF DELETE ON deal_store.%I FOR EACH ROW
+            EXECUTE FUNCTION deal_store.delete_through_view(%L)', 'active_' || t, 'deal_store.' || t);
+    END LOOP;
+END $$;
+
+-- complete_run and fail_run return the finished run
+DROP FUNCTION deal_store.complete_run(uuid);
+DROP FUNCTION deal_store.fail_run(uuid, text);
+DROP FUNCTION deal_store._finish_run(uuid, text, text);
+-- @routine deal_store._finish_run
+
+-- @routine deal_store.complete_run
+
+-- @routine deal_store.fail_run
+
+-- process_queue_batch and process_queue report what they did
+DROP PROCEDURE deal_store.process_queue(integer, integer);
+DROP FUNCTION deal_store.process_queue_batch(integer, integer);
+-- @routine deal_store.process_queue_batch
+
+-- The worker. Its INOUT parameters are its result (CALL shows them as one row);
+-- a caller passes nothing for them.
+-- @routine deal_store.process_queue
+
+-- typed views
+CREATE VIEW deal_store.deal_overview AS
+    SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
+           d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,
+           c.documents, c.facts, c.findings, c.critical_findings, c.gaps, c.open_gaps,
+           q.pending_tier_1, q.pending_tier_2, q.pending_tier_3, q.conflicts,
+           r.run_number AS last_run_number, r.completed_at AS last_run_completed_at, d.updated_at
+    FROM deal_store.active_deals d
+    LEFT JOIN deal_store.users u ON u.id = d.user_id
+    CROSS JOIN LATERAL (SELECT
+        (SELECT count(*) FROM deal_store.active_documents x WHERE x.deal_id = d.id) AS documents,
+        (SELECT count(*) FROM deal_store.current_facts x WHERE x.deal_id = d.id) AS facts,
+        (SELECT count(*) FROM deal_store.current_findings x WHERE x.deal_id = d.id) AS findings,
+        (SELECT count(*) FROM deal_store.current_findings x WHERE x.deal_id = d.id AND x.severity = 'critical') AS critical_findings,
+        (SELECT count(*) FROM deal_store.current_gaps x WHERE x.deal_id = d.id) AS gaps,
+        (SELECT count(*) FROM deal_store.current_gaps x WHERE x.deal_id = d.id AND x.resolved_at IS NULL) AS open_gaps) c
+    CROSS JOIN LATERAL (SELECT
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 1) AS pending_tier_1,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 2) AS pending_tier_2,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 3) AS pending_tier_3,
+        count(*) FILTER (WHERE p.status = 'conflict') AS conflicts
+        FROM deal_store.pending_changes p WHERE p.deal_id = d.id) q
+    LEFT JOIN LATERAL (SELECT x.run_number, x.completed_at FROM deal_store.analysis_runs x
+                       WHERE x.deal_id = d.id AND x.status = 'completed'
+                       ORDER BY x.run_number DESC LIMIT 1) r ON true;
+COMMENT ON VIEW deal_store.deal_overview IS
+    'One row per live deal the caller may see, plain columns for BI tools: owner (id, e-mail, display name), counts of active documents, current facts, findings (critical ones), gaps (open ones), the open merge queue by tier (pending or deferred), conflicts, and the last completed run. Key: deal_id.';
+CREATE VIEW deal_store.facts_by_domain AS
+    SELECT f.deal_id, f.domain, count(*) AS facts, count(*) FILTER (WHERE f.verified) AS verified,
+           count(*) FILTER (WHERE f.confidence_score < 0.7) AS low_confidence,
+           round(avg(f.confidence_score)::numeric, 2) AS avg_confidence,
+           count(DISTINCT f.source_document_id) AS documents, max(f.updated_at) AS last_updated_at
+    FROM deal_store.current_facts f
+    GROUP BY f.deal_id, f.domain;
+COMMENT ON VIEW deal_store.facts_by_domain IS
+    'Current facts per deal and domain: how many, verified, below 0.7 confidence, the average confidence, the documents they come from, the last change. Key: (deal_id, domain).';
+CREATE VIEW deal_store.activity AS
+    SELECT l.seq, l.created_at, l.deal_id, d.name AS deal_name, l.user_id, u.email AS user_email,
+           u.display_name AS user_name, l.action, l.entity_type, l.entity_id, l.entity_key, l.reason,
+           l.analysis_run_id, l.details, l.id, l.txid
+    FROM deal_store.deal_activity_log l
+    LEFT JOIN deal_store.users u ON u.id = l.user_id
+    LEFT JOIN deal_store.deals d ON d.id = l.deal_id;
+COMMENT ON VIEW deal_store.activity IS
+    'The audit log for people: every entry the caller may see with the deal''s name and the actor''s e-mail and display name (NULL when the actor is unknown or no longer exists). Key: id (seq orders).';
+
+-- entity_history finds rows by a composite key too
+DROP FUNCTION deal_store.entity_history(text, uuid);
+-- @routine deal_store.entity_history
+
+-- hash: a composite key of any size (a btree entry is limited to a third of a page)
+CREATE INDEX deal_activity_log_entity_key_idx ON deal_store.deal_activity_log USING hash (entity_key) WHERE entity_key IS NOT NULL;
+
+-- search that composes
+-- @routine deal_store.search_rank
+
+-- @routine deal_store.search_tsquery
+
+-- @routine deal_store.set_actor
+
+-- grants as access.sql gives them
+ALTER VIEW deal_store.deal_overview SET (security_invoker = true);
+ALTER VIEW deal_store.facts_by_domain SET (security_invoker = true);
+ALTER VIEW deal_store.activity SET (security_invoker = true);
+GRANT SELECT ON deal_store.deal_overview, deal_store.facts_by_domain, deal_store.activity TO deal_store_reader;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee, x.definer FROM (VALUES
+        ('deal_store.soft_delete(regclass, uuid, text)', NULL, true),
+        ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', NULL, true),
+        ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),
+        ('deal_store.fail_run(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)', 'deal_store_reviewer', false),
+        ('deal_store.entity_history(text, uuid, jsonb)', 'deal_store_reader', true),
+        ('deal_store.search_rank(tsvector, tsquery)', 'deal_store_reader', false),
+        ('deal_store.set_actor(uuid)', 'deal_store_reader', false)) AS x(fn, grantee, definer)
+    LOOP
+        IF f.definer THEN
+            EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
+        END IF;
+        IF f.grantee IS NOT NULL THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
+        END IF;
+    END LOOP;
+END $$;
+
+-- 0.2.0: the change feed (issue 18):
+-- registered consumers read the log gap-free with cursors (read_changes /
+-- ack_changes); a wake-up notification on deal_store_feed.
+
+CREATE FUNCTION deal_store."_caller_role"() RETURNS TEXT
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'caller_role_wrapper';
+COMMENT ON FUNCTION deal_store._caller_role() IS
+    'Internal: the role the caller acts as outside SECURITY DEFINER functions (its login, or the role it SET ROLE to): the owner of the consumers it registers.';
+
+CREATE TABLE deal_store.feed_consumers (
+    name          text        NOT NULL,
+    owner_role    name        NOT NULL,
+    cursor_txid   bigint[]    NOT NULL,
+    cursor_seq    bigint[]    NOT NULL,
+    read_txid     bigint[],
+    read_seq      bigint[],
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    read_at       timestamptz,
+    acked_at      timestamptz,
+    CONSTRAINT feed_consumers_pkey PRIMARY KEY (name),
+    CONSTRAINT feed_consumers_name_check CHECK (name ~ '^[A-Za-z0-9_.:-]{1,63}$'),
+    CONSTRAINT feed_consumers_read_check CHECK ((read_txid IS NULL) = (read_seq IS NULL))
+);
+COMMENT ON TABLE deal_store.feed_consumers IS
+    'Registered readers of the change feed (read_changes / ack_changes), each owned by the role that registered it.';
+COMMENT ON COLUMN deal_store.feed_consumers.cursor_txid IS
+    'With cursor_seq, element n + 1 for the entries node n wrote (one node, 0, on plain PostgreSQL; a missing element is the start): every such entry at or before (cursor_txid, cursor_seq) in (txid, seq) order is acknowledged.';
+COMMENT ON COLUMN deal_store.feed_consumers.read_txid IS
+    'With read_seq, per node like cursor_txid: where the last read_changes ended (the position an ack of all its rows moves the cursor to).';
+SELECT pg_catalog.pg_extension_config_dump('deal_store.feed_consumers', '');
+
+-- the feed reads the log in (txid, seq) order
+CREATE INDEX deal_activity_log_txid_idx ON deal_store.deal_activity_log (txid, seq);
+
+-- Which node wrote an entry: the one rule for numbering and reading.
+-- @routine deal_store._log_seq
+
+-- @routine deal_store._log_node
+
+-- @routine deal_store._horizon
+
+-- Each node's horizon, element n + 1 for node n (plain PostgreSQL: just this one).
+-- On Citus the coordinator's comes first, then the workers' (asked over their own
+-- connections: a later read there sees every transaction below them). An entry the
+-- coordinator writes lands on a worker, where a two-phase commit makes it visible
+-- only after the coordinator's own commit: while a worker still holds a prepared
+-- transaction of a node, that node's horizon is 0 when `settled` (nothing new of
+-- it is delivered yet).
+-- @routine deal_store._horizons
+
+-- A consumer by name, locked, owned by the caller (admins may use any).
+-- @routine deal_store._consumer
+
+-- @routine deal_store.register_consumer
+
+-- @routine deal_store._require_feed_reader
+
+-- @routine deal_store.read_changes
+
+-- @routine deal_store.ack_changes
+
+-- @routine deal_store.consumers
+
+-- @routine deal_store.remove_consumer
+
+-- Wake-up: a LISTEN deal_store_feed gets one notification per committed
+-- transaction that wrote log entries while a consumer is registered. The data
+-- is read with read_changes; a missed notification loses nothing.
+-- @routine deal_store.feed_wakeup
+
+CREATE TRIGGER feed_wakeup AFTER INSERT ON deal_store.deal_activity_log
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.feed_wakeup();
+
+-- grants as access.sql gives them
+REVOKE ALL ON deal_store.feed_consumers FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+DO $$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['deal_store.register_consumer(text, boolean)', 'deal_store.read_changes(text, integer)',
+                             'deal_store.ack_changes(text, bigint)', 'deal_store.consumers()',
+                             'deal_store.remove_consumer(text)']::pg_catalog.regprocedure[] LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO deal_store_reader', f);
+    END LOOP;
+END $$;
+
+-- 0.2.0: idempotent calls (issue 18):
+-- start_run, propose_*, accept_changes and import_deal take an optional
+-- idempotency_key (each dropped and re-created with the new parameter).
+
+CREATE TABLE deal_store.idempotency_keys (
+    key           text        NOT NULL,
+    function_name text        NOT NULL,
+    caller        name        NOT NULL,
+    arguments     text        NOT NULL,
+    result        jsonb,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT idempotency_keys_pkey PRIMARY KEY (key),
+    CONSTRAINT idempotency_keys_key_check CHECK (length(key) BETWEEN 1 AND 200)
+);
+COMMENT ON TABLE deal_store.idempotency_keys IS
+    'The results of calls made with an idempotency key (start_run, propose_*, accept_changes, import_deal), so a retried call returns the first call''s result. arguments is the MD5 of the call''s arguments.';
+SELECT pg_catalog.pg_extension_config_dump('deal_store.idempotency_keys', '');
+
+-- @routine deal_store._idempotent
+
+-- @routine deal_store._remember
+
+DROP FUNCTION deal_store.start_run(uuid, text[], boolean);
+DROP FUNCTION deal_store.propose_facts(uuid, jsonb, text[]);
+DROP FUNCTION deal_store.propose_findings(uuid, jsonb, text[]);
+DROP FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]);
+DROP FUNCTION deal_store.accept_changes(uuid, integer, uuid);
+DROP FUNCTION deal_store.import_deal(jsonb);
+-- @routine deal_store.start_run
+
+-- propose_*: the Rust proposal, once per idempotency key. Its result (a few
+-- rows of counts) is kept as jsonb, so a repeated call returns the same rows.
+-- @routine deal_store._propose_once
+
+-- @routine deal_store.propose_facts
+
+-- @routine deal_store.propose_findings
+
+-- @routine deal_store.propose_gaps
+
+-- @routine deal_store.accept_changes
+
+-- @routine deal_store.import_deal
+
+-- grants as access.sql gives them
+REVOKE ALL ON deal_store.idempotency_keys FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee FROM (VALUES
+        ('deal_store.start_run(uuid, text[], boolean, text)', 'deal_store_analyst'),
+        ('deal_store.propose_facts(uuid, jsonb, text[], text)', 'deal_store_analyst'),
+        ('deal_store.propose_findings(uuid, jsonb, text[], text)', 'deal_store_analyst'),
+        ('deal_store.propose_gaps(uuid, jsonb, text[], text)', 'deal_store_analyst'),
+        ('deal_store.import_deal(jsonb, text)', 'deal_store_analyst'),
+        ('deal_store.accept_changes(uuid, integer, uuid, text)', 'deal_store_reviewer')) AS x(fn, grantee)
+    LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
+    END LOOP;
+END $$;
+
+-- 0.2.0: what changed, for people (issue 18):
+-- mark_seen / changes_since_seen, deals_for_user with an unseen count (dropped
+-- and re-created: its result has new columns), diff_runs, add_document_version,
+-- document_changes.
+
+CREATE TABLE deal_store.seen_marks (
+    deal_id   uuid        NOT NULL,
+    user_id   uuid        NOT NULL,
+    seen_seq  bigint      NOT NULL,
+    seen_txid bigint      NOT NULL,
+    seen_snapshot pg_snapshot NOT NULL,
+    seen_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT seen_marks_pkey PRIMARY KEY (deal_id, user_id),
+    CONSTRAINT seen_marks_deal_id_fkey FOREIGN KEY (deal_id) REFERENCES deal_store.deals (id) ON DELETE CASCADE
+);
+COMMENT ON TABLE deal_store.seen_marks IS
+    'When each user last looked at each deal (mark_seen): the log entries after the mark are what changes_since_seen shows.';
+COMMENT ON COLUMN deal_store.seen_marks.seen_seq IS 'The largest log seq visible when the user looked.';
+COMMENT ON COLUMN deal_store.seen_marks.seen_txid IS 'The xmin of seen_snapshot: entries of transactions below it were all visible when the user looked.';
+COMMENT ON COLUMN deal_store.seen_marks.seen_snapshot IS 'The snapshot the user looked with: an entry at or below seen_seq of a transaction invisible to it is unseen.';
+SELECT pg_catalog.pg_extension_config_dump('deal_store.seen_marks', '');
+
+-- The deal's log entries after the actor's mark (all without a mark): those
+-- after it in seq (the deal's index), and those before it of a transaction
+-- the user's snapshot did not see (the feed's index).
+-- @routine deal_store._unseen
+
+-- A user's deals with what the caller has not seen in each (replaces the
+-- dashboard's first version: the unseen count needs the marks above).
+DROP FUNCTION deal_store.deals_for_user(uuid, boolean);
+-- @routine deal_store._deals_for_user
+-- @routine deal_store.deals_for_user
+
+-- @routine deal_store.mark_seen
+
+-- @routine deal_store.changes_since_seen
+
+-- ---------------------------------------------------------------------------
+-- A deal's facts as they were at a moment, from the versions stored: a version
+-- is current from the end of the one before it (or the fact's creation) until
+-- it was superseded, and live until it was deleted.
+
+-- @routine deal_store._facts_as_of
+
+-- new / update (with changed fields) / delete from one set of facts to another
+-- @routine deal_store._fact_changes
+
+-- @routine deal_store.diff_runs
+
+-- ---------------------------------------------------------------------------
+-- Document versions.
+
+-- @routine deal_store.add_document_version
+
+-- @routine deal_store.document_changes
+
+-- grants as access.sql gives them
+REVOKE ALL ON deal_store.seen_marks FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee FROM (VALUES
+        ('deal_store.deals_for_user(uuid, boolean)', 'deal_store_reader'),
+        ('deal_store.mark_seen(uuid)', 'deal_store_reader'),
+        ('deal_store.changes_since_seen(uuid)', 'deal_store_reader'),
+        ('deal_store.diff_runs(uuid, uuid)', 'deal_store_reader'),
+        ('deal_store.document_changes(uuid)', 'deal_store_reader'),
+        ('deal_store.add_document_version(uuid, text, text, text, integer)', 'deal_store_analyst')) AS x(fn, grantee)
+    LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
+    END LOOP;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- 0.2.0: triggers that name their table, not their shard (issue 19): on Citus a
+-- trigger fires on a shard (deal_store.facts_102099); _table_of gives the table.
+-- Lookups name the deal where the caller knows it; no volatile function inside
+-- an UPDATE of a deal table; a recursive CTE filters the deal in both terms.
+
+CREATE FUNCTION deal_store."_table_of"(
+	"rel" oid
+) RETURNS oid
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'table_of_wrapper';
+COMMENT ON FUNCTION deal_store._table_of(oid) IS
+    'Internal: the table a relation''s rows belong to: the relation itself, or on Citus the distributed table of a shard (deal_store.facts_102099 -> deal_store.facts). Triggers name their table with it, not with TG_RELID.';
+REVOKE ALL ON FUNCTION deal_store._table_of(oid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deal_store._table_of(oid) TO deal_store_reader;
+
+-- @routine deal_store.delete_to_soft_delete
+
+-- @routine deal_store.refuse_truncate
+
+DROP FUNCTION deal_store._id_in_one_deal(regclass, uuid, text);
+-- @routine deal_store._id_in_one_deal
+
+REVOKE ALL ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) FROM PUBLIC;
+
+ALTER FUNCTION deal_store.add_document_version(uuid, text, text, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+DROP FUNCTION deal_store._apply_set(uuid[], uuid[], text);
+-- @routine deal_store._apply_set
+
+REVOKE ALL ON FUNCTION deal_store._apply_set(uuid, uuid[], text) FROM PUBLIC;
+
+-- @routine deal_store._claim_by_deal
+
+REVOKE ALL ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) FROM PUBLIC;
+
+CREATE FUNCTION deal_store."_distributed"() RETURNS bool
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'distributed_sql_wrapper';
+COMMENT ON FUNCTION deal_store._distributed() IS
+    'Internal: true when Citus distributes deal_store''s deal tables (pending_changes is hash-distributed).';
+REVOKE ALL ON FUNCTION deal_store._distributed() FROM PUBLIC;
+
+ALTER FUNCTION deal_store.process_queue_batch(integer, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+ALTER FUNCTION deal_store.search_deal(uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+ALTER FUNCTION deal_store.entity_history(text, uuid, jsonb) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+DROP FUNCTION deal_store._lock_row(regclass, uuid, text);
+-- @routine deal_store._lock_row
+
+REVOKE ALL ON FUNCTION deal_store._lock_row(regclass, uuid, text, uuid) FROM PUBLIC;
+
+DROP FUNCTION deal_store.soft_delete(regclass, uuid, text);
+-- @routine deal_store.soft_delete
+
+REVOKE ALL ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) FROM PUBLIC;
+ALTER FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+GRANT EXECUTE ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) TO deal_store_analyst;
+
+ALTER FUNCTION deal_store.restore(regclass, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+ALTER FUNCTION deal_store.start_run(uuid, text[], boolean, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+ALTER FUNCTION deal_store.fact_history(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- ---------------------------------------------------------------------------
+-- 0.2.0: deal_store.distribute() and row-level security on Citus (issue 19):
+-- the policies are written by one function, in their PostgreSQL form (as
+-- before) or in their Citus form (deal_store._may / _acts_as per row, no
+-- subquery); distribute() places the tables on a Citus coordinator.
+
+CREATE FUNCTION deal_store."_may"(
+	"rel" oid,
+	"deal" uuid,
+	"min_role" TEXT
+) RETURNS bool
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'may_wrapper';
+CREATE FUNCTION deal_store."_acts_as"(
+	"rel" oid,
+	"user_id" uuid
+) RETURNS bool
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'acts_as_wrapper';
+REVOKE ALL ON FUNCTION deal_store._may(oid, uuid, text), deal_store._acts_as(oid, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deal_store._may(oid, uuid, text), deal_store._acts_as(oid, uuid) TO deal_store_reader;
+COMMENT ON FUNCTION deal_store._may(oid, uuid, text) IS
+    'Internal, the row-level security policies on Citus: true when the caller sees every deal or its actor holds min_role or a stronger role in deal (a row''s deal column); rel is the policy''s relation (tableoid): on a worker the team is read from the deal_members shard on the same node, once per transaction.';
+
+COMMENT ON FUNCTION deal_store._acts_as(oid, uuid) IS
+    'Internal, the row-level security policies on Citus: true when the caller sees every deal or user_id is its actor (own deals, own notifications); rel as for _may.';
+
+-- @routine deal_store._create_policies
+
+REVOKE ALL ON FUNCTION deal_store._create_policies(boolean) FROM PUBLIC;
+
+-- @routine deal_store._placement
+
+-- An error message as the table would give it: on Citus a worker names the
+-- shard ("facts_102118"); a note a reviewer reads names the table.
+-- @routine deal_store._unsharded
+
+-- Run on every node (the extension's tables exist on each): what Citus cannot
+-- distribute goes, and the policies take their Citus form.
+-- @routine deal_store._distribute_prepare
+
+-- @routine deal_store.distribute
+
+REVOKE ALL ON FUNCTION deal_store._placement(), deal_store._unsharded(text), deal_store._distribute_prepare(), deal_store.distribute() FROM PUBLIC;
+
+-- was LANGUAGE sql (Citus cannot plan an SQL function's parameters; its lookup now names the deal)
+-- @routine deal_store.fact_as_of
+
+ALTER FUNCTION deal_store.fact_as_of(uuid, timestamptz) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- lateral aggregates with a FROM each (Citus refuses correlated subqueries in a subquery without FROM)
+CREATE OR REPLACE VIEW deal_store.deal_overview AS
+    SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
+           d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,
+           doc.documents, fa.facts, fi.findings, fi.critical_findings, g.gaps, g.open_gaps,
+           q.pending_tier_1, q.pending_tier_2, q.pending_tier_3, q.conflicts,
+           r.run_number AS last_run_number, r.completed_at AS last_run_completed_at, d.updated_at
+    FROM deal_store.active_deals d
+    LEFT JOIN deal_store.users u ON u.id = d.user_id
+    -- one aggregate per table, each over the deal's rows (on Citus: co-located with the deal)
+    CROSS JOIN LATERAL (SELECT count(*) AS documents FROM deal_store.active_documents x WHERE x.deal_id = d.id) doc
+    CROSS JOIN LATERAL (SELECT count(*) AS facts FROM deal_store.current_facts x WHERE x.deal_id = d.id) fa
+    CROSS JOIN LATERAL (SELECT count(*) AS findings, count(*) FILTER (WHERE x.severity = 'critical') AS critical_findings
+                        FROM deal_store.current_findings x WHERE x.deal_id = d.id) fi
+    CROSS JOIN LATERAL (SELECT count(*) AS gaps, count(*) FILTER (WHERE x.resolved_at IS NULL) AS open_gaps
+                        FROM deal_store.current_gaps x WHERE x.deal_id = d.id) g
+    CROSS JOIN LATERAL (SELECT
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 1) AS pending_tier_1,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 2) AS pending_tier_2,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 3) AS pending_tier_3,
+        count(*) FILTER (WHERE p.status = 'conflict') AS conflicts
+        FROM deal_store.pending_changes p WHERE p.deal_id = d.id) q
+    LEFT JOIN LATERAL (SELECT x.run_number, x.completed_at FROM deal_store.analysis_runs x
+                       WHERE x.deal_id = d.id AND x.status = 'completed'
+                       ORDER BY x.run_number DESC LIMIT 1) r ON true;
+ALTER VIEW deal_store.deal_overview SET (security_invoker = true);
+
+-- a finding's or gap's checksum is compared in a statement that locks the targets, not inside the UPDATE (Citus)
+
+-- facts by a call of their own, then findings and gaps (Citus)
+
+ALTER FUNCTION deal_store.diff_runs(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- the unseen entries and the reviewer's right as values first (Citus)
+
+ALTER FUNCTION deal_store.changes_since_seen(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- mark_seen: the deal's last entry and the snapshot that read it in one statement, on the deal's node; one row of values, no parameter in the ON CONFLICT (Citus)
+
+ALTER FUNCTION deal_store.mark_seen(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- document_changes: the run numbers as a value first (Citus)
+
+ALTER FUNCTION deal_store.document_changes(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- the extension's settings are set inside a call of their own, so that Citus
+-- passes them on to the workers also when a client calls a function on its own
+-- @routine deal_store._set_local
+
+REVOKE ALL ON FUNCTION deal_store._set_local(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deal_store._set_local(text, text) TO deal_store_reader;
+-- set_actor: was LANGUAGE sql with set_config
+
+-- an entry without a deal: NULL, or on Citus the nil uuid (the log's distribution column)
+CREATE FUNCTION deal_store."_no_deal"() RETURNS uuid
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'no_deal_wrapper';
+COMMENT ON FUNCTION deal_store._no_deal() IS
+    'Internal: the deal_id of a log entry without a deal: NULL, or the nil uuid when Citus distributes the log (no NULL in a distribution column).';
+REVOKE ALL ON FUNCTION deal_store._no_deal() FROM PUBLIC;
+
+ALTER FUNCTION deal_store.purge_audit(interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+ALTER FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+ALTER FUNCTION deal_store.purge(regclass, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- import_deal: on Citus, its reads of every shard and its write of a new owner over one connection per node
+
+ALTER FUNCTION deal_store.import_deal(jsonb, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- a conflict's note names the table, not the shard (Citus)
+
+-- the actor as a value, not a call inside the query (Citus)
+
+-- the deals first, then each one's unseen count, in PL/pgSQL (Citus)
+
+REVOKE ALL ON FUNCTION deal_store._deals_for_user(uuid, boolean) FROM PUBLIC;
+
+ALTER FUNCTION deal_store.deals_for_user(uuid, boolean) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- ---------------------------------------------------------------------------
+-- Names no caller can hijack; who and when are the server's; history rows never change.
+
+-- updated_at is kept by server_columns now (with every other who / when column)
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOR t IN SELECT c.relname::text FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
+             WHERE g.tgname = 'touch_updated_at' AND c.relnamespace = 'deal_store'::pg_catalog.regnamespace LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER touch_updated_at ON deal_store.%I', t);
+    END LOOP;
+END $$;
+DROP FUNCTION deal_store.touch_updated_at();
+
+CREATE FUNCTION deal_store."_server_columns"() RETURNS TABLE (
+	"table_name" TEXT,
+	"column_name" TEXT,
+	"kind" TEXT,
+	"moment" TEXT
+)
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'server_columns_sql_wrapper';
+CREATE FUNCTION deal_store."server_columns"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'server_columns_wrapper';
+REVOKE ALL ON FUNCTION deal_store._server_columns(), deal_store.server_columns() FROM PUBLIC;
+
+-- The eligible changes process_queue leaves behind (the caller's deals).
+-- @routine deal_store._queue_remaining
+
+REVOKE ALL ON FUNCTION deal_store._queue_remaining(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deal_store._queue_remaining(integer) TO deal_store_reviewer;
+
+-- Names no caller can hijack: every routine of the extension is parsed and run
+-- under search_path = pg_catalog, pg_temp. Routines written in SQL or PL/pgSQL
+-- get it as a SET clause (the loop below gives it to any that lacks one, so a
+-- routine added later cannot be forgotten); the Rust library's routines run
+-- their SQL through one module that pins the same path (src/spi.rs, enforced by
+-- clippy); SQL routines with a standard body (BEGIN ATOMIC / RETURN) were parsed
+-- when they were created. What remains is the one list below.
+-- @routine deal_store._unpinned
+
+REVOKE ALL ON FUNCTION deal_store._unpinned() FROM PUBLIC;
+
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT p.oid::pg_catalog.regprocedure AS fn FROM pg_catalog.pg_proc p
+             JOIN pg_catalog.pg_language l ON l.oid OPERATOR(pg_catalog.=) p.prolang
+             WHERE p.pronamespace OPERATOR(pg_catalog.=) 'deal_store'::pg_catalog.regnamespace
+               AND l.lanname OPERATOR(pg_catalog.<>) 'c' AND p.prosqlbody IS NULL
+               AND NOT coalesce(p.proconfig, '{}') OPERATOR(pg_catalog.@>) '{"search_path=pg_catalog, pg_temp"}'::pg_catalog.text[]
+               AND p.oid OPERATOR(pg_catalog.<>) ALL (SELECT u.routine FROM deal_store._unpinned() u) LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SET search_path = pg_catalog, pg_temp', f.fn);
+    END LOOP;
+END $$;
+
+-- The server owns its records: who and when (src/records.rs classifies the
+-- columns). Every table with such a column gets the trigger, but the log, which
+-- only the server writes.
+COMMENT ON FUNCTION deal_store.server_columns() IS
+    'Trigger (BEFORE INSERT OR UPDATE on every table with *_by or *_at columns): who columns are the actor, when columns the server clock; a caller''s own value is replaced. Creation columns are set once, updated_at / updated_by when the row changes, act columns (deleted_at, decided_by, resolved_at, read_at, ...) when they get a value. See deal_store._server_columns().';
+COMMENT ON FUNCTION deal_store._server_columns() IS
+    'The columns the server writes itself (who: *_by, when: *_at), per table, with their moment: creation, touch, act or versioning (superseded_at, written by the fact versioning only).';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOR t IN SELECT DISTINCT s.table_name FROM deal_store._server_columns() s
+             WHERE s.table_name OPERATOR(pg_catalog.<>) 'deal_activity_log' ORDER BY 1 LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER server_columns BEFORE INSERT OR UPDATE ON deal_store.%I
+                                   FOR EACH ROW EXECUTE FUNCTION deal_store.server_columns()', t);
+    END LOOP;
+END $$;
+
+-- Headlines escape stored text; the search query is bounded; the queue's wake-up carries nothing;
+-- the Citus preparation refuses where Citus is absent.
+
+-- @routine deal_store._escaped
+
+-- @routine deal_store._headline
+
+REVOKE ALL ON FUNCTION deal_store._escaped(text), deal_store._headline(regconfig, text, tsquery, text) FROM PUBLIC;
+
+ALTER FUNCTION deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+ALTER FUNCTION deal_store.search_deal(uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- The importer owns what it imports; readers see the users they share a deal with.
+
+ALTER FUNCTION deal_store.import_deal(jsonb, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+SELECT deal_store._create_policies(deal_store._distributed());
+
+-- Idempotency keys and feed consumer names are per caller role.
+
+ALTER TABLE deal_store.idempotency_keys DROP CONSTRAINT idempotency_keys_pkey,
+    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (caller, key);
+
+ALTER TABLE deal_store.feed_consumers DROP CONSTRAINT feed_consumers_pkey,
+    ADD CONSTRAINT feed_consumers_pkey PRIMARY KEY (owner_role, name);
+
+ALTER FUNCTION deal_store.register_consumer(text, boolean) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION deal_store.read_changes(text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION deal_store.ack_changes(text, bigint) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION deal_store.consumers() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION deal_store.remove_consumer(text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- What a DBA does by habit loses nothing: a superuser's COPY FROM is a restore;
+-- DROP EXTENSION is refused while deals exist. An id of another deal is no row here;
+-- notifications stay out of the deal's log; an analyst's import is the analyst's, now.
+
+CREATE FUNCTION deal_store."_restoring"() RETURNS bool
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'restoring_sql_wrapper';
+REVOKE ALL ON FUNCTION deal_store._restoring() FROM PUBLIC;
+
+ALTER FUNCTION deal_store.owner_is_lead() SECURITY DEFINER;
+
+-- What a DBA does by habit loses nothing (src/operations.rs): a superuser's
+-- COPY FROM is a restore (deal_store._restoring()), and DROP EXTENSION is
+-- refused while a deal exists.
+COMMENT ON FUNCTION deal_store._restoring() IS
+    'Internal: true while a superuser restores rows with COPY FROM (pg_restore, a dump replayed by psql): the triggers then take the rows as the dump holds them, without auditing them again.';
+CREATE FUNCTION deal_store._guard_drop() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'deal_store_guard_drop';
+COMMENT ON FUNCTION deal_store._guard_drop() IS
+    'Event trigger function: refuses a DROP that would take deal_store (DROP EXTENSION deal_store, a CASCADE drop of an extension it needs or of a schema holding one, DROP SCHEMA deal_store, DROP OWNED BY its owner) while any deal exists (2BP01), unless a superuser has set deal_store.allow_drop = on.';
+REVOKE ALL ON FUNCTION deal_store._guard_drop() FROM PUBLIC;
+CREATE EVENT TRIGGER deal_store_guard_drop ON ddl_command_start WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION deal_store._guard_drop();
+COMMENT ON EVENT TRIGGER deal_store_guard_drop IS
+    'Refuses a DROP that would take deal_store (the extension, its schema, an extension it needs, their owner''s objects) while deals exist: set deal_store.allow_drop = on (superusers) to drop them with it.';
+
+SELECT deal_store.disable_audit('deal_store.notifications');
+
+ALTER FUNCTION deal_store.import_deal(jsonb, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- A restore's COPY switches its own triggers off for its rows, and back at the statement's end.
+CREATE FUNCTION deal_store."restored"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'restored_wrapper';
+REVOKE ALL ON FUNCTION deal_store.restored() FROM PUBLIC;
+COMMENT ON FUNCTION deal_store.restored() IS
+    'Trigger (AFTER INSERT per statement, enabled ALWAYS): ends the switch to session_replication_role = replica that a superuser''s restoring COPY made for its own rows.';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    -- every table a restore loads through deal_store's row triggers: those with server_columns
+    FOR t IN SELECT c.relname::text FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) g.tgrelid
+             WHERE g.tgname OPERATOR(pg_catalog.=) 'server_columns' ORDER BY 1 LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER deal_store_restored AFTER INSERT ON deal_store.%I
+                                   FOR EACH STATEMENT EXECUTE FUNCTION deal_store.restored()', t);
+        EXECUTE pg_catalog.format('ALTER TABLE deal_store.%I ENABLE ALWAYS TRIGGER deal_store_restored', t);
+    END LOOP;
+END $$;
+
+-- Which library serves the database, and which catalog version it holds.
+CREATE FUNCTION deal_store."version"() RETURNS TABLE (
+	"library" TEXT,
+	"catalog" TEXT
+)
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'version_wrapper';
+COMMENT ON FUNCTION deal_store.version() IS
+    'The version of the deal_store library serving this session and of the extension installed in this database (pg_extension.extversion); a WARNING when they differ (run ALTER EXTENSION deal_store UPDATE).';
+REVOKE ALL ON FUNCTION deal_store.version() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;
+
+-- import_deal: history rows are the export's fact_history and only those.
+
+ALTER FUNCTION deal_store.import_deal(jsonb, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
