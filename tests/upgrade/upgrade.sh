@@ -1,15 +1,24 @@
 # The upgrade test, sourced by scripts/test (PostgreSQL 15: the only version a
-# release was built for). upgrade_prepare builds and installs the newest release
-# from tests/upgrade/releases, creates $UPGRADE_DB with it and loads data through
-# its API; after the current build is installed, upgrade_check runs ALTER
-# EXTENSION ... UPDATE and compares rows and the catalog with a fresh install.
+# release was built for). For each release in tests/upgrade/releases,
+# upgrade_prepare builds and installs it, creates $UPGRADE_DB with it and loads
+# data through its API; after the current build is installed, upgrade_check runs
+# ALTER EXTENSION ... UPDATE and compares rows and the catalog with a fresh install.
 
 UPGRADE_DB=deal_store_upgrade
-UPGRADE_OUT=${UPGRADE_OUT:-/tmp/deal_store_upgrade}
+UPGRADE_ROOT=${UPGRADE_OUT:-/tmp/deal_store_upgrade}
+UPGRADE_OUT=$UPGRADE_ROOT
 
+# The releases, one "version commit" line each, oldest first.
+upgrade_releases() {
+    grep -v '^#' "$ROOT/tests/upgrade/releases" | awk 'NF == 2 {print $1 ":" $2}'
+}
+
+# upgrade_prepare VERSION:COMMIT (default: the newest release)
 upgrade_prepare() {
-    local line; line=$(grep -v '^#' "$ROOT/tests/upgrade/releases" | awk 'NF == 2' | tail -1)
-    RELEASE_VERSION=${line%% *}; local commit=${line##* }
+    local line=${1:-$(upgrade_releases | tail -1)}
+    RELEASE_VERSION=${line%%:*}; local commit=${line##*:}
+    UPGRADE_DB=deal_store_upgrade_${RELEASE_VERSION//./_}
+    UPGRADE_OUT=$UPGRADE_ROOT/$RELEASE_VERSION
     step "upgrade test: building release $RELEASE_VERSION from commit $commit"
     git -C "$ROOT" cat-file -e "$commit^{commit}" || { echo "commit $commit of release $RELEASE_VERSION is not in this clone" >&2; return 1; }
     rm -rf "$UPGRADE_OUT"; mkdir -p "$UPGRADE_OUT/src"
