@@ -13,12 +13,15 @@ SET check_function_bodies = off;
 \echo Use "ALTER EXTENSION deal_store UPDATE" to load this file. \quit
 
 -- 0.2.0: TRUNCATE of a deal table is refused (issue 14).
-CREATE FUNCTION deal_store.refuse_truncate() RETURNS trigger
+-- deal_store.refuse_truncate: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store.refuse_truncate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RAISE EXCEPTION 'TRUNCATE of %.% is not allowed: it would bypass soft delete and the audit log', TG_TABLE_SCHEMA, TG_TABLE_NAME
+    RAISE EXCEPTION 'TRUNCATE of % is not allowed: it would bypass soft delete and the audit log', deal_store._table_of(TG_RELID)::regclass
         USING ERRCODE = '42501', HINT = 'Use deal_store.soft_delete, then deal_store.purge for rows that must go.';
 END $$;
+COMMENT ON FUNCTION deal_store.refuse_truncate() IS
+    'Trigger (BEFORE TRUNCATE): refuses TRUNCATE of a deal table with 42501; TRUNCATE would bypass the soft-delete and audit row triggers.';
 
 DO $$
 DECLARE
@@ -3439,16 +3442,6 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store.delete_to_soft_delete() IS
     'Trigger: turns a DELETE of a live row into deal_store.soft_delete (with cascade) and skips the real delete. Only deal_store.purge deletes for real.';
-
--- deal_store.refuse_truncate: the current definition, from sql/soft_delete.sql
-CREATE OR REPLACE FUNCTION deal_store.refuse_truncate() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RAISE EXCEPTION 'TRUNCATE of % is not allowed: it would bypass soft delete and the audit log', deal_store._table_of(TG_RELID)::regclass
-        USING ERRCODE = '42501', HINT = 'Use deal_store.soft_delete, then deal_store.purge for rows that must go.';
-END $$;
-COMMENT ON FUNCTION deal_store.refuse_truncate() IS
-    'Trigger (BEFORE TRUNCATE): refuses TRUNCATE of a deal table with 42501; TRUNCATE would bypass the soft-delete and audit row triggers.';
 
 DROP FUNCTION deal_store._id_in_one_deal(regclass, uuid, text);
 -- deal_store._id_in_one_deal: the current definition, from sql/soft_delete.sql

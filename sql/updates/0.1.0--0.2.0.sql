@@ -11,12 +11,7 @@ SET check_function_bodies = off;
 \echo Use "ALTER EXTENSION deal_store UPDATE" to load this file. \quit
 
 -- 0.2.0: TRUNCATE of a deal table is refused (issue 14).
-CREATE FUNCTION deal_store.refuse_truncate() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RAISE EXCEPTION 'TRUNCATE of %.% is not allowed: it would bypass soft delete and the audit log', TG_TABLE_SCHEMA, TG_TABLE_NAME
-        USING ERRCODE = '42501', HINT = 'Use deal_store.soft_delete, then deal_store.purge for rows that must go.';
-END $$;
+-- @routine deal_store.refuse_truncate
 
 DO $$
 DECLARE
@@ -1623,8 +1618,6 @@ REVOKE ALL ON FUNCTION deal_store._table_of(oid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION deal_store._table_of(oid) TO deal_store_reader;
 
 -- @routine deal_store.delete_to_soft_delete
-
--- @routine deal_store.refuse_truncate
 
 DROP FUNCTION deal_store._id_in_one_deal(regclass, uuid, text);
 -- @routine deal_store._id_in_one_deal
