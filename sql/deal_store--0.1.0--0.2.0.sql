@@ -73,130 +73,10 @@ END $$;
 COMMENT ON FUNCTION deal_store.export_deal(uuid) IS
     'One deal as jsonb: its owner (without password_hash, roles and db_role), the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
 
-CREATE OR REPLACE FUNCTION deal_store.import_deal(doc jsonb) RETURNS uuid
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    deal uuid;
-    owner uuid;
-    taken text;
-    taken_in text;
-BEGIN
-    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
-       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
-        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
-            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
-    END IF;
-    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
-        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
-    END IF;
-    -- read through the typed format first: a malformed document fails here, naming
-    -- the JSON path of the first bad field, before anything is written
-    doc := deal_store._export_format(doc);
-    deal := (doc -> 'deal' ->> 'id')::uuid;
-    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
-        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
-            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
-    END IF;
-    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
-                                           'findings', 'gaps', 'fact_finding_links']) k,
-                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
-               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
-        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
-    END IF;
-    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
-    -- accept_change ...) must name one row: an id already used here is refused
-    SELECT k, e ->> 'id' INTO taken_in, taken
-    FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
-                      'findings', 'gaps', 'fact_finding_links']) k,
-         jsonb_array_elements(coalesce(doc -> k, '[]')) e
-    WHERE CASE k WHEN 'documents' THEN EXISTS (SELECT 1 FROM deal_store.documents x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'analysis_runs' THEN EXISTS (SELECT 1 FROM deal_store.analysis_runs x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'findings' THEN EXISTS (SELECT 1 FROM deal_store.findings x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'gaps' THEN EXISTS (SELECT 1 FROM deal_store.gaps x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'fact_finding_links' THEN EXISTS (SELECT 1 FROM deal_store.fact_finding_links x WHERE x.id = (e ->> 'id')::uuid)
-                 ELSE EXISTS (SELECT 1 FROM deal_store.facts x WHERE x.id = (e ->> 'id')::uuid) END
-    LIMIT 1;
-    IF taken IS NOT NULL THEN
-        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
-            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
-    END IF;
-    -- the owner: an existing user with the export's e-mail, else a new user with
-    -- no password and the default roles (never credentials or roles from the document)
-    SELECT u.id INTO owner FROM deal_store.users u WHERE lower(u.email) = lower(doc -> 'owner' ->> 'email');
-    IF owner IS NULL AND jsonb_typeof(doc -> 'owner') = 'object' THEN
-        INSERT INTO deal_store.users (id, email, display_name)
-        SELECT CASE WHEN EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = o.id) THEN gen_random_uuid() ELSE o.id END,
-               o.email, o.display_name
-        FROM jsonb_to_record(doc -> 'owner') AS o(id uuid, email text, display_name text)
-        RETURNING id INTO owner;
-    END IF;
-    PERFORM deal_store._insert_rows('deal_store.deals',
-        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')));
-    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
-    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
-    -- the caller leads what it imported (42501 and nothing imported unless it may write)
-    IF deal_store.current_actor() IS NOT NULL THEN
-        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
-        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
-        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
-    END IF;
-    PERFORM deal_store._require_right(deal, 'manage');
-    -- history rows are the export's own versions: written as the versioning writes them
-    PERFORM set_config('deal_store.caller_writes_versions', 'on', true);
-    PERFORM deal_store._insert_rows('deal_store.facts',
-        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
-    PERFORM set_config('deal_store.caller_writes_versions', 'off', true);
-    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
-    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
-    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
-    RETURN deal;
-END $$;
-
 -- 0.2.0: an id passed alone that names rows of more than one deal is an error (P0003),
 -- not a pick (issue 14).
-CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid, needs text) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    deals uuid[];
-BEGIN
-    EXECUTE format('SELECT array_agg(DISTINCT deal_id) FROM %s WHERE id = $1', tbl) INTO deals USING id;
-    IF cardinality(deals) > 1 THEN
-        RAISE EXCEPTION 'id % names rows of % deals in %', id, cardinality(deals), tbl USING ERRCODE = 'P0003',
-            HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
-    ELSIF cardinality(deals) = 1 THEN
-        PERFORM deal_store._require_right(deals[1], needs);
-    END IF;
-END $$;
 
-DROP FUNCTION deal_store._lock_row(regclass, uuid);
-CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text,
-    OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    current_only text := CASE WHEN entity = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END;
-    deal_col text := CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END;
-BEGIN
-    PERFORM deal_store._soft_deletable(entity);
-    IF id IS NULL THEN
-        RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF entity <> 'deal_store.deals'::regclass THEN
-        PERFORM deal_store._id_in_one_deal(entity, id, needs);
-    ELSE
-        PERFORM deal_store._require_right(id, needs);
-    END IF;
-    EXECUTE format('SELECT %I FROM %s WHERE id = $1%s', deal_col, entity, current_only)
-        INTO _lock_row.deal_id USING id;
-    IF _lock_row.deal_id IS NULL THEN
-        RAISE EXCEPTION '% has no row with id %', entity, id USING ERRCODE = 'P0002';
-    END IF;
-    IF entity <> 'deal_store.deals'::regclass THEN
-        PERFORM 1 FROM deal_store.deals d WHERE d.id = _lock_row.deal_id FOR SHARE;
-    END IF;
-    EXECUTE format('SELECT deleted_at, delete_batch FROM %s WHERE %I = $1 AND id = $2%s FOR UPDATE',
-                   entity, deal_col, current_only)
-        INTO _lock_row.deleted_at, _lock_row.delete_batch USING _lock_row.deal_id, id;
-END $$;
+DROP FUNCTION IF EXISTS deal_store._lock_row(regclass, uuid);
 
 -- deal_store._set_gap_resolution: the current definition, from sql/dashboard.sql
 CREATE OR REPLACE FUNCTION deal_store._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
@@ -292,38 +172,6 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store._decide(uuid, text, text, timestamptz) IS 'Internal: shared body of accept_change, reject_change and defer_change.';
 
-CREATE OR REPLACE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    r record;
-BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
-    SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
-    FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
-    WHERE x.id = run_id FOR NO KEY UPDATE OF x;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'analysis run % does not exist', run_id USING ERRCODE = 'P0002';
-    ELSIF r.status <> 'running' THEN
-        RAISE EXCEPTION 'analysis run % is already %', run_id, r.status USING ERRCODE = '55000';
-    ELSIF r.deal_deleted_at IS NOT NULL THEN
-        RAISE EXCEPTION 'the deal of analysis run % is deleted', run_id USING ERRCODE = '55000';
-    END IF;
-    UPDATE deal_store.analysis_runs x SET
-        status = new_status,
-        error = _finish_run.error,
-        completed_at = clock_timestamp(),
-        duration_seconds = round(extract(epoch FROM clock_timestamp() - x.started_at)::numeric, 3),
-        documents_processed = (SELECT count(DISTINCT f.source_document_id) FROM deal_store.facts f
-                               WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
-        facts_created = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
-                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NULL),
-        facts_updated = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
-                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NOT NULL),
-        findings_created = (SELECT count(*) FROM deal_store.findings f WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
-        gaps_created = (SELECT count(*) FROM deal_store.gaps g WHERE g.deal_id = r.deal_id AND g.analysis_run_id = run_id)
-    WHERE x.deal_id = r.deal_id AND x.id = run_id;
-END $$;
-
 -- 0.2.0: every function that takes a deal raises P0002 for a deal that does not exist,
 -- instead of an empty answer (issue 14).
 -- deal_store._require_deal: the current definition, from sql/dashboard.sql
@@ -337,31 +185,6 @@ BEGIN
     PERFORM deal_store._require_right(deal_id, needs);
 END $$;
 COMMENT ON FUNCTION deal_store._require_deal(uuid, text) IS 'Internal: raises 42501 unless the caller has the right needs (read, write, review, manage, administer) on the deal, P0002 (to a caller who sees every deal) unless the deal exists (live or deleted), 22004 for NULL.';
-
-CREATE OR REPLACE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL)
-RETURNS TABLE(status text, n bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    locked uuid[];
-BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'review');
-    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
-        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
-    END IF;
-    SELECT array_agg(p.id) INTO locked FROM (
-        SELECT p.id FROM deal_store.pending_changes p
-        WHERE p.deal_id = accept_changes.deal_id AND p.confidence_tier <= max_tier
-          AND (accept_changes.run_id IS NULL OR p.analysis_run_id = accept_changes.run_id)
-          AND (p.status = 'pending' OR (p.status = 'deferred' AND p.deferred_until <= now()))
-        ORDER BY p.created_at, p.id
-        FOR UPDATE SKIP LOCKED) p;
-    IF locked IS NOT NULL THEN
-        PERFORM deal_store._settle_batch(locked, 'batch accept');
-    END IF;
-    RETURN QUERY SELECT p.status, count(*) FROM deal_store.pending_changes p
-                 WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked)
-                 GROUP BY p.status ORDER BY p.status;
-END $$;
 
 -- deal_store.conflicts: the current definition, from sql/queue.sql
 CREATE OR REPLACE FUNCTION deal_store.conflicts(deal_id uuid)
@@ -614,49 +437,6 @@ EXCEPTION WHEN integrity_constraint_violation THEN
 END $$;
 COMMENT ON FUNCTION deal_store._apply_change(deal_store.pending_changes) IS
     'Internal: applies one change (new inserts with the run as analysis_run_id, update makes a new version, delete soft-deletes naming the run) unless its target moved (checksum differs from base_checksum, target deleted, or a live row took the legacy_id of a new). Returns accepted or conflict with the reason.';
-CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    prev_reason text := current_setting('deal_store.reason', true);
-    r record;
-    batch uuid := gen_random_uuid();
-    actor uuid := deal_store.current_actor();
-    total integer := 0;
-    n integer;
-    t record;
-BEGIN
-    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
-    IF r.deleted_at IS NOT NULL THEN
-        RAISE EXCEPTION '% row % is already deleted', entity, id
-            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
-    END IF;
-    -- the audit log records the reason of this delete
-    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
-    -- the row itself, then what it owns: a deal owns its documents, facts,
-    -- findings and gaps; a document owns the facts sourced from it.
-    FOR t IN
-        SELECT * FROM (VALUES
-            (entity, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id = $6' ELSE 'deal_id = $5 AND id = $6' END),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.documents'::regclass END, 'deal_id = $5'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.facts'::regclass END, 'deal_id = $5'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.findings'::regclass END, 'deal_id = $5'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.gaps'::regclass END, 'deal_id = $5'),
-            (CASE WHEN entity = 'deal_store.documents'::regclass THEN 'deal_store.facts'::regclass END,
-             'deal_id = $5 AND source_document_id = $6')
-        ) AS c(tbl, cond) WHERE c.tbl IS NOT NULL
-    LOOP
-        -- @plpgsql_check_options: security_warnings = false
-        -- (t.cond is one of the constant conditions listed above; t.tbl a regclass)
-        EXECUTE format('UPDATE %s SET deleted_at = $1, deleted_by = $2, delete_reason = $3, delete_batch = $4 '
-                       'WHERE %s AND deleted_at IS NULL%s', t.tbl, t.cond,
-                       CASE WHEN t.tbl = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END)
-            USING now(), actor, reason, batch, r.deal_id, id;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        total := total + n;
-    END LOOP;
-    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
-    RETURN total;
-END $$;
 
 -- deal_store.search_facts: the current definition, from sql/search.sql
 CREATE OR REPLACE FUNCTION deal_store.search_facts(deal_id uuid, query text, domain text DEFAULT NULL, category text DEFAULT NULL,
@@ -766,85 +546,7 @@ AS 'MODULE_PATHNAME', 'require_right_sql_wrapper';
 CREATE FUNCTION deal_store."access_changed"() RETURNS TRIGGER
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'access_changed_wrapper';
-DROP FUNCTION deal_store._claim(integer, integer);
-CREATE FUNCTION deal_store._claim(batch_size integer, max_tier integer, deals uuid[]) RETURNS uuid[]
-LANGUAGE sql VOLATILE SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
-BEGIN ATOMIC
-    SELECT pg_catalog.array_agg(p.id) FROM (
-        SELECT p.id FROM deal_store.pending_changes p
-        WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= _claim.max_tier
-          AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
-          AND (_claim.deals IS NULL OR p.deal_id = ANY (_claim.deals))
-        ORDER BY p.created_at, p.id
-        LIMIT _claim.batch_size
-        FOR UPDATE SKIP LOCKED) p;
-END;
-
-CREATE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    claimed uuid[];
-    n integer;
-BEGIN
-    IF batch_size IS NULL OR batch_size < 1 THEN
-        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
-    END IF;
-    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
-        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
-    END IF;
-    -- admins work the whole queue; a reviewer the deals it reviews
-    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
-        RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
-            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
-    END IF;
-    claimed := deal_store._claim(batch_size, max_tier,
-        CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
-    n := coalesce(cardinality(claimed), 0);
-    IF n > 0 THEN
-        PERFORM deal_store._settle_batch(claimed, 'process_queue');
-    END IF;
-    RETURN n;
-END $$;
-
-CREATE OR REPLACE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1)
-LANGUAGE plpgsql AS $$
-DECLARE
-    n integer;
-BEGIN
-    LOOP
-        n := deal_store.process_queue_batch(batch_size, max_tier);
-        COMMIT;
-        EXIT WHEN n < batch_size;
-    END LOOP;
-END $$;
-
-CREATE OR REPLACE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false)
-RETURNS uuid
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    d record;
-    run_id uuid;
-BEGIN
-    PERFORM deal_store._require_deal(start_run.deal_id, 'write');
-    IF domains IS NOT NULL AND (array_position(domains, NULL) IS NOT NULL
-                                OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN
-        RAISE EXCEPTION 'domains must not contain NULL or empty names' USING ERRCODE = '22023';
-    END IF;
-    -- The deal's row lock serialises run starts per deal, so two sessions
-    -- never compute the same run_number. NO KEY UPDATE leaves FK checks free.
-    SELECT x.id, x.deleted_at INTO d FROM deal_store.deals x WHERE x.id = start_run.deal_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'deal % does not exist', start_run.deal_id USING ERRCODE = 'P0002';
-    ELSIF d.deleted_at IS NOT NULL THEN
-        RAISE EXCEPTION 'deal % is deleted', start_run.deal_id USING ERRCODE = '55000';
-    END IF;
-    INSERT INTO deal_store.analysis_runs (deal_id, run_number, is_incremental, domains_analyzed, triggered_by)
-    SELECT start_run.deal_id, coalesce(max(r.run_number), 0) + 1, coalesce(incremental, false), domains,
-           deal_store.current_actor()
-    FROM deal_store.analysis_runs r WHERE r.deal_id = start_run.deal_id
-    RETURNING id INTO run_id;
-    RETURN run_id;
-END $$;
+DROP FUNCTION IF EXISTS deal_store._claim(integer, integer);
 
 -- deal_store.deal_summary: the current definition, from sql/dashboard.sql
 CREATE OR REPLACE FUNCTION deal_store.deal_summary(deal_id uuid) RETURNS jsonb
@@ -890,17 +592,6 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store.deal_summary(uuid) IS
     'Dashboard of one live deal as jsonb: current facts by domain, findings by type and severity with count and summed cost range, open gaps by importance, pending changes (pending or deferred) by tier, and the latest completed run with its counts. P0002 when the deal does not exist or is deleted.';
-
-CREATE OR REPLACE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
-RETURNS SETOF deal_store.deals
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT d.* FROM deal_store.deals d
-    WHERE d.user_id = deals_for_user.user_id AND d.deleted_at IS NULL
-      AND (deal_store.sees_all_deals() OR d.id = ANY (deal_store.my_deals('viewer')))
-      AND (d.status <> 'archived' OR coalesce(deals_for_user.include_archived, false))
-    ORDER BY d.updated_at DESC, d.id;
-END;
 
 -- deal_store._set_deal_status: the current definition, from sql/dashboard.sql
 CREATE OR REPLACE FUNCTION deal_store._set_deal_status(deal_id uuid, from_status text, to_status text) RETURNS void
@@ -988,16 +679,6 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store.disable_audit(regclass) IS
     'Removes the deal_store audit triggers from a table (idempotent). Runs as the caller: only the table''s owner may, so the audit of deal_store''s own tables stays on.';
-
-CREATE OR REPLACE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid)
-RETURNS SETOF deal_store.deal_activity_log
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT l.* FROM deal_store.deal_activity_log l
-    WHERE l.entity_type = entity_history.entity_type AND l.entity_id = entity_history.entity_id
-      AND (deal_store.sees_all_deals() OR l.deal_id = ANY (deal_store.my_deals('viewer')))
-    ORDER BY l.seq;
-END;
 
 -- deal_store.restore: the current definition, from sql/soft_delete.sql
 CREATE OR REPLACE FUNCTION deal_store.restore(entity regclass, id uuid) RETURNS integer
@@ -1300,79 +981,6 @@ GRANT SELECT ON deal_store.users TO deal_store_admin;
 -- helpers (_*), the Rust internals and trigger functions are executable by no
 -- one but the owner (a trigger fires without EXECUTE).
 
-DO $$
-DECLARE
-    f record;
-BEGIN
-    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee, x.definer FROM (VALUES
-        -- reader: pure functions (invoker: they touch no data, and SQL ones stay inlinable) and reads
-        ('deal_store.current_actor()', 'deal_store_reader', false),
-        ('deal_store.sees_all_deals()', 'deal_store_reader', false),
-        ('deal_store.my_deals(text)', 'deal_store_reader', false),
-        ('deal_store.fact_search_vector(regconfig, text, text, text, text, jsonb)', 'deal_store_reader', false),
-        ('deal_store.fact_checksum(jsonb)', 'deal_store_reader', false),
-        ('deal_store.fact_canonical(jsonb)', 'deal_store_reader', false),
-        ('deal_store.content_checksum_of(text, jsonb)', 'deal_store_reader', false),
-        ('deal_store.confidence_tier(uuid, text, text, double precision)', 'deal_store_reader', false),
-        -- the pure Rust bodies of fact_checksum and fact_canonical (no data access): executable
-        -- by readers so that those SQL wrappers stay inlinable into the caller's query
-        ('deal_store._content_checksum(text, anyelement)', 'deal_store_reader', false),
-        ('deal_store._content_canonical(text, anyelement)', 'deal_store_reader', false),
-        ('deal_store.search_config()', 'deal_store_reader', false),
-        ('deal_store.headline_options()', 'deal_store_reader', false),
-        ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', false),
-        ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', 'deal_store_reader', true),
-        ('deal_store.search_deal(uuid, text, integer)', 'deal_store_reader', true),
-        ('deal_store.deal_summary(uuid)', 'deal_store_reader', true),
-        ('deal_store.deals_for_user(uuid, boolean)', 'deal_store_reader', true),
-        ('deal_store.latest_completed_run(uuid)', 'deal_store_reader', true),
-        ('deal_store.diff_facts(uuid, jsonb, text[])', 'deal_store_reader', true),
-        ('deal_store.diff_summary(uuid, jsonb, text[])', 'deal_store_reader', true),
-        ('deal_store.fact_history(uuid)', 'deal_store_reader', true),
-        ('deal_store.fact_as_of(uuid, timestamptz)', 'deal_store_reader', true),
-        ('deal_store.export_deal(uuid)', 'deal_store_reader', true),
-        ('deal_store.conflicts(uuid)', 'deal_store_reader', true),
-        ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
-        ('deal_store.entity_history(text, uuid)', 'deal_store_reader', true),
-        -- analyst: runs, proposals, gaps, soft delete
-        ('deal_store.start_run(uuid, text[], boolean)', 'deal_store_analyst', true),
-        ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),
-        ('deal_store.fail_run(uuid, text)', 'deal_store_analyst', true),
-        ('deal_store.propose_facts(uuid, jsonb, text[])', 'deal_store_analyst', true),
-        ('deal_store.propose_findings(uuid, jsonb, text[])', 'deal_store_analyst', true),
-        ('deal_store.propose_gaps(uuid, jsonb, text[])', 'deal_store_analyst', true),
-        ('deal_store.resolve_gap(uuid, text)', 'deal_store_analyst', true),
-        ('deal_store.reopen_gap(uuid)', 'deal_store_analyst', true),
-        ('deal_store.soft_delete(regclass, uuid, text)', 'deal_store_analyst', true),
-        ('deal_store.restore(regclass, uuid)', 'deal_store_analyst', true),
-        ('deal_store.import_deal(jsonb)', 'deal_store_analyst', true),
-        ('deal_store.archive_deal(uuid)', 'deal_store_analyst', true),
-        ('deal_store.unarchive_deal(uuid)', 'deal_store_analyst', true),
-        ('deal_store.add_member(uuid, uuid, text)', 'deal_store_analyst', true),
-        ('deal_store.remove_member(uuid, uuid)', 'deal_store_analyst', true),
-        -- reviewer: the merge queue
-        ('deal_store.accept_change(uuid, text)', 'deal_store_reviewer', true),
-        ('deal_store.reject_change(uuid, text)', 'deal_store_reviewer', true),
-        ('deal_store.defer_change(uuid, timestamptz, text)', 'deal_store_reviewer', true),
-        ('deal_store.accept_changes(uuid, integer, uuid)', 'deal_store_reviewer', true),
-        ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
-        ('deal_store.process_queue(integer, integer)', 'deal_store_reviewer', false),
-        -- admin
-        ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
-        ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
-        -- run as the caller: only a table's owner may put the triggers on it or take them off,
-        -- so no admin can switch off the audit of deal_store's own tables
-        ('deal_store.enable_audit(regclass)', 'deal_store_admin', false),
-        ('deal_store.disable_audit(regclass)', 'deal_store_admin', false),
-        ('deal_store.audit_row()', 'deal_store_admin', false),
-        ('deal_store.audit_flush()', 'deal_store_admin', false)) AS x(fn, grantee, definer)
-    LOOP
-        IF f.definer THEN
-            EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
-        END IF;
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
-    END LOOP;
-END $$;
 
 COMMENT ON FUNCTION deal_store.sees_all_deals() IS
     'True when the caller sees and changes every deal: a superuser or a member of deal_store_admin. Used by the row-level security policies.';
@@ -1396,16 +1004,6 @@ CREATE OR REPLACE VIEW deal_store.active_deals AS
     SELECT * FROM deal_store.deals WHERE deleted_at IS NULL;
 COMMENT ON VIEW deal_store.active_deals IS 'Deals that are not soft-deleted. DELETE through it soft-deletes.';
 ALTER VIEW deal_store.active_deals SET (security_invoker = true);
-CREATE OR REPLACE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
-RETURNS SETOF deal_store.deals
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT d.* FROM deal_store.deals d
-    WHERE d.user_id = deals_for_user.user_id AND d.deleted_at IS NULL
-      AND (deal_store.sees_all_deals() OR d.id = ANY (deal_store.my_deals('viewer')))
-      AND (d.status <> 'archived' OR coalesce(deals_for_user.include_archived, false))
-    ORDER BY d.updated_at DESC, d.id;
-END;
 
 ALTER TABLE deal_store.facts ALTER CONSTRAINT facts_previous_version_id_fkey DEFERRABLE INITIALLY DEFERRED;
 
@@ -1472,7 +1070,7 @@ WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind IN ('
   AND deal_store.entity_type_of(c.oid) <> l.entity_type;
 ALTER TABLE deal_store.deal_activity_log ENABLE TRIGGER append_only;
 -- the diff says update / delete as the queue does: diff_summary's columns follow
-DROP FUNCTION deal_store.diff_summary(uuid, jsonb, text[]);
+DROP FUNCTION IF EXISTS deal_store.diff_summary(uuid, jsonb, text[]);
 -- deal_store.diff_summary: the current definition, from sql/facts.sql
 CREATE OR REPLACE FUNCTION deal_store.diff_summary(deal_id uuid, incoming jsonb, domains text[] DEFAULT NULL)
 RETURNS TABLE(new bigint, "update" bigint, unchanged bigint, "delete" bigint)
@@ -1532,243 +1130,12 @@ END $$;
 COMMENT ON FUNCTION deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid) IS
     'Internal: soft-deletes live rows of tbl, set-based (deleted_at, deleted_by = deal_store.actor, the reason, batch, or when batch is NULL a batch of its own per named row): the rows (deal_ids[i], ids[i]) themselves (scope row), the rows of the deals ids (owned_by_deal) or the facts sourced from the documents (owned_by_document). Returns the rows marked. soft_delete and the merge queue both write soft deletes through it.';
 
-CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    prev_reason text := current_setting('deal_store.reason', true);
-    r record;
-    batch uuid := gen_random_uuid();
-    total integer := 0;
-    n integer;
-    t record;
-BEGIN
-    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
-    IF r.deleted_at IS NOT NULL THEN
-        RAISE EXCEPTION '% row % is already deleted', entity, id
-            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
-    END IF;
-    -- the audit log records the reason of this delete
-    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
-    -- the row itself, then what it owns: a deal owns its documents, facts,
-    -- findings and gaps; a document owns the facts sourced from it.
-    FOR t IN
-        SELECT * FROM (VALUES
-            (entity, 'row'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.documents'::regclass END, 'owned_by_deal'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.facts'::regclass END, 'owned_by_deal'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.findings'::regclass END, 'owned_by_deal'),
-            (CASE WHEN entity = 'deal_store.deals'::regclass THEN 'deal_store.gaps'::regclass END, 'owned_by_deal'),
-            (CASE WHEN entity = 'deal_store.documents'::regclass THEN 'deal_store.facts'::regclass END, 'owned_by_document')
-        ) AS c(tbl, scope) WHERE c.tbl IS NOT NULL
-    LOOP
-        SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
-        total := total + n;
-    END LOOP;
-    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
-    RETURN total;
-END $$;
-
-CREATE OR REPLACE FUNCTION deal_store.import_deal(doc jsonb) RETURNS uuid
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    deal uuid;
-    owner uuid;
-    taken text;
-    taken_in text;
-BEGIN
-    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
-       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
-        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
-            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
-    END IF;
-    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
-        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
-    END IF;
-    -- read through the typed format first: a malformed document fails here, naming
-    -- the JSON path of the first bad field, before anything is written
-    doc := deal_store._export_format(doc);
-    deal := (doc -> 'deal' ->> 'id')::uuid;
-    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
-        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
-            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
-    END IF;
-    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
-                                           'findings', 'gaps', 'fact_finding_links']) k,
-                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
-               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
-        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
-    END IF;
-    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
-    -- accept_change ...) must name one row: an id already used here is refused
-    SELECT k, e ->> 'id' INTO taken_in, taken
-    FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
-                      'findings', 'gaps', 'fact_finding_links']) k,
-         jsonb_array_elements(coalesce(doc -> k, '[]')) e
-    WHERE CASE k WHEN 'documents' THEN EXISTS (SELECT 1 FROM deal_store.documents x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'analysis_runs' THEN EXISTS (SELECT 1 FROM deal_store.analysis_runs x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'findings' THEN EXISTS (SELECT 1 FROM deal_store.findings x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'gaps' THEN EXISTS (SELECT 1 FROM deal_store.gaps x WHERE x.id = (e ->> 'id')::uuid)
-                 WHEN 'fact_finding_links' THEN EXISTS (SELECT 1 FROM deal_store.fact_finding_links x WHERE x.id = (e ->> 'id')::uuid)
-                 ELSE EXISTS (SELECT 1 FROM deal_store.facts x WHERE x.id = (e ->> 'id')::uuid) END
-    LIMIT 1;
-    IF taken IS NOT NULL THEN
-        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
-            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
-    END IF;
-    -- the owner: an existing user with the export's e-mail, else a new user with
-    -- no password and the default roles (never credentials or roles from the document)
-    SELECT u.id INTO owner FROM deal_store.users u WHERE lower(u.email) = lower(doc -> 'owner' ->> 'email');
-    IF owner IS NULL AND jsonb_typeof(doc -> 'owner') = 'object' THEN
-        INSERT INTO deal_store.users (id, email, display_name)
-        SELECT CASE WHEN EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = o.id) THEN gen_random_uuid() ELSE o.id END,
-               o.email, o.display_name
-        FROM jsonb_to_record(doc -> 'owner') AS o(id uuid, email text, display_name text)
-        RETURNING id INTO owner;
-    END IF;
-    PERFORM deal_store._insert_rows('deal_store.deals',
-        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')
-            || jsonb_build_object('ignore_unknown_keys', coalesce((doc -> 'deal' ->> 'ignore_unknown_keys')::boolean, false))));
-    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
-    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
-    -- the caller leads what it imported (42501 and nothing imported unless it may write)
-    IF deal_store.current_actor() IS NOT NULL THEN
-        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
-        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
-        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
-    END IF;
-    PERFORM deal_store._require_right(deal, 'manage');
-    -- history rows are the export's own versions: restored by the versioning's own writer
-    PERFORM deal_store._import_facts(
-        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
-    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
-    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
-    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
-    RETURN deal;
-END $$;
-
 -- a fact's content is its content fields, named in one place
 
 -- the apply path
-DROP FUNCTION deal_store._settle_batch(uuid[], text);
-DROP FUNCTION deal_store._settle(deal_store.pending_changes, text);
-DROP FUNCTION deal_store._apply_change(deal_store.pending_changes);
-CREATE FUNCTION deal_store._apply_set(deal_ids uuid[], ids uuid[], note text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    todo deal_store.pending_changes[];
-    actor uuid := deal_store.current_actor();
-    applied uuid[] := ARRAY[]::uuid[];
-    moved uuid[] := ARRAY[]::uuid[];
-    done uuid[];
-    kind text;
-    tbl regclass;
-    live text;
-    same text;
-    content text[];
-    extra text[];
-    set_cols text;
-    set_vals text;
-    ins_vals text;
-BEGIN
-    -- the open changes among (deal_ids[i], ids[i]) (the caller holds their locks), oldest first
-    SELECT pg_catalog.array_agg(p ORDER BY p.created_at, p.id) INTO todo
-    FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) c(deal_id, id)
-    JOIN deal_store.pending_changes p ON p.deal_id = c.deal_id AND p.id = c.id
-    WHERE p.status IN ('pending', 'deferred');
-    IF todo IS NULL THEN
-        RETURN;
-    END IF;
-    -- changes that cannot apply whatever their target (a deleted deal, a failed run)
-    -- are decided now and leave the set
-    WITH refused AS (
-        SELECT c.deal_id, c.id, CASE WHEN d.deleted_at IS NOT NULL THEN 'the deal is deleted'
-                                     WHEN r.status = 'failed' THEN pg_catalog.format('analysis run %s failed', r.run_number) END AS why
-        FROM pg_catalog.unnest(todo) c
-        JOIN deal_store.deals d ON d.id = c.deal_id
-        LEFT JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id),
-    decided AS (
-        UPDATE deal_store.pending_changes p
-        SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = pg_catalog.concat_ws(' / ', note, x.why)
-        FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = x.deal_id AND p.id = x.id
-        RETURNING p.deal_id, p.id)
-    SELECT pg_catalog.array_agg(c ORDER BY c.created_at, c.id) INTO todo
-    FROM pg_catalog.unnest(todo) c
-    WHERE NOT EXISTS (SELECT 1 FROM decided x WHERE x.deal_id = c.deal_id AND x.id = c.id);
-    FOR kind IN SELECT DISTINCT c.entity_type FROM pg_catalog.unnest(todo) c ORDER BY 1 LOOP
-        tbl := (deal_store._kind_table(kind))::regclass;
-        live := 't.deleted_at IS NULL' || CASE WHEN kind = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END;
-        -- the target as proposed: same row, live, content checksum still the base
-        same := 't.deal_id = c.deal_id AND t.id = c.entity_id AND ' || live || ' AND '
-            || CASE WHEN kind = 'fact' THEN 't.item_checksum' ELSE 'deal_store.content_checksum_of(c.entity_type, pg_catalog.to_jsonb(t))' END
-            || ' = c.base_checksum';
-        content := deal_store.content_fields(kind);
-        extra := deal_store._extra_fields(kind);
-        -- an update sets every content field (a missing one is NULL, as it was hashed), an extra one only when given;
-        -- a new row takes the column default for whatever the proposal does not carry
-        SELECT pg_catalog.string_agg(pg_catalog.quote_ident(f), ', '),
-               pg_catalog.string_agg(CASE WHEN f = ANY (content) THEN 'r.' || pg_catalog.quote_ident(f)
-                                          ELSE pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE t.%I END', f, f, f) END, ', '),
-               pg_catalog.string_agg(pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE %s END', f, f,
-                   coalesce((SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attribute a
-                             JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-                             WHERE a.attrelid = tbl AND a.attname = f), 'NULL')), ', ')
-        INTO set_cols, set_vals, ins_vals
-        FROM pg_catalog.unnest(content || extra) f;
-        -- @plpgsql_check_options: security_warnings = false
-        -- (the statements below are built from a regclass, catalog column names and defaults, and constant text)
-        EXECUTE pg_catalog.format(
-            'WITH u AS (UPDATE %1$s t SET (%2$s, analysis_run_id) = (SELECT %3$s, c.analysis_run_id '
-            '                FROM pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r) '
-            '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''update'' AND %4$s '
-            '           RETURNING c.id) '
-            'SELECT pg_catalog.array_agg(u.id) FROM u', tbl, set_cols, set_vals, same)
-            INTO done USING todo, kind;
-        applied := applied || coalesce(done, ARRAY[]::uuid[]);
-        -- a removal is a soft delete, by the code soft_delete() uses: each its own batch, the run named
-        EXECUTE pg_catalog.format(
-            'WITH x AS (SELECT c.id AS change_id, c.deal_id, c.entity_id, '
-            '                  pg_catalog.format(''removed by analysis run %%s'', run.run_number) AS reason '
-            '           FROM pg_catalog.unnest($1) c JOIN deal_store.analysis_runs run ON run.deal_id = c.deal_id AND run.id = c.analysis_run_id '
-            '           JOIN %1$s t ON %2$s '
-            '           WHERE c.entity_type = $2 AND c.change_type = ''delete'' FOR UPDATE OF t) '
-            'SELECT pg_catalog.array_agg(x.change_id) '
-            'FROM (SELECT pg_catalog.array_agg(x.deal_id) AS deals, pg_catalog.array_agg(x.entity_id) AS ids, '
-            '             pg_catalog.array_agg(x.reason) AS reasons FROM x) a, '
-            '     LATERAL deal_store._mark_deleted(%3$L::pg_catalog.regclass, ''row'', a.deals, a.ids, a.reasons, NULL) m '
-            '     JOIN x ON m.deal_id = x.deal_id AND m.id = x.entity_id',
-            tbl, same, tbl::text)
-            INTO done USING todo, kind;
-        applied := applied || coalesce(done, ARRAY[]::uuid[]);
-        EXECUTE pg_catalog.format(
-            'WITH x AS (SELECT c.id AS change_id, pg_catalog.gen_random_uuid() AS new_id, c.* '
-            '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''new''), '
-            'i AS (INSERT INTO %1$s (id, deal_id, legacy_id, analysis_run_id, %2$s) '
-            '      SELECT c.new_id, c.deal_id, c.legacy_entity_id, c.analysis_run_id, %3$s '
-            '      FROM x c, pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r '
-            '      ON CONFLICT (deal_id, legacy_id) WHERE %4$s DO NOTHING RETURNING id) '
-            'SELECT pg_catalog.array_agg(x.change_id) FROM x JOIN i ON i.id = x.new_id',
-            tbl, set_cols, ins_vals, replace(live, 't.', ''))
-            INTO done USING todo, kind;
-        applied := applied || coalesce(done, ARRAY[]::uuid[]);
-        -- of the updates and deletes not applied, those whose target is still there: it moved
-        EXECUTE pg_catalog.format(
-            'SELECT pg_catalog.array_agg(c.id) FROM pg_catalog.unnest($1) c JOIN %s t ON t.deal_id = c.deal_id AND t.id = c.entity_id AND %s '
-            'WHERE c.entity_type = $2 AND c.change_type <> ''new'' AND c.id <> ALL ($3)', tbl, live)
-            INTO done USING todo, kind, applied;
-        moved := moved || coalesce(done, ARRAY[]::uuid[]);
-    END LOOP;
-    -- the decisions, each reason worded here once
-    UPDATE deal_store.pending_changes p
-    SET status = CASE WHEN x.ok THEN 'accepted' ELSE 'conflict' END,
-        decided_by = actor, decided_at = pg_catalog.now(),
-        review_note = pg_catalog.concat_ws(' / ', note, CASE
-            WHEN x.ok THEN NULL
-            WHEN x.change_type = 'new' THEN 'a live row with this legacy_id exists'
-            WHEN x.id = ANY (moved) THEN 'the target changed since the proposal'
-            ELSE 'the target is gone or deleted' END)
-    FROM (SELECT c.*, c.id = ANY (applied) AS ok FROM pg_catalog.unnest(todo) c) x
-    WHERE p.deal_id = x.deal_id AND p.id = x.id;
-END $$;
+DROP FUNCTION IF EXISTS deal_store._settle_batch(uuid[], text);
+DROP FUNCTION IF EXISTS deal_store._settle(deal_store.pending_changes, text);
+DROP FUNCTION IF EXISTS deal_store._apply_change(deal_store.pending_changes);
 
 -- deal_store._apply: the current definition, from sql/queue.sql
 CREATE OR REPLACE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
@@ -1818,7 +1185,7 @@ END $$;
 COMMENT ON FUNCTION deal_store._apply(uuid[], uuid[], text) IS
     'Internal: the one apply path. Applies the open changes (deal_ids[i], ids[i]) the caller has locked with _apply_set, deal by deal; when a deal''s set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
 
-DROP FUNCTION deal_store._claim(integer, integer, uuid[]);
+DROP FUNCTION IF EXISTS deal_store._claim(integer, integer, uuid[]);
 -- deal_store._claim: the current definition, from sql/queue.sql
 CREATE OR REPLACE FUNCTION deal_store._claim(batch_size integer, max_tier integer, deals uuid[], OUT deal_ids uuid[], OUT ids uuid[])
 LANGUAGE sql VOLATILE SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
@@ -1835,62 +1202,11 @@ END;
 COMMENT ON FUNCTION deal_store._claim(integer, integer, uuid[]) IS
     'Internal: locks (FOR UPDATE SKIP LOCKED) and returns (as deal_ids[i], ids[i]) up to batch_size eligible open changes of the given deals (all when NULL), oldest first, for process_queue.';
 
-CREATE OR REPLACE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL)
-RETURNS TABLE(status text, n bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    locked uuid[];
-BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'review');
-    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
-        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
-    END IF;
-    SELECT array_agg(p.id) INTO locked FROM (
-        SELECT p.id FROM deal_store.pending_changes p
-        WHERE p.deal_id = accept_changes.deal_id AND p.confidence_tier <= max_tier
-          AND (accept_changes.run_id IS NULL OR p.analysis_run_id = accept_changes.run_id)
-          AND (p.status = 'pending' OR (p.status = 'deferred' AND p.deferred_until <= now()))
-        ORDER BY p.created_at, p.id
-        FOR UPDATE SKIP LOCKED) p;
-    IF locked IS NOT NULL THEN
-        PERFORM deal_store._apply(pg_catalog.array_fill(deal_id, ARRAY[pg_catalog.cardinality(locked)]), locked, 'batch accept');
-    END IF;
-    RETURN QUERY SELECT p.status, count(*) FROM deal_store.pending_changes p
-                 WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked)
-                 GROUP BY p.status ORDER BY p.status;
-END $$;
-
-CREATE OR REPLACE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    claimed record;
-    n integer;
-BEGIN
-    IF batch_size IS NULL OR batch_size < 1 THEN
-        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
-    END IF;
-    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
-        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
-    END IF;
-    -- admins work the whole queue; a reviewer the deals it reviews
-    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
-        RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
-            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
-    END IF;
-    SELECT * INTO claimed FROM deal_store._claim(batch_size, max_tier,
-        CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
-    n := coalesce(cardinality(claimed.ids), 0);
-    IF n > 0 THEN
-        PERFORM deal_store._apply(claimed.deal_ids, claimed.ids, 'process_queue');
-    END IF;
-    RETURN n;
-END $$;
-
 -- proposals return what became of each change: a new result column
-DROP FUNCTION deal_store.propose_facts(uuid, jsonb, text[]);
-DROP FUNCTION deal_store.propose_findings(uuid, jsonb, text[]);
-DROP FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]);
-DROP FUNCTION deal_store._propose(text, uuid, anyelement, text[]);
+DROP FUNCTION IF EXISTS deal_store.propose_facts(uuid, jsonb, text[]);
+DROP FUNCTION IF EXISTS deal_store.propose_findings(uuid, jsonb, text[]);
+DROP FUNCTION IF EXISTS deal_store.propose_gaps(uuid, jsonb, text[]);
+DROP FUNCTION IF EXISTS deal_store._propose(text, uuid, anyelement, text[]);
 CREATE FUNCTION deal_store."_propose"("entity_type" TEXT, "run_id" uuid, "incoming" anyelement, "domains" TEXT[])
 RETURNS TABLE ("change_type" TEXT, "confidence_tier" INT, "proposed" bigint, "status" TEXT)
 VOLATILE
@@ -1898,47 +1214,8 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'propose_internal_wrapper';
 COMMENT ON FUNCTION deal_store._propose(text, uuid, anyelement, text[]) IS
     'Internal: the Rust body of propose_facts, propose_findings and propose_gaps.';
-CREATE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[] DEFAULT NULL)
-RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
-BEGIN ATOMIC SELECT * FROM deal_store._propose('fact', run_id, facts, domains); END;
-
-CREATE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL)
-RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
-BEGIN ATOMIC SELECT * FROM deal_store._propose('finding', run_id, findings, domains); END;
-
-CREATE FUNCTION deal_store.propose_gaps(run_id uuid, gaps jsonb, domains text[] DEFAULT NULL)
-RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
-BEGIN ATOMIC SELECT * FROM deal_store._propose('gap', run_id, gaps, domains); END;
 
 -- grants as access.sql gives them: the API runs as the owner, internals are the owner's
-DO $$
-DECLARE
-    f pg_catalog.regprocedure;
-BEGIN
-    FOREACH f IN ARRAY ARRAY['deal_store.propose_facts(uuid, jsonb, text[])', 'deal_store.propose_findings(uuid, jsonb, text[])',
-                             'deal_store.propose_gaps(uuid, jsonb, text[])']::pg_catalog.regprocedure[] LOOP
-        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
-        EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO deal_store_analyst', f);
-    END LOOP;
-    ALTER ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-    -- re-created above: the API runs as the owner again
-    FOREACH f IN ARRAY ARRAY['deal_store.accept_changes(uuid, integer, uuid)', 'deal_store.import_deal(jsonb)',
-                             'deal_store.process_queue_batch(integer, integer)', 'deal_store.soft_delete(regclass, uuid, text)',
-                             'deal_store.deals_for_user(uuid, boolean)', 'deal_store.fact_history(uuid)']::pg_catalog.regprocedure[] LOOP
-        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
-    END LOOP;
-    REVOKE ALL ON ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) FROM PUBLIC;
-    GRANT EXECUTE ON ROUTINE deal_store.diff_summary(uuid, jsonb, text[]) TO deal_store_reader;
-    REVOKE ALL ON ROUTINE deal_store.entity_type_of(oid) FROM PUBLIC;
-    GRANT EXECUTE ON ROUTINE deal_store.entity_type_of(oid) TO deal_store_reader;
-    FOREACH f IN ARRAY ARRAY['deal_store.fact_version_rows()', 'deal_store._import_facts(anyelement)', 'deal_store._extra_fields(text)',
-                             'deal_store._kind_table(text)', 'deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid)',
-                             'deal_store._apply_set(uuid[], uuid[], text)', 'deal_store._claim(integer, integer, uuid[])',
-                             'deal_store._apply(uuid[], uuid[], text)', 'deal_store._propose(text, uuid, anyelement, text[])']::pg_catalog.regprocedure[] LOOP
-        EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
-    END LOOP;
-END $$;
 
 -- 0.2.0: the users' side (issue 17):
 -- soft delete the way clients write it (DELETE through the views reports its
@@ -1961,33 +1238,6 @@ BEGIN ATOMIC
 END;
 COMMENT ON FUNCTION deal_store._owned(regclass) IS
     'Internal: the tables whose rows a soft delete of a row of entity takes with it, and how they belong to it (a deal owns its documents, facts, findings and gaps; a document the facts sourced from it).';
-
-CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    prev_reason text := current_setting('deal_store.reason', true);
-    r record;
-    batch uuid := gen_random_uuid();
-    total integer := 0;
-    n integer;
-    t record;
-BEGIN
-    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
-    IF r.deleted_at IS NOT NULL THEN
-        RAISE EXCEPTION '% row % is already deleted', entity, id
-            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
-    END IF;
-    -- the audit log records the reason of this delete
-    PERFORM set_config('deal_store.reason', coalesce(reason, prev_reason, ''), true);
-    -- the row itself, then what it owns: a deal owns its documents, facts,
-    -- findings and gaps; a document owns the facts sourced from it.
-    FOR t IN SELECT entity AS tbl, 'row' AS scope UNION ALL SELECT * FROM deal_store._owned(entity) LOOP
-        SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
-        total := total + n;
-    END LOOP;
-    PERFORM set_config('deal_store.reason', coalesce(prev_reason, ''), true);
-    RETURN total;
-END $$;
 
 -- deal_store.soft_delete_by_update: the current definition, from sql/soft_delete.sql
 CREATE OR REPLACE FUNCTION deal_store.soft_delete_by_update() RETURNS trigger
@@ -2053,9 +1303,9 @@ BEGIN
 END $$;
 
 -- complete_run and fail_run return the finished run
-DROP FUNCTION deal_store.complete_run(uuid);
-DROP FUNCTION deal_store.fail_run(uuid, text);
-DROP FUNCTION deal_store._finish_run(uuid, text, text);
+DROP FUNCTION IF EXISTS deal_store.complete_run(uuid);
+DROP FUNCTION IF EXISTS deal_store.fail_run(uuid, text);
+DROP FUNCTION IF EXISTS deal_store._finish_run(uuid, text, text);
 -- deal_store._finish_run: the current definition, from sql/runs.sql
 CREATE OR REPLACE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS deal_store.analysis_runs
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -2115,8 +1365,8 @@ COMMENT ON FUNCTION deal_store.fail_run(uuid, text) IS
     'Marks a running run failed with an error message and returns the run; what it wrote stays stored but hidden from the current_* views. Errors: P0002, 55000.';
 
 -- process_queue_batch and process_queue report what they did
-DROP PROCEDURE deal_store.process_queue(integer, integer);
-DROP FUNCTION deal_store.process_queue_batch(integer, integer);
+DROP PROCEDURE IF EXISTS deal_store.process_queue(integer, integer);
+DROP FUNCTION IF EXISTS deal_store.process_queue_batch(integer, integer);
 -- deal_store.process_queue_batch: the current definition, from sql/queue.sql
 CREATE OR REPLACE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
     OUT claimed integer, OUT applied integer, OUT conflicts integer)
@@ -2240,7 +1490,7 @@ COMMENT ON VIEW deal_store.activity IS
     'The audit log for people: every entry the caller may see with the deal''s name and the actor''s e-mail and display name (NULL when the actor is unknown or no longer exists). Key: id (seq orders).';
 
 -- entity_history finds rows by a composite key too
-DROP FUNCTION deal_store.entity_history(text, uuid);
+DROP FUNCTION IF EXISTS deal_store.entity_history(text, uuid);
 -- deal_store.entity_history: the current definition, from sql/audit.sql
 CREATE OR REPLACE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid DEFAULT NULL, entity_key jsonb DEFAULT NULL)
 RETURNS SETOF deal_store.deal_activity_log
@@ -2317,29 +1567,6 @@ ALTER VIEW deal_store.facts_by_domain SET (security_invoker = true);
 ALTER VIEW deal_store.activity SET (security_invoker = true);
 GRANT SELECT ON deal_store.deal_overview, deal_store.facts_by_domain, deal_store.activity TO deal_store_reader;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
-DO $$
-DECLARE
-    f record;
-BEGIN
-    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee, x.definer FROM (VALUES
-        ('deal_store.soft_delete(regclass, uuid, text)', NULL, true),
-        ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', NULL, true),
-        ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),
-        ('deal_store.fail_run(uuid, text)', 'deal_store_analyst', true),
-        ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
-        ('deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)', 'deal_store_reviewer', false),
-        ('deal_store.entity_history(text, uuid, jsonb)', 'deal_store_reader', true),
-        ('deal_store.search_rank(tsvector, tsquery)', 'deal_store_reader', false),
-        ('deal_store.set_actor(uuid)', 'deal_store_reader', false)) AS x(fn, grantee, definer)
-    LOOP
-        IF f.definer THEN
-            EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
-        END IF;
-        IF f.grantee IS NOT NULL THEN
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
-        END IF;
-    END LOOP;
-END $$;
 
 -- 0.2.0: the change feed (issue 18):
 -- registered consumers read the log gap-free with cursors (read_changes /
@@ -2709,17 +1936,6 @@ CREATE TRIGGER feed_wakeup AFTER INSERT ON deal_store.deal_activity_log
 -- grants as access.sql gives them
 REVOKE ALL ON deal_store.feed_consumers FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
-DO $$
-DECLARE
-    f pg_catalog.regprocedure;
-BEGIN
-    FOREACH f IN ARRAY ARRAY['deal_store.register_consumer(text, boolean)', 'deal_store.read_changes(text, integer)',
-                             'deal_store.ack_changes(text, bigint)', 'deal_store.consumers()',
-                             'deal_store.remove_consumer(text)']::pg_catalog.regprocedure[] LOOP
-        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO deal_store_reader', f);
-    END LOOP;
-END $$;
 
 -- 0.2.0: idempotent calls (issue 18):
 -- start_run, propose_*, accept_changes and import_deal take an optional
@@ -2780,12 +1996,12 @@ END;
 COMMENT ON FUNCTION deal_store._remember(text, jsonb) IS
     'Internal: records the result of the call that claimed the key (nothing when key is NULL).';
 
-DROP FUNCTION deal_store.start_run(uuid, text[], boolean);
-DROP FUNCTION deal_store.propose_facts(uuid, jsonb, text[]);
-DROP FUNCTION deal_store.propose_findings(uuid, jsonb, text[]);
-DROP FUNCTION deal_store.propose_gaps(uuid, jsonb, text[]);
-DROP FUNCTION deal_store.accept_changes(uuid, integer, uuid);
-DROP FUNCTION deal_store.import_deal(jsonb);
+DROP FUNCTION IF EXISTS deal_store.start_run(uuid, text[], boolean);
+DROP FUNCTION IF EXISTS deal_store.propose_facts(uuid, jsonb, text[]);
+DROP FUNCTION IF EXISTS deal_store.propose_findings(uuid, jsonb, text[]);
+DROP FUNCTION IF EXISTS deal_store.propose_gaps(uuid, jsonb, text[]);
+DROP FUNCTION IF EXISTS deal_store.accept_changes(uuid, integer, uuid);
+DROP FUNCTION IF EXISTS deal_store.import_deal(jsonb);
 -- deal_store.start_run: the current definition, from sql/runs.sql
 CREATE OR REPLACE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false,
     idempotency_key text DEFAULT NULL)
@@ -3017,22 +2233,6 @@ COMMENT ON FUNCTION deal_store.import_deal(jsonb, text) IS
 -- grants as access.sql gives them
 REVOKE ALL ON deal_store.idempotency_keys FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
-DO $$
-DECLARE
-    f record;
-BEGIN
-    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee FROM (VALUES
-        ('deal_store.start_run(uuid, text[], boolean, text)', 'deal_store_analyst'),
-        ('deal_store.propose_facts(uuid, jsonb, text[], text)', 'deal_store_analyst'),
-        ('deal_store.propose_findings(uuid, jsonb, text[], text)', 'deal_store_analyst'),
-        ('deal_store.propose_gaps(uuid, jsonb, text[], text)', 'deal_store_analyst'),
-        ('deal_store.import_deal(jsonb, text)', 'deal_store_analyst'),
-        ('deal_store.accept_changes(uuid, integer, uuid, text)', 'deal_store_reviewer')) AS x(fn, grantee)
-    LOOP
-        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
-    END LOOP;
-END $$;
 
 -- 0.2.0: what changed, for people (issue 18):
 -- mark_seen / changes_since_seen, deals_for_user with an unseen count (dropped
@@ -3083,7 +2283,7 @@ COMMENT ON FUNCTION deal_store._unseen(uuid) IS
 
 -- A user's deals with what the caller has not seen in each (replaces the
 -- dashboard's first version: the unseen count needs the marks above).
-DROP FUNCTION deal_store.deals_for_user(uuid, boolean);
+DROP FUNCTION IF EXISTS deal_store.deals_for_user(uuid, boolean);
 -- deal_store._deals_for_user: the current definition, from sql/changes.sql
 CREATE OR REPLACE FUNCTION deal_store._deals_for_user(owner uuid, with_archived boolean)
 RETURNS TABLE(id uuid, user_id uuid, name text, target_name text, deal_type text, status text,
@@ -3392,22 +2592,6 @@ COMMENT ON FUNCTION deal_store.document_changes(uuid) IS
 -- grants as access.sql gives them
 REVOKE ALL ON deal_store.seen_marks FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
-DO $$
-DECLARE
-    f record;
-BEGIN
-    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee FROM (VALUES
-        ('deal_store.deals_for_user(uuid, boolean)', 'deal_store_reader'),
-        ('deal_store.mark_seen(uuid)', 'deal_store_reader'),
-        ('deal_store.changes_since_seen(uuid)', 'deal_store_reader'),
-        ('deal_store.diff_runs(uuid, uuid)', 'deal_store_reader'),
-        ('deal_store.document_changes(uuid)', 'deal_store_reader'),
-        ('deal_store.add_document_version(uuid, text, text, text, integer)', 'deal_store_analyst')) AS x(fn, grantee)
-    LOOP
-        EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
-    END LOOP;
-END $$;
 
 -- ---------------------------------------------------------------------------
 -- 0.2.0: triggers that name their table, not their shard (issue 19): on Citus a
@@ -3443,7 +2627,7 @@ END $$;
 COMMENT ON FUNCTION deal_store.delete_to_soft_delete() IS
     'Trigger: turns a DELETE of a live row into deal_store.soft_delete (with cascade) and skips the real delete. Only deal_store.purge deletes for real.';
 
-DROP FUNCTION deal_store._id_in_one_deal(regclass, uuid, text);
+DROP FUNCTION IF EXISTS deal_store._id_in_one_deal(regclass, uuid, text);
 -- deal_store._id_in_one_deal: the current definition, from sql/soft_delete.sql
 CREATE OR REPLACE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid, needs text) RETURNS uuid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -3469,7 +2653,7 @@ REVOKE ALL ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) FROM PUB
 
 ALTER FUNCTION deal_store.add_document_version(uuid, text, text, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
-DROP FUNCTION deal_store._apply_set(uuid[], uuid[], text);
+DROP FUNCTION IF EXISTS deal_store._apply_set(uuid[], uuid[], text);
 -- deal_store._apply_set: the current definition, from sql/queue.sql
 CREATE OR REPLACE FUNCTION deal_store._apply_set(deal uuid, ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -3661,7 +2845,7 @@ ALTER FUNCTION deal_store.search_deal(uuid, text, integer) SECURITY DEFINER SET 
 
 ALTER FUNCTION deal_store.entity_history(text, uuid, jsonb) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
-DROP FUNCTION deal_store._lock_row(regclass, uuid, text);
+DROP FUNCTION IF EXISTS deal_store._lock_row(regclass, uuid, text);
 -- deal_store._lock_row: the current definition, from sql/soft_delete.sql
 CREATE OR REPLACE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text, deal uuid,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
@@ -3700,7 +2884,7 @@ COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid, text, uuid) IS
 
 REVOKE ALL ON FUNCTION deal_store._lock_row(regclass, uuid, text, uuid) FROM PUBLIC;
 
-DROP FUNCTION deal_store.soft_delete(regclass, uuid, text);
+DROP FUNCTION IF EXISTS deal_store.soft_delete(regclass, uuid, text);
 -- deal_store.soft_delete: the current definition, from sql/soft_delete.sql
 CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL, deal_id uuid DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -4100,7 +3284,7 @@ BEGIN
         EXECUTE pg_catalog.format('DROP TRIGGER touch_updated_at ON deal_store.%I', t);
     END LOOP;
 END $$;
-DROP FUNCTION deal_store.touch_updated_at();
+DROP FUNCTION IF EXISTS deal_store.touch_updated_at();
 
 CREATE FUNCTION deal_store."_server_columns"() RETURNS TABLE (
 	"table_name" TEXT,
@@ -4151,19 +3335,6 @@ COMMENT ON FUNCTION deal_store._unpinned() IS
 
 REVOKE ALL ON FUNCTION deal_store._unpinned() FROM PUBLIC;
 
-DO $$
-DECLARE
-    f record;
-BEGIN
-    FOR f IN SELECT p.oid::pg_catalog.regprocedure AS fn FROM pg_catalog.pg_proc p
-             JOIN pg_catalog.pg_language l ON l.oid OPERATOR(pg_catalog.=) p.prolang
-             WHERE p.pronamespace OPERATOR(pg_catalog.=) 'deal_store'::pg_catalog.regnamespace
-               AND l.lanname OPERATOR(pg_catalog.<>) 'c' AND p.prosqlbody IS NULL
-               AND NOT coalesce(p.proconfig, '{}') OPERATOR(pg_catalog.@>) '{"search_path=pg_catalog, pg_temp"}'::pg_catalog.text[]
-               AND p.oid OPERATOR(pg_catalog.<>) ALL (SELECT u.routine FROM deal_store._unpinned() u) LOOP
-        EXECUTE pg_catalog.format('ALTER ROUTINE %s SET search_path = pg_catalog, pg_temp', f.fn);
-    END LOOP;
-END $$;
 
 -- The server owns its records: who and when (src/records.rs classifies the
 -- columns). Every table with such a column gets the trigger, but the log, which
@@ -4293,3 +3464,104 @@ GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;
 -- import_deal: history rows are the export's fact_history and only those.
 
 ALTER FUNCTION deal_store.import_deal(jsonb, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- ---------------------------------------------------------------------------
+-- Grants on routines as access.sql gives them (the API SECURITY DEFINER with a
+-- pinned search_path, each executable by its group role), over the final set of
+-- routines: no PUBLIC execute but where access.sql grants it.
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee, x.definer FROM (VALUES
+        -- reader: pure functions (invoker: they touch no data, and SQL ones stay inlinable) and reads
+        ('deal_store.current_actor()', 'deal_store_reader', false),
+        ('deal_store.sees_all_deals()', 'deal_store_reader', false),
+        ('deal_store.my_deals(text)', 'deal_store_reader', false),
+        ('deal_store.fact_search_vector(regconfig, text, text, text, text, jsonb)', 'deal_store_reader', false),
+        ('deal_store.fact_checksum(jsonb)', 'deal_store_reader', false),
+        ('deal_store.fact_canonical(jsonb)', 'deal_store_reader', false),
+        ('deal_store.content_checksum_of(text, jsonb)', 'deal_store_reader', false),
+        ('deal_store.confidence_tier(uuid, text, text, double precision)', 'deal_store_reader', false),
+        -- the pure Rust bodies of fact_checksum and fact_canonical (no data access): executable
+        -- by readers so that those SQL wrappers stay inlinable into the caller's query
+        ('deal_store._content_checksum(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store._content_canonical(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store.search_config()', 'deal_store_reader', false),
+        ('deal_store.headline_options()', 'deal_store_reader', false),
+        ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', false),
+        ('deal_store.search_rank(tsvector, tsquery)', 'deal_store_reader', false),
+        ('deal_store.set_actor(uuid)', 'deal_store_reader', false),
+        ('deal_store._set_local(text, text)', 'deal_store_reader', false),
+        ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', 'deal_store_reader', true),
+        ('deal_store.search_deal(uuid, text, integer)', 'deal_store_reader', true),
+        ('deal_store.deal_summary(uuid)', 'deal_store_reader', true),
+        ('deal_store.deals_for_user(uuid, boolean)', 'deal_store_reader', true),
+        ('deal_store.latest_completed_run(uuid)', 'deal_store_reader', true),
+        ('deal_store.diff_facts(uuid, jsonb, text[])', 'deal_store_reader', true),
+        ('deal_store.diff_summary(uuid, jsonb, text[])', 'deal_store_reader', true),
+        ('deal_store.fact_history(uuid)', 'deal_store_reader', true),
+        ('deal_store.fact_as_of(uuid, timestamptz)', 'deal_store_reader', true),
+        ('deal_store.export_deal(uuid)', 'deal_store_reader', true),
+        ('deal_store.conflicts(uuid)', 'deal_store_reader', true),
+        ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
+        ('deal_store.entity_history(text, uuid, jsonb)', 'deal_store_reader', true),
+        ('deal_store.entity_type_of(oid)', 'deal_store_reader', false),
+        ('deal_store._table_of(oid)', 'deal_store_reader', false),
+        -- the row-level security policies on Citus
+        ('deal_store._may(oid, uuid, text)', 'deal_store_reader', false),
+        ('deal_store._acts_as(oid, uuid)', 'deal_store_reader', false),
+        -- the change feed: a consumer is its registering role's; reads see the caller's deals
+        ('deal_store.register_consumer(text, boolean)', 'deal_store_reader', true),
+        ('deal_store.read_changes(text, integer)', 'deal_store_reader', true),
+        ('deal_store.ack_changes(text, bigint)', 'deal_store_reader', true),
+        ('deal_store.consumers()', 'deal_store_reader', true),
+        ('deal_store.remove_consumer(text)', 'deal_store_reader', true),
+        -- what changed, for people
+        ('deal_store.mark_seen(uuid)', 'deal_store_reader', true),
+        ('deal_store.changes_since_seen(uuid)', 'deal_store_reader', true),
+        ('deal_store.diff_runs(uuid, uuid)', 'deal_store_reader', true),
+        ('deal_store.document_changes(uuid)', 'deal_store_reader', true),
+        ('deal_store.add_document_version(uuid, text, text, text, integer)', 'deal_store_analyst', true),
+        -- analyst: runs, proposals, gaps, soft delete
+        ('deal_store.start_run(uuid, text[], boolean, text)', 'deal_store_analyst', true),
+        ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),
+        ('deal_store.fail_run(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.propose_facts(uuid, jsonb, text[], text)', 'deal_store_analyst', true),
+        ('deal_store.propose_findings(uuid, jsonb, text[], text)', 'deal_store_analyst', true),
+        ('deal_store.propose_gaps(uuid, jsonb, text[], text)', 'deal_store_analyst', true),
+        ('deal_store.resolve_gap(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.reopen_gap(uuid)', 'deal_store_analyst', true),
+        ('deal_store.soft_delete(regclass, uuid, text, uuid)', 'deal_store_analyst', true),
+        ('deal_store.restore(regclass, uuid)', 'deal_store_analyst', true),
+        ('deal_store.import_deal(jsonb, text)', 'deal_store_analyst', true),
+        ('deal_store.archive_deal(uuid)', 'deal_store_analyst', true),
+        ('deal_store.unarchive_deal(uuid)', 'deal_store_analyst', true),
+        ('deal_store.add_member(uuid, uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.remove_member(uuid, uuid)', 'deal_store_analyst', true),
+        -- reviewer: the merge queue
+        ('deal_store.accept_change(uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.reject_change(uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.defer_change(uuid, timestamptz, text)', 'deal_store_reviewer', true),
+        ('deal_store.accept_changes(uuid, integer, uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)', 'deal_store_reviewer', false),
+        ('deal_store._queue_remaining(integer)', 'deal_store_reviewer', false),
+        -- admin
+        ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
+        ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
+        -- run as the caller: only a table's owner may put the triggers on it or take them off,
+        -- so no admin can switch off the audit of deal_store's own tables
+        ('deal_store.enable_audit(regclass)', 'deal_store_admin', false),
+        ('deal_store.disable_audit(regclass)', 'deal_store_admin', false),
+        ('deal_store.audit_row()', 'deal_store_admin', false),
+        ('deal_store.audit_flush()', 'deal_store_admin', false)) AS x(fn, grantee, definer)
+    LOOP
+        IF f.definer THEN
+            EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
+        END IF;
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
+    END LOOP;
+END $$;
+GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;
