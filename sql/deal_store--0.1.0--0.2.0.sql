@@ -4,15 +4,16 @@
 -- changed signatures, roles, grants, triggers, the Rust functions' declarations).
 -- Each '-- @routine name' stands for that routine's current definition in
 -- sql/*.sql: ./scripts/gen-upgrade writes sql/deal_store--0.1.0--0.2.0.sql.
-SET check_function_bodies = off;
 -- deal_store 0.1.0 -> 0.2.0, run by ALTER EXTENSION deal_store UPDATE (install
 -- the 0.2.0 library first). Every change to the SQL surface since 0.1.0 has its
 -- part here, in the order it was made; tests/upgrade proves that a 0.1.0
 -- database upgraded by this script has the same catalog as a fresh 0.2.0
 -- install and keeps every row. README "Upgrading" says what an upgrade changes.
 \echo Use "ALTER EXTENSION deal_store UPDATE" to load this file. \quit
+-- routine bodies are checked when they first run (some name tables created further down)
+SET check_function_bodies = off;
 
--- 0.2.0: TRUNCATE of a deal table is refused (issue 14).
+-- 0.2.0: TRUNCATE of a deal table is refused.
 -- deal_store.refuse_truncate: the current definition, from sql/soft_delete.sql
 CREATE OR REPLACE FUNCTION deal_store.refuse_truncate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -36,7 +37,7 @@ END $$;
 
 -- 0.2.0: export_deal leaves out the owner's password_hash and roles; import_deal
 -- refuses ids already used here and maps the owner by e-mail or creates one
--- without credentials; both go through the typed format of _export_format (issue 14).
+-- without credentials; both go through the typed format of _export_format.
 CREATE FUNCTION deal_store._export_format(doc anyelement) RETURNS jsonb
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'export_format_wrapper';
@@ -74,7 +75,7 @@ COMMENT ON FUNCTION deal_store.export_deal(uuid) IS
     'One deal as jsonb: its owner (without password_hash, roles and db_role), the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
 
 -- 0.2.0: an id passed alone that names rows of more than one deal is an error (P0003),
--- not a pick (issue 14).
+-- not a pick.
 
 DROP FUNCTION IF EXISTS deal_store._lock_row(regclass, uuid);
 
@@ -173,7 +174,7 @@ END $$;
 COMMENT ON FUNCTION deal_store._decide(uuid, text, text, timestamptz) IS 'Internal: shared body of accept_change, reject_change and defer_change.';
 
 -- 0.2.0: every function that takes a deal raises P0002 for a deal that does not exist,
--- instead of an empty answer (issue 14).
+-- instead of an empty answer.
 -- deal_store._require_deal: the current definition, from sql/dashboard.sql
 CREATE OR REPLACE FUNCTION deal_store._require_deal(deal_id uuid, needs text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -356,7 +357,7 @@ COMMENT ON FUNCTION deal_store.search_deal(uuid, text, integer) IS
     'One ranked list over a deal''s live facts (item, category, evidence, details), findings (title, description) and gaps (description), with highlighted headlines. Same query syntax as search_facts; 22023 for lim outside 1..1000.';
 
 -- 0.2.0: plpgsql_check runs clean: dynamic SQL built only from quote_ident'ed names
--- and constants says so (issue 14); search_facts also checks its deal.
+-- and constants says so; search_facts also checks its deal.
 -- deal_store._insert_rows: the current definition, from sql/facts.sql
 CREATE OR REPLACE FUNCTION deal_store._insert_rows(tbl regclass, rows jsonb) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -526,7 +527,7 @@ END $$;
 COMMENT ON FUNCTION deal_store.search_facts(uuid, text, text, text, text, double precision, integer, integer) IS
     'Ranked search over a deal''s current live facts. query: web-search syntax ("quoted phrase", or, -excluded), the last word also matching as a prefix. Filters: domain, category, entity, min_confidence. Ordered by rank then legacy_id and id (stable pages); total = all matches. headline marks the matched words (tags deal_store.headline_start / headline_stop) in the item, or in the evidence when the item has none, the stored text HTML-escaped so the markers are its only tags. rank in (0, 1): full-text match (ts_rank_cd normalised to rank/(rank+1)); rank <= 0: fallback (trigram word similarity - 1, or the typo-tolerant match''s rank - 1). NULL or blank query: no rows. 22023 for lim outside 1..1000, negative off or a query over 1000 characters.';
 
--- 0.2.0: access control (issue 15): group roles, users.db_role, deal teams,
+-- 0.2.0: access control: group roles, users.db_role, deal teams,
 -- row-level security on every deal-owned table, grants instead of PUBLIC, the
 -- API as SECURITY DEFINER functions that check the caller's right on the deal,
 -- process_queue_batch; the capability settings become superuser-only (in the
@@ -989,7 +990,7 @@ COMMENT ON FUNCTION deal_store.my_deals(text) IS
 COMMENT ON FUNCTION deal_store._require_right(uuid, text) IS
     'Internal: raises 42501, naming the deal and what is missing, unless the caller has the right needs (read, write, review, manage; administer with a NULL deal) on the deal: the group role of its login and the deal role of its actor.';
 
--- 0.2.0: one way to apply a change (issue 16):
+-- 0.2.0: one way to apply a change:
 -- every change is applied by one set-based routine (_apply / _apply_set) that
 -- turns a change it cannot apply into a conflict with its reason; soft deletes
 -- go through _mark_deleted; fact history rows are written by a statement
@@ -1217,7 +1218,7 @@ COMMENT ON FUNCTION deal_store._propose(text, uuid, anyelement, text[]) IS
 
 -- grants as access.sql gives them: the API runs as the owner, internals are the owner's
 
--- 0.2.0: the users' side (issue 17):
+-- 0.2.0: the users' side:
 -- soft delete the way clients write it (DELETE through the views reports its
 -- rows; UPDATE … SET deleted_at = now() is a soft delete), calls that say what
 -- they did (complete_run / fail_run return the run, process_queue its counts),
@@ -1568,7 +1569,7 @@ ALTER VIEW deal_store.activity SET (security_invoker = true);
 GRANT SELECT ON deal_store.deal_overview, deal_store.facts_by_domain, deal_store.activity TO deal_store_reader;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
 
--- 0.2.0: the change feed (issue 18):
+-- 0.2.0: the change feed:
 -- registered consumers read the log gap-free with cursors (read_changes /
 -- ack_changes); a wake-up notification on deal_store_feed.
 
@@ -1937,7 +1938,7 @@ CREATE TRIGGER feed_wakeup AFTER INSERT ON deal_store.deal_activity_log
 REVOKE ALL ON deal_store.feed_consumers FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
 
--- 0.2.0: idempotent calls (issue 18):
+-- 0.2.0: idempotent calls:
 -- start_run, propose_*, accept_changes and import_deal take an optional
 -- idempotency_key (each dropped and re-created with the new parameter).
 
@@ -2234,7 +2235,7 @@ COMMENT ON FUNCTION deal_store.import_deal(jsonb, text) IS
 REVOKE ALL ON deal_store.idempotency_keys FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
 
--- 0.2.0: what changed, for people (issue 18):
+-- 0.2.0: what changed, for people:
 -- mark_seen / changes_since_seen, deals_for_user with an unseen count (dropped
 -- and re-created: its result has new columns), diff_runs, add_document_version,
 -- document_changes.
@@ -2594,7 +2595,7 @@ REVOKE ALL ON deal_store.seen_marks FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------
--- 0.2.0: triggers that name their table, not their shard (issue 19): on Citus a
+-- 0.2.0: triggers that name their table, not their shard: on Citus a
 -- trigger fires on a shard (deal_store.facts_102099); _table_of gives the table.
 -- Lookups name the deal where the caller knows it; no volatile function inside
 -- an UPDATE of a deal table; a recursive CTE filters the deal in both terms.
@@ -2927,7 +2928,7 @@ ALTER FUNCTION deal_store.start_run(uuid, text[], boolean, text) SECURITY DEFINE
 ALTER FUNCTION deal_store.fact_history(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- ---------------------------------------------------------------------------
--- 0.2.0: deal_store.distribute() and row-level security on Citus (issue 19):
+-- 0.2.0: deal_store.distribute() and row-level security on Citus:
 -- the policies are written by one function, in their PostgreSQL form (as
 -- before) or in their Citus form (deal_store._may / _acts_as per row, no
 -- subquery); distribute() places the tables on a Citus coordinator.
