@@ -1,6 +1,6 @@
 -- Runs last: \dx describes the extension, and it drops and re-creates cleanly.
-SELECT extname, extversion, extnamespace::regnamespace, extrelocatable,
-       obj_description(oid, 'pg_extension') IS NOT NULL AS described
+SELECT extname, extversion = (SELECT v.library FROM deal_store.version() v) AS library_version,
+       extnamespace::regnamespace, extrelocatable, obj_description(oid, 'pg_extension') IS NOT NULL AS described
 FROM pg_extension WHERE extname = 'deal_store';
 
 -- A DROP that would take deal_store is refused while deals exist: of the
