@@ -1,0 +1,9 @@
+-- deal_store 0.2.0 -> 0.3.0, run by ALTER EXTENSION deal_store UPDATE (install
+-- the 0.3.0 library first). What no generator can know (new tables and columns,
+-- data moves, drops of changed signatures, roles, grants, triggers, the Rust
+-- functions' declarations), and a line '-- @routine deal_store.name' wherever a
+-- routine written in SQL or PL/pgSQL changed: ./scripts/gen-upgrade writes
+-- sql/deal_store--0.2.0--0.3.0.sql with its current definition from sql/*.sql.
+\echo Use "ALTER EXTENSION deal_store UPDATE" to load this file. \quit
+-- routine bodies are checked when they first run
+SET check_function_bodies = off;
