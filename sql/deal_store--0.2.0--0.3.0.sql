@@ -9,3 +9,253 @@
 \echo Use "ALTER EXTENSION deal_store UPDATE" to load this file. \quit
 -- routine bodies are checked when they first run
 SET check_function_bodies = off;
+
+-- The merge queue at scale: every statement of a set reads the batch's rows by
+-- key; targets another transaction holds are left for a later batch; a new row
+-- takes its change's id; the worker stops when a batch can apply nothing.
+-- deal_store._apply_set: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store._apply_set(deal uuid, ids uuid[], note text) RETURNS void
+-- a lock another transaction holds is not waited for longer than this (a unique
+-- key a concurrent insert holds, say): the deal's changes are then left for a later batch
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s' AS $$
+DECLARE
+    todo deal_store.pending_changes[];
+    actor uuid := deal_store.current_actor();
+    applied uuid[] := ARRAY[]::uuid[];
+    moved uuid[] := ARRAY[]::uuid[];
+    done uuid[];
+    held uuid[];
+    locked uuid[];
+    kind text;
+    tbl regclass;
+    live text;
+    same text;
+    matched uuid[];
+    content text[];
+    extra text[];
+    targets uuid[];
+    removals uuid[];
+    reasons text[];
+    set_cols text;
+    set_vals text;
+    ins_vals text;
+BEGIN
+    -- the open changes ids of the deal (the caller holds their locks), oldest first. Every
+    -- statement below names the deal on every deal table: on Citus each runs on one shard.
+    SELECT pg_catalog.array_agg(p ORDER BY p.created_at, p.id) INTO todo
+    FROM deal_store.pending_changes p
+    WHERE p.deal_id = deal AND p.id = ANY (ids) AND p.status IN ('pending', 'deferred');
+    IF todo IS NULL THEN
+        RETURN;
+    END IF;
+    -- changes that cannot apply whatever their target (a deleted deal, a failed run)
+    -- are decided now and leave the set
+    WITH refused AS (
+        SELECT c.deal_id, c.id, CASE WHEN d.deleted_at IS NOT NULL THEN 'the deal is deleted'
+                                     WHEN r.status = 'failed' THEN 'analysis run ' || r.run_number::text || ' failed' END AS why
+        FROM pg_catalog.unnest(todo) c
+        JOIN deal_store.deals d ON d.id = deal
+        LEFT JOIN deal_store.analysis_runs r ON r.deal_id = deal AND r.id = c.analysis_run_id),
+    decided AS (
+        UPDATE deal_store.pending_changes p
+        -- the note and the reason joined by immutable operators: Citus calls no stable function on a column in an UPDATE
+        SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(), review_note = coalesce(note || ' / ' || x.why, note, x.why)
+        FROM refused x WHERE x.why IS NOT NULL AND p.deal_id = deal AND p.id = ANY (ids) AND p.id = x.id
+        RETURNING p.deal_id, p.id)
+    SELECT pg_catalog.array_agg(c ORDER BY c.created_at, c.id) INTO todo
+    FROM pg_catalog.unnest(todo) c
+    WHERE NOT EXISTS (SELECT 1 FROM decided x WHERE x.deal_id = c.deal_id AND x.id = c.id);
+    FOR kind IN SELECT DISTINCT c.entity_type FROM pg_catalog.unnest(todo) c ORDER BY 1 LOOP
+        tbl := (deal_store._kind_table(kind))::regclass;
+        live := 't.deleted_at IS NULL' || CASE WHEN kind = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END;
+        -- the rows this kind's changes target, read by key: every statement below reads
+        -- the batch's rows (t.id = ANY ($5)), whatever else the deal holds
+        targets := ARRAY(SELECT DISTINCT c.entity_id FROM pg_catalog.unnest(todo) c
+                         WHERE c.entity_type = kind AND c.entity_id IS NOT NULL);
+        -- a target another transaction holds is not waited for: its change is left for a
+        -- later batch (it stays pending), and the others go on
+        EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(x.id) FROM (SELECT t.id FROM %s t WHERE t.deal_id = $1 AND t.id = ANY ($2) '
+                                  'FOR UPDATE OF t SKIP LOCKED) x', tbl)
+            INTO locked USING deal, targets;
+        EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(t.id) FROM %s t WHERE t.deal_id = $1 AND t.id = ANY ($2) AND t.id <> ALL ($3)', tbl)
+            INTO held USING deal, targets, coalesce(locked, ARRAY[]::uuid[]);
+        IF held IS NOT NULL THEN
+            SELECT pg_catalog.array_agg(c ORDER BY c.created_at, c.id) INTO todo
+            FROM pg_catalog.unnest(todo) c WHERE c.entity_type <> kind OR c.entity_id IS NULL OR c.entity_id <> ALL (held);
+            targets := ARRAY(SELECT t FROM pg_catalog.unnest(targets) t WHERE t <> ALL (held));
+            IF todo IS NULL THEN
+                RETURN;
+            END IF;
+        END IF;
+        -- the target as proposed: same row, live, content checksum still the base. A fact
+        -- stores its checksum; a finding's or gap's is computed from to_jsonb(t), which is
+        -- stable: that runs in a statement that locks the targets first ($4 the changes
+        -- whose target matched), not inside the UPDATE (Citus refuses it there)
+        IF kind = 'fact' THEN
+            same := 't.deal_id = $3 AND t.id = ANY ($5) AND t.id = c.entity_id AND ' || live || ' AND t.item_checksum = c.base_checksum';
+        ELSE
+            EXECUTE pg_catalog.format(
+                'SELECT pg_catalog.array_agg(x.id) FROM (SELECT c.id FROM pg_catalog.unnest($1) c '
+                '  JOIN %s t ON t.deal_id = $3 AND t.id = ANY ($4) AND t.id = c.entity_id AND %s '
+                '  WHERE c.entity_type = $2 AND c.change_type <> ''new'' '
+                '    AND deal_store.content_checksum_of(c.entity_type, pg_catalog.to_jsonb(t)) = c.base_checksum FOR UPDATE OF t) x', tbl, live)
+                INTO matched USING todo, kind, deal, targets;
+            same := 't.deal_id = $3 AND t.id = ANY ($5) AND t.id = c.entity_id AND ' || live || ' AND c.id = ANY ($4)';
+        END IF;
+        content := deal_store.content_fields(kind);
+        extra := deal_store._extra_fields(kind);
+        -- an update sets every content field (a missing one is NULL, as it was hashed), an extra one only when given;
+        -- a new row takes the column default for whatever the proposal does not carry
+        SELECT pg_catalog.string_agg(pg_catalog.quote_ident(f), ', '),
+               pg_catalog.string_agg(CASE WHEN f = ANY (content) THEN 'r.' || pg_catalog.quote_ident(f)
+                                          ELSE pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE t.%I END', f, f, f) END, ', '),
+               pg_catalog.string_agg(pg_catalog.format('CASE WHEN c.new_value ? %L THEN r.%I ELSE %s END', f, f,
+                   coalesce((SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attribute a
+                             JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                             WHERE a.attrelid = tbl AND a.attname = f), 'NULL')), ', ')
+        INTO set_cols, set_vals, ins_vals
+        FROM pg_catalog.unnest(content || extra) f;
+        -- @plpgsql_check_options: security_warnings = false
+        -- (the statements below are built from a regclass, catalog column names and defaults, and constant text)
+        EXECUTE pg_catalog.format(
+            'WITH u AS (UPDATE %1$s t SET (%2$s, analysis_run_id) = (SELECT %3$s, c.analysis_run_id '
+            '                FROM pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r) '
+            '           FROM pg_catalog.unnest($1) c WHERE c.entity_type = $2 AND c.change_type = ''update'' AND %4$s '
+            '           RETURNING c.id) '
+            'SELECT pg_catalog.array_agg(u.id) FROM u', tbl, set_cols, set_vals, same)
+            INTO done USING todo, kind, deal, matched, targets;
+        applied := applied || coalesce(done, ARRAY[]::uuid[]);
+        -- a removal is a soft delete, by the code soft_delete() uses: each its own batch, the run
+        -- named; the targets are locked first, then marked (a statement of its own, so no
+        -- query runs a distributed UPDATE from inside another on Citus)
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.array_agg(x.id ORDER BY x.created_at, x.id), pg_catalog.array_agg(x.entity_id ORDER BY x.created_at, x.id), '
+            '       pg_catalog.array_agg(pg_catalog.format(''removed by analysis run %%s'', x.run_number) ORDER BY x.created_at, x.id) '
+            'FROM (SELECT c.id, c.entity_id, run.run_number, c.created_at '
+            '      FROM pg_catalog.unnest($1) c JOIN deal_store.analysis_runs run ON run.deal_id = $3 AND run.id = c.analysis_run_id '
+            '      JOIN %1$s t ON %2$s '
+            '      WHERE c.entity_type = $2 AND c.change_type = ''delete'' FOR UPDATE OF t) x', tbl, same)
+            INTO done, removals, reasons USING todo, kind, deal, matched, targets;
+        IF done IS NOT NULL THEN
+            PERFORM deal_store._mark_deleted(tbl, 'row', pg_catalog.array_fill(deal, ARRAY[pg_catalog.cardinality(removals)]),
+                                             removals, reasons, NULL);
+            applied := applied || done;
+        END IF;
+        EXECUTE pg_catalog.format(
+            -- a new row takes its change's id: what the INSERT returns names the applied changes
+            'WITH i AS (INSERT INTO %1$s (id, deal_id, legacy_id, analysis_run_id, %2$s) '
+            '      SELECT c.id, c.deal_id, c.legacy_entity_id, c.analysis_run_id, %3$s '
+            '      FROM pg_catalog.unnest($1) c, pg_catalog.jsonb_populate_record(NULL::%1$s, c.new_value) r '
+            '      WHERE c.entity_type = $2 AND c.change_type = ''new'' '
+            '      ON CONFLICT (deal_id, legacy_id) WHERE %4$s DO NOTHING RETURNING id) '
+            'SELECT pg_catalog.array_agg(i.id) FROM i',
+            tbl, set_cols, ins_vals, replace(live, 't.', ''))
+            INTO done USING todo, kind;
+        applied := applied || coalesce(done, ARRAY[]::uuid[]);
+        -- of the updates and deletes not applied, those whose target is still there: it moved
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.array_agg(c.id) FROM pg_catalog.unnest($1) c JOIN %s t ON t.deal_id = $4 AND t.id = ANY ($5) AND t.id = c.entity_id AND %s '
+            'WHERE c.entity_type = $2 AND c.change_type <> ''new'' AND c.id <> ALL ($3)', tbl, live)
+            INTO done USING todo, kind, applied, deal, targets;
+        moved := moved || coalesce(done, ARRAY[]::uuid[]);
+    END LOOP;
+    -- the decisions, each reason worded here once
+    UPDATE deal_store.pending_changes p
+    SET status = CASE WHEN x.ok THEN 'accepted' ELSE 'conflict' END,
+        decided_by = actor, decided_at = pg_catalog.now(),
+        review_note = coalesce(note || ' / ' || x.why, note, x.why)
+    FROM (SELECT c.id, c.id = ANY (applied) AS ok, CASE
+              WHEN c.id = ANY (applied) THEN NULL
+              WHEN c.change_type = 'new' THEN 'a live row with this legacy_id exists'
+              WHEN c.id = ANY (moved) THEN 'the target changed since the proposal'
+              ELSE 'the target is gone or deleted' END AS why
+          FROM pg_catalog.unnest(todo) c) x
+    WHERE p.deal_id = deal AND p.id = ANY (ids) AND p.id = x.id;
+END $$;
+COMMENT ON FUNCTION deal_store._apply_set(uuid, uuid[], text) IS
+    'Internal: applies a set of open changes of one deal the caller has locked (the changes ids), set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. A change whose target row another transaction holds is left pending for a later batch (FOR UPDATE SKIP LOCKED), and no lock is waited for longer than lock_timeout = 1s (then the deal''s changes stay pending). Every statement reads the rows of the batch by key. Any other error aborts the whole set (see _apply).';
+-- deal_store._apply: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := pg_catalog.current_setting('deal_store.reason', true);
+    -- not a change's fault: a deadlock or serialization failure (the caller retries),
+    -- resources, a privilege, a bug
+    not_the_change constant text[] := ARRAY['40', '42', '53', '57', '58', 'XX'];
+    state text;
+    problem text;
+    deal uuid;
+    mine uuid[];
+    actor uuid := deal_store.current_actor();
+BEGIN
+    PERFORM deal_store._set_local('deal_store.reason', coalesce(note, prev_reason));
+    -- deal by deal: a deal's changes are one set (on Citus: one shard's work)
+    FOR deal, mine IN SELECT x.deal_id, pg_catalog.array_agg(x.id ORDER BY x.n)
+                      FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) WITH ORDINALITY x(deal_id, id, n)
+                      GROUP BY x.deal_id ORDER BY pg_catalog.min(x.n) LOOP
+        BEGIN
+            PERFORM deal_store._apply_set(deal, mine, note);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
+            IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
+                RAISE;
+            END IF;
+            IF state = '55P03' THEN
+                CONTINUE;   -- another transaction holds what the deal's changes need: they stay pending
+            END IF;
+            -- some change broke the set: apply each alone, so only what fails is refused
+            FOR i IN 1 .. pg_catalog.cardinality(mine) LOOP
+                BEGIN
+                    PERFORM deal_store._apply_set(deal, ARRAY[mine[i]], note);
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, problem = MESSAGE_TEXT;
+                    IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
+                        RAISE;
+                    END IF;
+                    IF state = '55P03' THEN
+                        CONTINUE;
+                    END IF;
+                    UPDATE deal_store.pending_changes p
+                    SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(),
+                        review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', deal_store._unsharded(problem), state))
+                    WHERE p.deal_id = deal AND p.id = mine[i] AND p.status IN ('pending', 'deferred');
+                END;
+            END LOOP;
+        END;
+    END LOOP;
+    PERFORM deal_store._set_local('deal_store.reason', prev_reason);
+END $$;
+COMMENT ON FUNCTION deal_store._apply(uuid[], uuid[], text) IS
+    'Internal: the one apply path. Applies the open changes (deal_ids[i], ids[i]) the caller has locked with _apply_set, deal by deal; when a deal''s set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
+-- deal_store.process_queue: the current definition, from sql/queue.sql
+CREATE OR REPLACE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
+    INOUT batches integer DEFAULT NULL, INOUT applied bigint DEFAULT NULL,
+    INOUT conflicts bigint DEFAULT NULL, INOUT remaining bigint DEFAULT NULL)
+-- no SET search_path: a procedure with one cannot COMMIT. Every operator,
+-- function and type below is schema-qualified instead (see deal_store._unpinned()).
+LANGUAGE plpgsql AS $$
+DECLARE
+    b record;
+BEGIN
+    batches := 0;
+    applied := 0;
+    conflicts := 0;
+    LOOP
+        b := deal_store.process_queue_batch(batch_size, max_tier);
+        COMMIT;
+        EXIT WHEN b.claimed OPERATOR(pg_catalog.=) 0;
+        -- every claimed change's target was held by another transaction: try again later
+        EXIT WHEN b.applied OPERATOR(pg_catalog.+) b.conflicts OPERATOR(pg_catalog.=) 0;
+        batches := batches OPERATOR(pg_catalog.+) 1;
+        applied := applied OPERATOR(pg_catalog.+) b.applied;
+        conflicts := conflicts OPERATOR(pg_catalog.+) b.conflicts;
+        RAISE NOTICE 'process_queue: batch %: % applied, % conflicts (so far % applied, % conflicts)',
+            batches, b.applied, b.conflicts, applied, conflicts;
+        EXIT WHEN b.claimed OPERATOR(pg_catalog.<) batch_size;
+    END LOOP;
+    -- what another call would find now: eligible changes that other workers hold
+    -- or that were proposed meanwhile
+    remaining := deal_store._queue_remaining(max_tier);
+END $$;
+COMMENT ON PROCEDURE deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint) IS
+    'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch and raising a NOTICE with its progress. Returns (as its INOUT parameters; pass nothing for them, or variables from PL/pgSQL) the batches it ran, the changes applied and those that became conflicts, and the eligible changes still open when it stopped (held by other workers or proposed meanwhile) in the deals it works. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a change whose target another transaction holds is left pending (no worker waits on it for more than 1 s), and the worker stops when a batch could apply nothing; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block (psql autocommit; a client in autocommit mode), or loop over process_queue_batch inside one.';

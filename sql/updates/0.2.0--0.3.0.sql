@@ -7,3 +7,10 @@
 \echo Use "ALTER EXTENSION deal_store UPDATE" to load this file. \quit
 -- routine bodies are checked when they first run
 SET check_function_bodies = off;
+
+-- The merge queue at scale: every statement of a set reads the batch's rows by
+-- key; targets another transaction holds are left for a later batch; a new row
+-- takes its change's id; the worker stops when a batch can apply nothing.
+-- @routine deal_store._apply_set
+-- @routine deal_store._apply
+-- @routine deal_store.process_queue
