@@ -259,3 +259,186 @@ BEGIN
 END $$;
 COMMENT ON PROCEDURE deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint) IS
     'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch and raising a NOTICE with its progress. Returns (as its INOUT parameters; pass nothing for them, or variables from PL/pgSQL) the batches it ran, the changes applied and those that became conflicts, and the eligible changes still open when it stopped (held by other workers or proposed meanwhile) in the deals it works. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a change whose target another transaction holds is left pending (no worker waits on it for more than 1 s), and the worker stops when a batch could apply nothing; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block (psql autocommit; a client in autocommit mode), or loop over process_queue_batch inside one.';
+
+-- The change feed warns when a consumer's cursor is beyond the cluster's transaction ids.
+-- deal_store.read_changes: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store.read_changes(consumer text, max_rows integer DEFAULT 1000)
+RETURNS TABLE(seq bigint, txid bigint, created_at timestamptz, deal_id uuid, user_id uuid, action text,
+              entity_type text, entity_id uuid, entity_key jsonb, analysis_run_id uuid, reason text, details jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+    horizons bigint[];
+    everything boolean;
+    deals uuid[];
+    nodes integer;
+    node_txid bigint;
+    node_seq bigint;
+    horizon bigint;
+    todo integer;
+    got bigint;
+    -- where the read ends on each node if it takes all the node has below its horizon
+    marks_txid bigint[];
+    marks_seq bigint[];
+BEGIN
+    c := deal_store._consumer(consumer);
+    PERFORM deal_store._require_feed_reader();
+    IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'max_rows must be between 1 and 100000' USING ERRCODE = '22023';
+    END IF;
+    everything := deal_store.sees_all_deals();
+    deals := deal_store.my_deals('viewer');
+    horizons := deal_store._horizons(true);
+    nodes := greatest(cardinality(horizons), cardinality(c.cursor_txid));
+    -- a cursor beyond every transaction this cluster has begun: the database was
+    -- restored into a cluster whose transaction ids are behind the old one's, and the
+    -- consumer will see nothing new until they pass it
+    IF EXISTS (SELECT 1 FROM pg_catalog.unnest(c.cursor_txid) WITH ORDINALITY x(t, i)
+               WHERE x.t > coalesce(horizons[x.i], 0) AND x.t > pg_catalog.pg_current_xact_id()::text::bigint) THEN
+        RAISE WARNING 'feed consumer "%" has a cursor beyond this cluster''s transaction ids', c.name
+            USING DETAIL = 'The database was restored into another cluster whose transaction ids are behind the old one''s: new entries wait until they pass the cursor.',
+                  HINT = 'Remove the consumer and register it again, or move with pg_upgrade (which keeps transaction ids).';
+    END IF;
+    marks_txid := c.cursor_txid;
+    marks_seq := c.cursor_seq;
+    todo := max_rows;
+    -- node by node, each in (txid, seq) order, until max_rows
+    FOR node IN 0 .. nodes - 1 LOOP
+        EXIT WHEN todo = 0;
+        node_txid := coalesce(marks_txid[node + 1], 0);
+        node_seq := coalesce(marks_seq[node + 1], 0);
+        horizon := coalesce(horizons[node + 1], 9223372036854775807);   -- no such node any more: all final
+        IF (horizon - 1, 9223372036854775807) > (node_txid, node_seq) THEN
+            marks_txid[node + 1] := horizon - 1;
+            marks_seq[node + 1] := 9223372036854775807;
+        END IF;
+        RETURN QUERY
+        WITH batch AS MATERIALIZED (
+            SELECT l.* FROM deal_store.deal_activity_log l
+            WHERE deal_store._log_node(l.seq) = node
+              AND (l.txid, l.seq) > (node_txid, node_seq) AND l.txid < horizon
+              AND (everything OR l.deal_id = ANY (deals))
+            ORDER BY l.txid, l.seq
+            LIMIT todo
+        ), last AS (
+            SELECT b.txid, b.seq, (SELECT count(*) FROM batch) AS n FROM batch b ORDER BY b.txid DESC, b.seq DESC LIMIT 1
+        ), mark AS (
+            -- where an ack of the whole read moves the cursors: on this node past
+            -- the horizon when the read took all there is below it (entries of
+            -- other deals included), at its last entry otherwise; on the nodes
+            -- before, past their horizons; on the nodes after, where they were
+            UPDATE deal_store.feed_consumers f
+            SET (read_txid, read_seq) = (
+                    SELECT array_agg(CASE WHEN i = node + 1 AND x.n = todo THEN x.txid ELSE coalesce(marks_txid[i], 0) END ORDER BY i),
+                           array_agg(CASE WHEN i = node + 1 AND x.n = todo THEN x.seq ELSE coalesce(marks_seq[i], 0) END ORDER BY i)
+                    FROM generate_series(1, nodes) i LEFT JOIN last x ON true),
+                read_at = pg_catalog.now()
+            WHERE f.owner_role = c.owner_role AND f.name = c.name
+            RETURNING 1
+        )
+        SELECT b.seq, b.txid, b.created_at, b.deal_id, b.user_id, b.action, b.entity_type, b.entity_id,
+               b.entity_key, b.analysis_run_id, b.reason, b.details
+        FROM batch b ORDER BY b.seq;
+        GET DIAGNOSTICS got = ROW_COUNT;
+        todo := todo - got;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION deal_store.read_changes(text, integer) IS
+    'The next at most max_rows (1 to 100000) log entries after the consumer''s cursor, in the deals the caller may see, in seq order. Gap-free: an entry is delivered only when every transaction that could precede it has committed or aborted (its txid is below the snapshot''s xmin; on Citus, that of the node that wrote it), so no entry is skipped whatever the commit order, and none of an aborted transaction appears. Reading does not move the cursor: ack_changes does, and what is not acknowledged is read again, in the same order (at least once).';
+
+-- Last: every routine granted and the API made SECURITY DEFINER again, as access.sql does.
+-- the grants of sql/access.sql
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT x.fn::pg_catalog.regprocedure AS fn, x.grantee, x.definer FROM (VALUES
+        -- reader: pure functions (invoker: they touch no data, and SQL ones stay inlinable) and reads
+        ('deal_store.current_actor()', 'deal_store_reader', false),
+        ('deal_store.sees_all_deals()', 'deal_store_reader', false),
+        ('deal_store.my_deals(text)', 'deal_store_reader', false),
+        ('deal_store.fact_search_vector(regconfig, text, text, text, text, jsonb)', 'deal_store_reader', false),
+        ('deal_store.fact_checksum(jsonb)', 'deal_store_reader', false),
+        ('deal_store.fact_canonical(jsonb)', 'deal_store_reader', false),
+        ('deal_store.content_checksum_of(text, jsonb)', 'deal_store_reader', false),
+        ('deal_store.confidence_tier(uuid, text, text, double precision)', 'deal_store_reader', false),
+        -- the pure Rust bodies of fact_checksum and fact_canonical (no data access): executable
+        -- by readers so that those SQL wrappers stay inlinable into the caller's query
+        ('deal_store._content_checksum(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store._content_canonical(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store.search_config()', 'deal_store_reader', false),
+        ('deal_store.headline_options()', 'deal_store_reader', false),
+        ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', false),
+        ('deal_store.search_rank(tsvector, tsquery)', 'deal_store_reader', false),
+        ('deal_store.set_actor(uuid)', 'deal_store_reader', false),
+        ('deal_store._set_local(text, text)', 'deal_store_reader', false),
+        ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', 'deal_store_reader', true),
+        ('deal_store.search_deal(uuid, text, integer)', 'deal_store_reader', true),
+        ('deal_store.deal_summary(uuid)', 'deal_store_reader', true),
+        ('deal_store.deals_for_user(uuid, boolean)', 'deal_store_reader', true),
+        ('deal_store.latest_completed_run(uuid)', 'deal_store_reader', true),
+        ('deal_store.diff_facts(uuid, jsonb, text[])', 'deal_store_reader', true),
+        ('deal_store.diff_summary(uuid, jsonb, text[])', 'deal_store_reader', true),
+        ('deal_store.fact_history(uuid)', 'deal_store_reader', true),
+        ('deal_store.fact_as_of(uuid, timestamptz)', 'deal_store_reader', true),
+        ('deal_store.export_deal(uuid)', 'deal_store_reader', true),
+        ('deal_store.conflicts(uuid)', 'deal_store_reader', true),
+        ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
+        ('deal_store.entity_history(text, uuid, jsonb)', 'deal_store_reader', true),
+        ('deal_store.entity_type_of(oid)', 'deal_store_reader', false),
+        ('deal_store._table_of(oid)', 'deal_store_reader', false),
+        -- the row-level security policies on Citus
+        ('deal_store._may(oid, uuid, text)', 'deal_store_reader', false),
+        ('deal_store._acts_as(oid, uuid)', 'deal_store_reader', false),
+        -- the change feed: a consumer is its registering role's; reads see the caller's deals
+        ('deal_store.register_consumer(text, boolean)', 'deal_store_reader', true),
+        ('deal_store.read_changes(text, integer)', 'deal_store_reader', true),
+        ('deal_store.ack_changes(text, bigint)', 'deal_store_reader', true),
+        ('deal_store.consumers()', 'deal_store_reader', true),
+        ('deal_store.remove_consumer(text)', 'deal_store_reader', true),
+        -- what changed, for people
+        ('deal_store.mark_seen(uuid)', 'deal_store_reader', true),
+        ('deal_store.changes_since_seen(uuid)', 'deal_store_reader', true),
+        ('deal_store.diff_runs(uuid, uuid)', 'deal_store_reader', true),
+        ('deal_store.document_changes(uuid)', 'deal_store_reader', true),
+        ('deal_store.add_document_version(uuid, text, text, text, integer)', 'deal_store_analyst', true),
+        -- analyst: runs, proposals, gaps, soft delete
+        ('deal_store.start_run(uuid, text[], boolean, text)', 'deal_store_analyst', true),
+        ('deal_store.complete_run(uuid)', 'deal_store_analyst', true),
+        ('deal_store.fail_run(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.propose_facts(uuid, jsonb, text[], text)', 'deal_store_analyst', true),
+        ('deal_store.propose_findings(uuid, jsonb, text[], text)', 'deal_store_analyst', true),
+        ('deal_store.propose_gaps(uuid, jsonb, text[], text)', 'deal_store_analyst', true),
+        ('deal_store.resolve_gap(uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.reopen_gap(uuid)', 'deal_store_analyst', true),
+        ('deal_store.soft_delete(regclass, uuid, text, uuid)', 'deal_store_analyst', true),
+        ('deal_store.restore(regclass, uuid)', 'deal_store_analyst', true),
+        ('deal_store.import_deal(jsonb, text)', 'deal_store_analyst', true),
+        ('deal_store.archive_deal(uuid)', 'deal_store_analyst', true),
+        ('deal_store.unarchive_deal(uuid)', 'deal_store_analyst', true),
+        ('deal_store.add_member(uuid, uuid, text)', 'deal_store_analyst', true),
+        ('deal_store.remove_member(uuid, uuid)', 'deal_store_analyst', true),
+        -- reviewer: the merge queue
+        ('deal_store.accept_change(uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.reject_change(uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.defer_change(uuid, timestamptz, text)', 'deal_store_reviewer', true),
+        ('deal_store.accept_changes(uuid, integer, uuid, text)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
+        ('deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)', 'deal_store_reviewer', false),
+        ('deal_store._queue_remaining(integer)', 'deal_store_reviewer', false),
+        -- admin
+        ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
+        ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
+        -- run as the caller: only a table's owner may put the triggers on it or take them off,
+        -- so no admin can switch off the audit of deal_store's own tables
+        ('deal_store.enable_audit(regclass)', 'deal_store_admin', false),
+        ('deal_store.disable_audit(regclass)', 'deal_store_admin', false),
+        ('deal_store.audit_row()', 'deal_store_admin', false),
+        ('deal_store.audit_flush()', 'deal_store_admin', false)) AS x(fn, grantee, definer)
+    LOOP
+        IF f.definer THEN
+            EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
+        END IF;
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.fn, f.grantee);
+    END LOOP;
+END $$;

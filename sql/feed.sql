@@ -207,6 +207,15 @@ BEGIN
     deals := deal_store.my_deals('viewer');
     horizons := deal_store._horizons(true);
     nodes := greatest(cardinality(horizons), cardinality(c.cursor_txid));
+    -- a cursor beyond every transaction this cluster has begun: the database was
+    -- restored into a cluster whose transaction ids are behind the old one's, and the
+    -- consumer will see nothing new until they pass it
+    IF EXISTS (SELECT 1 FROM pg_catalog.unnest(c.cursor_txid) WITH ORDINALITY x(t, i)
+               WHERE x.t > coalesce(horizons[x.i], 0) AND x.t > pg_catalog.pg_current_xact_id()::text::bigint) THEN
+        RAISE WARNING 'feed consumer "%" has a cursor beyond this cluster''s transaction ids', c.name
+            USING DETAIL = 'The database was restored into another cluster whose transaction ids are behind the old one''s: new entries wait until they pass the cursor.',
+                  HINT = 'Remove the consumer and register it again, or move with pg_upgrade (which keeps transaction ids).';
+    END IF;
     marks_txid := c.cursor_txid;
     marks_seq := c.cursor_seq;
     todo := max_rows;

@@ -14,3 +14,9 @@ SET check_function_bodies = off;
 -- @routine deal_store._apply_set
 -- @routine deal_store._apply
 -- @routine deal_store.process_queue
+
+-- The change feed warns when a consumer's cursor is beyond the cluster's transaction ids.
+-- @routine deal_store.read_changes
+
+-- Last: every routine granted and the API made SECURITY DEFINER again, as access.sql does.
+-- @grants

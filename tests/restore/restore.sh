@@ -112,6 +112,11 @@ move_check() {
             echo "the moved rows differ (above: - PostgreSQL 15, + $PG_MAJOR)" >&2; ok=1
         fi
         psql -X -q -At -v ON_ERROR_STOP=1 -d deal_store_moved -c "SELECT 'moved database at ' || extversion FROM pg_catalog.pg_extension WHERE extname = 'deal_store'" || ok=1
+        # the moved database works on: its consumer reads on, a change is logged once, DROP is refused
+        psql -X -q -At -v ON_ERROR_STOP=1 -d deal_store_moved -f tests/restore/after.sql >"$RESTORE_OUT/move_after.out" 2>&1 ||
+            { cat "$RESTORE_OUT/move_after.out"; ok=1; }
+        grep -q '^restored database works on$' "$RESTORE_OUT/move_after.out" && echo "the moved database works on: its feed consumer reads on" ||
+            { cat "$RESTORE_OUT/move_after.out"; ok=1; }
         # the suite counts some things across the database (open changes, consumers, keys):
         # the moved deal's are settled first, through the API
         psql -X -q -v ON_ERROR_STOP=1 -d deal_store_moved \

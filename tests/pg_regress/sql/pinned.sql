@@ -176,3 +176,10 @@ SELECT count(*) AS update_audited FROM deal_store.deal_activity_log l JOIN deal_
 WHERE g.legacy_id = 'L-1' AND l.action = 'update';
 DROP TABLE public.loader;
 DROP FUNCTION public.loader_writes();
+
+-- A consumer whose cursor is beyond this cluster's transaction ids (a database
+-- restored into a cluster that is behind) is warned about, not left silent.
+SELECT (deal_store.register_consumer('moved.consumer')).name;
+UPDATE deal_store.feed_consumers SET cursor_txid = '{999999999999}' WHERE name = 'moved.consumer';
+SELECT count(*) AS read_nothing FROM deal_store.read_changes('moved.consumer', 10);
+SELECT deal_store.remove_consumer('moved.consumer');
