@@ -474,6 +474,8 @@ COMMENT ON FUNCTION deal_store._guard_drop() IS
 REVOKE ALL ON FUNCTION deal_store._guard_drop() FROM PUBLIC;
 CREATE EVENT TRIGGER deal_store_guard_drop ON ddl_command_start WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION deal_store._guard_drop();
+-- also under session_replication_role = replica (a restore's setting)
+ALTER EVENT TRIGGER deal_store_guard_drop ENABLE ALWAYS;
 COMMENT ON EVENT TRIGGER deal_store_guard_drop IS
     'Refuses a DROP that would take deal_store (the extension, its schema, an extension it needs, their owner''s objects) while deals exist: set deal_store.allow_drop = on (superusers) to drop them with it.';
 COMMENT ON FUNCTION deal_store.version() IS

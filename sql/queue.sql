@@ -416,7 +416,7 @@ COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid, text) IS
 -- batch_size rows: with the statistics a big proposal leaves behind (not yet
 -- analysed), the planner otherwise reads and sorts the whole open queue for every
 -- batch (34 ms per batch at 20,000 open changes, measured).
-CREATE FUNCTION deal_store._claim(batch_size integer, max_tier integer, deals uuid[], OUT deal_ids uuid[], OUT ids uuid[])
+CREATE FUNCTION deal_store._claim(batch_size integer, max_tier integer, deals uuid[], exclude uuid[], OUT deal_ids uuid[], OUT ids uuid[])
 LANGUAGE sql VOLATILE SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
 BEGIN ATOMIC
     SELECT pg_catalog.array_agg(p.deal_id), pg_catalog.array_agg(p.id) FROM (
@@ -424,16 +424,17 @@ BEGIN ATOMIC
         WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= _claim.max_tier
           AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
           AND (_claim.deals IS NULL OR p.deal_id = ANY (_claim.deals))
+          AND (_claim.exclude IS NULL OR p.id <> ALL (_claim.exclude))
         ORDER BY p.created_at, p.id
         LIMIT _claim.batch_size
         FOR UPDATE SKIP LOCKED) p;
 END;
-COMMENT ON FUNCTION deal_store._claim(integer, integer, uuid[]) IS
-    'Internal: locks (FOR UPDATE SKIP LOCKED) and returns (as deal_ids[i], ids[i]) up to batch_size eligible open changes of the given deals (all when NULL), oldest first, for process_queue.';
+COMMENT ON FUNCTION deal_store._claim(integer, integer, uuid[], uuid[]) IS
+    'Internal: locks (FOR UPDATE SKIP LOCKED) and returns (as deal_ids[i], ids[i]) up to batch_size eligible open changes of the given deals (all when NULL), oldest first, but those in exclude (already tried in this batch), for process_queue.';
 
 -- On Citus a row lock needs a query on one shard: the changes are claimed deal by
 -- deal (the deals with eligible changes read first, unlocked), each claim naming its deal.
-CREATE FUNCTION deal_store._claim_by_deal(batch_size integer, max_tier integer, deals uuid[], OUT deal_ids uuid[], OUT ids uuid[])
+CREATE FUNCTION deal_store._claim_by_deal(batch_size integer, max_tier integer, deals uuid[], exclude uuid[], OUT deal_ids uuid[], OUT ids uuid[])
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d uuid;
@@ -445,11 +446,13 @@ BEGIN
              WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
                AND (p.status = 'pending' OR p.deferred_until <= now())
                AND (deals IS NULL OR p.deal_id = ANY (deals))
+               AND (exclude IS NULL OR p.id <> ALL (exclude))
              GROUP BY p.deal_id ORDER BY min(p.created_at), p.deal_id LOOP
         SELECT array_agg(x.id) INTO got FROM (
             SELECT p.id FROM deal_store.pending_changes p
             WHERE p.deal_id = d AND p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
               AND (p.status = 'pending' OR p.deferred_until <= now())
+              AND (exclude IS NULL OR p.id <> ALL (exclude))
             ORDER BY p.created_at, p.id
             LIMIT batch_size - cardinality(ids)
             FOR UPDATE SKIP LOCKED) x;
@@ -464,7 +467,7 @@ BEGIN
         ids := NULL;
     END IF;
 END $$;
-COMMENT ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[]) IS
+COMMENT ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[], uuid[]) IS
     'Internal: _claim for a database whose deal tables Citus distributes: locks up to batch_size eligible open changes deal by deal (the deals with the oldest eligible change first; each claim one query on the deal''s shard).';
 
 COMMENT ON FUNCTION deal_store._distributed() IS
@@ -475,6 +478,11 @@ CREATE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, 
 LANGUAGE plpgsql AS $$
 DECLARE
     batch record;
+    tried uuid[] := ARRAY[]::uuid[];
+    want integer;
+    done_now integer;
+    refused_now integer;
+    held integer;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = '22023';
@@ -487,27 +495,39 @@ BEGIN
         RAISE EXCEPTION 'permission denied to process the queue: no actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
     END IF;
-    IF deal_store._distributed() THEN
-        SELECT * INTO batch FROM deal_store._claim_by_deal(batch_size, max_tier,
-            CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
-    ELSE
-        SELECT * INTO batch FROM deal_store._claim(batch_size, max_tier,
-            CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END);
-    END IF;
-    claimed := coalesce(cardinality(batch.ids), 0);
+    claimed := 0;
     applied := 0;
     conflicts := 0;
-    IF claimed > 0 THEN
+    want := batch_size;
+    -- a change whose target another transaction holds stays open: as many other
+    -- changes as were held back are claimed in its place (a few rounds at most), so
+    -- one tenant's locks never keep the worker from the rest of the queue
+    FOR round IN 1 .. 10 LOOP
+        IF deal_store._distributed() THEN
+            SELECT * INTO batch FROM deal_store._claim_by_deal(want, max_tier,
+                CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END, tried);
+        ELSE
+            SELECT * INTO batch FROM deal_store._claim(want, max_tier,
+                CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END, tried);
+        END IF;
+        EXIT WHEN coalesce(cardinality(batch.ids), 0) = 0;
+        claimed := claimed + cardinality(batch.ids);
+        tried := tried || batch.ids;
         PERFORM deal_store._apply(batch.deal_ids, batch.ids, 'process_queue');
         -- the claimed (deal, id) pairs as keys (a uuid's text has a fixed length): a filter, not a
         -- join with the arrays, which Citus could not plan over the distributed table
-        SELECT count(*) FILTER (WHERE p.status = 'accepted'), count(*) FILTER (WHERE p.status = 'conflict')
-        INTO applied, conflicts
+        SELECT count(*) FILTER (WHERE p.status = 'accepted'), count(*) FILTER (WHERE p.status = 'conflict'),
+               count(*) FILTER (WHERE p.status IN ('pending', 'deferred'))
+        INTO done_now, refused_now, held
         FROM deal_store.pending_changes p
         WHERE p.deal_id = ANY (batch.deal_ids) AND p.id = ANY (batch.ids)
           AND p.deal_id::text || p.id::text = ANY (ARRAY(SELECT x.deal_id::text || x.id::text
                                                           FROM unnest(batch.deal_ids, batch.ids) x(deal_id, id)));
-    END IF;
+        applied := applied + done_now;
+        conflicts := conflicts + refused_now;
+        EXIT WHEN held = 0;
+        want := held;
+    END LOOP;
 END $$;
 COMMENT ON FUNCTION deal_store.process_queue_batch(integer, integer) IS
     'One batch of process_queue in the caller''s transaction (for clients that cannot CALL a committing procedure): claims up to batch_size eligible open changes (FOR UPDATE SKIP LOCKED; all deals for admins, else the deals where the actor is reviewer or lead), applies them and returns how many it claimed, how many were applied and how many became conflicts. Fewer claimed than batch_size: the queue is drained for this caller.';

@@ -144,14 +144,16 @@ pub fn restoring(rel: pg_sys::Oid) -> bool {
 /// the switch a restore's COPY made (see [`restoring`]).
 #[pg_trigger]
 fn restored<'a>(_trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, PgTriggerError> {
-    if let Some(level) = REPLICA_LEVEL.take() {
+    if let Some(level) = REPLICA_LEVEL.get() {
         // SAFETY: a probe of the current nest level (opened and closed at once); the level
-        // restoring() opened is popped only while it is still the innermost one
+        // restoring() opened is popped (and forgotten) only while it is the innermost one: a
+        // statement nested deeper (in a function with a SET clause) leaves it to the COPY's own end
         unsafe {
             let probe = pg_sys::NewGUCNestLevel();
             pg_sys::AtEOXact_GUC(true, probe);
             if level == probe - 1 {
                 pg_sys::AtEOXact_GUC(true, level);
+                REPLICA_LEVEL.set(None);
             }
         }
     }

@@ -18,5 +18,17 @@ SET check_function_bodies = off;
 -- The change feed warns when a consumer's cursor is beyond the cluster's transaction ids.
 -- @routine deal_store.read_changes
 
+-- One tenant's held rows never keep the worker from the rest of the queue: the
+-- claim leaves out what a batch already tried.
+DROP FUNCTION IF EXISTS deal_store._claim(integer, integer, uuid[]);
+DROP FUNCTION IF EXISTS deal_store._claim_by_deal(integer, integer, uuid[]);
+-- @routine deal_store._claim
+-- @routine deal_store._claim_by_deal
+-- @routine deal_store.process_queue_batch
+REVOKE ALL ON FUNCTION deal_store._claim(integer, integer, uuid[], uuid[]), deal_store._claim_by_deal(integer, integer, uuid[], uuid[]) FROM PUBLIC;
+
+-- The DROP guard also under session_replication_role = replica.
+ALTER EVENT TRIGGER deal_store_guard_drop ENABLE ALWAYS;
+
 -- Last: every routine granted and the API made SECURITY DEFINER again, as access.sql does.
 -- @grants
