@@ -348,7 +348,7 @@ fn table_info(rel: &PgRelation) -> TableInfo {
     let key_names: Vec<String> = crate::spi::connect(|client| {
         client
             .select(
-                "SELECT a.attname::text FROM pg_catalog.pg_index i \
+                "SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_index i \
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
                  WHERE i.indrelid = $1 AND i.indisprimary ORDER BY pg_catalog.array_position(i.indkey::pg_catalog.int2[], a.attnum)",
                 None,
@@ -383,7 +383,28 @@ unsafe extern "C-unwind" {
     fn datum_image_eq(value1: pg_sys::Datum, value2: pg_sys::Datum, typbyval: bool, typlen: std::ffi::c_int) -> bool;
 }
 
-unsafe fn attr(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc, attnum: i32) -> Option<pg_sys::Datum> {
+/// True when two optional datums of one column hold the same value: the same
+/// binary image, NULLs equal (what "the column changed" means to the audit and
+/// to the who / when columns).
+///
+/// # Safety
+/// Each non-NULL datum must be a value of the type whose by-value flag and
+/// length are `byval` and `len`.
+pub(crate) unsafe fn same_image(a: Option<pg_sys::Datum>, b: Option<pg_sys::Datum>, byval: bool, len: i16) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        // SAFETY: two datums of one type (caller); an error raised while comparing
+        // (detoasting) crosses back into PostgreSQL through the guard
+        (Some(x), Some(y)) => unsafe { pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| datum_image_eq(x, y, byval, len.into())) },
+        _ => false,
+    }
+}
+
+/// The value of attribute `attnum` (1-based) of a tuple, None for NULL.
+///
+/// # Safety
+/// `tuple` must be a live tuple that `tupdesc` describes, and `attnum` one of its columns.
+pub(crate) unsafe fn attr(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc, attnum: i32) -> Option<pg_sys::Datum> {
     let mut isnull = false;
     // SAFETY: the caller guarantees tuple and tupdesc describe one live row and attnum is a column of it
     let d = unsafe { pg_sys::heap_getattr(tuple, attnum, tupdesc, &mut isnull) };
@@ -562,12 +583,7 @@ unsafe fn capture(
             let mut any = false; // noise columns are neither reported nor enough to log
             for c in t.columns.iter().filter(|c| !c.noise) {
                 let (a, z) = (attr(old, tupdesc, c.attnum), attr(new, tupdesc, c.attnum));
-                let same = match (a, z) {
-                    (None, None) => true,
-                    (Some(x), Some(y)) => pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| datum_image_eq(x, y, c.byval, c.len.into())),
-                    _ => false,
-                };
-                if !same {
+                if !same_image(a, z, c.byval, c.len) {
                     any = true;
                     changed.key(&c.name);
                     changed.begin_object();

@@ -250,7 +250,7 @@ fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
     let ids: Vec<Uuid> = by_id.keys().map(|b| Uuid::from_bytes(*b)).collect();
     crate::spi::connect(|client| {
         let sql = format!(
-            "SELECT t.id, {} FROM {} t JOIN pg_catalog.unnest($2::uuid[]) AS x(id) ON t.deal_id = $1 AND t.id = x.id WHERE {}",
+            "SELECT t.id, {} FROM {} t JOIN pg_catalog.unnest($2::pg_catalog.uuid[]) AS x(id) ON t.deal_id = $1 AND t.id = x.id WHERE {}",
             content_sql(kind),
             kind.table,
             current_rows_sql(kind)

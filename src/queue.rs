@@ -264,7 +264,7 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
             client
                 .update(
                     "UPDATE deal_store.pending_changes SET status = 'superseded', decided_at = pg_catalog.now(), \
-                     review_note = 'superseded by analysis run ' OPERATOR(pg_catalog.||) $3::text WHERE deal_id = $1 AND id = ANY($2)",
+                     review_note = 'superseded by analysis run ' OPERATOR(pg_catalog.||) $3::pg_catalog.text WHERE deal_id = $1 AND id = ANY($2)",
                     None,
                     &[run.deal_id.into(), supersede.into(), run.run_number.to_string().into()],
                 )
@@ -279,13 +279,13 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
             "INSERT INTO deal_store.pending_changes (deal_id, analysis_run_id, change_type, entity_type, entity_id, \
                legacy_entity_id, old_value, new_value, base_checksum, proposed_checksum, confidence_tier) \
              SELECT $1, $2, x.change_type, $3, x.entity_id, x.legacy_entity_id, \
-                    (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'search_vector'::text FROM {} t WHERE t.deal_id = $1 AND t.id = x.entity_id{current}), \
-                    CASE WHEN x.ordinal IS NOT NULL THEN $6 || (SELECT coalesce(pg_catalog.jsonb_object_agg(j.k, j.v), '{{}}'::jsonb) \
+                    (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'search_vector'::pg_catalog.text FROM {} t WHERE t.deal_id = $1 AND t.id = x.entity_id{current}), \
+                    CASE WHEN x.ordinal IS NOT NULL THEN $6 || (SELECT coalesce(pg_catalog.jsonb_object_agg(j.k, j.v), '{{}}'::pg_catalog.jsonb) \
                          FROM pg_catalog.jsonb_each($5 OPERATOR(pg_catalog.->) x.ordinal) AS j(k, v) \
-                         WHERE j.v <> 'null'::jsonb AND j.k = ANY ($7)) END, \
+                         WHERE j.v <> 'null'::pg_catalog.jsonb AND j.k = ANY ($7)) END, \
                     x.base_checksum, x.proposed_checksum, x.confidence_tier \
-             FROM pg_catalog.jsonb_to_recordset($4) AS x(change_type text, entity_id uuid, legacy_entity_id text, ordinal integer, \
-                  base_checksum text, proposed_checksum text, confidence_tier integer) \
+             FROM pg_catalog.jsonb_to_recordset($4) AS x(change_type pg_catalog.text, entity_id pg_catalog.uuid, legacy_entity_id pg_catalog.text, ordinal pg_catalog.int4, \
+                  base_checksum pg_catalog.text, proposed_checksum pg_catalog.text, confidence_tier pg_catalog.int4) \
              RETURNING id, change_type, confidence_tier",
             kind.table
         );

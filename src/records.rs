@@ -27,6 +27,7 @@
 //!
 //! The who column of an act is never cleared while the act stands: clearing
 //! `deleted_by` keeps it as long as `deleted_at` is set (a restore clears both).
+use crate::audit::{attr, same_image};
 use crate::errors::raise;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -93,32 +94,6 @@ fn server_columns_sql() -> TableIterator<'static, (name!(table_name, String), na
     }))
 }
 
-unsafe extern "C-unwind" {
-    /// utils/datum.h: true when two datums of one type have the same binary image.
-    fn datum_image_eq(value1: pg_sys::Datum, value2: pg_sys::Datum, typbyval: bool, typlen: std::ffi::c_int) -> bool;
-}
-
-/// The value of attribute `attnum` (1-based) of a tuple, None for NULL.
-///
-/// # Safety
-/// `tuple` must be a live tuple that `tupdesc` describes.
-unsafe fn attr(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc, attnum: i32) -> Option<pg_sys::Datum> {
-    let mut isnull = false;
-    // SAFETY: the caller's guarantee
-    let d = unsafe { pg_sys::heap_getattr(tuple, attnum, tupdesc, &mut isnull) };
-    (!isnull).then_some(d)
-}
-
-/// True when two optional datums of one column are the same value (binary image).
-fn same(a: Option<pg_sys::Datum>, b: Option<pg_sys::Datum>, byval: bool, len: i16) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        // SAFETY: two non-NULL datums of the column's type
-        (Some(x), Some(y)) => unsafe { datum_image_eq(x, y, byval, len.into()) },
-        _ => false,
-    }
-}
-
 /// BEFORE INSERT OR UPDATE row trigger: writes every classified column of the
 /// row as [`classify`] says (see the module documentation).
 #[pg_trigger]
@@ -158,6 +133,11 @@ fn server_columns<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'
     };
     // SAFETY: reads the transaction start time
     let now = || unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }.into_datum();
+    // the server's value of a who (the actor) or when (the clock) column
+    let mut stamp = |kind: Kind, is_text: bool| match kind {
+        Kind::Who => who(is_text),
+        Kind::When => now(),
+    };
     let mut set: Vec<(i32, Option<pg_sys::Datum>)> = Vec::new();
     let mut touch: Vec<(i32, Kind, bool)> = Vec::new();
     let mut changed = false;
@@ -171,12 +151,9 @@ fn server_columns<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'
         let value = unsafe { attr(new_t, rd_att, attnum) };
         // SAFETY: old_t (on UPDATE) is this call's old tuple, described by rd_att
         let before = if update { unsafe { attr(old_t, rd_att, attnum) } } else { None };
-        let differs = update && !same(before, value, att.attbyval, att.attlen);
+        // SAFETY: both are values of this column (or NULL)
+        let differs = update && !unsafe { same_image(before, value, att.attbyval, att.attlen) };
         let is_text = att.atttypid == pg_sys::TEXTOID;
-        let stamp = |kind: Kind, who: &mut dyn FnMut(bool) -> Option<pg_sys::Datum>| match kind {
-            Kind::Who => who(is_text),
-            Kind::When => now(),
-        };
         match classify(att.name()) {
             // an import written by its importer dates the versions it brings now too
             Some((Kind::When, Moment::Versioning)) if !update && value.is_some() && crate::settings::IMPORTING_HISTORY.get() => {
@@ -189,14 +166,14 @@ fn server_columns<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'
                         set.push((attnum, before));
                     }
                 } else {
-                    set.push((attnum, stamp(kind, &mut who)));
+                    set.push((attnum, stamp(kind, is_text)));
                 }
             }
             Some((kind, Moment::Touch)) => touch.push((attnum, kind, is_text)),
             Some((kind, Moment::Act)) => {
                 changed |= differs;
                 if value.is_some() && (!update || differs) {
-                    set.push((attnum, stamp(kind, &mut who)));
+                    set.push((attnum, stamp(kind, is_text)));
                 } else if kind == Kind::Who && value.is_none() && before.is_some() {
                     cleared_acts.push((attnum, att.name().trim_end_matches("_by").to_string()));
                 }
@@ -219,10 +196,7 @@ fn server_columns<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'
     }
     for (attnum, kind, is_text) in touch {
         let value = if !update || changed {
-            match kind {
-                Kind::Who => who(is_text),
-                Kind::When => now(),
-            }
+            stamp(kind, is_text)
         } else {
             // SAFETY: old_t is this call's old tuple, described by rd_att
             unsafe { attr(old_t, rd_att, attnum) }

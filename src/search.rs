@@ -49,7 +49,7 @@ fn allowed_edits(len: usize) -> usize {
 fn typo_tsquery(deal_id: Uuid, query: &str, cfg: default!(&str, "'english'")) -> Option<String> {
     let words: Vec<String> = crate::spi::connect(|c| {
         crate::diff::require_deal(deal_id);
-        c.select("SELECT lexeme FROM pg_catalog.unnest(pg_catalog.to_tsvector($1::regconfig, $2))", None, &[cfg.into(), query.into()])
+        c.select("SELECT lexeme FROM pg_catalog.unnest(pg_catalog.to_tsvector($1::pg_catalog.regconfig, $2))", None, &[cfg.into(), query.into()])
             .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
             .unwrap_or_default()
     });

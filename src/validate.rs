@@ -47,7 +47,7 @@ pub fn allowed_keys(kind: &Kind) -> Vec<&'static str> {
 fn columns(client: &SpiClient<'_>, kind: &Kind) -> HashMap<String, Column> {
     client
         .select(
-            "SELECT a.attname::text, t.typname::text, a.attnotnull AND NOT a.atthasdef \
+            "SELECT a.attname::pg_catalog.text, t.typname::pg_catalog.text, a.attnotnull AND NOT a.atthasdef \
              FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              WHERE a.attrelid = $1::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped",
             None,
@@ -164,8 +164,8 @@ pub fn check_constraints(client: &SpiClient<'_>, kind: &Kind, doc: &AnyElement, 
     }
     let constraints: Vec<(String, String, Vec<String>)> = client
         .select(
-            "SELECT c.conname::text, pg_catalog.pg_get_constraintdef(c.oid), \
-                    (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
+            "SELECT c.conname::pg_catalog.text, pg_catalog.pg_get_constraintdef(c.oid), \
+                    (SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
                      WHERE a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)) \
              FROM pg_catalog.pg_constraint c WHERE c.conrelid = $1::pg_catalog.regclass AND c.contype = 'c' ORDER BY c.conname",
             None,

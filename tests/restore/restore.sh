@@ -12,11 +12,13 @@ restore_rows() {
     psql -X -q -At -v ON_ERROR_STOP=1 -d "$1" -f "$ROOT/tests/restore/rows.sql"
 }
 
-# restore_compare NAME: the rows of database NAME against the source's; prints the verdict
+# restore_compare NAME LABEL [SOURCE_ROWS]: the rows of database NAME against the
+# source's (default $RESTORE_OUT/source.rows); prints the verdict
 restore_compare() {
+    local source=${3:-$RESTORE_OUT/source.rows}
     restore_rows "$1" >"$RESTORE_OUT/$1.rows" || return 1
-    if diff -u "$RESTORE_OUT/source.rows" "$RESTORE_OUT/$1.rows"; then
-        echo "$2: $(wc -l <"$RESTORE_OUT/source.rows") tables and the log sequence equal, $(awk -F'|' '{n += $2} END {print n}' "$RESTORE_OUT/source.rows") rows"
+    if diff -u "$source" "$RESTORE_OUT/$1.rows"; then
+        echo "$2: $(wc -l <"$source") tables and the log sequence equal, $(awk -F'|' '{n += $2} END {print n}' "$source") rows"
     else
         echo "$2: the restored rows differ (above: - source, + restored)" >&2
         return 1
@@ -105,12 +107,7 @@ move_check() {
         fresh_db deal_store_moved
         "$PG_BIN/pg_restore" -d deal_store_moved "$RESTORE_OUT/move.dump" >"$RESTORE_OUT/move.log" 2>&1 || { cat "$RESTORE_OUT/move.log"; ok=1; }
         restore_clean "$RESTORE_OUT/move.log" || ok=1
-        restore_rows deal_store_moved >"$RESTORE_OUT/move18.rows" || ok=1
-        if diff -u "$RESTORE_OUT/move15.rows" "$RESTORE_OUT/move18.rows"; then
-            echo "PostgreSQL 15 -> $PG_MAJOR: $(wc -l <"$RESTORE_OUT/move15.rows") tables and the log sequence equal, $(awk -F'|' '{n += $2} END {print n}' "$RESTORE_OUT/move15.rows") rows"
-        else
-            echo "the moved rows differ (above: - PostgreSQL 15, + $PG_MAJOR)" >&2; ok=1
-        fi
+        restore_compare deal_store_moved "PostgreSQL 15 -> $PG_MAJOR" "$RESTORE_OUT/move15.rows" || ok=1
         psql -X -q -At -v ON_ERROR_STOP=1 -d deal_store_moved -c "SELECT 'moved database at ' || extversion FROM pg_catalog.pg_extension WHERE extname = 'deal_store'" || ok=1
         # the moved database works on: its consumer reads on, a change is logged once, DROP is refused
         psql -X -q -At -v ON_ERROR_STOP=1 -d deal_store_moved -f tests/restore/after.sql >"$RESTORE_OUT/move_after.out" 2>&1 ||
