@@ -119,20 +119,7 @@ pub fn restoring(rel: pg_sys::Oid) -> bool {
     if restoring && REPLICA_LEVEL.get().is_none() {
         // SAFETY: as fmgr does for a function's SET clause: a nest level of our own, popped by
         // restored() at the end of the statement or by the transaction's abort; the caller is a superuser
-        let level = unsafe {
-            let level = pg_sys::NewGUCNestLevel();
-            pg_sys::set_config_option(
-                c"session_replication_role".as_ptr(),
-                c"replica".as_ptr(),
-                pg_sys::GucContext::PGC_SUSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-            level
-        };
+        let level = unsafe { crate::settings::push_setting(c"session_replication_role", c"replica", pg_sys::GucContext::PGC_SUSET) };
         REPLICA_LEVEL.set(Some(level));
         // SAFETY: reads this backend's transaction state
         REPLICA_DEPTH.set(unsafe { pg_sys::GetCurrentTransactionNestLevel() });

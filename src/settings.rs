@@ -21,6 +21,31 @@ pub static SEARCH_CONFIG: GucSetting<Option<CString>> = GucSetting::<Option<CStr
 pub static HEADLINE_START: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"<b>"));
 pub static HEADLINE_STOP: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"</b>"));
 
+/// Sets `name` to `value` at a new GUC nest level, as fmgr does for a function's
+/// `SET` clause, and returns that level: `AtEOXact_GUC(true, level)` restores the
+/// value before, and so does the abort of the (sub)transaction an error ends.
+///
+/// # Safety
+/// The caller pops the returned level (or leaves it to the transaction's end)
+/// and may set `name` in `context` (a superuser for a `PGC_SUSET` setting).
+pub unsafe fn push_setting(name: &CStr, value: &CStr, context: pgrx::pg_sys::GucContext::Type) -> i32 {
+    // SAFETY: the caller's guarantee; both strings are NUL-terminated and copied by PostgreSQL
+    unsafe {
+        let level = pgrx::pg_sys::NewGUCNestLevel();
+        pgrx::pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            context,
+            pgrx::pg_sys::GucSource::PGC_S_SESSION,
+            pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    }
+}
+
 /// A plain text setting anyone may change.
 fn text_guc(name: &'static CStr, short: &'static CStr, long: &'static CStr, setting: &'static GucSetting<Option<CString>>) {
     GucRegistry::define_string_guc(name, short, long, setting, GucContext::Userset, GucFlags::default());

@@ -41,20 +41,7 @@ fn pinned<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: what fmgr does for a function with a SET clause: a new nest level,
     // the value saved at it; an error unwinding through f is restored by the
     // (sub)transaction abort, a normal return by AtEOXact_GUC below
-    let level = unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            PINNED.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        level
-    };
+    let level = unsafe { crate::settings::push_setting(c"search_path", PINNED, pg_sys::GucContext::PGC_USERSET) };
     let result = f();
     // SAFETY: pops exactly the nest level opened above
     unsafe { pg_sys::AtEOXact_GUC(true, level) };
