@@ -131,7 +131,7 @@ impl Drop for WritingHistory {
 /// versions (`deal_store.importing_history`, a superuser-only setting: on Citus the
 /// trigger runs on a worker, which a per-process flag would not reach).
 fn refuse_forged_history<A: WhoAllocated>(new: &PgHeapTuple<'_, A>, cols: &Cols) {
-    if WRITING_HISTORY.with(std::cell::Cell::get) != HistoryWriter::None || crate::settings::IMPORTING_HISTORY.get() {
+    if writing_history() || crate::settings::IMPORTING_HISTORY.get() {
         return;
     }
     let history = internal(new.get_by_index::<TimestampWithTimeZone>(cols.superseded_at)).is_some();
