@@ -252,6 +252,8 @@ GRANT USAGE ON SCHEMA deal_store TO deal_store_reader;
 REVOKE ALL ON ALL TABLES IN SCHEMA deal_store FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA deal_store FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+-- the one routine anyone may call: which library and catalog serve this database
+GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;
 REVOKE ALL ON TYPE deal_store.fact_search_hit FROM PUBLIC;
 GRANT USAGE ON TYPE deal_store.fact_search_hit TO deal_store_reader;
 
@@ -273,7 +275,7 @@ BEGIN
 END $$;
 GRANT SELECT (id, email, display_name, roles, active, created_at, updated_at, db_role) ON deal_store.users TO deal_store_reader;
 -- feed consumers are read through consumers(): each role sees its own; idempotency keys are internal
-REVOKE ALL ON deal_store.feed_consumers, deal_store.idempotency_keys, deal_store.seen_marks FROM deal_store_reader;
+REVOKE ALL ON deal_store.feed_consumers, deal_store.idempotency_keys, deal_store.seen_marks, deal_store.run_output FROM deal_store_reader;
 GRANT UPDATE (read, read_at) ON deal_store.notifications TO deal_store_reader;
 -- analysts write content directly too (DELETE is a soft delete)
 GRANT INSERT, UPDATE, DELETE ON deal_store.deals, deal_store.documents, deal_store.facts, deal_store.findings,
@@ -480,4 +482,3 @@ COMMENT ON EVENT TRIGGER deal_store_guard_drop IS
     'Refuses a DROP that would take deal_store (the extension, its schema, an extension it needs, their owner''s objects) while deals exist: set deal_store.allow_drop = on (superusers) to drop them with it.';
 COMMENT ON FUNCTION deal_store.version() IS
     'The version of the deal_store library serving this session and of the extension installed in this database (pg_extension.extversion); a WARNING when they differ (run ALTER EXTENSION deal_store UPDATE).';
-GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;

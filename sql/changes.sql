@@ -67,7 +67,8 @@ BEGIN
                AND (x.status <> 'archived' OR coalesce(with_archived, false))
              ORDER BY x.updated_at DESC, x.id LOOP
         RETURN QUERY SELECT d.id, d.user_id, d.name, d.target_name, d.deal_type, d.status, d.created_at, d.updated_at,
-                            (SELECT count(*) FROM deal_store._unseen(d.id));
+                            (SELECT count(DISTINCT (x.entity_type, x.entity_id)) FROM deal_store._unseen(d.id) x
+                             WHERE x.entity_type IN ('fact', 'finding', 'gap') AND x.entity_id IS NOT NULL);
     END LOOP;
 END $$;
 COMMENT ON FUNCTION deal_store._deals_for_user(uuid, boolean) IS
@@ -81,7 +82,7 @@ BEGIN ATOMIC
     SELECT * FROM deal_store._deals_for_user(deals_for_user.user_id, deals_for_user.include_archived);
 END;
 COMMENT ON FUNCTION deal_store.deals_for_user(uuid, boolean) IS
-    'A user''s live deals that the caller may see, most recently updated first (archived ones only when include_archived), with unseen: the log entries of each deal since the actor last looked (mark_seen; all of them before that).';
+    'A user''s live deals that the caller may see, most recently updated first (archived ones only when include_archived), with unseen: the facts, findings and gaps of each deal that changed since the actor last looked (mark_seen; all of them before that), each counted once, as changes_since_seen lists them.';
 
 CREATE FUNCTION deal_store.mark_seen(deal_id uuid) RETURNS timestamptz
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -146,10 +147,10 @@ BEGIN
         GROUP BY x.entity_type, x.entity_id
     ), classified AS (
         SELECT p.entity_type, p.entity_id, f.fields,
-               CASE WHEN p.last_state IN ('soft_delete', 'purge') THEN 'removed'
+               CASE WHEN p.last_state IN ('soft_delete', 'purge') THEN 'delete'
                     WHEN p.inserted THEN 'new'
-                    WHEN p.last_state = 'restore' THEN 'restored'
-                    ELSE 'changed' END AS change,
+                    WHEN p.last_state = 'restore' THEN 'restore'
+                    ELSE 'update' END AS change,
                coalesce((SELECT f.legacy_id FROM deal_store.facts f WHERE p.entity_type = 'fact' AND f.deal_id = changes_since_seen.deal_id AND f.id = p.entity_id),
                         (SELECT g.legacy_id FROM deal_store.findings g WHERE p.entity_type = 'finding' AND g.deal_id = changes_since_seen.deal_id AND g.id = p.entity_id),
                         (SELECT g.legacy_id FROM deal_store.gaps g WHERE p.entity_type = 'gap' AND g.deal_id = changes_since_seen.deal_id AND g.id = p.entity_id)) AS legacy_id
@@ -157,7 +158,7 @@ BEGIN
     )
     SELECT c.entity_type, c.change, count(*),
            pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', c.entity_id, 'legacy_id', c.legacy_id)
-                                || CASE WHEN c.change = 'changed' THEN pg_catalog.jsonb_build_object('changed_fields', c.fields)
+                                || CASE WHEN c.change = 'update' THEN pg_catalog.jsonb_build_object('changed_fields', c.fields)
                                         ELSE '{}' END
                                 ORDER BY c.legacy_id, c.entity_id)
     FROM classified c
@@ -174,7 +175,7 @@ BEGIN
     ORDER BY 1, 2;
 END $$;
 COMMENT ON FUNCTION deal_store.changes_since_seen(uuid) IS
-    'What changed in the deal since the actor last looked (mark_seen; everything when it never did), grouped and counted: facts, findings and gaps new, changed (with the changed fields), removed or restored, each with id and legacy_id; and the pending changes waiting for this user''s review (reviewers and leads).';
+    'What changed in the deal since the actor last looked (mark_seen; everything when it never did), grouped and counted: facts, findings and gaps by change (new, update with the changed fields, delete, restore: the vocabulary of diff_facts and the merge queue), each with id and legacy_id; and the pending changes waiting for this user''s review (reviewers and leads).';
 
 -- ---------------------------------------------------------------------------
 -- A deal's facts as they were at a moment, from the versions stored: a version

@@ -237,6 +237,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     b record;
 BEGIN
+    PERFORM deal_store._outside_transaction_block('process_queue');
     batches := 0;
     applied := 0;
     conflicts := 0;
@@ -466,8 +467,301 @@ REVOKE ALL ON FUNCTION deal_store._claim(integer, integer, uuid[], uuid[]), deal
 -- The DROP guard also under session_replication_role = replica.
 ALTER EVENT TRIGGER deal_store_guard_drop ENABLE ALWAYS;
 
+-- A run's output may arrive in several calls: what each call delivered is kept
+-- until the run ends, and complete_run infers the removals once, over all of it.
+CREATE TABLE deal_store.run_output (
+    deal_id         uuid NOT NULL,
+    analysis_run_id uuid NOT NULL,
+    entity_type     text NOT NULL,
+    legacy_id       text,
+    domain          text NOT NULL,
+    CONSTRAINT run_output_key UNIQUE NULLS NOT DISTINCT (deal_id, analysis_run_id, entity_type, legacy_id, domain),
+    CONSTRAINT run_output_analysis_run_id_fkey FOREIGN KEY (deal_id, analysis_run_id)
+        REFERENCES deal_store.analysis_runs (deal_id, id) ON DELETE CASCADE,
+    CONSTRAINT run_output_entity_type_check CHECK (entity_type IN ('fact', 'finding', 'gap'))
+);
+COMMENT ON TABLE deal_store.run_output IS
+    'Working state of running runs: each row a proposal call delivered (legacy_id), or a domain a call covered (legacy_id NULL: the domains it named, else the domains of its rows). complete_run proposes the removal of every live row in the covered domains that the run did not deliver, then clears the run''s rows (fail_run clears them too). Written by the propose_* functions only.';
+COMMENT ON COLUMN deal_store.run_output.legacy_id IS 'A delivered row''s legacy_id; NULL for a domain a call covered.';
+COMMENT ON COLUMN deal_store.run_output.domain IS 'The delivered row''s domain, or the domain a call covered: removals are inferred only inside covered domains.';
+SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
+CREATE FUNCTION deal_store._propose_removals(entity_type text, run_id uuid)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'propose_removals_internal_wrapper';
+COMMENT ON FUNCTION deal_store._propose_removals(text, uuid) IS
+    'Internal: the Rust body of complete_run''s removals: a delete change for each live row of the kind inside the domains the run''s proposals covered that none of them delivered.';
+-- deal_store._finish_run: the current definition, from sql/runs.sql
+CREATE OR REPLACE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS deal_store.analysis_runs
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    finished deal_store.analysis_runs;
+    deal uuid := deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
+    -- read here: Citus runs no volatile function inside an UPDATE of a distributed table
+    finished_at timestamptz := clock_timestamp();
+BEGIN
+    SELECT x.deal_id, x.status, x.started_at, d.deleted_at AS deal_deleted_at INTO r
+    FROM deal_store.analysis_runs x JOIN deal_store.deals d ON d.id = x.deal_id
+    WHERE x.deal_id = deal AND d.id = deal AND x.id = run_id FOR NO KEY UPDATE OF x;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'analysis run % does not exist', run_id USING ERRCODE = 'P0002';
+    ELSIF r.status <> 'running' THEN
+        RAISE EXCEPTION 'analysis run % is already %', run_id, r.status USING ERRCODE = '55000';
+    ELSIF r.deal_deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'the deal of analysis run % is deleted', run_id USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.analysis_runs x SET
+        status = new_status,
+        error = _finish_run.error,
+        completed_at = finished_at,
+        duration_seconds = round(extract(epoch FROM finished_at - x.started_at)::numeric, 3),
+        documents_processed = (SELECT count(DISTINCT f.source_document_id) FROM deal_store.facts f
+                               WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        facts_created = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NULL),
+        facts_updated = (SELECT count(*) FROM deal_store.facts f WHERE f.deal_id = r.deal_id
+                         AND f.analysis_run_id = run_id AND f.superseded_at IS NULL AND f.previous_version_id IS NOT NULL),
+        findings_created = (SELECT count(*) FROM deal_store.findings f WHERE f.deal_id = r.deal_id AND f.analysis_run_id = run_id),
+        gaps_created = (SELECT count(*) FROM deal_store.gaps g WHERE g.deal_id = r.deal_id AND g.analysis_run_id = run_id)
+    WHERE x.deal_id = r.deal_id AND x.id = run_id
+    RETURNING x.* INTO finished;
+    DELETE FROM deal_store.run_output o WHERE o.deal_id = r.deal_id AND o.analysis_run_id = run_id;
+    RETURN finished;
+END $$;
+COMMENT ON FUNCTION deal_store._finish_run(uuid, text, text) IS
+    'Internal: shared body of complete_run and fail_run; returns the finished run.';
+-- deal_store.complete_run: the current definition, from sql/runs.sql
+CREATE OR REPLACE FUNCTION deal_store.complete_run(run_id uuid) RETURNS deal_store.analysis_runs
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT count(*) FROM deal_store._propose_removals('fact', run_id);
+    SELECT count(*) FROM deal_store._propose_removals('finding', run_id);
+    SELECT count(*) FROM deal_store._propose_removals('gap', run_id);
+    SELECT * FROM deal_store._finish_run(run_id, 'completed', NULL);
+END;
+COMMENT ON FUNCTION deal_store.complete_run(uuid) IS
+    'Marks a running run completed and returns the run (SELECT * FROM complete_run(id) shows its columns): first proposes the removal (change_type delete) of every live fact, finding and gap inside the domains the run''s proposals covered that none of them delivered (an incremental run removes nothing), then sets completed_at, duration_seconds and the counts of what it wrote; its rows become visible in the current_* views. Errors: P0002 no such run, 55000 already finished or deal deleted.';
+-- deal_store._placement: the current definition, from sql/distribute.sql
+CREATE OR REPLACE FUNCTION deal_store._placement()
+RETURNS TABLE(table_name regclass, distribution_column text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT x.t::regclass, x.col FROM (VALUES
+        (1, 'deal_store.users', NULL::text), (2, 'deal_store.tier_policies', NULL),
+        (3, 'deal_store.deals', 'id'),
+        (4, 'deal_store.documents', 'deal_id'), (5, 'deal_store.analysis_runs', 'deal_id'),
+        (6, 'deal_store.facts', 'deal_id'), (7, 'deal_store.findings', 'deal_id'),
+        (8, 'deal_store.gaps', 'deal_id'), (9, 'deal_store.fact_finding_links', 'deal_id'),
+        (10, 'deal_store.pending_changes', 'deal_id'), (11, 'deal_store.deal_members', 'deal_id'),
+        (12, 'deal_store.deal_activity_log', 'deal_id'), (13, 'deal_store.notifications', 'deal_id'),
+        (14, 'deal_store.seen_marks', 'deal_id'), (15, 'deal_store.run_output', 'deal_id')) AS x(n, t, col)
+    ORDER BY x.n
+$$;
+COMMENT ON FUNCTION deal_store._placement() IS
+    'Internal: how deal_store.distribute() places each table on Citus: a NULL distribution_column is a reference table, the others are distributed by it and co-located with deals.';
+
+-- No silent no-ops, errors that say what to do: a committing procedure inside a
+-- transaction block, clearing deleted_at; one vocabulary (new, update, delete,
+-- restore) in changes_since_seen; unseen counts things, not log rows.
+CREATE FUNCTION deal_store._outside_transaction_block(routine text) RETURNS void
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'outside_transaction_block_wrapper';
+COMMENT ON FUNCTION deal_store._outside_transaction_block(text) IS
+    'Internal: 2D000 with a hint (process_queue_batch) when a committing procedure is called inside a transaction block.';
+-- deal_store.refuse_undelete: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store.refuse_undelete() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    entity text := deal_store._table_of(TG_RELID)::regclass::text;   -- on Citus TG_RELID is a shard
+BEGIN
+    RAISE EXCEPTION 'a soft-deleted row of % comes back through deal_store.restore(), not by clearing deleted_at', entity
+        USING ERRCODE = '23514',
+              HINT = pg_catalog.format('SELECT deal_store.restore(%L, %L) restores it and the rows deleted with it.', entity, NEW.id);
+END $$;
+COMMENT ON FUNCTION deal_store.refuse_undelete() IS
+    'Trigger (BEFORE UPDATE, when deleted_at is cleared and delete_batch is not): 23514 with a hint naming deal_store.restore(), which restores the row and its batch.';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER refuse_undelete BEFORE UPDATE OF deleted_at ON deal_store.%I FOR EACH ROW
+            WHEN (OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL AND NEW.delete_batch IS NOT NULL)
+            EXECUTE FUNCTION deal_store.refuse_undelete()', t);
+    END LOOP;
+END $$;
+-- deal_store.require_actor: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store.require_actor() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- the write-side lookup raises 42501 when this login needs an actor and has none
+    PERFORM deal_store.my_deals('analyst');
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION deal_store.require_actor() IS
+    'Trigger (BEFORE DELETE FOR EACH STATEMENT on the active_* views): 42501 with a hint when the login needs an actor (deal_store_service, deal_store.require_actor) and has none, instead of a DELETE 0.';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER require_actor BEFORE DELETE ON deal_store.%I FOR EACH STATEMENT
+            EXECUTE FUNCTION deal_store.require_actor()', 'active_' || t);
+    END LOOP;
+END $$;
+-- deal_store.changes_since_seen: the current definition, from sql/changes.sql
+CREATE OR REPLACE FUNCTION deal_store.changes_since_seen(deal_id uuid)
+RETURNS TABLE(entity_type text, change text, changes bigint, items jsonb)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    unseen deal_store.deal_activity_log[];
+    reviews boolean;
+BEGIN
+    PERFORM deal_store._require_deal(deal_id, 'read');
+    -- values first: on Citus the query below runs on the deal's shard, where a
+    -- function that queries the deal tables cannot run
+    unseen := ARRAY(SELECT x FROM deal_store._unseen(changes_since_seen.deal_id) x
+                    WHERE x.entity_type IN ('fact', 'finding', 'gap') AND x.entity_id IS NOT NULL);
+    reviews := deal_store.sees_all_deals() OR changes_since_seen.deal_id = ANY (deal_store.my_deals('reviewer'));
+    RETURN QUERY
+    WITH u AS MATERIALIZED (
+        SELECT x.* FROM pg_catalog.unnest(unseen) x
+    ), fields AS (
+        SELECT x.entity_id, pg_catalog.array_agg(DISTINCT k ORDER BY k) AS fields
+        FROM u x, pg_catalog.jsonb_object_keys(x.details) k
+        WHERE x.action = 'update'
+          -- bookkeeping, not what a reader calls a change
+          AND k <> ALL (ARRAY['previous_version_id', 'analysis_run_id', 'created_by', 'updated_by', 'updated_at',
+                              'item_checksum', 'search_vector', 'deleted_at', 'deleted_by', 'delete_reason', 'delete_batch'])
+        GROUP BY x.entity_id
+    ), per AS (
+        -- one row per fact, finding or gap touched since the mark
+        SELECT x.entity_type, x.entity_id,
+               bool_or(x.action = 'insert') AS inserted,
+               (pg_catalog.array_agg(x.action ORDER BY x.seq DESC)
+                    FILTER (WHERE x.action IN ('soft_delete', 'restore', 'purge')))[1] AS last_state
+        FROM u x
+        GROUP BY x.entity_type, x.entity_id
+    ), classified AS (
+        SELECT p.entity_type, p.entity_id, f.fields,
+               CASE WHEN p.last_state IN ('soft_delete', 'purge') THEN 'delete'
+                    WHEN p.inserted THEN 'new'
+                    WHEN p.last_state = 'restore' THEN 'restore'
+                    ELSE 'update' END AS change,
+               coalesce((SELECT f.legacy_id FROM deal_store.facts f WHERE p.entity_type = 'fact' AND f.deal_id = changes_since_seen.deal_id AND f.id = p.entity_id),
+                        (SELECT g.legacy_id FROM deal_store.findings g WHERE p.entity_type = 'finding' AND g.deal_id = changes_since_seen.deal_id AND g.id = p.entity_id),
+                        (SELECT g.legacy_id FROM deal_store.gaps g WHERE p.entity_type = 'gap' AND g.deal_id = changes_since_seen.deal_id AND g.id = p.entity_id)) AS legacy_id
+        FROM per p LEFT JOIN fields f ON f.entity_id = p.entity_id
+    )
+    SELECT c.entity_type, c.change, count(*),
+           pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', c.entity_id, 'legacy_id', c.legacy_id)
+                                || CASE WHEN c.change = 'update' THEN pg_catalog.jsonb_build_object('changed_fields', c.fields)
+                                        ELSE '{}' END
+                                ORDER BY c.legacy_id, c.entity_id)
+    FROM classified c
+    GROUP BY c.entity_type, c.change
+    UNION ALL
+    -- what waits for this user's review (reviewers and leads)
+    SELECT 'pending_change', 'waiting_for_review', count(*),
+           pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', p.id, 'entity_type', p.entity_type, 'legacy_id', p.legacy_entity_id,
+                                                              'change_type', p.change_type, 'tier', p.confidence_tier)
+                                ORDER BY p.created_at, p.id)
+    FROM deal_store.pending_changes p
+    WHERE p.deal_id = changes_since_seen.deal_id AND p.status = 'pending' AND reviews
+    HAVING count(*) > 0
+    ORDER BY 1, 2;
+END $$;
+COMMENT ON FUNCTION deal_store.changes_since_seen(uuid) IS
+    'What changed in the deal since the actor last looked (mark_seen; everything when it never did), grouped and counted: facts, findings and gaps by change (new, update with the changed fields, delete, restore: the vocabulary of diff_facts and the merge queue), each with id and legacy_id; and the pending changes waiting for this user''s review (reviewers and leads).';
+-- deal_store._deals_for_user: the current definition, from sql/changes.sql
+CREATE OR REPLACE FUNCTION deal_store._deals_for_user(owner uuid, with_archived boolean)
+RETURNS TABLE(id uuid, user_id uuid, name text, target_name text, deal_type text, status text,
+              created_at timestamptz, updated_at timestamptz, unseen bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    all_deals boolean := deal_store.sees_all_deals();
+    mine uuid[] := deal_store.my_deals('viewer');
+    d record;
+BEGIN
+    -- the deals first, then each one's unseen entries by a lookup that names the
+    -- deal (on Citus a call per row of the query over deals would run on a shard)
+    FOR d IN SELECT x.id, x.user_id, x.name, x.target_name, x.deal_type, x.status, x.created_at, x.updated_at
+             FROM deal_store.deals x
+             WHERE x.user_id = owner AND x.deleted_at IS NULL AND (all_deals OR x.id = ANY (mine))
+               AND (x.status <> 'archived' OR coalesce(with_archived, false))
+             ORDER BY x.updated_at DESC, x.id LOOP
+        RETURN QUERY SELECT d.id, d.user_id, d.name, d.target_name, d.deal_type, d.status, d.created_at, d.updated_at,
+                            (SELECT count(DISTINCT (x.entity_type, x.entity_id)) FROM deal_store._unseen(d.id) x
+                             WHERE x.entity_type IN ('fact', 'finding', 'gap') AND x.entity_id IS NOT NULL);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION deal_store._deals_for_user(uuid, boolean) IS
+    'Internal: the body of deals_for_user, in PL/pgSQL (Citus cannot plan an SQL function''s parameters).';
+-- deal_store.deals_for_user: the current definition, from sql/changes.sql
+CREATE OR REPLACE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
+RETURNS TABLE(id uuid, user_id uuid, name text, target_name text, deal_type text, status text,
+              created_at timestamptz, updated_at timestamptz, unseen bigint)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT * FROM deal_store._deals_for_user(deals_for_user.user_id, deals_for_user.include_archived);
+END;
+COMMENT ON FUNCTION deal_store.deals_for_user(uuid, boolean) IS
+    'A user''s live deals that the caller may see, most recently updated first (archived ones only when include_archived), with unseen: the facts, findings and gaps of each deal that changed since the actor last looked (mark_seen; all of them before that), each counted once, as changes_since_seen lists them.';
+-- deal_store.propose_facts: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[] DEFAULT NULL, idempotency_key text DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store._propose_once('fact', run_id, facts, domains, idempotency_key); END;
+COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[], text) IS
+    'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. A run may propose in as many calls as it likes: removals (delete) are proposed once, by complete_run, for the rows that no call delivered inside the domains the calls covered (each call: the domains it names, by default the domains of its rows; ARRAY[]::text[] covers none); an incremental run never removes. A row (or a named domain) outside the run''s domains is 22023 naming it and the run''s domains. Idempotent; a newer run supersedes an older run''s open change. Every element is checked first against its column (type, required, unknown keys unless the deal ignores them; the table''s CHECK constraints for the elements that become changes): 22023 naming the element, its legacy_id and the field, and nothing is proposed. Returns counts by change type, tier and what became of them (status pending, or accepted / conflict for tier 1 applied at once).';
+
 -- Last: every routine granted and the API made SECURITY DEFINER again, as access.sql does.
 -- the grants of sql/access.sql
+-- Grants. Nothing is granted to PUBLIC; each group role gets what its members need.
+
+REVOKE ALL ON SCHEMA deal_store FROM PUBLIC;
+GRANT USAGE ON SCHEMA deal_store TO deal_store_reader;
+REVOKE ALL ON ALL TABLES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+-- the one routine anyone may call: which library and catalog serve this database
+GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;
+REVOKE ALL ON TYPE deal_store.fact_search_hit FROM PUBLIC;
+GRANT USAGE ON TYPE deal_store.fact_search_hit TO deal_store_reader;
+
+DO $$
+DECLARE
+    r record;
+BEGIN
+    -- readers read every table and view (rows: the policies), users without password_hash
+    FOR r IN SELECT c.oid::pg_catalog.regclass AS rel FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind IN ('r', 'v', 'p')
+               AND c.relname <> 'users' LOOP
+        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO deal_store_reader', r.rel);
+    END LOOP;
+    -- the views check the policies of the tables as the querying role
+    FOR r IN SELECT c.oid::pg_catalog.regclass AS rel FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind = 'v' LOOP
+        EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', r.rel);
+    END LOOP;
+END $$;
+GRANT SELECT (id, email, display_name, roles, active, created_at, updated_at, db_role) ON deal_store.users TO deal_store_reader;
+-- feed consumers are read through consumers(): each role sees its own; idempotency keys are internal
+REVOKE ALL ON deal_store.feed_consumers, deal_store.idempotency_keys, deal_store.seen_marks, deal_store.run_output FROM deal_store_reader;
+GRANT UPDATE (read, read_at) ON deal_store.notifications TO deal_store_reader;
+-- analysts write content directly too (DELETE is a soft delete)
+GRANT INSERT, UPDATE, DELETE ON deal_store.deals, deal_store.documents, deal_store.facts, deal_store.findings,
+    deal_store.fact_finding_links, deal_store.gaps,
+    deal_store.active_deals, deal_store.active_documents, deal_store.active_facts, deal_store.active_findings,
+    deal_store.active_gaps TO deal_store_analyst;
+-- admins also manage users, tier policies, runs, the queue and teams directly
+GRANT INSERT, UPDATE, DELETE ON deal_store.users, deal_store.tier_policies, deal_store.analysis_runs,
+    deal_store.pending_changes, deal_store.deal_members, deal_store.notifications TO deal_store_admin;
+GRANT SELECT ON deal_store.users TO deal_store_admin;
+
+-- ---------------------------------------------------------------------------
+-- Functions. The API runs with the owner's rights (SECURITY DEFINER, pinned
+-- search_path) and checks the caller's right on the deal itself; internal
+-- helpers (_*), the Rust internals and trigger functions are executable by no
+-- one but the owner (a trigger fires without EXECUTE).
+
 DO $$
 DECLARE
     f record;

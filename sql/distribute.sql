@@ -18,7 +18,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         (8, 'deal_store.gaps', 'deal_id'), (9, 'deal_store.fact_finding_links', 'deal_id'),
         (10, 'deal_store.pending_changes', 'deal_id'), (11, 'deal_store.deal_members', 'deal_id'),
         (12, 'deal_store.deal_activity_log', 'deal_id'), (13, 'deal_store.notifications', 'deal_id'),
-        (14, 'deal_store.seen_marks', 'deal_id')) AS x(n, t, col)
+        (14, 'deal_store.seen_marks', 'deal_id'), (15, 'deal_store.run_output', 'deal_id')) AS x(n, t, col)
     ORDER BY x.n
 $$;
 COMMENT ON FUNCTION deal_store._placement() IS

@@ -10,6 +10,10 @@ COMMENT ON FUNCTION deal_store._kind_table(text) IS
     'Internal: the table of an entity type of the merge queue (fact, finding, gap).';
 COMMENT ON FUNCTION deal_store._propose(text, uuid, anyelement, text[]) IS
     'Internal: the Rust body of propose_facts, propose_findings and propose_gaps.';
+COMMENT ON FUNCTION deal_store._outside_transaction_block(text) IS
+    'Internal: 2D000 with a hint (process_queue_batch) when a committing procedure is called inside a transaction block.';
+COMMENT ON FUNCTION deal_store._propose_removals(text, uuid) IS
+    'Internal: the Rust body of complete_run''s removals: a delete change for each live row of the kind inside the domains the run''s proposals covered that none of them delivered.';
 
 -- propose_*: the Rust proposal, once per idempotency key. Its result (a few
 -- rows of counts) is kept as jsonb, so a repeated call returns the same rows.
@@ -37,7 +41,7 @@ CREATE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
 BEGIN ATOMIC SELECT * FROM deal_store._propose_once('fact', run_id, facts, domains, idempotency_key); END;
 COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[], text) IS
-    'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update, delete) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. Removals only inside domains (default: the domains of the given facts, within the run''s domains); an incremental run never removes. Idempotent; a newer run supersedes an older run''s open change. Every element is checked first against its column (type, required, unknown keys unless the deal ignores them; the table''s CHECK constraints for the elements that become changes): 22023 naming the element, its legacy_id and the field, and nothing is proposed. Returns counts by change type, tier and what became of them (status pending, or accepted / conflict for tier 1 applied at once).';
+    'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. A run may propose in as many calls as it likes: removals (delete) are proposed once, by complete_run, for the rows that no call delivered inside the domains the calls covered (each call: the domains it names, by default the domains of its rows; ARRAY[]::text[] covers none); an incremental run never removes. A row (or a named domain) outside the run''s domains is 22023 naming it and the run''s domains. Idempotent; a newer run supersedes an older run''s open change. Every element is checked first against its column (type, required, unknown keys unless the deal ignores them; the table''s CHECK constraints for the elements that become changes): 22023 naming the element, its legacy_id and the field, and nothing is proposed. Returns counts by change type, tier and what became of them (status pending, or accepted / conflict for tier 1 applied at once).';
 CREATE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL, idempotency_key text DEFAULT NULL)
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
 BEGIN ATOMIC SELECT * FROM deal_store._propose_once('finding', run_id, findings, domains, idempotency_key); END;
@@ -554,6 +558,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     b record;
 BEGIN
+    PERFORM deal_store._outside_transaction_block('process_queue');
     batches := 0;
     applied := 0;
     conflicts := 0;

@@ -1,6 +1,25 @@
 -- Analysis runs: start, complete, fail; and the run-scoped views that show
 -- only what completed runs (or people) wrote.
 
+-- What a running run has proposed so far, so that removals are inferred once,
+-- over all of it, when the run completes (a run's output may arrive in many calls).
+CREATE TABLE deal_store.run_output (
+    deal_id         uuid NOT NULL,
+    analysis_run_id uuid NOT NULL,
+    entity_type     text NOT NULL,
+    legacy_id       text,
+    domain          text NOT NULL,
+    CONSTRAINT run_output_key UNIQUE NULLS NOT DISTINCT (deal_id, analysis_run_id, entity_type, legacy_id, domain),
+    CONSTRAINT run_output_analysis_run_id_fkey FOREIGN KEY (deal_id, analysis_run_id)
+        REFERENCES deal_store.analysis_runs (deal_id, id) ON DELETE CASCADE,
+    CONSTRAINT run_output_entity_type_check CHECK (entity_type IN ('fact', 'finding', 'gap'))
+);
+COMMENT ON TABLE deal_store.run_output IS
+    'Working state of running runs: each row a proposal call delivered (legacy_id), or a domain a call covered (legacy_id NULL: the domains it named, else the domains of its rows). complete_run proposes the removal of every live row in the covered domains that the run did not deliver, then clears the run''s rows (fail_run clears them too). Written by the propose_* functions only.';
+COMMENT ON COLUMN deal_store.run_output.legacy_id IS 'A delivered row''s legacy_id; NULL for a domain a call covered.';
+COMMENT ON COLUMN deal_store.run_output.domain IS 'The delivered row''s domain, or the domain a call covered: removals are inferred only inside covered domains.';
+SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
+
 CREATE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false,
     idempotency_key text DEFAULT NULL)
 RETURNS uuid
@@ -73,6 +92,7 @@ BEGIN
         gaps_created = (SELECT count(*) FROM deal_store.gaps g WHERE g.deal_id = r.deal_id AND g.analysis_run_id = run_id)
     WHERE x.deal_id = r.deal_id AND x.id = run_id
     RETURNING x.* INTO finished;
+    DELETE FROM deal_store.run_output o WHERE o.deal_id = r.deal_id AND o.analysis_run_id = run_id;
     RETURN finished;
 END $$;
 COMMENT ON FUNCTION deal_store._finish_run(uuid, text, text) IS
@@ -81,10 +101,13 @@ COMMENT ON FUNCTION deal_store._finish_run(uuid, text, text) IS
 CREATE FUNCTION deal_store.complete_run(run_id uuid) RETURNS deal_store.analysis_runs
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
+    SELECT count(*) FROM deal_store._propose_removals('fact', run_id);
+    SELECT count(*) FROM deal_store._propose_removals('finding', run_id);
+    SELECT count(*) FROM deal_store._propose_removals('gap', run_id);
     SELECT * FROM deal_store._finish_run(run_id, 'completed', NULL);
 END;
 COMMENT ON FUNCTION deal_store.complete_run(uuid) IS
-    'Marks a running run completed: sets completed_at, duration_seconds and the counts of what it wrote, and returns the run (SELECT * FROM complete_run(id) shows its columns); its rows become visible in the current_* views. Errors: P0002 no such run, 55000 already finished or deal deleted.';
+    'Marks a running run completed and returns the run (SELECT * FROM complete_run(id) shows its columns): first proposes the removal (change_type delete) of every live fact, finding and gap inside the domains the run''s proposals covered that none of them delivered (an incremental run removes nothing), then sets completed_at, duration_seconds and the counts of what it wrote; its rows become visible in the current_* views. Errors: P0002 no such run, 55000 already finished or deal deleted.';
 
 CREATE FUNCTION deal_store.fail_run(run_id uuid, error text) RETURNS deal_store.analysis_runs
 LANGUAGE sql SET search_path = pg_catalog, pg_temp

@@ -338,6 +338,56 @@ BEGIN
     END LOOP;
 END $$;
 
+-- A DELETE through an active_* view finds its rows under the read policies, so
+-- a login that needs an actor and has none would delete nothing and hear
+-- nothing: the statement is refused first (42501 with a hint), as a write on
+-- the tables is by their policies.
+CREATE FUNCTION deal_store.require_actor() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- the write-side lookup raises 42501 when this login needs an actor and has none
+    PERFORM deal_store.my_deals('analyst');
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION deal_store.require_actor() IS
+    'Trigger (BEFORE DELETE FOR EACH STATEMENT on the active_* views): 42501 with a hint when the login needs an actor (deal_store_service, deal_store.require_actor) and has none, instead of a DELETE 0.';
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER require_actor BEFORE DELETE ON deal_store.%I FOR EACH STATEMENT
+            EXECUTE FUNCTION deal_store.require_actor()', 'active_' || t);
+    END LOOP;
+END $$;
+
+-- UPDATE … SET deleted_at = NULL on a soft-deleted row: refused with what to do
+-- instead (restore() brings back the row and what was deleted with it). A
+-- restore clears delete_batch too and passes.
+CREATE FUNCTION deal_store.refuse_undelete() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    entity text := deal_store._table_of(TG_RELID)::regclass::text;   -- on Citus TG_RELID is a shard
+BEGIN
+    RAISE EXCEPTION 'a soft-deleted row of % comes back through deal_store.restore(), not by clearing deleted_at', entity
+        USING ERRCODE = '23514',
+              HINT = pg_catalog.format('SELECT deal_store.restore(%L, %L) restores it and the rows deleted with it.', entity, NEW.id);
+END $$;
+COMMENT ON FUNCTION deal_store.refuse_undelete() IS
+    'Trigger (BEFORE UPDATE, when deleted_at is cleared and delete_batch is not): 23514 with a hint naming deal_store.restore(), which restores the row and its batch.';
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER refuse_undelete BEFORE UPDATE OF deleted_at ON deal_store.%I FOR EACH ROW
+            WHEN (OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL AND NEW.delete_batch IS NOT NULL)
+            EXECUTE FUNCTION deal_store.refuse_undelete()', t);
+    END LOOP;
+END $$;
+
 -- DELETE through an active_* view: the soft delete, reported as deleted rows
 -- (DELETE 1, what ORMs count), where a DELETE on the table reports DELETE 0
 -- (its BEFORE trigger skips the real delete).

@@ -368,7 +368,7 @@ fn resolve() -> Rc<Resolved> {
 }
 
 fn denied(message: String, hint: &str) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message, Some(hint.into()))
+    crate::errors::raise_hinted(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message, None, Some(hint.into()))
 }
 
 /// The owner of the extension's schema: the log is written as this role.
@@ -490,10 +490,13 @@ fn my_deals(min_role: default!(&str, "'viewer'")) -> Vec<Uuid> {
 
 /// The deals (sorted) in which the actor holds `min` or a stronger role, read
 /// from the current source once per transaction; None without an actor or on
-/// a 0.1.0 database.
+/// a 0.1.0 database (above viewer: 42501 without an actor where one is required).
 fn deals_of(min: DealRole) -> Option<Rc<Vec<Uuid>>> {
     let r = resolve();
-    let actor = actor()?;
+    // a role above viewer is asked for to change something (the write policies,
+    // the worker, a review): a login that needs an actor and has none is told so
+    // (42501) rather than finding no rows
+    let actor = if min > DealRole::Viewer { actor_for_write() } else { actor() }?;
     if !r.installed {
         return None;
     }

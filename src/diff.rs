@@ -166,19 +166,24 @@ pub fn require_deal(deal_id: Uuid) {
 }
 
 /// Diffs validated incoming rows against the deal's current live rows of that kind.
-/// `removed` is only inferred for stored rows inside `domains` (all when None).
+/// `removed` is only inferred for stored rows inside `domains` (all when None;
+/// with none, only the stored rows of the incoming legacy_ids are read).
 /// Lines come sorted by legacy_id.
 pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option<&[String]>) -> Vec<Change> {
     let mut changes: Vec<Change> = crate::spi::connect(|client| {
         require_deal(deal_id);
         let checksum = if kind.versioned { "item_checksum".to_string() } else { content_sql(kind) };
+        // with no removals to infer, only the incoming rows' own stored rows are read
+        let keyed = domains.is_some_and(|d| d.is_empty());
         let sql = format!(
-            "SELECT legacy_id, id, {checksum}, domain FROM {} WHERE deal_id = $1 AND {}",
+            "SELECT legacy_id, id, {checksum}, domain FROM {} WHERE deal_id = $1 AND {}{}",
             kind.table,
-            current_rows_sql(kind)
+            current_rows_sql(kind),
+            if keyed { " AND legacy_id = ANY ($2)" } else { "" }
         );
+        let keys: Vec<&str> = if keyed { incoming.iter().map(|i| i.legacy_id.as_str()).collect() } else { Vec::new() };
         let rows = client
-            .select(&sql, None, &[deal_id.into()])
+            .select(&sql, None, &[deal_id.into(), keys.into()])
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
         // the strings borrow from the SPI result, which lives until this closure returns
         let mut stored: FastMap<&str, Stored<'_>> = FastMap::with_capacity_and_hasher(rows.len(), Default::default());

@@ -104,9 +104,12 @@ struct Run {
     run_number: i32,
     incremental: bool,
     domains: Option<Vec<String>>,
+    /// why the run proposes nothing (finished, or its deal deleted)
+    trouble: Option<String>,
 }
 
-/// Locks the run's deal (proposals of one deal are serialised) and checks the run.
+/// Locks the run's deal (proposals of one deal are serialised), checks the
+/// caller's right and reads the run.
 fn lock_run(client: &mut SpiClient<'_>, run_id: Uuid) -> Run {
     // first the deal, unlocked: up to two rows, as a run id is unique per deal only,
     // and one in two deals is P0003 as in SQL's _id_in_one_deal (checked here, not by
@@ -141,22 +144,29 @@ fn lock_run(client: &mut SpiClient<'_>, run_id: Uuid) -> Run {
     };
     crate::access::require_right(deal_id, crate::access::Right::Write);
     let status: String = r.get(5).ok().flatten().unwrap_or_default();
-    if status != "running" {
-        raise(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("analysis run {run_id} is {status}; only a running run proposes changes"),
-            None,
-        );
-    }
-    if r.get::<bool>(6).ok().flatten().unwrap_or(false) {
-        raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("the deal of analysis run {run_id} is deleted"), None);
-    }
+    let trouble = if status != "running" {
+        Some(format!("analysis run {run_id} is {status}; only a running run proposes changes"))
+    } else if r.get::<bool>(6).ok().flatten().unwrap_or(false) {
+        Some(format!("the deal of analysis run {run_id} is deleted"))
+    } else {
+        None
+    };
     Run {
         deal_id,
         run_number: r.get(2).ok().flatten().unwrap_or(0),
         incremental: r.get(3).ok().flatten().unwrap_or(false),
         domains: r.get::<Vec<Option<String>>>(4).ok().flatten().map(|d| d.into_iter().flatten().collect()),
+        trouble,
     }
+}
+
+/// lock_run for a proposal: 55000 unless the run is running and its deal live.
+fn lock_running_run(client: &mut SpiClient<'_>, run_id: Uuid) -> Run {
+    let run = lock_run(client, run_id);
+    if let Some(message) = run.trouble {
+        raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, None);
+    }
+    run
 }
 
 struct Open {
@@ -170,176 +180,290 @@ struct Open {
 /// Proposed changes by change type, tier and what became of them (status).
 type Counts = BTreeMap<(String, i32, String), i64>;
 
+/// Whether the catalog holds `deal_store.run_output` (0.3.0 on): between the
+/// library swap and ALTER EXTENSION UPDATE an older catalog's proposals keep
+/// their older contract (removals inferred by each call).
+fn stages_output(client: &SpiClient<'_>) -> bool {
+    client
+        .select("SELECT pg_catalog.to_regclass('deal_store.run_output') IS NOT NULL", None, &[])
+        .ok()
+        .and_then(|r| r.first().get::<bool>(1).ok().flatten())
+        .unwrap_or(false)
+}
+
+fn spi_failed(e: impl std::fmt::Display) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)
+}
+
 fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<String>>) -> Counts {
     let incoming = parse_incoming(kind, &doc);
     crate::spi::connect_mut(|client| {
-        let run = lock_run(client, run_id);
+        let run = lock_running_run(client, run_id);
         let allowed = crate::validate::allowed_keys(kind);
         crate::validate::check(client, kind, &doc, &allowed, crate::validate::ignores_unknown_keys(client, run.deal_id));
-        // removals are inferred only inside the domains this call covers
-        let scope: Option<Vec<String>> = if run.incremental {
-            Some(Vec::new())
-        } else {
-            let called: Vec<String> = domains.unwrap_or_else(|| {
-                // the domains of the rows passed (their canonical text is a JSON string)
-                let at = kind.fields.iter().position(|f| *f == "domain").expect("every kind has a domain");
-                let mut d: Vec<String> =
-                    incoming.iter().filter_map(|i| serde_json::from_str::<String>(i.field(at)).ok()).collect();
-                d.sort();
-                d.dedup();
-                d
-            });
-            Some(match &run.domains {
-                Some(run_domains) => called.into_iter().filter(|d| run_domains.contains(d)).collect(),
-                None => called,
-            })
-        };
-        // lock the open changes first, so the diff below reads what they left
-        let open: HashMap<String, Open> = client
-            .update(
-                "SELECT c.legacy_entity_id, c.id, r.run_number, c.analysis_run_id = $3, c.change_type, c.proposed_checksum \
-                 FROM deal_store.pending_changes c JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id \
-                 WHERE c.deal_id = $1 AND c.entity_type = $2 AND c.status IN ('pending', 'deferred') FOR UPDATE OF c",
-                None,
-                &[run.deal_id.into(), kind.entity_type.into(), run_id.into()],
-            )
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
-            .filter_map(|r| {
-                Some((
-                    r.get::<String>(1).ok().flatten()?,
-                    Open {
-                        id: r.get(2).ok().flatten()?,
-                        run_number: r.get(3).ok().flatten().unwrap_or(0),
-                        same_run: r.get(4).ok().flatten().unwrap_or(false),
-                        change_type: r.get(5).ok().flatten().unwrap_or_default(),
-                        proposed_checksum: r.get::<&str>(6).ok().flatten().and_then(from_hex),
-                    },
-                ))
-            })
-            .collect();
-        let rules = load_rules(client, run.deal_id);
-        let changes = diff(kind, run.deal_id, incoming, scope.as_deref());
-
-        let mut supersede: Vec<Uuid> = Vec::new();
-        let mut rows: Vec<Value> = Vec::new();
-        let mut ordinals: Vec<i32> = Vec::new();
-        for c in changes {
-            check_for_interrupts!();
-            let change_type = match c.change {
-                ChangeType::Unchanged => {
-                    if let Some(o) = open.get(&c.legacy_id).filter(|o| !o.same_run && o.run_number < run.run_number) {
-                        supersede.push(o.id);
-                    }
-                    continue;
-                }
-                other => other.as_str(),
-            };
-            if let Some(o) = open.get(&c.legacy_id) {
-                if o.run_number > run.run_number {
-                    continue; // a newer run's proposal stands
-                }
-                if o.same_run && o.change_type == change_type && o.proposed_checksum == c.new_checksum {
-                    continue; // proposed already
-                }
-                supersede.push(o.id);
+        // each row's domain (its canonical text is a JSON string), which must be one of the run's
+        let at = kind.fields.iter().position(|f| *f == "domain").expect("every kind has a domain");
+        let row_domains: Vec<Option<String>> =
+            incoming.iter().map(|i| serde_json::from_str::<String>(i.field(at)).ok()).collect();
+        if let Some(run_domains) = &run.domains {
+            let outside = |d: &str| !run_domains.iter().any(|r| r == d);
+            let named = domains.iter().flatten().map(|d| (None, d.as_str()));
+            let rows = incoming.iter().zip(&row_domains).filter_map(|(i, d)| Some((Some(i), d.as_deref()?)));
+            if let Some((row, d)) = rows.chain(named).find(|(_, d)| outside(d)) {
+                let what = match row {
+                    Some(i) => format!("{} element {} (legacy_id \"{}\")", kind.entity_type, i.ordinal, i.legacy_id),
+                    None => "the domains argument".to_string(),
+                };
+                crate::errors::raise_hinted(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("{what} names domain \"{d}\", which is not one of the run's domains: {}", run_domains.join(", ")),
+                    None,
+                    Some("Correct the domain, or start a run that covers it (start_run(deal_id, domains => ...)).".into()),
+                );
             }
-            if let Some(i) = &c.incoming {
-                ordinals.push(i.ordinal as i32);
-            }
-            let confidence =
-                c.incoming.as_ref().and_then(|i| i.confidence).unwrap_or(if kind.versioned { 0.5 } else { 0.0 });
-            rows.push(json!({
-                "change_type": change_type,
-                "entity_id": c.fact_id.map(|u| u.to_string()),
-                "legacy_entity_id": c.legacy_id,
-                "ordinal": c.incoming.as_ref().map(|i| i.ordinal),
-                "base_checksum": c.old_checksum.as_ref().map(hex),
-                "proposed_checksum": c.new_checksum.as_ref().map(hex),
-                "confidence_tier": tier(&rules, kind.entity_type, change_type, confidence),
-            }));
         }
-        // what would be written must fit the table: checked before anything is
-        crate::validate::check_constraints(client, kind, &doc, &allowed, ordinals);
-        if !supersede.is_empty() {
+        let staged = stages_output(client);
+        let scope: Vec<String> = if staged || run.incremental {
+            // removals are inferred when the run completes (complete_run), over all it proposed
+            Vec::new()
+        } else {
+            // an older catalog: inferred by this call, inside the domains it covers
+            let mut called: Vec<String> = domains.clone().unwrap_or_else(|| row_domains.iter().flatten().cloned().collect());
+            called.sort();
+            called.dedup();
+            called
+        };
+        if staged && !run.incremental {
+            // what the call delivered (kept from removal), and the domains it covers:
+            // the ones it names, else its rows' (where the run's completion infers removals)
+            let mut covered: Vec<String> = domains.clone().unwrap_or_else(|| row_domains.iter().flatten().cloned().collect());
+            covered.sort();
+            covered.dedup();
+            let legacy: Vec<Option<String>> =
+                incoming.iter().map(|i| Some(i.legacy_id.clone())).chain(covered.iter().map(|_| None)).collect();
+            let of: Vec<Option<String>> = row_domains.iter().cloned().chain(covered.into_iter().map(Some)).collect();
             client
                 .update(
-                    "UPDATE deal_store.pending_changes SET status = 'superseded', decided_at = pg_catalog.now(), \
-                     review_note = 'superseded by analysis run ' OPERATOR(pg_catalog.||) $3::pg_catalog.text WHERE deal_id = $1 AND id = ANY($2)",
+                    "INSERT INTO deal_store.run_output (deal_id, analysis_run_id, entity_type, legacy_id, domain) \
+                     SELECT $1, $2, $3, x.l, coalesce(x.d, '') FROM ROWS FROM (pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[])) AS x(l, d) \
+                     ON CONFLICT DO NOTHING",
                     None,
-                    &[run.deal_id.into(), supersede.into(), run.run_number.to_string().into()],
+                    &[run.deal_id.into(), run_id.into(), kind.entity_type.into(), legacy.into(), of.into()],
                 )
-                .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+                .unwrap_or_else(|e| spi_failed(e));
         }
-        let mut counts = Counts::new();
-        if rows.is_empty() {
-            return counts;
-        }
-        let current = if kind.versioned { " AND t.superseded_at IS NULL" } else { "" };
-        let sql = format!(
-            "INSERT INTO deal_store.pending_changes (deal_id, analysis_run_id, change_type, entity_type, entity_id, \
-               legacy_entity_id, old_value, new_value, base_checksum, proposed_checksum, confidence_tier) \
-             SELECT $1, $2, x.change_type, $3, x.entity_id, x.legacy_entity_id, \
-                    (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'search_vector'::pg_catalog.text FROM {} t WHERE t.deal_id = $1 AND t.id = x.entity_id{current}), \
-                    CASE WHEN x.ordinal IS NOT NULL THEN $6 || (SELECT coalesce(pg_catalog.jsonb_object_agg(j.k, j.v), '{{}}'::pg_catalog.jsonb) \
-                         FROM pg_catalog.jsonb_each($5 OPERATOR(pg_catalog.->) x.ordinal) AS j(k, v) \
-                         WHERE j.v <> 'null'::pg_catalog.jsonb AND j.k = ANY ($7)) END, \
-                    x.base_checksum, x.proposed_checksum, x.confidence_tier \
-             FROM pg_catalog.jsonb_to_recordset($4) AS x(change_type pg_catalog.text, entity_id pg_catalog.uuid, legacy_entity_id pg_catalog.text, ordinal pg_catalog.int4, \
-                  base_checksum pg_catalog.text, proposed_checksum pg_catalog.text, confidence_tier pg_catalog.int4) \
-             RETURNING id, change_type, confidence_tier",
-            kind.table
-        );
-        let inserted = client
-            .update(
-                &sql,
-                None,
-                &[
-                    run.deal_id.into(),
-                    run_id.into(),
-                    kind.entity_type.into(),
-                    JsonB(Value::Array(rows)).into(),
-                    crate::jsonb::spi_arg(&doc),
-                    JsonB(kind.defaults_object()).into(),
-                    allowed.iter().map(|k| k.to_string()).collect::<Vec<_>>().into(),
-                ],
-            )
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
-        let mut proposed: Vec<Uuid> = Vec::new();
-        let mut tier_one: Vec<Uuid> = Vec::new();
-        for r in inserted {
-            let id: Uuid = r.get(1).ok().flatten().expect("id");
-            if r.get::<i32>(3).ok().flatten() == Some(1) {
-                tier_one.push(id);
-            }
-            proposed.push(id);
-        }
-        if crate::settings::AUTO_APPLY.get() && !tier_one.is_empty() {
-            client
-                .update("SELECT deal_store._apply_changes($1, $2)", None, &[run.deal_id.into(), tier_one.into()])
-                .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
-        }
-        client
-            .update("SELECT deal_store._signal_review($1, $2)", None, &[run.deal_id.into(), run_id.into()])
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
-        // what became of them: pending, or (tier 1) accepted or conflict
-        client
-            .select(
-                "SELECT p.change_type, p.confidence_tier, p.status, pg_catalog.count(*) FROM deal_store.pending_changes p \
-                 WHERE p.deal_id = $1 AND p.id = ANY ($2) GROUP BY 1, 2, 3",
-                None,
-                &[run.deal_id.into(), proposed.into()],
-            )
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
-            .for_each(|r| {
-                let key = (
-                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                    r.get::<i32>(2).ok().flatten().unwrap_or(0),
-                    r.get::<String>(3).ok().flatten().unwrap_or_default(),
-                );
-                counts.insert(key, r.get::<i64>(4).ok().flatten().unwrap_or(0));
-            });
-        counts
+        let changes = diff(kind, run.deal_id, incoming, Some(&scope));
+        let doc_arg = crate::jsonb::spi_arg(&doc);
+        queue(client, kind, &run, run_id, changes, doc_arg, Some((&doc, &allowed)))
     })
+}
+
+/// The removals of a completing run: every live row of the kind inside the
+/// domains the run's calls covered (the domains a call named, else its rows')
+/// that none of its calls delivered. Incremental runs remove nothing.
+fn propose_removals(kind: &Kind, run_id: Uuid) -> Counts {
+    crate::spi::connect_mut(|client| {
+        // a finished run or deleted deal: complete_run's own check reports it
+        let run = lock_run(client, run_id);
+        if run.trouble.is_some() || run.incremental || !stages_output(client) {
+            return Counts::new();
+        }
+        let mut scope: Vec<String> = Vec::new();
+        let mut delivered: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for r in client
+            .select(
+                "SELECT o.domain, o.legacy_id FROM deal_store.run_output o \
+                 WHERE o.deal_id = $1 AND o.analysis_run_id = $2 AND o.entity_type = $3",
+                None,
+                &[run.deal_id.into(), run_id.into(), kind.entity_type.into()],
+            )
+            .unwrap_or_else(|e| spi_failed(e))
+        {
+            check_for_interrupts!();
+            match r.get::<String>(2).ok().flatten() {
+                Some(l) => {
+                    delivered.insert(l);
+                }
+                None => scope.extend(r.get::<String>(1).ok().flatten()),
+            }
+        }
+        scope.sort();
+        scope.dedup();
+        if scope.is_empty() {
+            return Counts::new();
+        }
+        let changes = diff(kind, run.deal_id, Vec::new(), Some(&scope))
+            .into_iter()
+            .filter(|c| !delivered.contains(&c.legacy_id))
+            .collect();
+        queue(client, kind, &run, run_id, changes, JsonB(json!([])).into(), None)
+    })
+}
+
+/// Queues the lines of a diff as pending changes (the state machine above),
+/// applies tier 1 unless `deal_store.auto_apply` is off, and counts what became
+/// of them. `doc` is the proposal's jsonb (new values are read from it by
+/// ordinal) and, when there is one, is checked against the table first.
+fn queue(
+    client: &mut SpiClient<'_>,
+    kind: &Kind,
+    run: &Run,
+    run_id: Uuid,
+    changes: Vec<crate::diff::Change>,
+    doc_arg: pgrx::datum::DatumWithOid<'_>,
+    doc: Option<(&AnyElement, &[&'static str])>,
+) -> Counts {
+    // lock the open changes of these rows first, so what is queued below is decided on what they left
+    let keys: Vec<&str> = changes.iter().map(|c| c.legacy_id.as_str()).collect();
+    let open: HashMap<String, Open> = client
+        .update(
+            "SELECT c.legacy_entity_id, c.id, r.run_number, c.analysis_run_id = $3, c.change_type, c.proposed_checksum \
+             FROM deal_store.pending_changes c JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id \
+             WHERE c.deal_id = $1 AND c.entity_type = $2 AND c.legacy_entity_id = ANY ($4) \
+               AND c.status IN ('pending', 'deferred') FOR UPDATE OF c",
+            None,
+            &[run.deal_id.into(), kind.entity_type.into(), run_id.into(), keys.into()],
+        )
+        .unwrap_or_else(|e| spi_failed(e))
+        .filter_map(|r| {
+            Some((
+                r.get::<String>(1).ok().flatten()?,
+                Open {
+                    id: r.get(2).ok().flatten()?,
+                    run_number: r.get(3).ok().flatten().unwrap_or(0),
+                    same_run: r.get(4).ok().flatten().unwrap_or(false),
+                    change_type: r.get(5).ok().flatten().unwrap_or_default(),
+                    proposed_checksum: r.get::<&str>(6).ok().flatten().and_then(from_hex),
+                },
+            ))
+        })
+        .collect();
+    let rules = load_rules(client, run.deal_id);
+
+    let mut supersede: Vec<Uuid> = Vec::new();
+    let mut rows: Vec<Value> = Vec::new();
+    let mut ordinals: Vec<i32> = Vec::new();
+    for c in changes {
+        check_for_interrupts!();
+        let change_type = match c.change {
+            ChangeType::Unchanged => {
+                if let Some(o) = open.get(&c.legacy_id).filter(|o| !o.same_run && o.run_number < run.run_number) {
+                    supersede.push(o.id);
+                }
+                continue;
+            }
+            other => other.as_str(),
+        };
+        if let Some(o) = open.get(&c.legacy_id) {
+            if o.run_number > run.run_number {
+                continue; // a newer run's proposal stands
+            }
+            if o.same_run && o.change_type == change_type && o.proposed_checksum == c.new_checksum {
+                continue; // proposed already
+            }
+            supersede.push(o.id);
+        }
+        if let Some(i) = &c.incoming {
+            ordinals.push(i.ordinal as i32);
+        }
+        let confidence = c.incoming.as_ref().and_then(|i| i.confidence).unwrap_or(if kind.versioned { 0.5 } else { 0.0 });
+        rows.push(json!({
+            "change_type": change_type,
+            "entity_id": c.fact_id.map(|u| u.to_string()),
+            "legacy_entity_id": c.legacy_id,
+            "ordinal": c.incoming.as_ref().map(|i| i.ordinal),
+            "base_checksum": c.old_checksum.as_ref().map(hex),
+            "proposed_checksum": c.new_checksum.as_ref().map(hex),
+            "confidence_tier": tier(&rules, kind.entity_type, change_type, confidence),
+        }));
+    }
+    // what would be written must fit the table: checked before anything is
+    let allowed: Vec<String> = match doc {
+        Some((doc, allowed)) => {
+            crate::validate::check_constraints(client, kind, doc, allowed, ordinals);
+            allowed.iter().map(|k| k.to_string()).collect()
+        }
+        None => Vec::new(),
+    };
+    if !supersede.is_empty() {
+        client
+            .update(
+                "UPDATE deal_store.pending_changes SET status = 'superseded', decided_at = pg_catalog.now(), \
+                 review_note = 'superseded by analysis run ' OPERATOR(pg_catalog.||) $3::pg_catalog.text WHERE deal_id = $1 AND id = ANY($2)",
+                None,
+                &[run.deal_id.into(), supersede.into(), run.run_number.to_string().into()],
+            )
+            .unwrap_or_else(|e| spi_failed(e));
+    }
+    let mut counts = Counts::new();
+    if rows.is_empty() {
+        return counts;
+    }
+    let current = if kind.versioned { " AND t.superseded_at IS NULL" } else { "" };
+    let sql = format!(
+        "INSERT INTO deal_store.pending_changes (deal_id, analysis_run_id, change_type, entity_type, entity_id, \
+           legacy_entity_id, old_value, new_value, base_checksum, proposed_checksum, confidence_tier) \
+         SELECT $1, $2, x.change_type, $3, x.entity_id, x.legacy_entity_id, \
+                (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'search_vector'::pg_catalog.text FROM {} t WHERE t.deal_id = $1 AND t.id = x.entity_id{current}), \
+                CASE WHEN x.ordinal IS NOT NULL THEN $6 || (SELECT coalesce(pg_catalog.jsonb_object_agg(j.k, j.v), '{{}}'::pg_catalog.jsonb) \
+                     FROM pg_catalog.jsonb_each($5 OPERATOR(pg_catalog.->) x.ordinal) AS j(k, v) \
+                     WHERE j.v <> 'null'::pg_catalog.jsonb AND j.k = ANY ($7)) END, \
+                x.base_checksum, x.proposed_checksum, x.confidence_tier \
+         FROM pg_catalog.jsonb_to_recordset($4) AS x(change_type pg_catalog.text, entity_id pg_catalog.uuid, legacy_entity_id pg_catalog.text, ordinal pg_catalog.int4, \
+              base_checksum pg_catalog.text, proposed_checksum pg_catalog.text, confidence_tier pg_catalog.int4) \
+         RETURNING id, change_type, confidence_tier",
+        kind.table
+    );
+    let inserted = client
+        .update(
+            &sql,
+            None,
+            &[
+                run.deal_id.into(),
+                run_id.into(),
+                kind.entity_type.into(),
+                JsonB(Value::Array(rows)).into(),
+                doc_arg,
+                JsonB(kind.defaults_object()).into(),
+                allowed.into(),
+            ],
+        )
+        .unwrap_or_else(|e| spi_failed(e));
+    let mut proposed: Vec<Uuid> = Vec::new();
+    let mut tier_one: Vec<Uuid> = Vec::new();
+    for r in inserted {
+        let id: Uuid = r.get(1).ok().flatten().expect("id");
+        if r.get::<i32>(3).ok().flatten() == Some(1) {
+            tier_one.push(id);
+        }
+        proposed.push(id);
+    }
+    if crate::settings::AUTO_APPLY.get() && !tier_one.is_empty() {
+        client
+            .update("SELECT deal_store._apply_changes($1, $2)", None, &[run.deal_id.into(), tier_one.into()])
+            .unwrap_or_else(|e| spi_failed(e));
+    }
+    client
+        .update("SELECT deal_store._signal_review($1, $2)", None, &[run.deal_id.into(), run_id.into()])
+        .unwrap_or_else(|e| spi_failed(e));
+    // what became of them: pending, or (tier 1) accepted or conflict
+    client
+        .select(
+            "SELECT p.change_type, p.confidence_tier, p.status, pg_catalog.count(*) FROM deal_store.pending_changes p \
+             WHERE p.deal_id = $1 AND p.id = ANY ($2) GROUP BY 1, 2, 3",
+            None,
+            &[run.deal_id.into(), proposed.into()],
+        )
+        .unwrap_or_else(|e| spi_failed(e))
+        .for_each(|r| {
+            let key = (
+                r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                r.get::<i32>(2).ok().flatten().unwrap_or(0),
+                r.get::<String>(3).ok().flatten().unwrap_or_default(),
+            );
+            counts.insert(key, r.get::<i64>(4).ok().flatten().unwrap_or(0));
+        });
+    counts
 }
 
 /// Diffs a running run's rows (facts, findings or gaps) against what is stored
@@ -356,6 +480,38 @@ fn propose_internal(
     let (run_id, incoming) = (required(run_id, "run_id"), crate::jsonb::detoasted(required(incoming, kind.plural)));
     let counts = propose(kind, run_id, incoming, check_domains(&domains));
     TableIterator::new(counts.into_iter().map(|((ct, t, st), n)| (ct, t, n, st)))
+}
+
+/// Proposes the removals of a completing run (see `propose_removals`). Called
+/// by `deal_store.complete_run` for facts, findings and gaps.
+#[pg_extern(volatile, name = "_propose_removals")]
+fn propose_removals_internal(
+    entity_type: Option<&str>,
+    run_id: Option<Uuid>,
+) -> TableIterator<'static, (name!(change_type, String), name!(confidence_tier, i32), name!(proposed, i64), name!(status, String))> {
+    let kind = Kind::of(required(entity_type, "entity_type"));
+    let counts = propose_removals(kind, required(run_id, "run_id"));
+    TableIterator::new(counts.into_iter().map(|((ct, t, st), n)| (ct, t, n, st)))
+}
+
+/// 2D000 with a hint when a procedure that commits is called inside a
+/// transaction block (where its COMMIT would fail with no word of what to do).
+#[pg_extern(volatile, name = "_outside_transaction_block")]
+fn outside_transaction_block(routine: Option<&str>) {
+    // SAFETY: reads the backend's transaction state, no pointer involved
+    if unsafe { pg_sys::IsTransactionBlock() } {
+        let routine = routine.unwrap_or("this procedure");
+        crate::errors::raise_hinted(
+            PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_TERMINATION,
+            format!("{routine} commits after each batch and cannot run inside a transaction block"),
+            None,
+            Some(
+                "CALL it on its own, in autocommit mode (psql's default; autocommit = True in psycopg), or run \
+                 SELECT * FROM deal_store.process_queue_batch(...) inside the transaction instead."
+                    .into(),
+            ),
+        );
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -30,5 +30,65 @@ REVOKE ALL ON FUNCTION deal_store._claim(integer, integer, uuid[], uuid[]), deal
 -- The DROP guard also under session_replication_role = replica.
 ALTER EVENT TRIGGER deal_store_guard_drop ENABLE ALWAYS;
 
+-- A run's output may arrive in several calls: what each call delivered is kept
+-- until the run ends, and complete_run infers the removals once, over all of it.
+CREATE TABLE deal_store.run_output (
+    deal_id         uuid NOT NULL,
+    analysis_run_id uuid NOT NULL,
+    entity_type     text NOT NULL,
+    legacy_id       text,
+    domain          text NOT NULL,
+    CONSTRAINT run_output_key UNIQUE NULLS NOT DISTINCT (deal_id, analysis_run_id, entity_type, legacy_id, domain),
+    CONSTRAINT run_output_analysis_run_id_fkey FOREIGN KEY (deal_id, analysis_run_id)
+        REFERENCES deal_store.analysis_runs (deal_id, id) ON DELETE CASCADE,
+    CONSTRAINT run_output_entity_type_check CHECK (entity_type IN ('fact', 'finding', 'gap'))
+);
+COMMENT ON TABLE deal_store.run_output IS
+    'Working state of running runs: each row a proposal call delivered (legacy_id), or a domain a call covered (legacy_id NULL: the domains it named, else the domains of its rows). complete_run proposes the removal of every live row in the covered domains that the run did not deliver, then clears the run''s rows (fail_run clears them too). Written by the propose_* functions only.';
+COMMENT ON COLUMN deal_store.run_output.legacy_id IS 'A delivered row''s legacy_id; NULL for a domain a call covered.';
+COMMENT ON COLUMN deal_store.run_output.domain IS 'The delivered row''s domain, or the domain a call covered: removals are inferred only inside covered domains.';
+SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
+CREATE FUNCTION deal_store._propose_removals(entity_type text, run_id uuid)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'propose_removals_internal_wrapper';
+COMMENT ON FUNCTION deal_store._propose_removals(text, uuid) IS
+    'Internal: the Rust body of complete_run''s removals: a delete change for each live row of the kind inside the domains the run''s proposals covered that none of them delivered.';
+-- @routine deal_store._finish_run
+-- @routine deal_store.complete_run
+-- @routine deal_store._placement
+
+-- No silent no-ops, errors that say what to do: a committing procedure inside a
+-- transaction block, clearing deleted_at; one vocabulary (new, update, delete,
+-- restore) in changes_since_seen; unseen counts things, not log rows.
+CREATE FUNCTION deal_store._outside_transaction_block(routine text) RETURNS void
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'outside_transaction_block_wrapper';
+COMMENT ON FUNCTION deal_store._outside_transaction_block(text) IS
+    'Internal: 2D000 with a hint (process_queue_batch) when a committing procedure is called inside a transaction block.';
+-- @routine deal_store.refuse_undelete
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER refuse_undelete BEFORE UPDATE OF deleted_at ON deal_store.%I FOR EACH ROW
+            WHEN (OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL AND NEW.delete_batch IS NOT NULL)
+            EXECUTE FUNCTION deal_store.refuse_undelete()', t);
+    END LOOP;
+END $$;
+-- @routine deal_store.require_actor
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER require_actor BEFORE DELETE ON deal_store.%I FOR EACH STATEMENT
+            EXECUTE FUNCTION deal_store.require_actor()', 'active_' || t);
+    END LOOP;
+END $$;
+-- @routine deal_store.changes_since_seen
+-- @routine deal_store._deals_for_user
+-- @routine deal_store.deals_for_user
+-- @routine deal_store.propose_facts
+
 -- Last: every routine granted and the API made SECURITY DEFINER again, as access.sql does.
 -- @grants

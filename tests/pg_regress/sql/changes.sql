@@ -38,6 +38,7 @@ SELECT * FROM accept_changes('00000000-0000-0000-0021-0000000000d1', max_tier =>
 -- row of a query over a distributed table would run on a shard; README "Running on Citus")
 SELECT id AS target_id FROM gaps WHERE deal_id = '00000000-0000-0000-0021-0000000000d1' AND legacy_id = 'G-1' \gset
 SELECT resolve_gap(:'target_id', 'contract runs to 2027');
+-- completing the run proposes F-3's removal (it delivered F-1, F-2, F-4, F-5, F-6 of domain network)
 SELECT status FROM complete_run(:'run2');
 -- what Mo sees: grouped, counted, with changed fields; F-3's removal waits for review (tier 3)
 SELECT c.entity_type, c.change, c.changes, x.without_ids
@@ -80,7 +81,8 @@ SELECT * FROM propose_facts(:'run4', (SELECT jsonb_agg(jsonb_build_object('legac
         'item', CASE i WHEN 1 THEN 'fact 1 per version 2' WHEN 2 THEN 'fact 2, reworded' ELSE 'fact ' || i END,
         'confidence_score', 0.9, 'source_document_id', '00000000-0000-0000-0021-000000000dd1'))
         FROM generate_series(1, 6) i WHERE i NOT IN (3, 4))) ORDER BY 1, 2;
-SELECT * FROM accept_changes('00000000-0000-0000-0021-0000000000d1', max_tier => 3, run_id => :'run4');
+-- F-4's removal is proposed when the run completes: over everything the run proposed
 SELECT status FROM complete_run(:'run4');
+SELECT * FROM accept_changes('00000000-0000-0000-0021-0000000000d1', max_tier => 3, run_id => :'run4');
 SELECT * FROM document_changes('00000000-0000-0000-0021-000000000dd1');
 RESET deal_store.actor;

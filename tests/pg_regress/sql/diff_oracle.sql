@@ -120,6 +120,10 @@ SET deal_store.auto_apply = off;
 SELECT start_run('00000000-0000-0000-0003-0000000000db') AS oracle_run \gset
 SELECT change_type, sum(proposed) AS proposed FROM propose_facts(:'oracle_run', (SELECT jsonb_agg(doc) FROM incoming))
 GROUP BY 1 ORDER BY 1;
+-- the removals are proposed when the run completes
+SELECT status FROM complete_run(:'oracle_run');
+SELECT change_type, count(*) AS proposed FROM pending_changes
+WHERE deal_id = '00000000-0000-0000-0003-0000000000db' AND analysis_run_id = :'oracle_run' GROUP BY 1 ORDER BY 1;
 -- each proposed change matches the oracle's verdict for its fact (one vocabulary: the diff's change is the queue's change_type)
 SELECT count(*) AS queue_disagreements
 FROM pending_changes p FULL OUTER JOIN (SELECT * FROM oracle WHERE change <> 'unchanged') o

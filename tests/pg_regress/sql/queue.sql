@@ -54,8 +54,6 @@ FROM conflicts('00000000-0000-0000-0006-0000000000d8');
 -- reject, defer, decide twice
 SELECT id AS target_id FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-5' \gset
 SELECT reject_change(:'target_id', 'not in scope');
-SELECT id AS target_id FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-4' \gset
-SELECT defer_change(:'target_id', now() + interval '1 day', 'ask the CFO');
 SELECT id AS f5_change FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-5' \gset
 SELECT regress.expect_error(format($$SELECT deal_store.accept_change(%L)$$, :'f5_change'));
 SELECT regress.expect_error($$SELECT deal_store.reject_change('00000000-0000-0000-0006-000000000999')$$);
@@ -79,6 +77,12 @@ SELECT count(*) AS history_rows,
 FROM facts c JOIN facts h ON h.deal_id = c.deal_id AND h.legacy_id = c.legacy_id AND h.superseded_at IS NOT NULL
 WHERE c.legacy_id = 'F-3' AND c.superseded_at IS NULL AND c.deal_id = '00000000-0000-0000-0006-0000000000d8';
 SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run2');
+-- the removal: F-4 (network) is in a domain run 2 covered and no call delivered it;
+-- proposed once, when the run completes (the second call alone did not remove F-1, F-2, F-5)
+SELECT legacy_entity_id, change_type, confidence_tier, status FROM pending_changes
+WHERE analysis_run_id = :'run2' AND change_type = 'delete';
+SELECT id AS target_id FROM pending_changes WHERE analysis_run_id = :'run2' AND legacy_entity_id = 'F-4' \gset
+SELECT defer_change(:'target_id', now() + interval '1 day', 'ask the CFO');
 
 -- run 3 proposes again for F-4: its newer proposal supersedes run 2's deferred one
 SELECT start_run('00000000-0000-0000-0006-0000000000d8', ARRAY['network'], incremental => true) AS run3 \gset
@@ -128,16 +132,6 @@ SELECT * FROM propose_facts(:'run4', '[{"legacy_id": "F-10", "domain": "network"
 SELECT * FROM accept_changes('00000000-0000-0000-0006-0000000000d8', 2, :'run4');
 SELECT legacy_entity_id, status, review_note FROM pending_changes WHERE legacy_entity_id IN ('F-10', 'F-11') AND deal_id = '00000000-0000-0000-0006-0000000000d8' ORDER BY 1;
 
--- run 4 sends the network facts it still sees, without F-10: one removal (tier 3),
--- accepted in a batch: F-10 is soft-deleted naming the run
-SELECT * FROM propose_facts(:'run4', (
-  SELECT jsonb_agg(jsonb_build_object('legacy_id', legacy_id, 'domain', domain, 'category', category, 'item', item,
-           'status', status, 'details', details, 'evidence', evidence, 'entity', entity,
-           'source_page_numbers', source_page_numbers))
-  FROM active_facts WHERE deal_id = '00000000-0000-0000-0006-0000000000d8' AND domain = 'network' AND legacy_id <> 'F-10'),
-  ARRAY['network']);
-SELECT * FROM accept_changes('00000000-0000-0000-0006-0000000000d8', 3, :'run4');
-
 -- errors
 SELECT regress.expect_error(s) FROM (VALUES
   ($$SELECT * FROM deal_store.propose_facts('00000000-0000-0000-0006-000000000999', '[]')$$),
@@ -148,8 +142,20 @@ SELECT regress.expect_error(s) FROM (VALUES
   ($$SELECT deal_store.confidence_tier('00000000-0000-0000-0006-0000000000d8', 'memo', 'new')$$)
 ) AS t(s);
 
--- the final picture
 SELECT status, facts_created, facts_updated, findings_created, gaps_created FROM complete_run(:'run4');
+-- run 5 sends the network facts it still sees, without F-10, in one call: completing the
+-- run proposes one removal (tier 3), accepted in a batch: F-10 is soft-deleted naming the run
+SELECT start_run('00000000-0000-0000-0006-0000000000d8', ARRAY['network']) AS run5 \gset
+SELECT * FROM propose_facts(:'run5', (
+  SELECT jsonb_agg(jsonb_build_object('legacy_id', legacy_id, 'domain', domain, 'category', category, 'item', item,
+           'status', status, 'details', details, 'evidence', evidence, 'entity', entity,
+           'source_page_numbers', source_page_numbers))
+  FROM active_facts WHERE deal_id = '00000000-0000-0000-0006-0000000000d8' AND domain = 'network' AND legacy_id <> 'F-10'));
+SELECT status FROM complete_run(:'run5');
+SELECT legacy_entity_id, change_type, confidence_tier, status FROM pending_changes WHERE analysis_run_id = :'run5';
+SELECT * FROM accept_changes('00000000-0000-0000-0006-0000000000d8', 3, :'run5');
+
+-- the final picture
 SELECT legacy_id, item FROM current_facts WHERE deal_id = '00000000-0000-0000-0006-0000000000d8' ORDER BY 1;
 SELECT id AS fact_id FROM facts WHERE legacy_id = 'F-4' AND superseded_at IS NULL AND deal_id = '00000000-0000-0000-0006-0000000000d8' \gset
 SELECT version, item, run_number FROM fact_history(:'fact_id');
