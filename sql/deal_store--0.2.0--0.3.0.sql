@@ -840,6 +840,7 @@ BEGIN
         ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
         ('deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)', 'deal_store_reviewer', false),
         ('deal_store._queue_remaining(integer)', 'deal_store_reviewer', false),
+        ('deal_store._outside_transaction_block(text)', 'deal_store_reviewer', false),
         -- admin
         ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
         ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
