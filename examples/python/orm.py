@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from models import Activity, ActiveFact, Deal, DealOverview, FactsByDomain, PendingChange, acting_as
 
-DSN = os.environ.get("DEAL_STORE_DSN", "host=/var/run/postgresql dbname=deal_store_demo")
+DSN = os.environ.get("DEAL_STORE_DSN", "host=127.0.0.1 dbname=deal_store_demo user=deal_store_app password=app-secret")
 DEAL = uuid.UUID("5f1a6a52-93c4-4c65-a7f4-000000000001")
 DANA = uuid.UUID("7d0c3c1e-2f57-4d0e-9a57-5b8f0b0a0001")
 

@@ -1,8 +1,8 @@
 """deal_store from Python with psycopg 3: the quick start.
 
 Runs against the demo database (./scripts/demo) as it is, or any database with
-the demo deal: DEAL_STORE_DSN is a libpq connection string (default: the demo
-cluster's socket, as the superuser the demo created). An application logs in as
+the demo deal: DEAL_STORE_DSN is a libpq connection string (default: the login
+deal_store_app over TCP, which docs/python.md creates). An application logs in as
 a member of deal_store_service and names the person it acts for per transaction,
 as this script does. Every step checks what it got: ./scripts/test runs it.
 """
@@ -13,7 +13,7 @@ import psycopg
 from psycopg import errors
 from psycopg.types.json import Jsonb
 
-DSN = os.environ.get("DEAL_STORE_DSN", "host=/var/run/postgresql dbname=deal_store_demo")
+DSN = os.environ.get("DEAL_STORE_DSN", "host=127.0.0.1 dbname=deal_store_demo user=deal_store_app password=app-secret")
 DEAL = uuid.UUID("5f1a6a52-93c4-4c65-a7f4-000000000001")  # Project Falcon
 DANA = uuid.UUID("7d0c3c1e-2f57-4d0e-9a57-5b8f0b0a0001")  # Dana Lead, its owner
 
