@@ -12,7 +12,7 @@
 --     reviewer < lead): in which deals. Admins see and change every deal.
 -- Rows: row-level security on every deal-owned table. Functions: SECURITY
 -- DEFINER with a pinned search_path; each checks the caller's right on the
--- deal (deal_store._require_right, 42501 naming the deal and the right).
+-- deal (deal_store_internal._require_right, 42501 naming the deal and the right).
 
 -- ---------------------------------------------------------------------------
 -- Group roles: cluster-wide, created when missing, never dropped by DROP EXTENSION.
@@ -75,19 +75,19 @@ ON CONFLICT DO NOTHING;
 
 SELECT deal_store.enable_audit('deal_store.deal_members');
 CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON deal_store.deal_members
-    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.refuse_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store_internal.refuse_truncate();
 
-COMMENT ON FUNCTION deal_store.access_changed() IS
+COMMENT ON FUNCTION deal_store_internal.access_changed() IS
     'Trigger (AFTER, FOR EACH STATEMENT on users and deal_members): forgets what this session resolved about actors, roles and teams.';
 CREATE TRIGGER access_changed AFTER INSERT OR UPDATE OR DELETE ON deal_store.users
-    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.access_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store_internal.access_changed();
 CREATE TRIGGER access_changed AFTER INSERT OR UPDATE OR DELETE ON deal_store.deal_members
-    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.access_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store_internal.access_changed();
 
-CREATE FUNCTION deal_store.owner_is_lead() RETURNS trigger
+CREATE FUNCTION deal_store_internal.owner_is_lead() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF deal_store._restoring() THEN
+    IF deal_store_internal._restoring() THEN
         RETURN NULL;   -- a restore brings the team back as it was
     END IF;
     INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
@@ -95,15 +95,15 @@ BEGIN
     ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
     RETURN NULL;
 END $$;
-COMMENT ON FUNCTION deal_store.owner_is_lead() IS
+COMMENT ON FUNCTION deal_store_internal.owner_is_lead() IS
     'Trigger (AFTER INSERT on deals): makes the deal''s owner a lead of it (not during a restore: the team is restored as it was).';
 CREATE TRIGGER owner_is_lead AFTER INSERT ON deal_store.deals
-    FOR EACH ROW EXECUTE FUNCTION deal_store.owner_is_lead();
+    FOR EACH ROW EXECUTE FUNCTION deal_store_internal.owner_is_lead();
 
 CREATE FUNCTION deal_store.add_member(deal_id uuid, user_id uuid, role text DEFAULT 'viewer') RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'manage');
+    PERFORM deal_store_internal._require_deal(deal_id, 'manage');
     IF role IS NULL OR role NOT IN ('viewer', 'analyst', 'reviewer', 'lead') THEN
         RAISE EXCEPTION 'unknown deal role "%"', role USING ERRCODE = '22023',
             HINT = 'A deal role is viewer, analyst, reviewer or lead.';
@@ -122,7 +122,7 @@ COMMENT ON FUNCTION deal_store.add_member(uuid, uuid, text) IS
 CREATE FUNCTION deal_store.remove_member(deal_id uuid, user_id uuid) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM deal_store._require_right(deal_id, 'manage');
+    PERFORM deal_store_internal._require_right(deal_id, 'manage');
     PERFORM 1 FROM deal_store.deals d WHERE d.id = remove_member.deal_id FOR NO KEY UPDATE;
     DELETE FROM deal_store.deal_members m WHERE m.deal_id = remove_member.deal_id AND m.user_id = remove_member.user_id;
     IF NOT FOUND THEN
@@ -142,18 +142,18 @@ COMMENT ON FUNCTION deal_store.remove_member(uuid, uuid) IS
 -- subqueries become InitPlans), so a policy costs an array lookup per row; the
 -- member's test comes first, so for a member it is the only one.
 -- Citus (deal_store.distribute()): a policy may not hold a subquery and is
--- checked on the shards, so each row asks deal_store._may(tableoid, ...), which
+-- checked on the shards, so each row asks deal_store_internal._may(tableoid, ...), which
 -- reads the actor's team from the shard's own node once per transaction.
 
-CREATE FUNCTION deal_store._create_policies(on_citus boolean) RETURNS void
+CREATE FUNCTION deal_store_internal._create_policies(on_citus boolean) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t record;
     -- %1$I the deal column, %2$L the deal role it needs
-    member text := CASE WHEN on_citus THEN 'deal_store._may(tableoid, %1$I, %2$L)'
+    member text := CASE WHEN on_citus THEN 'deal_store_internal._may(tableoid, %1$I, %2$L)'
                    ELSE '%1$I = ANY ((SELECT deal_store.my_deals(%2$L))::uuid[]) OR (SELECT deal_store.sees_all_deals())' END;
     -- %1$I the user column: the row is the actor's own
-    own text := CASE WHEN on_citus THEN 'deal_store._acts_as(tableoid, %1$I)'
+    own text := CASE WHEN on_citus THEN 'deal_store_internal._acts_as(tableoid, %1$I)'
                 ELSE '(SELECT deal_store.sees_all_deals()) OR %1$I = (SELECT deal_store.current_actor())' END;
     also text;
 BEGIN
@@ -209,28 +209,28 @@ BEGIN
     CREATE POLICY admins_write ON deal_store.users FOR ALL USING ((SELECT deal_store.sees_all_deals()))
         WITH CHECK ((SELECT deal_store.sees_all_deals()));
 END $$;
-COMMENT ON FUNCTION deal_store._create_policies(boolean) IS
-    'Internal: (re)creates every row-level security policy of deal_store (users: a reader sees itself and the members of its deals): with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
-SELECT deal_store._create_policies(false);
+COMMENT ON FUNCTION deal_store_internal._create_policies(boolean) IS
+    'Internal: (re)creates every row-level security policy of deal_store (users: a reader sees itself and the members of its deals): with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store_internal._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
+SELECT deal_store_internal._create_policies(false);
 
 -- The extension's own settings for the rest of the transaction. A SET LOCAL of
 -- its own, inside a call: Citus passes a SET LOCAL on to the workers only in a
 -- transaction block or inside a function call, and a statement of a function a
 -- client calls on its own (SELECT deal_store.purge(…)) is neither.
-CREATE FUNCTION deal_store._set_local(setting text, value text) RETURNS void
+CREATE FUNCTION deal_store_internal._set_local(setting text, value text) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- @plpgsql_check_options: security_warnings = false
-    -- (the name is one of four constants, the value is quote_literal'ed)
+    -- (the name is one of six constants, the value is quote_literal'ed)
     IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.hard_delete', 'deal_store.audit_purge',
-                                               'deal_store.importing_history']) THEN
-        RAISE EXCEPTION 'deal_store._set_local sets deal_store.actor, reason, hard_delete, audit_purge or importing_history, not %', setting
+                                               'deal_store.importing_history', 'deal_store.undeleting']) THEN
+        RAISE EXCEPTION 'deal_store_internal._set_local sets deal_store.actor, reason, hard_delete, audit_purge, importing_history or undeleting, not %', setting
             USING ERRCODE = '22023';
     END IF;
     EXECUTE pg_catalog.format('SET LOCAL %s = %L', setting, coalesce(value, ''));
 END $$;
-COMMENT ON FUNCTION deal_store._set_local(text, text) IS
-    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, hard_delete, audit_purge, importing_history; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
+COMMENT ON FUNCTION deal_store_internal._set_local(text, text) IS
+    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, hard_delete, audit_purge, importing_history, undeleting; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
 
 -- The actor for the rest of the transaction, from a uuid (a client binds a
 -- uuid parameter; SET cannot take one).
@@ -238,7 +238,7 @@ CREATE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- SET LOCAL rather than set_config: Citus passes SET LOCAL on to the nodes the transaction uses
-    PERFORM deal_store._set_local('deal_store.actor', user_id::text);
+    PERFORM deal_store_internal._set_local('deal_store.actor', user_id::text);
     RETURN deal_store.current_actor();
 END $$;
 COMMENT ON FUNCTION deal_store.set_actor(uuid) IS
@@ -247,11 +247,13 @@ COMMENT ON FUNCTION deal_store.set_actor(uuid) IS
 -- ---------------------------------------------------------------------------
 -- Grants. Nothing is granted to PUBLIC; each group role gets what its members need.
 
-REVOKE ALL ON SCHEMA deal_store FROM PUBLIC;
-GRANT USAGE ON SCHEMA deal_store TO deal_store_reader;
+REVOKE ALL ON SCHEMA deal_store, deal_store_internal FROM PUBLIC;
+-- the internal schema's routines stay closed (EXECUTE is granted one by one
+-- below); its USAGE lets routines that run as the caller reach the ones granted
+GRANT USAGE ON SCHEMA deal_store, deal_store_internal TO deal_store_reader;
 REVOKE ALL ON ALL TABLES IN SCHEMA deal_store FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA deal_store FROM PUBLIC;
-REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store, deal_store_internal FROM PUBLIC;
 -- the one routine anyone may call: which library and catalog serve this database
 GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;
 REVOKE ALL ON TYPE deal_store.fact_search_hit FROM PUBLIC;
@@ -309,14 +311,14 @@ BEGIN
         ('deal_store.confidence_tier(uuid, text, text, double precision)', 'deal_store_reader', false),
         -- the pure Rust bodies of fact_checksum and fact_canonical (no data access): executable
         -- by readers so that those SQL wrappers stay inlinable into the caller's query
-        ('deal_store._content_checksum(text, anyelement)', 'deal_store_reader', false),
-        ('deal_store._content_canonical(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store_internal._content_checksum(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store_internal._content_canonical(text, anyelement)', 'deal_store_reader', false),
         ('deal_store.search_config()', 'deal_store_reader', false),
         ('deal_store.headline_options()', 'deal_store_reader', false),
         ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', false),
         ('deal_store.search_rank(tsvector, tsquery)', 'deal_store_reader', false),
         ('deal_store.set_actor(uuid)', 'deal_store_reader', false),
-        ('deal_store._set_local(text, text)', 'deal_store_reader', false),
+        ('deal_store_internal._set_local(text, text)', 'deal_store_reader', false),
         ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', 'deal_store_reader', true),
         ('deal_store.search_deal(uuid, text, integer)', 'deal_store_reader', true),
         ('deal_store.deal_summary(uuid)', 'deal_store_reader', true),
@@ -331,10 +333,10 @@ BEGIN
         ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
         ('deal_store.entity_history(text, uuid, jsonb)', 'deal_store_reader', true),
         ('deal_store.entity_type_of(oid)', 'deal_store_reader', false),
-        ('deal_store._table_of(oid)', 'deal_store_reader', false),
+        ('deal_store_internal._table_of(oid)', 'deal_store_reader', false),
         -- the row-level security policies on Citus
-        ('deal_store._may(oid, uuid, text)', 'deal_store_reader', false),
-        ('deal_store._acts_as(oid, uuid)', 'deal_store_reader', false),
+        ('deal_store_internal._may(oid, uuid, text)', 'deal_store_reader', false),
+        ('deal_store_internal._acts_as(oid, uuid)', 'deal_store_reader', false),
         -- the change feed: a consumer is its registering role's; reads see the caller's deals
         ('deal_store.register_consumer(text, boolean)', 'deal_store_reader', true),
         ('deal_store.read_changes(text, integer)', 'deal_store_reader', true),
@@ -370,8 +372,8 @@ BEGIN
         ('deal_store.accept_changes(uuid, integer, uuid, text)', 'deal_store_reviewer', true),
         ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
         ('deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)', 'deal_store_reviewer', false),
-        ('deal_store._queue_remaining(integer)', 'deal_store_reviewer', false),
-        ('deal_store._outside_transaction_block(text)', 'deal_store_reviewer', false),
+        ('deal_store_internal._queue_remaining(integer)', 'deal_store_reviewer', false),
+        ('deal_store_internal._outside_transaction_block(text)', 'deal_store_reviewer', false),
         -- admin
         ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
         ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
@@ -379,8 +381,8 @@ BEGIN
         -- so no admin can switch off the audit of deal_store's own tables
         ('deal_store.enable_audit(regclass)', 'deal_store_admin', false),
         ('deal_store.disable_audit(regclass)', 'deal_store_admin', false),
-        ('deal_store.audit_row()', 'deal_store_admin', false),
-        ('deal_store.audit_flush()', 'deal_store_admin', false)) AS x(fn, grantee, definer)
+        ('deal_store_internal.audit_row()', 'deal_store_admin', false),
+        ('deal_store_internal.audit_flush()', 'deal_store_admin', false)) AS x(fn, grantee, definer)
     LOOP
         IF f.definer THEN
             EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);
@@ -393,11 +395,11 @@ COMMENT ON FUNCTION deal_store.sees_all_deals() IS
     'True when the caller sees and changes every deal: a superuser or a member of deal_store_admin. Used by the row-level security policies.';
 COMMENT ON FUNCTION deal_store.my_deals(text) IS
     'The deals in which the acting user (current_actor) holds min_role (viewer, analyst, reviewer, lead) or a stronger deal role. Used by the row-level security policies, once per statement.';
-COMMENT ON FUNCTION deal_store._require_right(uuid, text) IS
+COMMENT ON FUNCTION deal_store_internal._require_right(uuid, text) IS
     'Internal: raises 42501, naming the deal and what is missing, unless the caller has the right needs (read, write, review, manage; administer with a NULL deal) on the deal: the group role of its login and the deal role of its actor.';
-COMMENT ON FUNCTION deal_store._may(oid, uuid, text) IS
+COMMENT ON FUNCTION deal_store_internal._may(oid, uuid, text) IS
     'Internal, the row-level security policies on Citus: true when the caller sees every deal or its actor holds min_role or a stronger role in deal (a row''s deal column); rel is the policy''s relation (tableoid): on a worker the team is read from the deal_members shard on the same node, once per transaction.';
-COMMENT ON FUNCTION deal_store._acts_as(oid, uuid) IS
+COMMENT ON FUNCTION deal_store_internal._acts_as(oid, uuid) IS
     'Internal, the row-level security policies on Citus: true when the caller sees every deal or user_id is its actor (own deals, own notifications); rel as for _may.';
 
 -- ---------------------------------------------------------------------------
@@ -408,15 +410,15 @@ COMMENT ON FUNCTION deal_store._acts_as(oid, uuid) IS
 -- their SQL through one module that pins the same path (src/spi.rs, enforced by
 -- clippy); SQL routines with a standard body (BEGIN ATOMIC / RETURN) were parsed
 -- when they were created. What remains is the one list below.
-CREATE FUNCTION deal_store._unpinned() RETURNS TABLE(routine regprocedure, why text)
+CREATE FUNCTION deal_store_internal._unpinned() RETURNS TABLE(routine regprocedure, why text)
 LANGUAGE sql IMMUTABLE
 BEGIN ATOMIC
     SELECT 'deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)'::pg_catalog.regprocedure,
            'a procedure that COMMITs cannot have a SET clause: every name in it is schema-qualified';
 END;
-COMMENT ON FUNCTION deal_store._unpinned() IS
+COMMENT ON FUNCTION deal_store_internal._unpinned() IS
     'Internal: the routines of deal_store that run without SET search_path = pg_catalog, pg_temp besides the Rust library''s own (which pin the path inside) and SQL-standard bodies (parsed at creation), and why: the one list the catalog test allows.';
-REVOKE ALL ON FUNCTION deal_store._unpinned() FROM PUBLIC;
+REVOKE ALL ON FUNCTION deal_store_internal._unpinned() FROM PUBLIC;
 
 DO $$
 DECLARE
@@ -424,10 +426,10 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid::pg_catalog.regprocedure AS fn FROM pg_catalog.pg_proc p
              JOIN pg_catalog.pg_language l ON l.oid OPERATOR(pg_catalog.=) p.prolang
-             WHERE p.pronamespace OPERATOR(pg_catalog.=) 'deal_store'::pg_catalog.regnamespace
+             WHERE p.pronamespace OPERATOR(pg_catalog.=) ANY (ARRAY['deal_store'::pg_catalog.regnamespace, 'deal_store_internal'::pg_catalog.regnamespace]::pg_catalog.oid[])
                AND l.lanname OPERATOR(pg_catalog.<>) 'c' AND p.prosqlbody IS NULL
                AND NOT coalesce(p.proconfig, '{}') OPERATOR(pg_catalog.@>) '{"search_path=pg_catalog, pg_temp"}'::pg_catalog.text[]
-               AND p.oid OPERATOR(pg_catalog.<>) ALL (SELECT u.routine FROM deal_store._unpinned() u) LOOP
+               AND p.oid OPERATOR(pg_catalog.<>) ALL (SELECT u.routine FROM deal_store_internal._unpinned() u) LOOP
         EXECUTE pg_catalog.format('ALTER ROUTINE %s SET search_path = pg_catalog, pg_temp', f.fn);
     END LOOP;
 END $$;
@@ -435,26 +437,26 @@ END $$;
 -- The server owns its records: who and when (src/records.rs classifies the
 -- columns). Every table with such a column gets the trigger, but the log, which
 -- only the server writes.
-COMMENT ON FUNCTION deal_store.server_columns() IS
-    'Trigger (BEFORE INSERT OR UPDATE on every table with *_by or *_at columns): who columns are the actor, when columns the server clock; a caller''s own value is replaced. Creation columns are set once, updated_at / updated_by when the row changes, act columns (deleted_at, decided_by, resolved_at, read_at, ...) when they get a value. See deal_store._server_columns().';
-COMMENT ON FUNCTION deal_store._server_columns() IS
+COMMENT ON FUNCTION deal_store_internal.server_columns() IS
+    'Trigger (BEFORE INSERT OR UPDATE on every table with *_by or *_at columns): who columns are the actor, when columns the server clock; a caller''s own value is replaced. Creation columns are set once, updated_at / updated_by when the row changes, act columns (deleted_at, decided_by, resolved_at, read_at, ...) when they get a value. See deal_store_internal._server_columns().';
+COMMENT ON FUNCTION deal_store_internal._server_columns() IS
     'The columns the server writes itself (who: *_by, when: *_at), per table, with their moment: creation, touch, act or versioning (superseded_at, written by the fact versioning only).';
 DO $$
 DECLARE
     t text;
 BEGIN
-    FOR t IN SELECT DISTINCT s.table_name FROM deal_store._server_columns() s
+    FOR t IN SELECT DISTINCT s.table_name FROM deal_store_internal._server_columns() s
              WHERE s.table_name OPERATOR(pg_catalog.<>) 'deal_activity_log' ORDER BY 1 LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER server_columns BEFORE INSERT OR UPDATE ON deal_store.%I
-                                   FOR EACH ROW EXECUTE FUNCTION deal_store.server_columns()', t);
+                                   FOR EACH ROW EXECUTE FUNCTION deal_store_internal.server_columns()', t);
     END LOOP;
 END $$;
 
 -- ---------------------------------------------------------------------------
 -- What a DBA does by habit loses nothing (src/operations.rs): a superuser's
--- COPY FROM is a restore (deal_store._restoring()), and DROP EXTENSION is
+-- COPY FROM is a restore (deal_store_internal._restoring()), and DROP EXTENSION is
 -- refused while a deal exists.
-COMMENT ON FUNCTION deal_store.restored() IS
+COMMENT ON FUNCTION deal_store_internal.restored() IS
     'Trigger (AFTER INSERT per statement, enabled ALWAYS): ends the switch to session_replication_role = replica that a superuser''s restoring COPY made for its own rows.';
 DO $$
 DECLARE
@@ -464,19 +466,19 @@ BEGIN
     FOR t IN SELECT c.relname::text FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) g.tgrelid
              WHERE g.tgname OPERATOR(pg_catalog.=) 'server_columns' ORDER BY 1 LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER deal_store_restored AFTER INSERT ON deal_store.%I
-                                   FOR EACH STATEMENT EXECUTE FUNCTION deal_store.restored()', t);
+                                   FOR EACH STATEMENT EXECUTE FUNCTION deal_store_internal.restored()', t);
         EXECUTE pg_catalog.format('ALTER TABLE deal_store.%I ENABLE ALWAYS TRIGGER deal_store_restored', t);
     END LOOP;
 END $$;
-COMMENT ON FUNCTION deal_store._restoring() IS
+COMMENT ON FUNCTION deal_store_internal._restoring() IS
     'Internal: true while a superuser restores rows with COPY FROM (pg_restore, a dump replayed by psql): the triggers then take the rows as the dump holds them, without auditing them again.';
-CREATE FUNCTION deal_store._guard_drop() RETURNS event_trigger
+CREATE FUNCTION deal_store_internal._guard_drop() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'deal_store_guard_drop';
-COMMENT ON FUNCTION deal_store._guard_drop() IS
+COMMENT ON FUNCTION deal_store_internal._guard_drop() IS
     'Event trigger function: refuses a DROP that would take deal_store (DROP EXTENSION deal_store, a CASCADE drop of an extension it needs or of a schema holding one, DROP SCHEMA deal_store, DROP OWNED BY its owner) while any deal exists (2BP01), unless a superuser has set deal_store.allow_drop = on.';
-REVOKE ALL ON FUNCTION deal_store._guard_drop() FROM PUBLIC;
+REVOKE ALL ON FUNCTION deal_store_internal._guard_drop() FROM PUBLIC;
 CREATE EVENT TRIGGER deal_store_guard_drop ON ddl_command_start WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
-    EXECUTE FUNCTION deal_store._guard_drop();
+    EXECUTE FUNCTION deal_store_internal._guard_drop();
 -- also under session_replication_role = replica (a restore's setting)
 ALTER EVENT TRIGGER deal_store_guard_drop ENABLE ALWAYS;
 COMMENT ON EVENT TRIGGER deal_store_guard_drop IS

@@ -1,10 +1,10 @@
--- The audit log: the Rust trigger deal_store.audit_row on every table of the
+-- The audit log: the Rust trigger deal_store_internal.audit_row on every table of the
 -- extension (and on users' tables through enable_audit), an append-only log,
 -- and the functions that read it.
 
-COMMENT ON FUNCTION deal_store.audit_row() IS
+COMMENT ON FUNCTION deal_store_internal.audit_row() IS
     'Trigger (AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW): captures one deal_activity_log entry per meaningful change with actor, reason, run, action (insert, update, soft_delete, restore, purge) and details (new row, old row, or the changed columns as {"col": {"old", "new"}}). Updates of noise columns only (updated_at, search_vector, item_checksum) log nothing. The entries are written when the statement ends, by audit_flush.';
-COMMENT ON FUNCTION deal_store.audit_flush() IS
+COMMENT ON FUNCTION deal_store_internal.audit_flush() IS
     'Trigger (AFTER INSERT OR UPDATE OR DELETE, FOR EACH STATEMENT): writes the entries audit_row captured during the statement to deal_activity_log with one INSERT. A table without it is logged row by row.';
 
 COMMENT ON FUNCTION deal_store.uuid_v7() IS
@@ -13,13 +13,13 @@ ALTER TABLE deal_store.deal_activity_log ALTER COLUMN id SET DEFAULT deal_store.
 
 -- An entry without a deal (a change of a table outside deal_store, purge_audit's
 -- own entry) has deal_id NULL, or on Citus the nil uuid (src/audit.rs, NO_DEAL).
-COMMENT ON FUNCTION deal_store._no_deal() IS
+COMMENT ON FUNCTION deal_store_internal._no_deal() IS
     'Internal: the deal_id of a log entry without a deal: NULL, or the nil uuid when Citus distributes the log (no NULL in a distribution column).';
 
 -- ---------------------------------------------------------------------------
 -- Append-only: no UPDATE, DELETE or TRUNCATE, for any role, owner included.
 
-CREATE FUNCTION deal_store.audit_log_append_only() RETURNS trigger
+CREATE FUNCTION deal_store_internal.audit_log_append_only() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'DELETE' AND current_setting('deal_store.audit_purge', true) = 'on'
@@ -29,29 +29,29 @@ BEGIN
     RAISE EXCEPTION 'deal_store.deal_activity_log is append-only: % is not allowed', TG_OP
         USING ERRCODE = '42501', HINT = 'Only deal_store.purge_audit (members of deal_store_admin) removes entries.';
 END $$;
-COMMENT ON FUNCTION deal_store.audit_log_append_only() IS
+COMMENT ON FUNCTION deal_store_internal.audit_log_append_only() IS
     'Trigger: rejects UPDATE, DELETE and TRUNCATE of deal_activity_log with 42501, except the DELETE that purge_audit performs for a superuser.';
 
 CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON deal_store.deal_activity_log
-    FOR EACH ROW EXECUTE FUNCTION deal_store.audit_log_append_only();
+    FOR EACH ROW EXECUTE FUNCTION deal_store_internal.audit_log_append_only();
 CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON deal_store.deal_activity_log
-    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.audit_log_append_only();
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store_internal.audit_log_append_only();
 
 CREATE FUNCTION deal_store.purge_audit(older_than interval) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint;
 BEGIN
-    PERFORM deal_store._require_right(NULL, 'administer');
+    PERFORM deal_store_internal._require_right(NULL, 'administer');
     IF older_than IS NULL OR older_than < interval '0' THEN
         RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
     END IF;
-    PERFORM deal_store._set_local('deal_store.audit_purge', 'on');
+    PERFORM deal_store_internal._set_local('deal_store.audit_purge', 'on');
     DELETE FROM deal_store.deal_activity_log l WHERE l.created_at < now() - older_than;
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM deal_store._set_local('deal_store.audit_purge', 'off');
+    PERFORM deal_store_internal._set_local('deal_store.audit_purge', 'off');
     INSERT INTO deal_store.deal_activity_log (deal_id, user_id, action, entity_type, reason, details)
-    VALUES (deal_store._no_deal(), deal_store.current_actor(), 'purge_audit', 'deal_activity_log',
+    VALUES (deal_store_internal._no_deal(), deal_store.current_actor(), 'purge_audit', 'deal_activity_log',
             nullif(current_setting('deal_store.reason', true), ''),
             jsonb_build_object('older_than', older_than::text, 'rows', n));
     RETURN n;
@@ -74,9 +74,9 @@ BEGIN
             HINT = 'The audit log identifies a row by its primary key.';
     END IF;
     EXECUTE format('CREATE OR REPLACE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON %s '
-                   'FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row()', tbl);
+                   'FOR EACH ROW EXECUTE FUNCTION deal_store_internal.audit_row()', tbl);
     EXECUTE format('CREATE OR REPLACE TRIGGER deal_store_audit_flush AFTER INSERT OR UPDATE OR DELETE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION deal_store.audit_flush()', tbl);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION deal_store_internal.audit_flush()', tbl);
 END $$;
 COMMENT ON FUNCTION deal_store.enable_audit(regclass) IS
     'Puts the deal_store audit triggers (audit_row per row, audit_flush per statement) on a table (any primary key, composite included; idempotent). Runs as the caller: members of deal_store_admin, on tables they own. 55000 when the table has no primary key, 22023 when it is not an ordinary table.';
@@ -128,7 +128,7 @@ CREATE FUNCTION deal_store.deal_activity(deal_id uuid, since timestamptz DEFAULT
 RETURNS SETOF deal_store.deal_activity_log
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
     IF lim IS NULL OR lim < 1 OR lim > 10000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 10000' USING ERRCODE = '22023';
     END IF;
@@ -151,7 +151,7 @@ BEGIN
     FOR h IN SELECT x.version, x.version_id, x.content, x.superseded_at FROM deal_store.fact_history(fact_id) x ORDER BY x.version LOOP
         IF valid_from IS NULL THEN
             -- the lookup names the deal: on Citus one shard
-            deal := deal_store._id_in_one_deal('deal_store.facts', fact_id, 'read');
+            deal := deal_store_internal._id_in_one_deal('deal_store.facts', fact_id, 'read');
             SELECT f.created_at INTO valid_from FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = h.version_id;
         END IF;
         IF valid_from <= at AND (h.superseded_at IS NULL OR at < h.superseded_at) THEN

@@ -27,13 +27,13 @@ SELECT pg_catalog.pg_extension_config_dump('deal_store.seen_marks', '');
 -- The deal's log entries after the actor's mark (all without a mark): those
 -- after it in seq (the deal's index), and those before it of a transaction
 -- the user's snapshot did not see (the feed's index).
-CREATE FUNCTION deal_store._unseen(deal_id uuid) RETURNS SETOF deal_store.deal_activity_log
+CREATE FUNCTION deal_store_internal._unseen(deal_id uuid) RETURNS SETOF deal_store.deal_activity_log
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     -- a value, not a call inside the query (Citus would make the call on a shard)
     actor uuid := deal_store.current_actor();
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
     RETURN QUERY
     SELECT l.* FROM deal_store.deal_activity_log l
     WHERE l.deal_id = _unseen.deal_id
@@ -45,12 +45,12 @@ BEGIN
     WHERE m.deal_id = _unseen.deal_id AND m.user_id = actor
       AND NOT pg_catalog.pg_visible_in_snapshot(l.txid::text::xid8, m.seen_snapshot);
 END $$;
-COMMENT ON FUNCTION deal_store._unseen(uuid) IS
+COMMENT ON FUNCTION deal_store_internal._unseen(uuid) IS
     'Internal: the deal''s log entries the actor has not seen: after its mark in seq, or of a transaction that may have committed after it looked.';
 
 -- A user's deals with what the caller has not seen in each (replaces the
 -- dashboard's first version: the unseen count needs the marks above).
-CREATE FUNCTION deal_store._deals_for_user(owner uuid, with_archived boolean)
+CREATE FUNCTION deal_store_internal._deals_for_user(owner uuid, with_archived boolean)
 RETURNS TABLE(id uuid, user_id uuid, name text, target_name text, deal_type text, status text,
               created_at timestamptz, updated_at timestamptz, unseen bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -67,11 +67,11 @@ BEGIN
                AND (x.status <> 'archived' OR coalesce(with_archived, false))
              ORDER BY x.updated_at DESC, x.id LOOP
         RETURN QUERY SELECT d.id, d.user_id, d.name, d.target_name, d.deal_type, d.status, d.created_at, d.updated_at,
-                            (SELECT count(DISTINCT (x.entity_type, x.entity_id)) FROM deal_store._unseen(d.id) x
+                            (SELECT count(DISTINCT (x.entity_type, x.entity_id)) FROM deal_store_internal._unseen(d.id) x
                              WHERE x.entity_type IN ('fact', 'finding', 'gap') AND x.entity_id IS NOT NULL);
     END LOOP;
 END $$;
-COMMENT ON FUNCTION deal_store._deals_for_user(uuid, boolean) IS
+COMMENT ON FUNCTION deal_store_internal._deals_for_user(uuid, boolean) IS
     'Internal: the body of deals_for_user, in PL/pgSQL (Citus cannot plan an SQL function''s parameters).';
 
 CREATE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
@@ -79,7 +79,7 @@ RETURNS TABLE(id uuid, user_id uuid, name text, target_name text, deal_type text
               created_at timestamptz, updated_at timestamptz, unseen bigint)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT * FROM deal_store._deals_for_user(deals_for_user.user_id, deals_for_user.include_archived);
+    SELECT * FROM deal_store_internal._deals_for_user(deals_for_user.user_id, deals_for_user.include_archived);
 END;
 COMMENT ON FUNCTION deal_store.deals_for_user(uuid, boolean) IS
     'A user''s live deals that the caller may see, most recently updated first (archived ones only when include_archived), with unseen: the facts, findings and gaps of each deal that changed since the actor last looked (mark_seen; all of them before that), each counted once, as changes_since_seen lists them.';
@@ -92,7 +92,7 @@ DECLARE
     snap pg_catalog.pg_snapshot;
     last_seq bigint;
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
     IF actor IS NULL THEN
         RAISE EXCEPTION 'mark_seen needs an actor' USING ERRCODE = '42501',
             HINT = 'Link the login role to a user (users.db_role), or name the user with deal_store.set_actor.';
@@ -120,10 +120,10 @@ DECLARE
     unseen deal_store.deal_activity_log[];
     reviews boolean;
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
     -- values first: on Citus the query below runs on the deal's shard, where a
     -- function that queries the deal tables cannot run
-    unseen := ARRAY(SELECT x FROM deal_store._unseen(changes_since_seen.deal_id) x
+    unseen := ARRAY(SELECT x FROM deal_store_internal._unseen(changes_since_seen.deal_id) x
                     WHERE x.entity_type IN ('fact', 'finding', 'gap') AND x.entity_id IS NOT NULL);
     reviews := deal_store.sees_all_deals() OR changes_since_seen.deal_id = ANY (deal_store.my_deals('reviewer'));
     RETURN QUERY
@@ -182,11 +182,11 @@ COMMENT ON FUNCTION deal_store.changes_since_seen(uuid) IS
 -- is current from the end of the one before it (or the fact's creation) until
 -- it was superseded, and live until it was deleted.
 
-CREATE FUNCTION deal_store._facts_as_of(deal_id uuid, at timestamptz)
+CREATE FUNCTION deal_store_internal._facts_as_of(deal_id uuid, at timestamptz)
 RETURNS TABLE(legacy_id text, version_id uuid, item_checksum text, content jsonb, analysis_run_id uuid, source_document_id uuid)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
     RETURN QUERY
     SELECT v.legacy_id, v.id, v.item_checksum,
            (SELECT pg_catalog.jsonb_object_agg(k, pg_catalog.to_jsonb(v) -> k) FROM pg_catalog.unnest(deal_store.content_fields('fact')) k),
@@ -198,11 +198,11 @@ BEGIN
       AND (v.superseded_at IS NULL OR _facts_as_of.at < v.superseded_at)
       AND (v.deleted_at IS NULL OR _facts_as_of.at < v.deleted_at);
 END $$;
-COMMENT ON FUNCTION deal_store._facts_as_of(uuid, timestamptz) IS
+COMMENT ON FUNCTION deal_store_internal._facts_as_of(uuid, timestamptz) IS
     'Internal: the deal''s live facts as they were at a moment (one version per legacy_id), with their content fields.';
 
 -- new / update (with changed fields) / delete from one set of facts to another
-CREATE FUNCTION deal_store._fact_changes(deal_id uuid, from_at timestamptz, to_at timestamptz)
+CREATE FUNCTION deal_store_internal._fact_changes(deal_id uuid, from_at timestamptz, to_at timestamptz)
 RETURNS TABLE(legacy_id text, change text, changed_fields text[], content_then jsonb, content_now jsonb, analysis_run_id uuid,
               source_then uuid)
 LANGUAGE sql STABLE
@@ -214,10 +214,10 @@ BEGIN ATOMIC
                 ARRAY(SELECT k FROM pg_catalog.unnest(deal_store.content_fields('fact')) k
                       WHERE (a.content -> k) IS DISTINCT FROM (b.content -> k) ORDER BY k) END,
            a.content, b.content, b.analysis_run_id, a.source_document_id
-    FROM deal_store._facts_as_of(_fact_changes.deal_id, _fact_changes.from_at) a
-    FULL JOIN deal_store._facts_as_of(_fact_changes.deal_id, _fact_changes.to_at) b ON b.legacy_id = a.legacy_id;
+    FROM deal_store_internal._facts_as_of(_fact_changes.deal_id, _fact_changes.from_at) a
+    FULL JOIN deal_store_internal._facts_as_of(_fact_changes.deal_id, _fact_changes.to_at) b ON b.legacy_id = a.legacy_id;
 END;
-COMMENT ON FUNCTION deal_store._fact_changes(uuid, timestamptz, timestamptz) IS
+COMMENT ON FUNCTION deal_store_internal._fact_changes(uuid, timestamptz, timestamptz) IS
     'Internal: every fact of the deal at either moment with what happened between them: new, update (changed_fields), delete or unchanged (by content checksum).';
 
 CREATE FUNCTION deal_store.diff_runs(run_a uuid, run_b uuid)
@@ -227,8 +227,8 @@ DECLARE
     a record;
     b record;
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_a, 'read');
-    PERFORM deal_store._id_in_one_deal('deal_store.analysis_runs', run_b, 'read');
+    PERFORM deal_store_internal._id_in_one_deal('deal_store.analysis_runs', run_a, 'read');
+    PERFORM deal_store_internal._id_in_one_deal('deal_store.analysis_runs', run_b, 'read');
     SELECT r.deal_id, coalesce(r.completed_at, now()) AS at INTO a FROM deal_store.analysis_runs r WHERE r.id = run_a;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'analysis run % does not exist', run_a USING ERRCODE = 'P0002';
@@ -244,7 +244,7 @@ BEGIN
     -- before 'finding' and 'gap', so the rows come in the order of (entity_type, legacy_id)
     RETURN QUERY
     SELECT 'fact'::text, c.legacy_id, c.change, c.changed_fields
-    FROM deal_store._fact_changes(a.deal_id, a.at, b.at) c WHERE c.change <> 'unchanged'
+    FROM deal_store_internal._fact_changes(a.deal_id, a.at, b.at) c WHERE c.change <> 'unchanged'
     ORDER BY 2;
     RETURN QUERY
     -- findings and gaps keep no versions: their state then is their lifetime, their
@@ -286,7 +286,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     old record;
     new_id uuid;
-    deal uuid := deal_store._id_in_one_deal('deal_store.documents', document_id, 'write');
+    deal uuid := deal_store_internal._id_in_one_deal('deal_store.documents', document_id, 'write');
 BEGIN
     IF file_hash IS NULL THEN
         RAISE EXCEPTION 'file_hash must not be NULL' USING ERRCODE = '22004';
@@ -325,7 +325,7 @@ DECLARE
     since timestamptz;
     runs jsonb;
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.documents', document_id, 'read');
+    PERFORM deal_store_internal._id_in_one_deal('deal_store.documents', document_id, 'read');
     SELECT d.deal_id, d.id INTO doc FROM deal_store.documents d WHERE d.id = document_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'document % does not exist', document_id USING ERRCODE = 'P0002';
@@ -341,7 +341,7 @@ BEGIN
     RETURN QUERY
     SELECT c.legacy_id, c.change, c.changed_fields, c.content_then ->> 'item', c.content_now ->> 'item',
            CASE WHEN c.change = 'update' THEN (runs ->> c.analysis_run_id::text)::integer END
-    FROM deal_store._fact_changes(doc.deal_id, since, now()) c
+    FROM deal_store_internal._fact_changes(doc.deal_id, since, now()) c
     WHERE c.change <> 'new' AND c.source_then = doc.id
     ORDER BY c.legacy_id;
 END $$;

@@ -1,6 +1,6 @@
 -- The reads and small writes a deal dashboard needs, each one call.
 
-CREATE FUNCTION deal_store._require_live_deal(deal_id uuid) RETURNS void
+CREATE FUNCTION deal_store_internal._require_live_deal(deal_id uuid) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM 1 FROM deal_store.active_deals d WHERE d.id = deal_id;
@@ -8,24 +8,24 @@ BEGIN
         RAISE EXCEPTION 'deal % does not exist or is deleted', deal_id USING ERRCODE = 'P0002';
     END IF;
 END $$;
-COMMENT ON FUNCTION deal_store._require_live_deal(uuid) IS 'Internal: raises P0002 unless the deal exists and is live.';
+COMMENT ON FUNCTION deal_store_internal._require_live_deal(uuid) IS 'Internal: raises P0002 unless the deal exists and is live.';
 
-CREATE FUNCTION deal_store._require_deal(deal_id uuid, needs text) RETURNS void
+CREATE FUNCTION deal_store_internal._require_deal(deal_id uuid, needs text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF deal_id IS NULL THEN
         RAISE EXCEPTION 'deal_id must not be NULL' USING ERRCODE = '22004';
     END IF;
     -- 42501 unless the caller may; P0002 (admins) when there is no such deal
-    PERFORM deal_store._require_right(deal_id, needs);
+    PERFORM deal_store_internal._require_right(deal_id, needs);
 END $$;
-COMMENT ON FUNCTION deal_store._require_deal(uuid, text) IS 'Internal: raises 42501 unless the caller has the right needs (read, write, review, manage, administer) on the deal, P0002 (to a caller who sees every deal) unless the deal exists (live or deleted), 22004 for NULL.';
+COMMENT ON FUNCTION deal_store_internal._require_deal(uuid, text) IS 'Internal: raises 42501 unless the caller has the right needs (read, write, review, manage, administer) on the deal, P0002 (to a caller who sees every deal) unless the deal exists (live or deleted), 22004 for NULL.';
 
 CREATE FUNCTION deal_store.deal_summary(deal_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'read');
-    PERFORM deal_store._require_live_deal(deal_id);
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_live_deal(deal_id);
     RETURN jsonb_build_object(
         'deal', (SELECT jsonb_build_object('id', d.id, 'name', d.name, 'target_name', d.target_name,
                                            'deal_type', d.deal_type, 'status', d.status)
@@ -67,12 +67,12 @@ COMMENT ON FUNCTION deal_store.deal_summary(uuid) IS
 
 -- deals_for_user: sql/changes.sql (it counts what the caller has not seen).
 
-CREATE FUNCTION deal_store._set_deal_status(deal_id uuid, from_status text, to_status text) RETURNS void
+CREATE FUNCTION deal_store_internal._set_deal_status(deal_id uuid, from_status text, to_status text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cur text;
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'manage');
+    PERFORM deal_store_internal._require_deal(deal_id, 'manage');
     SELECT d.status INTO cur FROM deal_store.active_deals d WHERE d.id = deal_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'deal % does not exist or is deleted', deal_id USING ERRCODE = 'P0002';
@@ -81,23 +81,23 @@ BEGIN
     END IF;
     UPDATE deal_store.deals d SET status = to_status WHERE d.id = deal_id;
 END $$;
-COMMENT ON FUNCTION deal_store._set_deal_status(uuid, text, text) IS 'Internal: checked status transition of a live deal.';
+COMMENT ON FUNCTION deal_store_internal._set_deal_status(uuid, text, text) IS 'Internal: checked status transition of a live deal.';
 
 CREATE FUNCTION deal_store.archive_deal(deal_id uuid) RETURNS void
-LANGUAGE sql BEGIN ATOMIC SELECT deal_store._set_deal_status(deal_id, 'active', 'archived'); END;
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store_internal._set_deal_status(deal_id, 'active', 'archived'); END;
 COMMENT ON FUNCTION deal_store.archive_deal(uuid) IS
     'Archives an active deal (hidden from deals_for_user by default). P0002 no such live deal, 55000 not active.';
 
 CREATE FUNCTION deal_store.unarchive_deal(deal_id uuid) RETURNS void
-LANGUAGE sql BEGIN ATOMIC SELECT deal_store._set_deal_status(deal_id, 'archived', 'active'); END;
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store_internal._set_deal_status(deal_id, 'archived', 'active'); END;
 COMMENT ON FUNCTION deal_store.unarchive_deal(uuid) IS
     'Makes an archived deal active again. P0002 no such live deal, 55000 not archived.';
 
-CREATE FUNCTION deal_store._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
+CREATE FUNCTION deal_store_internal._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g record;
-    deal uuid := deal_store._id_in_one_deal('deal_store.gaps', gap_id, 'write');
+    deal uuid := deal_store_internal._id_in_one_deal('deal_store.gaps', gap_id, 'write');
     resolved timestamptz;
     resolver uuid;
 BEGIN
@@ -117,15 +117,15 @@ BEGIN
     UPDATE deal_store.gaps x SET resolved_at = resolved, resolved_by = resolver, resolution_note = CASE WHEN resolve THEN note END
     WHERE x.deal_id = g.deal_id AND x.id = gap_id;
 END $$;
-COMMENT ON FUNCTION deal_store._set_gap_resolution(uuid, boolean, text) IS 'Internal: shared body of resolve_gap and reopen_gap.';
+COMMENT ON FUNCTION deal_store_internal._set_gap_resolution(uuid, boolean, text) IS 'Internal: shared body of resolve_gap and reopen_gap.';
 
 CREATE FUNCTION deal_store.resolve_gap(gap_id uuid, note text DEFAULT NULL) RETURNS void
-LANGUAGE sql BEGIN ATOMIC SELECT deal_store._set_gap_resolution(gap_id, true, note); END;
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store_internal._set_gap_resolution(gap_id, true, note); END;
 COMMENT ON FUNCTION deal_store.resolve_gap(uuid, text) IS
     'Marks a gap answered: resolved_at = now(), resolved_by = deal_store.actor, resolution_note = note. P0002 no such live gap, 55000 already resolved.';
 
 CREATE FUNCTION deal_store.reopen_gap(gap_id uuid) RETURNS void
-LANGUAGE sql BEGIN ATOMIC SELECT deal_store._set_gap_resolution(gap_id, false, NULL); END;
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store_internal._set_gap_resolution(gap_id, false, NULL); END;
 COMMENT ON FUNCTION deal_store.reopen_gap(uuid) IS
     'Reopens a resolved gap (clears resolved_at, resolved_by, resolution_note). P0002 no such live gap, 55000 not resolved.';
 

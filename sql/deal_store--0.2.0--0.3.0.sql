@@ -10,11 +10,29 @@
 -- routine bodies are checked when they first run
 SET check_function_bodies = off;
 
+-- Internals out of the way: the helpers the API calls and the trigger functions
+-- move to a schema of their own (ALTER … SET SCHEMA keeps each one's identity,
+-- so triggers, grants and dependencies stay as they are); every routine's body
+-- is then written again from sql/*.sql, naming them there (-- @routines below).
+CREATE SCHEMA deal_store_internal;
+COMMENT ON SCHEMA deal_store_internal IS
+    'deal_store''s internal helpers and trigger functions: called by the API in schema deal_store and by triggers, executable by the extension''s owner only (a few by the group roles whose routines run as the caller). Not an API: they change between releases.';
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT p.oid::pg_catalog.regprocedure AS fn FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace = 'deal_store'::pg_catalog.regnamespace
+               AND (p.proname LIKE '\_%' OR p.prorettype IN ('pg_catalog.trigger'::pg_catalog.regtype, 'pg_catalog.event_trigger'::pg_catalog.regtype)) LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SET SCHEMA deal_store_internal', f.fn);
+    END LOOP;
+END $$;
+
 -- The merge queue at scale: every statement of a set reads the batch's rows by
 -- key; targets another transaction holds are left for a later batch; a new row
 -- takes its change's id; the worker stops when a batch can apply nothing.
--- deal_store._apply_set: the current definition, from sql/queue.sql
-CREATE OR REPLACE FUNCTION deal_store._apply_set(deal uuid, ids uuid[], note text) RETURNS void
+-- deal_store_internal._apply_set: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._apply_set(deal uuid, ids uuid[], note text) RETURNS void
 -- a lock another transaction holds is not waited for longer than this (a unique
 -- key a concurrent insert holds, say): the deal's changes are then left for a later batch
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s' AS $$
@@ -66,7 +84,7 @@ BEGIN
     FROM pg_catalog.unnest(todo) c
     WHERE NOT EXISTS (SELECT 1 FROM decided x WHERE x.deal_id = c.deal_id AND x.id = c.id);
     FOR kind IN SELECT DISTINCT c.entity_type FROM pg_catalog.unnest(todo) c ORDER BY 1 LOOP
-        tbl := (deal_store._kind_table(kind))::regclass;
+        tbl := (deal_store_internal._kind_table(kind))::regclass;
         live := 't.deleted_at IS NULL' || CASE WHEN kind = 'fact' THEN ' AND t.superseded_at IS NULL' ELSE '' END;
         -- the rows this kind's changes target, read by key: every statement below reads
         -- the batch's rows (t.id = ANY ($5)), whatever else the deal holds
@@ -103,7 +121,7 @@ BEGIN
             same := 't.deal_id = $3 AND t.id = ANY ($5) AND t.id = c.entity_id AND ' || live || ' AND c.id = ANY ($4)';
         END IF;
         content := deal_store.content_fields(kind);
-        extra := deal_store._extra_fields(kind);
+        extra := deal_store_internal._extra_fields(kind);
         -- an update sets every content field (a missing one is NULL, as it was hashed), an extra one only when given;
         -- a new row takes the column default for whatever the proposal does not carry
         SELECT pg_catalog.string_agg(pg_catalog.quote_ident(f), ', '),
@@ -137,7 +155,7 @@ BEGIN
             '      WHERE c.entity_type = $2 AND c.change_type = ''delete'' FOR UPDATE OF t) x', tbl, same)
             INTO done, removals, reasons USING todo, kind, deal, matched, targets;
         IF done IS NOT NULL THEN
-            PERFORM deal_store._mark_deleted(tbl, 'row', pg_catalog.array_fill(deal, ARRAY[pg_catalog.cardinality(removals)]),
+            PERFORM deal_store_internal._mark_deleted(tbl, 'row', pg_catalog.array_fill(deal, ARRAY[pg_catalog.cardinality(removals)]),
                                              removals, reasons, NULL);
             applied := applied || done;
         END IF;
@@ -172,10 +190,10 @@ BEGIN
           FROM pg_catalog.unnest(todo) c) x
     WHERE p.deal_id = deal AND p.id = ANY (ids) AND p.id = x.id;
 END $$;
-COMMENT ON FUNCTION deal_store._apply_set(uuid, uuid[], text) IS
+COMMENT ON FUNCTION deal_store_internal._apply_set(uuid, uuid[], text) IS
     'Internal: applies a set of open changes of one deal the caller has locked (the changes ids), set-based, per entity type: update makes a new version (facts) or rewrites the content, delete soft-deletes through _mark_deleted naming the run, new inserts with the run as analysis_run_id. A change whose target moved (checksum differs from base_checksum, target deleted, a live row took the legacy_id of a new), whose run failed or whose deal is deleted becomes a conflict with its reason. A change whose target row another transaction holds is left pending for a later batch (FOR UPDATE SKIP LOCKED), and no lock is waited for longer than lock_timeout = 1s (then the deal''s changes stay pending). Every statement reads the rows of the batch by key. Any other error aborts the whole set (see _apply).';
--- deal_store._apply: the current definition, from sql/queue.sql
-CREATE OR REPLACE FUNCTION deal_store._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
+-- deal_store_internal._apply: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._apply(deal_ids uuid[], ids uuid[], note text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     prev_reason text := pg_catalog.current_setting('deal_store.reason', true);
@@ -188,13 +206,13 @@ DECLARE
     mine uuid[];
     actor uuid := deal_store.current_actor();
 BEGIN
-    PERFORM deal_store._set_local('deal_store.reason', coalesce(note, prev_reason));
+    PERFORM deal_store_internal._set_local('deal_store.reason', coalesce(note, prev_reason));
     -- deal by deal: a deal's changes are one set (on Citus: one shard's work)
     FOR deal, mine IN SELECT x.deal_id, pg_catalog.array_agg(x.id ORDER BY x.n)
                       FROM ROWS FROM (pg_catalog.unnest(deal_ids), pg_catalog.unnest(ids)) WITH ORDINALITY x(deal_id, id, n)
                       GROUP BY x.deal_id ORDER BY pg_catalog.min(x.n) LOOP
         BEGIN
-            PERFORM deal_store._apply_set(deal, mine, note);
+            PERFORM deal_store_internal._apply_set(deal, mine, note);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
             IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
@@ -206,7 +224,7 @@ BEGIN
             -- some change broke the set: apply each alone, so only what fails is refused
             FOR i IN 1 .. pg_catalog.cardinality(mine) LOOP
                 BEGIN
-                    PERFORM deal_store._apply_set(deal, ARRAY[mine[i]], note);
+                    PERFORM deal_store_internal._apply_set(deal, ARRAY[mine[i]], note);
                 EXCEPTION WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, problem = MESSAGE_TEXT;
                     IF pg_catalog.left(state, 2) = ANY (not_the_change) THEN
@@ -217,27 +235,27 @@ BEGIN
                     END IF;
                     UPDATE deal_store.pending_changes p
                     SET status = 'conflict', decided_by = actor, decided_at = pg_catalog.now(),
-                        review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', deal_store._unsharded(problem), state))
+                        review_note = pg_catalog.concat_ws(' / ', note, pg_catalog.format('cannot apply: %s (SQLSTATE %s)', deal_store_internal._unsharded(problem), state))
                     WHERE p.deal_id = deal AND p.id = mine[i] AND p.status IN ('pending', 'deferred');
                 END;
             END LOOP;
         END;
     END LOOP;
-    PERFORM deal_store._set_local('deal_store.reason', prev_reason);
+    PERFORM deal_store_internal._set_local('deal_store.reason', prev_reason);
 END $$;
-COMMENT ON FUNCTION deal_store._apply(uuid[], uuid[], text) IS
+COMMENT ON FUNCTION deal_store_internal._apply(uuid[], uuid[], text) IS
     'Internal: the one apply path. Applies the open changes (deal_ids[i], ids[i]) the caller has locked with _apply_set, deal by deal; when a deal''s set fails (a data error, a constraint), applies each change alone in a subtransaction and marks one that still fails as conflict with the error (cannot apply: message (SQLSTATE)), so no single change fails a batch. Errors that are not a change''s fault are raised: deadlocks and serialization failures (retry), resources, privileges, internal errors (classes 40, 42, 53, 57, 58, XX). The audit reason is the note.';
 -- deal_store.process_queue: the current definition, from sql/queue.sql
 CREATE OR REPLACE PROCEDURE deal_store.process_queue(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
     INOUT batches integer DEFAULT NULL, INOUT applied bigint DEFAULT NULL,
     INOUT conflicts bigint DEFAULT NULL, INOUT remaining bigint DEFAULT NULL)
 -- no SET search_path: a procedure with one cannot COMMIT. Every operator,
--- function and type below is schema-qualified instead (see deal_store._unpinned()).
+-- function and type below is schema-qualified instead (see deal_store_internal._unpinned()).
 LANGUAGE plpgsql AS $$
 DECLARE
     b record;
 BEGIN
-    PERFORM deal_store._outside_transaction_block('process_queue');
+    PERFORM deal_store_internal._outside_transaction_block('process_queue');
     batches := 0;
     applied := 0;
     conflicts := 0;
@@ -256,7 +274,7 @@ BEGIN
     END LOOP;
     -- what another call would find now: eligible changes that other workers hold
     -- or that were proposed meanwhile
-    remaining := deal_store._queue_remaining(max_tier);
+    remaining := deal_store_internal._queue_remaining(max_tier);
 END $$;
 COMMENT ON PROCEDURE deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint) IS
     'Worker: applies eligible open changes (tier <= max_tier; deferred ones whose time has come) in batches of batch_size with process_queue_batch, committing after each batch and raising a NOTICE with its progress. Returns (as its INOUT parameters; pass nothing for them, or variables from PL/pgSQL) the batches it ran, the changes applied and those that became conflicts, and the eligible changes still open when it stopped (held by other workers or proposed meanwhile) in the deals it works. Rows are claimed with FOR UPDATE SKIP LOCKED, so several workers can run at once and none applies a change twice; a change whose target another transaction holds is left pending (no worker waits on it for more than 1 s), and the worker stops when a batch could apply nothing; a crash loses at most the uncommitted batch, never half a change. Admins work every deal, reviewers the deals they review. CALL it outside a transaction block (psql autocommit; a client in autocommit mode), or loop over process_queue_batch inside one.';
@@ -282,14 +300,14 @@ DECLARE
     marks_txid bigint[];
     marks_seq bigint[];
 BEGIN
-    c := deal_store._consumer(consumer);
-    PERFORM deal_store._require_feed_reader();
+    c := deal_store_internal._consumer(consumer);
+    PERFORM deal_store_internal._require_feed_reader();
     IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 100000 THEN
         RAISE EXCEPTION 'max_rows must be between 1 and 100000' USING ERRCODE = '22023';
     END IF;
     everything := deal_store.sees_all_deals();
     deals := deal_store.my_deals('viewer');
-    horizons := deal_store._horizons(true);
+    horizons := deal_store_internal._horizons(true);
     nodes := greatest(cardinality(horizons), cardinality(c.cursor_txid));
     -- a cursor beyond every transaction this cluster has begun: the database was
     -- restored into a cluster whose transaction ids are behind the old one's, and the
@@ -316,7 +334,7 @@ BEGIN
         RETURN QUERY
         WITH batch AS MATERIALIZED (
             SELECT l.* FROM deal_store.deal_activity_log l
-            WHERE deal_store._log_node(l.seq) = node
+            WHERE deal_store_internal._log_node(l.seq) = node
               AND (l.txid, l.seq) > (node_txid, node_seq) AND l.txid < horizon
               AND (everything OR l.deal_id = ANY (deals))
             ORDER BY l.txid, l.seq
@@ -349,10 +367,10 @@ COMMENT ON FUNCTION deal_store.read_changes(text, integer) IS
 
 -- One tenant's held rows never keep the worker from the rest of the queue: the
 -- claim leaves out what a batch already tried.
-DROP FUNCTION IF EXISTS deal_store._claim(integer, integer, uuid[]);
-DROP FUNCTION IF EXISTS deal_store._claim_by_deal(integer, integer, uuid[]);
--- deal_store._claim: the current definition, from sql/queue.sql
-CREATE OR REPLACE FUNCTION deal_store._claim(batch_size integer, max_tier integer, deals uuid[], exclude uuid[], OUT deal_ids uuid[], OUT ids uuid[])
+DROP FUNCTION IF EXISTS deal_store_internal._claim(integer, integer, uuid[]);
+DROP FUNCTION IF EXISTS deal_store_internal._claim_by_deal(integer, integer, uuid[]);
+-- deal_store_internal._claim: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._claim(batch_size integer, max_tier integer, deals uuid[], exclude uuid[], OUT deal_ids uuid[], OUT ids uuid[])
 LANGUAGE sql VOLATILE SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
 BEGIN ATOMIC
     SELECT pg_catalog.array_agg(p.deal_id), pg_catalog.array_agg(p.id) FROM (
@@ -365,10 +383,10 @@ BEGIN ATOMIC
         LIMIT _claim.batch_size
         FOR UPDATE SKIP LOCKED) p;
 END;
-COMMENT ON FUNCTION deal_store._claim(integer, integer, uuid[], uuid[]) IS
+COMMENT ON FUNCTION deal_store_internal._claim(integer, integer, uuid[], uuid[]) IS
     'Internal: locks (FOR UPDATE SKIP LOCKED) and returns (as deal_ids[i], ids[i]) up to batch_size eligible open changes of the given deals (all when NULL), oldest first, but those in exclude (already tried in this batch), for process_queue.';
--- deal_store._claim_by_deal: the current definition, from sql/queue.sql
-CREATE OR REPLACE FUNCTION deal_store._claim_by_deal(batch_size integer, max_tier integer, deals uuid[], exclude uuid[], OUT deal_ids uuid[], OUT ids uuid[])
+-- deal_store_internal._claim_by_deal: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._claim_by_deal(batch_size integer, max_tier integer, deals uuid[], exclude uuid[], OUT deal_ids uuid[], OUT ids uuid[])
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d uuid;
@@ -401,7 +419,7 @@ BEGIN
         ids := NULL;
     END IF;
 END $$;
-COMMENT ON FUNCTION deal_store._claim_by_deal(integer, integer, uuid[], uuid[]) IS
+COMMENT ON FUNCTION deal_store_internal._claim_by_deal(integer, integer, uuid[], uuid[]) IS
     'Internal: _claim for a database whose deal tables Citus distributes: locks up to batch_size eligible open changes deal by deal (the deals with the oldest eligible change first; each claim one query on the deal''s shard).';
 -- deal_store.process_queue_batch: the current definition, from sql/queue.sql
 CREATE OR REPLACE FUNCTION deal_store.process_queue_batch(batch_size integer DEFAULT 1000, max_tier integer DEFAULT 1,
@@ -434,17 +452,17 @@ BEGIN
     -- changes as were held back are claimed in its place (a few rounds at most), so
     -- one tenant's locks never keep the worker from the rest of the queue
     FOR round IN 1 .. 10 LOOP
-        IF deal_store._distributed() THEN
-            SELECT * INTO batch FROM deal_store._claim_by_deal(want, max_tier,
+        IF deal_store_internal._distributed() THEN
+            SELECT * INTO batch FROM deal_store_internal._claim_by_deal(want, max_tier,
                 CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END, tried);
         ELSE
-            SELECT * INTO batch FROM deal_store._claim(want, max_tier,
+            SELECT * INTO batch FROM deal_store_internal._claim(want, max_tier,
                 CASE WHEN NOT deal_store.sees_all_deals() THEN deal_store.my_deals('reviewer') END, tried);
         END IF;
         EXIT WHEN coalesce(cardinality(batch.ids), 0) = 0;
         claimed := claimed + cardinality(batch.ids);
         tried := tried || batch.ids;
-        PERFORM deal_store._apply(batch.deal_ids, batch.ids, 'process_queue');
+        PERFORM deal_store_internal._apply(batch.deal_ids, batch.ids, 'process_queue');
         -- the claimed (deal, id) pairs as keys (a uuid's text has a fixed length): a filter, not a
         -- join with the arrays, which Citus could not plan over the distributed table
         SELECT count(*) FILTER (WHERE p.status = 'accepted'), count(*) FILTER (WHERE p.status = 'conflict'),
@@ -462,7 +480,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store.process_queue_batch(integer, integer) IS
     'One batch of process_queue in the caller''s transaction (for clients that cannot CALL a committing procedure): claims up to batch_size eligible open changes (FOR UPDATE SKIP LOCKED; all deals for admins, else the deals where the actor is reviewer or lead), applies them and returns how many it claimed, how many were applied and how many became conflicts. Fewer claimed than batch_size: the queue is drained for this caller.';
-REVOKE ALL ON FUNCTION deal_store._claim(integer, integer, uuid[], uuid[]), deal_store._claim_by_deal(integer, integer, uuid[], uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION deal_store_internal._claim(integer, integer, uuid[], uuid[]), deal_store_internal._claim_by_deal(integer, integer, uuid[], uuid[]) FROM PUBLIC;
 
 -- The DROP guard also under session_replication_role = replica.
 ALTER EVENT TRIGGER deal_store_guard_drop ENABLE ALWAYS;
@@ -485,18 +503,18 @@ COMMENT ON TABLE deal_store.run_output IS
 COMMENT ON COLUMN deal_store.run_output.legacy_id IS 'A delivered row''s legacy_id; NULL for a domain a call covered.';
 COMMENT ON COLUMN deal_store.run_output.domain IS 'The delivered row''s domain, or the domain a call covered: removals are inferred only inside covered domains.';
 SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
-CREATE FUNCTION deal_store._propose_removals(entity_type text, run_id uuid)
+CREATE FUNCTION deal_store_internal._propose_removals(entity_type text, run_id uuid)
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
 VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'propose_removals_internal_wrapper';
-COMMENT ON FUNCTION deal_store._propose_removals(text, uuid) IS
+COMMENT ON FUNCTION deal_store_internal._propose_removals(text, uuid) IS
     'Internal: the Rust body of complete_run''s removals: a delete change for each live row of the kind inside the domains the run''s proposals covered that none of them delivered.';
--- deal_store._finish_run: the current definition, from sql/runs.sql
-CREATE OR REPLACE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS deal_store.analysis_runs
+-- deal_store_internal._finish_run: the current definition, from sql/runs.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._finish_run(run_id uuid, new_status text, error text) RETURNS deal_store.analysis_runs
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
     finished deal_store.analysis_runs;
-    deal uuid := deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
+    deal uuid := deal_store_internal._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
     -- read here: Citus runs no volatile function inside an UPDATE of a distributed table
     finished_at timestamptz := clock_timestamp();
 BEGIN
@@ -528,21 +546,21 @@ BEGIN
     DELETE FROM deal_store.run_output o WHERE o.deal_id = r.deal_id AND o.analysis_run_id = run_id;
     RETURN finished;
 END $$;
-COMMENT ON FUNCTION deal_store._finish_run(uuid, text, text) IS
+COMMENT ON FUNCTION deal_store_internal._finish_run(uuid, text, text) IS
     'Internal: shared body of complete_run and fail_run; returns the finished run.';
 -- deal_store.complete_run: the current definition, from sql/runs.sql
 CREATE OR REPLACE FUNCTION deal_store.complete_run(run_id uuid) RETURNS deal_store.analysis_runs
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT count(*) FROM deal_store._propose_removals('fact', run_id);
-    SELECT count(*) FROM deal_store._propose_removals('finding', run_id);
-    SELECT count(*) FROM deal_store._propose_removals('gap', run_id);
-    SELECT * FROM deal_store._finish_run(run_id, 'completed', NULL);
+    SELECT count(*) FROM deal_store_internal._propose_removals('fact', run_id);
+    SELECT count(*) FROM deal_store_internal._propose_removals('finding', run_id);
+    SELECT count(*) FROM deal_store_internal._propose_removals('gap', run_id);
+    SELECT * FROM deal_store_internal._finish_run(run_id, 'completed', NULL);
 END;
 COMMENT ON FUNCTION deal_store.complete_run(uuid) IS
     'Marks a running run completed and returns the run (SELECT * FROM complete_run(id) shows its columns): first proposes the removal (change_type delete) of every live fact, finding and gap inside the domains the run''s proposals covered that none of them delivered (an incremental run removes nothing), then sets completed_at, duration_seconds and the counts of what it wrote; its rows become visible in the current_* views. Errors: P0002 no such run, 55000 already finished or deal deleted.';
--- deal_store._placement: the current definition, from sql/distribute.sql
-CREATE OR REPLACE FUNCTION deal_store._placement()
+-- deal_store_internal._placement: the current definition, from sql/distribute.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._placement()
 RETURNS TABLE(table_name regclass, distribution_column text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT x.t::regclass, x.col FROM (VALUES
@@ -556,47 +574,53 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         (14, 'deal_store.seen_marks', 'deal_id'), (15, 'deal_store.run_output', 'deal_id')) AS x(n, t, col)
     ORDER BY x.n
 $$;
-COMMENT ON FUNCTION deal_store._placement() IS
+COMMENT ON FUNCTION deal_store_internal._placement() IS
     'Internal: how deal_store.distribute() places each table on Citus: a NULL distribution_column is a reference table, the others are distributed by it and co-located with deals.';
 
 -- No silent no-ops, errors that say what to do: a committing procedure inside a
 -- transaction block, clearing deleted_at; one vocabulary (new, update, delete,
 -- restore) in changes_since_seen; unseen counts things, not log rows.
-CREATE FUNCTION deal_store._outside_transaction_block(routine text) RETURNS void
+CREATE FUNCTION deal_store_internal._outside_transaction_block(routine text) RETURNS void
 VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'outside_transaction_block_wrapper';
-COMMENT ON FUNCTION deal_store._outside_transaction_block(text) IS
+COMMENT ON FUNCTION deal_store_internal._outside_transaction_block(text) IS
     'Internal: 2D000 with a hint (process_queue_batch) when a committing procedure is called inside a transaction block.';
--- deal_store.refuse_undelete: the current definition, from sql/soft_delete.sql
-CREATE OR REPLACE FUNCTION deal_store.refuse_undelete() RETURNS trigger
+-- deal_store_internal.refuse_undelete: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store_internal.refuse_undelete() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    entity text := deal_store._table_of(TG_RELID)::regclass::text;   -- on Citus TG_RELID is a shard
+    entity text := deal_store_internal._table_of(TG_RELID)::regclass::text;   -- on Citus TG_RELID is a shard
 BEGIN
+    -- restore() sets deal_store.undeleting (superusers only) for its own statements;
+    -- read after the library is loaded (_table_of above), which discards a value
+    -- an ordinary role set before it defined the setting
+    IF current_setting('deal_store.undeleting', true) = 'on' THEN
+        RETURN NEW;
+    END IF;
     RAISE EXCEPTION 'a soft-deleted row of % comes back through deal_store.restore(), not by clearing deleted_at', entity
         USING ERRCODE = '23514',
               HINT = pg_catalog.format('SELECT deal_store.restore(%L, %L) restores it and the rows deleted with it.', entity, NEW.id);
 END $$;
-COMMENT ON FUNCTION deal_store.refuse_undelete() IS
-    'Trigger (BEFORE UPDATE, when deleted_at is cleared and delete_batch is not): 23514 with a hint naming deal_store.restore(), which restores the row and its batch.';
+COMMENT ON FUNCTION deal_store_internal.refuse_undelete() IS
+    'Trigger (BEFORE UPDATE, when deleted_at is cleared): 23514 with a hint naming deal_store.restore(), which restores the row and its batch (restore sets deal_store.undeleting, a superuser-only setting, for its own statements).';
 DO $$
 DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER refuse_undelete BEFORE UPDATE OF deleted_at ON deal_store.%I FOR EACH ROW
-            WHEN (OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL AND NEW.delete_batch IS NOT NULL)
-            EXECUTE FUNCTION deal_store.refuse_undelete()', t);
+            WHEN (OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL)
+            EXECUTE FUNCTION deal_store_internal.refuse_undelete()', t);
     END LOOP;
 END $$;
--- deal_store.require_actor: the current definition, from sql/soft_delete.sql
-CREATE OR REPLACE FUNCTION deal_store.require_actor() RETURNS trigger
+-- deal_store_internal.require_actor: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store_internal.require_actor() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- the write-side lookup raises 42501 when this login needs an actor and has none
     PERFORM deal_store.my_deals('analyst');
     RETURN NULL;
 END $$;
-COMMENT ON FUNCTION deal_store.require_actor() IS
+COMMENT ON FUNCTION deal_store_internal.require_actor() IS
     'Trigger (BEFORE DELETE FOR EACH STATEMENT on the active_* views): 42501 with a hint when the login needs an actor (deal_store_service, deal_store.require_actor) and has none, instead of a DELETE 0.';
 DO $$
 DECLARE
@@ -604,7 +628,7 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER require_actor BEFORE DELETE ON deal_store.%I FOR EACH STATEMENT
-            EXECUTE FUNCTION deal_store.require_actor()', 'active_' || t);
+            EXECUTE FUNCTION deal_store_internal.require_actor()', 'active_' || t);
     END LOOP;
 END $$;
 -- deal_store.changes_since_seen: the current definition, from sql/changes.sql
@@ -615,10 +639,10 @@ DECLARE
     unseen deal_store.deal_activity_log[];
     reviews boolean;
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
     -- values first: on Citus the query below runs on the deal's shard, where a
     -- function that queries the deal tables cannot run
-    unseen := ARRAY(SELECT x FROM deal_store._unseen(changes_since_seen.deal_id) x
+    unseen := ARRAY(SELECT x FROM deal_store_internal._unseen(changes_since_seen.deal_id) x
                     WHERE x.entity_type IN ('fact', 'finding', 'gap') AND x.entity_id IS NOT NULL);
     reviews := deal_store.sees_all_deals() OR changes_since_seen.deal_id = ANY (deal_store.my_deals('reviewer'));
     RETURN QUERY
@@ -671,8 +695,8 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store.changes_since_seen(uuid) IS
     'What changed in the deal since the actor last looked (mark_seen; everything when it never did), grouped and counted: facts, findings and gaps by change (new, update with the changed fields, delete, restore: the vocabulary of diff_facts and the merge queue), each with id and legacy_id; and the pending changes waiting for this user''s review (reviewers and leads).';
--- deal_store._deals_for_user: the current definition, from sql/changes.sql
-CREATE OR REPLACE FUNCTION deal_store._deals_for_user(owner uuid, with_archived boolean)
+-- deal_store_internal._deals_for_user: the current definition, from sql/changes.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._deals_for_user(owner uuid, with_archived boolean)
 RETURNS TABLE(id uuid, user_id uuid, name text, target_name text, deal_type text, status text,
               created_at timestamptz, updated_at timestamptz, unseen bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -689,11 +713,11 @@ BEGIN
                AND (x.status <> 'archived' OR coalesce(with_archived, false))
              ORDER BY x.updated_at DESC, x.id LOOP
         RETURN QUERY SELECT d.id, d.user_id, d.name, d.target_name, d.deal_type, d.status, d.created_at, d.updated_at,
-                            (SELECT count(DISTINCT (x.entity_type, x.entity_id)) FROM deal_store._unseen(d.id) x
+                            (SELECT count(DISTINCT (x.entity_type, x.entity_id)) FROM deal_store_internal._unseen(d.id) x
                              WHERE x.entity_type IN ('fact', 'finding', 'gap') AND x.entity_id IS NOT NULL);
     END LOOP;
 END $$;
-COMMENT ON FUNCTION deal_store._deals_for_user(uuid, boolean) IS
+COMMENT ON FUNCTION deal_store_internal._deals_for_user(uuid, boolean) IS
     'Internal: the body of deals_for_user, in PL/pgSQL (Citus cannot plan an SQL function''s parameters).';
 -- deal_store.deals_for_user: the current definition, from sql/changes.sql
 CREATE OR REPLACE FUNCTION deal_store.deals_for_user(user_id uuid, include_archived boolean DEFAULT false)
@@ -701,26 +725,2165 @@ RETURNS TABLE(id uuid, user_id uuid, name text, target_name text, deal_type text
               created_at timestamptz, updated_at timestamptz, unseen bigint)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT * FROM deal_store._deals_for_user(deals_for_user.user_id, deals_for_user.include_archived);
+    SELECT * FROM deal_store_internal._deals_for_user(deals_for_user.user_id, deals_for_user.include_archived);
 END;
 COMMENT ON FUNCTION deal_store.deals_for_user(uuid, boolean) IS
     'A user''s live deals that the caller may see, most recently updated first (archived ones only when include_archived), with unseen: the facts, findings and gaps of each deal that changed since the actor last looked (mark_seen; all of them before that), each counted once, as changes_since_seen lists them.';
 -- deal_store.propose_facts: the current definition, from sql/queue.sql
 CREATE OR REPLACE FUNCTION deal_store.propose_facts(run_id uuid, facts jsonb, domains text[] DEFAULT NULL, idempotency_key text DEFAULT NULL)
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
-BEGIN ATOMIC SELECT * FROM deal_store._propose_once('fact', run_id, facts, domains, idempotency_key); END;
+BEGIN ATOMIC SELECT * FROM deal_store_internal._propose_once('fact', run_id, facts, domains, idempotency_key); END;
 COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[], text) IS
     'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. A run may propose in as many calls as it likes: removals (delete) are proposed once, by complete_run, for the rows that no call delivered inside the domains the calls covered (each call: the domains it names, by default the domains of its rows; ARRAY[]::text[] covers none); an incremental run never removes. A row (or a named domain) outside the run''s domains is 22023 naming it and the run''s domains. Idempotent; a newer run supersedes an older run''s open change. Every element is checked first against its column (type, required, unknown keys unless the deal ignores them; the table''s CHECK constraints for the elements that become changes): 22023 naming the element, its legacy_id and the field, and nothing is proposed. Returns counts by change type, tier and what became of them (status pending, or accepted / conflict for tier 1 applied at once).';
+
+-- Every other routine: its body names the internals in their new schema.
+-- deal_store_internal.owner_is_lead: the current definition, from sql/access.sql
+CREATE OR REPLACE FUNCTION deal_store_internal.owner_is_lead() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF deal_store_internal._restoring() THEN
+        RETURN NULL;   -- a restore brings the team back as it was
+    END IF;
+    INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+    VALUES (NEW.id, NEW.user_id, 'lead', deal_store.current_actor())
+    ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION deal_store_internal.owner_is_lead() IS
+    'Trigger (AFTER INSERT on deals): makes the deal''s owner a lead of it (not during a restore: the team is restored as it was).';
+
+-- deal_store.add_member: the current definition, from sql/access.sql
+CREATE OR REPLACE FUNCTION deal_store.add_member(deal_id uuid, user_id uuid, role text DEFAULT 'viewer') RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'manage');
+    IF role IS NULL OR role NOT IN ('viewer', 'analyst', 'reviewer', 'lead') THEN
+        RAISE EXCEPTION 'unknown deal role "%"', role USING ERRCODE = '22023',
+            HINT = 'A deal role is viewer, analyst, reviewer or lead.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM deal_store.users u WHERE u.id = add_member.user_id) THEN
+        RAISE EXCEPTION 'user % does not exist', user_id USING ERRCODE = 'P0002';
+    END IF;
+    INSERT INTO deal_store.deal_members AS m (deal_id, user_id, role, added_by)
+    VALUES (add_member.deal_id, add_member.user_id, add_member.role, deal_store.current_actor())
+    ON CONFLICT ON CONSTRAINT deal_members_pkey DO UPDATE SET role = EXCLUDED.role, added_by = EXCLUDED.added_by
+    WHERE m.role IS DISTINCT FROM EXCLUDED.role;
+END $$;
+COMMENT ON FUNCTION deal_store.add_member(uuid, uuid, text) IS
+    'Adds a user to a deal''s team with a deal role, or changes the role of a member (audited). Leads of the deal and admins only (42501). P0002 no such deal or user, 22023 unknown role.';
+
+-- deal_store.remove_member: the current definition, from sql/access.sql
+CREATE OR REPLACE FUNCTION deal_store.remove_member(deal_id uuid, user_id uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM deal_store_internal._require_right(deal_id, 'manage');
+    PERFORM 1 FROM deal_store.deals d WHERE d.id = remove_member.deal_id FOR NO KEY UPDATE;
+    DELETE FROM deal_store.deal_members m WHERE m.deal_id = remove_member.deal_id AND m.user_id = remove_member.user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'user % is not a member of deal %', user_id, deal_id USING ERRCODE = 'P0002';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM deal_store.deal_members m WHERE m.deal_id = remove_member.deal_id AND m.role = 'lead') THEN
+        RAISE EXCEPTION 'deal % would have no lead', deal_id USING ERRCODE = '55000',
+            HINT = 'Make another member lead first.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store.remove_member(uuid, uuid) IS
+    'Removes a user from a deal''s team (audited). Leads of the deal and admins only (42501). P0002 not a member, 55000 when the deal would have no lead.';
+
+-- deal_store_internal._create_policies: the current definition, from sql/access.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._create_policies(on_citus boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+    -- %1$I the deal column, %2$L the deal role it needs
+    member text := CASE WHEN on_citus THEN 'deal_store_internal._may(tableoid, %1$I, %2$L)'
+                   ELSE '%1$I = ANY ((SELECT deal_store.my_deals(%2$L))::uuid[]) OR (SELECT deal_store.sees_all_deals())' END;
+    -- %1$I the user column: the row is the actor's own
+    own text := CASE WHEN on_citus THEN 'deal_store_internal._acts_as(tableoid, %1$I)'
+                ELSE '(SELECT deal_store.sees_all_deals()) OR %1$I = (SELECT deal_store.current_actor())' END;
+    also text;
+BEGIN
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the statements are built from constant text and quote_ident'ed catalog names only)
+    FOR t IN SELECT tablename, policyname FROM pg_catalog.pg_policies WHERE schemaname = 'deal_store' LOOP
+        EXECUTE format('DROP POLICY %I ON deal_store.%I', t.policyname, t.tablename);
+    END LOOP;
+    FOR t IN SELECT * FROM (VALUES
+        -- table, its deal column, the deal role that may change rows, who else reads a row
+        ('deals',              'id',      'lead',     'owner'),
+        ('documents',          'deal_id', 'analyst',  NULL),
+        ('analysis_runs',      'deal_id', 'analyst',  NULL),
+        ('facts',              'deal_id', 'analyst',  NULL),
+        ('findings',           'deal_id', 'analyst',  NULL),
+        ('fact_finding_links', 'deal_id', 'analyst',  NULL),
+        ('gaps',               'deal_id', 'analyst',  NULL),
+        ('pending_changes',    'deal_id', 'reviewer', NULL),
+        ('deal_members',       'deal_id', 'lead',     NULL),
+        ('tier_policies',      'deal_id', 'lead',     'everyone, for the global rules'),
+        ('deal_activity_log',  'deal_id', NULL,       NULL)) AS x(tbl, col, writer, reads)
+    LOOP
+        also := CASE t.reads
+            WHEN 'owner' THEN CASE WHEN on_citus THEN ' OR ' || format(own, 'user_id')
+                                   ELSE ' OR user_id = (SELECT deal_store.current_actor())' END
+            WHEN 'everyone, for the global rules' THEN ' OR deal_id IS NULL'
+            ELSE '' END;
+        EXECUTE format('ALTER TABLE deal_store.%I ENABLE ROW LEVEL SECURITY', t.tbl);
+        EXECUTE format('CREATE POLICY members_read ON deal_store.%I FOR SELECT USING (%s%s)',
+            t.tbl, format(member, t.col, 'viewer'), also);
+        -- one policy per command, so a read is checked against the read rule alone
+        IF t.writer IS NOT NULL THEN
+            EXECUTE format('CREATE POLICY members_insert ON deal_store.%I FOR INSERT WITH CHECK (%s)',
+                t.tbl, format(member, t.col, t.writer));
+            EXECUTE format('CREATE POLICY members_update ON deal_store.%I FOR UPDATE USING (%s)',
+                t.tbl, format(member, t.col, t.writer));
+            EXECUTE format('CREATE POLICY members_delete ON deal_store.%I FOR DELETE USING (%s)',
+                t.tbl, format(member, t.col, t.writer));
+        END IF;
+    END LOOP;
+    -- A deal's owner creates it: a user may insert deals it owns.
+    EXECUTE format('CREATE POLICY owner_creates ON deal_store.deals FOR INSERT WITH CHECK (%s)', format(own, 'user_id'));
+    -- Notifications: each user their own.
+    ALTER TABLE deal_store.notifications ENABLE ROW LEVEL SECURITY;
+    EXECUTE format('CREATE POLICY own ON deal_store.notifications FOR ALL USING (%s)', format(own, 'user_id'));
+    -- Users: each sees itself and the members of the deals it sees (on Citus, which
+    -- allows no subquery in a policy: itself); admins see and change every user.
+    ALTER TABLE deal_store.users ENABLE ROW LEVEL SECURITY;
+    EXECUTE format('CREATE POLICY shared_deals ON deal_store.users FOR SELECT USING (%s%s)', format(own, 'id'),
+        CASE WHEN on_citus THEN ''
+             ELSE ' OR id = ANY (ARRAY(SELECT m.user_id FROM deal_store.deal_members m
+                                      WHERE m.deal_id = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[])))' END);
+    CREATE POLICY admins_write ON deal_store.users FOR ALL USING ((SELECT deal_store.sees_all_deals()))
+        WITH CHECK ((SELECT deal_store.sees_all_deals()));
+END $$;
+COMMENT ON FUNCTION deal_store_internal._create_policies(boolean) IS
+    'Internal: (re)creates every row-level security policy of deal_store (users: a reader sees itself and the members of its deals): with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store_internal._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
+
+-- deal_store_internal._set_local: the current definition, from sql/access.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._set_local(setting text, value text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the name is one of six constants, the value is quote_literal'ed)
+    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.hard_delete', 'deal_store.audit_purge',
+                                               'deal_store.importing_history', 'deal_store.undeleting']) THEN
+        RAISE EXCEPTION 'deal_store_internal._set_local sets deal_store.actor, reason, hard_delete, audit_purge, importing_history or undeleting, not %', setting
+            USING ERRCODE = '22023';
+    END IF;
+    EXECUTE pg_catalog.format('SET LOCAL %s = %L', setting, coalesce(value, ''));
+END $$;
+COMMENT ON FUNCTION deal_store_internal._set_local(text, text) IS
+    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, hard_delete, audit_purge, importing_history, undeleting; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
+
+-- deal_store.set_actor: the current definition, from sql/access.sql
+CREATE OR REPLACE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- SET LOCAL rather than set_config: Citus passes SET LOCAL on to the nodes the transaction uses
+    PERFORM deal_store_internal._set_local('deal_store.actor', user_id::text);
+    RETURN deal_store.current_actor();
+END $$;
+COMMENT ON FUNCTION deal_store.set_actor(uuid) IS
+    'Names the acting user for the rest of the transaction (SET LOCAL deal_store.actor, from a bindable uuid; NULL clears it) and returns current_actor(): 42501 when this login may not act for that user.';
+
+-- deal_store_internal._unpinned: the current definition, from sql/access.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._unpinned() RETURNS TABLE(routine regprocedure, why text)
+LANGUAGE sql IMMUTABLE
+BEGIN ATOMIC
+    SELECT 'deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)'::pg_catalog.regprocedure,
+           'a procedure that COMMITs cannot have a SET clause: every name in it is schema-qualified';
+END;
+COMMENT ON FUNCTION deal_store_internal._unpinned() IS
+    'Internal: the routines of deal_store that run without SET search_path = pg_catalog, pg_temp besides the Rust library''s own (which pin the path inside) and SQL-standard bodies (parsed at creation), and why: the one list the catalog test allows.';
+
+-- deal_store_internal._guard_drop: the current definition, from sql/access.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._guard_drop() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'deal_store_guard_drop';
+COMMENT ON FUNCTION deal_store_internal._guard_drop() IS
+    'Event trigger function: refuses a DROP that would take deal_store (DROP EXTENSION deal_store, a CASCADE drop of an extension it needs or of a schema holding one, DROP SCHEMA deal_store, DROP OWNED BY its owner) while any deal exists (2BP01), unless a superuser has set deal_store.allow_drop = on.';
+
+-- deal_store_internal.audit_log_append_only: the current definition, from sql/audit.sql
+CREATE OR REPLACE FUNCTION deal_store_internal.audit_log_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('deal_store.audit_purge', true) = 'on'
+       AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'deal_store.deal_activity_log is append-only: % is not allowed', TG_OP
+        USING ERRCODE = '42501', HINT = 'Only deal_store.purge_audit (members of deal_store_admin) removes entries.';
+END $$;
+COMMENT ON FUNCTION deal_store_internal.audit_log_append_only() IS
+    'Trigger: rejects UPDATE, DELETE and TRUNCATE of deal_activity_log with 42501, except the DELETE that purge_audit performs for a superuser.';
+
+-- deal_store.purge_audit: the current definition, from sql/audit.sql
+CREATE OR REPLACE FUNCTION deal_store.purge_audit(older_than interval) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM deal_store_internal._require_right(NULL, 'administer');
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = '22023';
+    END IF;
+    PERFORM deal_store_internal._set_local('deal_store.audit_purge', 'on');
+    DELETE FROM deal_store.deal_activity_log l WHERE l.created_at < now() - older_than;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM deal_store_internal._set_local('deal_store.audit_purge', 'off');
+    INSERT INTO deal_store.deal_activity_log (deal_id, user_id, action, entity_type, reason, details)
+    VALUES (deal_store_internal._no_deal(), deal_store.current_actor(), 'purge_audit', 'deal_activity_log',
+            nullif(current_setting('deal_store.reason', true), ''),
+            jsonb_build_object('older_than', older_than::text, 'rows', n));
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION deal_store.purge_audit(interval) IS
+    'Removes audit entries older than older_than; members of deal_store_admin only (42501 otherwise). The purge itself is logged as action purge_audit. Returns the number of entries removed.';
+
+-- deal_store.enable_audit: the current definition, from sql/audit.sql
+CREATE OR REPLACE FUNCTION deal_store.enable_audit(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tbl IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = tbl) NOT IN ('r', 'p')
+       OR tbl = 'deal_store.deal_activity_log'::regclass THEN
+        RAISE EXCEPTION '% cannot be audited: not an ordinary table, or the log itself', tbl USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = tbl AND i.indisprimary) THEN
+        RAISE EXCEPTION '% has no primary key', tbl USING ERRCODE = '55000',
+            HINT = 'The audit log identifies a row by its primary key.';
+    END IF;
+    EXECUTE format('CREATE OR REPLACE TRIGGER deal_store_audit AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION deal_store_internal.audit_row()', tbl);
+    EXECUTE format('CREATE OR REPLACE TRIGGER deal_store_audit_flush AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION deal_store_internal.audit_flush()', tbl);
+END $$;
+COMMENT ON FUNCTION deal_store.enable_audit(regclass) IS
+    'Puts the deal_store audit triggers (audit_row per row, audit_flush per statement) on a table (any primary key, composite included; idempotent). Runs as the caller: members of deal_store_admin, on tables they own. 55000 when the table has no primary key, 22023 when it is not an ordinary table.';
+
+-- deal_store.disable_audit: the current definition, from sql/audit.sql
+CREATE OR REPLACE FUNCTION deal_store.disable_audit(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'tbl must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS deal_store_audit ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS deal_store_audit_flush ON %s', tbl);
+END $$;
+COMMENT ON FUNCTION deal_store.disable_audit(regclass) IS
+    'Removes the deal_store audit triggers from a table (idempotent). Runs as the caller: only the table''s owner may, so the audit of deal_store''s own tables stays on.';
+
+-- deal_store.entity_history: the current definition, from sql/audit.sql
+CREATE OR REPLACE FUNCTION deal_store.entity_history(entity_type text, entity_id uuid DEFAULT NULL, entity_key jsonb DEFAULT NULL)
+RETURNS SETOF deal_store.deal_activity_log
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- read once, here (on Citus: on the coordinator, not on the shards)
+    everything boolean := deal_store.sees_all_deals();
+    visible uuid[] := CASE WHEN NOT everything THEN deal_store.my_deals('viewer') END;
+BEGIN
+    RETURN QUERY
+    SELECT l.* FROM deal_store.deal_activity_log l
+    WHERE l.entity_type = entity_history.entity_type
+      AND (l.entity_id = entity_history.entity_id OR l.entity_key = entity_history.entity_key)
+      AND (everything OR l.deal_id = ANY (visible))
+    ORDER BY l.seq;
+END $$;
+COMMENT ON FUNCTION deal_store.entity_history(text, uuid, jsonb) IS
+    'Every audit entry of one row in the deals the caller may see, oldest first. entity_type as the log records it (fact, finding, gap, deal, document, deal_member, ... for deal_store''s tables, schema.table for others; see entity_type_of); the row by its uuid id (entity_id) or, for a table without one, by its primary key as an object (entity_key => ''{"deal_id": "…", "user_id": "…"}'', any key order).';
+
+-- deal_store.deal_activity: the current definition, from sql/audit.sql
+CREATE OR REPLACE FUNCTION deal_store.deal_activity(deal_id uuid, since timestamptz DEFAULT NULL, lim integer DEFAULT 100)
+RETURNS SETOF deal_store.deal_activity_log
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
+    IF lim IS NULL OR lim < 1 OR lim > 10000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 10000' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    SELECT l.* FROM deal_store.deal_activity_log l
+    WHERE l.deal_id = deal_activity.deal_id AND (since IS NULL OR l.created_at >= since)
+    ORDER BY l.seq DESC LIMIT lim;
+END $$;
+COMMENT ON FUNCTION deal_store.deal_activity(uuid, timestamptz, integer) IS
+    'A deal''s activity feed, newest first: at most lim entries (1 to 10000, 22023 otherwise), since a moment when given.';
+
+-- deal_store.fact_as_of: the current definition, from sql/audit.sql
+CREATE OR REPLACE FUNCTION deal_store.fact_as_of(fact_id uuid, at timestamptz) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    h record;
+    deal uuid;
+    valid_from timestamptz;   -- when the version h began: the fact's creation, then the end of the one before
+BEGIN
+    -- oldest first (fact_history raises P0002 for an unknown fact and checks the right to read)
+    FOR h IN SELECT x.version, x.version_id, x.content, x.superseded_at FROM deal_store.fact_history(fact_id) x ORDER BY x.version LOOP
+        IF valid_from IS NULL THEN
+            -- the lookup names the deal: on Citus one shard
+            deal := deal_store_internal._id_in_one_deal('deal_store.facts', fact_id, 'read');
+            SELECT f.created_at INTO valid_from FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = h.version_id;
+        END IF;
+        IF valid_from <= at AND (h.superseded_at IS NULL OR at < h.superseded_at) THEN
+            RETURN h.content;
+        END IF;
+        valid_from := h.superseded_at;
+    END LOOP;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION deal_store.fact_as_of(uuid, timestamptz) IS
+    'The fact''s content (the checksummed fields) as it was at that moment, from its version history; NULL before the fact existed. P0002 for an unknown fact.';
+
+-- deal_store_internal._unseen: the current definition, from sql/changes.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._unseen(deal_id uuid) RETURNS SETOF deal_store.deal_activity_log
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- a value, not a call inside the query (Citus would make the call on a shard)
+    actor uuid := deal_store.current_actor();
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
+    RETURN QUERY
+    SELECT l.* FROM deal_store.deal_activity_log l
+    WHERE l.deal_id = _unseen.deal_id
+      AND l.seq > coalesce((SELECT m.seen_seq FROM deal_store.seen_marks m
+                            WHERE m.deal_id = _unseen.deal_id AND m.user_id = actor), 0)
+    UNION ALL
+    SELECT l.* FROM deal_store.seen_marks m
+    JOIN deal_store.deal_activity_log l ON l.txid >= m.seen_txid AND l.seq <= m.seen_seq AND l.deal_id = m.deal_id
+    WHERE m.deal_id = _unseen.deal_id AND m.user_id = actor
+      AND NOT pg_catalog.pg_visible_in_snapshot(l.txid::text::xid8, m.seen_snapshot);
+END $$;
+COMMENT ON FUNCTION deal_store_internal._unseen(uuid) IS
+    'Internal: the deal''s log entries the actor has not seen: after its mark in seq, or of a transaction that may have committed after it looked.';
+
+-- deal_store.mark_seen: the current definition, from sql/changes.sql
+CREATE OR REPLACE FUNCTION deal_store.mark_seen(deal_id uuid) RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    actor uuid := deal_store.current_actor();
+    at timestamptz := now();
+    snap pg_catalog.pg_snapshot;
+    last_seq bigint;
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
+    IF actor IS NULL THEN
+        RAISE EXCEPTION 'mark_seen needs an actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or name the user with deal_store.set_actor.';
+    END IF;
+    -- the deal's last entry and the snapshot that read it, in one statement: what
+    -- the snapshot has not seen stays unseen. On Citus the statement runs on the
+    -- deal's node, whose transaction ids the deal's entries carry. Then one row of
+    -- values and no parameter in the ON CONFLICT (Citus sends the INSERT to a worker)
+    SELECT pg_catalog.pg_current_snapshot(), coalesce(max(l.seq), 0) INTO snap, last_seq
+    FROM deal_store.deal_activity_log l WHERE l.deal_id = mark_seen.deal_id;
+    INSERT INTO deal_store.seen_marks AS m (deal_id, user_id, seen_seq, seen_txid, seen_snapshot, seen_at)
+    VALUES (mark_seen.deal_id, actor, last_seq, pg_catalog.pg_snapshot_xmin(snap)::text::bigint, snap, at)
+    ON CONFLICT ON CONSTRAINT seen_marks_pkey
+    DO UPDATE SET seen_seq = excluded.seen_seq, seen_txid = excluded.seen_txid, seen_snapshot = excluded.seen_snapshot,
+                  seen_at = excluded.seen_at;
+    RETURN at;
+END $$;
+COMMENT ON FUNCTION deal_store.mark_seen(uuid) IS
+    'Records that the actor has looked at the deal now: changes_since_seen starts from here. 42501 without an actor or read right.';
+
+-- deal_store_internal._facts_as_of: the current definition, from sql/changes.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._facts_as_of(deal_id uuid, at timestamptz)
+RETURNS TABLE(legacy_id text, version_id uuid, item_checksum text, content jsonb, analysis_run_id uuid, source_document_id uuid)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
+    RETURN QUERY
+    SELECT v.legacy_id, v.id, v.item_checksum,
+           (SELECT pg_catalog.jsonb_object_agg(k, pg_catalog.to_jsonb(v) -> k) FROM pg_catalog.unnest(deal_store.content_fields('fact')) k),
+           v.analysis_run_id, v.source_document_id
+    FROM deal_store.facts v
+    LEFT JOIN deal_store.facts p ON p.deal_id = v.deal_id AND p.id = v.previous_version_id
+    WHERE v.deal_id = _facts_as_of.deal_id
+      AND coalesce(p.superseded_at, v.created_at) <= _facts_as_of.at
+      AND (v.superseded_at IS NULL OR _facts_as_of.at < v.superseded_at)
+      AND (v.deleted_at IS NULL OR _facts_as_of.at < v.deleted_at);
+END $$;
+COMMENT ON FUNCTION deal_store_internal._facts_as_of(uuid, timestamptz) IS
+    'Internal: the deal''s live facts as they were at a moment (one version per legacy_id), with their content fields.';
+
+-- deal_store_internal._fact_changes: the current definition, from sql/changes.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._fact_changes(deal_id uuid, from_at timestamptz, to_at timestamptz)
+RETURNS TABLE(legacy_id text, change text, changed_fields text[], content_then jsonb, content_now jsonb, analysis_run_id uuid,
+              source_then uuid)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT coalesce(b.legacy_id, a.legacy_id),
+           CASE WHEN a.legacy_id IS NULL THEN 'new' WHEN b.legacy_id IS NULL THEN 'delete'
+                WHEN a.item_checksum IS DISTINCT FROM b.item_checksum THEN 'update' ELSE 'unchanged' END,
+           CASE WHEN a.item_checksum IS DISTINCT FROM b.item_checksum AND a.legacy_id IS NOT NULL AND b.legacy_id IS NOT NULL THEN
+                ARRAY(SELECT k FROM pg_catalog.unnest(deal_store.content_fields('fact')) k
+                      WHERE (a.content -> k) IS DISTINCT FROM (b.content -> k) ORDER BY k) END,
+           a.content, b.content, b.analysis_run_id, a.source_document_id
+    FROM deal_store_internal._facts_as_of(_fact_changes.deal_id, _fact_changes.from_at) a
+    FULL JOIN deal_store_internal._facts_as_of(_fact_changes.deal_id, _fact_changes.to_at) b ON b.legacy_id = a.legacy_id;
+END;
+COMMENT ON FUNCTION deal_store_internal._fact_changes(uuid, timestamptz, timestamptz) IS
+    'Internal: every fact of the deal at either moment with what happened between them: new, update (changed_fields), delete or unchanged (by content checksum).';
+
+-- deal_store.diff_runs: the current definition, from sql/changes.sql
+CREATE OR REPLACE FUNCTION deal_store.diff_runs(run_a uuid, run_b uuid)
+RETURNS TABLE(entity_type text, legacy_id text, change text, changed_fields text[])
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a record;
+    b record;
+BEGIN
+    PERFORM deal_store_internal._id_in_one_deal('deal_store.analysis_runs', run_a, 'read');
+    PERFORM deal_store_internal._id_in_one_deal('deal_store.analysis_runs', run_b, 'read');
+    SELECT r.deal_id, coalesce(r.completed_at, now()) AS at INTO a FROM deal_store.analysis_runs r WHERE r.id = run_a;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'analysis run % does not exist', run_a USING ERRCODE = 'P0002';
+    END IF;
+    SELECT r.deal_id, coalesce(r.completed_at, now()) AS at INTO b FROM deal_store.analysis_runs r WHERE r.id = run_b;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'analysis run % does not exist', run_b USING ERRCODE = 'P0002';
+    ELSIF a.deal_id <> b.deal_id THEN
+        RAISE EXCEPTION 'analysis runs % and % belong to different deals', run_a, run_b USING ERRCODE = '22023';
+    END IF;
+    -- facts first, by a call of their own (on Citus the query below runs on the deal's
+    -- shard, where a function that queries the deal tables cannot run); 'fact' sorts
+    -- before 'finding' and 'gap', so the rows come in the order of (entity_type, legacy_id)
+    RETURN QUERY
+    SELECT 'fact'::text, c.legacy_id, c.change, c.changed_fields
+    FROM deal_store_internal._fact_changes(a.deal_id, a.at, b.at) c WHERE c.change <> 'unchanged'
+    ORDER BY 2;
+    RETURN QUERY
+    -- findings and gaps keep no versions: their state then is their lifetime, their
+    -- changes between the two moments are in the log
+    SELECT t.entity_type,
+           coalesce(x.legacy_id, ''),
+           CASE WHEN x.existed_a AND NOT x.existed_b THEN 'delete' WHEN x.existed_b AND NOT x.existed_a THEN 'new' ELSE 'update' END,
+           CASE WHEN x.existed_a AND x.existed_b THEN f.fields END
+    FROM (VALUES ('finding'), ('gap')) t(entity_type)
+    CROSS JOIN LATERAL (
+        SELECT g.id, g.legacy_id,
+               g.created_at <= a.at AND (g.deleted_at IS NULL OR a.at < g.deleted_at) AS existed_a,
+               g.created_at <= b.at AND (g.deleted_at IS NULL OR b.at < g.deleted_at) AS existed_b
+        FROM deal_store.findings g WHERE t.entity_type = 'finding' AND g.deal_id = a.deal_id
+        UNION ALL
+        SELECT g.id, g.legacy_id,
+               g.created_at <= a.at AND (g.deleted_at IS NULL OR a.at < g.deleted_at),
+               g.created_at <= b.at AND (g.deleted_at IS NULL OR b.at < g.deleted_at)
+        FROM deal_store.gaps g WHERE t.entity_type = 'gap' AND g.deal_id = a.deal_id) x
+    -- the content fields the log shows changed between the two moments (NULL: none)
+    CROSS JOIN LATERAL (
+        SELECT pg_catalog.array_agg(DISTINCT k ORDER BY k) AS fields
+        FROM deal_store.deal_activity_log l, pg_catalog.jsonb_object_keys(l.details) k
+        WHERE l.deal_id = a.deal_id AND l.entity_id = x.id AND l.action = 'update'
+          AND l.created_at > least(a.at, b.at) AND l.created_at <= greatest(a.at, b.at)
+          AND k = ANY (deal_store.content_fields(t.entity_type))) f
+    WHERE (x.existed_a OR x.existed_b) AND (x.existed_a <> x.existed_b OR f.fields IS NOT NULL)
+    ORDER BY 1, 2;
+END $$;
+COMMENT ON FUNCTION deal_store.diff_runs(uuid, uuid) IS
+    'What run b''s view of the deal changed against run a''s: facts (from the stored versions, as they were when each run finished; a running run: now) new, update with the changed content fields, delete; findings and gaps the same (their changed fields from the log). Runs of two deals are 22023.';
+
+-- deal_store.add_document_version: the current definition, from sql/changes.sql
+CREATE OR REPLACE FUNCTION deal_store.add_document_version(document_id uuid, file_hash text, filename text DEFAULT NULL,
+    storage_path text DEFAULT NULL, page_count integer DEFAULT NULL) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old record;
+    new_id uuid;
+    deal uuid := deal_store_internal._id_in_one_deal('deal_store.documents', document_id, 'write');
+BEGIN
+    IF file_hash IS NULL THEN
+        RAISE EXCEPTION 'file_hash must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT d.* INTO old FROM deal_store.documents d WHERE d.deal_id = deal AND d.id = document_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'document % does not exist', document_id USING ERRCODE = 'P0002';
+    ELSIF old.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'document % is deleted', document_id USING ERRCODE = '55000';
+    ELSIF old.status = 'superseded' THEN
+        RAISE EXCEPTION 'document % is already superseded', document_id USING ERRCODE = '55000',
+            HINT = 'Add the version to the newest one (the document whose supersedes_id chain leads here).';
+    END IF;
+    BEGIN
+        INSERT INTO deal_store.documents AS d (deal_id, filename, file_hash, entity, authority_level, storage_path, version,
+                                               supersedes_id, page_count)
+        VALUES (old.deal_id, coalesce(add_document_version.filename, old.filename), add_document_version.file_hash, old.entity,
+                old.authority_level, coalesce(add_document_version.storage_path, old.storage_path), old.version + 1, old.id,
+                add_document_version.page_count)
+        RETURNING d.id INTO new_id;
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'the deal already has a document with file_hash %', file_hash USING ERRCODE = '23505',
+            HINT = 'A new version is a different file.';
+    END;
+    UPDATE deal_store.documents d SET status = 'superseded' WHERE d.deal_id = old.deal_id AND d.id = old.id;
+    RETURN new_id;
+END $$;
+COMMENT ON FUNCTION deal_store.add_document_version(uuid, text, text, text, integer) IS
+    'Adds a new version of a document: a new row (version + 1, supersedes_id = the old one, status pending; filename and storage_path as before unless given) and the old one becomes superseded, its facts untouched. Returns the new id. 23505 when the deal has a live document with that file_hash (the same file twice), 55000 when the document is deleted or already superseded.';
+
+-- deal_store.document_changes: the current definition, from sql/changes.sql
+CREATE OR REPLACE FUNCTION deal_store.document_changes(document_id uuid)
+RETURNS TABLE(legacy_id text, change text, changed_fields text[], item_then text, item_now text, run_number integer)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    doc record;
+    since timestamptz;
+    runs jsonb;
+BEGIN
+    PERFORM deal_store_internal._id_in_one_deal('deal_store.documents', document_id, 'read');
+    SELECT d.deal_id, d.id INTO doc FROM deal_store.documents d WHERE d.id = document_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'document % does not exist', document_id USING ERRCODE = 'P0002';
+    END IF;
+    SELECT min(n.uploaded_at) INTO since FROM deal_store.documents n WHERE n.deal_id = doc.deal_id AND n.supersedes_id = doc.id;
+    IF since IS NULL THEN
+        RAISE EXCEPTION 'document % has no newer version', document_id USING ERRCODE = '55000',
+            HINT = 'deal_store.add_document_version adds one.';
+    END IF;
+    -- the deal's run numbers as a value first: the query below then reads no deal table
+    -- (on Citus a query that does runs on the deal's shard, where _fact_changes cannot)
+    SELECT pg_catalog.jsonb_object_agg(r.id, r.run_number) INTO runs FROM deal_store.analysis_runs r WHERE r.deal_id = doc.deal_id;
+    RETURN QUERY
+    SELECT c.legacy_id, c.change, c.changed_fields, c.content_then ->> 'item', c.content_now ->> 'item',
+           CASE WHEN c.change = 'update' THEN (runs ->> c.analysis_run_id::text)::integer END
+    FROM deal_store_internal._fact_changes(doc.deal_id, since, now()) c
+    WHERE c.change <> 'new' AND c.source_then = doc.id
+    ORDER BY c.legacy_id;
+END $$;
+COMMENT ON FUNCTION deal_store.document_changes(uuid) IS
+    'The facts that were sourced from a document when its newer version was added, and what happened to each since: update (with the changed fields, the item then and now, the run that wrote it), delete, or unchanged. 55000 when the document has no newer version.';
+
+-- deal_store_internal._require_live_deal: the current definition, from sql/dashboard.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._require_live_deal(deal_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM 1 FROM deal_store.active_deals d WHERE d.id = deal_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist or is deleted', deal_id USING ERRCODE = 'P0002';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._require_live_deal(uuid) IS 'Internal: raises P0002 unless the deal exists and is live.';
+
+-- deal_store_internal._require_deal: the current definition, from sql/dashboard.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._require_deal(deal_id uuid, needs text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF deal_id IS NULL THEN
+        RAISE EXCEPTION 'deal_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    -- 42501 unless the caller may; P0002 (admins) when there is no such deal
+    PERFORM deal_store_internal._require_right(deal_id, needs);
+END $$;
+COMMENT ON FUNCTION deal_store_internal._require_deal(uuid, text) IS 'Internal: raises 42501 unless the caller has the right needs (read, write, review, manage, administer) on the deal, P0002 (to a caller who sees every deal) unless the deal exists (live or deleted), 22004 for NULL.';
+
+-- deal_store.deal_summary: the current definition, from sql/dashboard.sql
+CREATE OR REPLACE FUNCTION deal_store.deal_summary(deal_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_live_deal(deal_id);
+    RETURN jsonb_build_object(
+        'deal', (SELECT jsonb_build_object('id', d.id, 'name', d.name, 'target_name', d.target_name,
+                                           'deal_type', d.deal_type, 'status', d.status)
+                 FROM deal_store.deals d WHERE d.id = deal_summary.deal_id),
+        'facts_by_domain', coalesce((
+            SELECT jsonb_object_agg(s.domain, s.n ORDER BY s.domain)
+            FROM (SELECT f.domain, count(*) AS n FROM deal_store.current_facts f
+                  WHERE f.deal_id = deal_summary.deal_id GROUP BY f.domain) s), '{}'),
+        'findings', coalesce((
+            SELECT jsonb_object_agg(t.finding_type, t.by_severity ORDER BY t.finding_type)
+            FROM (SELECT s.finding_type,
+                         jsonb_object_agg(s.severity, jsonb_build_object('count', s.n, 'cost_low', s.low, 'cost_high', s.high)
+                                          ORDER BY s.severity) AS by_severity
+                  FROM (SELECT f.finding_type, coalesce(f.severity, 'unrated') AS severity, count(*) AS n,
+                               coalesce(sum(f.cost_estimate_low), 0) AS low, coalesce(sum(f.cost_estimate_high), 0) AS high
+                        FROM deal_store.current_findings f WHERE f.deal_id = deal_summary.deal_id
+                        GROUP BY 1, 2) s
+                  GROUP BY s.finding_type) t), '{}'),
+        'open_gaps_by_importance', coalesce((
+            SELECT jsonb_object_agg(s.importance, s.n ORDER BY s.importance)
+            FROM (SELECT g.importance, count(*) AS n FROM deal_store.current_gaps g
+                  WHERE g.deal_id = deal_summary.deal_id AND g.resolved_at IS NULL GROUP BY g.importance) s), '{}'),
+        'pending_changes_by_tier', coalesce((
+            SELECT jsonb_object_agg(s.confidence_tier::text, s.n ORDER BY s.confidence_tier)
+            FROM (SELECT c.confidence_tier, count(*) AS n FROM deal_store.pending_changes c
+                  WHERE c.deal_id = deal_summary.deal_id AND c.status IN ('pending', 'deferred')
+                  GROUP BY c.confidence_tier) s), '{}'),
+        'latest_run', (
+            SELECT jsonb_build_object('id', r.id, 'run_number', r.run_number, 'completed_at', r.completed_at,
+                                      'documents_processed', r.documents_processed, 'facts_created', r.facts_created,
+                                      'facts_updated', r.facts_updated, 'findings_created', r.findings_created,
+                                      'gaps_created', r.gaps_created)
+            FROM deal_store.analysis_runs r
+            WHERE r.deal_id = deal_summary.deal_id AND r.status = 'completed'
+            ORDER BY r.run_number DESC LIMIT 1));
+END $$;
+COMMENT ON FUNCTION deal_store.deal_summary(uuid) IS
+    'Dashboard of one live deal as jsonb: current facts by domain, findings by type and severity with count and summed cost range, open gaps by importance, pending changes (pending or deferred) by tier, and the latest completed run with its counts. P0002 when the deal does not exist or is deleted.';
+
+-- deal_store_internal._set_deal_status: the current definition, from sql/dashboard.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._set_deal_status(deal_id uuid, from_status text, to_status text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cur text;
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'manage');
+    SELECT d.status INTO cur FROM deal_store.active_deals d WHERE d.id = deal_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist or is deleted', deal_id USING ERRCODE = 'P0002';
+    ELSIF cur <> from_status THEN
+        RAISE EXCEPTION 'deal % is %, not %', deal_id, cur, from_status USING ERRCODE = '55000';
+    END IF;
+    UPDATE deal_store.deals d SET status = to_status WHERE d.id = deal_id;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._set_deal_status(uuid, text, text) IS 'Internal: checked status transition of a live deal.';
+
+-- deal_store.archive_deal: the current definition, from sql/dashboard.sql
+CREATE OR REPLACE FUNCTION deal_store.archive_deal(deal_id uuid) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store_internal._set_deal_status(deal_id, 'active', 'archived'); END;
+COMMENT ON FUNCTION deal_store.archive_deal(uuid) IS
+    'Archives an active deal (hidden from deals_for_user by default). P0002 no such live deal, 55000 not active.';
+
+-- deal_store.unarchive_deal: the current definition, from sql/dashboard.sql
+CREATE OR REPLACE FUNCTION deal_store.unarchive_deal(deal_id uuid) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store_internal._set_deal_status(deal_id, 'archived', 'active'); END;
+COMMENT ON FUNCTION deal_store.unarchive_deal(uuid) IS
+    'Makes an archived deal active again. P0002 no such live deal, 55000 not archived.';
+
+-- deal_store_internal._set_gap_resolution: the current definition, from sql/dashboard.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._set_gap_resolution(gap_id uuid, resolve boolean, note text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g record;
+    deal uuid := deal_store_internal._id_in_one_deal('deal_store.gaps', gap_id, 'write');
+    resolved timestamptz;
+    resolver uuid;
+BEGIN
+    SELECT x.deal_id, x.resolved_at INTO g FROM deal_store.active_gaps x WHERE x.deal_id = deal AND x.id = gap_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'gap % does not exist or is deleted', gap_id USING ERRCODE = 'P0002';
+    ELSIF resolve AND g.resolved_at IS NOT NULL THEN
+        RAISE EXCEPTION 'gap % is already resolved', gap_id USING ERRCODE = '55000';
+    ELSIF NOT resolve AND g.resolved_at IS NULL THEN
+        RAISE EXCEPTION 'gap % is not resolved', gap_id USING ERRCODE = '55000';
+    END IF;
+    -- values first: Citus allows no stable function inside CASE in an UPDATE
+    IF resolve THEN
+        resolved := now();
+        resolver := deal_store.current_actor();
+    END IF;
+    UPDATE deal_store.gaps x SET resolved_at = resolved, resolved_by = resolver, resolution_note = CASE WHEN resolve THEN note END
+    WHERE x.deal_id = g.deal_id AND x.id = gap_id;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._set_gap_resolution(uuid, boolean, text) IS 'Internal: shared body of resolve_gap and reopen_gap.';
+
+-- deal_store.resolve_gap: the current definition, from sql/dashboard.sql
+CREATE OR REPLACE FUNCTION deal_store.resolve_gap(gap_id uuid, note text DEFAULT NULL) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store_internal._set_gap_resolution(gap_id, true, note); END;
+COMMENT ON FUNCTION deal_store.resolve_gap(uuid, text) IS
+    'Marks a gap answered: resolved_at = now(), resolved_by = deal_store.actor, resolution_note = note. P0002 no such live gap, 55000 already resolved.';
+
+-- deal_store.reopen_gap: the current definition, from sql/dashboard.sql
+CREATE OR REPLACE FUNCTION deal_store.reopen_gap(gap_id uuid) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store_internal._set_gap_resolution(gap_id, false, NULL); END;
+COMMENT ON FUNCTION deal_store.reopen_gap(uuid) IS
+    'Reopens a resolved gap (clears resolved_at, resolved_by, resolution_note). P0002 no such live gap, 55000 not resolved.';
+
+-- deal_store_internal._unsharded: the current definition, from sql/distribute.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._unsharded(message text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT regexp_replace(message, '"(' || string_agg(split_part(p.table_name::text, '.', 2), '|') || ')_[0-9]+"', '"\1"', 'g')
+    FROM deal_store_internal._placement() p
+$$;
+COMMENT ON FUNCTION deal_store_internal._unsharded(text) IS
+    'Internal: the message with every shard of a deal_store table named as its table ("facts_102118" -> "facts"), for the notes the apply path stores.';
+
+-- deal_store_internal._distribute_prepare: the current definition, from sql/distribute.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._distribute_prepare() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RAISE EXCEPTION 'deal_store_internal._distribute_prepare is for a Citus cluster, and Citus is not installed in this database'
+            USING ERRCODE = '0A000', HINT = 'On plain PostgreSQL there is nothing to prepare; on Citus, call deal_store.distribute() on the coordinator.';
+    END IF;
+    -- every foreign key (Citus converts tables linked to a distributed one
+    -- otherwise); the coordinator puts back those Citus supports
+    FOR c IN SELECT k.conrelid::regclass AS t, k.conname FROM pg_catalog.pg_constraint k
+             WHERE k.connamespace = 'deal_store'::regnamespace AND k.contype = 'f' LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.t, c.conname);
+    END LOOP;
+    -- unique keys without the distribution column
+    ALTER TABLE deal_store.deal_activity_log DROP CONSTRAINT deal_activity_log_pkey;
+    ALTER TABLE deal_store.notifications DROP CONSTRAINT notifications_pkey;
+    DROP INDEX deal_store.deals_user_id_name_key;
+    PERFORM deal_store_internal._create_policies(true);
+END $$;
+COMMENT ON FUNCTION deal_store_internal._distribute_prepare() IS
+    'Internal, deal_store.distribute() on every node: drops the foreign keys, the primary keys of deal_activity_log and notifications and the unique live deal name, and writes the row-level security policies in their Citus form.';
+
+-- deal_store.distribute: the current definition, from sql/distribute.sql
+CREATE OR REPLACE FUNCTION deal_store.distribute()
+RETURNS TABLE(table_name regclass, distribution_column text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dist regclass := to_regclass('pg_catalog.pg_dist_partition');
+    coordinator boolean;
+    failed text;
+    keys text[][];
+    k text[];
+    p record;
+BEGIN
+    IF dist IS NULL THEN
+        RAISE EXCEPTION 'Citus is not installed in this database' USING ERRCODE = '55000',
+            HINT = 'On plain PostgreSQL deal_store needs no distribution. On Citus: CREATE EXTENSION citus, add the workers, CREATE EXTENSION deal_store, then distribute().';
+    END IF;
+    EXECUTE format('SELECT %s()', 'pg_catalog.citus_is_coordinator') INTO coordinator;
+    IF NOT coordinator THEN
+        RAISE EXCEPTION 'deal_store.distribute() runs on the Citus coordinator' USING ERRCODE = '55000';
+    END IF;
+    IF deal_store_internal._distributed() THEN
+        RAISE EXCEPTION 'deal_store is already distributed' USING ERRCODE = '55000';
+    END IF;
+    -- the foreign keys Citus keeps: not ON DELETE SET NULL (column) (on Citus a
+    -- purged document or run leaves those references dangling), not from a
+    -- reference table (tier_policies) to a distributed one
+    SELECT coalesce(array_agg(ARRAY[k.conrelid::regclass::text, k.conname::text, pg_get_constraintdef(k.oid)]), '{}')
+    INTO keys
+    FROM pg_catalog.pg_constraint k
+    WHERE k.connamespace = 'deal_store'::regnamespace AND k.contype = 'f' AND k.confdeltype <> 'n'
+      AND k.conrelid NOT IN (SELECT x.table_name FROM deal_store_internal._placement() x WHERE x.distribution_column IS NULL);
+    PERFORM deal_store_internal._distribute_prepare();
+    EXECUTE format('SELECT string_agg(r.nodename || '':'' || r.nodeport || '': '' || r.result, ''; '') FROM %s(%L) r WHERE NOT r.success',
+                   'pg_catalog.run_command_on_workers', 'SELECT deal_store_internal._distribute_prepare()')
+        INTO failed;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'deal_store could not be prepared on every worker: %', failed USING ERRCODE = '55000',
+            HINT = 'Every worker needs deal_store (Citus creates it there with CREATE EXTENSION on the coordinator).';
+    END IF;
+    -- triggers on shards (audit, versions, soft delete) are what deal_store is made of
+    PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- one transaction creates the tables and their keys to the reference tables
+    PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    FOR p IN SELECT * FROM deal_store_internal._placement() LOOP
+        IF p.distribution_column IS NULL THEN
+            EXECUTE format('SELECT %s($1)', 'pg_catalog.create_reference_table') USING p.table_name;
+        ELSE
+            EXECUTE format('SELECT %s($1, $2, colocate_with => $3)', 'pg_catalog.create_distributed_table')
+                USING p.table_name, p.distribution_column,
+                      CASE WHEN p.table_name = 'deal_store.deals'::regclass THEN 'default' ELSE 'deal_store.deals' END;
+        END IF;
+    END LOOP;
+    FOREACH k SLICE 1 IN ARRAY keys LOOP
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', k[1], k[2], k[3]);
+    END LOOP;
+    -- the extension's settings reach the workers when set with SET LOCAL; later
+    -- enable_audit / disable_audit put triggers on distributed tables
+    EXECUTE format('ALTER DATABASE %I SET citus.propagate_set_commands = local', current_database());
+    EXECUTE format('ALTER DATABASE %I SET citus.enable_unsafe_triggers = on', current_database());
+    RETURN QUERY SELECT * FROM deal_store_internal._placement();
+END $$;
+COMMENT ON FUNCTION deal_store.distribute() IS
+    'On a Citus coordinator (workers added, deal_store created): makes users and tier_policies reference tables and distributes deals by id and every deal table by deal_id in one co-location group; returns the placement. Gives up what Citus cannot enforce (README "Running on Citus"). 55000 without Citus, on a worker, or when already distributed. For the extension''s owner.';
+
+-- deal_store.fact_checksum: the current definition, from sql/facts.sql
+CREATE OR REPLACE FUNCTION deal_store.fact_checksum(fact jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN deal_store_internal._content_checksum('fact', fact);
+COMMENT ON FUNCTION deal_store.fact_checksum(jsonb) IS
+    'MD5 (32 lowercase hex) of the canonical form of a fact''s content: domain, category, item, status, details, evidence, entity, source_page_numbers. Strings trimmed and white space folded, keys sorted at every depth, numbers in one form, NULL = missing. See README "Canonical form". 22023 when not a JSON object.';
+
+-- deal_store.fact_canonical: the current definition, from sql/facts.sql
+CREATE OR REPLACE FUNCTION deal_store.fact_canonical(fact jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN deal_store_internal._content_canonical('fact', fact);
+COMMENT ON FUNCTION deal_store.fact_canonical(jsonb) IS
+    'The canonical text that fact_checksum hashes (md5(fact_canonical(x)) = fact_checksum(x)), for checking another implementation.';
+
+-- deal_store.content_checksum_of: the current definition, from sql/facts.sql
+CREATE OR REPLACE FUNCTION deal_store.content_checksum_of(entity_type text, row_value jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN deal_store_internal._content_checksum(entity_type, row_value);
+COMMENT ON FUNCTION deal_store.content_checksum_of(text, jsonb) IS
+    'Content checksum of a fact, finding or gap given as jsonb (e.g. to_jsonb(row)); for facts it equals fact_checksum. 22023 for another entity type or a non-object.';
+
+-- deal_store.diff_facts: the current definition, from sql/facts.sql
+CREATE OR REPLACE FUNCTION deal_store.diff_facts(deal_id uuid, incoming jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(legacy_id text, change text, fact_id uuid, old_checksum text, new_checksum text, changed_fields text[])
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT u.legacy_id, u.change, u.fact_id, u.old_checksum, u.new_checksum, string_to_array(u.fields, ',')
+    FROM deal_store_internal._diff_facts(deal_id, incoming, domains) d,
+         unnest(d.legacy_ids, d.changes, d.fact_ids, d.old_checksums, d.new_checksums, d.changed_fields)
+             WITH ORDINALITY AS u(legacy_id, change, fact_id, old_checksum, new_checksum, fields, n)
+    ORDER BY u.n;
+END;
+COMMENT ON FUNCTION deal_store.diff_facts(uuid, jsonb, text[]) IS
+    'Diff of incoming facts (JSON array of objects keyed by legacy_id; missing content fields take the column defaults) against the deal''s current live facts: new, update (with changed_fields), unchanged, delete (only inside domains; all when NULL): the merge queue''s change types. 22023 on a non-array, a non-object element, a missing/empty or repeated legacy_id; P0002 when the deal does not exist.';
+
+-- deal_store.diff_summary: the current definition, from sql/facts.sql
+CREATE OR REPLACE FUNCTION deal_store.diff_summary(deal_id uuid, incoming jsonb, domains text[] DEFAULT NULL)
+RETURNS TABLE(new bigint, "update" bigint, unchanged bigint, "delete" bigint)
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT count(*) FILTER (WHERE d.change = 'new'), count(*) FILTER (WHERE d.change = 'update'),
+           count(*) FILTER (WHERE d.change = 'unchanged'), count(*) FILTER (WHERE d.change = 'delete')
+    FROM deal_store.diff_facts(deal_id, incoming, domains) d;
+END;
+COMMENT ON FUNCTION deal_store.diff_summary(uuid, jsonb, text[]) IS
+    'The four counts of deal_store.diff_facts: new, update, unchanged, delete.';
+
+-- deal_store.fact_history: the current definition, from sql/facts.sql
+CREATE OR REPLACE FUNCTION deal_store.fact_history(fact_id uuid)
+RETURNS TABLE(version integer, version_id uuid, is_current boolean, item text, item_checksum text,
+              content jsonb, analysis_run_id uuid, run_number integer, written_at timestamptz, superseded_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deal uuid;
+BEGIN
+    PERFORM deal_store_internal._id_in_one_deal('deal_store.facts', fact_id, 'read');
+    SELECT f.deal_id INTO deal FROM deal_store.facts f WHERE f.id = fact_id AND f.superseded_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
+    END IF;
+    -- every table names the deal: Citus plans the recursive CTE on one shard
+    RETURN QUERY
+    WITH RECURSIVE chain AS (
+        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_history.fact_id
+        UNION ALL
+        SELECT f.*, c.depth + 1 FROM chain c
+        JOIN deal_store.facts f ON f.deal_id = c.deal_id AND f.id = c.previous_version_id
+        WHERE f.deal_id = deal
+    )
+    SELECT (max(c.depth) OVER () - c.depth + 1)::integer, c.id, c.depth = 0, c.item, c.item_checksum,
+           (SELECT jsonb_object_agg(k, to_jsonb(c) -> k) FROM unnest(deal_store.content_fields('fact')) k),
+           c.analysis_run_id, r.run_number, c.updated_at, c.superseded_at
+    FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = deal AND r.id = c.analysis_run_id
+    WHERE c.deal_id = deal
+    ORDER BY c.depth;
+END $$;
+COMMENT ON FUNCTION deal_store.fact_history(uuid) IS
+    'A fact''s versions, newest first: version number (1 = oldest), the row holding it, its content and checksum, the run that wrote it, when it was written and when it was superseded. P0002 when the fact does not exist.';
+
+-- deal_store_internal._insert_rows: the current definition, from sql/facts.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._insert_rows(tbl regclass, rows jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cols text;
+BEGIN
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+    -- the export's own records (who, when): kept as they are (see src/records.rs)
+    PERFORM deal_store_internal._set_local('deal_store.importing_history', 'on');
+    -- @plpgsql_check_options: security_warnings = false
+    -- (cols is quote_ident of the table's own column names; tbl a regclass)
+    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%s, $1)', tbl, cols, cols, tbl)
+        USING coalesce(rows, '[]');
+    PERFORM deal_store_internal._set_local('deal_store.importing_history', 'off');
+END $$;
+COMMENT ON FUNCTION deal_store_internal._insert_rows(regclass, jsonb) IS 'Internal: inserts a jsonb array of rows into a table (stored columns only) for import_deal, keeping the export''s who and when columns (deal_store.importing_history, superuser-only: import_deal runs as the owner).';
+
+-- deal_store.export_deal: the current definition, from sql/facts.sql
+CREATE OR REPLACE FUNCTION deal_store.export_deal(deal_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d deal_store.deals;
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
+    SELECT * INTO d FROM deal_store.deals x WHERE x.id = deal_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
+    END IF;
+    RETURN deal_store_internal._export_format(jsonb_build_object(
+        'format', 'deal_store.export',
+        'format_version', 1,
+        'owner', (SELECT to_jsonb(u) - 'password_hash' - 'roles' - 'db_role' FROM deal_store.users u WHERE u.id = d.user_id),
+        'deal', to_jsonb(d),
+        'documents', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.documents x WHERE x.deal_id = d.id), '[]'),
+        'analysis_runs', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.run_number) FROM deal_store.analysis_runs x WHERE x.deal_id = d.id), '[]'),
+        'facts', coalesce((SELECT jsonb_agg(to_jsonb(x) - 'search_vector' ORDER BY x.legacy_id) FROM deal_store.facts x
+                           WHERE x.deal_id = d.id AND x.superseded_at IS NULL AND x.deleted_at IS NULL), '[]'),
+        'deleted_facts', coalesce((SELECT jsonb_agg(to_jsonb(x) - 'search_vector' ORDER BY x.legacy_id, x.id) FROM deal_store.facts x
+                           WHERE x.deal_id = d.id AND x.superseded_at IS NULL AND x.deleted_at IS NOT NULL), '[]'),
+        'fact_history', coalesce((SELECT jsonb_agg(to_jsonb(x) - 'search_vector' ORDER BY x.legacy_id, x.superseded_at, x.id) FROM deal_store.facts x
+                           WHERE x.deal_id = d.id AND x.superseded_at IS NOT NULL), '[]'),
+        'findings', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.findings x WHERE x.deal_id = d.id), '[]'),
+        'gaps', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.legacy_id, x.id) FROM deal_store.gaps x WHERE x.deal_id = d.id), '[]'),
+        'fact_finding_links', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM deal_store.fact_finding_links x WHERE x.deal_id = d.id), '[]')));
+END $$;
+COMMENT ON FUNCTION deal_store.export_deal(uuid) IS
+    'One deal as jsonb: its owner (without password_hash, roles and db_role), the deal, documents, runs, facts (current live ones, so diff_facts(deal, export->''facts'') reconciles), deleted_facts, fact_history (older versions), findings, gaps and links. Soft-deleted rows are included with their deleted_at / delete_batch. P0002 when the deal does not exist.';
+
+-- deal_store.import_deal: the current definition, from sql/facts.sql
+CREATE OR REPLACE FUNCTION deal_store.import_deal(doc jsonb, idempotency_key text DEFAULT NULL) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prior jsonb;
+    deal uuid;
+    owner uuid;
+    taken text;
+    taken_in text;
+    tbl regclass;
+    ids uuid[];
+BEGIN
+    IF jsonb_typeof(doc) IS DISTINCT FROM 'object' OR doc ->> 'format' IS DISTINCT FROM 'deal_store.export'
+       OR jsonb_typeof(doc -> 'deal') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'not a deal_store export' USING ERRCODE = '22023',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned.';
+    END IF;
+    IF (doc ->> 'format_version') IS DISTINCT FROM '1' THEN
+        RAISE EXCEPTION 'unsupported export format_version %', doc ->> 'format_version' USING ERRCODE = '22023';
+    END IF;
+    -- read through the typed format first: a malformed document fails here, naming
+    -- the JSON path of the first bad field, before anything is written
+    doc := deal_store_internal._export_format(doc);
+    prior := deal_store_internal._idempotent(idempotency_key, 'import_deal', jsonb_build_array(doc));
+    IF prior IS NOT NULL THEN
+        RETURN (prior #>> '{}')::uuid;
+    END IF;
+    IF deal_store_internal._distributed() THEN
+        -- the checks below read every shard at once; on Citus a write to a reference
+        -- table (a new owner in users) must then use the same one connection per node
+        PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    END IF;
+    deal := (doc -> 'deal' ->> 'id')::uuid;
+    IF EXISTS (SELECT 1 FROM deal_store.deals x WHERE x.id = deal) THEN
+        RAISE EXCEPTION 'deal % already exists', deal USING ERRCODE = '23505',
+            HINT = 'import_deal restores a deal into a database that does not hold it; it never merges.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(ARRAY['documents', 'analysis_runs', 'facts', 'deleted_facts', 'fact_history',
+                                           'findings', 'gaps', 'fact_finding_links']) k,
+                    jsonb_array_elements(coalesce(doc -> k, '[]')) e
+               WHERE (e ->> 'deal_id')::uuid IS DISTINCT FROM deal) THEN
+        RAISE EXCEPTION 'every row of the export must belong to deal %', deal USING ERRCODE = '22023';
+    END IF;
+    -- every fact version chain of the export is one: it starts at a fact (current or
+    -- deleted), each link names a history row of the export, and every history row
+    -- is on exactly one chain (so no chain loops and none is made up on its own)
+    IF NOT (WITH RECURSIVE v AS (
+                SELECT (e ->> 'id')::uuid AS id, (e ->> 'previous_version_id')::uuid AS prev, k = 'fact_history' AS hist,
+                       (e ->> 'superseded_at') IS NOT NULL AS superseded
+                FROM unnest(ARRAY['facts', 'deleted_facts', 'fact_history']) k, jsonb_array_elements(coalesce(doc -> k, '[]')) e),
+            walk(id, depth) AS (
+                SELECT v.prev, 1 FROM v WHERE NOT v.hist AND v.prev IS NOT NULL
+                UNION ALL
+                SELECT v.prev, w.depth + 1 FROM walk w JOIN v ON v.id = w.id
+                WHERE v.prev IS NOT NULL AND w.depth <= (SELECT count(*) FROM v))
+            SELECT (SELECT count(*) FROM walk) = (SELECT count(*) FROM v WHERE v.hist)
+               AND (SELECT count(DISTINCT w.id) FROM walk w JOIN v ON v.id = w.id AND v.hist) = (SELECT count(*) FROM v WHERE v.hist)
+               AND NOT EXISTS (SELECT 1 FROM v WHERE v.hist <> v.superseded)) THEN
+        RAISE EXCEPTION 'the export''s fact versions do not form chains' USING ERRCODE = '22023',
+            DETAIL = 'Each previous_version_id must name a row of fact_history (superseded_at set, as on no current or deleted fact), each of which belongs to exactly one fact''s chain.',
+            HINT = 'Pass the jsonb that deal_store.export_deal returned, unchanged.';
+    END IF;
+    -- ids are unique per deal only, but an id passed alone (soft_delete, restore,
+    -- accept_change ...) must name one row: an id already used here is refused
+    -- (table by table, each a lookup of the export's ids: on Citus a query per table, no join)
+    FOR taken_in, tbl IN SELECT * FROM (VALUES ('documents', 'deal_store.documents'::regclass), ('analysis_runs', 'deal_store.analysis_runs'::regclass),
+                                               ('facts', 'deal_store.facts'::regclass), ('deleted_facts', 'deal_store.facts'::regclass),
+                                               ('fact_history', 'deal_store.facts'::regclass), ('findings', 'deal_store.findings'::regclass),
+                                               ('gaps', 'deal_store.gaps'::regclass), ('fact_finding_links', 'deal_store.fact_finding_links'::regclass)) v LOOP
+        ids := ARRAY(SELECT (e ->> 'id')::uuid FROM jsonb_array_elements(coalesce(doc -> taken_in, '[]')) e);
+        EXECUTE format('SELECT x.id::text FROM %s x WHERE x.id = ANY ($1) ORDER BY array_position($1, x.id) LIMIT 1', tbl)
+            INTO taken USING ids;
+        EXIT WHEN taken IS NOT NULL;
+    END LOOP;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'id % of the export''s % is already used in this database', taken, taken_in USING ERRCODE = '23505',
+            HINT = 'An id must name one row: import a deal only into a database that holds none of its rows.';
+    END IF;
+    -- the owner is the importer: its actor (an admin names any existing user with
+    -- set_actor). Never a user taken or made from the document: an e-mail in it
+    -- names nobody here, and a deal planted in another user's list would be theirs
+    owner := deal_store.current_actor();
+    IF owner IS NULL THEN
+        RAISE EXCEPTION 'import_deal needs an actor: the importer owns the deal it imports' USING ERRCODE = '42501',
+            HINT = 'Link the login role to its user (users.db_role), or name the user with deal_store.set_actor (an admin may name any existing user).';
+    END IF;
+    PERFORM deal_store_internal._insert_rows('deal_store.deals',
+        jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')
+            || jsonb_build_object('ignore_unknown_keys', coalesce((doc -> 'deal' ->> 'ignore_unknown_keys')::boolean, false))));
+    PERFORM deal_store_internal._insert_rows('deal_store.documents', doc -> 'documents');
+    PERFORM deal_store_internal._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    -- the caller leads what it imported (42501 and nothing imported unless it may write)
+    IF deal_store.current_actor() IS NOT NULL THEN
+        INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
+        VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
+        ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
+    END IF;
+    PERFORM deal_store_internal._require_right(deal, 'manage');
+    -- history rows are the export's own versions: restored by the versioning's own writer
+    PERFORM deal_store_internal._import_facts(
+        coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
+    PERFORM deal_store_internal._insert_rows('deal_store.findings', doc -> 'findings');
+    PERFORM deal_store_internal._insert_rows('deal_store.gaps', doc -> 'gaps');
+    PERFORM deal_store_internal._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
+    PERFORM deal_store_internal._remember(idempotency_key, to_jsonb(deal));
+    RETURN deal;
+END $$;
+COMMENT ON FUNCTION deal_store.import_deal(jsonb, text) IS
+    'Loads a deal from export_deal''s jsonb, keeping the ids of its rows. The importer (its actor; an admin names any existing user with set_actor) owns it and leads it; the export''s owner is not looked up or created (42501 without an actor). An admin''s import keeps the export''s who and when columns; anyone else''s is recorded as written by the importer, now. 22023 when the fact versions do not form chains. 23505 when the deal or any id of the export already exists here (import never merges); 22023 when doc is not an export; any constraint violation aborts the whole import. With an idempotency_key, a repeated call returns the first call''s deal and imports nothing.';
+
+-- deal_store_internal._log_seq: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._log_seq(node integer, n bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (node::bigint << 48) + n;
+COMMENT ON FUNCTION deal_store_internal._log_seq(integer, bigint) IS
+    'Internal: the seq of the n-th log entry a node wrote: its Citus group above bit 48 (the audit writer on a worker numbers its shards'' entries so; on plain PostgreSQL and on the coordinator the node is 0).';
+
+-- deal_store_internal._log_node: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._log_node(seq bigint) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (seq >> 48)::integer;
+COMMENT ON FUNCTION deal_store_internal._log_node(bigint) IS
+    'Internal: the node (Citus group; 0 on plain PostgreSQL) that wrote the log entry with this seq, whose transaction ids order it.';
+
+-- deal_store_internal._horizon: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._horizon() RETURNS bigint
+LANGUAGE sql VOLATILE
+RETURN pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint;
+COMMENT ON FUNCTION deal_store_internal._horizon() IS
+    'Internal: the xmin of the current snapshot as a txid: every transaction below it has committed or aborted, so the log holds all of their entries.';
+
+-- deal_store_internal._horizons: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._horizons(settled boolean) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+-- @plpgsql_check_options: security_warnings = false
+DECLARE
+    h bigint[] := ARRAY[deal_store_internal._horizon()];
+    held integer[] := ARRAY[]::integer[];
+    g integer;
+    ok boolean;
+    xmin bigint;
+    pending integer[];
+    answer text;
+    failed text;
+BEGIN
+    IF NOT deal_store_internal._distributed() THEN
+        RETURN h;
+    END IF;
+    FOR g, ok, xmin, pending, answer IN EXECUTE format(
+        $q$SELECT n.groupid, r.success,
+                  CASE WHEN r.success THEN pg_catalog.split_part(r.result, ':', 1)::bigint END,
+                  CASE WHEN r.success THEN pg_catalog.string_to_array(NULLIF(pg_catalog.split_part(r.result, ':', 2), ''), ',')::integer[] END,
+                  r.result
+           FROM %s(%L) r JOIN pg_catalog.pg_dist_node n ON n.nodename = r.nodename AND n.nodeport = r.nodeport$q$,
+        'pg_catalog.run_command_on_workers',
+        -- its xmin, and the nodes that began its prepared transactions (Citus names them citus_<group>_...)
+        $w$SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::pg_catalog.text || ':'
+                  || coalesce((SELECT pg_catalog.string_agg(DISTINCT pg_catalog.split_part(p.gid, '_', 2), ',')
+                               FROM pg_catalog.pg_prepared_xacts p WHERE p.gid LIKE 'citus\_%'), '')$w$)
+    LOOP
+        IF ok THEN
+            h[g + 1] := xmin;
+            held := held || pending;
+        ELSE
+            failed := concat_ws('; ', failed, answer);
+        END IF;
+    END LOOP;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'the change feed could not ask every worker where it stands: %', failed USING ERRCODE = '58000';
+    END IF;
+    IF settled THEN
+        FOREACH g IN ARRAY held LOOP
+            h[g + 1] := 0;
+        END LOOP;
+    END IF;
+    RETURN h;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._horizons(boolean) IS
+    'Internal: each node''s horizon, element n + 1 for node n (the Citus group; one element on plain PostgreSQL): its entries below it are final. settled: 0 for a node while a worker holds a prepared transaction it began (its entries there are not yet visible).';
+
+-- deal_store_internal._consumer: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._consumer(name text) RETURNS deal_store.feed_consumers
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'consumer must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    -- names are the caller's own: another role's consumer of the same name is not
+    -- this one (an admin reaches any, its own first)
+    SELECT * INTO c FROM deal_store.feed_consumers f
+    WHERE f.name = _consumer.name AND (f.owner_role = deal_store_internal._caller_role() OR deal_store.sees_all_deals())
+    ORDER BY f.owner_role = deal_store_internal._caller_role() DESC, f.owner_role LIMIT 1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no feed consumer named "%"', name USING ERRCODE = 'P0002',
+            HINT = 'Register it with deal_store.register_consumer.';
+    END IF;
+    RETURN c;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._consumer(text) IS
+    'Internal: the caller''s consumer of that name (names are per role; an admin reaches any role''s, its own first), locked; P0002 when there is none.';
+
+-- deal_store.register_consumer: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store.register_consumer(name text, from_start boolean DEFAULT false) RETURNS deal_store.feed_consumers
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+BEGIN
+    PERFORM deal_store_internal._require_feed_reader();
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'name must not be NULL' USING ERRCODE = '22004';
+    ELSIF name !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid consumer name "%"', name USING ERRCODE = '22023',
+            HINT = 'Use 1 to 63 letters, digits, _ . : or -.';
+    END IF;
+    -- from now: the transactions that have finished are behind the cursor, on every node
+    INSERT INTO deal_store.feed_consumers AS f (name, owner_role, cursor_txid, cursor_seq)
+    SELECT register_consumer.name, deal_store_internal._caller_role(),
+           CASE WHEN coalesce(from_start, false) THEN '{}' ELSE ARRAY(SELECT x - 1 FROM unnest(h.h) WITH ORDINALITY x(x, i) ORDER BY i) END,
+           CASE WHEN coalesce(from_start, false) THEN '{}' ELSE array_fill(9223372036854775807, ARRAY[cardinality(h.h)]) END
+    FROM (SELECT deal_store_internal._horizons(false) AS h) h
+    ON CONFLICT ON CONSTRAINT feed_consumers_pkey DO NOTHING
+    RETURNING f.* INTO c;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'you have a feed consumer named "%" already', name USING ERRCODE = '23505',
+            HINT = 'Read with it, or remove it first with deal_store.remove_consumer.';
+    END IF;
+    RETURN c;
+END $$;
+COMMENT ON FUNCTION deal_store.register_consumer(text, boolean) IS
+    'Registers a change-feed consumer owned by the caller''s role (names are per role: another role''s consumer of the same name is another consumer). It receives every log entry of the transactions that had not finished when it registered (on Citus: on each node), and of all later ones (from_start: every entry in the log). 23505 when the caller''s role has a consumer of that name, 22023 for a bad name (1 to 63 of A-Z a-z 0-9 _ . : -).';
+
+-- deal_store_internal._require_feed_reader: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._require_feed_reader() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
+        RAISE EXCEPTION 'permission denied to read the change feed: no actor' USING ERRCODE = '42501',
+            HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._require_feed_reader() IS
+    'Internal: 42501 unless the caller acts for a user (whose deals it will see) or sees every deal.';
+
+-- deal_store.ack_changes: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store.ack_changes(consumer text, up_to bigint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers;
+    everything boolean;
+    deals uuid[];
+    nodes integer;
+    stop record;
+    n bigint := 0;
+BEGIN
+    c := deal_store_internal._consumer(consumer);
+    IF up_to IS NULL THEN
+        RAISE EXCEPTION 'up_to must not be NULL' USING ERRCODE = '22004';
+    ELSIF c.read_txid IS NULL THEN
+        RAISE EXCEPTION 'feed consumer "%" has nothing read to acknowledge', consumer USING ERRCODE = '55000',
+            HINT = 'Call deal_store.read_changes first.';
+    END IF;
+    everything := deal_store.sees_all_deals();
+    deals := deal_store.my_deals('viewer');
+    nodes := cardinality(c.read_txid);
+    -- the last read's entries in delivery order, node by node; the first one above
+    -- up_to stays unacknowledged, and the cursors stop before it. One query per
+    -- node: that entry if there is one, else any entry with the node's count
+    FOR node IN 0 .. nodes - 1 LOOP
+        SELECT r.open, r.before_txid, r.before_seq, r.n, r.total INTO stop FROM (
+            SELECT l.txid, l.seq, l.seq > up_to AS open,
+                   pg_catalog.lag(l.txid) OVER w AS before_txid, pg_catalog.lag(l.seq) OVER w AS before_seq,
+                   pg_catalog.row_number() OVER w - 1 AS n, pg_catalog.count(*) OVER () AS total
+            FROM (SELECT l.txid, l.seq FROM deal_store.deal_activity_log l
+                  WHERE deal_store_internal._log_node(l.seq) = node
+                    AND (l.txid, l.seq) > (coalesce(c.cursor_txid[node + 1], 0), coalesce(c.cursor_seq[node + 1], 0))
+                    AND (l.txid, l.seq) <= (c.read_txid[node + 1], c.read_seq[node + 1])
+                    AND (everything OR l.deal_id = ANY (deals))) l
+            WINDOW w AS (ORDER BY l.txid, l.seq)) r
+        ORDER BY r.open DESC, r.txid, r.seq LIMIT 1;
+        IF stop.open THEN
+            UPDATE deal_store.feed_consumers f
+            SET (cursor_txid, cursor_seq) = (
+                    SELECT array_agg(CASE WHEN i < node + 1 THEN c.read_txid[i] WHEN i = node + 1 THEN coalesce(stop.before_txid, c.cursor_txid[i], 0)
+                                          ELSE coalesce(c.cursor_txid[i], 0) END ORDER BY i),
+                           array_agg(CASE WHEN i < node + 1 THEN c.read_seq[i] WHEN i = node + 1 THEN coalesce(stop.before_seq, c.cursor_seq[i], 0)
+                                          ELSE coalesce(c.cursor_seq[i], 0) END ORDER BY i)
+                    FROM generate_series(1, nodes) i),
+                acked_at = pg_catalog.now()
+            WHERE f.owner_role = c.owner_role AND f.name = c.name AND (node > 0 OR stop.before_txid IS NOT NULL);
+            RETURN n + stop.n;
+        END IF;
+        n := n + coalesce(stop.total, 0);
+    END LOOP;
+    UPDATE deal_store.feed_consumers f
+    SET cursor_txid = c.read_txid, cursor_seq = c.read_seq, read_txid = NULL, read_seq = NULL, acked_at = pg_catalog.now()
+    WHERE f.owner_role = c.owner_role AND f.name = c.name;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION deal_store.ack_changes(text, bigint) IS
+    'Acknowledges the entries of the consumer''s last read_changes whose seq is at most up_to and returns how many; the cursor moves in delivery order, so it stops before the first entry of the read above up_to, and what follows comes back on the next read (at least once). Acknowledging all of a read moves the cursor past it (and past the entries of deals the caller does not see). 55000 when nothing was read since the last full acknowledgement.';
+
+-- deal_store.consumers: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store.consumers()
+RETURNS TABLE(name text, owner_role name, registered_at timestamptz, read_at timestamptz, acked_at timestamptz,
+              lag bigint, oldest_unacked_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f deal_store.feed_consumers;
+BEGIN
+    FOR f IN SELECT * FROM deal_store.feed_consumers x
+             WHERE x.owner_role = deal_store_internal._caller_role() OR deal_store.sees_all_deals() ORDER BY x.name, x.owner_role LOOP
+        -- a query per consumer, its cursors as values (on Citus it runs on every shard)
+        SELECT f.name, f.owner_role, f.registered_at, f.read_at, f.acked_at, count(*), min(l.created_at)
+        INTO name, owner_role, registered_at, read_at, acked_at, lag, oldest_unacked_at
+        FROM deal_store.deal_activity_log l
+        WHERE (l.txid, l.seq) > (coalesce(f.cursor_txid[deal_store_internal._log_node(l.seq) + 1], 0),
+                                 coalesce(f.cursor_seq[deal_store_internal._log_node(l.seq) + 1], 0));
+        RETURN NEXT;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION deal_store.consumers() IS
+    'The caller''s change-feed consumers (an admin''s: all) with their lag: the log entries after the cursor (of every deal; a consumer reads those of its deals) and the time of the oldest.';
+
+-- deal_store.remove_consumer: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store.remove_consumer(name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.feed_consumers := deal_store_internal._consumer(name);
+BEGIN
+    DELETE FROM deal_store.feed_consumers f WHERE f.owner_role = c.owner_role AND f.name = c.name;
+END $$;
+COMMENT ON FUNCTION deal_store.remove_consumer(text) IS
+    'Removes a change-feed consumer (its owner''s role or an admin). P0002 when there is none.';
+
+-- deal_store_internal.feed_wakeup: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store_internal.feed_wakeup() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM deal_store.feed_consumers) THEN
+        PERFORM pg_catalog.pg_notify('deal_store_feed', '');
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION deal_store_internal.feed_wakeup() IS
+    'Trigger (AFTER INSERT on deal_activity_log, per statement): pg_notify(''deal_store_feed'', '''') while any consumer is registered; identical notifications of one transaction are delivered once, at commit.';
+
+-- deal_store_internal._idempotent: the current definition, from sql/idempotency.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._idempotent(key text, function_name text, arguments jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    digest text := md5(arguments::text);
+    me name := deal_store_internal._caller_role();
+    k deal_store.idempotency_keys;
+BEGIN
+    IF key IS NULL THEN
+        RETURN NULL;
+    ELSIF length(key) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'idempotency_key must have 1 to 200 characters' USING ERRCODE = '22023';
+    END IF;
+    -- the first call claims the key; a concurrent one waits here for it to end
+    INSERT INTO deal_store.idempotency_keys AS i (key, function_name, caller, arguments)
+    VALUES (_idempotent.key, _idempotent.function_name, me, digest)
+    ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO STRICT k FROM deal_store.idempotency_keys i WHERE i.caller = me AND i.key = _idempotent.key;
+    IF k.function_name <> _idempotent.function_name OR k.arguments <> digest THEN
+        RAISE EXCEPTION 'idempotency key "%" was used for another call', key USING ERRCODE = '22023',
+            DETAIL = format('It was used for %s with other arguments.', k.function_name),
+            HINT = 'Use a new key for a new call.';
+    END IF;
+    RETURN coalesce(k.result, 'null');
+END $$;
+COMMENT ON FUNCTION deal_store_internal._idempotent(text, text, jsonb) IS
+    'Internal: NULL when the call should run (no key, or the key is new for the caller''s role: it is claimed for this call); else the result the first call with this key recorded. 22023 when the role used the key for another function or arguments.';
+
+-- deal_store_internal._remember: the current definition, from sql/idempotency.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._remember(key text, result jsonb) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    UPDATE deal_store.idempotency_keys i SET result = _remember.result
+    WHERE i.caller = deal_store_internal._caller_role() AND i.key = _remember.key;
+END;
+COMMENT ON FUNCTION deal_store_internal._remember(text, jsonb) IS
+    'Internal: records the result of the call that claimed the key (nothing when key is NULL).';
+
+-- deal_store_internal._propose_once: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._propose_once(entity_type text, run_id uuid, incoming jsonb, domains text[], idempotency_key text)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    IF idempotency_key IS NOT NULL THEN
+        PERFORM deal_store_internal._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
+        result := deal_store_internal._idempotent(idempotency_key, 'propose_' || entity_type || 's', jsonb_build_array(run_id, incoming, domains));
+    END IF;
+    IF result IS NULL THEN
+        SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]') INTO result FROM deal_store_internal._propose(entity_type, run_id, incoming, domains) p;
+        PERFORM deal_store_internal._remember(idempotency_key, result);
+    END IF;
+    RETURN QUERY SELECT x.change_type, x.confidence_tier, x.proposed, x.status
+                 FROM jsonb_to_recordset(result) AS x(change_type text, confidence_tier integer, proposed bigint, status text);
+END $$;
+COMMENT ON FUNCTION deal_store_internal._propose_once(text, uuid, jsonb, text[], text) IS
+    'Internal: the body of propose_facts, propose_findings and propose_gaps: _propose, or with an idempotency_key the result of the first call with that key.';
+
+-- deal_store.propose_findings: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store.propose_findings(run_id uuid, findings jsonb, domains text[] DEFAULT NULL, idempotency_key text DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store_internal._propose_once('finding', run_id, findings, domains, idempotency_key); END;
+COMMENT ON FUNCTION deal_store.propose_findings(uuid, jsonb, text[], text) IS 'propose_facts for findings (content checksum over deal_store.content_fields(''finding'')).';
+
+-- deal_store.propose_gaps: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store.propose_gaps(run_id uuid, gaps jsonb, domains text[] DEFAULT NULL, idempotency_key text DEFAULT NULL)
+RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text) LANGUAGE sql VOLATILE
+BEGIN ATOMIC SELECT * FROM deal_store_internal._propose_once('gap', run_id, gaps, domains, idempotency_key); END;
+COMMENT ON FUNCTION deal_store.propose_gaps(uuid, jsonb, text[], text) IS 'propose_facts for gaps (content checksum over deal_store.content_fields(''gap'')).';
+
+-- deal_store_internal._apply_changes: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._apply_changes(deal_id uuid, ids uuid[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked uuid[];
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'write');
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = _apply_changes.deal_id AND p.id = ANY (ids) AND p.status = 'pending'
+        ORDER BY p.created_at, p.id FOR UPDATE) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store_internal._apply(pg_catalog.array_fill(deal_id, ARRAY[pg_catalog.cardinality(locked)]), locked, 'auto-applied (tier 1)');
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._apply_changes(uuid, uuid[]) IS 'Internal: auto-applies the given tier-1 changes of a proposal.';
+
+-- deal_store_internal._signal_review: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._signal_review(deal_id uuid, run_id uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    counts jsonb;
+    waiting bigint;
+    owner uuid;
+    run_number integer;
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'write');
+    SELECT count(*), jsonb_build_object('tier_1', count(*) FILTER (WHERE p.confidence_tier = 1),
+                                        'tier_2', count(*) FILTER (WHERE p.confidence_tier = 2),
+                                        'tier_3', count(*) FILTER (WHERE p.confidence_tier = 3))
+    INTO waiting, counts
+    FROM deal_store.pending_changes p
+    WHERE p.deal_id = _signal_review.deal_id AND p.analysis_run_id = run_id AND p.status = 'pending';
+    IF waiting = 0 THEN
+        RETURN;
+    END IF;
+    SELECT d.user_id INTO owner FROM deal_store.deals d WHERE d.id = _signal_review.deal_id;
+    SELECT r.run_number INTO run_number FROM deal_store.analysis_runs r WHERE r.deal_id = _signal_review.deal_id AND r.id = run_id;
+    -- one notification per deal owner per run, kept up to date
+    UPDATE deal_store.notifications n SET payload = jsonb_build_object('run_id', run_id, 'pending', waiting) || counts,
+        title = format('%s changes of analysis run %s wait for review', waiting, run_number)
+    WHERE n.user_id = owner AND n.deal_id = _signal_review.deal_id AND n.type = 'review_needed'
+      AND n.payload ->> 'run_id' = run_id::text;
+    IF NOT FOUND THEN
+        INSERT INTO deal_store.notifications (user_id, deal_id, type, title, message, payload)
+        VALUES (owner, _signal_review.deal_id, 'review_needed',
+                format('%s changes of analysis run %s wait for review', waiting, run_number),
+                'Review them with deal_store.accept_change / reject_change / defer_change or accept_changes.',
+                jsonb_build_object('run_id', run_id, 'pending', waiting) || counts);
+    END IF;
+    -- NOTIFY is delivered when the transaction commits, and not at all when it rolls back;
+    -- any connected role may LISTEN, so the wake-up carries nothing: the listener reads
+    -- what it may see (its notifications, conflicts(), the queue) through its own rights
+    PERFORM pg_notify('deal_store_queue', '');
+END $$;
+COMMENT ON FUNCTION deal_store_internal._signal_review(uuid, uuid) IS
+    'Internal: when changes of a run wait for review, keeps one review_needed notification for the deal owner per run and sends an empty pg_notify(''deal_store_queue'', '''') on commit (any role may LISTEN: the details are in the notification, which only its user reads).';
+
+-- deal_store_internal._decide: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._decide(change_id uuid, decision text, note text, until timestamptz) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c deal_store.pending_changes;
+    deal uuid := deal_store_internal._id_in_one_deal('deal_store.pending_changes', change_id, 'review');
+    actor uuid := deal_store.current_actor();
+    now_ timestamptz := now();
+    outcome text;
+BEGIN
+    SELECT * INTO c FROM deal_store.pending_changes p WHERE p.deal_id = deal AND p.id = change_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pending change % does not exist', change_id USING ERRCODE = 'P0002';
+    ELSIF c.status NOT IN ('pending', 'deferred') THEN
+        RAISE EXCEPTION 'the change to % % is %, not pending', c.entity_type, c.legacy_entity_id, c.status
+            USING ERRCODE = '55000', DETAIL = format('Change %s was decided at %s.', change_id, c.decided_at);
+    END IF;
+    IF decision = 'accept' THEN
+        PERFORM deal_store_internal._apply(ARRAY[c.deal_id], ARRAY[c.id], note);
+        SELECT p.status INTO decision FROM deal_store.pending_changes p WHERE p.deal_id = c.deal_id AND p.id = c.id;
+        RETURN decision;
+    END IF;
+    outcome := CASE decision WHEN 'reject' THEN 'rejected' ELSE 'deferred' END;
+    -- values, not expressions: Citus allows no stable function in a CASE of an UPDATE
+    UPDATE deal_store.pending_changes p SET
+        status = outcome,
+        decided_by = actor,
+        decided_at = CASE WHEN outcome = 'rejected' THEN now_ END,
+        deferred_until = CASE WHEN outcome = 'deferred' THEN until END,
+        review_note = note
+    WHERE p.deal_id = c.deal_id AND p.id = c.id;
+    RETURN outcome;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._decide(uuid, text, text, timestamptz) IS 'Internal: shared body of accept_change, reject_change and defer_change.';
+
+-- deal_store.accept_change: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store.accept_change(change_id uuid, note text DEFAULT NULL) RETURNS text
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store_internal._decide(change_id, 'accept', note, NULL); END;
+COMMENT ON FUNCTION deal_store.accept_change(uuid, text) IS
+    'Accepts an open (pending or deferred) change: applies it and returns accepted, or returns conflict (nothing applied) when its target moved since the proposal. The reviewer is deal_store.actor. P0002 unknown change, 55000 not open.';
+
+-- deal_store.reject_change: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store.reject_change(change_id uuid, note text DEFAULT NULL) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store_internal._decide(change_id, 'reject', note, NULL); END;
+COMMENT ON FUNCTION deal_store.reject_change(uuid, text) IS
+    'Rejects an open change; nothing is applied. P0002 unknown change, 55000 not open.';
+
+-- deal_store.defer_change: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store.defer_change(change_id uuid, until timestamptz DEFAULT NULL, note text DEFAULT NULL) RETURNS void
+LANGUAGE sql BEGIN ATOMIC SELECT deal_store_internal._decide(change_id, 'defer', note, until); END;
+COMMENT ON FUNCTION deal_store.defer_change(uuid, timestamptz, text) IS
+    'Defers an open change: it waits (status deferred) and becomes eligible for process_queue / accept_changes again after until (never by itself when until is NULL). P0002, 55000.';
+
+-- deal_store.accept_changes: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store.accept_changes(deal_id uuid, max_tier integer DEFAULT 2, run_id uuid DEFAULT NULL,
+    idempotency_key text DEFAULT NULL)
+RETURNS TABLE(status text, n bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked uuid[];
+    result jsonb;
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'review');
+    IF max_tier IS NULL OR max_tier NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'max_tier must be 1, 2 or 3' USING ERRCODE = '22023';
+    END IF;
+    result := deal_store_internal._idempotent(idempotency_key, 'accept_changes', jsonb_build_array(deal_id, max_tier, run_id));
+    IF result IS NOT NULL THEN
+        RETURN QUERY SELECT x.status, x.n FROM jsonb_to_recordset(result) AS x(status text, n bigint);
+        RETURN;
+    END IF;
+    SELECT array_agg(p.id) INTO locked FROM (
+        SELECT p.id FROM deal_store.pending_changes p
+        WHERE p.deal_id = accept_changes.deal_id AND p.confidence_tier <= max_tier
+          AND (accept_changes.run_id IS NULL OR p.analysis_run_id = accept_changes.run_id)
+          AND (p.status = 'pending' OR (p.status = 'deferred' AND p.deferred_until <= now()))
+        ORDER BY p.created_at, p.id
+        FOR UPDATE SKIP LOCKED) p;
+    IF locked IS NOT NULL THEN
+        PERFORM deal_store_internal._apply(pg_catalog.array_fill(deal_id, ARRAY[pg_catalog.cardinality(locked)]), locked, 'batch accept');
+    END IF;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('status', s.status, 'n', s.n) ORDER BY s.status), '[]') INTO result
+    FROM (SELECT p.status, count(*) AS n FROM deal_store.pending_changes p
+          WHERE p.deal_id = accept_changes.deal_id AND p.id = ANY (locked) GROUP BY p.status) s;
+    PERFORM deal_store_internal._remember(idempotency_key, result);
+    RETURN QUERY SELECT x.status, x.n FROM jsonb_to_recordset(result) AS x(status text, n bigint);
+END $$;
+COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid, text) IS
+    'Accepts every open change of a deal up to max_tier (of one run when run_id is given; deferred ones once their time has come), skipping rows another session holds. Returns how many were accepted and how many turned out to be conflicts. With an idempotency_key, a repeated call returns the first call''s counts and accepts nothing.';
+
+-- deal_store_internal._queue_remaining: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._queue_remaining(max_tier integer) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*) FROM deal_store.pending_changes p
+    WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+      AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+      AND ((SELECT deal_store.sees_all_deals()) OR p.deal_id = ANY ((SELECT deal_store.my_deals('reviewer'))::uuid[]))
+$$;
+COMMENT ON FUNCTION deal_store_internal._queue_remaining(integer) IS
+    'Internal: the pending (and due deferred) changes up to max_tier in the caller''s deals that no batch took: process_queue''s remaining.';
+
+-- deal_store.conflicts: the current definition, from sql/queue.sql
+CREATE OR REPLACE FUNCTION deal_store.conflicts(deal_id uuid)
+RETURNS TABLE(change_id uuid, entity_type text, legacy_id text, change_type text, base_checksum text,
+              current_checksum text, base_value jsonb, current_value jsonb, proposed_value jsonb,
+              analysis_run_id uuid, decided_at timestamptz, note text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
+    RETURN QUERY
+    SELECT c.id, c.entity_type, c.legacy_entity_id, c.change_type, c.base_checksum,
+           deal_store.content_checksum_of(c.entity_type, cur.v), c.old_value, cur.v, c.new_value,
+           c.analysis_run_id, c.decided_at, c.review_note
+    FROM deal_store.pending_changes c
+    LEFT JOIN LATERAL (
+        SELECT to_jsonb(f) - 'search_vector' AS v FROM deal_store.facts f
+        WHERE c.entity_type = 'fact' AND f.deal_id = c.deal_id AND f.superseded_at IS NULL
+          AND (f.id = c.entity_id OR (c.entity_id IS NULL AND f.legacy_id = c.legacy_entity_id AND f.deleted_at IS NULL))
+        UNION ALL
+        SELECT to_jsonb(g) FROM deal_store.findings g
+        WHERE c.entity_type = 'finding' AND g.deal_id = c.deal_id
+          AND (g.id = c.entity_id OR (c.entity_id IS NULL AND g.legacy_id = c.legacy_entity_id AND g.deleted_at IS NULL))
+        UNION ALL
+        SELECT to_jsonb(x) FROM deal_store.gaps x
+        WHERE c.entity_type = 'gap' AND x.deal_id = c.deal_id
+          AND (x.id = c.entity_id OR (c.entity_id IS NULL AND x.legacy_id = c.legacy_entity_id AND x.deleted_at IS NULL))
+        LIMIT 1) cur ON true
+    WHERE c.deal_id = conflicts.deal_id AND c.status = 'conflict'
+    ORDER BY c.decided_at, c.id;
+END $$;
+COMMENT ON FUNCTION deal_store.conflicts(uuid) IS
+    'A deal''s changes that became conflicts, with the base (when proposed), current and proposed values and checksums side by side.';
+
+-- deal_store.start_run: the current definition, from sql/runs.sql
+CREATE OR REPLACE FUNCTION deal_store.start_run(deal_id uuid, domains text[] DEFAULT NULL, incremental boolean DEFAULT false,
+    idempotency_key text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+    run_id uuid;
+    prior jsonb;
+    -- read here: inside the INSERT it would run on the shard's node under Citus
+    actor uuid := deal_store.current_actor();
+BEGIN
+    PERFORM deal_store_internal._require_deal(start_run.deal_id, 'write');
+    prior := deal_store_internal._idempotent(idempotency_key, 'start_run', jsonb_build_array(deal_id, domains, incremental));
+    IF prior IS NOT NULL THEN
+        RETURN (prior #>> '{}')::uuid;
+    END IF;
+    IF domains IS NOT NULL AND (array_position(domains, NULL) IS NOT NULL
+                                OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN
+        RAISE EXCEPTION 'domains must not contain NULL or empty names' USING ERRCODE = '22023';
+    END IF;
+    -- The deal's row lock serialises run starts per deal, so two sessions
+    -- never compute the same run_number. NO KEY UPDATE leaves FK checks free.
+    SELECT x.id, x.deleted_at INTO d FROM deal_store.deals x WHERE x.id = start_run.deal_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'deal % does not exist', start_run.deal_id USING ERRCODE = 'P0002';
+    ELSIF d.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'deal % is deleted', start_run.deal_id USING ERRCODE = '55000';
+    END IF;
+    INSERT INTO deal_store.analysis_runs (deal_id, run_number, is_incremental, domains_analyzed, triggered_by)
+    SELECT start_run.deal_id, coalesce(max(r.run_number), 0) + 1, coalesce(incremental, false), domains, actor
+    FROM deal_store.analysis_runs r WHERE r.deal_id = start_run.deal_id
+    RETURNING id INTO run_id;
+    PERFORM deal_store_internal._remember(idempotency_key, to_jsonb(run_id));
+    RETURN run_id;
+END $$;
+COMMENT ON FUNCTION deal_store.start_run(uuid, text[], boolean, text) IS
+    'Starts an analysis run of a deal and returns its id. run_number is the deal''s next number, safe under concurrent starts. domains: what the run covers (NULL = all); incremental runs never propose removals. With an idempotency_key, a repeated call returns the first call''s run and starts nothing (22023 for the key with other arguments). Errors: P0002 no such deal, 55000 deal deleted, 22023 bad domains.';
+
+-- deal_store.fail_run: the current definition, from sql/runs.sql
+CREATE OR REPLACE FUNCTION deal_store.fail_run(run_id uuid, error text) RETURNS deal_store.analysis_runs
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT * FROM deal_store_internal._finish_run(run_id, 'failed', error);
+END;
+COMMENT ON FUNCTION deal_store.fail_run(uuid, text) IS
+    'Marks a running run failed with an error message and returns the run; what it wrote stays stored but hidden from the current_* views. Errors: P0002, 55000.';
+
+-- deal_store.latest_completed_run: the current definition, from sql/runs.sql
+CREATE OR REPLACE FUNCTION deal_store.latest_completed_run(deal_id uuid) RETURNS uuid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
+    RETURN (SELECT r.id FROM deal_store.analysis_runs r
+            WHERE r.deal_id = latest_completed_run.deal_id AND r.status = 'completed'
+            ORDER BY r.run_number DESC LIMIT 1);
+END $$;
+COMMENT ON FUNCTION deal_store.latest_completed_run(uuid) IS
+    'The deal''s completed run with the highest run_number, or NULL.';
+
+-- deal_store.fact_search_vector: the current definition, from sql/schema.sql
+CREATE OR REPLACE FUNCTION deal_store.fact_search_vector(cfg regconfig, item text, category text, domain text,
+                                              evidence text, details jsonb) RETURNS tsvector
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.setweight(pg_catalog.to_tsvector(cfg, coalesce(item, '')), 'A')
+    || pg_catalog.setweight(pg_catalog.to_tsvector(cfg, coalesce(category, '') || ' ' || coalesce(domain, '')), 'B')
+    || pg_catalog.setweight(pg_catalog.to_tsvector(cfg, coalesce(evidence, '')), 'C')
+    || pg_catalog.setweight(pg_catalog.jsonb_to_tsvector(cfg, coalesce(details, '{}'), '["string"]'), 'D');
+COMMENT ON FUNCTION deal_store.fact_search_vector(regconfig, text, text, text, text, jsonb) IS
+    'The weighted search vector of a fact: item A, category and domain B, evidence C, string values of details D.';
+
+-- deal_store.search_config: the current definition, from sql/search.sql
+CREATE OR REPLACE FUNCTION deal_store.search_config() RETURNS regconfig
+LANGUAGE sql STABLE
+RETURN coalesce(nullif(current_setting('deal_store.search_config', true), ''), 'english')::regconfig;
+COMMENT ON FUNCTION deal_store.search_config() IS
+    'The text search configuration searches use: deal_store.search_config, default english.';
+
+-- deal_store.headline_options: the current definition, from sql/search.sql
+CREATE OR REPLACE FUNCTION deal_store.headline_options() RETURNS text
+LANGUAGE sql STABLE
+RETURN format('StartSel="%s", StopSel="%s", MaxWords=35, MinWords=15',
+              replace(coalesce(nullif(current_setting('deal_store.headline_start', true), ''), '<b>'), '"', ''),
+              replace(coalesce(nullif(current_setting('deal_store.headline_stop', true), ''), '</b>'), '"', ''));
+COMMENT ON FUNCTION deal_store.headline_options() IS
+    'The ts_headline options searches use: tags from deal_store.headline_start / headline_stop (default <b> and </b>).';
+
+-- deal_store.search_tsquery: the current definition, from sql/search.sql
+CREATE OR REPLACE FUNCTION deal_store.search_tsquery(query text, cfg regconfig DEFAULT NULL) RETURNS tsquery
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    c regconfig := coalesce(cfg, deal_store.search_config());
+    q text := btrim(coalesce(query, ''));
+    last text := substring(q FROM '(?:^|\s)([[:alnum:]_]+)$');
+    head text;
+    prefix tsquery;
+BEGIN
+    -- the last word also matches as a prefix, unless it is inside quotes, excluded or "or"
+    IF last IS NULL OR lower(last) = 'or' OR (length(q) - length(replace(q, '"', ''))) % 2 = 1 THEN
+        RETURN websearch_to_tsquery(c, q);
+    END IF;
+    prefix := to_tsquery(c, last || ':*');   -- last is letters and digits only: never a syntax error
+    IF numnode(prefix) = 0 THEN
+        RETURN websearch_to_tsquery(c, q);   -- a stop word
+    END IF;
+    head := btrim(left(q, length(q) - length(last)));
+    IF head = '' THEN
+        RETURN prefix;
+    ELSIF head ~* '(^|\s)or$' THEN
+        RETURN websearch_to_tsquery(c, regexp_replace(head, '(^|\s)or$', '', 'i')) || prefix;
+    END IF;
+    RETURN websearch_to_tsquery(c, head) && prefix;
+END $$;
+COMMENT ON FUNCTION deal_store.search_tsquery(text, regconfig) IS
+    'The tsquery search_facts runs: websearch syntax ("phrase", or, -word) with the last word also matching as a prefix. Never raises a syntax error. Composes: SELECT … FROM deal_store.active_facts f WHERE f.search_vector @@ deal_store.search_tsquery(''…'') uses the GIN index on search_vector; order by deal_store.search_rank.';
+
+-- deal_store_internal._escaped: the current definition, from sql/search.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._escaped(doc text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(doc, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'), '"', '&quot;');
+COMMENT ON FUNCTION deal_store_internal._escaped(text) IS 'Internal: text with & < > " HTML-escaped: what a headline shows of stored text.';
+
+-- deal_store_internal._headline: the current definition, from sql/search.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._headline(cfg regconfig, doc text, query tsquery, opts text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.ts_headline(cfg, deal_store_internal._escaped(doc), query, opts);
+COMMENT ON FUNCTION deal_store_internal._headline(regconfig, text, tsquery, text) IS
+    'Internal: ts_headline of the HTML-escaped text (& < > " escaped), so a headline holds no markup but the highlight markers.';
+
+-- deal_store.search_rank: the current definition, from sql/search.sql
+CREATE OR REPLACE FUNCTION deal_store.search_rank(search_vector tsvector, query tsquery) RETURNS real
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.ts_rank_cd(search_vector, query, 32);
+COMMENT ON FUNCTION deal_store.search_rank(tsvector, tsquery) IS
+    'The rank search_facts orders full-text matches by, in (0, 1): ts_rank_cd normalised (flag 32). Use it with search_tsquery in a query of your own: WHERE f.search_vector @@ q ORDER BY deal_store.search_rank(f.search_vector, q) DESC.';
+
+-- deal_store.search_facts: the current definition, from sql/search.sql
+CREATE OR REPLACE FUNCTION deal_store.search_facts(deal_id uuid, query text, domain text DEFAULT NULL, category text DEFAULT NULL,
+    entity text DEFAULT NULL, min_confidence float8 DEFAULT NULL, lim integer DEFAULT 20, off integer DEFAULT 0)
+RETURNS SETOF deal_store.fact_search_hit
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    cfg regconfig := deal_store.search_config();
+    tsq tsquery;
+    vec text;
+    opts text := deal_store.headline_options();
+    trgm text := (SELECT quote_ident(n.nspname) FROM pg_catalog.pg_extension e
+                  JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm');
+    filters text := ' AND f.deal_id = $1 AND f.deleted_at IS NULL AND f.superseded_at IS NULL'
+                    ' AND ($3 IS NULL OR f.domain = $3) AND ($4 IS NULL OR f.category = $4)'
+                    ' AND ($5 IS NULL OR f.entity = $5) AND ($6 IS NULL OR f.confidence_score >= $6)';
+    page text := ' ORDER BY rank DESC, f.legacy_id, f.id LIMIT $7 OFFSET $8';
+    typo text;
+    tsq_found boolean := false;
+    -- the ranked page: %1$s the vector, %2$s the filters, %3$s the page, %4$s added to the rank;
+    -- the headline is computed for the returned rows only
+    ranked text := 'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item, f.evidence,
+                                      (deal_store.search_rank(%1$s, $2) + %4$s)::real AS rank, count(*) OVER () AS total
+                               FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
+                    SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
+                           CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN deal_store_internal._headline($9, m.item, $2, $10)
+                                ELSE deal_store_internal._headline($9, m.evidence, $2, $10) END, m.total
+                    FROM m ORDER BY m.rank DESC, m.legacy_id, m.id';
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
+    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
+    ELSIF off IS NULL OR off < 0 THEN
+        RAISE EXCEPTION 'off must not be negative' USING ERRCODE = '22023';
+    ELSIF query IS NULL OR btrim(query) = '' THEN
+        RETURN;
+    ELSIF length(query) > 1000 THEN
+        -- pg_trgm's word similarity does not check for cancels: its cost grows with the
+        -- query times the item, so the query is bounded (every path then stops in time)
+        RAISE EXCEPTION 'a search query has at most 1000 characters, this one has %', length(query) USING ERRCODE = '22023',
+            HINT = 'Search for the distinctive words of what you are looking for.';
+    END IF;
+    -- the stored vector is built with english; another configuration computes it on the fly
+    vec := CASE WHEN cfg = 'english'::regconfig THEN 'f.search_vector'
+                ELSE format('deal_store.fact_search_vector(%L, f.item, f.category, f.domain, f.evidence, f.details)', cfg) END;
+    tsq := deal_store.search_tsquery(query, cfg);
+    -- 1. full-text match: rank in (0, 1)
+    IF numnode(tsq) > 0 THEN
+        RETURN QUERY EXECUTE format(ranked, vec, filters, page, '0')
+            USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category, search_facts.entity,
+                  min_confidence, lim, off, cfg, opts;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- an empty page past the end of a non-empty result is not a reason to go fuzzy
+        IF off > 0 THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM deal_store.facts f WHERE %s @@ $2 %s)', vec, filters)
+                INTO STRICT tsq_found USING search_facts.deal_id, tsq, search_facts.domain, search_facts.category,
+                     search_facts.entity, min_confidence;
+            IF tsq_found THEN
+                RETURN;
+            END IF;
+        END IF;
+    END IF;
+    -- 2. trigram fallback (pg_trgm word similarity): rank = similarity - 1, so <= 0
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the EXECUTEd texts are constants of this function; trgm is quote_ident of pg_trgm's schema)
+    RETURN QUERY EXECUTE format(
+        'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item,
+                           (%1$s.word_similarity($2::text, f.item) - 1)::real AS rank, count(*) OVER () AS total
+                    FROM deal_store.facts f WHERE $2::text OPERATOR(%1$s.<%%) f.item %2$s %3$s)
+         SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank, deal_store_internal._escaped(m.item), m.total
+         FROM m ORDER BY m.rank DESC, m.legacy_id, m.id', trgm, filters, page)
+        USING search_facts.deal_id, btrim(query), search_facts.domain, search_facts.category, search_facts.entity,
+              min_confidence, lim, off;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    -- 3. typo fallback: the deal's lexemes within a small edit distance; rank = ts_rank_cd - 1
+    typo := deal_store.typo_tsquery(search_facts.deal_id, query, cfg::text);
+    IF typo IS NOT NULL THEN
+        RETURN QUERY EXECUTE format(ranked, vec, filters, page, '-1')
+            USING search_facts.deal_id, typo::tsquery, search_facts.domain, search_facts.category, search_facts.entity,
+                  min_confidence, lim, off, cfg, opts;
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store.search_facts(uuid, text, text, text, text, double precision, integer, integer) IS
+    'Ranked search over a deal''s current live facts. query: web-search syntax ("quoted phrase", or, -excluded), the last word also matching as a prefix. Filters: domain, category, entity, min_confidence. Ordered by rank then legacy_id and id (stable pages); total = all matches. headline marks the matched words (tags deal_store.headline_start / headline_stop) in the item, or in the evidence when the item has none, the stored text HTML-escaped so the markers are its only tags. rank in (0, 1): full-text match (ts_rank_cd normalised to rank/(rank+1)); rank <= 0: fallback (trigram word similarity - 1, or the typo-tolerant match''s rank - 1). NULL or blank query: no rows. 22023 for lim outside 1..1000, negative off or a query over 1000 characters.';
+
+-- deal_store.search_deal: the current definition, from sql/search.sql
+CREATE OR REPLACE FUNCTION deal_store.search_deal(deal_id uuid, query text, lim integer DEFAULT 20)
+RETURNS TABLE(entity_type text, entity_id uuid, title text, rank real, headline text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    cfg regconfig := deal_store.search_config();
+    tsq tsquery;
+    opts text := deal_store.headline_options();
+    fact_ids uuid[];
+    fact_titles text[];
+    fact_ranks real[];
+    fact_headlines text[];
+BEGIN
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
+    IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
+    ELSIF query IS NULL OR btrim(query) = '' THEN
+        RETURN;
+    END IF;
+    tsq := deal_store.search_tsquery(query, cfg);
+    IF numnode(tsq) = 0 THEN
+        RETURN;
+    END IF;
+    -- the facts' hits first, in a statement of their own: on Citus the query below runs
+    -- on the deal's shard, where search_facts (a query of its own) cannot be called
+    SELECT array_agg(s.fact_id), array_agg(s.item), array_agg(s.rank), array_agg(s.headline)
+    INTO fact_ids, fact_titles, fact_ranks, fact_headlines
+    FROM deal_store.search_facts(search_deal.deal_id, query, lim => search_deal.lim) s WHERE s.rank > 0;
+    RETURN QUERY
+    WITH hits AS (
+        SELECT 'fact'::text AS kind, f.id, f.title, f.rank, f.headline
+        FROM ROWS FROM (unnest(fact_ids), unnest(fact_titles), unnest(fact_ranks), unnest(fact_headlines)) f(id, title, rank, headline)
+        UNION ALL
+        SELECT 'finding', g.id, g.title, ts_rank_cd(v.vec, tsq, 32)::real,
+               deal_store_internal._headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
+        FROM deal_store.findings g,
+             LATERAL (SELECT setweight(to_tsvector(cfg, g.title), 'A') || setweight(to_tsvector(cfg, coalesce(g.description, '')), 'C') AS vec) v
+        WHERE g.deal_id = search_deal.deal_id AND g.deleted_at IS NULL AND v.vec @@ tsq
+        UNION ALL
+        SELECT 'gap', x.id, x.description, ts_rank_cd(v.vec, tsq, 32)::real, deal_store_internal._headline(cfg, x.description, tsq, opts)
+        FROM deal_store.gaps x,
+             LATERAL (SELECT setweight(to_tsvector(cfg, x.description), 'A') AS vec) v
+        WHERE x.deal_id = search_deal.deal_id AND x.deleted_at IS NULL AND v.vec @@ tsq)
+    SELECT h.kind, h.id, h.title, h.rank, h.headline FROM hits h
+    ORDER BY h.rank DESC, h.kind, h.title, h.id
+    LIMIT lim;
+END $$;
+COMMENT ON FUNCTION deal_store.search_deal(uuid, text, integer) IS
+    'One ranked list over a deal''s live facts (item, category, evidence, details), findings (title, description) and gaps (description), with highlighted headlines. Same query syntax as search_facts; 22023 for lim outside 1..1000.';
+
+-- deal_store_internal._soft_deletable: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._soft_deletable(entity regclass) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF entity IS NULL OR entity NOT IN ('deal_store.deals'::regclass, 'deal_store.documents'::regclass,
+            'deal_store.facts'::regclass, 'deal_store.findings'::regclass, 'deal_store.gaps'::regclass) THEN
+        RAISE EXCEPTION '% is not a soft-deletable table', coalesce(entity::text, 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'Use deal_store.deals, deal_store.documents, deal_store.facts, deal_store.findings or deal_store.gaps.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._soft_deletable(regclass) IS
+    'Internal: raises 22023 unless entity is one of the five soft-deletable tables.';
+
+-- deal_store_internal._id_in_one_deal: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._id_in_one_deal(tbl regclass, id uuid, needs text) RETURNS uuid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deals uuid[];
+BEGIN
+    -- only the deals the caller sees: a row of another deal is no row here, whatever its id
+    -- (an id planted in one deal neither blocks nor reveals another deal's row)
+    EXECUTE format('SELECT array_agg(DISTINCT deal_id) FROM %s WHERE id = $1 AND ($2 OR deal_id = ANY ($3))', tbl) INTO deals
+        USING id, deal_store.sees_all_deals(), deal_store.my_deals('viewer');
+    IF cardinality(deals) > 1 THEN
+        RAISE EXCEPTION 'id % names rows of % deals in %', id, cardinality(deals), tbl USING ERRCODE = 'P0003',
+            HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
+    ELSIF cardinality(deals) = 1 THEN
+        PERFORM deal_store_internal._require_right(deals[1], needs);
+    END IF;
+    RETURN deals[1];
+END $$;
+COMMENT ON FUNCTION deal_store_internal._id_in_one_deal(regclass, uuid, text) IS
+    'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them; 42501 unless the caller has the right needs on the row''s deal. Returns that deal (NULL: no row has the id), so the caller''s next lookup names it (on Citus: one shard, where a row lock is possible).';
+
+-- deal_store_internal._lock_row: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._lock_row(entity regclass, id uuid, needs text, deal uuid,
+    OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    current_only text := CASE WHEN entity = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END;
+    deal_col text := CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END;
+BEGIN
+    PERFORM deal_store_internal._soft_deletable(entity);
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF entity = 'deal_store.deals'::regclass THEN
+        PERFORM deal_store_internal._require_right(id, needs);
+    ELSIF deal IS NOT NULL THEN
+        PERFORM deal_store_internal._require_right(deal, needs);
+    ELSE
+        PERFORM deal_store_internal._id_in_one_deal(entity, id, needs);
+    END IF;
+    -- with the deal named, the lookup reads one deal (on Citus: one shard)
+    EXECUTE format('SELECT %I FROM %s WHERE id = $1%s%s', deal_col, entity, current_only,
+                   CASE WHEN deal IS NOT NULL AND entity <> 'deal_store.deals'::regclass THEN ' AND deal_id = $2' ELSE '' END)
+        INTO _lock_row.deal_id USING id, deal;
+    IF _lock_row.deal_id IS NULL THEN
+        RAISE EXCEPTION '% has no row with id %', entity, id USING ERRCODE = 'P0002';
+    END IF;
+    IF entity <> 'deal_store.deals'::regclass THEN
+        PERFORM 1 FROM deal_store.deals d WHERE d.id = _lock_row.deal_id FOR SHARE;
+    END IF;
+    EXECUTE format('SELECT deleted_at, delete_batch FROM %s WHERE %I = $1 AND id = $2%s FOR UPDATE',
+                   entity, deal_col, current_only)
+        INTO _lock_row.deleted_at, _lock_row.delete_batch USING _lock_row.deal_id, id;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._lock_row(regclass, uuid, text, uuid) IS
+    'Internal: validates entity and id (in deal, when not NULL; else the id must name a row of one deal only), checks the caller''s right needs on the row''s deal (42501), locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
+
+-- deal_store_internal._mark_deleted: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._mark_deleted(tbl regclass, scope text, deal_ids uuid[], ids uuid[], reasons text[], batch uuid)
+RETURNS TABLE(deal_id uuid, id uuid)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store_internal._soft_deletable(tbl);
+    -- @plpgsql_check_options: security_warnings = false, extra_warnings = false
+    -- (the condition is one of the constant texts below; tbl a regclass; the OUT
+    -- columns are the dynamic statement's RETURNING, which the checker cannot see)
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'UPDATE %s t SET deleted_at = pg_catalog.now(), deleted_by = $4, delete_reason = x.reason, '
+        '    delete_batch = x.batch '
+        'FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($5)) '
+        '    x(deal_id, id, reason, batch) '
+        'WHERE %s AND %s AND t.deleted_at IS NULL%s RETURNING %s, t.id',
+        tbl,
+        -- the deals named once more, as a list: on Citus this routes the UPDATE to their shards
+        CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id = ANY ($6)' ELSE 't.deal_id = ANY ($6)' END,
+        CASE scope WHEN 'row' THEN CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id = x.id'
+                                        ELSE 't.deal_id = x.deal_id AND t.id = x.id' END
+                   WHEN 'owned_by_deal' THEN 't.deal_id = x.id'
+                   WHEN 'owned_by_document' THEN 't.deal_id = x.deal_id AND t.source_document_id = x.id' END,
+        CASE WHEN tbl = 'deal_store.facts'::regclass THEN ' AND t.superseded_at IS NULL' ELSE '' END,
+        CASE WHEN tbl = 'deal_store.deals'::regclass THEN 't.id' ELSE 't.deal_id' END)
+        -- the batches are drawn here, not in the UPDATE: Citus runs no volatile function in one
+        USING deal_ids, ids, reasons, deal_store.current_actor(),
+              CASE WHEN batch IS NULL THEN ARRAY(SELECT gen_random_uuid() FROM generate_series(1, coalesce(cardinality(ids), 0)))
+                   ELSE array_fill(batch, ARRAY[coalesce(cardinality(ids), 0)]) END,
+              ARRAY(SELECT DISTINCT d FROM unnest(CASE WHEN scope = 'owned_by_deal' OR tbl = 'deal_store.deals'::regclass
+                                                      THEN ids ELSE deal_ids END) d);
+END $$;
+COMMENT ON FUNCTION deal_store_internal._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid) IS
+    'Internal: soft-deletes live rows of tbl, set-based (deleted_at, deleted_by = deal_store.actor, the reason, batch, or when batch is NULL a batch of its own per named row): the rows (deal_ids[i], ids[i]) themselves (scope row), the rows of the deals ids (owned_by_deal) or the facts sourced from the documents (owned_by_document). Returns the rows marked. soft_delete and the merge queue both write soft deletes through it.';
+
+-- deal_store_internal._owned: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._owned(entity regclass) RETURNS TABLE(tbl regclass, scope text)
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT c.tbl, c.scope FROM (VALUES
+        ('deal_store.deals'::regclass, 'deal_store.documents'::regclass, 'owned_by_deal'),
+        ('deal_store.deals'::regclass, 'deal_store.facts'::regclass, 'owned_by_deal'),
+        ('deal_store.deals'::regclass, 'deal_store.findings'::regclass, 'owned_by_deal'),
+        ('deal_store.deals'::regclass, 'deal_store.gaps'::regclass, 'owned_by_deal'),
+        ('deal_store.documents'::regclass, 'deal_store.facts'::regclass, 'owned_by_document')) AS c(owner, tbl, scope)
+    WHERE c.owner = _owned.entity;
+END;
+COMMENT ON FUNCTION deal_store_internal._owned(regclass) IS
+    'Internal: the tables whose rows a soft delete of a row of entity takes with it, and how they belong to it (a deal owns its documents, facts, findings and gaps; a document the facts sourced from it).';
+
+-- deal_store.soft_delete: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL, deal_id uuid DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prev_reason text := current_setting('deal_store.reason', true);
+    r record;
+    batch uuid := gen_random_uuid();
+    total integer := 0;
+    n integer;
+    t record;
+BEGIN
+    r := deal_store_internal._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END,
+                              soft_delete.deal_id);
+    IF r.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION '% row % is already deleted', entity, id
+            USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
+    END IF;
+    -- the audit log records the reason of this delete
+    PERFORM deal_store_internal._set_local('deal_store.reason', coalesce(reason, prev_reason));
+    -- the row itself, then what it owns: a deal owns its documents, facts,
+    -- findings and gaps; a document owns the facts sourced from it.
+    FOR t IN SELECT entity AS tbl, 'row' AS scope UNION ALL SELECT * FROM deal_store_internal._owned(entity) LOOP
+        SELECT count(*) INTO n FROM deal_store_internal._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
+        total := total + n;
+    END LOOP;
+    PERFORM deal_store_internal._set_local('deal_store.reason', prev_reason);
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) IS
+    'Soft-deletes one row of deals, documents, facts, findings or gaps (of the deal deal_id, when given: then the id is looked up in that deal alone) and what it owns (a deal: its documents, facts, findings, gaps; a document: the facts sourced from it). All rows get one delete_batch, deleted_by = deal_store.actor and the reason. Returns the number of rows marked. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 already deleted.';
+
+-- deal_store.restore: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store.restore(entity regclass, id uuid) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    total integer := 0;
+    n integer;
+    t regclass;
+BEGIN
+    r := deal_store_internal._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END, NULL);
+    IF r.deleted_at IS NULL THEN
+        RAISE EXCEPTION '% row % is not deleted', entity, id USING ERRCODE = '55000';
+    END IF;
+    IF entity <> 'deal_store.deals'::regclass
+       AND EXISTS (SELECT 1 FROM deal_store.deals d WHERE d.id = r.deal_id AND d.deleted_at IS NOT NULL
+                   AND d.delete_batch IS DISTINCT FROM r.delete_batch) THEN
+        RAISE EXCEPTION 'cannot restore % row %: its deal is deleted', entity, id
+            USING ERRCODE = '55000', HINT = 'Restore the deal first.';
+    END IF;
+    PERFORM deal_store_internal._set_local('deal_store.undeleting', 'on');
+    BEGIN
+        UPDATE deal_store.deals d SET deleted_at = NULL, deleted_by = NULL, delete_reason = NULL, delete_batch = NULL
+        WHERE d.id = r.deal_id AND d.delete_batch = r.delete_batch;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := n;
+        FOREACH t IN ARRAY ARRAY['deal_store.documents', 'deal_store.facts', 'deal_store.findings', 'deal_store.gaps']::regclass[] LOOP
+            EXECUTE format('UPDATE %s SET deleted_at = NULL, deleted_by = NULL, delete_reason = NULL, delete_batch = NULL '
+                           'WHERE deal_id = $1 AND delete_batch = $2', t)
+                USING r.deal_id, r.delete_batch;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            total := total + n;
+        END LOOP;
+    EXCEPTION WHEN unique_violation THEN
+        DECLARE
+            msg text; cons text;
+        BEGIN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, cons = CONSTRAINT_NAME;
+            RAISE EXCEPTION 'cannot restore % row %: a live row has taken its name since', entity, id
+                USING ERRCODE = '23505', CONSTRAINT = cons, DETAIL = msg,
+                      HINT = 'Rename or delete the live row, then restore again.';
+        END;
+    END;
+    PERFORM deal_store_internal._set_local('deal_store.undeleting', 'off');
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION deal_store.restore(regclass, uuid) IS
+    'Restores a soft-deleted row and exactly the rows deleted in the same batch (not rows deleted earlier for another reason). Returns the number of rows restored. Errors: 22023 not a soft-deletable table, P0002 no such row, 55000 not deleted or its deal is deleted, 23505 a live row has taken its name (nothing is restored).';
+
+-- deal_store.purge: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store.purge(entity regclass, id uuid) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    n integer;
+BEGIN
+    r := deal_store_internal._lock_row(entity, id, 'administer', NULL);
+    IF r.deleted_at IS NULL THEN
+        RAISE EXCEPTION 'cannot purge % row %: it is not deleted', entity, id
+            USING ERRCODE = '55000', HINT = 'Soft-delete it first with deal_store.soft_delete.';
+    END IF;
+    PERFORM deal_store_internal._set_local('deal_store.hard_delete', 'on');
+    IF entity = 'deal_store.deals'::regclass THEN
+        DELETE FROM deal_store.deals d WHERE d.id = r.deal_id;
+    ELSIF entity = 'deal_store.facts'::regclass THEN
+        -- the fact and every history row of its version chain
+        WITH RECURSIVE chain(vid) AS (
+            SELECT purge.id
+            UNION ALL
+            SELECT f.previous_version_id FROM chain c
+            JOIN deal_store.facts f ON f.deal_id = r.deal_id AND f.id = c.vid
+            WHERE f.previous_version_id IS NOT NULL
+        )
+        DELETE FROM deal_store.facts f USING chain c WHERE f.deal_id = r.deal_id AND f.id = c.vid;
+    ELSE
+        EXECUTE format('DELETE FROM %s WHERE deal_id = $1 AND id = $2', entity) USING r.deal_id, id;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM deal_store_internal._set_local('deal_store.hard_delete', 'off');
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION deal_store.purge(regclass, uuid) IS
+    'Really deletes a soft-deleted row (a fact with its whole version history; a deal with everything it owns). The only real delete. Errors: 22023, P0002, 55000 when the row is not soft-deleted first.';
+
+-- deal_store_internal.delete_to_soft_delete: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store_internal.delete_to_soft_delete() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('deal_store.hard_delete', true) = 'on' THEN
+        RETURN OLD;
+    END IF;
+    IF OLD.deleted_at IS NULL AND (to_jsonb(OLD) ->> 'superseded_at') IS NULL THEN
+        -- the row's deal is named: the lookup stays in this deal (on Citus, in this shard)
+        PERFORM deal_store.soft_delete(deal_store_internal._table_of(TG_RELID)::regclass, OLD.id, 'DELETE statement',
+                                       (to_jsonb(OLD) ->> 'deal_id')::uuid);
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION deal_store_internal.delete_to_soft_delete() IS
+    'Trigger: turns a DELETE of a live row into deal_store.soft_delete (with cascade) and skips the real delete. Only deal_store.purge deletes for real.';
+
+-- deal_store_internal.soft_delete_by_update: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store_internal.soft_delete_by_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    entity regclass := deal_store_internal._table_of(TG_RELID)::regclass;   -- on Citus TG_RELID is a shard
+    -- the five tables differ in their columns: read the row by name
+    r jsonb := to_jsonb(NEW);
+    deal uuid := (r ->> CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END)::uuid;
+    prev_reason text := current_setting('deal_store.reason', true);
+    t record;
+BEGIN
+    IF r ->> 'superseded_at' IS NOT NULL THEN
+        RETURN NULL;   -- a fact's history row is never deleted on its own: it goes with its fact's purge
+    END IF;
+    PERFORM deal_store_internal._require_right(deal, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    NEW.deleted_at := now();
+    NEW.deleted_by := deal_store.current_actor();
+    NEW.delete_batch := gen_random_uuid();
+    NEW.delete_reason := coalesce(NEW.delete_reason, nullif(prev_reason, ''), 'UPDATE statement');
+    PERFORM deal_store_internal._set_local('deal_store.reason', NEW.delete_reason);
+    FOR t IN SELECT * FROM deal_store_internal._owned(entity) LOOP
+        PERFORM deal_store_internal._mark_deleted(t.tbl, t.scope, ARRAY[deal], ARRAY[NEW.id], ARRAY[NEW.delete_reason], NEW.delete_batch);
+    END LOOP;
+    PERFORM deal_store_internal._set_local('deal_store.reason', prev_reason);
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION deal_store_internal.soft_delete_by_update() IS
+    'Trigger (BEFORE UPDATE, when deleted_at goes from NULL to a value and delete_batch stays NULL): makes UPDATE … SET deleted_at = now() the soft delete soft_delete() writes: deleted_at = now(), deleted_by = the actor, a batch of its own, the reason (the row''s delete_reason, else deal_store.reason, else ''UPDATE statement''), and the rows it owns in the same batch. Needs the caller''s write right on the deal (manage for a deal). A fact''s history row is left as it is.';
+
+-- deal_store_internal.delete_through_view: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store_internal.delete_through_view() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM deal_store.soft_delete(TG_ARGV[0]::regclass, OLD.id, 'DELETE statement');
+    RETURN OLD;
+END $$;
+COMMENT ON FUNCTION deal_store_internal.delete_through_view() IS
+    'Trigger (INSTEAD OF DELETE on the active_* views): soft-deletes the row with deal_store.soft_delete (with cascade) and reports it deleted, so DELETE through a view returns the number of rows it soft-deleted.';
+
+-- deal_store_internal.refuse_truncate: the current definition, from sql/soft_delete.sql
+CREATE OR REPLACE FUNCTION deal_store_internal.refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE of % is not allowed: it would bypass soft delete and the audit log', deal_store_internal._table_of(TG_RELID)::regclass
+        USING ERRCODE = '42501', HINT = 'Use deal_store.soft_delete, then deal_store.purge for rows that must go.';
+END $$;
+COMMENT ON FUNCTION deal_store_internal.refuse_truncate() IS
+    'Trigger (BEFORE TRUNCATE): refuses TRUNCATE of a deal table with 42501; TRUNCATE would bypass the soft-delete and audit row triggers.';
+
+-- the comments of the library's routines, from sql/*.sql
+COMMENT ON FUNCTION deal_store_internal.access_changed() IS
+    'Trigger (AFTER, FOR EACH STATEMENT on users and deal_members): forgets what this session resolved about actors, roles and teams.';
+COMMENT ON FUNCTION deal_store.sees_all_deals() IS
+    'True when the caller sees and changes every deal: a superuser or a member of deal_store_admin. Used by the row-level security policies.';
+COMMENT ON FUNCTION deal_store.my_deals(text) IS
+    'The deals in which the acting user (current_actor) holds min_role (viewer, analyst, reviewer, lead) or a stronger deal role. Used by the row-level security policies, once per statement.';
+COMMENT ON FUNCTION deal_store_internal._require_right(uuid, text) IS
+    'Internal: raises 42501, naming the deal and what is missing, unless the caller has the right needs (read, write, review, manage; administer with a NULL deal) on the deal: the group role of its login and the deal role of its actor.';
+COMMENT ON FUNCTION deal_store_internal._may(oid, uuid, text) IS
+    'Internal, the row-level security policies on Citus: true when the caller sees every deal or its actor holds min_role or a stronger role in deal (a row''s deal column); rel is the policy''s relation (tableoid): on a worker the team is read from the deal_members shard on the same node, once per transaction.';
+COMMENT ON FUNCTION deal_store_internal._acts_as(oid, uuid) IS
+    'Internal, the row-level security policies on Citus: true when the caller sees every deal or user_id is its actor (own deals, own notifications); rel as for _may.';
+COMMENT ON FUNCTION deal_store_internal.server_columns() IS
+    'Trigger (BEFORE INSERT OR UPDATE on every table with *_by or *_at columns): who columns are the actor, when columns the server clock; a caller''s own value is replaced. Creation columns are set once, updated_at / updated_by when the row changes, act columns (deleted_at, decided_by, resolved_at, read_at, ...) when they get a value. See deal_store_internal._server_columns().';
+COMMENT ON FUNCTION deal_store_internal._server_columns() IS
+    'The columns the server writes itself (who: *_by, when: *_at), per table, with their moment: creation, touch, act or versioning (superseded_at, written by the fact versioning only).';
+COMMENT ON FUNCTION deal_store_internal.restored() IS
+    'Trigger (AFTER INSERT per statement, enabled ALWAYS): ends the switch to session_replication_role = replica that a superuser''s restoring COPY made for its own rows.';
+COMMENT ON FUNCTION deal_store_internal._restoring() IS
+    'Internal: true while a superuser restores rows with COPY FROM (pg_restore, a dump replayed by psql): the triggers then take the rows as the dump holds them, without auditing them again.';
+COMMENT ON FUNCTION deal_store.version() IS
+    'The version of the deal_store library serving this session and of the extension installed in this database (pg_extension.extversion); a WARNING when they differ (run ALTER EXTENSION deal_store UPDATE).';
+COMMENT ON FUNCTION deal_store_internal.audit_row() IS
+    'Trigger (AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW): captures one deal_activity_log entry per meaningful change with actor, reason, run, action (insert, update, soft_delete, restore, purge) and details (new row, old row, or the changed columns as {"col": {"old", "new"}}). Updates of noise columns only (updated_at, search_vector, item_checksum) log nothing. The entries are written when the statement ends, by audit_flush.';
+COMMENT ON FUNCTION deal_store_internal.audit_flush() IS
+    'Trigger (AFTER INSERT OR UPDATE OR DELETE, FOR EACH STATEMENT): writes the entries audit_row captured during the statement to deal_activity_log with one INSERT. A table without it is logged row by row.';
+COMMENT ON FUNCTION deal_store.uuid_v7() IS
+    'A new version 7 (time-ordered) uuid; the default of deal_activity_log.id, so the log''s primary key grows at its right edge.';
+COMMENT ON FUNCTION deal_store_internal._no_deal() IS
+    'Internal: the deal_id of a log entry without a deal: NULL, or the nil uuid when Citus distributes the log (no NULL in a distribution column).';
+COMMENT ON FUNCTION deal_store.entity_type_of(oid) IS
+    'The entity_type under which the audit log records rows of a table, e.g. entity_type_of(''deal_store.facts''::regclass) = fact (the merge queue''s name), entity_type_of(''public.valuations''::regclass) = public.valuations. NULL for no such relation.';
+COMMENT ON FUNCTION deal_store.current_actor() IS
+    'The acting user: the uuid in deal_store.actor, or NULL when it is not set.';
+COMMENT ON FUNCTION deal_store.content_fields(text) IS
+    'The content fields of a fact, finding or gap: what its checksum covers and what changed_fields names.';
+COMMENT ON FUNCTION deal_store_internal._content_checksum(text, anyelement) IS
+    'Internal: the Rust body of fact_checksum and content_checksum_of (reads the jsonb in place).';
+COMMENT ON FUNCTION deal_store_internal._content_canonical(text, anyelement) IS
+    'Internal: the Rust body of fact_canonical.';
+COMMENT ON FUNCTION deal_store_internal.fact_versions() IS
+    'Row trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and links previous_version_id to a new id, under which fact_version_rows writes the old content as a history row (superseded_at set) at the end of the statement. Refuses history rows and previous_version_id links written by anything else (42501).';
+COMMENT ON FUNCTION deal_store_internal._export_format(anyelement) IS
+    'Internal: reads an export document through the typed format_version 1 (Rust structs) and returns what they serialize to; 22023 naming the JSON path of the first bad field. export_deal writes through it and import_deal reads through it.';
+COMMENT ON FUNCTION deal_store_internal._diff_facts(uuid, anyelement, text[]) IS
+    'Internal: the Rust body of diff_facts; returns the diff as parallel arrays in one row.';
+COMMENT ON FUNCTION deal_store_internal.fact_version_rows() IS
+    'Statement trigger on facts: writes the history rows of the versions an UPDATE replaced (the ids fact_versions chose), in one INSERT from the statement''s transition tables.';
+COMMENT ON FUNCTION deal_store_internal._import_facts(anyelement) IS
+    'Internal: inserts an export''s facts for import_deal, history rows included (the one writer of history rows besides fact_version_rows).';
+COMMENT ON FUNCTION deal_store_internal._caller_role() IS
+    'Internal: the role the caller acts as outside SECURITY DEFINER functions (its login, or the role it SET ROLE to): the owner of the consumers it registers.';
+COMMENT ON FUNCTION deal_store.confidence_tier(uuid, text, text, double precision) IS
+    'The tier the policy (deal_store.tier_policies, else the built-in default) gives a change of this deal, entity type, change type and confidence.';
+COMMENT ON FUNCTION deal_store_internal._extra_fields(text) IS
+    'Internal: the columns a proposal of a fact, finding or gap may set besides its content fields (for facts: confidence_score, source_document_id).';
+COMMENT ON FUNCTION deal_store_internal._kind_table(text) IS
+    'Internal: the table of an entity type of the merge queue (fact, finding, gap).';
+COMMENT ON FUNCTION deal_store_internal._propose(text, uuid, anyelement, text[]) IS
+    'Internal: the Rust body of propose_facts, propose_findings and propose_gaps.';
+COMMENT ON FUNCTION deal_store_internal._outside_transaction_block(text) IS
+    'Internal: 2D000 with a hint (process_queue_batch) when a committing procedure is called inside a transaction block.';
+COMMENT ON FUNCTION deal_store_internal._propose_removals(text, uuid) IS
+    'Internal: the Rust body of complete_run''s removals: a delete change for each live row of the kind inside the domains the run''s proposals covered that none of them delivered.';
+COMMENT ON FUNCTION deal_store_internal._distributed() IS
+    'Internal: true when Citus distributes deal_store''s deal tables (pending_changes is hash-distributed).';
+COMMENT ON FUNCTION deal_store.typo_tsquery(uuid, text, text) IS
+    'A tsquery (as text) of the deal''s lexemes within a small edit distance of each query word (Damerau-Levenshtein: 1 for words of 4-5 letters, 2 from 6), or NULL. Used by search_facts when nothing else matches.';
+COMMENT ON FUNCTION deal_store_internal._table_of(oid) IS
+    'Internal: the table a relation''s rows belong to: the relation itself, or on Citus the distributed table of a shard (deal_store.facts_102099 -> deal_store.facts). Triggers name their table with it, not with TG_RELID.';
 
 -- Last: every routine granted and the API made SECURITY DEFINER again, as access.sql does.
 -- the grants of sql/access.sql
 -- Grants. Nothing is granted to PUBLIC; each group role gets what its members need.
 
-REVOKE ALL ON SCHEMA deal_store FROM PUBLIC;
-GRANT USAGE ON SCHEMA deal_store TO deal_store_reader;
+REVOKE ALL ON SCHEMA deal_store, deal_store_internal FROM PUBLIC;
+-- the internal schema's routines stay closed (EXECUTE is granted one by one
+-- below); its USAGE lets routines that run as the caller reach the ones granted
+GRANT USAGE ON SCHEMA deal_store, deal_store_internal TO deal_store_reader;
 REVOKE ALL ON ALL TABLES IN SCHEMA deal_store FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA deal_store FROM PUBLIC;
-REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA deal_store, deal_store_internal FROM PUBLIC;
 -- the one routine anyone may call: which library and catalog serve this database
 GRANT EXECUTE ON FUNCTION deal_store.version() TO PUBLIC;
 REVOKE ALL ON TYPE deal_store.fact_search_hit FROM PUBLIC;
@@ -778,14 +2941,14 @@ BEGIN
         ('deal_store.confidence_tier(uuid, text, text, double precision)', 'deal_store_reader', false),
         -- the pure Rust bodies of fact_checksum and fact_canonical (no data access): executable
         -- by readers so that those SQL wrappers stay inlinable into the caller's query
-        ('deal_store._content_checksum(text, anyelement)', 'deal_store_reader', false),
-        ('deal_store._content_canonical(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store_internal._content_checksum(text, anyelement)', 'deal_store_reader', false),
+        ('deal_store_internal._content_canonical(text, anyelement)', 'deal_store_reader', false),
         ('deal_store.search_config()', 'deal_store_reader', false),
         ('deal_store.headline_options()', 'deal_store_reader', false),
         ('deal_store.search_tsquery(text, regconfig)', 'deal_store_reader', false),
         ('deal_store.search_rank(tsvector, tsquery)', 'deal_store_reader', false),
         ('deal_store.set_actor(uuid)', 'deal_store_reader', false),
-        ('deal_store._set_local(text, text)', 'deal_store_reader', false),
+        ('deal_store_internal._set_local(text, text)', 'deal_store_reader', false),
         ('deal_store.search_facts(uuid, text, text, text, text, float8, integer, integer)', 'deal_store_reader', true),
         ('deal_store.search_deal(uuid, text, integer)', 'deal_store_reader', true),
         ('deal_store.deal_summary(uuid)', 'deal_store_reader', true),
@@ -800,10 +2963,10 @@ BEGIN
         ('deal_store.deal_activity(uuid, timestamptz, integer)', 'deal_store_reader', true),
         ('deal_store.entity_history(text, uuid, jsonb)', 'deal_store_reader', true),
         ('deal_store.entity_type_of(oid)', 'deal_store_reader', false),
-        ('deal_store._table_of(oid)', 'deal_store_reader', false),
+        ('deal_store_internal._table_of(oid)', 'deal_store_reader', false),
         -- the row-level security policies on Citus
-        ('deal_store._may(oid, uuid, text)', 'deal_store_reader', false),
-        ('deal_store._acts_as(oid, uuid)', 'deal_store_reader', false),
+        ('deal_store_internal._may(oid, uuid, text)', 'deal_store_reader', false),
+        ('deal_store_internal._acts_as(oid, uuid)', 'deal_store_reader', false),
         -- the change feed: a consumer is its registering role's; reads see the caller's deals
         ('deal_store.register_consumer(text, boolean)', 'deal_store_reader', true),
         ('deal_store.read_changes(text, integer)', 'deal_store_reader', true),
@@ -839,8 +3002,8 @@ BEGIN
         ('deal_store.accept_changes(uuid, integer, uuid, text)', 'deal_store_reviewer', true),
         ('deal_store.process_queue_batch(integer, integer)', 'deal_store_reviewer', true),
         ('deal_store.process_queue(integer, integer, integer, bigint, bigint, bigint)', 'deal_store_reviewer', false),
-        ('deal_store._queue_remaining(integer)', 'deal_store_reviewer', false),
-        ('deal_store._outside_transaction_block(text)', 'deal_store_reviewer', false),
+        ('deal_store_internal._queue_remaining(integer)', 'deal_store_reviewer', false),
+        ('deal_store_internal._outside_transaction_block(text)', 'deal_store_reviewer', false),
         -- admin
         ('deal_store.purge(regclass, uuid)', 'deal_store_admin', true),
         ('deal_store.purge_audit(interval)', 'deal_store_admin', true),
@@ -848,8 +3011,8 @@ BEGIN
         -- so no admin can switch off the audit of deal_store's own tables
         ('deal_store.enable_audit(regclass)', 'deal_store_admin', false),
         ('deal_store.disable_audit(regclass)', 'deal_store_admin', false),
-        ('deal_store.audit_row()', 'deal_store_admin', false),
-        ('deal_store.audit_flush()', 'deal_store_admin', false)) AS x(fn, grantee, definer)
+        ('deal_store_internal.audit_row()', 'deal_store_admin', false),
+        ('deal_store_internal.audit_flush()', 'deal_store_admin', false)) AS x(fn, grantee, definer)
     LOOP
         IF f.definer THEN
             EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.fn);

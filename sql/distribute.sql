@@ -7,7 +7,7 @@
 -- distributed by its deal column, all in the co-location group of deals, so a
 -- deal's rows and its team share one node and a statement that names the deal
 -- runs on that node alone. Tables not listed stay on the coordinator.
-CREATE FUNCTION deal_store._placement()
+CREATE FUNCTION deal_store_internal._placement()
 RETURNS TABLE(table_name regclass, distribution_column text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT x.t::regclass, x.col FROM (VALUES
@@ -21,28 +21,28 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         (14, 'deal_store.seen_marks', 'deal_id'), (15, 'deal_store.run_output', 'deal_id')) AS x(n, t, col)
     ORDER BY x.n
 $$;
-COMMENT ON FUNCTION deal_store._placement() IS
+COMMENT ON FUNCTION deal_store_internal._placement() IS
     'Internal: how deal_store.distribute() places each table on Citus: a NULL distribution_column is a reference table, the others are distributed by it and co-located with deals.';
 
 -- An error message as the table would give it: on Citus a worker names the
 -- shard ("facts_102118"); a note a reviewer reads names the table.
-CREATE FUNCTION deal_store._unsharded(message text) RETURNS text
+CREATE FUNCTION deal_store_internal._unsharded(message text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT regexp_replace(message, '"(' || string_agg(split_part(p.table_name::text, '.', 2), '|') || ')_[0-9]+"', '"\1"', 'g')
-    FROM deal_store._placement() p
+    FROM deal_store_internal._placement() p
 $$;
-COMMENT ON FUNCTION deal_store._unsharded(text) IS
+COMMENT ON FUNCTION deal_store_internal._unsharded(text) IS
     'Internal: the message with every shard of a deal_store table named as its table ("facts_102118" -> "facts"), for the notes the apply path stores.';
 
 -- Run on every node (the extension's tables exist on each): what Citus cannot
 -- distribute goes, and the policies take their Citus form.
-CREATE FUNCTION deal_store._distribute_prepare() RETURNS void
+CREATE FUNCTION deal_store_internal._distribute_prepare() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c record;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'citus') THEN
-        RAISE EXCEPTION 'deal_store._distribute_prepare is for a Citus cluster, and Citus is not installed in this database'
+        RAISE EXCEPTION 'deal_store_internal._distribute_prepare is for a Citus cluster, and Citus is not installed in this database'
             USING ERRCODE = '0A000', HINT = 'On plain PostgreSQL there is nothing to prepare; on Citus, call deal_store.distribute() on the coordinator.';
     END IF;
     -- every foreign key (Citus converts tables linked to a distributed one
@@ -55,9 +55,9 @@ BEGIN
     ALTER TABLE deal_store.deal_activity_log DROP CONSTRAINT deal_activity_log_pkey;
     ALTER TABLE deal_store.notifications DROP CONSTRAINT notifications_pkey;
     DROP INDEX deal_store.deals_user_id_name_key;
-    PERFORM deal_store._create_policies(true);
+    PERFORM deal_store_internal._create_policies(true);
 END $$;
-COMMENT ON FUNCTION deal_store._distribute_prepare() IS
+COMMENT ON FUNCTION deal_store_internal._distribute_prepare() IS
     'Internal, deal_store.distribute() on every node: drops the foreign keys, the primary keys of deal_activity_log and notifications and the unique live deal name, and writes the row-level security policies in their Citus form.';
 
 CREATE FUNCTION deal_store.distribute()
@@ -79,7 +79,7 @@ BEGIN
     IF NOT coordinator THEN
         RAISE EXCEPTION 'deal_store.distribute() runs on the Citus coordinator' USING ERRCODE = '55000';
     END IF;
-    IF deal_store._distributed() THEN
+    IF deal_store_internal._distributed() THEN
         RAISE EXCEPTION 'deal_store is already distributed' USING ERRCODE = '55000';
     END IF;
     -- the foreign keys Citus keeps: not ON DELETE SET NULL (column) (on Citus a
@@ -89,10 +89,10 @@ BEGIN
     INTO keys
     FROM pg_catalog.pg_constraint k
     WHERE k.connamespace = 'deal_store'::regnamespace AND k.contype = 'f' AND k.confdeltype <> 'n'
-      AND k.conrelid NOT IN (SELECT x.table_name FROM deal_store._placement() x WHERE x.distribution_column IS NULL);
-    PERFORM deal_store._distribute_prepare();
+      AND k.conrelid NOT IN (SELECT x.table_name FROM deal_store_internal._placement() x WHERE x.distribution_column IS NULL);
+    PERFORM deal_store_internal._distribute_prepare();
     EXECUTE format('SELECT string_agg(r.nodename || '':'' || r.nodeport || '': '' || r.result, ''; '') FROM %s(%L) r WHERE NOT r.success',
-                   'pg_catalog.run_command_on_workers', 'SELECT deal_store._distribute_prepare()')
+                   'pg_catalog.run_command_on_workers', 'SELECT deal_store_internal._distribute_prepare()')
         INTO failed;
     IF failed IS NOT NULL THEN
         RAISE EXCEPTION 'deal_store could not be prepared on every worker: %', failed USING ERRCODE = '55000',
@@ -102,7 +102,7 @@ BEGIN
     PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
     -- one transaction creates the tables and their keys to the reference tables
     PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
-    FOR p IN SELECT * FROM deal_store._placement() LOOP
+    FOR p IN SELECT * FROM deal_store_internal._placement() LOOP
         IF p.distribution_column IS NULL THEN
             EXECUTE format('SELECT %s($1)', 'pg_catalog.create_reference_table') USING p.table_name;
         ELSE
@@ -118,7 +118,7 @@ BEGIN
     -- enable_audit / disable_audit put triggers on distributed tables
     EXECUTE format('ALTER DATABASE %I SET citus.propagate_set_commands = local', current_database());
     EXECUTE format('ALTER DATABASE %I SET citus.enable_unsafe_triggers = on', current_database());
-    RETURN QUERY SELECT * FROM deal_store._placement();
+    RETURN QUERY SELECT * FROM deal_store_internal._placement();
 END $$;
 COMMENT ON FUNCTION deal_store.distribute() IS
     'On a Citus coordinator (workers added, deal_store created): makes users and tier_policies reference tables and distributes deals by id and every deal table by deal_id in one co-location group; returns the placement. Gives up what Citus cannot enforce (README "Running on Citus"). 55000 without Citus, on a worker, or when already distributed. For the extension''s owner.';

@@ -6,32 +6,32 @@ COMMENT ON FUNCTION deal_store.current_actor() IS
     'The acting user: the uuid in deal_store.actor, or NULL when it is not set.';
 CREATE FUNCTION deal_store.fact_checksum(fact jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN deal_store._content_checksum('fact', fact);
+RETURN deal_store_internal._content_checksum('fact', fact);
 COMMENT ON FUNCTION deal_store.fact_checksum(jsonb) IS
     'MD5 (32 lowercase hex) of the canonical form of a fact''s content: domain, category, item, status, details, evidence, entity, source_page_numbers. Strings trimmed and white space folded, keys sorted at every depth, numbers in one form, NULL = missing. See README "Canonical form". 22023 when not a JSON object.';
 
 CREATE FUNCTION deal_store.fact_canonical(fact jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN deal_store._content_canonical('fact', fact);
+RETURN deal_store_internal._content_canonical('fact', fact);
 COMMENT ON FUNCTION deal_store.fact_canonical(jsonb) IS
     'The canonical text that fact_checksum hashes (md5(fact_canonical(x)) = fact_checksum(x)), for checking another implementation.';
 
 CREATE FUNCTION deal_store.content_checksum_of(entity_type text, row_value jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN deal_store._content_checksum(entity_type, row_value);
+RETURN deal_store_internal._content_checksum(entity_type, row_value);
 COMMENT ON FUNCTION deal_store.content_checksum_of(text, jsonb) IS
     'Content checksum of a fact, finding or gap given as jsonb (e.g. to_jsonb(row)); for facts it equals fact_checksum. 22023 for another entity type or a non-object.';
 COMMENT ON FUNCTION deal_store.content_fields(text) IS
     'The content fields of a fact, finding or gap: what its checksum covers and what changed_fields names.';
-COMMENT ON FUNCTION deal_store._content_checksum(text, anyelement) IS
+COMMENT ON FUNCTION deal_store_internal._content_checksum(text, anyelement) IS
     'Internal: the Rust body of fact_checksum and content_checksum_of (reads the jsonb in place).';
-COMMENT ON FUNCTION deal_store._content_canonical(text, anyelement) IS
+COMMENT ON FUNCTION deal_store_internal._content_canonical(text, anyelement) IS
     'Internal: the Rust body of fact_canonical.';
-COMMENT ON FUNCTION deal_store.fact_versions() IS
+COMMENT ON FUNCTION deal_store_internal.fact_versions() IS
     'Row trigger on facts: computes item_checksum on every insert and update; an update that changes a current fact''s checksum keeps the id and links previous_version_id to a new id, under which fact_version_rows writes the old content as a history row (superseded_at set) at the end of the statement. Refuses history rows and previous_version_id links written by anything else (42501).';
-COMMENT ON FUNCTION deal_store._export_format(anyelement) IS
+COMMENT ON FUNCTION deal_store_internal._export_format(anyelement) IS
     'Internal: reads an export document through the typed format_version 1 (Rust structs) and returns what they serialize to; 22023 naming the JSON path of the first bad field. export_deal writes through it and import_deal reads through it.';
-COMMENT ON FUNCTION deal_store._diff_facts(uuid, anyelement, text[]) IS
+COMMENT ON FUNCTION deal_store_internal._diff_facts(uuid, anyelement, text[]) IS
     'Internal: the Rust body of diff_facts; returns the diff as parallel arrays in one row.';
 
 CREATE FUNCTION deal_store.diff_facts(deal_id uuid, incoming jsonb, domains text[] DEFAULT NULL)
@@ -39,7 +39,7 @@ RETURNS TABLE(legacy_id text, change text, fact_id uuid, old_checksum text, new_
 LANGUAGE sql VOLATILE
 BEGIN ATOMIC
     SELECT u.legacy_id, u.change, u.fact_id, u.old_checksum, u.new_checksum, string_to_array(u.fields, ',')
-    FROM deal_store._diff_facts(deal_id, incoming, domains) d,
+    FROM deal_store_internal._diff_facts(deal_id, incoming, domains) d,
          unnest(d.legacy_ids, d.changes, d.fact_ids, d.old_checksums, d.new_checksums, d.changed_fields)
              WITH ORDINALITY AS u(legacy_id, change, fact_id, old_checksum, new_checksum, fields, n)
     ORDER BY u.n;
@@ -48,13 +48,13 @@ COMMENT ON FUNCTION deal_store.diff_facts(uuid, jsonb, text[]) IS
     'Diff of incoming facts (JSON array of objects keyed by legacy_id; missing content fields take the column defaults) against the deal''s current live facts: new, update (with changed_fields), unchanged, delete (only inside domains; all when NULL): the merge queue''s change types. 22023 on a non-array, a non-object element, a missing/empty or repeated legacy_id; P0002 when the deal does not exist.';
 
 CREATE TRIGGER fact_versions BEFORE INSERT OR UPDATE ON deal_store.facts
-    FOR EACH ROW EXECUTE FUNCTION deal_store.fact_versions();
+    FOR EACH ROW EXECUTE FUNCTION deal_store_internal.fact_versions();
 CREATE TRIGGER fact_version_rows AFTER UPDATE ON deal_store.facts
     REFERENCING OLD TABLE AS old_facts NEW TABLE AS new_facts
-    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.fact_version_rows();
-COMMENT ON FUNCTION deal_store.fact_version_rows() IS
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store_internal.fact_version_rows();
+COMMENT ON FUNCTION deal_store_internal.fact_version_rows() IS
     'Statement trigger on facts: writes the history rows of the versions an UPDATE replaced (the ids fact_versions chose), in one INSERT from the statement''s transition tables.';
-COMMENT ON FUNCTION deal_store._import_facts(anyelement) IS
+COMMENT ON FUNCTION deal_store_internal._import_facts(anyelement) IS
     'Internal: inserts an export''s facts for import_deal, history rows included (the one writer of history rows besides fact_version_rows).';
 
 CREATE FUNCTION deal_store.diff_summary(deal_id uuid, incoming jsonb, domains text[] DEFAULT NULL)
@@ -75,7 +75,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deal uuid;
 BEGIN
-    PERFORM deal_store._id_in_one_deal('deal_store.facts', fact_id, 'read');
+    PERFORM deal_store_internal._id_in_one_deal('deal_store.facts', fact_id, 'read');
     SELECT f.deal_id INTO deal FROM deal_store.facts f WHERE f.id = fact_id AND f.superseded_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
@@ -103,7 +103,7 @@ COMMENT ON FUNCTION deal_store.fact_history(uuid) IS
 -- JSON export / import: a lossless backup of one deal.
 
 -- Inserts jsonb rows into a table: only its stored columns (generated ones are computed).
-CREATE FUNCTION deal_store._insert_rows(tbl regclass, rows jsonb) RETURNS void
+CREATE FUNCTION deal_store_internal._insert_rows(tbl regclass, rows jsonb) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cols text;
@@ -112,26 +112,26 @@ BEGIN
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
     -- the export's own records (who, when): kept as they are (see src/records.rs)
-    PERFORM deal_store._set_local('deal_store.importing_history', 'on');
+    PERFORM deal_store_internal._set_local('deal_store.importing_history', 'on');
     -- @plpgsql_check_options: security_warnings = false
     -- (cols is quote_ident of the table's own column names; tbl a regclass)
     EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%s, $1)', tbl, cols, cols, tbl)
         USING coalesce(rows, '[]');
-    PERFORM deal_store._set_local('deal_store.importing_history', 'off');
+    PERFORM deal_store_internal._set_local('deal_store.importing_history', 'off');
 END $$;
-COMMENT ON FUNCTION deal_store._insert_rows(regclass, jsonb) IS 'Internal: inserts a jsonb array of rows into a table (stored columns only) for import_deal, keeping the export''s who and when columns (deal_store.importing_history, superuser-only: import_deal runs as the owner).';
+COMMENT ON FUNCTION deal_store_internal._insert_rows(regclass, jsonb) IS 'Internal: inserts a jsonb array of rows into a table (stored columns only) for import_deal, keeping the export''s who and when columns (deal_store.importing_history, superuser-only: import_deal runs as the owner).';
 
 CREATE FUNCTION deal_store.export_deal(deal_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d deal_store.deals;
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
     SELECT * INTO d FROM deal_store.deals x WHERE x.id = deal_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'deal % does not exist', deal_id USING ERRCODE = 'P0002';
     END IF;
-    RETURN deal_store._export_format(jsonb_build_object(
+    RETURN deal_store_internal._export_format(jsonb_build_object(
         'format', 'deal_store.export',
         'format_version', 1,
         'owner', (SELECT to_jsonb(u) - 'password_hash' - 'roles' - 'db_role' FROM deal_store.users u WHERE u.id = d.user_id),
@@ -172,12 +172,12 @@ BEGIN
     END IF;
     -- read through the typed format first: a malformed document fails here, naming
     -- the JSON path of the first bad field, before anything is written
-    doc := deal_store._export_format(doc);
-    prior := deal_store._idempotent(idempotency_key, 'import_deal', jsonb_build_array(doc));
+    doc := deal_store_internal._export_format(doc);
+    prior := deal_store_internal._idempotent(idempotency_key, 'import_deal', jsonb_build_array(doc));
     IF prior IS NOT NULL THEN
         RETURN (prior #>> '{}')::uuid;
     END IF;
-    IF deal_store._distributed() THEN
+    IF deal_store_internal._distributed() THEN
         -- the checks below read every shard at once; on Citus a write to a reference
         -- table (a new owner in users) must then use the same one connection per node
         PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
@@ -236,25 +236,25 @@ BEGIN
         RAISE EXCEPTION 'import_deal needs an actor: the importer owns the deal it imports' USING ERRCODE = '42501',
             HINT = 'Link the login role to its user (users.db_role), or name the user with deal_store.set_actor (an admin may name any existing user).';
     END IF;
-    PERFORM deal_store._insert_rows('deal_store.deals',
+    PERFORM deal_store_internal._insert_rows('deal_store.deals',
         jsonb_build_array(doc -> 'deal' || coalesce(jsonb_build_object('user_id', owner), '{}')
             || jsonb_build_object('ignore_unknown_keys', coalesce((doc -> 'deal' ->> 'ignore_unknown_keys')::boolean, false))));
-    PERFORM deal_store._insert_rows('deal_store.documents', doc -> 'documents');
-    PERFORM deal_store._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
+    PERFORM deal_store_internal._insert_rows('deal_store.documents', doc -> 'documents');
+    PERFORM deal_store_internal._insert_rows('deal_store.analysis_runs', doc -> 'analysis_runs');
     -- the caller leads what it imported (42501 and nothing imported unless it may write)
     IF deal_store.current_actor() IS NOT NULL THEN
         INSERT INTO deal_store.deal_members (deal_id, user_id, role, added_by)
         VALUES (deal, deal_store.current_actor(), 'lead', deal_store.current_actor())
         ON CONFLICT (deal_id, user_id) DO UPDATE SET role = 'lead';
     END IF;
-    PERFORM deal_store._require_right(deal, 'manage');
+    PERFORM deal_store_internal._require_right(deal, 'manage');
     -- history rows are the export's own versions: restored by the versioning's own writer
-    PERFORM deal_store._import_facts(
+    PERFORM deal_store_internal._import_facts(
         coalesce(doc -> 'fact_history', '[]') || coalesce(doc -> 'deleted_facts', '[]') || coalesce(doc -> 'facts', '[]'));
-    PERFORM deal_store._insert_rows('deal_store.findings', doc -> 'findings');
-    PERFORM deal_store._insert_rows('deal_store.gaps', doc -> 'gaps');
-    PERFORM deal_store._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
-    PERFORM deal_store._remember(idempotency_key, to_jsonb(deal));
+    PERFORM deal_store_internal._insert_rows('deal_store.findings', doc -> 'findings');
+    PERFORM deal_store_internal._insert_rows('deal_store.gaps', doc -> 'gaps');
+    PERFORM deal_store_internal._insert_rows('deal_store.fact_finding_links', doc -> 'fact_finding_links');
+    PERFORM deal_store_internal._remember(idempotency_key, to_jsonb(deal));
     RETURN deal;
 END $$;
 COMMENT ON FUNCTION deal_store.import_deal(jsonb, text) IS

@@ -14,7 +14,7 @@
 -- above bit 48, see _log_seq), and each node's entries are ordered and held back
 -- by that node's transaction ids. On plain PostgreSQL there is one node, 0.
 
-COMMENT ON FUNCTION deal_store._caller_role() IS
+COMMENT ON FUNCTION deal_store_internal._caller_role() IS
     'Internal: the role the caller acts as outside SECURITY DEFINER functions (its login, or the role it SET ROLE to): the owner of the consumers it registers.';
 
 CREATE TABLE deal_store.feed_consumers (
@@ -43,22 +43,22 @@ SELECT pg_catalog.pg_extension_config_dump('deal_store.feed_consumers', '');
 CREATE INDEX deal_activity_log_txid_idx ON deal_store.deal_activity_log (txid, seq);
 
 -- Which node wrote an entry: the one rule for numbering and reading.
-CREATE FUNCTION deal_store._log_seq(node integer, n bigint) RETURNS bigint
+CREATE FUNCTION deal_store_internal._log_seq(node integer, n bigint) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN (node::bigint << 48) + n;
-COMMENT ON FUNCTION deal_store._log_seq(integer, bigint) IS
+COMMENT ON FUNCTION deal_store_internal._log_seq(integer, bigint) IS
     'Internal: the seq of the n-th log entry a node wrote: its Citus group above bit 48 (the audit writer on a worker numbers its shards'' entries so; on plain PostgreSQL and on the coordinator the node is 0).';
 
-CREATE FUNCTION deal_store._log_node(seq bigint) RETURNS integer
+CREATE FUNCTION deal_store_internal._log_node(seq bigint) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN (seq >> 48)::integer;
-COMMENT ON FUNCTION deal_store._log_node(bigint) IS
+COMMENT ON FUNCTION deal_store_internal._log_node(bigint) IS
     'Internal: the node (Citus group; 0 on plain PostgreSQL) that wrote the log entry with this seq, whose transaction ids order it.';
 
-CREATE FUNCTION deal_store._horizon() RETURNS bigint
+CREATE FUNCTION deal_store_internal._horizon() RETURNS bigint
 LANGUAGE sql VOLATILE
 RETURN pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint;
-COMMENT ON FUNCTION deal_store._horizon() IS
+COMMENT ON FUNCTION deal_store_internal._horizon() IS
     'Internal: the xmin of the current snapshot as a txid: every transaction below it has committed or aborted, so the log holds all of their entries.';
 
 -- Each node's horizon, element n + 1 for node n (plain PostgreSQL: just this one).
@@ -68,11 +68,11 @@ COMMENT ON FUNCTION deal_store._horizon() IS
 -- only after the coordinator's own commit: while a worker still holds a prepared
 -- transaction of a node, that node's horizon is 0 when `settled` (nothing new of
 -- it is delivered yet).
-CREATE FUNCTION deal_store._horizons(settled boolean) RETURNS bigint[]
+CREATE FUNCTION deal_store_internal._horizons(settled boolean) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 -- @plpgsql_check_options: security_warnings = false
 DECLARE
-    h bigint[] := ARRAY[deal_store._horizon()];
+    h bigint[] := ARRAY[deal_store_internal._horizon()];
     held integer[] := ARRAY[]::integer[];
     g integer;
     ok boolean;
@@ -81,7 +81,7 @@ DECLARE
     answer text;
     failed text;
 BEGIN
-    IF NOT deal_store._distributed() THEN
+    IF NOT deal_store_internal._distributed() THEN
         RETURN h;
     END IF;
     FOR g, ok, xmin, pending, answer IN EXECUTE format(
@@ -113,11 +113,11 @@ BEGIN
     END IF;
     RETURN h;
 END $$;
-COMMENT ON FUNCTION deal_store._horizons(boolean) IS
+COMMENT ON FUNCTION deal_store_internal._horizons(boolean) IS
     'Internal: each node''s horizon, element n + 1 for node n (the Citus group; one element on plain PostgreSQL): its entries below it are final. settled: 0 for a node while a worker holds a prepared transaction it began (its entries there are not yet visible).';
 
 -- A consumer by name, locked, owned by the caller (admins may use any).
-CREATE FUNCTION deal_store._consumer(name text) RETURNS deal_store.feed_consumers
+CREATE FUNCTION deal_store_internal._consumer(name text) RETURNS deal_store.feed_consumers
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c deal_store.feed_consumers;
@@ -128,15 +128,15 @@ BEGIN
     -- names are the caller's own: another role's consumer of the same name is not
     -- this one (an admin reaches any, its own first)
     SELECT * INTO c FROM deal_store.feed_consumers f
-    WHERE f.name = _consumer.name AND (f.owner_role = deal_store._caller_role() OR deal_store.sees_all_deals())
-    ORDER BY f.owner_role = deal_store._caller_role() DESC, f.owner_role LIMIT 1 FOR UPDATE;
+    WHERE f.name = _consumer.name AND (f.owner_role = deal_store_internal._caller_role() OR deal_store.sees_all_deals())
+    ORDER BY f.owner_role = deal_store_internal._caller_role() DESC, f.owner_role LIMIT 1 FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no feed consumer named "%"', name USING ERRCODE = 'P0002',
             HINT = 'Register it with deal_store.register_consumer.';
     END IF;
     RETURN c;
 END $$;
-COMMENT ON FUNCTION deal_store._consumer(text) IS
+COMMENT ON FUNCTION deal_store_internal._consumer(text) IS
     'Internal: the caller''s consumer of that name (names are per role; an admin reaches any role''s, its own first), locked; P0002 when there is none.';
 
 CREATE FUNCTION deal_store.register_consumer(name text, from_start boolean DEFAULT false) RETURNS deal_store.feed_consumers
@@ -144,7 +144,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c deal_store.feed_consumers;
 BEGIN
-    PERFORM deal_store._require_feed_reader();
+    PERFORM deal_store_internal._require_feed_reader();
     IF name IS NULL THEN
         RAISE EXCEPTION 'name must not be NULL' USING ERRCODE = '22004';
     ELSIF name !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
@@ -153,10 +153,10 @@ BEGIN
     END IF;
     -- from now: the transactions that have finished are behind the cursor, on every node
     INSERT INTO deal_store.feed_consumers AS f (name, owner_role, cursor_txid, cursor_seq)
-    SELECT register_consumer.name, deal_store._caller_role(),
+    SELECT register_consumer.name, deal_store_internal._caller_role(),
            CASE WHEN coalesce(from_start, false) THEN '{}' ELSE ARRAY(SELECT x - 1 FROM unnest(h.h) WITH ORDINALITY x(x, i) ORDER BY i) END,
            CASE WHEN coalesce(from_start, false) THEN '{}' ELSE array_fill(9223372036854775807, ARRAY[cardinality(h.h)]) END
-    FROM (SELECT deal_store._horizons(false) AS h) h
+    FROM (SELECT deal_store_internal._horizons(false) AS h) h
     ON CONFLICT ON CONSTRAINT feed_consumers_pkey DO NOTHING
     RETURNING f.* INTO c;
     IF NOT FOUND THEN
@@ -168,7 +168,7 @@ END $$;
 COMMENT ON FUNCTION deal_store.register_consumer(text, boolean) IS
     'Registers a change-feed consumer owned by the caller''s role (names are per role: another role''s consumer of the same name is another consumer). It receives every log entry of the transactions that had not finished when it registered (on Citus: on each node), and of all later ones (from_start: every entry in the log). 23505 when the caller''s role has a consumer of that name, 22023 for a bad name (1 to 63 of A-Z a-z 0-9 _ . : -).';
 
-CREATE FUNCTION deal_store._require_feed_reader() RETURNS void
+CREATE FUNCTION deal_store_internal._require_feed_reader() RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT deal_store.sees_all_deals() AND deal_store.current_actor() IS NULL THEN
@@ -176,7 +176,7 @@ BEGIN
             HINT = 'Link the login role to a user (users.db_role), or SET LOCAL deal_store.actor through a member of deal_store_service.';
     END IF;
 END $$;
-COMMENT ON FUNCTION deal_store._require_feed_reader() IS
+COMMENT ON FUNCTION deal_store_internal._require_feed_reader() IS
     'Internal: 42501 unless the caller acts for a user (whose deals it will see) or sees every deal.';
 
 CREATE FUNCTION deal_store.read_changes(consumer text, max_rows integer DEFAULT 1000)
@@ -198,14 +198,14 @@ DECLARE
     marks_txid bigint[];
     marks_seq bigint[];
 BEGIN
-    c := deal_store._consumer(consumer);
-    PERFORM deal_store._require_feed_reader();
+    c := deal_store_internal._consumer(consumer);
+    PERFORM deal_store_internal._require_feed_reader();
     IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 100000 THEN
         RAISE EXCEPTION 'max_rows must be between 1 and 100000' USING ERRCODE = '22023';
     END IF;
     everything := deal_store.sees_all_deals();
     deals := deal_store.my_deals('viewer');
-    horizons := deal_store._horizons(true);
+    horizons := deal_store_internal._horizons(true);
     nodes := greatest(cardinality(horizons), cardinality(c.cursor_txid));
     -- a cursor beyond every transaction this cluster has begun: the database was
     -- restored into a cluster whose transaction ids are behind the old one's, and the
@@ -232,7 +232,7 @@ BEGIN
         RETURN QUERY
         WITH batch AS MATERIALIZED (
             SELECT l.* FROM deal_store.deal_activity_log l
-            WHERE deal_store._log_node(l.seq) = node
+            WHERE deal_store_internal._log_node(l.seq) = node
               AND (l.txid, l.seq) > (node_txid, node_seq) AND l.txid < horizon
               AND (everything OR l.deal_id = ANY (deals))
             ORDER BY l.txid, l.seq
@@ -273,7 +273,7 @@ DECLARE
     stop record;
     n bigint := 0;
 BEGIN
-    c := deal_store._consumer(consumer);
+    c := deal_store_internal._consumer(consumer);
     IF up_to IS NULL THEN
         RAISE EXCEPTION 'up_to must not be NULL' USING ERRCODE = '22004';
     ELSIF c.read_txid IS NULL THEN
@@ -292,7 +292,7 @@ BEGIN
                    pg_catalog.lag(l.txid) OVER w AS before_txid, pg_catalog.lag(l.seq) OVER w AS before_seq,
                    pg_catalog.row_number() OVER w - 1 AS n, pg_catalog.count(*) OVER () AS total
             FROM (SELECT l.txid, l.seq FROM deal_store.deal_activity_log l
-                  WHERE deal_store._log_node(l.seq) = node
+                  WHERE deal_store_internal._log_node(l.seq) = node
                     AND (l.txid, l.seq) > (coalesce(c.cursor_txid[node + 1], 0), coalesce(c.cursor_seq[node + 1], 0))
                     AND (l.txid, l.seq) <= (c.read_txid[node + 1], c.read_seq[node + 1])
                     AND (everything OR l.deal_id = ANY (deals))) l
@@ -328,13 +328,13 @@ DECLARE
     f deal_store.feed_consumers;
 BEGIN
     FOR f IN SELECT * FROM deal_store.feed_consumers x
-             WHERE x.owner_role = deal_store._caller_role() OR deal_store.sees_all_deals() ORDER BY x.name, x.owner_role LOOP
+             WHERE x.owner_role = deal_store_internal._caller_role() OR deal_store.sees_all_deals() ORDER BY x.name, x.owner_role LOOP
         -- a query per consumer, its cursors as values (on Citus it runs on every shard)
         SELECT f.name, f.owner_role, f.registered_at, f.read_at, f.acked_at, count(*), min(l.created_at)
         INTO name, owner_role, registered_at, read_at, acked_at, lag, oldest_unacked_at
         FROM deal_store.deal_activity_log l
-        WHERE (l.txid, l.seq) > (coalesce(f.cursor_txid[deal_store._log_node(l.seq) + 1], 0),
-                                 coalesce(f.cursor_seq[deal_store._log_node(l.seq) + 1], 0));
+        WHERE (l.txid, l.seq) > (coalesce(f.cursor_txid[deal_store_internal._log_node(l.seq) + 1], 0),
+                                 coalesce(f.cursor_seq[deal_store_internal._log_node(l.seq) + 1], 0));
         RETURN NEXT;
     END LOOP;
 END $$;
@@ -344,7 +344,7 @@ COMMENT ON FUNCTION deal_store.consumers() IS
 CREATE FUNCTION deal_store.remove_consumer(name text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    c deal_store.feed_consumers := deal_store._consumer(name);
+    c deal_store.feed_consumers := deal_store_internal._consumer(name);
 BEGIN
     DELETE FROM deal_store.feed_consumers f WHERE f.owner_role = c.owner_role AND f.name = c.name;
 END $$;
@@ -354,7 +354,7 @@ COMMENT ON FUNCTION deal_store.remove_consumer(text) IS
 -- Wake-up: a LISTEN deal_store_feed gets one notification per committed
 -- transaction that wrote log entries while a consumer is registered. The data
 -- is read with read_changes; a missed notification loses nothing.
-CREATE FUNCTION deal_store.feed_wakeup() RETURNS trigger
+CREATE FUNCTION deal_store_internal.feed_wakeup() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM deal_store.feed_consumers) THEN
@@ -362,7 +362,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-COMMENT ON FUNCTION deal_store.feed_wakeup() IS
+COMMENT ON FUNCTION deal_store_internal.feed_wakeup() IS
     'Trigger (AFTER INSERT on deal_activity_log, per statement): pg_notify(''deal_store_feed'', '''') while any consumer is registered; identical notifications of one transaction are delivered once, at commit.';
 CREATE TRIGGER feed_wakeup AFTER INSERT ON deal_store.deal_activity_log
-    FOR EACH STATEMENT EXECUTE FUNCTION deal_store.feed_wakeup();
+    FOR EACH STATEMENT EXECUTE FUNCTION deal_store_internal.feed_wakeup();

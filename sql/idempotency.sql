@@ -19,11 +19,11 @@ COMMENT ON TABLE deal_store.idempotency_keys IS
     'The results of calls made with an idempotency key (start_run, propose_*, accept_changes, import_deal), so a retried call returns the first call''s result. arguments is the MD5 of the call''s arguments.';
 SELECT pg_catalog.pg_extension_config_dump('deal_store.idempotency_keys', '');
 
-CREATE FUNCTION deal_store._idempotent(key text, function_name text, arguments jsonb) RETURNS jsonb
+CREATE FUNCTION deal_store_internal._idempotent(key text, function_name text, arguments jsonb) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     digest text := md5(arguments::text);
-    me name := deal_store._caller_role();
+    me name := deal_store_internal._caller_role();
     k deal_store.idempotency_keys;
 BEGIN
     IF key IS NULL THEN
@@ -46,14 +46,14 @@ BEGIN
     END IF;
     RETURN coalesce(k.result, 'null');
 END $$;
-COMMENT ON FUNCTION deal_store._idempotent(text, text, jsonb) IS
+COMMENT ON FUNCTION deal_store_internal._idempotent(text, text, jsonb) IS
     'Internal: NULL when the call should run (no key, or the key is new for the caller''s role: it is claimed for this call); else the result the first call with this key recorded. 22023 when the role used the key for another function or arguments.';
 
-CREATE FUNCTION deal_store._remember(key text, result jsonb) RETURNS void
+CREATE FUNCTION deal_store_internal._remember(key text, result jsonb) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     UPDATE deal_store.idempotency_keys i SET result = _remember.result
-    WHERE i.caller = deal_store._caller_role() AND i.key = _remember.key;
+    WHERE i.caller = deal_store_internal._caller_role() AND i.key = _remember.key;
 END;
-COMMENT ON FUNCTION deal_store._remember(text, jsonb) IS
+COMMENT ON FUNCTION deal_store_internal._remember(text, jsonb) IS
     'Internal: records the result of the call that claimed the key (nothing when key is NULL).';

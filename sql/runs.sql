@@ -31,8 +31,8 @@ DECLARE
     -- read here: inside the INSERT it would run on the shard's node under Citus
     actor uuid := deal_store.current_actor();
 BEGIN
-    PERFORM deal_store._require_deal(start_run.deal_id, 'write');
-    prior := deal_store._idempotent(idempotency_key, 'start_run', jsonb_build_array(deal_id, domains, incremental));
+    PERFORM deal_store_internal._require_deal(start_run.deal_id, 'write');
+    prior := deal_store_internal._idempotent(idempotency_key, 'start_run', jsonb_build_array(deal_id, domains, incremental));
     IF prior IS NOT NULL THEN
         RETURN (prior #>> '{}')::uuid;
     END IF;
@@ -52,18 +52,18 @@ BEGIN
     SELECT start_run.deal_id, coalesce(max(r.run_number), 0) + 1, coalesce(incremental, false), domains, actor
     FROM deal_store.analysis_runs r WHERE r.deal_id = start_run.deal_id
     RETURNING id INTO run_id;
-    PERFORM deal_store._remember(idempotency_key, to_jsonb(run_id));
+    PERFORM deal_store_internal._remember(idempotency_key, to_jsonb(run_id));
     RETURN run_id;
 END $$;
 COMMENT ON FUNCTION deal_store.start_run(uuid, text[], boolean, text) IS
     'Starts an analysis run of a deal and returns its id. run_number is the deal''s next number, safe under concurrent starts. domains: what the run covers (NULL = all); incremental runs never propose removals. With an idempotency_key, a repeated call returns the first call''s run and starts nothing (22023 for the key with other arguments). Errors: P0002 no such deal, 55000 deal deleted, 22023 bad domains.';
 
-CREATE FUNCTION deal_store._finish_run(run_id uuid, new_status text, error text) RETURNS deal_store.analysis_runs
+CREATE FUNCTION deal_store_internal._finish_run(run_id uuid, new_status text, error text) RETURNS deal_store.analysis_runs
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
     finished deal_store.analysis_runs;
-    deal uuid := deal_store._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
+    deal uuid := deal_store_internal._id_in_one_deal('deal_store.analysis_runs', run_id, 'write');
     -- read here: Citus runs no volatile function inside an UPDATE of a distributed table
     finished_at timestamptz := clock_timestamp();
 BEGIN
@@ -95,16 +95,16 @@ BEGIN
     DELETE FROM deal_store.run_output o WHERE o.deal_id = r.deal_id AND o.analysis_run_id = run_id;
     RETURN finished;
 END $$;
-COMMENT ON FUNCTION deal_store._finish_run(uuid, text, text) IS
+COMMENT ON FUNCTION deal_store_internal._finish_run(uuid, text, text) IS
     'Internal: shared body of complete_run and fail_run; returns the finished run.';
 
 CREATE FUNCTION deal_store.complete_run(run_id uuid) RETURNS deal_store.analysis_runs
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT count(*) FROM deal_store._propose_removals('fact', run_id);
-    SELECT count(*) FROM deal_store._propose_removals('finding', run_id);
-    SELECT count(*) FROM deal_store._propose_removals('gap', run_id);
-    SELECT * FROM deal_store._finish_run(run_id, 'completed', NULL);
+    SELECT count(*) FROM deal_store_internal._propose_removals('fact', run_id);
+    SELECT count(*) FROM deal_store_internal._propose_removals('finding', run_id);
+    SELECT count(*) FROM deal_store_internal._propose_removals('gap', run_id);
+    SELECT * FROM deal_store_internal._finish_run(run_id, 'completed', NULL);
 END;
 COMMENT ON FUNCTION deal_store.complete_run(uuid) IS
     'Marks a running run completed and returns the run (SELECT * FROM complete_run(id) shows its columns): first proposes the removal (change_type delete) of every live fact, finding and gap inside the domains the run''s proposals covered that none of them delivered (an incremental run removes nothing), then sets completed_at, duration_seconds and the counts of what it wrote; its rows become visible in the current_* views. Errors: P0002 no such run, 55000 already finished or deal deleted.';
@@ -112,7 +112,7 @@ COMMENT ON FUNCTION deal_store.complete_run(uuid) IS
 CREATE FUNCTION deal_store.fail_run(run_id uuid, error text) RETURNS deal_store.analysis_runs
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT * FROM deal_store._finish_run(run_id, 'failed', error);
+    SELECT * FROM deal_store_internal._finish_run(run_id, 'failed', error);
 END;
 COMMENT ON FUNCTION deal_store.fail_run(uuid, text) IS
     'Marks a running run failed with an error message and returns the run; what it wrote stays stored but hidden from the current_* views. Errors: P0002, 55000.';
@@ -120,7 +120,7 @@ COMMENT ON FUNCTION deal_store.fail_run(uuid, text) IS
 CREATE FUNCTION deal_store.latest_completed_run(deal_id uuid) RETURNS uuid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
     RETURN (SELECT r.id FROM deal_store.analysis_runs r
             WHERE r.deal_id = latest_completed_run.deal_id AND r.status = 'completed'
             ORDER BY r.run_number DESC LIMIT 1);

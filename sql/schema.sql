@@ -9,6 +9,12 @@
 -- triggered_by, user_id of the activity log) are plain uuids, not foreign keys:
 -- the record of an act must outlive the account that did it.
 
+-- The API lives in schema deal_store; the helpers it calls and the trigger
+-- functions live in deal_store_internal, out of the way of \df deal_store.*.
+CREATE SCHEMA deal_store_internal;
+COMMENT ON SCHEMA deal_store_internal IS
+    'deal_store''s internal helpers and trigger functions: called by the API in schema deal_store and by triggers, executable by the extension''s owner only (a few by the group roles whose routines run as the caller). Not an API: they change between releases.';
+
 CREATE TABLE deal_store.users (
     id            uuid        NOT NULL DEFAULT gen_random_uuid(),
     email         text        NOT NULL,

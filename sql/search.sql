@@ -50,14 +50,14 @@ COMMENT ON FUNCTION deal_store.search_tsquery(text, regconfig) IS
 -- No SET clause, so it is inlined into the caller's query (a plain ts_rank_cd there).
 -- A headline shows stored text: it is HTML-escaped first, so that the only tags
 -- in it are the highlight markers (an <img onerror> in a fact reaches no UI).
-CREATE FUNCTION deal_store._escaped(doc text) RETURNS text
+CREATE FUNCTION deal_store_internal._escaped(doc text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(doc, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'), '"', '&quot;');
-COMMENT ON FUNCTION deal_store._escaped(text) IS 'Internal: text with & < > " HTML-escaped: what a headline shows of stored text.';
-CREATE FUNCTION deal_store._headline(cfg regconfig, doc text, query tsquery, opts text) RETURNS text
+COMMENT ON FUNCTION deal_store_internal._escaped(text) IS 'Internal: text with & < > " HTML-escaped: what a headline shows of stored text.';
+CREATE FUNCTION deal_store_internal._headline(cfg regconfig, doc text, query tsquery, opts text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN pg_catalog.ts_headline(cfg, deal_store._escaped(doc), query, opts);
-COMMENT ON FUNCTION deal_store._headline(regconfig, text, tsquery, text) IS
+RETURN pg_catalog.ts_headline(cfg, deal_store_internal._escaped(doc), query, opts);
+COMMENT ON FUNCTION deal_store_internal._headline(regconfig, text, tsquery, text) IS
     'Internal: ts_headline of the HTML-escaped text (& < > " escaped), so a headline holds no markup but the highlight markers.';
 
 CREATE FUNCTION deal_store.search_rank(search_vector tsvector, query tsquery) RETURNS real
@@ -93,11 +93,11 @@ DECLARE
                                       (deal_store.search_rank(%1$s, $2) + %4$s)::real AS rank, count(*) OVER () AS total
                                FROM deal_store.facts f WHERE %1$s @@ $2 %2$s %3$s)
                     SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank,
-                           CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN deal_store._headline($9, m.item, $2, $10)
-                                ELSE deal_store._headline($9, m.evidence, $2, $10) END, m.total
+                           CASE WHEN m.evidence IS NULL OR to_tsvector($9, m.item) @@ $2 THEN deal_store_internal._headline($9, m.item, $2, $10)
+                                ELSE deal_store_internal._headline($9, m.evidence, $2, $10) END, m.total
                     FROM m ORDER BY m.rank DESC, m.legacy_id, m.id';
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
     IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
     ELSIF off IS NULL OR off < 0 THEN
@@ -139,7 +139,7 @@ BEGIN
         'WITH m AS (SELECT f.id, f.legacy_id, f.domain, f.category, f.item,
                            (%1$s.word_similarity($2::text, f.item) - 1)::real AS rank, count(*) OVER () AS total
                     FROM deal_store.facts f WHERE $2::text OPERATOR(%1$s.<%%) f.item %2$s %3$s)
-         SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank, deal_store._escaped(m.item), m.total
+         SELECT m.id, m.legacy_id, m.domain, m.category, m.item, m.rank, deal_store_internal._escaped(m.item), m.total
          FROM m ORDER BY m.rank DESC, m.legacy_id, m.id', trgm, filters, page)
         USING search_facts.deal_id, btrim(query), search_facts.domain, search_facts.category, search_facts.entity,
               min_confidence, lim, off;
@@ -169,7 +169,7 @@ DECLARE
     fact_ranks real[];
     fact_headlines text[];
 BEGIN
-    PERFORM deal_store._require_deal(deal_id, 'read');
+    PERFORM deal_store_internal._require_deal(deal_id, 'read');
     IF lim IS NULL OR lim NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'lim must be between 1 and 1000' USING ERRCODE = '22023';
     ELSIF query IS NULL OR btrim(query) = '' THEN
@@ -190,12 +190,12 @@ BEGIN
         FROM ROWS FROM (unnest(fact_ids), unnest(fact_titles), unnest(fact_ranks), unnest(fact_headlines)) f(id, title, rank, headline)
         UNION ALL
         SELECT 'finding', g.id, g.title, ts_rank_cd(v.vec, tsq, 32)::real,
-               deal_store._headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
+               deal_store_internal._headline(cfg, g.title || coalesce(': ' || g.description, ''), tsq, opts)
         FROM deal_store.findings g,
              LATERAL (SELECT setweight(to_tsvector(cfg, g.title), 'A') || setweight(to_tsvector(cfg, coalesce(g.description, '')), 'C') AS vec) v
         WHERE g.deal_id = search_deal.deal_id AND g.deleted_at IS NULL AND v.vec @@ tsq
         UNION ALL
-        SELECT 'gap', x.id, x.description, ts_rank_cd(v.vec, tsq, 32)::real, deal_store._headline(cfg, x.description, tsq, opts)
+        SELECT 'gap', x.id, x.description, ts_rank_cd(v.vec, tsq, 32)::real, deal_store_internal._headline(cfg, x.description, tsq, opts)
         FROM deal_store.gaps x,
              LATERAL (SELECT setweight(to_tsvector(cfg, x.description), 'A') AS vec) v
         WHERE x.deal_id = search_deal.deal_id AND x.deleted_at IS NULL AND v.vec @@ tsq)

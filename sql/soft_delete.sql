@@ -2,7 +2,7 @@
 -- soft_delete / restore with cascade and batches, DELETE turned into a soft
 -- delete, purge as the only real delete.
 
-COMMENT ON FUNCTION deal_store._table_of(oid) IS
+COMMENT ON FUNCTION deal_store_internal._table_of(oid) IS
     'Internal: the table a relation''s rows belong to: the relation itself, or on Citus the distributed table of a shard (deal_store.facts_102099 -> deal_store.facts). Triggers name their table with it, not with TG_RELID.';
 
 -- ---------------------------------------------------------------------------
@@ -40,7 +40,7 @@ COMMENT ON VIEW deal_store.active_fact_finding_links IS
 -- ---------------------------------------------------------------------------
 -- soft_delete / restore / purge.
 
-CREATE FUNCTION deal_store._soft_deletable(entity regclass) RETURNS void
+CREATE FUNCTION deal_store_internal._soft_deletable(entity regclass) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF entity IS NULL OR entity NOT IN ('deal_store.deals'::regclass, 'deal_store.documents'::regclass,
@@ -50,7 +50,7 @@ BEGIN
                   HINT = 'Use deal_store.deals, deal_store.documents, deal_store.facts, deal_store.findings or deal_store.gaps.';
     END IF;
 END $$;
-COMMENT ON FUNCTION deal_store._soft_deletable(regclass) IS
+COMMENT ON FUNCTION deal_store_internal._soft_deletable(regclass) IS
     'Internal: raises 22023 unless entity is one of the five soft-deletable tables.';
 
 -- Finds the row, locks its deal and then the row itself; returns the row's
@@ -58,7 +58,7 @@ COMMENT ON FUNCTION deal_store._soft_deletable(regclass) IS
 -- (e.g. two queue workers soft-deleting facts) run side by side, while a
 -- soft delete or restore of the deal itself (FOR UPDATE of the deal row)
 -- waits for them and they for it.
-CREATE FUNCTION deal_store._id_in_one_deal(tbl regclass, id uuid, needs text) RETURNS uuid
+CREATE FUNCTION deal_store_internal._id_in_one_deal(tbl regclass, id uuid, needs text) RETURNS uuid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deals uuid[];
@@ -71,30 +71,30 @@ BEGIN
         RAISE EXCEPTION 'id % names rows of % deals in %', id, cardinality(deals), tbl USING ERRCODE = 'P0003',
             HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';
     ELSIF cardinality(deals) = 1 THEN
-        PERFORM deal_store._require_right(deals[1], needs);
+        PERFORM deal_store_internal._require_right(deals[1], needs);
     END IF;
     RETURN deals[1];
 END $$;
-COMMENT ON FUNCTION deal_store._id_in_one_deal(regclass, uuid, text) IS
+COMMENT ON FUNCTION deal_store_internal._id_in_one_deal(regclass, uuid, text) IS
     'Internal: raises P0003 when an id passed alone names rows of more than one deal (ids are unique per deal only), so no function picks one of them; 42501 unless the caller has the right needs on the row''s deal. Returns that deal (NULL: no row has the id), so the caller''s next lookup names it (on Citus: one shard, where a row lock is possible).';
 
-CREATE FUNCTION deal_store._lock_row(entity regclass, id uuid, needs text, deal uuid,
+CREATE FUNCTION deal_store_internal._lock_row(entity regclass, id uuid, needs text, deal uuid,
     OUT deal_id uuid, OUT deleted_at timestamptz, OUT delete_batch uuid)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     current_only text := CASE WHEN entity = 'deal_store.facts'::regclass THEN ' AND superseded_at IS NULL' ELSE '' END;
     deal_col text := CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END;
 BEGIN
-    PERFORM deal_store._soft_deletable(entity);
+    PERFORM deal_store_internal._soft_deletable(entity);
     IF id IS NULL THEN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = '22004';
     END IF;
     IF entity = 'deal_store.deals'::regclass THEN
-        PERFORM deal_store._require_right(id, needs);
+        PERFORM deal_store_internal._require_right(id, needs);
     ELSIF deal IS NOT NULL THEN
-        PERFORM deal_store._require_right(deal, needs);
+        PERFORM deal_store_internal._require_right(deal, needs);
     ELSE
-        PERFORM deal_store._id_in_one_deal(entity, id, needs);
+        PERFORM deal_store_internal._id_in_one_deal(entity, id, needs);
     END IF;
     -- with the deal named, the lookup reads one deal (on Citus: one shard)
     EXECUTE format('SELECT %I FROM %s WHERE id = $1%s%s', deal_col, entity, current_only,
@@ -110,15 +110,15 @@ BEGIN
                    entity, deal_col, current_only)
         INTO _lock_row.deleted_at, _lock_row.delete_batch USING _lock_row.deal_id, id;
 END $$;
-COMMENT ON FUNCTION deal_store._lock_row(regclass, uuid, text, uuid) IS
+COMMENT ON FUNCTION deal_store_internal._lock_row(regclass, uuid, text, uuid) IS
     'Internal: validates entity and id (in deal, when not NULL; else the id must name a row of one deal only), checks the caller''s right needs on the row''s deal (42501), locks the row''s deal then the row, and returns deal_id, deleted_at and delete_batch.';
 
 -- Marks rows deleted, set-based: the one place a soft delete is written.
-CREATE FUNCTION deal_store._mark_deleted(tbl regclass, scope text, deal_ids uuid[], ids uuid[], reasons text[], batch uuid)
+CREATE FUNCTION deal_store_internal._mark_deleted(tbl regclass, scope text, deal_ids uuid[], ids uuid[], reasons text[], batch uuid)
 RETURNS TABLE(deal_id uuid, id uuid)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM deal_store._soft_deletable(tbl);
+    PERFORM deal_store_internal._soft_deletable(tbl);
     -- @plpgsql_check_options: security_warnings = false, extra_warnings = false
     -- (the condition is one of the constant texts below; tbl a regclass; the OUT
     -- columns are the dynamic statement's RETURNING, which the checker cannot see)
@@ -144,12 +144,12 @@ BEGIN
               ARRAY(SELECT DISTINCT d FROM unnest(CASE WHEN scope = 'owned_by_deal' OR tbl = 'deal_store.deals'::regclass
                                                       THEN ids ELSE deal_ids END) d);
 END $$;
-COMMENT ON FUNCTION deal_store._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid) IS
+COMMENT ON FUNCTION deal_store_internal._mark_deleted(regclass, text, uuid[], uuid[], text[], uuid) IS
     'Internal: soft-deletes live rows of tbl, set-based (deleted_at, deleted_by = deal_store.actor, the reason, batch, or when batch is NULL a batch of its own per named row): the rows (deal_ids[i], ids[i]) themselves (scope row), the rows of the deals ids (owned_by_deal) or the facts sourced from the documents (owned_by_document). Returns the rows marked. soft_delete and the merge queue both write soft deletes through it.';
 
 -- What a soft delete takes with it: the one list soft_delete and an UPDATE
 -- that sets deleted_at both follow.
-CREATE FUNCTION deal_store._owned(entity regclass) RETURNS TABLE(tbl regclass, scope text)
+CREATE FUNCTION deal_store_internal._owned(entity regclass) RETURNS TABLE(tbl regclass, scope text)
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT c.tbl, c.scope FROM (VALUES
@@ -160,7 +160,7 @@ BEGIN ATOMIC
         ('deal_store.documents'::regclass, 'deal_store.facts'::regclass, 'owned_by_document')) AS c(owner, tbl, scope)
     WHERE c.owner = _owned.entity;
 END;
-COMMENT ON FUNCTION deal_store._owned(regclass) IS
+COMMENT ON FUNCTION deal_store_internal._owned(regclass) IS
     'Internal: the tables whose rows a soft delete of a row of entity takes with it, and how they belong to it (a deal owns its documents, facts, findings and gaps; a document the facts sourced from it).';
 
 CREATE FUNCTION deal_store.soft_delete(entity regclass, id uuid, reason text DEFAULT NULL, deal_id uuid DEFAULT NULL) RETURNS integer
@@ -173,21 +173,21 @@ DECLARE
     n integer;
     t record;
 BEGIN
-    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END,
+    r := deal_store_internal._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END,
                               soft_delete.deal_id);
     IF r.deleted_at IS NOT NULL THEN
         RAISE EXCEPTION '% row % is already deleted', entity, id
             USING ERRCODE = '55000', DETAIL = format('Deleted at %s.', r.deleted_at);
     END IF;
     -- the audit log records the reason of this delete
-    PERFORM deal_store._set_local('deal_store.reason', coalesce(reason, prev_reason));
+    PERFORM deal_store_internal._set_local('deal_store.reason', coalesce(reason, prev_reason));
     -- the row itself, then what it owns: a deal owns its documents, facts,
     -- findings and gaps; a document owns the facts sourced from it.
-    FOR t IN SELECT entity AS tbl, 'row' AS scope UNION ALL SELECT * FROM deal_store._owned(entity) LOOP
-        SELECT count(*) INTO n FROM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
+    FOR t IN SELECT entity AS tbl, 'row' AS scope UNION ALL SELECT * FROM deal_store_internal._owned(entity) LOOP
+        SELECT count(*) INTO n FROM deal_store_internal._mark_deleted(t.tbl, t.scope, ARRAY[r.deal_id], ARRAY[id], ARRAY[reason], batch);
         total := total + n;
     END LOOP;
-    PERFORM deal_store._set_local('deal_store.reason', prev_reason);
+    PERFORM deal_store_internal._set_local('deal_store.reason', prev_reason);
     RETURN total;
 END $$;
 COMMENT ON FUNCTION deal_store.soft_delete(regclass, uuid, text, uuid) IS
@@ -201,7 +201,7 @@ DECLARE
     n integer;
     t regclass;
 BEGIN
-    r := deal_store._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END, NULL);
+    r := deal_store_internal._lock_row(entity, id, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END, NULL);
     IF r.deleted_at IS NULL THEN
         RAISE EXCEPTION '% row % is not deleted', entity, id USING ERRCODE = '55000';
     END IF;
@@ -211,6 +211,7 @@ BEGIN
         RAISE EXCEPTION 'cannot restore % row %: its deal is deleted', entity, id
             USING ERRCODE = '55000', HINT = 'Restore the deal first.';
     END IF;
+    PERFORM deal_store_internal._set_local('deal_store.undeleting', 'on');
     BEGIN
         UPDATE deal_store.deals d SET deleted_at = NULL, deleted_by = NULL, delete_reason = NULL, delete_batch = NULL
         WHERE d.id = r.deal_id AND d.delete_batch = r.delete_batch;
@@ -233,6 +234,7 @@ BEGIN
                       HINT = 'Rename or delete the live row, then restore again.';
         END;
     END;
+    PERFORM deal_store_internal._set_local('deal_store.undeleting', 'off');
     RETURN total;
 END $$;
 COMMENT ON FUNCTION deal_store.restore(regclass, uuid) IS
@@ -244,12 +246,12 @@ DECLARE
     r record;
     n integer;
 BEGIN
-    r := deal_store._lock_row(entity, id, 'administer', NULL);
+    r := deal_store_internal._lock_row(entity, id, 'administer', NULL);
     IF r.deleted_at IS NULL THEN
         RAISE EXCEPTION 'cannot purge % row %: it is not deleted', entity, id
             USING ERRCODE = '55000', HINT = 'Soft-delete it first with deal_store.soft_delete.';
     END IF;
-    PERFORM deal_store._set_local('deal_store.hard_delete', 'on');
+    PERFORM deal_store_internal._set_local('deal_store.hard_delete', 'on');
     IF entity = 'deal_store.deals'::regclass THEN
         DELETE FROM deal_store.deals d WHERE d.id = r.deal_id;
     ELSIF entity = 'deal_store.facts'::regclass THEN
@@ -266,13 +268,13 @@ BEGIN
         EXECUTE format('DELETE FROM %s WHERE deal_id = $1 AND id = $2', entity) USING r.deal_id, id;
     END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM deal_store._set_local('deal_store.hard_delete', 'off');
+    PERFORM deal_store_internal._set_local('deal_store.hard_delete', 'off');
     RETURN n;
 END $$;
 COMMENT ON FUNCTION deal_store.purge(regclass, uuid) IS
     'Really deletes a soft-deleted row (a fact with its whole version history; a deal with everything it owns). The only real delete. Errors: 22023, P0002, 55000 when the row is not soft-deleted first.';
 
-CREATE FUNCTION deal_store.delete_to_soft_delete() RETURNS trigger
+CREATE FUNCTION deal_store_internal.delete_to_soft_delete() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF current_setting('deal_store.hard_delete', true) = 'on' THEN
@@ -280,29 +282,29 @@ BEGIN
     END IF;
     IF OLD.deleted_at IS NULL AND (to_jsonb(OLD) ->> 'superseded_at') IS NULL THEN
         -- the row's deal is named: the lookup stays in this deal (on Citus, in this shard)
-        PERFORM deal_store.soft_delete(deal_store._table_of(TG_RELID)::regclass, OLD.id, 'DELETE statement',
+        PERFORM deal_store.soft_delete(deal_store_internal._table_of(TG_RELID)::regclass, OLD.id, 'DELETE statement',
                                        (to_jsonb(OLD) ->> 'deal_id')::uuid);
     END IF;
     RETURN NULL;
 END $$;
-COMMENT ON FUNCTION deal_store.delete_to_soft_delete() IS
+COMMENT ON FUNCTION deal_store_internal.delete_to_soft_delete() IS
     'Trigger: turns a DELETE of a live row into deal_store.soft_delete (with cascade) and skips the real delete. Only deal_store.purge deletes for real.';
 
-CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.deals FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
-CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.documents FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
-CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.facts FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
-CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.findings FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
-CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.gaps FOR EACH ROW EXECUTE FUNCTION deal_store.delete_to_soft_delete();
+CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.deals FOR EACH ROW EXECUTE FUNCTION deal_store_internal.delete_to_soft_delete();
+CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.documents FOR EACH ROW EXECUTE FUNCTION deal_store_internal.delete_to_soft_delete();
+CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.facts FOR EACH ROW EXECUTE FUNCTION deal_store_internal.delete_to_soft_delete();
+CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.findings FOR EACH ROW EXECUTE FUNCTION deal_store_internal.delete_to_soft_delete();
+CREATE TRIGGER delete_to_soft_delete BEFORE DELETE ON deal_store.gaps FOR EACH ROW EXECUTE FUNCTION deal_store_internal.delete_to_soft_delete();
 
 -- UPDATE … SET deleted_at = now(), the soft delete ORM mixins and the seeds
 -- write: the same soft delete as soft_delete() (actor, batch, reason,
 -- cascade), for the rows the UPDATE names. The trigger's WHEN clause lets every
 -- other UPDATE pass without a call; the extension's own soft deletes set
 -- delete_batch themselves and pass too.
-CREATE FUNCTION deal_store.soft_delete_by_update() RETURNS trigger
+CREATE FUNCTION deal_store_internal.soft_delete_by_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    entity regclass := deal_store._table_of(TG_RELID)::regclass;   -- on Citus TG_RELID is a shard
+    entity regclass := deal_store_internal._table_of(TG_RELID)::regclass;   -- on Citus TG_RELID is a shard
     -- the five tables differ in their columns: read the row by name
     r jsonb := to_jsonb(NEW);
     deal uuid := (r ->> CASE WHEN entity = 'deal_store.deals'::regclass THEN 'id' ELSE 'deal_id' END)::uuid;
@@ -312,19 +314,19 @@ BEGIN
     IF r ->> 'superseded_at' IS NOT NULL THEN
         RETURN NULL;   -- a fact's history row is never deleted on its own: it goes with its fact's purge
     END IF;
-    PERFORM deal_store._require_right(deal, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
+    PERFORM deal_store_internal._require_right(deal, CASE WHEN entity = 'deal_store.deals'::regclass THEN 'manage' ELSE 'write' END);
     NEW.deleted_at := now();
     NEW.deleted_by := deal_store.current_actor();
     NEW.delete_batch := gen_random_uuid();
     NEW.delete_reason := coalesce(NEW.delete_reason, nullif(prev_reason, ''), 'UPDATE statement');
-    PERFORM deal_store._set_local('deal_store.reason', NEW.delete_reason);
-    FOR t IN SELECT * FROM deal_store._owned(entity) LOOP
-        PERFORM deal_store._mark_deleted(t.tbl, t.scope, ARRAY[deal], ARRAY[NEW.id], ARRAY[NEW.delete_reason], NEW.delete_batch);
+    PERFORM deal_store_internal._set_local('deal_store.reason', NEW.delete_reason);
+    FOR t IN SELECT * FROM deal_store_internal._owned(entity) LOOP
+        PERFORM deal_store_internal._mark_deleted(t.tbl, t.scope, ARRAY[deal], ARRAY[NEW.id], ARRAY[NEW.delete_reason], NEW.delete_batch);
     END LOOP;
-    PERFORM deal_store._set_local('deal_store.reason', prev_reason);
+    PERFORM deal_store_internal._set_local('deal_store.reason', prev_reason);
     RETURN NEW;
 END $$;
-COMMENT ON FUNCTION deal_store.soft_delete_by_update() IS
+COMMENT ON FUNCTION deal_store_internal.soft_delete_by_update() IS
     'Trigger (BEFORE UPDATE, when deleted_at goes from NULL to a value and delete_batch stays NULL): makes UPDATE … SET deleted_at = now() the soft delete soft_delete() writes: deleted_at = now(), deleted_by = the actor, a batch of its own, the reason (the row''s delete_reason, else deal_store.reason, else ''UPDATE statement''), and the rows it owns in the same batch. Needs the caller''s write right on the deal (manage for a deal). A fact''s history row is left as it is.';
 
 DO $$
@@ -334,7 +336,7 @@ BEGIN
     FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER soft_delete_by_update BEFORE UPDATE OF deleted_at ON deal_store.%I FOR EACH ROW
             WHEN (OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL AND NEW.delete_batch IS NULL)
-            EXECUTE FUNCTION deal_store.soft_delete_by_update()', t);
+            EXECUTE FUNCTION deal_store_internal.soft_delete_by_update()', t);
     END LOOP;
 END $$;
 
@@ -342,14 +344,14 @@ END $$;
 -- a login that needs an actor and has none would delete nothing and hear
 -- nothing: the statement is refused first (42501 with a hint), as a write on
 -- the tables is by their policies.
-CREATE FUNCTION deal_store.require_actor() RETURNS trigger
+CREATE FUNCTION deal_store_internal.require_actor() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- the write-side lookup raises 42501 when this login needs an actor and has none
     PERFORM deal_store.my_deals('analyst');
     RETURN NULL;
 END $$;
-COMMENT ON FUNCTION deal_store.require_actor() IS
+COMMENT ON FUNCTION deal_store_internal.require_actor() IS
     'Trigger (BEFORE DELETE FOR EACH STATEMENT on the active_* views): 42501 with a hint when the login needs an actor (deal_store_service, deal_store.require_actor) and has none, instead of a DELETE 0.';
 
 DO $$
@@ -358,24 +360,30 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER require_actor BEFORE DELETE ON deal_store.%I FOR EACH STATEMENT
-            EXECUTE FUNCTION deal_store.require_actor()', 'active_' || t);
+            EXECUTE FUNCTION deal_store_internal.require_actor()', 'active_' || t);
     END LOOP;
 END $$;
 
 -- UPDATE … SET deleted_at = NULL on a soft-deleted row: refused with what to do
 -- instead (restore() brings back the row and what was deleted with it). A
--- restore clears delete_batch too and passes.
-CREATE FUNCTION deal_store.refuse_undelete() RETURNS trigger
+-- restore sets a superuser-only setting for its own statements and passes.
+CREATE FUNCTION deal_store_internal.refuse_undelete() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    entity text := deal_store._table_of(TG_RELID)::regclass::text;   -- on Citus TG_RELID is a shard
+    entity text := deal_store_internal._table_of(TG_RELID)::regclass::text;   -- on Citus TG_RELID is a shard
 BEGIN
+    -- restore() sets deal_store.undeleting (superusers only) for its own statements;
+    -- read after the library is loaded (_table_of above), which discards a value
+    -- an ordinary role set before it defined the setting
+    IF current_setting('deal_store.undeleting', true) = 'on' THEN
+        RETURN NEW;
+    END IF;
     RAISE EXCEPTION 'a soft-deleted row of % comes back through deal_store.restore(), not by clearing deleted_at', entity
         USING ERRCODE = '23514',
               HINT = pg_catalog.format('SELECT deal_store.restore(%L, %L) restores it and the rows deleted with it.', entity, NEW.id);
 END $$;
-COMMENT ON FUNCTION deal_store.refuse_undelete() IS
-    'Trigger (BEFORE UPDATE, when deleted_at is cleared and delete_batch is not): 23514 with a hint naming deal_store.restore(), which restores the row and its batch.';
+COMMENT ON FUNCTION deal_store_internal.refuse_undelete() IS
+    'Trigger (BEFORE UPDATE, when deleted_at is cleared): 23514 with a hint naming deal_store.restore(), which restores the row and its batch (restore sets deal_store.undeleting, a superuser-only setting, for its own statements).';
 
 DO $$
 DECLARE
@@ -383,21 +391,21 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER refuse_undelete BEFORE UPDATE OF deleted_at ON deal_store.%I FOR EACH ROW
-            WHEN (OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL AND NEW.delete_batch IS NOT NULL)
-            EXECUTE FUNCTION deal_store.refuse_undelete()', t);
+            WHEN (OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL)
+            EXECUTE FUNCTION deal_store_internal.refuse_undelete()', t);
     END LOOP;
 END $$;
 
 -- DELETE through an active_* view: the soft delete, reported as deleted rows
 -- (DELETE 1, what ORMs count), where a DELETE on the table reports DELETE 0
 -- (its BEFORE trigger skips the real delete).
-CREATE FUNCTION deal_store.delete_through_view() RETURNS trigger
+CREATE FUNCTION deal_store_internal.delete_through_view() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM deal_store.soft_delete(TG_ARGV[0]::regclass, OLD.id, 'DELETE statement');
     RETURN OLD;
 END $$;
-COMMENT ON FUNCTION deal_store.delete_through_view() IS
+COMMENT ON FUNCTION deal_store_internal.delete_through_view() IS
     'Trigger (INSTEAD OF DELETE on the active_* views): soft-deletes the row with deal_store.soft_delete (with cascade) and reports it deleted, so DELETE through a view returns the number of rows it soft-deleted.';
 
 DO $$
@@ -406,7 +414,7 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER delete_through_view INSTEAD OF DELETE ON deal_store.%I FOR EACH ROW
-            EXECUTE FUNCTION deal_store.delete_through_view(%L)', 'active_' || t, 'deal_store.' || t);
+            EXECUTE FUNCTION deal_store_internal.delete_through_view(%L)', 'active_' || t, 'deal_store.' || t);
     END LOOP;
 END $$;
 
@@ -414,13 +422,13 @@ END $$;
 -- TRUNCATE bypasses every row trigger (soft delete, audit): refused on every
 -- deal table. deal_store.purge is the only real delete.
 
-CREATE FUNCTION deal_store.refuse_truncate() RETURNS trigger
+CREATE FUNCTION deal_store_internal.refuse_truncate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RAISE EXCEPTION 'TRUNCATE of % is not allowed: it would bypass soft delete and the audit log', deal_store._table_of(TG_RELID)::regclass
+    RAISE EXCEPTION 'TRUNCATE of % is not allowed: it would bypass soft delete and the audit log', deal_store_internal._table_of(TG_RELID)::regclass
         USING ERRCODE = '42501', HINT = 'Use deal_store.soft_delete, then deal_store.purge for rows that must go.';
 END $$;
-COMMENT ON FUNCTION deal_store.refuse_truncate() IS
+COMMENT ON FUNCTION deal_store_internal.refuse_truncate() IS
     'Trigger (BEFORE TRUNCATE): refuses TRUNCATE of a deal table with 42501; TRUNCATE would bypass the soft-delete and audit row triggers.';
 DO $$
 DECLARE
@@ -429,6 +437,6 @@ BEGIN
     FOREACH t IN ARRAY ARRAY['deals', 'documents', 'analysis_runs', 'facts', 'findings', 'fact_finding_links', 'gaps',
                              'pending_changes', 'notifications'] LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON deal_store.%I
-                                   FOR EACH STATEMENT EXECUTE FUNCTION deal_store.refuse_truncate()', t);
+                                   FOR EACH STATEMENT EXECUTE FUNCTION deal_store_internal.refuse_truncate()', t);
     END LOOP;
 END $$;

@@ -544,7 +544,7 @@ fn reading_for<T>(rel: Option<Oid>, f: impl FnOnce() -> T) -> T {
 /// (`tableoid`): on a worker, the team is read from the `deal_members` shard on
 /// the same node, once per transaction. On a shard of a reference table (no
 /// team is local) only those who see every deal pass.
-#[pg_extern(name = "_may", stable, parallel_safe)]
+#[pg_extern(schema = "deal_store_internal", name = "_may", stable, parallel_safe)]
 fn may(rel: Option<Oid>, deal: Option<Uuid>, min_role: Option<&str>) -> bool {
     let min_role = crate::errors::required(min_role, "min_role");
     let min = DealRole::required(min_role);
@@ -563,7 +563,7 @@ fn may(rel: Option<Oid>, deal: Option<Uuid>, min_role: Option<&str>) -> bool {
 /// Internal, the row-level security policies on Citus: true when the caller
 /// sees every deal or `user_id` is its actor (own notifications, own deals).
 /// `rel` as for `_may`.
-#[pg_extern(name = "_acts_as", stable, parallel_safe)]
+#[pg_extern(schema = "deal_store_internal", name = "_acts_as", stable, parallel_safe)]
 fn acts_as(rel: Option<Oid>, user_id: Option<Uuid>) -> bool {
     reading_for(rel, || {
         let r = resolve();
@@ -580,7 +580,7 @@ fn current_actor() -> Option<Uuid> {
 
 /// Internal: the role the caller acts as outside SECURITY DEFINER functions
 /// (its login, or the role it SET ROLE to): who owns a change-feed consumer.
-#[pg_extern(name = "_caller_role", stable, parallel_safe)]
+#[pg_extern(schema = "deal_store_internal", name = "_caller_role", stable, parallel_safe)]
 fn caller_role() -> String {
     // SAFETY: reads this backend's role state; the name is copied out at once
     unsafe {
@@ -592,7 +592,7 @@ fn caller_role() -> String {
 /// Internal: 42501 unless the caller has `needs` (read, write, review, manage,
 /// administer) on the deal. Called by every API function before it touches a deal.
 /// `deal_id` may be NULL for `administer` (an act on no one deal, e.g. purge_audit).
-#[pg_extern(name = "_require_right", volatile)]
+#[pg_extern(schema = "deal_store_internal", name = "_require_right", volatile)]
 fn require_right_sql(deal_id: Option<Uuid>, needs: Option<&str>) {
     match (deal_id, Right::parse(crate::errors::required(needs, "needs"))) {
         (None, Right::Admin) => {

@@ -118,7 +118,7 @@ pub fn no_deal_uuid() -> pgrx::Uuid {
 
 /// The `deal_id` a log entry without a deal is stored under: NULL, or on Citus
 /// the nil uuid (see [`NO_DEAL`]). Read when the statement is planned.
-#[pg_extern(name = "_no_deal", stable, parallel_safe)]
+#[pg_extern(schema = "deal_store_internal", name = "_no_deal", stable, parallel_safe)]
 fn no_deal() -> Option<pgrx::Uuid> {
     crate::shard::distributed("deal_activity_log").then(no_deal_uuid)
 }
@@ -466,7 +466,7 @@ fn audit_row<'a>(
     if !matches!(trigger.level(), PgTriggerLevel::Row) || !matches!(trigger.when()?, PgTriggerWhen::After) {
         raise(
             PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-            "deal_store.audit_row must be an AFTER ... FOR EACH ROW trigger",
+            "deal_store_internal.audit_row must be an AFTER ... FOR EACH ROW trigger",
             Some("Use deal_store.enable_audit(table) to put it on a table.".into()),
         );
     }
@@ -698,7 +698,7 @@ fn write(entries: &[Entry]) {
                     None => ("", ""),
                     Some(_) => (
                         ", seq",
-                        ",\n       deal_store._log_seq((SELECT g.groupid FROM pg_catalog.pg_dist_local_group g),
+                        ",\n       deal_store_internal._log_seq((SELECT g.groupid FROM pg_catalog.pg_dist_local_group g),
                                    pg_catalog.nextval('deal_store.deal_activity_log_seq_seq'::pg_catalog.regclass))",
                     ),
                 };

@@ -332,14 +332,14 @@ fn object_arg_content(kind: &Kind, row: &AnyElement) -> String {
 
 /// The canonical text of a fact's, finding's or gap's content given as jsonb
 /// (e.g. `to_jsonb(row)`). Called by `deal_store.fact_canonical`.
-#[pg_extern(immutable, parallel_safe, strict, name = "_content_canonical")]
+#[pg_extern(schema = "deal_store_internal", immutable, parallel_safe, strict, name = "_content_canonical")]
 fn content_canonical_internal(entity_type: &str, row: AnyElement) -> String {
     object_arg_content(Kind::of(entity_type), &row)
 }
 
 /// MD5 of `_content_canonical`. Called by `deal_store.fact_checksum` and
 /// `deal_store.content_checksum_of`.
-#[pg_extern(immutable, parallel_safe, strict, name = "_content_checksum")]
+#[pg_extern(schema = "deal_store_internal", immutable, parallel_safe, strict, name = "_content_checksum")]
 fn content_checksum_internal(entity_type: &str, row: AnyElement) -> String {
     md5_hex(&object_arg_content(Kind::of(entity_type), &row))
 }
@@ -351,13 +351,13 @@ fn content_fields(entity_type: &str) -> Vec<String> {
 }
 
 /// The columns a proposal may set besides the content (`Kind::extras`).
-#[pg_extern(immutable, parallel_safe, strict, name = "_extra_fields")]
+#[pg_extern(schema = "deal_store_internal", immutable, parallel_safe, strict, name = "_extra_fields")]
 fn extra_fields(entity_type: &str) -> Vec<String> {
     Kind::of(entity_type).extras.iter().map(|f| f.to_string()).collect()
 }
 
 /// The table of a fact, finding or gap.
-#[pg_extern(immutable, parallel_safe, strict, name = "_kind_table")]
+#[pg_extern(schema = "deal_store_internal", immutable, parallel_safe, strict, name = "_kind_table")]
 fn kind_table(entity_type: &str) -> &'static str {
     Kind::of(entity_type).table
 }

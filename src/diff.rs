@@ -124,10 +124,23 @@ pub fn parse_incoming(kind: &Kind, incoming: &AnyElement) -> Vec<Incoming> {
     out
 }
 
+/// At most this many domain names in a `domains` argument, of at most this many characters.
+const MAX_DOMAINS: usize = 1000;
+const MAX_DOMAIN_CHARS: usize = 200;
+
 pub fn check_domains(domains: &Option<Vec<Option<String>>>) -> Option<Vec<String>> {
     domains.as_ref().map(|d| {
+        if d.len() > MAX_DOMAINS {
+            bad_input(format!("domains names {} domains; at most {MAX_DOMAINS} are allowed", d.len()));
+        }
         d.iter()
-            .map(|x| x.clone().unwrap_or_else(|| bad_input("domains must not contain NULL".into())))
+            .map(|x| {
+                let x = x.clone().unwrap_or_else(|| bad_input("domains must not contain NULL".into()));
+                if x.chars().count() > MAX_DOMAIN_CHARS {
+                    bad_input(format!("a domain name is at most {MAX_DOMAIN_CHARS} characters long"));
+                }
+                x
+            })
             .collect()
     })
 }
@@ -158,7 +171,7 @@ struct Stored<'a> {
 
 /// P0002 unless the deal exists (deleted or not), 42501 unless the caller may
 /// read it: no function answers for a deal that is not there or not its to see.
-/// SQL's `deal_store._require_deal` goes through the same check; this one names
+/// SQL's `deal_store_internal._require_deal` goes through the same check; this one names
 /// no 0.2.0 SQL object, so the library still serves a 0.1.0 database between
 /// the library swap and ALTER EXTENSION UPDATE.
 pub fn require_deal(deal_id: Uuid) {
@@ -221,8 +234,10 @@ pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option
                 incoming,
             });
         }
+        let scope: Option<std::collections::HashSet<&str>> = domains.map(|d| d.iter().map(String::as_str).collect());
         for (legacy_id, s) in stored {
-            if domains.is_none_or(|d| d.iter().any(|x| x == s.domain)) {
+            check_for_interrupts!();
+            if scope.as_ref().is_none_or(|d| d.contains(s.domain)) {
                 changes.push(Change {
                     legacy_id: legacy_id.to_string(),
                     change: ChangeType::Delete,
@@ -285,7 +300,7 @@ fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
 /// deal's current facts, as parallel arrays (one call, no per-row overhead);
 /// the SQL function `deal_store.diff_facts` unnests them into rows.
 /// changed_fields is a comma-separated list.
-#[pg_extern(volatile, name = "_diff_facts")]
+#[pg_extern(schema = "deal_store_internal", volatile, name = "_diff_facts")]
 #[allow(clippy::type_complexity)] // the row type pgrx declares to SQL
 fn diff_facts_internal(
     deal_id: Option<Uuid>,

@@ -1,7 +1,7 @@
 //! The export format of `export_deal` / `import_deal` (format_version 1), as
 //! typed Rust structs: one source of truth for both directions.
 //!
-//! `deal_store._export_format(doc)` reads a document through these types and
+//! `deal_store_internal._export_format(doc)` reads a document through these types and
 //! returns what they serialize to. `export_deal` passes its document through
 //! it (a column the types do not know fails the export, so a schema change
 //! cannot drift from the format unnoticed); `import_deal` calls it before it
@@ -169,7 +169,7 @@ impl Export {
 /// argument conversion, so that hostile input gets a clear error: nesting past
 /// serde_json's limit of 128 levels is 54001; numbers keep their exact text
 /// (serde_json's arbitrary_precision), so no number is out of range.
-#[pg_extern(immutable, parallel_safe, strict, name = "_export_format")]
+#[pg_extern(schema = "deal_store_internal", immutable, parallel_safe, strict, name = "_export_format")]
 fn export_format(doc: AnyElement) -> JsonB {
     if doc.oid() != pg_sys::JSONBOID {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "an export document must be jsonb", None);

@@ -213,7 +213,7 @@ fn fact_version_rows<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTupl
 /// Inserts an export's facts (history rows included, as the versioning wrote
 /// them) for `import_deal`: the one writer of history rows besides `fact_version_rows`.
 /// The jsonb is passed on as it is (no conversion to text and back).
-#[pg_extern(volatile, strict, name = "_import_facts")]
+#[pg_extern(schema = "deal_store_internal", volatile, strict, name = "_import_facts")]
 fn import_facts(rows: pgrx::AnyElement) {
     // SET LOCAL (Citus passes it on to the workers the transaction uses), off
     // again before returning; an error in between rolls the setting back with
@@ -223,7 +223,7 @@ fn import_facts(rows: pgrx::AnyElement) {
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("deal_store _import_facts: {e}"), None))
     };
     run("SET LOCAL deal_store.importing_history = on", &[]);
-    run("SELECT deal_store._insert_rows('deal_store.facts'::pg_catalog.regclass, $1)", &[crate::jsonb::spi_arg(&rows)]);
+    run(&format!("SELECT {}._insert_rows('deal_store.facts'::pg_catalog.regclass, $1)", crate::spi::internal_schema()), &[crate::jsonb::spi_arg(&rows)]);
     run("SET LOCAL deal_store.importing_history = off", &[]);
 }
 

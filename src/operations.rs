@@ -147,9 +147,9 @@ fn restored<'a>(_trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, pg
     Ok(None)
 }
 
-/// `deal_store._restoring()`: true while a superuser's COPY FROM loads one of
+/// `deal_store_internal._restoring()`: true while a superuser's COPY FROM loads one of
 /// deal_store's tables (for the PL/pgSQL triggers; switches nothing).
-#[pg_extern(name = "_restoring", stable, parallel_safe)]
+#[pg_extern(schema = "deal_store_internal", name = "_restoring", stable, parallel_safe)]
 fn restoring_sql() -> bool {
     restore_target().is_some_and(in_deal_store)
 }
@@ -197,7 +197,7 @@ unsafe fn dropping(fcinfo: pg_sys::FunctionCallInfo) -> Option<Dropping> {
         if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_EventTriggerData {
             raise(
                 PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-                "deal_store._guard_drop must be called as an event trigger",
+                "deal_store_internal._guard_drop must be called as an event trigger",
                 None,
             );
         }
@@ -335,7 +335,7 @@ pub extern "C" fn pg_finfo_deal_store_guard_drop() -> &'static pg_sys::Pg_finfo_
     &V1_API
 }
 
-/// `deal_store._guard_drop()`: the event trigger function (ddl_command_start,
+/// `deal_store_internal._guard_drop()`: the event trigger function (ddl_command_start,
 /// DROP EXTENSION) that refuses to drop deal_store while it holds deals.
 #[pg_guard]
 #[unsafe(no_mangle)]

@@ -100,6 +100,7 @@ fn confidence_tier(deal_id: Uuid, entity_type: &str, change_type: &str, confiden
 }
 
 struct Run {
+    id: Uuid,
     deal_id: Uuid,
     run_number: i32,
     incremental: bool,
@@ -129,12 +130,13 @@ fn lock_run(client: &mut SpiClient<'_>, run_id: Uuid) -> Run {
     let Some(&deal_id) = deals.first() else {
         raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("analysis run {run_id} does not exist"), None)
     };
-    // then the lock, naming the deal (on Citus: one shard, where FOR UPDATE is possible)
+    // then the locks, naming the deal (on Citus: one shard, where FOR UPDATE is possible):
+    // the deal's serialises its proposals, the run's makes a finishing run's status the one read
     let rows = client
         .update(
             "SELECT r.deal_id, r.run_number, r.is_incremental, r.domains_analyzed, r.status, d.deleted_at IS NOT NULL \
              FROM deal_store.analysis_runs r JOIN deal_store.deals d ON d.id = r.deal_id \
-             WHERE r.deal_id = $2 AND d.id = $2 AND r.id = $1 FOR NO KEY UPDATE OF d",
+             WHERE r.deal_id = $2 AND d.id = $2 AND r.id = $1 FOR NO KEY UPDATE OF d, r",
             Some(1),
             &[run_id.into(), deal_id.into()],
         )
@@ -152,6 +154,7 @@ fn lock_run(client: &mut SpiClient<'_>, run_id: Uuid) -> Run {
         None
     };
     Run {
+        id: run_id,
         deal_id,
         run_number: r.get(2).ok().flatten().unwrap_or(0),
         incremental: r.get(3).ok().flatten().unwrap_or(false),
@@ -252,15 +255,17 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                 )
                 .unwrap_or_else(|e| spi_failed(e));
         }
+        let open = lock_open(client, kind, &run, run_id, Some(incoming.iter().map(|i| i.legacy_id.as_str()).collect()));
         let changes = diff(kind, run.deal_id, incoming, Some(&scope));
         let doc_arg = crate::jsonb::spi_arg(&doc);
-        queue(client, kind, &run, run_id, changes, doc_arg, Some((&doc, &allowed)))
+        queue(client, kind, &run, open, changes, doc_arg, Some((&doc, &allowed)))
     })
 }
 
 /// The removals of a completing run: every live row of the kind inside the
 /// domains the run's calls covered (the domains a call named, else its rows')
-/// that none of its calls delivered. Incremental runs remove nothing.
+/// that none of its calls delivered and that was not written since the run
+/// started. Incremental runs remove nothing.
 fn propose_removals(kind: &Kind, run_id: Uuid) -> Counts {
     crate::spi::connect_mut(|client| {
         // a finished run or deleted deal: complete_run's own check reports it
@@ -292,37 +297,44 @@ fn propose_removals(kind: &Kind, run_id: Uuid) -> Counts {
         if scope.is_empty() {
             return Counts::new();
         }
+        // a row written since the run started (by a person, a newer run, a
+        // decision) is not the run's to remove: it never saw it
+        let current = if kind.versioned { " AND t.superseded_at IS NULL" } else { "" };
+        let newer: std::collections::HashSet<String> = client
+            .select(
+                &format!(
+                    "SELECT t.legacy_id FROM {} t JOIN deal_store.analysis_runs r ON r.deal_id = t.deal_id AND r.id = $2 \
+                     WHERE t.deal_id = $1 AND t.deleted_at IS NULL{current} AND t.updated_at > r.started_at",
+                    kind.table
+                ),
+                None,
+                &[run.deal_id.into(), run_id.into()],
+            )
+            .unwrap_or_else(|e| spi_failed(e))
+            .filter_map(|r| r.get::<String>(1).ok().flatten())
+            .collect();
+        let open = lock_open(client, kind, &run, run_id, None);
         let changes = diff(kind, run.deal_id, Vec::new(), Some(&scope))
             .into_iter()
-            .filter(|c| !delivered.contains(&c.legacy_id))
+            .filter(|c| !delivered.contains(&c.legacy_id) && !newer.contains(&c.legacy_id))
             .collect();
-        queue(client, kind, &run, run_id, changes, JsonB(json!([])).into(), None)
+        queue(client, kind, &run, open, changes, JsonB(json!([])).into(), None)
     })
 }
 
-/// Queues the lines of a diff as pending changes (the state machine above),
-/// applies tier 1 unless `deal_store.auto_apply` is off, and counts what became
-/// of them. `doc` is the proposal's jsonb (new values are read from it by
-/// ordinal) and, when there is one, is checked against the table first.
-fn queue(
-    client: &mut SpiClient<'_>,
-    kind: &Kind,
-    run: &Run,
-    run_id: Uuid,
-    changes: Vec<crate::diff::Change>,
-    doc_arg: pgrx::datum::DatumWithOid<'_>,
-    doc: Option<(&AnyElement, &[&'static str])>,
-) -> Counts {
-    // lock the open changes of these rows first, so what is queued below is decided on what they left
-    let keys: Vec<&str> = changes.iter().map(|c| c.legacy_id.as_str()).collect();
-    let open: HashMap<String, Open> = client
+/// Locks the open changes of the deal's rows of this kind (of the given legacy
+/// ids; all of them with None) and reads them. Taken before the diff, so what is
+/// queued is decided on what a concurrent accept left, never on what it is changing.
+fn lock_open(client: &mut SpiClient<'_>, kind: &Kind, run: &Run, run_id: Uuid, keys: Option<Vec<&str>>) -> HashMap<String, Open> {
+    let all = keys.is_none();
+    client
         .update(
             "SELECT c.legacy_entity_id, c.id, r.run_number, c.analysis_run_id = $3, c.change_type, c.proposed_checksum \
              FROM deal_store.pending_changes c JOIN deal_store.analysis_runs r ON r.deal_id = c.deal_id AND r.id = c.analysis_run_id \
-             WHERE c.deal_id = $1 AND c.entity_type = $2 AND c.legacy_entity_id = ANY ($4) \
+             WHERE c.deal_id = $1 AND c.entity_type = $2 AND ($5 OR c.legacy_entity_id = ANY ($4)) \
                AND c.status IN ('pending', 'deferred') FOR UPDATE OF c",
             None,
-            &[run.deal_id.into(), kind.entity_type.into(), run_id.into(), keys.into()],
+            &[run.deal_id.into(), kind.entity_type.into(), run_id.into(), keys.unwrap_or_default().into(), all.into()],
         )
         .unwrap_or_else(|e| spi_failed(e))
         .filter_map(|r| {
@@ -337,7 +349,22 @@ fn queue(
                 },
             ))
         })
-        .collect();
+        .collect()
+}
+
+/// Queues the lines of a diff as pending changes (the state machine above),
+/// applies tier 1 unless `deal_store.auto_apply` is off, and counts what became
+/// of them. `doc` is the proposal's jsonb (new values are read from it by
+/// ordinal) and, when there is one, is checked against the table first.
+fn queue(
+    client: &mut SpiClient<'_>,
+    kind: &Kind,
+    run: &Run,
+    open: HashMap<String, Open>,
+    changes: Vec<crate::diff::Change>,
+    doc_arg: pgrx::datum::DatumWithOid<'_>,
+    doc: Option<(&AnyElement, &[&'static str])>,
+) -> Counts {
     let rules = load_rules(client, run.deal_id);
 
     let mut supersede: Vec<Uuid> = Vec::new();
@@ -420,7 +447,7 @@ fn queue(
             None,
             &[
                 run.deal_id.into(),
-                run_id.into(),
+                run.id.into(),
                 kind.entity_type.into(),
                 JsonB(Value::Array(rows)).into(),
                 doc_arg,
@@ -440,11 +467,11 @@ fn queue(
     }
     if crate::settings::AUTO_APPLY.get() && !tier_one.is_empty() {
         client
-            .update("SELECT deal_store._apply_changes($1, $2)", None, &[run.deal_id.into(), tier_one.into()])
+            .update(&format!("SELECT {}._apply_changes($1, $2)", crate::spi::internal_schema()), None, &[run.deal_id.into(), tier_one.into()])
             .unwrap_or_else(|e| spi_failed(e));
     }
     client
-        .update("SELECT deal_store._signal_review($1, $2)", None, &[run.deal_id.into(), run_id.into()])
+        .update(&format!("SELECT {}._signal_review($1, $2)", crate::spi::internal_schema()), None, &[run.deal_id.into(), run.id.into()])
         .unwrap_or_else(|e| spi_failed(e));
     // what became of them: pending, or (tier 1) accepted or conflict
     client
@@ -469,7 +496,7 @@ fn queue(
 /// Diffs a running run's rows (facts, findings or gaps) against what is stored
 /// and queues the differences. Called by `deal_store.propose_facts`,
 /// `propose_findings` and `propose_gaps`.
-#[pg_extern(volatile, name = "_propose")]
+#[pg_extern(schema = "deal_store_internal", volatile, name = "_propose")]
 fn propose_internal(
     entity_type: Option<&str>,
     run_id: Option<Uuid>,
@@ -484,7 +511,7 @@ fn propose_internal(
 
 /// Proposes the removals of a completing run (see `propose_removals`). Called
 /// by `deal_store.complete_run` for facts, findings and gaps.
-#[pg_extern(volatile, name = "_propose_removals")]
+#[pg_extern(schema = "deal_store_internal", volatile, name = "_propose_removals")]
 fn propose_removals_internal(
     entity_type: Option<&str>,
     run_id: Option<Uuid>,
@@ -496,7 +523,7 @@ fn propose_removals_internal(
 
 /// 2D000 with a hint when a procedure that commits is called inside a
 /// transaction block (where its COMMIT would fail with no word of what to do).
-#[pg_extern(volatile, name = "_outside_transaction_block")]
+#[pg_extern(schema = "deal_store_internal", volatile, name = "_outside_transaction_block")]
 fn outside_transaction_block(routine: Option<&str>) {
     // SAFETY: reads the backend's transaction state, no pointer involved
     if unsafe { pg_sys::IsTransactionBlock() } {

@@ -15,7 +15,7 @@
 //! value is never refused: it is replaced, so an application or ORM that sends
 //! whole rows keeps working and cannot record another person or another time.
 //!
-//! The trigger `deal_store.server_columns` (BEFORE INSERT OR UPDATE, on every
+//! The trigger `deal_store_internal.server_columns` (BEFORE INSERT OR UPDATE, on every
 //! table of the schema with such a column) applies the rule. It steps aside in
 //! two cases only, neither of which an ordinary role can bring about: while
 //! the versioning copies a fact into its history row (a process-local flag of
@@ -72,7 +72,7 @@ pub fn classify(name: &str) -> Option<(Kind, Moment)> {
 }
 
 /// The classification as a table, for SQL (the permission matrix tests every row of it).
-#[pg_extern(name = "_server_columns", stable, parallel_safe)]
+#[pg_extern(schema = "deal_store_internal", name = "_server_columns", stable, parallel_safe)]
 fn server_columns_sql() -> TableIterator<'static, (name!(table_name, String), name!(column_name, String), name!(kind, String), name!(moment, String))> {
     let rows = crate::spi::connect(|client| {
         client
@@ -110,7 +110,7 @@ fn server_columns<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'
     if !matches!(trigger.when()?, PgTriggerWhen::Before) || !matches!(trigger.level(), PgTriggerLevel::Row) {
         raise(
             PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-            "deal_store.server_columns must be a BEFORE ... FOR EACH ROW trigger",
+            "deal_store_internal.server_columns must be a BEFORE ... FOR EACH ROW trigger",
             None,
         );
     }

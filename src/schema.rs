@@ -9,10 +9,61 @@
 use pgrx::prelude::*;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+/// The schema of the internal routines, declared to pgrx so that the functions
+/// marked `schema = "deal_store_internal"` are placed in it (sql/schema.sql
+/// creates and comments it first).
+#[pg_schema]
+mod deal_store_internal {}
+
+// The library's trigger functions join the other internals in deal_store_internal
+// (pgrx creates them in the extension's schema), and every internal routine of
+// the library exists before any SQL file names it.
+extension_sql!(
+    r#"
+ALTER FUNCTION deal_store.access_changed() SET SCHEMA deal_store_internal;
+ALTER FUNCTION deal_store.audit_row() SET SCHEMA deal_store_internal;
+ALTER FUNCTION deal_store.audit_flush() SET SCHEMA deal_store_internal;
+ALTER FUNCTION deal_store.fact_versions() SET SCHEMA deal_store_internal;
+ALTER FUNCTION deal_store.fact_version_rows() SET SCHEMA deal_store_internal;
+ALTER FUNCTION deal_store.restored() SET SCHEMA deal_store_internal;
+ALTER FUNCTION deal_store.server_columns() SET SCHEMA deal_store_internal;
+"#,
+    name = "internal_triggers",
+    requires = [
+        "schema",
+        access::access_changed,
+        audit::audit_row,
+        audit::audit_flush,
+        facts::fact_versions,
+        facts::fact_version_rows,
+        operations::restored,
+        records::server_columns,
+        // and the library's internal helpers, so every SQL file finds them
+        access::may,
+        access::acts_as,
+        access::caller_role,
+        access::require_right_sql,
+        audit::no_deal,
+        checksum::content_canonical_internal,
+        checksum::content_checksum_internal,
+        checksum::extra_fields,
+        checksum::kind_table,
+        diff::diff_facts_internal,
+        export::export_format,
+        facts::import_facts,
+        operations::restoring_sql,
+        queue::propose_internal,
+        queue::propose_removals_internal,
+        queue::outside_transaction_block,
+        records::server_columns_sql,
+        shard::distributed_sql,
+        shard::table_of
+    ]
+);
 extension_sql_file!(
     "../sql/soft_delete.sql",
     name = "soft_delete",
-    requires = ["schema", access::current_actor, shard::table_of]
+    requires = ["schema", "internal_triggers", access::current_actor, shard::table_of]
 );
 extension_sql_file!("../sql/idempotency.sql", name = "idempotency", requires = ["soft_delete", access::caller_role]);
 extension_sql_file!("../sql/runs.sql", name = "runs", requires = ["idempotency"]);
@@ -80,7 +131,7 @@ mod tests {
         let missing = Spi::get_one::<String>(
             "SELECT string_agg(x, ', ') FROM (
                SELECT p.oid::regprocedure::text AS x FROM pg_catalog.pg_proc p
-               WHERE p.pronamespace = 'deal_store'::regnamespace AND obj_description(p.oid, 'pg_proc') IS NULL
+               WHERE p.pronamespace IN ('deal_store'::regnamespace, 'deal_store_internal'::regnamespace) AND obj_description(p.oid, 'pg_proc') IS NULL
                UNION ALL
                SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
                WHERE c.relnamespace = 'deal_store'::regnamespace AND c.relkind IN ('r', 'v')

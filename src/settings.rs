@@ -13,6 +13,7 @@ pub static HARD_DELETE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static ALLOW_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static IMPORTING_HISTORY: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUDIT_PURGE: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static UNDELETING: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static REQUIRE_ACTOR: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUTO_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static REASON: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -122,6 +123,14 @@ pub fn init() {
         c"Lets DELETE remove rows of soft-deletable tables for real.",
         c"deal_store.purge sets it for its own transaction; leave it off otherwise.",
         &HARD_DELETE,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_bool_guc(
+        c"deal_store.undeleting",
+        c"Lets an UPDATE clear deleted_at of a soft-deleted row.",
+        c"deal_store.restore sets it for its own statements; leave it off otherwise.",
+        &UNDELETING,
         GucContext::Suset,
         GucFlags::NO_SHOW_ALL,
     );

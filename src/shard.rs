@@ -60,9 +60,9 @@ fn citus_metadata() -> bool {
     unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid }
 }
 
-/// `deal_store._distributed()`: true when Citus distributes deal_store's deal
+/// `deal_store_internal._distributed()`: true when Citus distributes deal_store's deal
 /// tables (`pending_changes` is hashed), the answer SQL and Rust share.
-#[pg_extern(name = "_distributed", stable, parallel_safe)]
+#[pg_extern(schema = "deal_store_internal", name = "_distributed", stable, parallel_safe)]
 fn distributed_sql() -> bool {
     distributed("pending_changes")
 }
@@ -243,7 +243,7 @@ pub fn placement_of(rel: pg_sys::Oid) -> Option<Placement> {
 /// The table a relation's rows belong to: the relation itself, or on Citus the
 /// distributed table of a shard (`deal_store.facts_102099` -> `deal_store.facts`).
 /// Triggers written in SQL identify their table with it instead of `TG_RELID`.
-#[pg_extern(name = "_table_of", stable, strict, parallel_safe)]
+#[pg_extern(schema = "deal_store_internal", name = "_table_of", stable, strict, parallel_safe)]
 fn table_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
     placement_of(rel).map(|p| p.table_oid)
 }

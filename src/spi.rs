@@ -115,3 +115,13 @@ mod tests {
         assert_eq!(path.as_deref(), Some("trap, pg_catalog, public"));
     }
 }
+
+/// The schema of the extension's internal routines: `deal_store_internal` from
+/// 0.3.0 on, `deal_store` in an older catalog, which the library still serves
+/// between the library swap and ALTER EXTENSION UPDATE.
+pub fn internal_schema() -> &'static str {
+    // SAFETY: a catalog lookup of a NUL-terminated constant name, missing_ok:
+    // no error, no pointer kept
+    let oid = unsafe { pg_sys::get_namespace_oid(c"deal_store_internal".as_ptr(), true) };
+    if oid == pg_sys::InvalidOid { "deal_store" } else { "deal_store_internal" }
+}

@@ -8,11 +8,29 @@
 -- routine bodies are checked when they first run
 SET check_function_bodies = off;
 
+-- Internals out of the way: the helpers the API calls and the trigger functions
+-- move to a schema of their own (ALTER … SET SCHEMA keeps each one's identity,
+-- so triggers, grants and dependencies stay as they are); every routine's body
+-- is then written again from sql/*.sql, naming them there (-- @routines below).
+CREATE SCHEMA deal_store_internal;
+COMMENT ON SCHEMA deal_store_internal IS
+    'deal_store''s internal helpers and trigger functions: called by the API in schema deal_store and by triggers, executable by the extension''s owner only (a few by the group roles whose routines run as the caller). Not an API: they change between releases.';
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT p.oid::pg_catalog.regprocedure AS fn FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace = 'deal_store'::pg_catalog.regnamespace
+               AND (p.proname LIKE '\_%' OR p.prorettype IN ('pg_catalog.trigger'::pg_catalog.regtype, 'pg_catalog.event_trigger'::pg_catalog.regtype)) LOOP
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s SET SCHEMA deal_store_internal', f.fn);
+    END LOOP;
+END $$;
+
 -- The merge queue at scale: every statement of a set reads the batch's rows by
 -- key; targets another transaction holds are left for a later batch; a new row
 -- takes its change's id; the worker stops when a batch can apply nothing.
--- @routine deal_store._apply_set
--- @routine deal_store._apply
+-- @routine deal_store_internal._apply_set
+-- @routine deal_store_internal._apply
 -- @routine deal_store.process_queue
 
 -- The change feed warns when a consumer's cursor is beyond the cluster's transaction ids.
@@ -20,12 +38,12 @@ SET check_function_bodies = off;
 
 -- One tenant's held rows never keep the worker from the rest of the queue: the
 -- claim leaves out what a batch already tried.
-DROP FUNCTION IF EXISTS deal_store._claim(integer, integer, uuid[]);
-DROP FUNCTION IF EXISTS deal_store._claim_by_deal(integer, integer, uuid[]);
--- @routine deal_store._claim
--- @routine deal_store._claim_by_deal
+DROP FUNCTION IF EXISTS deal_store_internal._claim(integer, integer, uuid[]);
+DROP FUNCTION IF EXISTS deal_store_internal._claim_by_deal(integer, integer, uuid[]);
+-- @routine deal_store_internal._claim
+-- @routine deal_store_internal._claim_by_deal
 -- @routine deal_store.process_queue_batch
-REVOKE ALL ON FUNCTION deal_store._claim(integer, integer, uuid[], uuid[]), deal_store._claim_by_deal(integer, integer, uuid[], uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION deal_store_internal._claim(integer, integer, uuid[], uuid[]), deal_store_internal._claim_by_deal(integer, integer, uuid[], uuid[]) FROM PUBLIC;
 
 -- The DROP guard also under session_replication_role = replica.
 ALTER EVENT TRIGGER deal_store_guard_drop ENABLE ALWAYS;
@@ -48,47 +66,50 @@ COMMENT ON TABLE deal_store.run_output IS
 COMMENT ON COLUMN deal_store.run_output.legacy_id IS 'A delivered row''s legacy_id; NULL for a domain a call covered.';
 COMMENT ON COLUMN deal_store.run_output.domain IS 'The delivered row''s domain, or the domain a call covered: removals are inferred only inside covered domains.';
 SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
-CREATE FUNCTION deal_store._propose_removals(entity_type text, run_id uuid)
+CREATE FUNCTION deal_store_internal._propose_removals(entity_type text, run_id uuid)
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
 VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'propose_removals_internal_wrapper';
-COMMENT ON FUNCTION deal_store._propose_removals(text, uuid) IS
+COMMENT ON FUNCTION deal_store_internal._propose_removals(text, uuid) IS
     'Internal: the Rust body of complete_run''s removals: a delete change for each live row of the kind inside the domains the run''s proposals covered that none of them delivered.';
--- @routine deal_store._finish_run
+-- @routine deal_store_internal._finish_run
 -- @routine deal_store.complete_run
--- @routine deal_store._placement
+-- @routine deal_store_internal._placement
 
 -- No silent no-ops, errors that say what to do: a committing procedure inside a
 -- transaction block, clearing deleted_at; one vocabulary (new, update, delete,
 -- restore) in changes_since_seen; unseen counts things, not log rows.
-CREATE FUNCTION deal_store._outside_transaction_block(routine text) RETURNS void
+CREATE FUNCTION deal_store_internal._outside_transaction_block(routine text) RETURNS void
 VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'outside_transaction_block_wrapper';
-COMMENT ON FUNCTION deal_store._outside_transaction_block(text) IS
+COMMENT ON FUNCTION deal_store_internal._outside_transaction_block(text) IS
     'Internal: 2D000 with a hint (process_queue_batch) when a committing procedure is called inside a transaction block.';
--- @routine deal_store.refuse_undelete
+-- @routine deal_store_internal.refuse_undelete
 DO $$
 DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER refuse_undelete BEFORE UPDATE OF deleted_at ON deal_store.%I FOR EACH ROW
-            WHEN (OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL AND NEW.delete_batch IS NOT NULL)
-            EXECUTE FUNCTION deal_store.refuse_undelete()', t);
+            WHEN (OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL)
+            EXECUTE FUNCTION deal_store_internal.refuse_undelete()', t);
     END LOOP;
 END $$;
--- @routine deal_store.require_actor
+-- @routine deal_store_internal.require_actor
 DO $$
 DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['deals', 'documents', 'facts', 'findings', 'gaps'] LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER require_actor BEFORE DELETE ON deal_store.%I FOR EACH STATEMENT
-            EXECUTE FUNCTION deal_store.require_actor()', 'active_' || t);
+            EXECUTE FUNCTION deal_store_internal.require_actor()', 'active_' || t);
     END LOOP;
 END $$;
 -- @routine deal_store.changes_since_seen
--- @routine deal_store._deals_for_user
+-- @routine deal_store_internal._deals_for_user
 -- @routine deal_store.deals_for_user
 -- @routine deal_store.propose_facts
+
+-- Every other routine: its body names the internals in their new schema.
+-- @routines
 
 -- Last: every routine granted and the API made SECURITY DEFINER again, as access.sql does.
 -- @grants

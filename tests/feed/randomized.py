@@ -82,8 +82,8 @@ def run(seed):
     # included), on each node for the entries that node wrote
     for _ in range(600):
         if admin.execute("""SELECT NOT EXISTS (SELECT 1 FROM deal_store.deal_activity_log l
-                                              WHERE l.txid >= coalesce((%s::bigint[])[deal_store._log_node(l.seq) + 1], 9223372036854775807))""",
-                         [admin.execute("SELECT deal_store._horizons(true)").fetchone()[0]]).fetchone()[0]:
+                                              WHERE l.txid >= coalesce((%s::bigint[])[deal_store_internal._log_node(l.seq) + 1], 9223372036854775807))""",
+                         [admin.execute("SELECT deal_store_internal._horizons(true)").fetchone()[0]]).fetchone()[0]:
             break
         time.sleep(0.05)
     while True:

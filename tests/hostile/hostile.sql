@@ -40,10 +40,10 @@ DECLARE
     after text;
 BEGIN
     FOR p IN
-        SELECT f.oid, f.proname, f.pronargs, f.proargnames,
+        SELECT f.oid, f.proname, f.pronamespace::pg_catalog.regnamespace::text AS nsp, f.pronargs, f.proargnames,
                (SELECT pg_catalog.array_agg(t ORDER BY n) FROM pg_catalog.unnest(f.proargtypes::oid[]) WITH ORDINALITY u(t, n)) AS types
         FROM pg_catalog.pg_proc f
-        WHERE f.pronamespace = 'deal_store'::regnamespace AND f.prokind = 'f'
+        WHERE f.pronamespace IN ('deal_store'::regnamespace, 'deal_store_internal'::regnamespace) AND f.prokind = 'f'
           AND f.prorettype <> 'pg_catalog.trigger'::pg_catalog.regtype
           AND f.proname NOT IN ('purge_audit')   -- superusers only, and nothing to hostile input
         ORDER BY f.proname, f.oid
@@ -101,7 +101,7 @@ BEGIN
                 IF before IS NULL THEN
                     before := pg_temp.deal_state();
                 END IF;
-                call := pg_catalog.format('SELECT deal_store.%I(%s)', p.proname,
+                call := pg_catalog.format('SELECT %I.%I(%s)', p.nsp, p.proname,
                             pg_catalog.array_to_string(sane[1:i-1] || v || sane[i+1:p.pronargs], ', '));
                 BEGIN
                     EXECUTE call;

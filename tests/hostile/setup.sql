@@ -10,7 +10,7 @@ CREATE ROLE deal_store_hostile LOGIN NOSUPERUSER;
 GRANT deal_store_admin TO deal_store_hostile;
 -- and, for this test only, the internal functions too: they meet hostile input
 -- through the API, and are called here directly with it
-GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA deal_store TO deal_store_hostile;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA deal_store, deal_store_internal TO deal_store_hostile;
 INSERT INTO deal_store.users (id, email) VALUES ('00000000-0000-0000-00ff-0000000000a1', 'hostile@example.com');
 INSERT INTO deal_store.deals (id, user_id, name, target_name) VALUES
   ('00000000-0000-0000-00ff-0000000000d1', '00000000-0000-0000-00ff-0000000000a1', 'Project Hostile', 'H'),

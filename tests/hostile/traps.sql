@@ -453,10 +453,10 @@ SELECT DISTINCT t.tgrelid::pg_catalog.regclass::text AS tbl,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = t.tgrelid AND a.attname = 'deleted_at' AND NOT a.attisdropped) AS soft
 FROM pg_catalog.pg_trigger t
 WHERE t.tgname IN ('deal_store_audit_flush', 'deal_store_audit')
-   OR t.tgfoid IN ('deal_store.audit_row()'::pg_catalog.regprocedure, 'deal_store.audit_flush()'::pg_catalog.regprocedure)
+   OR t.tgfoid IN ('deal_store_internal.audit_row()'::pg_catalog.regprocedure, 'deal_store_internal.audit_flush()'::pg_catalog.regprocedure)
    -- and the tables whose who / when columns the server writes (its trigger runs lookups as the owner),
    -- where the writes above name them (notifications: the one write a reader may make)
-   OR (t.tgfoid OPERATOR(pg_catalog.=) 'deal_store.server_columns()'::pg_catalog.regprocedure
+   OR (t.tgfoid OPERATOR(pg_catalog.=) 'deal_store_internal.server_columns()'::pg_catalog.regprocedure
        AND t.tgrelid::pg_catalog.regclass::text IN (SELECT w.tbl FROM pg_temp.writes w));
 SELECT tbl AS audited_table_without_writes FROM pg_temp.audited WHERE tbl NOT IN (SELECT tbl FROM pg_temp.writes) ORDER BY 1;
 DO $$

@@ -13,10 +13,10 @@ JOIN pg_catalog.pg_language l ON l.oid = p.prolang AND l.lanname = 'plpgsql'
 LEFT JOIN LATERAL (SELECT t.tgrelid FROM pg_catalog.pg_trigger t WHERE t.tgfoid = p.oid ORDER BY t.tgrelid LIMIT 1) t ON true
 CROSS JOIN LATERAL plpgsql_check_function_tb(p.oid, relid => coalesce(t.tgrelid, 0),
                                              security_warnings => true, extra_warnings => true) r
-WHERE p.pronamespace = 'deal_store'::regnamespace
+WHERE p.pronamespace IN ('deal_store'::regnamespace, 'deal_store_internal'::regnamespace)
   AND (p.prorettype <> 'pg_catalog.trigger'::pg_catalog.regtype OR t.tgrelid IS NOT NULL);
 SELECT count(*) AS plpgsql_functions FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-WHERE l.lanname = 'plpgsql' AND p.pronamespace = 'deal_store'::regnamespace;
+WHERE l.lanname = 'plpgsql' AND p.pronamespace IN ('deal_store'::regnamespace, 'deal_store_internal'::regnamespace);
 SELECT fn, lineno, level, message, detail FROM findings ORDER BY fn, lineno;
 DO $$
 BEGIN

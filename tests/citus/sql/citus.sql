@@ -40,7 +40,7 @@ SELECT deal_id = :'deal' AS first_deal, entity_type, action, user_id IS NOT NULL
 FROM deal_store.deal_activity_log GROUP BY 1, 2, 3, 4, 5 ORDER BY 1 DESC, 2, 3, 5;
 SELECT version, is_current, item FROM deal_store.fact_history('00000000-0000-0000-0000-0000000000f1');
 -- a shard is named as its table
-SELECT DISTINCT result FROM run_command_on_shards('deal_store.facts', $$SELECT deal_store._table_of('%s'::regclass)::regclass$$);
+SELECT DISTINCT result FROM run_command_on_shards('deal_store.facts', $$SELECT deal_store_internal._table_of('%s'::regclass)::regclass$$);
 SELECT DISTINCT result FROM run_command_on_shards('deal_store.facts', $$SELECT deal_store.entity_type_of('%s'::regclass)$$);
 
 -- soft delete three ways, each in one deal's shard
@@ -225,5 +225,5 @@ SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
 UPDATE deal_store.users SET display_name = 'Ana B.', password_hash = 'not for the log' WHERE id = '00000000-0000-0000-0000-0000000000a1';
 COMMIT;
 SELECT action, deal_id, user_id IS NOT NULL AS actor, details -> 'password_hash' AS password,
-       deal_store._log_node(seq) > 0 AS written_on_a_worker, count(*)
+       deal_store_internal._log_node(seq) > 0 AS written_on_a_worker, count(*)
 FROM deal_store.deal_activity_log WHERE entity_type = 'user' GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3;

@@ -219,7 +219,7 @@ SELECT count(*) AS cells, count(*) FILTER (WHERE outcome = 'A') AS allowed, coun
 FROM regress.acl_result;
 
 -- Who and when are the server's: every who / when column of every table (the
--- one classification, deal_store._server_columns()) written with another
+-- one classification, deal_store_internal._server_columns()) written with another
 -- person or another time by every persona. A cell is D (refused or nothing
 -- written), S (written, the server's value stored) or F (the forged value
 -- stored: never).
@@ -236,7 +236,7 @@ BEGIN
     FOR c IN SELECT s.table_name, s.column_name, s.kind,
                     EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = ('deal_store.' || s.table_name)::regclass
                             AND a.attname = 'deal_id') AS has_deal
-             FROM deal_store._server_columns() s
+             FROM deal_store_internal._server_columns() s
              WHERE s.moment <> 'versioning' AND s.table_name <> 'deal_activity_log' ORDER BY 1, 2 LOOP
         forged := CASE c.kind WHEN 'who' THEN '00000000-0000-0000-0011-0000000000a7' ELSE '2000-01-01 00:00:00+00' END;
         stmt := format('UPDATE deal_store.%I SET %I = %L WHERE %s', c.table_name, c.column_name, forged,

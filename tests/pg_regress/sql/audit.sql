@@ -118,7 +118,7 @@ ALTER TABLE public.valuations ALTER COLUMN ebitda TYPE text;
 UPDATE public.valuations SET ebitda = 'n/a' WHERE deal_code = 'B' AND year = 8;
 SELECT details FROM deal_activity_log WHERE entity_type = 'public.valuations' AND details ? 'ebitda' ORDER BY seq DESC LIMIT 1;
 -- audit_row only works as an AFTER ... FOR EACH ROW trigger
-CREATE TRIGGER misuse BEFORE INSERT ON public.no_key FOR EACH ROW EXECUTE FUNCTION deal_store.audit_row();
+CREATE TRIGGER misuse BEFORE INSERT ON public.no_key FOR EACH ROW EXECUTE FUNCTION deal_store_internal.audit_row();
 SELECT regress.expect_error($$INSERT INTO public.no_key VALUES (1)$$);
 DROP TRIGGER misuse ON public.no_key;
 DELETE FROM public.valuations WHERE deal_code = 'B';

@@ -27,9 +27,9 @@ DECLARE
     h bigint[];
 BEGIN
     FOR i IN 1 .. 600 LOOP
-        h := deal_store._horizons(true);
+        h := deal_store_internal._horizons(true);
         IF NOT EXISTS (SELECT 1 FROM deal_store.deal_activity_log l
-                       WHERE l.txid >= coalesce(h[deal_store._log_node(l.seq) + 1], 9223372036854775807)) THEN
+                       WHERE l.txid >= coalesce(h[deal_store_internal._log_node(l.seq) + 1], 9223372036854775807)) THEN
             RETURN true;
         END IF;
         PERFORM pg_sleep(0.05);

@@ -126,6 +126,37 @@ ROLLBACK;
 -- clearing deleted_at: restore() brings the row back, with what was deleted with it
 SELECT soft_delete('deal_store.facts', :'fact_id', 'test') AS deleted;
 SELECT * FROM regress.expect_hint(format($$UPDATE deal_store.facts SET deleted_at = NULL WHERE id = %L$$, :'fact_id'));
+-- clearing delete_batch with it does not get around it
+SELECT * FROM regress.expect_hint(format($$UPDATE deal_store.facts SET deleted_at = NULL, delete_batch = NULL WHERE id = %L$$, :'fact_id'));
 SELECT restore('deal_store.facts', :'fact_id') AS restored;
+RESET deal_store.auto_apply;
+RESET deal_store.actor;
+
+-- 6. internals out of the way: \df deal_store.* lists the API alone; every helper
+-- and trigger function lives in deal_store_internal, and none of those is open to PUBLIC
+SELECT count(*) AS internal_in_api_schema FROM pg_proc
+WHERE pronamespace = 'deal_store'::regnamespace
+  AND (proname LIKE '\_%' OR prorettype IN ('trigger'::regtype, 'event_trigger'::regtype));
+SELECT count(*) > 50 AS internals_moved FROM pg_proc WHERE pronamespace = 'deal_store_internal'::regnamespace;
+SELECT count(*) AS public_internals FROM pg_proc
+WHERE pronamespace = 'deal_store_internal'::regnamespace AND has_function_privilege('public', oid, 'EXECUTE');
+
+SET deal_store.actor = '00000000-0000-0000-0034-0000000000a1';
+SET deal_store.auto_apply = off;
+-- 7. what a run never saw is not its to remove: a fact written by a person after the
+-- run started, in a domain the run covers, stays (so does one a newer run wrote)
+SELECT start_run('00000000-0000-0000-0034-0000000000d1', ARRAY['network']) AS run_old \gset
+SELECT count(*) FROM propose_facts(:'run_old', (SELECT jsonb_agg(jsonb_build_object('legacy_id', legacy_id,
+    'domain', 'network', 'item', item, 'confidence_score', 0.9)) FROM current_facts
+    WHERE deal_id = '00000000-0000-0000-0034-0000000000d1' AND domain = 'network'));
+BEGIN;
+SET LOCAL deal_store.reason = 'typed in by a person';
+INSERT INTO facts (deal_id, legacy_id, domain, item) VALUES ('00000000-0000-0000-0034-0000000000d1', 'N-50', 'network', 'added by hand');
+COMMIT;
+SELECT status FROM complete_run(:'run_old');
+SELECT count(*) AS removals_of_unseen_rows FROM pending_changes WHERE analysis_run_id = :'run_old';
+-- a domains argument is bounded: 22023, not a slow completion or an index error
+SELECT * FROM regress.expect_hint(format($$SELECT * FROM deal_store.propose_facts(%L, '[]', (SELECT array_agg('d' || i) FROM generate_series(1, 1001) i))$$, :'run_old'));
+SELECT * FROM regress.expect_hint(format($$SELECT * FROM deal_store.propose_facts(%L, '[]', ARRAY[repeat('x', 201)])$$, :'run_old'));
 RESET deal_store.auto_apply;
 RESET deal_store.actor;

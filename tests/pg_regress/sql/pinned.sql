@@ -3,31 +3,31 @@
 -- The only routines without that SET clause: the Rust library's own (their SQL
 -- runs through src/spi.rs, which pins the same path; clippy refuses SPI
 -- anywhere else), SQL-standard bodies (parsed when created), and the one list
--- deal_store._unpinned() gives with its reasons.
+-- deal_store_internal._unpinned() gives with its reasons.
 SELECT p.oid::regprocedure AS unpinned_routine
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-WHERE p.pronamespace = 'deal_store'::regnamespace
+WHERE p.pronamespace IN ('deal_store'::regnamespace, 'deal_store_internal'::regnamespace)
   AND NOT coalesce(p.proconfig, '{}') @> '{"search_path=pg_catalog, pg_temp"}'
   AND p.prosqlbody IS NULL
   AND NOT (l.lanname = 'c' AND p.probin = '$libdir/deal_store')
-  AND p.oid <> ALL (SELECT u.routine FROM deal_store._unpinned() u)
+  AND p.oid <> ALL (SELECT u.routine FROM deal_store_internal._unpinned() u)
 ORDER BY 1;
 -- a path set on a routine names pg_temp, last
 SELECT p.oid::regprocedure AS routine, c AS setting
 FROM pg_catalog.pg_proc p, unnest(p.proconfig) c
-WHERE p.pronamespace = 'deal_store'::regnamespace AND c LIKE 'search_path=%' AND c NOT LIKE '%, pg_temp'
+WHERE p.pronamespace IN ('deal_store'::regnamespace, 'deal_store_internal'::regnamespace) AND c LIKE 'search_path=%' AND c NOT LIKE '%, pg_temp'
 ORDER BY 1;
 -- the exceptions, with their reasons
-SELECT routine, why FROM deal_store._unpinned() ORDER BY 1;
+SELECT routine, why FROM deal_store_internal._unpinned() ORDER BY 1;
 -- the C routines all come from the library itself
 SELECT count(*) AS foreign_c_routines FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-WHERE p.pronamespace = 'deal_store'::regnamespace AND l.lanname = 'c' AND p.probin <> '$libdir/deal_store';
+WHERE p.pronamespace IN ('deal_store'::regnamespace, 'deal_store_internal'::regnamespace) AND l.lanname = 'c' AND p.probin <> '$libdir/deal_store';
 
 -- The server owns its records: the one classification of who / when columns
 -- covers every table, and every such table but the log has the trigger.
 SELECT s.table_name, string_agg(s.column_name || ':' || s.kind || '/' || s.moment, ', ' ORDER BY s.column_name) AS columns
-FROM deal_store._server_columns() s GROUP BY 1 ORDER BY 1;
-SELECT s.table_name AS without_trigger FROM (SELECT DISTINCT table_name FROM deal_store._server_columns()) s
+FROM deal_store_internal._server_columns() s GROUP BY 1 ORDER BY 1;
+SELECT s.table_name AS without_trigger FROM (SELECT DISTINCT table_name FROM deal_store_internal._server_columns()) s
 WHERE s.table_name <> 'deal_activity_log'
   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = ('deal_store.' || quote_ident(s.table_name))::regclass
                   AND t.tgname = 'server_columns' AND t.tgenabled = 'O');
@@ -72,7 +72,7 @@ SELECT headline FROM deal_store.search_facts('00000000-0000-0000-0029-0000000000
 SELECT headline FROM deal_store.search_facts('00000000-0000-0000-0029-0000000000d1', 'firmwre <img>');
 SELECT regress.expect_error($$SELECT * FROM deal_store.search_facts('00000000-0000-0000-0029-0000000000d1', repeat('x', 1001))$$);
 -- the Citus preparation refuses without Citus
-SELECT regress.expect_error($$SELECT deal_store._distribute_prepare()$$);
+SELECT regress.expect_error($$SELECT deal_store_internal._distribute_prepare()$$);
 RESET deal_store.actor;
 
 -- deal_store.run_id labels log entries of its own deal's rows only

@@ -20,7 +20,7 @@ SELECT count(*) > 0 AS deals_kept FROM deal_store.deals;
 SET deal_store.allow_drop = on;
 DROP EXTENSION deal_store;
 RESET deal_store.allow_drop;
-SELECT count(*) AS schemas_left FROM pg_namespace WHERE nspname = 'deal_store';
+SELECT count(*) AS schemas_left FROM pg_namespace WHERE nspname IN ('deal_store', 'deal_store_internal');
 CREATE EXTENSION deal_store;
 SELECT count(*) AS tables FROM pg_tables WHERE schemaname = 'deal_store';
 -- without deals it drops as before
