@@ -119,11 +119,11 @@ mod tests {
     use pgrx::prelude::*;
 
     #[pg_test]
-    fn creates_the_sixteen_tables() {
+    fn creates_the_seventeen_tables() {
         let n = Spi::get_one::<i64>(
             "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'deal_store'",
         );
-        assert_eq!(n, Ok(Some(16)));
+        assert_eq!(n, Ok(Some(17)));
     }
 
     #[pg_test]
