@@ -493,6 +493,7 @@ CREATE TABLE deal_store.run_output (
     entity_type     text NOT NULL,
     legacy_id       text,
     domain          text NOT NULL,
+    seen            pg_snapshot,
     CONSTRAINT run_output_key UNIQUE NULLS NOT DISTINCT (deal_id, analysis_run_id, entity_type, legacy_id, domain),
     CONSTRAINT run_output_analysis_run_id_fkey FOREIGN KEY (deal_id, analysis_run_id)
         REFERENCES deal_store.analysis_runs (deal_id, id) ON DELETE CASCADE,
@@ -502,7 +503,18 @@ COMMENT ON TABLE deal_store.run_output IS
     'Working state of running runs: each row a proposal call delivered (legacy_id), or a domain a call covered (legacy_id NULL: the domains it named, else the domains of its rows). complete_run proposes the removal of every live row in the covered domains that the run did not deliver, then clears the run''s rows (fail_run clears them too). Written by the propose_* functions only.';
 COMMENT ON COLUMN deal_store.run_output.legacy_id IS 'A delivered row''s legacy_id; NULL for a domain a call covered.';
 COMMENT ON COLUMN deal_store.run_output.domain IS 'The delivered row''s domain, or the domain a call covered: removals are inferred only inside covered domains.';
+COMMENT ON COLUMN deal_store.run_output.seen IS 'Of a covered domain: the snapshot of the last call that covered it. A row not committed in it is one the run did not see, and not its to remove.';
 SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
+-- deal_store_internal._xid8: the current definition, from sql/runs.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._xid8(x xid) RETURNS xid8
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN x::text::bigint < 3 THEN '3'::xid8
+                ELSE (s.next - (s.next & 4294967295) + x::text::bigint
+                      - CASE WHEN x::text::bigint > (s.next & 4294967295) THEN 4294967296 ELSE 0 END)::text::xid8 END
+    FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next) s
+$$;
+COMMENT ON FUNCTION deal_store_internal._xid8(xid) IS
+    'Internal: a row version''s xmin as a 64-bit transaction id (the current epoch, or the one before for an id ahead of the snapshot''s xmax), for pg_visible_in_snapshot.';
 CREATE FUNCTION deal_store_internal._propose_removals(entity_type text, run_id uuid)
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
 VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'propose_removals_internal_wrapper';
@@ -2248,6 +2260,10 @@ BEGIN
                                 OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE btrim(x) = '')) THEN
         RAISE EXCEPTION 'domains must not contain NULL or empty names' USING ERRCODE = '22023';
     END IF;
+    -- the bounds of every domains argument (propose_*, diff_facts)
+    IF cardinality(domains) > 1000 OR EXISTS (SELECT 1 FROM unnest(domains) x WHERE char_length(x) > 200) THEN
+        RAISE EXCEPTION 'domains holds at most 1000 names of at most 200 characters' USING ERRCODE = '22023';
+    END IF;
     -- The deal's row lock serialises run starts per deal, so two sessions
     -- never compute the same run_number. NO KEY UPDATE leaves FK checks free.
     SELECT x.id, x.deleted_at INTO d FROM deal_store.deals x WHERE x.id = start_run.deal_id FOR NO KEY UPDATE;
@@ -2264,7 +2280,7 @@ BEGIN
     RETURN run_id;
 END $$;
 COMMENT ON FUNCTION deal_store.start_run(uuid, text[], boolean, text) IS
-    'Starts an analysis run of a deal and returns its id. run_number is the deal''s next number, safe under concurrent starts. domains: what the run covers (NULL = all); incremental runs never propose removals. With an idempotency_key, a repeated call returns the first call''s run and starts nothing (22023 for the key with other arguments). Errors: P0002 no such deal, 55000 deal deleted, 22023 bad domains.';
+    'Starts an analysis run of a deal and returns its id. run_number is the deal''s next number, safe under concurrent starts. domains: what the run covers (NULL = all); incremental runs never propose removals. With an idempotency_key, a repeated call returns the first call''s run and starts nothing (22023 for the key with other arguments). Errors: P0002 no such deal, 55000 deal deleted, 22023 bad domains (NULL or empty names; more than 1000, or longer than 200 characters).';
 
 -- deal_store.fail_run: the current definition, from sql/runs.sql
 CREATE OR REPLACE FUNCTION deal_store.fail_run(run_id uuid, error text) RETURNS deal_store.analysis_runs

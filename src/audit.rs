@@ -695,17 +695,20 @@ fn write(entries: &[Entry]) {
                 // node, numbered as this node's (its Citus group, see _log_seq), since the
                 // txid is this node's too and the change feed orders by both
                 let (seq, seq_value) = match log {
-                    None => ("", ""),
+                    None => ("", String::new()),
                     Some(_) => (
                         ", seq",
-                        ",\n       deal_store_internal._log_seq((SELECT g.groupid FROM pg_catalog.pg_dist_local_group g),
+                        format!(
+                            ",\n       {}._log_seq((SELECT g.groupid FROM pg_catalog.pg_dist_local_group g),
                                    pg_catalog.nextval('deal_store.deal_activity_log_seq_seq'::pg_catalog.regclass))",
+                            crate::spi::internal_schema()
+                        ),
                     ),
                 };
                 let sql = LOG_INSERT
                     .replace("{log}", log.as_deref().unwrap_or("deal_store.deal_activity_log"))
                     .replace("{deal_id}", &deal_id)
-                    .replace("{seq_value}", seq_value)
+                    .replace("{seq_value}", &seq_value)
                     .replace("{seq}", seq);
                 let prepared = client
                     .prepare_mut(sql.as_str(), &types)

@@ -209,7 +209,8 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
         let row_domains: Vec<Option<String>> =
             incoming.iter().map(|i| serde_json::from_str::<String>(i.field(at)).ok()).collect();
         if let Some(run_domains) = &run.domains {
-            let outside = |d: &str| !run_domains.iter().any(|r| r == d);
+            let known: std::collections::HashSet<&str> = run_domains.iter().map(String::as_str).collect();
+            let outside = |d: &str| !known.contains(d);
             let named = domains.iter().flatten().map(|d| (None, d.as_str()));
             let rows = incoming.iter().zip(&row_domains).filter_map(|(i, d)| Some((Some(i), d.as_deref()?)));
             if let Some((row, d)) = rows.chain(named).find(|(_, d)| outside(d)) {
@@ -219,7 +220,11 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                 };
                 crate::errors::raise_hinted(
                     PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                    format!("{what} names domain \"{d}\", which is not one of the run's domains: {}", run_domains.join(", ")),
+                    format!(
+                        "{what} names domain \"{d}\", which is not one of the run's domains: {}{}",
+                        run_domains.iter().take(20).map(String::as_str).collect::<Vec<_>>().join(", "),
+                        if run_domains.len() > 20 { format!(" and {} more", run_domains.len() - 20) } else { String::new() }
+                    ),
                     None,
                     Some("Correct the domain, or start a run that covers it (start_run(deal_id, domains => ...)).".into()),
                 );
@@ -242,9 +247,8 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
             let mut covered: Vec<String> = domains.clone().unwrap_or_else(|| row_domains.iter().flatten().cloned().collect());
             covered.sort();
             covered.dedup();
-            let legacy: Vec<Option<String>> =
-                incoming.iter().map(|i| Some(i.legacy_id.clone())).chain(covered.iter().map(|_| None)).collect();
-            let of: Vec<Option<String>> = row_domains.iter().cloned().chain(covered.into_iter().map(Some)).collect();
+            let legacy: Vec<String> = incoming.iter().map(|i| i.legacy_id.clone()).collect();
+            let of: Vec<Option<String>> = row_domains.clone();
             client
                 .update(
                     "INSERT INTO deal_store.run_output (deal_id, analysis_run_id, entity_type, legacy_id, domain) \
@@ -254,8 +258,22 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                     &[run.deal_id.into(), run_id.into(), kind.entity_type.into(), legacy.into(), of.into()],
                 )
                 .unwrap_or_else(|e| spi_failed(e));
+            // a covered domain remembers the snapshot of the last call that covered it:
+            // what was not committed then, that call did not see
+            client
+                .update(
+                    "INSERT INTO deal_store.run_output AS o (deal_id, analysis_run_id, entity_type, legacy_id, domain, seen) \
+                     SELECT $1, $2, $3, NULL, d, pg_catalog.pg_current_snapshot() FROM pg_catalog.unnest($4::pg_catalog.text[]) AS d \
+                     ON CONFLICT ON CONSTRAINT run_output_key DO UPDATE SET seen = excluded.seen",
+                    None,
+                    &[run.deal_id.into(), run_id.into(), kind.entity_type.into(), covered.into()],
+                )
+                .unwrap_or_else(|e| spi_failed(e));
         }
-        let open = lock_open(client, kind, &run, run_id, Some(incoming.iter().map(|i| i.legacy_id.as_str()).collect()));
+        // the open changes of the incoming rows (an older catalog's call may also
+        // remove rows: then all of the deal's)
+        let keys = staged.then(|| incoming.iter().map(|i| i.legacy_id.as_str()).collect());
+        let open = lock_open(client, kind, &run, run_id, keys);
         let changes = diff(kind, run.deal_id, incoming, Some(&scope));
         let doc_arg = crate::jsonb::spi_arg(&doc);
         queue(client, kind, &run, open, changes, doc_arg, Some((&doc, &allowed)))
@@ -264,8 +282,8 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
 
 /// The removals of a completing run: every live row of the kind inside the
 /// domains the run's calls covered (the domains a call named, else its rows')
-/// that none of its calls delivered and that was not written since the run
-/// started. Incremental runs remove nothing.
+/// that none of its calls delivered and that was committed before the last
+/// call covering its domain took its snapshot. Incremental runs remove nothing.
 fn propose_removals(kind: &Kind, run_id: Uuid) -> Counts {
     crate::spi::connect_mut(|client| {
         // a finished run or deleted deal: complete_run's own check reports it
@@ -297,27 +315,36 @@ fn propose_removals(kind: &Kind, run_id: Uuid) -> Counts {
         if scope.is_empty() {
             return Counts::new();
         }
-        // a row written since the run started (by a person, a newer run, a
-        // decision) is not the run's to remove: it never saw it
-        let current = if kind.versioned { " AND t.superseded_at IS NULL" } else { "" };
-        let newer: std::collections::HashSet<String> = client
-            .select(
-                &format!(
-                    "SELECT t.legacy_id FROM {} t JOIN deal_store.analysis_runs r ON r.deal_id = t.deal_id AND r.id = $2 \
-                     WHERE t.deal_id = $1 AND t.deleted_at IS NULL{current} AND t.updated_at > r.started_at",
-                    kind.table
-                ),
-                None,
-                &[run.deal_id.into(), run_id.into()],
-            )
-            .unwrap_or_else(|e| spi_failed(e))
-            .filter_map(|r| r.get::<String>(1).ok().flatten())
-            .collect();
         let open = lock_open(client, kind, &run, run_id, None);
-        let changes = diff(kind, run.deal_id, Vec::new(), Some(&scope))
+        let candidates: Vec<crate::diff::Change> = diff(kind, run.deal_id, Vec::new(), Some(&scope))
             .into_iter()
-            .filter(|c| !delivered.contains(&c.legacy_id) && !newer.contains(&c.legacy_id))
+            .filter(|c| !delivered.contains(&c.legacy_id))
             .collect();
+        // only what the run saw is its to remove: rows committed before the last
+        // call that covered their domain (a row a person, a decision or a newer
+        // run wrote since is kept)
+        let current = if kind.versioned { " AND t.superseded_at IS NULL" } else { "" };
+        let keys: Vec<&str> = candidates.iter().map(|c| c.legacy_id.as_str()).collect();
+        let seen: std::collections::HashSet<String> = if keys.is_empty() {
+            Default::default()
+        } else {
+            client
+                .select(
+                    &format!(
+                        "SELECT t.legacy_id FROM {} t JOIN deal_store.run_output o ON o.deal_id = t.deal_id AND o.analysis_run_id = $2 \
+                           AND o.entity_type = $3 AND o.legacy_id IS NULL AND o.domain = t.domain \
+                         WHERE t.deal_id = $1 AND t.legacy_id = ANY ($4) AND t.deleted_at IS NULL{current} \
+                           AND pg_catalog.pg_visible_in_snapshot(deal_store_internal._xid8(t.xmin), o.seen)",
+                        kind.table
+                    ),
+                    None,
+                    &[run.deal_id.into(), run_id.into(), kind.entity_type.into(), keys.into()],
+                )
+                .unwrap_or_else(|e| spi_failed(e))
+                .filter_map(|r| r.get::<String>(1).ok().flatten())
+                .collect()
+        };
+        let changes = candidates.into_iter().filter(|c| seen.contains(&c.legacy_id)).collect();
         queue(client, kind, &run, open, changes, JsonB(json!([])).into(), None)
     })
 }

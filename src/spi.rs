@@ -118,10 +118,18 @@ mod tests {
 
 /// The schema of the extension's internal routines: `deal_store_internal` from
 /// 0.3.0 on, `deal_store` in an older catalog, which the library still serves
-/// between the library swap and ALTER EXTENSION UPDATE.
+/// between the library swap and ALTER EXTENSION UPDATE. Only the extension's
+/// own schema counts: one of that name that someone else created (before the
+/// update) is never called into.
 pub fn internal_schema() -> &'static str {
-    // SAFETY: a catalog lookup of a NUL-terminated constant name, missing_ok:
-    // no error, no pointer kept
-    let oid = unsafe { pg_sys::get_namespace_oid(c"deal_store_internal".as_ptr(), true) };
-    if oid == pg_sys::InvalidOid { "deal_store" } else { "deal_store_internal" }
+    // SAFETY: catalog lookups of NUL-terminated constant names, missing_ok (no
+    // error), and of the namespace's extension membership; no pointer is kept
+    let ours = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"deal_store_internal".as_ptr(), true);
+        let ext = pg_sys::get_extension_oid(c"deal_store".as_ptr(), true);
+        nsp != pg_sys::InvalidOid
+            && ext != pg_sys::InvalidOid
+            && pg_sys::getExtensionOfObject(pg_sys::NamespaceRelationId, nsp) == ext
+    };
+    if ours { "deal_store_internal" } else { "deal_store" }
 }

@@ -56,6 +56,7 @@ CREATE TABLE deal_store.run_output (
     entity_type     text NOT NULL,
     legacy_id       text,
     domain          text NOT NULL,
+    seen            pg_snapshot,
     CONSTRAINT run_output_key UNIQUE NULLS NOT DISTINCT (deal_id, analysis_run_id, entity_type, legacy_id, domain),
     CONSTRAINT run_output_analysis_run_id_fkey FOREIGN KEY (deal_id, analysis_run_id)
         REFERENCES deal_store.analysis_runs (deal_id, id) ON DELETE CASCADE,
@@ -65,7 +66,9 @@ COMMENT ON TABLE deal_store.run_output IS
     'Working state of running runs: each row a proposal call delivered (legacy_id), or a domain a call covered (legacy_id NULL: the domains it named, else the domains of its rows). complete_run proposes the removal of every live row in the covered domains that the run did not deliver, then clears the run''s rows (fail_run clears them too). Written by the propose_* functions only.';
 COMMENT ON COLUMN deal_store.run_output.legacy_id IS 'A delivered row''s legacy_id; NULL for a domain a call covered.';
 COMMENT ON COLUMN deal_store.run_output.domain IS 'The delivered row''s domain, or the domain a call covered: removals are inferred only inside covered domains.';
+COMMENT ON COLUMN deal_store.run_output.seen IS 'Of a covered domain: the snapshot of the last call that covered it. A row not committed in it is one the run did not see, and not its to remove.';
 SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
+-- @routine deal_store_internal._xid8
 CREATE FUNCTION deal_store_internal._propose_removals(entity_type text, run_id uuid)
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
 VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'propose_removals_internal_wrapper';

@@ -158,5 +158,6 @@ SELECT count(*) AS removals_of_unseen_rows FROM pending_changes WHERE analysis_r
 -- a domains argument is bounded: 22023, not a slow completion or an index error
 SELECT * FROM regress.expect_hint(format($$SELECT * FROM deal_store.propose_facts(%L, '[]', (SELECT array_agg('d' || i) FROM generate_series(1, 1001) i))$$, :'run_old'));
 SELECT * FROM regress.expect_hint(format($$SELECT * FROM deal_store.propose_facts(%L, '[]', ARRAY[repeat('x', 201)])$$, :'run_old'));
+SELECT * FROM regress.expect_hint($$SELECT deal_store.start_run('00000000-0000-0000-0034-0000000000d1', (SELECT array_agg('d' || i) FROM generate_series(1, 1001) i))$$);
 RESET deal_store.auto_apply;
 RESET deal_store.actor;
