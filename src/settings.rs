@@ -14,6 +14,7 @@ pub static ALLOW_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static IMPORTING_HISTORY: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUDIT_PURGE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static UNDELETING: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static CALLER_WRITES_VERSIONS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static REQUIRE_ACTOR: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static AUTO_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static REASON: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -107,6 +108,17 @@ pub fn init() {
         &REQUIRE_ACTOR,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    // What a 0.1.0 catalog's merge queue sets while it writes its own history
+    // rows; read only while the library serves such a catalog (before ALTER
+    // EXTENSION UPDATE), where the versioning is 0.1.0's.
+    GucRegistry::define_bool_guc(
+        c"deal_store.caller_writes_versions",
+        c"Set by a 0.1.0 catalog's merge queue; without effect from 0.2.0 on.",
+        c"Only a database still at 0.1.0 (before ALTER EXTENSION deal_store UPDATE) uses it.",
+        &CALLER_WRITES_VERSIONS,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL,
     );
     // Capabilities, not preferences: only superusers (the extension's own
     // SECURITY DEFINER functions, for their own transaction) may turn them on.
