@@ -151,8 +151,14 @@ fn content_sql(kind: &Kind) -> String {
     format!("pg_catalog.jsonb_build_object({})", pairs.join(", "))
 }
 
-fn current_rows_sql(kind: &Kind) -> &'static str {
-    if kind.versioned { "deleted_at IS NULL AND superseded_at IS NULL" } else { "deleted_at IS NULL" }
+/// The condition of a kind's live current rows, its columns prefixed with `alias`
+/// ("t." or "").
+pub fn current_rows_sql(kind: &Kind, alias: &str) -> String {
+    if kind.versioned {
+        format!("{alias}deleted_at IS NULL AND {alias}superseded_at IS NULL")
+    } else {
+        format!("{alias}deleted_at IS NULL")
+    }
 }
 
 /// The content of a stored row read as `jsonb_build_object` of its content fields.
@@ -191,7 +197,7 @@ pub fn diff(kind: &Kind, deal_id: Uuid, incoming: Vec<Incoming>, domains: Option
         let sql = format!(
             "SELECT legacy_id, id, {checksum}, domain FROM {} WHERE deal_id = $1 AND {}{}",
             kind.table,
-            current_rows_sql(kind),
+            current_rows_sql(kind, ""),
             if keyed { " AND legacy_id = ANY ($2)" } else { "" }
         );
         let keys: Vec<&str> = if keyed { incoming.iter().map(|i| i.legacy_id.as_str()).collect() } else { Vec::new() };
@@ -273,7 +279,7 @@ fn name_changed_fields(kind: &Kind, deal_id: Uuid, changes: &mut [Change]) {
             "SELECT t.id, {} FROM {} t JOIN pg_catalog.unnest($2::pg_catalog.uuid[]) AS x(id) ON t.deal_id = $1 AND t.id = x.id WHERE {}",
             content_sql(kind),
             kind.table,
-            current_rows_sql(kind)
+            current_rows_sql(kind, "")
         );
         let rows = client
             .select(&sql, None, &[deal_id.into(), ids.into()])

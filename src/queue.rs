@@ -231,31 +231,28 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
             }
         }
         let staged = stages_output(client);
+        // the domains this call covers: the ones it names, else its rows'
+        let mut covered: Vec<String> = domains.unwrap_or_else(|| row_domains.iter().flatten().cloned().collect());
+        covered.sort();
+        covered.dedup();
         let scope: Vec<String> = if staged || run.incremental {
             // removals are inferred when the run completes (complete_run), over all it proposed
             Vec::new()
         } else {
             // an older catalog: inferred by this call, inside the domains it covers
-            let mut called: Vec<String> = domains.clone().unwrap_or_else(|| row_domains.iter().flatten().cloned().collect());
-            called.sort();
-            called.dedup();
-            called
+            covered.clone()
         };
         if staged && !run.incremental {
-            // what the call delivered (kept from removal), and the domains it covers:
-            // the ones it names, else its rows' (where the run's completion infers removals)
-            let mut covered: Vec<String> = domains.clone().unwrap_or_else(|| row_domains.iter().flatten().cloned().collect());
-            covered.sort();
-            covered.dedup();
+            // what the call delivered (kept from removal), and the domains it covers
+            // (where the run's completion infers removals)
             let legacy: Vec<String> = incoming.iter().map(|i| i.legacy_id.clone()).collect();
-            let of: Vec<Option<String>> = row_domains.clone();
             client
                 .update(
                     "INSERT INTO deal_store.run_output (deal_id, analysis_run_id, entity_type, legacy_id, domain) \
                      SELECT $1, $2, $3, x.l, coalesce(x.d, '') FROM ROWS FROM (pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[])) AS x(l, d) \
                      ON CONFLICT DO NOTHING",
                     None,
-                    &[run.deal_id.into(), run_id.into(), kind.entity_type.into(), legacy.into(), of.into()],
+                    &[run.deal_id.into(), run_id.into(), kind.entity_type.into(), legacy.into(), row_domains.into()],
                 )
                 .unwrap_or_else(|e| spi_failed(e));
             // a covered domain remembers the snapshot of the last call that covered it:
@@ -323,7 +320,6 @@ fn propose_removals(kind: &Kind, run_id: Uuid) -> Counts {
         // only what the run saw is its to remove: rows committed before the last
         // call that covered their domain (a row a person, a decision or a newer
         // run wrote since is kept)
-        let current = if kind.versioned { " AND t.superseded_at IS NULL" } else { "" };
         let keys: Vec<&str> = candidates.iter().map(|c| c.legacy_id.as_str()).collect();
         let seen: std::collections::HashSet<String> = if keys.is_empty() {
             Default::default()
@@ -333,9 +329,10 @@ fn propose_removals(kind: &Kind, run_id: Uuid) -> Counts {
                     &format!(
                         "SELECT t.legacy_id FROM {} t JOIN deal_store.run_output o ON o.deal_id = t.deal_id AND o.analysis_run_id = $2 \
                            AND o.entity_type = $3 AND o.legacy_id IS NULL AND o.domain = t.domain \
-                         WHERE t.deal_id = $1 AND t.legacy_id = ANY ($4) AND t.deleted_at IS NULL{current} \
+                         WHERE t.deal_id = $1 AND t.legacy_id = ANY ($4) AND {} \
                            AND pg_catalog.pg_visible_in_snapshot(deal_store_internal._xid8(t.xmin), o.seen)",
-                        kind.table
+                        kind.table,
+                        crate::diff::current_rows_sql(kind, "t.")
                     ),
                     None,
                     &[run.deal_id.into(), run_id.into(), kind.entity_type.into(), keys.into()],

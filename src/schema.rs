@@ -131,10 +131,10 @@ mod tests {
         let missing = Spi::get_one::<String>(
             "SELECT string_agg(x, ', ') FROM (
                SELECT p.oid::regprocedure::text AS x FROM pg_catalog.pg_proc p
-               WHERE p.pronamespace IN ('deal_store'::regnamespace, 'deal_store_internal'::regnamespace) AND obj_description(p.oid, 'pg_proc') IS NULL
+               WHERE p.pronamespace IN ('deal_store'::pg_catalog.regnamespace, 'deal_store_internal'::pg_catalog.regnamespace) AND obj_description(p.oid, 'pg_proc') IS NULL
                UNION ALL
                SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
-               WHERE c.relnamespace = 'deal_store'::regnamespace AND c.relkind IN ('r', 'v')
+               WHERE c.relnamespace = 'deal_store'::pg_catalog.regnamespace AND c.relkind IN ('r', 'v')
                  AND obj_description(c.oid, 'pg_class') IS NULL) s",
         )
         .unwrap();
