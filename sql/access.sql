@@ -206,8 +206,8 @@ BEGIN
         CASE WHEN on_citus THEN ''
              ELSE ' OR id = ANY (ARRAY(SELECT m.user_id FROM deal_store.deal_members m
                                       WHERE m.deal_id = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[])))' END);
-    CREATE POLICY admins_write ON deal_store.users FOR ALL USING ((SELECT deal_store.sees_all_deals()))
-        WITH CHECK ((SELECT deal_store.sees_all_deals()));
+    EXECUTE format('CREATE POLICY admins_write ON deal_store.users FOR ALL USING (%1$s) WITH CHECK (%1$s)',
+        CASE WHEN on_citus THEN 'deal_store_internal._may(tableoid, NULL::uuid, ''viewer'')' ELSE '(SELECT deal_store.sees_all_deals())' END);
 END $$;
 COMMENT ON FUNCTION deal_store_internal._create_policies(boolean) IS
     'Internal: (re)creates every row-level security policy of deal_store (users: a reader sees itself and the members of its deals): with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store_internal._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
@@ -222,15 +222,15 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- @plpgsql_check_options: security_warnings = false
     -- (the name is one of six constants, the value is quote_literal'ed)
-    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.hard_delete', 'deal_store.audit_purge',
-                                               'deal_store.importing_history', 'deal_store.undeleting']) THEN
-        RAISE EXCEPTION 'deal_store_internal._set_local sets deal_store.actor, reason, hard_delete, audit_purge, importing_history or undeleting, not %', setting
+    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.run_id', 'deal_store.hard_delete',
+                                               'deal_store.audit_purge', 'deal_store.importing_history', 'deal_store.undeleting']) THEN
+        RAISE EXCEPTION 'deal_store_internal._set_local sets deal_store.actor, reason, run_id, hard_delete, audit_purge, importing_history or undeleting, not %', setting
             USING ERRCODE = '22023';
     END IF;
     EXECUTE pg_catalog.format('SET LOCAL %s = %L', setting, coalesce(value, ''));
 END $$;
 COMMENT ON FUNCTION deal_store_internal._set_local(text, text) IS
-    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, hard_delete, audit_purge, importing_history, undeleting; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
+    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, run_id, hard_delete, audit_purge, importing_history, undeleting; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
 
 -- The actor for the rest of the transaction, from a uuid (a client binds a
 -- uuid parameter; SET cannot take one).

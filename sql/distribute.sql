@@ -82,6 +82,12 @@ BEGIN
     IF deal_store_internal._distributed() THEN
         RAISE EXCEPTION 'deal_store is already distributed' USING ERRCODE = '55000';
     END IF;
+    -- loaded with the server, deal_store refuses what Citus cannot run (UPDATE and
+    -- DELETE through its views) before Citus plans it, in every session
+    IF 'deal_store' <> ALL (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ',')) THEN
+        RAISE EXCEPTION 'deal_store.distribute() needs deal_store in shared_preload_libraries' USING ERRCODE = '55000',
+            HINT = 'Set shared_preload_libraries = ''citus,deal_store'' on every node and restart them, then call distribute() again.';
+    END IF;
     -- the foreign keys Citus keeps: not ON DELETE SET NULL (column) (on Citus a
     -- purged document or run leaves those references dangling), not from a
     -- reference table (tier_policies) to a distributed one

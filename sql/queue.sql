@@ -539,13 +539,15 @@ COMMENT ON FUNCTION deal_store.process_queue_batch(integer, integer) IS
 -- The worker. Its INOUT parameters are its result (CALL shows them as one row);
 -- a caller passes nothing for them.
 -- The eligible changes process_queue leaves behind (the caller's deals).
+-- PL/pgSQL, not SQL: Citus plans no parameter of a SQL function over a distributed table
 CREATE FUNCTION deal_store_internal._queue_remaining(max_tier integer) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT count(*) FROM deal_store.pending_changes p
-    WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
-      AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
-      AND ((SELECT deal_store.sees_all_deals()) OR p.deal_id = ANY ((SELECT deal_store.my_deals('reviewer'))::uuid[]))
-$$;
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM deal_store.pending_changes p
+            WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+              AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+              AND ((SELECT deal_store.sees_all_deals()) OR p.deal_id = ANY ((SELECT deal_store.my_deals('reviewer'))::uuid[])));
+END $$;
 COMMENT ON FUNCTION deal_store_internal._queue_remaining(integer) IS
     'Internal: the pending (and due deferred) changes up to max_tier in the caller''s deals that no batch took: process_queue''s remaining.';
 

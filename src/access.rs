@@ -136,6 +136,8 @@ struct Resolved {
     deals: RefCell<DealLists>,
     /// (deal, run) pairs checked for `deal_store.run_id`: is the run one of the deal's
     runs: RefCell<HashMap<(Uuid, Uuid), bool>>,
+    /// a Citus coordinator: [`carry`] passes the context on to the workers
+    coordinating: bool,
 }
 
 thread_local! {
@@ -146,6 +148,10 @@ thread_local! {
     static SOURCE: Cell<Source> = const { Cell::new(Source::Tables) };
     /// the last relation a policy asked about, and where its lookups read
     static LAST_RELATION: Cell<Option<(Oid, Source)>> = const { Cell::new(None) };
+    /// on a Citus coordinator, what [`carry`] passed on in this transaction
+    /// (actor, reason, run; empty: unset, as a transaction starts on a worker);
+    /// None after a rolled-back savepoint, which may have undone some of it
+    static CARRIED: RefCell<Option<[String; 3]>> = RefCell::new(Some(Default::default()));
 }
 
 /// The catalog and table lookups of this module, each a prepared statement.
@@ -269,6 +275,7 @@ pub fn init() {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(_event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     forget();
+    CARRIED.with(|c| *c.borrow_mut() = Some(Default::default()));
 }
 
 /// A rolled-back savepoint may have undone a membership this session already read.
@@ -281,6 +288,7 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         forget();
+        CARRIED.with(|c| *c.borrow_mut() = None);
     }
 }
 
@@ -362,7 +370,8 @@ fn resolve() -> Rc<Resolved> {
         }),
     };
     crate::operations::check_version_once();
-    let r = Rc::new(Resolved { outer, raw, installed, admin, service, owner, actor, deals: RefCell::default(), runs: RefCell::default() });
+    let coordinating = installed && shard::coordinating();
+    let r = Rc::new(Resolved { outer, raw, installed, admin, service, owner, actor, deals: RefCell::default(), runs: RefCell::default(), coordinating });
     RESOLVED.with(|c| *c.borrow_mut() = Some(r.clone()));
     r
 }
@@ -409,6 +418,32 @@ pub fn run_of_deal(deal: Option<Uuid>, run: Uuid) -> Option<Uuid> {
     Some(run)
 }
 
+/// On a Citus coordinator, who acts and why reach every node: the triggers that
+/// write the log and the "who" columns run on the worker that holds the rows,
+/// in a session of its own (as the function's owner inside an API function),
+/// which knows neither the caller's login nor its settings. So the rights
+/// check every API function makes first (and `current_actor()`, which the
+/// queue's apply path asks) passes on the actor it resolved, the reason and
+/// the run for the rest of the transaction; the worker checks them against
+/// its session as this node did. Nothing happens on plain PostgreSQL.
+fn carry(r: &Resolved, actor: Option<Uuid>) {
+    if !r.coordinating {
+        return;
+    }
+    let text = |s: Option<CString>| s.map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+    let now = [actor.map(|u| u.to_string()).unwrap_or_default(), text(settings::REASON.get()), text(settings::RUN_ID.get())];
+    let names = ["deal_store.actor", "deal_store.reason", "deal_store.run_id"];
+    let changed: Vec<(&str, String)> = CARRIED.with(|c| match &*c.borrow() {
+        Some(was) => names.iter().zip(now.iter()).zip(was.iter()).filter(|((_, v), w)| v != w).map(|((n, v), _)| (*n, v.clone())).collect(),
+        None => names.iter().copied().zip(now.iter().cloned()).collect(),
+    });
+    if changed.is_empty() {
+        return;
+    }
+    as_owner(r.owner, || shard::carry(&changed));
+    CARRIED.with(|c| *c.borrow_mut() = Some(now));
+}
+
 /// The actor of a change: as [`actor`], and 42501 when there is none but one is
 /// required (always for deal_store_service, for others with deal_store.require_actor).
 pub fn actor_for_write() -> Option<Uuid> {
@@ -435,6 +470,7 @@ fn deal_role(owner: Oid, deal_id: Uuid, user: Uuid) -> Option<DealRole> {
 pub fn require_right(deal_id: Uuid, right: Right) {
     let r = resolve();
     let actor = if right == Right::Read { actor() } else { actor_for_write() };
+    carry(&r, actor);
     if !r.installed || r.admin {
         // a member's role implies the deal; without one, look it up
         let exists = as_owner(r.owner, || Lookup::DealExists.one::<bool>(&[deal_id.into()]));
@@ -575,7 +611,9 @@ fn acts_as(rel: Option<Oid>, user_id: Option<Uuid>) -> bool {
 /// where the role may set it; NULL when there is none.
 #[pg_extern(stable, parallel_safe)]
 fn current_actor() -> Option<Uuid> {
-    actor()
+    let a = actor();
+    carry(&resolve(), a);
+    a
 }
 
 /// Internal: the role the caller acts as outside SECURITY DEFINER functions
@@ -600,6 +638,7 @@ fn require_right_sql(deal_id: Option<Uuid>, needs: Option<&str>) {
             if r.installed && !r.admin {
                 denied("permission denied: only members of deal_store_admin may do this".into(), "Only members of deal_store_admin may.");
             }
+            carry(&r, actor());
         }
         (deal_id, right) => require_right(crate::errors::required(deal_id, "deal_id"), right),
     }

@@ -33,6 +33,7 @@ pub extern "C-unwind" fn _PG_init() {
     access::init();
     audit::init();
     operations::init();
+    shard::init();
 }
 
 /// Required by `cargo pgrx test`.

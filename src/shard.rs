@@ -14,7 +14,7 @@
 use crate::errors::raise;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::rc::Rc;
@@ -246,4 +246,190 @@ pub fn placement_of(rel: pg_sys::Oid) -> Option<Placement> {
 #[pg_extern(schema = "deal_store_internal", name = "_table_of", stable, strict, parallel_safe)]
 fn table_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
     placement_of(rel).map(|p| p.table_oid)
+}
+
+/// True on the Citus coordinator of a database whose deal tables Citus
+/// distributes: the node whose transactions send statements to the workers.
+/// Asked once per transaction by `access` (plain PostgreSQL: one catalog lookup).
+pub fn coordinating() -> bool {
+    citus_metadata()
+        && crate::spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p
+                            WHERE p.logicalrelid = pg_catalog.to_regclass('deal_store.pending_changes') AND p.partmethod = 'h')
+                    AND (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g) = 0",
+            &[],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Makes every node this transaction writes on see the settings `values`
+/// (name, value) as the coordinator resolved them, for the rest of the
+/// transaction: the triggers that write the log and the "who" columns run
+/// there. Each is a `SET LOCAL` that Citus passes on to the workers the
+/// transaction uses and will use (`citus.propagate_set_commands = local`, set
+/// here whatever the session says); run inside a function call, as Citus needs
+/// outside a transaction block. The coordinator's own settings are left as
+/// they were.
+pub fn carry(values: &[(&str, String)]) {
+    // SAFETY: a new GUC nest level; the abort-style AtEOXact_GUC below pops it and
+    // every setting changed inside it (as PostgreSQL does around index builds)
+    let level = unsafe { crate::settings::push_setting(c"citus.propagate_set_commands", c"local", pg_sys::GucContext::PGC_USERSET) };
+    let set = format!("SELECT {}._set_local($1, $2)", crate::spi::internal_schema());
+    for (name, value) in values {
+        if let Err(e) = crate::spi::run(&set, &[(*name).into(), value.as_str().into()]) {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("passing {name} on to the Citus workers: {e}"), None);
+        }
+    }
+    // SAFETY: pops exactly the nest level opened above, restoring what it changed here
+    unsafe { pg_sys::AtEOXact_GUC(false, level) };
+}
+
+/// True in a session Citus opened to run its tasks on this node (a query on a
+/// shard, sent by a coordinator): Citus names such sessions `citus_internal gpid=…`.
+pub fn citus_task() -> bool {
+    // SAFETY: application_name is a GUC's C string, NULL or NUL-terminated; it is read, not kept
+    let name = unsafe { pg_sys::application_name };
+    // SAFETY: checked non-NULL; a GUC's value is NUL-terminated
+    !name.is_null() && unsafe { CStr::from_ptr(name) }.to_bytes().starts_with(b"citus_internal gpid=")
+}
+
+thread_local! {
+    /// the post-parse-analysis and planner hooks installed before ours
+    static PREVIOUS_ANALYZE: Cell<pg_sys::post_parse_analyze_hook_type> = const { Cell::new(None) };
+    static PREVIOUS_PLANNER: Cell<pg_sys::planner_hook_type> = const { Cell::new(None) };
+}
+
+/// Installs the checks of [`refuse_view_writes`] and [`refuse_nested`] (from
+/// `_PG_init`; on Citus the library is in `shared_preload_libraries`, so they
+/// see every statement). On plain PostgreSQL each returns at its first test.
+pub fn init() {
+    // SAFETY: PostgreSQL's hook chains, set once per process from _PG_init
+    unsafe {
+        PREVIOUS_ANALYZE.set(pg_sys::post_parse_analyze_hook);
+        pg_sys::post_parse_analyze_hook = Some(refuse_view_writes);
+        PREVIOUS_PLANNER.set(pg_sys::planner_hook);
+        pg_sys::planner_hook = Some(refuse_nested);
+    }
+}
+
+/// A statement of a function, planned in a session Citus opened to run a task
+/// on this node (a query on a shard), outside a trigger, that reads deal_store's tables
+/// themselves rather than this node's shards: a deal_store function that Citus
+/// sent along inside the task (a subquery argument over a deal table, a
+/// deal_store function in a query over one). Citus would refuse it when it runs
+/// (a distributed query nested in a shard's, an internal error); it is refused
+/// here with what to do instead. Triggers on shards and the policies' lookups
+/// read the shards, and pass.
+#[pg_guard]
+unsafe extern "C-unwind" fn refuse_nested(
+    parse: *mut pg_sys::Query,
+    query_string: *const std::ffi::c_char,
+    cursor_options: std::ffi::c_int,
+    bound_params: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    // SAFETY: the planner chain with PostgreSQL's own arguments
+    let planned = unsafe {
+        match PREVIOUS_PLANNER.get() {
+            Some(previous) => previous(parse, query_string, cursor_options, bound_params),
+            None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
+        }
+    };
+    if !citus_task() || planned.is_null() {
+        return planned;
+    }
+    // SAFETY: plain globals of this backend (a flag, a C string or NULL, read not kept)
+    // and pg_trigger_depth, which takes no argument and reads a counter
+    let nested_call = unsafe {
+        let top = pg_sys::debug_query_string;
+        // a statement of a function (PL/pgSQL, SQL, SPI), not the task's own statement
+        let nested = !query_string.is_null() && (top.is_null() || CStr::from_ptr(query_string) != CStr::from_ptr(top));
+        nested && !pg_sys::creating_extension && pgrx::direct_function_call::<i32>(pg_sys::pg_trigger_depth, &[]).unwrap_or(0) == 0
+    };
+    if !nested_call {
+        return planned;
+    }
+    // SAFETY: the plan just made; relationOids is a List of the oids it reads
+    let oids = unsafe { pgrx::PgList::<std::ffi::c_void>::from_pg((*planned).relationOids) };
+    let mut table = None;
+    for i in 0..oids.len() {
+        // SAFETY: an oid list: each cell holds an oid, read with list_nth_oid
+        let oid = unsafe { pg_sys::list_nth_oid(oids.as_ptr(), i as i32) };
+        if let Some(name) = deal_store_table(oid) {
+            table = Some(name);
+            break;
+        }
+    }
+    let Some(table) = table else { return planned };
+    crate::errors::raise_hinted(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("deal_store.{table} cannot be read inside a query Citus runs on a shard"),
+        Some("Citus sends a query that reads one deal's shard to that shard's node with the function calls in it: a deal_store function given a subquery over a deal table (fact_history((SELECT id FROM deal_store.facts …))), or called in a query over one.".into()),
+        Some("Read the value in a statement of its own, then pass it: SELECT id … \\gset in psql, a variable in PL/pgSQL or in the client.".into()),
+    )
+}
+
+/// The name of `oid` when it is one of deal_store's tables (in schema
+/// deal_store, not one of its Citus shards, which end in `_<shard id>`).
+fn deal_store_table(oid: pg_sys::Oid) -> Option<String> {
+    // SAFETY: catalog lookups by oid and name (missing_ok); the name is copied at once
+    let name = unsafe {
+        let schema = pg_sys::get_namespace_oid(c"deal_store".as_ptr(), true);
+        if schema == pg_sys::InvalidOid || pg_sys::get_rel_namespace(oid) != schema {
+            return None;
+        }
+        let name = pg_sys::get_rel_name(oid);
+        if name.is_null() {
+            return None;
+        }
+        CStr::from_ptr(name).to_string_lossy().into_owned()
+    };
+    let shard = name.rsplit_once('_').is_some_and(|(_, id)| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+    (!shard).then_some(name)
+}
+
+/// An UPDATE or DELETE through one of deal_store's views on a database that
+/// Citus distributes: Citus does not modify views over its tables (an UPDATE
+/// fails in its planner, a DELETE on a worker), so it is refused here, before
+/// Citus plans it, with the statement on the table that does the same.
+#[pg_guard]
+unsafe extern "C-unwind" fn refuse_view_writes(pstate: *mut pg_sys::ParseState, query: *mut pg_sys::Query, jstate: *mut pg_sys::JumbleState) {
+    if let Some(previous) = PREVIOUS_ANALYZE.get() {
+        // SAFETY: the hook installed before ours, with PostgreSQL's own arguments
+        unsafe { previous(pstate, query, jstate) };
+    }
+    // SAFETY: PostgreSQL passes the analyzed query; resultRelation indexes its range
+    // table, a List of RangeTblEntry; only plain fields are read
+    let view = unsafe {
+        let q = &*query;
+        let write = q.commandType == pg_sys::CmdType::CMD_UPDATE || q.commandType == pg_sys::CmdType::CMD_DELETE;
+        if !write || q.resultRelation <= 0 || q.rtable.is_null() {
+            return;
+        }
+        let rte = pg_sys::list_nth(q.rtable, q.resultRelation - 1) as *const pg_sys::RangeTblEntry;
+        if rte.is_null() || (*rte).relkind != pg_sys::RELKIND_VIEW as std::ffi::c_char {
+            return;
+        }
+        (*rte).relid
+    };
+    // SAFETY: catalog lookups by oid and name (missing_ok); the names are copied at once
+    let (ours, name) = unsafe {
+        let schema = pg_sys::get_namespace_oid(c"deal_store".as_ptr(), true);
+        let name = pg_sys::get_rel_name(view);
+        let ours = schema != pg_sys::InvalidOid && pg_sys::get_rel_namespace(view) == schema && !name.is_null();
+        (ours, if ours { CStr::from_ptr(name).to_string_lossy().into_owned() } else { String::new() })
+    };
+    if !ours || !distributed("pending_changes") {
+        return;
+    }
+    let table = name.strip_prefix("active_").unwrap_or(&name);
+    crate::errors::raise_hinted(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("UPDATE and DELETE through deal_store.{name} do not run on Citus"),
+        Some("Citus does not modify views over distributed tables.".into()),
+        Some(format!(
+            "Write to the table: DELETE FROM deal_store.{table} WHERE … soft-deletes the rows (as UPDATE deal_store.{table} SET deleted_at = now() WHERE … does); on Citus the views are for reading."
+        )),
+    )
 }

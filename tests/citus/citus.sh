@@ -1,5 +1,5 @@
 # A three-node Citus cluster on this machine (a coordinator and two workers, each
-# an ordinary PostgreSQL 15 cluster run by postgres with citus preloaded), and
+# an ordinary PostgreSQL 15 cluster run by postgres with citus and deal_store preloaded), and
 # the layer that runs deal_store's tests on it. Sourced by scripts/test and
 # scripts/bench after lib.sh.
 #
@@ -38,9 +38,15 @@ citus_start() {
             runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" reload >/dev/null
         if ! runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
             runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w start -o \
-                "-p ${CITUS_PORTS[$n]} -k $dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=citus -c max_prepared_transactions=100 -c max_connections=200 ${CITUS_OPTS:-}" >/dev/null
+                "-p ${CITUS_PORTS[$n]} -k $dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=citus,deal_store -c max_prepared_transactions=100 -c max_connections=200 ${CITUS_OPTS:-}" >/dev/null
         fi
     done
+}
+
+# citus_fresh: the three clusters stopped and removed; citus_start makes them anew
+citus_fresh() {
+    citus_stop
+    rm -rf "$CITUS_DIR"
 }
 
 citus_stop() {
@@ -105,18 +111,16 @@ citus_suite() {
     cp "$ROOT"/tests/isolation/expected/*.out "$work/isolation/expected/"
     citus_start
 
-    # the personas of the access and feed files are roles the files create NOLOGIN
-    # when missing; on Citus the coordinator connects to the workers as them, so
-    # here they exist beforehand, on every node, able to log in
-    local n r
-    for n in 0 1 2; do
-        for r in ds_nobody ds_reader ds_analyst ds_reviewer ds_lead ds_admin ds_service ds_other ds_feed_viewer ds_feed_other; do
-            citus_psql $n -q -d postgres -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$r') THEN CREATE ROLE $r; END IF; END \$\$" \
-                -c "ALTER ROLE $r LOGIN" >/dev/null || return 1
-        done
-    done
     citus_db deal_store_citus_regress || return 1
     citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus_regress -c 'SELECT deal_store.distribute()' >/dev/null || return 1
+    # the personas of the access and feed files are roles the files create NOLOGIN
+    # when missing; on Citus the coordinator connects to the workers as them, so
+    # here they are created beforehand, able to log in: on the coordinator only,
+    # after distribute() (Citus creates them on the workers, the files' GRANTs follow)
+    local r
+    for r in ds_nobody ds_reader ds_analyst ds_reviewer ds_lead ds_admin ds_service ds_other ds_feed_viewer ds_feed_other; do
+        citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus_regress -c "CREATE ROLE $r LOGIN" >/dev/null || return 1
+    done
     tests=$(cd "$ROOT/tests/pg_regress/sql" && ls *.sql | sed 's/\.sql$//' | grep -v -e '^setup$' -e '^reinstall$' | sort)
     "$PGXS/src/test/regress/pg_regress" --use-existing --bindir=$PG15_HOME/bin \
         --host="$CITUS_DIR/coordinator" --port="${CITUS_PORTS[0]}" --user=postgres \
@@ -130,8 +134,7 @@ citus_suite() {
     citus_db deal_store_citus_isolation || return 1
     citus_psql 0 -q -v ON_ERROR_STOP=1 -d deal_store_citus_isolation \
         -c 'SELECT deal_store.distribute()' \
-        -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'deal_store_iso') THEN CREATE ROLE deal_store_iso LOGIN; END IF; END \$\$" \
-        -c "SELECT run_command_on_workers('ALTER ROLE deal_store_iso LOGIN')" -c 'ALTER ROLE deal_store_iso LOGIN' \
+        -c 'CREATE ROLE deal_store_iso LOGIN' \
         -c 'GRANT deal_store_reviewer TO deal_store_iso' \
         -c 'SELECT citus_internal.replace_isolation_tester_func()' \
         -c 'ALTER DATABASE deal_store_citus_isolation SET citus.multi_shard_modify_mode = sequential' >/dev/null || return 1
@@ -151,6 +154,12 @@ citus_suite() {
             fi
         done
     done
+    # who did what is the same on Citus as on one node: the attribution file
+    # gives PostgreSQL's output, entry for entry
+    if ! citus_normalize "$work/regress/results/attribution.out" | diff -u "$ROOT/tests/pg_regress/expected/attribution.out" - >>"$work/citus.diffs"; then
+        echo "attribution differs on Citus from one node (tests/pg_regress/expected/attribution.out)"
+        rc=1
+    fi
     [ "$rc" = 0 ] || head -300 "$work/citus.diffs"
     return $rc
 }

@@ -227,3 +227,33 @@ COMMIT;
 SELECT action, deal_id, user_id IS NOT NULL AS actor, details -> 'password_hash' AS password,
        deal_store_internal._log_node(seq) > 0 AS written_on_a_worker, count(*)
 FROM deal_store.deal_activity_log WHERE entity_type = 'user' GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3;
+
+-- what Citus cannot run says so, with the form that works (0A000): a deal_store
+-- function with a subquery argument over a deal table runs on the shard's node
+SELECT id AS f2 FROM deal_store.facts WHERE deal_id = :'deal' AND legacy_id = 'F-2' AND superseded_at IS NULL \gset
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT version FROM deal_store.fact_history((SELECT id FROM deal_store.facts WHERE deal_id = :'deal' AND legacy_id = 'F-2' AND superseded_at IS NULL));
+ROLLBACK;
+\set VERBOSITY default
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT deal_store.soft_delete('deal_store.facts', (SELECT id FROM deal_store.facts WHERE deal_id = :'deal' AND legacy_id = 'F-2' AND superseded_at IS NULL));
+ROLLBACK;
+-- a DELETE or UPDATE through an active_* view
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+DELETE FROM deal_store.active_facts WHERE deal_id = :'deal' AND legacy_id = 'F-2';
+ROLLBACK;
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+UPDATE deal_store.active_facts SET deleted_at = now() WHERE deal_id = :'deal' AND legacy_id = 'F-2';
+ROLLBACK;
+\set VERBOSITY terse
+-- the forms that work: the value first, and the table
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT count(*) AS versions FROM deal_store.fact_history(:'f2');
+DELETE FROM deal_store.facts WHERE deal_id = :'deal' AND legacy_id = 'F-2' AND superseded_at IS NULL;
+SELECT deleted_at IS NOT NULL AS deleted, delete_reason FROM deal_store.facts WHERE deal_id = :'deal' AND id = :'f2' AND superseded_at IS NULL;
+ROLLBACK;

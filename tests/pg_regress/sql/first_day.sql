@@ -104,7 +104,8 @@ WHERE deal_id = '00000000-0000-0000-0034-0000000000d1' AND entity_type = 'fact'
 
 -- 4. no silent no-op: a service login with no actor is told so (42501, a HINT), not UPDATE 0
 RESET deal_store.actor;
-CREATE ROLE first_day_service NOLOGIN;
+-- LOGIN: on Citus the coordinator connects to the workers as the role a query runs as
+CREATE ROLE first_day_service LOGIN;
 GRANT deal_store_service TO first_day_service;
 SET ROLE first_day_service;
 SELECT * FROM regress.expect_hint($$UPDATE deal_store.facts SET item = 'edited' WHERE legacy_id = 'N-1'$$);

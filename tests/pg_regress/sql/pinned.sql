@@ -113,7 +113,7 @@ FROM deal_store.version(), pg_catalog.pg_extension WHERE extname = 'deal_store';
 -- a superuser when they run with a superuser's rights, steers nothing.
 SET client_min_messages = warning;
 DROP ROLE IF EXISTS pinned_reader;
-CREATE ROLE pinned_reader NOLOGIN;
+CREATE ROLE pinned_reader LOGIN;   -- on Citus the coordinator connects to the workers as it
 RESET client_min_messages;
 GRANT deal_store_reader TO pinned_reader;
 INSERT INTO deal_store.users (id, email, db_role) VALUES ('00000000-0000-0000-0029-0000000000a3', 'reader29@example.com', 'pinned_reader');
