@@ -505,6 +505,17 @@ COMMENT ON COLUMN deal_store.run_output.legacy_id IS 'A delivered row''s legacy_
 COMMENT ON COLUMN deal_store.run_output.domain IS 'The delivered row''s domain, or the domain a call covered: removals are inferred only inside covered domains.';
 COMMENT ON COLUMN deal_store.run_output.seen IS 'Of a covered domain: the snapshot of the last call that covered it. A row not committed in it is one the run did not see, and not its to remove.';
 SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
+-- deal_store_internal.run_output_seen: the current definition, from sql/runs.sql
+CREATE OR REPLACE FUNCTION deal_store_internal.run_output_seen() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    NEW.seen := CASE WHEN NEW.legacy_id IS NULL THEN pg_catalog.pg_current_snapshot() END;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION deal_store_internal.run_output_seen() IS
+    'Trigger (BEFORE INSERT OR UPDATE on run_output): a covered domain''s seen is the snapshot of the node holding the deal''s rows, taken as the row is written; a delivered row has none.';
+CREATE TRIGGER run_output_seen BEFORE INSERT OR UPDATE ON deal_store.run_output
+    FOR EACH ROW EXECUTE FUNCTION deal_store_internal.run_output_seen();
 -- deal_store_internal._xid8: the current definition, from sql/runs.sql
 CREATE OR REPLACE FUNCTION deal_store_internal._xid8(x xid) RETURNS xid8
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -864,8 +875,8 @@ BEGIN
         CASE WHEN on_citus THEN ''
              ELSE ' OR id = ANY (ARRAY(SELECT m.user_id FROM deal_store.deal_members m
                                       WHERE m.deal_id = ANY ((SELECT deal_store.my_deals(''viewer''))::uuid[])))' END);
-    CREATE POLICY admins_write ON deal_store.users FOR ALL USING ((SELECT deal_store.sees_all_deals()))
-        WITH CHECK ((SELECT deal_store.sees_all_deals()));
+    EXECUTE format('CREATE POLICY admins_write ON deal_store.users FOR ALL USING (%1$s) WITH CHECK (%1$s)',
+        CASE WHEN on_citus THEN 'deal_store_internal._may(tableoid, NULL::uuid, ''viewer'')' ELSE '(SELECT deal_store.sees_all_deals())' END);
 END $$;
 COMMENT ON FUNCTION deal_store_internal._create_policies(boolean) IS
     'Internal: (re)creates every row-level security policy of deal_store (users: a reader sees itself and the members of its deals): with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store_internal._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
@@ -876,15 +887,15 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- @plpgsql_check_options: security_warnings = false
     -- (the name is one of six constants, the value is quote_literal'ed)
-    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.hard_delete', 'deal_store.audit_purge',
-                                               'deal_store.importing_history', 'deal_store.undeleting']) THEN
-        RAISE EXCEPTION 'deal_store_internal._set_local sets deal_store.actor, reason, hard_delete, audit_purge, importing_history or undeleting, not %', setting
+    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.run_id', 'deal_store.hard_delete',
+                                               'deal_store.audit_purge', 'deal_store.importing_history', 'deal_store.undeleting']) THEN
+        RAISE EXCEPTION 'deal_store_internal._set_local sets deal_store.actor, reason, run_id, hard_delete, audit_purge, importing_history or undeleting, not %', setting
             USING ERRCODE = '22023';
     END IF;
     EXECUTE pg_catalog.format('SET LOCAL %s = %L', setting, coalesce(value, ''));
 END $$;
 COMMENT ON FUNCTION deal_store_internal._set_local(text, text) IS
-    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, hard_delete, audit_purge, importing_history, undeleting; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
+    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, run_id, hard_delete, audit_purge, importing_history, undeleting; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
 
 -- deal_store.set_actor: the current definition, from sql/access.sql
 CREATE OR REPLACE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
@@ -1418,6 +1429,9 @@ BEGIN
         RAISE EXCEPTION 'deal_store_internal._distribute_prepare is for a Citus cluster, and Citus is not installed in this database'
             USING ERRCODE = '0A000', HINT = 'On plain PostgreSQL there is nothing to prepare; on Citus, call deal_store.distribute() on the coordinator.';
     END IF;
+    IF deal_store_internal._distributed() THEN
+        RAISE EXCEPTION 'deal_store is already distributed' USING ERRCODE = '55000';
+    END IF;
     -- every foreign key (Citus converts tables linked to a distributed one
     -- otherwise); the coordinator puts back those Citus supports
     FOR c IN SELECT k.conrelid::regclass AS t, k.conname FROM pg_catalog.pg_constraint k
@@ -1455,6 +1469,12 @@ BEGIN
     END IF;
     IF deal_store_internal._distributed() THEN
         RAISE EXCEPTION 'deal_store is already distributed' USING ERRCODE = '55000';
+    END IF;
+    -- loaded with the server, deal_store refuses what Citus cannot run (UPDATE and
+    -- DELETE through its views) before Citus plans it, in every session
+    IF 'deal_store' <> ALL (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ',')) THEN
+        RAISE EXCEPTION 'deal_store.distribute() needs deal_store in shared_preload_libraries' USING ERRCODE = '55000',
+            HINT = 'Set shared_preload_libraries = ''citus,deal_store'' on every node and restart them, then call distribute() again.';
     END IF;
     -- the foreign keys Citus keeps: not ON DELETE SET NULL (column) (on Citus a
     -- purged document or run leaves those references dangling), not from a
@@ -2198,12 +2218,13 @@ COMMENT ON FUNCTION deal_store.accept_changes(uuid, integer, uuid, text) IS
 
 -- deal_store_internal._queue_remaining: the current definition, from sql/queue.sql
 CREATE OR REPLACE FUNCTION deal_store_internal._queue_remaining(max_tier integer) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT count(*) FROM deal_store.pending_changes p
-    WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
-      AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
-      AND ((SELECT deal_store.sees_all_deals()) OR p.deal_id = ANY ((SELECT deal_store.my_deals('reviewer'))::uuid[]))
-$$;
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM deal_store.pending_changes p
+            WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier <= max_tier
+              AND (p.status = 'pending' OR p.deferred_until <= pg_catalog.now())
+              AND ((SELECT deal_store.sees_all_deals()) OR p.deal_id = ANY ((SELECT deal_store.my_deals('reviewer'))::uuid[])));
+END $$;
 COMMENT ON FUNCTION deal_store_internal._queue_remaining(integer) IS
     'Internal: the pending (and due deferred) changes up to max_tier in the caller''s deals that no batch took: process_queue''s remaining.';
 

@@ -45,6 +45,9 @@ BEGIN
         RAISE EXCEPTION 'deal_store_internal._distribute_prepare is for a Citus cluster, and Citus is not installed in this database'
             USING ERRCODE = '0A000', HINT = 'On plain PostgreSQL there is nothing to prepare; on Citus, call deal_store.distribute() on the coordinator.';
     END IF;
+    IF deal_store_internal._distributed() THEN
+        RAISE EXCEPTION 'deal_store is already distributed' USING ERRCODE = '55000';
+    END IF;
     -- every foreign key (Citus converts tables linked to a distributed one
     -- otherwise); the coordinator puts back those Citus supports
     FOR c IN SELECT k.conrelid::regclass AS t, k.conname FROM pg_catalog.pg_constraint k

@@ -22,6 +22,20 @@ COMMENT ON COLUMN deal_store.run_output.domain IS 'The delivered row''s domain, 
 COMMENT ON COLUMN deal_store.run_output.seen IS 'Of a covered domain: the snapshot of the last call that covered it. A row not committed in it is one the run did not see, and not its to remove.';
 SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
 
+-- The snapshot of a covered domain is taken where the deal's rows are (on
+-- Citus: the worker holding the deal's shards, whose transaction ids the rows
+-- carry), as the row is written: the server's, whatever the statement says.
+CREATE FUNCTION deal_store_internal.run_output_seen() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    NEW.seen := CASE WHEN NEW.legacy_id IS NULL THEN pg_catalog.pg_current_snapshot() END;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION deal_store_internal.run_output_seen() IS
+    'Trigger (BEFORE INSERT OR UPDATE on run_output): a covered domain''s seen is the snapshot of the node holding the deal''s rows, taken as the row is written; a delivered row has none.';
+CREATE TRIGGER run_output_seen BEFORE INSERT OR UPDATE ON deal_store.run_output
+    FOR EACH ROW EXECUTE FUNCTION deal_store_internal.run_output_seen();
+
 -- A row version's xmin as the 64-bit transaction id the snapshot functions take:
 -- the epoch of the current snapshot's xmax, one less when the 32-bit value lies
 -- ahead of it (frozen and bootstrap ids are older than any snapshot).

@@ -255,13 +255,14 @@ fn propose(kind: &Kind, run_id: Uuid, doc: AnyElement, domains: Option<Vec<Strin
                     &[run.deal_id.into(), run_id.into(), kind.entity_type.into(), legacy.into(), row_domains.into()],
                 )
                 .unwrap_or_else(|e| spi_failed(e));
-            // a covered domain remembers the snapshot of the last call that covered it:
-            // what was not committed then, that call did not see
+            // a covered domain remembers the snapshot of the last call that covered it
+            // (trigger run_output_seen takes it): what was not committed then, that
+            // call did not see
             client
                 .update(
-                    "INSERT INTO deal_store.run_output AS o (deal_id, analysis_run_id, entity_type, legacy_id, domain, seen) \
-                     SELECT $1, $2, $3, NULL, d, pg_catalog.pg_current_snapshot() FROM pg_catalog.unnest($4::pg_catalog.text[]) AS d \
-                     ON CONFLICT ON CONSTRAINT run_output_key DO UPDATE SET seen = excluded.seen",
+                    "INSERT INTO deal_store.run_output AS o (deal_id, analysis_run_id, entity_type, legacy_id, domain) \
+                     SELECT $1, $2, $3, NULL, d FROM pg_catalog.unnest($4::pg_catalog.text[]) AS d \
+                     ON CONFLICT ON CONSTRAINT run_output_key DO UPDATE SET seen = NULL",
                     None,
                     &[run.deal_id.into(), run_id.into(), kind.entity_type.into(), covered.into()],
                 )

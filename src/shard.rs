@@ -296,9 +296,9 @@ pub fn citus_task() -> bool {
 }
 
 thread_local! {
-    /// the post-parse-analysis and planner hooks installed before ours
+    /// the post-parse-analysis and executor-start hooks installed before ours
     static PREVIOUS_ANALYZE: Cell<pg_sys::post_parse_analyze_hook_type> = const { Cell::new(None) };
-    static PREVIOUS_PLANNER: Cell<pg_sys::planner_hook_type> = const { Cell::new(None) };
+    static PREVIOUS_START: Cell<pg_sys::ExecutorStart_hook_type> = const { Cell::new(None) };
 }
 
 /// Installs the checks of [`refuse_view_writes`] and [`refuse_nested`] (from
@@ -309,62 +309,67 @@ pub fn init() {
     unsafe {
         PREVIOUS_ANALYZE.set(pg_sys::post_parse_analyze_hook);
         pg_sys::post_parse_analyze_hook = Some(refuse_view_writes);
-        PREVIOUS_PLANNER.set(pg_sys::planner_hook);
-        pg_sys::planner_hook = Some(refuse_nested);
+        PREVIOUS_START.set(pg_sys::ExecutorStart_hook);
+        pg_sys::ExecutorStart_hook = Some(refuse_nested);
     }
 }
 
-/// A statement of a function, planned in a session Citus opened to run a task
-/// on this node (a query on a shard), outside a trigger, that reads deal_store's tables
-/// themselves rather than this node's shards: a deal_store function that Citus
-/// sent along inside the task (a subquery argument over a deal table, a
-/// deal_store function in a query over one). Citus would refuse it when it runs
-/// (a distributed query nested in a shard's, an internal error); it is refused
-/// here with what to do instead. Triggers on shards and the policies' lookups
+/// A statement of a function, run in a session Citus opened to run a task on
+/// this node (a query on a shard), outside a trigger, that reads deal_store's
+/// tables themselves rather than this node's shards: a deal_store function that
+/// Citus sent along inside the task (a subquery argument over a deal table, a
+/// deal_store function in a query over one). Citus would refuse it as it runs
+/// (a distributed query nested in a shard's: an internal error); it is refused
+/// here, before it starts, with what to do instead. Checked at every start, so
+/// plans cached earlier in the session (in a trigger, where such a statement
+/// is allowed) are checked too. Triggers on shards and the policies' lookups
 /// read the shards, and pass.
 #[pg_guard]
-unsafe extern "C-unwind" fn refuse_nested(
-    parse: *mut pg_sys::Query,
-    query_string: *const std::ffi::c_char,
-    cursor_options: std::ffi::c_int,
-    bound_params: pg_sys::ParamListInfo,
-) -> *mut pg_sys::PlannedStmt {
-    // SAFETY: the planner chain with PostgreSQL's own arguments
-    let planned = unsafe {
-        match PREVIOUS_PLANNER.get() {
-            Some(previous) => previous(parse, query_string, cursor_options, bound_params),
-            None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
-        }
-    };
-    if !citus_task() || planned.is_null() {
-        return planned;
+unsafe extern "C-unwind" fn refuse_nested(query: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
+    if citus_task() {
+        // SAFETY: the QueryDesc PostgreSQL is starting: its plan and source text are
+        // alive for the call; debug_query_string is the task's statement or NULL
+        unsafe { check_nested(&*query) };
     }
-    // SAFETY: plain globals of this backend (a flag, a C string or NULL, read not kept)
-    // and pg_trigger_depth, which takes no argument and reads a counter
+    // SAFETY: the executor chain with PostgreSQL's own arguments
+    unsafe {
+        match PREVIOUS_START.get() {
+            Some(previous) => previous(query, eflags),
+            None => pg_sys::standard_ExecutorStart(query, eflags),
+        }
+    }
+}
+
+/// See [`refuse_nested`].
+///
+/// # Safety
+/// `query` is the QueryDesc of the statement being started.
+unsafe fn check_nested(query: &pg_sys::QueryDesc) {
+    // SAFETY: plain globals of this backend (a flag, a C string or NULL, read not
+    // kept), the statement's own text, and pg_trigger_depth (no argument, a counter)
     let nested_call = unsafe {
         let top = pg_sys::debug_query_string;
+        let own = query.sourceText;
         // a statement of a function (PL/pgSQL, SQL, SPI), not the task's own statement
-        let nested = !query_string.is_null() && (top.is_null() || CStr::from_ptr(query_string) != CStr::from_ptr(top));
+        let nested = own.is_null() || top.is_null() || CStr::from_ptr(own) != CStr::from_ptr(top);
         nested && !pg_sys::creating_extension && pgrx::direct_function_call::<i32>(pg_sys::pg_trigger_depth, &[]).unwrap_or(0) == 0
     };
-    if !nested_call {
-        return planned;
+    if !nested_call || query.plannedstmt.is_null() {
+        return;
     }
-    // SAFETY: the plan just made; relationOids is a List of the oids it reads
-    let oids = unsafe { pgrx::PgList::<std::ffi::c_void>::from_pg((*planned).relationOids) };
-    let mut table = None;
-    for i in 0..oids.len() {
-        // SAFETY: an oid list: each cell holds an oid, read with list_nth_oid
-        let oid = unsafe { pg_sys::list_nth_oid(oids.as_ptr(), i as i32) };
-        if let Some(name) = deal_store_table(oid) {
-            table = Some(name);
-            break;
-        }
-    }
-    let Some(table) = table else { return planned };
+    // SAFETY: the statement's plan; its rtable is a List of the RangeTblEntry it reads
+    // (views expanded), each alive with the plan; only plain fields are read
+    let table = unsafe {
+        let rtable = pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg((*query.plannedstmt).rtable);
+        let found = rtable.iter_ptr().find_map(|rte| {
+            (!rte.is_null() && (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION).then(|| deal_store_table((*rte).relid)).flatten()
+        });
+        found
+    };
+    let Some(table) = table else { return };
     crate::errors::raise_hinted(
         PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-        format!("deal_store.{table} cannot be read inside a query Citus runs on a shard"),
+        format!("a deal_store function cannot run inside a query Citus runs on a shard (it reads deal_store.{table})"),
         Some("Citus sends a query that reads one deal's shard to that shard's node with the function calls in it: a deal_store function given a subquery over a deal table (fact_history((SELECT id FROM deal_store.facts …))), or called in a query over one.".into()),
         Some("Read the value in a statement of its own, then pass it: SELECT id … \\gset in psql, a variable in PL/pgSQL or in the client.".into()),
     )

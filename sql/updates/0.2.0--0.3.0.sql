@@ -68,6 +68,9 @@ COMMENT ON COLUMN deal_store.run_output.legacy_id IS 'A delivered row''s legacy_
 COMMENT ON COLUMN deal_store.run_output.domain IS 'The delivered row''s domain, or the domain a call covered: removals are inferred only inside covered domains.';
 COMMENT ON COLUMN deal_store.run_output.seen IS 'Of a covered domain: the snapshot of the last call that covered it. A row not committed in it is one the run did not see, and not its to remove.';
 SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
+-- @routine deal_store_internal.run_output_seen
+CREATE TRIGGER run_output_seen BEFORE INSERT OR UPDATE ON deal_store.run_output
+    FOR EACH ROW EXECUTE FUNCTION deal_store_internal.run_output_seen();
 -- @routine deal_store_internal._xid8
 CREATE FUNCTION deal_store_internal._propose_removals(entity_type text, run_id uuid)
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)
