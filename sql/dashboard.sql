@@ -135,27 +135,29 @@ COMMENT ON FUNCTION deal_store.reopen_gap(uuid) IS
 CREATE VIEW deal_store.deal_overview AS
     SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
            d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,
-           doc.documents, fa.facts, fi.findings, fi.critical_findings, g.gaps, g.open_gaps,
-           q.pending_tier_1, q.pending_tier_2, q.pending_tier_3, q.conflicts,
+           coalesce(doc.documents, 0) AS documents, coalesce(fa.facts, 0) AS facts, coalesce(fi.findings, 0) AS findings,
+           coalesce(fi.critical_findings, 0) AS critical_findings, coalesce(g.gaps, 0) AS gaps, coalesce(g.open_gaps, 0) AS open_gaps,
+           coalesce(q.pending_tier_1, 0) AS pending_tier_1, coalesce(q.pending_tier_2, 0) AS pending_tier_2,
+           coalesce(q.pending_tier_3, 0) AS pending_tier_3, coalesce(q.conflicts, 0) AS conflicts,
            r.run_number AS last_run_number, r.completed_at AS last_run_completed_at, d.updated_at
     FROM deal_store.active_deals d
     LEFT JOIN deal_store.users u ON u.id = d.user_id
-    -- one aggregate per table, each over the deal's rows (on Citus: co-located with the deal)
-    CROSS JOIN LATERAL (SELECT count(*) AS documents FROM deal_store.active_documents x WHERE x.deal_id = d.id) doc
-    CROSS JOIN LATERAL (SELECT count(*) AS facts FROM deal_store.current_facts x WHERE x.deal_id = d.id) fa
-    CROSS JOIN LATERAL (SELECT count(*) AS findings, count(*) FILTER (WHERE x.severity = 'critical') AS critical_findings
-                        FROM deal_store.current_findings x WHERE x.deal_id = d.id) fi
-    CROSS JOIN LATERAL (SELECT count(*) AS gaps, count(*) FILTER (WHERE x.resolved_at IS NULL) AS open_gaps
-                        FROM deal_store.current_gaps x WHERE x.deal_id = d.id) g
-    CROSS JOIN LATERAL (SELECT
+    -- one aggregate per table, grouped by deal and joined on it: a filter on the
+    -- deal reaches each (on Citus: one query on the deal's shards)
+    LEFT JOIN (SELECT x.deal_id, count(*) AS documents FROM deal_store.active_documents x GROUP BY x.deal_id) doc ON doc.deal_id = d.id
+    LEFT JOIN (SELECT x.deal_id, count(*) AS facts FROM deal_store.current_facts x GROUP BY x.deal_id) fa ON fa.deal_id = d.id
+    LEFT JOIN (SELECT x.deal_id, count(*) AS findings, count(*) FILTER (WHERE x.severity = 'critical') AS critical_findings
+               FROM deal_store.current_findings x GROUP BY x.deal_id) fi ON fi.deal_id = d.id
+    LEFT JOIN (SELECT x.deal_id, count(*) AS gaps, count(*) FILTER (WHERE x.resolved_at IS NULL) AS open_gaps
+               FROM deal_store.current_gaps x GROUP BY x.deal_id) g ON g.deal_id = d.id
+    LEFT JOIN (SELECT p.deal_id,
         count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 1) AS pending_tier_1,
         count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 2) AS pending_tier_2,
         count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 3) AS pending_tier_3,
         count(*) FILTER (WHERE p.status = 'conflict') AS conflicts
-        FROM deal_store.pending_changes p WHERE p.deal_id = d.id) q
-    LEFT JOIN LATERAL (SELECT x.run_number, x.completed_at FROM deal_store.analysis_runs x
-                       WHERE x.deal_id = d.id AND x.status = 'completed'
-                       ORDER BY x.run_number DESC LIMIT 1) r ON true;
+        FROM deal_store.pending_changes p GROUP BY p.deal_id) q ON q.deal_id = d.id
+    LEFT JOIN (SELECT DISTINCT ON (x.deal_id) x.deal_id, x.run_number, x.completed_at FROM deal_store.analysis_runs x
+               WHERE x.status = 'completed' ORDER BY x.deal_id, x.run_number DESC) r ON r.deal_id = d.id;
 COMMENT ON VIEW deal_store.deal_overview IS
     'One row per live deal the caller may see, plain columns for BI tools: owner (id, e-mail, display name), counts of active documents, current facts, findings (critical ones), gaps (open ones), the open merge queue by tier (pending or deferred), conflicts, and the last completed run. Key: deal_id.';
 

@@ -759,6 +759,45 @@ BEGIN ATOMIC SELECT * FROM deal_store_internal._propose_once('fact', run_id, fac
 COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[], text) IS
     'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. A run may propose in as many calls as it likes: removals (delete) are proposed once, by complete_run, for the rows that no call delivered inside the domains the calls covered (each call: the domains it names, by default the domains of its rows; ARRAY[]::text[] covers none); an incremental run never removes. A row (or a named domain) outside the run''s domains is 22023 naming it and the run''s domains. Idempotent; a newer run supersedes an older run''s open change. Every element is checked first against its column (type, required, unknown keys unless the deal ignores them; the table''s CHECK constraints for the elements that become changes): 22023 naming the element, its legacy_id and the field, and nothing is proposed. Returns counts by change type, tier and what became of them (status pending, or accepted / conflict for tier 1 applied at once).';
 
+-- Reads Citus routes to one deal's shards: the current_* views join the run
+-- instead of a subquery under OR, deal_overview joins per-deal aggregates.
+CREATE OR REPLACE VIEW deal_store.current_facts AS
+    SELECT f.* FROM deal_store.active_facts f
+    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = f.deal_id AND r.id = f.analysis_run_id
+    WHERE f.analysis_run_id IS NULL OR r.status = 'completed';
+CREATE OR REPLACE VIEW deal_store.current_findings AS
+    SELECT f.* FROM deal_store.active_findings f
+    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = f.deal_id AND r.id = f.analysis_run_id
+    WHERE f.analysis_run_id IS NULL OR r.status = 'completed';
+CREATE OR REPLACE VIEW deal_store.current_gaps AS
+    SELECT g.* FROM deal_store.active_gaps g
+    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = g.deal_id AND r.id = g.analysis_run_id
+    WHERE g.analysis_run_id IS NULL OR r.status = 'completed';
+CREATE OR REPLACE VIEW deal_store.deal_overview AS
+    SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
+           d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,
+           coalesce(doc.documents, 0) AS documents, coalesce(fa.facts, 0) AS facts, coalesce(fi.findings, 0) AS findings,
+           coalesce(fi.critical_findings, 0) AS critical_findings, coalesce(g.gaps, 0) AS gaps, coalesce(g.open_gaps, 0) AS open_gaps,
+           coalesce(q.pending_tier_1, 0) AS pending_tier_1, coalesce(q.pending_tier_2, 0) AS pending_tier_2,
+           coalesce(q.pending_tier_3, 0) AS pending_tier_3, coalesce(q.conflicts, 0) AS conflicts,
+           r.run_number AS last_run_number, r.completed_at AS last_run_completed_at, d.updated_at
+    FROM deal_store.active_deals d
+    LEFT JOIN deal_store.users u ON u.id = d.user_id
+    LEFT JOIN (SELECT x.deal_id, count(*) AS documents FROM deal_store.active_documents x GROUP BY x.deal_id) doc ON doc.deal_id = d.id
+    LEFT JOIN (SELECT x.deal_id, count(*) AS facts FROM deal_store.current_facts x GROUP BY x.deal_id) fa ON fa.deal_id = d.id
+    LEFT JOIN (SELECT x.deal_id, count(*) AS findings, count(*) FILTER (WHERE x.severity = 'critical') AS critical_findings
+               FROM deal_store.current_findings x GROUP BY x.deal_id) fi ON fi.deal_id = d.id
+    LEFT JOIN (SELECT x.deal_id, count(*) AS gaps, count(*) FILTER (WHERE x.resolved_at IS NULL) AS open_gaps
+               FROM deal_store.current_gaps x GROUP BY x.deal_id) g ON g.deal_id = d.id
+    LEFT JOIN (SELECT p.deal_id,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 1) AS pending_tier_1,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 2) AS pending_tier_2,
+        count(*) FILTER (WHERE p.status IN ('pending', 'deferred') AND p.confidence_tier = 3) AS pending_tier_3,
+        count(*) FILTER (WHERE p.status = 'conflict') AS conflicts
+        FROM deal_store.pending_changes p GROUP BY p.deal_id) q ON q.deal_id = d.id
+    LEFT JOIN (SELECT DISTINCT ON (x.deal_id) x.deal_id, x.run_number, x.completed_at FROM deal_store.analysis_runs x
+               WHERE x.status = 'completed' ORDER BY x.deal_id, x.run_number DESC) r ON r.deal_id = d.id;
+
 -- Every other routine: its body names the internals in their new schema.
 -- deal_store_internal.owner_is_lead: the current definition, from sql/access.sql
 CREATE OR REPLACE FUNCTION deal_store_internal.owner_is_lead() RETURNS trigger

@@ -165,26 +165,25 @@ COMMENT ON FUNCTION deal_store.latest_completed_run(uuid) IS
 -- Run-scoped views: active rows written by hand (analysis_run_id NULL) or by a
 -- completed run. Rows of a running or failed run stay stored but are not shown.
 
+-- A join with the run (one at most: its key), not a subquery under OR: Citus
+-- plans the join on the deal's shard, a subquery over every deal's runs apart.
 CREATE VIEW deal_store.current_facts AS
     SELECT f.* FROM deal_store.active_facts f
-    WHERE f.analysis_run_id IS NULL
-       OR EXISTS (SELECT 1 FROM deal_store.analysis_runs r
-                  WHERE r.deal_id = f.deal_id AND r.id = f.analysis_run_id AND r.status = 'completed');
+    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = f.deal_id AND r.id = f.analysis_run_id
+    WHERE f.analysis_run_id IS NULL OR r.status = 'completed';
 COMMENT ON VIEW deal_store.current_facts IS
     'Current live facts entered by hand or written by a completed run: the deterministic picture a reader should see.';
 
 CREATE VIEW deal_store.current_findings AS
     SELECT f.* FROM deal_store.active_findings f
-    WHERE f.analysis_run_id IS NULL
-       OR EXISTS (SELECT 1 FROM deal_store.analysis_runs r
-                  WHERE r.deal_id = f.deal_id AND r.id = f.analysis_run_id AND r.status = 'completed');
+    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = f.deal_id AND r.id = f.analysis_run_id
+    WHERE f.analysis_run_id IS NULL OR r.status = 'completed';
 COMMENT ON VIEW deal_store.current_findings IS
     'Live findings entered by hand or written by a completed run.';
 
 CREATE VIEW deal_store.current_gaps AS
     SELECT g.* FROM deal_store.active_gaps g
-    WHERE g.analysis_run_id IS NULL
-       OR EXISTS (SELECT 1 FROM deal_store.analysis_runs r
-                  WHERE r.deal_id = g.deal_id AND r.id = g.analysis_run_id AND r.status = 'completed');
+    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = g.deal_id AND r.id = g.analysis_run_id
+    WHERE g.analysis_run_id IS NULL OR r.status = 'completed';
 COMMENT ON VIEW deal_store.current_gaps IS
     'Live gaps entered by hand or written by a completed run.';
