@@ -1816,6 +1816,16 @@ RETURN pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigi
 COMMENT ON FUNCTION deal_store_internal._horizon() IS
     'Internal: the xmin of the current snapshot as a txid: every transaction below it has committed or aborted, so the log holds all of their entries.';
 
+-- deal_store_internal._node_horizon: the current definition, from sql/feed.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._node_horizon(routed bigint) RETURNS text
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::pg_catalog.text || ':'
+           || coalesce((SELECT pg_catalog.string_agg(DISTINCT pg_catalog.split_part(p.gid, '_', 2), ',')
+                        FROM pg_catalog.pg_prepared_xacts p WHERE p.gid LIKE 'citus\_%'), '')
+$$;
+COMMENT ON FUNCTION deal_store_internal._node_horizon(bigint) IS
+    'Internal, the change feed on Citus: this node''s horizon (its snapshot''s xmin) and the nodes that began the prepared transactions it holds, as xmin:group,group. routed only carries the count of the query that sends the call to the node.';
+
 -- deal_store_internal._horizons: the current definition, from sql/feed.sql
 CREATE OR REPLACE FUNCTION deal_store_internal._horizons(settled boolean) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -1824,37 +1834,26 @@ DECLARE
     h bigint[] := ARRAY[deal_store_internal._horizon()];
     held integer[] := ARRAY[]::integer[];
     g integer;
-    ok boolean;
-    xmin bigint;
-    pending integer[];
+    u uuid;
     answer text;
-    failed text;
 BEGIN
     IF NOT deal_store_internal._distributed() THEN
         RETURN h;
     END IF;
-    FOR g, ok, xmin, pending, answer IN EXECUTE format(
-        $q$SELECT n.groupid, r.success,
-                  CASE WHEN r.success THEN pg_catalog.split_part(r.result, ':', 1)::bigint END,
-                  CASE WHEN r.success THEN pg_catalog.string_to_array(NULLIF(pg_catalog.split_part(r.result, ':', 2), ''), ',')::integer[] END,
-                  r.result
-           FROM %s(%L) r JOIN pg_catalog.pg_dist_node n ON n.nodename = r.nodename AND n.nodeport = r.nodeport$q$,
-        'pg_catalog.run_command_on_workers',
-        -- its xmin, and the nodes that began its prepared transactions (Citus names them citus_<group>_...)
-        $w$SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::pg_catalog.text || ':'
-                  || coalesce((SELECT pg_catalog.string_agg(DISTINCT pg_catalog.split_part(p.gid, '_', 2), ',')
-                               FROM pg_catalog.pg_prepared_xacts p WHERE p.gid LIKE 'citus\_%'), '')$w$)
+    -- for each worker group, a deal id whose shard it holds (the first of a fixed list)
+    FOR g, u IN EXECUTE format(
+        $q$SELECT DISTINCT ON (p.groupid) p.groupid, x.u
+           FROM pg_catalog.generate_series(1, 1024) i
+           CROSS JOIN LATERAL (SELECT pg_catalog.md5(i::pg_catalog.text)::pg_catalog.uuid AS u) x
+           JOIN %s p ON p.shardid = %s('deal_store.deals', x.u)
+           WHERE p.groupid > 0 ORDER BY p.groupid, i$q$,
+        'pg_catalog.pg_dist_placement', 'pg_catalog.get_shard_id_for_distribution_column')
     LOOP
-        IF ok THEN
-            h[g + 1] := xmin;
-            held := held || pending;
-        ELSE
-            failed := concat_ws('; ', failed, answer);
-        END IF;
+        EXECUTE 'SELECT deal_store_internal._node_horizon(pg_catalog.count(*)) FROM deal_store.deals d WHERE d.id = $1'
+            INTO answer USING u;
+        h[g + 1] := pg_catalog.split_part(answer, ':', 1)::bigint;
+        held := held || pg_catalog.string_to_array(NULLIF(pg_catalog.split_part(answer, ':', 2), ''), ',')::integer[];
     END LOOP;
-    IF failed IS NOT NULL THEN
-        RAISE EXCEPTION 'the change feed could not ask every worker where it stands: %', failed USING ERRCODE = '58000';
-    END IF;
     IF settled THEN
         FOREACH g IN ARRAY held LOOP
             h[g + 1] := 0;
@@ -1863,7 +1862,7 @@ BEGIN
     RETURN h;
 END $$;
 COMMENT ON FUNCTION deal_store_internal._horizons(boolean) IS
-    'Internal: each node''s horizon, element n + 1 for node n (the Citus group; one element on plain PostgreSQL): its entries below it are final. settled: 0 for a node while a worker holds a prepared transaction it began (its entries there are not yet visible).';
+    'Internal: each node''s horizon, element n + 1 for node n (the Citus group; one element on plain PostgreSQL; a worker asked through a query routed to one of its deal shards): its entries below it are final. settled: 0 for a node while a worker holds a prepared transaction it began (its entries there are not yet visible).';
 
 -- deal_store_internal._consumer: the current definition, from sql/feed.sql
 CREATE OR REPLACE FUNCTION deal_store_internal._consumer(name text) RETURNS deal_store.feed_consumers
@@ -2599,8 +2598,13 @@ DECLARE
 BEGIN
     -- only the deals the caller sees: a row of another deal is no row here, whatever its id
     -- (an id planted in one deal neither blocks nor reveals another deal's row)
-    EXECUTE format('SELECT array_agg(DISTINCT deal_id) FROM %s WHERE id = $1 AND ($2 OR deal_id = ANY ($3))', tbl) INTO deals
-        USING id, deal_store.sees_all_deals(), deal_store.my_deals('viewer');
+    -- (named as the deals, so that on Citus the lookup reads only their shards)
+    IF deal_store.sees_all_deals() THEN
+        EXECUTE format('SELECT array_agg(DISTINCT deal_id) FROM %s WHERE id = $1', tbl) INTO deals USING id;
+    ELSE
+        EXECUTE format('SELECT array_agg(DISTINCT deal_id) FROM %s WHERE id = $1 AND deal_id = ANY ($2)', tbl) INTO deals
+            USING id, deal_store.my_deals('viewer');
+    END IF;
     IF cardinality(deals) > 1 THEN
         RAISE EXCEPTION 'id % names rows of % deals in %', id, cardinality(deals), tbl USING ERRCODE = 'P0003',
             HINT = 'Ids are unique per deal only; this database holds the id in more than one deal.';

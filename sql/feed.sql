@@ -61,13 +61,26 @@ RETURN pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigi
 COMMENT ON FUNCTION deal_store_internal._horizon() IS
     'Internal: the xmin of the current snapshot as a txid: every transaction below it has committed or aborted, so the log holds all of their entries.';
 
+-- What a worker answers for its horizon: its snapshot's xmin, and the nodes that
+-- began the prepared transactions it holds (Citus names them citus_<group>_…).
+CREATE FUNCTION deal_store_internal._node_horizon(routed bigint) RETURNS text
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::pg_catalog.text || ':'
+           || coalesce((SELECT pg_catalog.string_agg(DISTINCT pg_catalog.split_part(p.gid, '_', 2), ',')
+                        FROM pg_catalog.pg_prepared_xacts p WHERE p.gid LIKE 'citus\_%'), '')
+$$;
+COMMENT ON FUNCTION deal_store_internal._node_horizon(bigint) IS
+    'Internal, the change feed on Citus: this node''s horizon (its snapshot''s xmin) and the nodes that began the prepared transactions it holds, as xmin:group,group. routed only carries the count of the query that sends the call to the node.';
+
 -- Each node's horizon, element n + 1 for node n (plain PostgreSQL: just this one).
--- On Citus the coordinator's comes first, then the workers' (asked over their own
--- connections: a later read there sees every transaction below them). An entry the
--- coordinator writes lands on a worker, where a two-phase commit makes it visible
--- only after the coordinator's own commit: while a worker still holds a prepared
--- transaction of a node, that node's horizon is 0 when `settled` (nothing new of
--- it is delivered yet).
+-- On Citus the coordinator's comes first, then each worker's, asked by a query this
+-- transaction routes to one of the worker's deal shards (one round trip on the
+-- connection the transaction uses there: a later read there sees every
+-- transaction below it). An entry the coordinator writes lands on a worker,
+-- where a two-phase commit makes it visible only after the coordinator's own
+-- commit: while a worker still holds a prepared transaction of a node, that
+-- node's horizon is 0 when `settled` (nothing new of it is delivered yet). A
+-- node that holds no deal shard writes no entries: its horizon is not asked.
 CREATE FUNCTION deal_store_internal._horizons(settled boolean) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 -- @plpgsql_check_options: security_warnings = false
@@ -75,37 +88,26 @@ DECLARE
     h bigint[] := ARRAY[deal_store_internal._horizon()];
     held integer[] := ARRAY[]::integer[];
     g integer;
-    ok boolean;
-    xmin bigint;
-    pending integer[];
+    u uuid;
     answer text;
-    failed text;
 BEGIN
     IF NOT deal_store_internal._distributed() THEN
         RETURN h;
     END IF;
-    FOR g, ok, xmin, pending, answer IN EXECUTE format(
-        $q$SELECT n.groupid, r.success,
-                  CASE WHEN r.success THEN pg_catalog.split_part(r.result, ':', 1)::bigint END,
-                  CASE WHEN r.success THEN pg_catalog.string_to_array(NULLIF(pg_catalog.split_part(r.result, ':', 2), ''), ',')::integer[] END,
-                  r.result
-           FROM %s(%L) r JOIN pg_catalog.pg_dist_node n ON n.nodename = r.nodename AND n.nodeport = r.nodeport$q$,
-        'pg_catalog.run_command_on_workers',
-        -- its xmin, and the nodes that began its prepared transactions (Citus names them citus_<group>_...)
-        $w$SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::pg_catalog.text || ':'
-                  || coalesce((SELECT pg_catalog.string_agg(DISTINCT pg_catalog.split_part(p.gid, '_', 2), ',')
-                               FROM pg_catalog.pg_prepared_xacts p WHERE p.gid LIKE 'citus\_%'), '')$w$)
+    -- for each worker group, a deal id whose shard it holds (the first of a fixed list)
+    FOR g, u IN EXECUTE format(
+        $q$SELECT DISTINCT ON (p.groupid) p.groupid, x.u
+           FROM pg_catalog.generate_series(1, 1024) i
+           CROSS JOIN LATERAL (SELECT pg_catalog.md5(i::pg_catalog.text)::pg_catalog.uuid AS u) x
+           JOIN %s p ON p.shardid = %s('deal_store.deals', x.u)
+           WHERE p.groupid > 0 ORDER BY p.groupid, i$q$,
+        'pg_catalog.pg_dist_placement', 'pg_catalog.get_shard_id_for_distribution_column')
     LOOP
-        IF ok THEN
-            h[g + 1] := xmin;
-            held := held || pending;
-        ELSE
-            failed := concat_ws('; ', failed, answer);
-        END IF;
+        EXECUTE 'SELECT deal_store_internal._node_horizon(pg_catalog.count(*)) FROM deal_store.deals d WHERE d.id = $1'
+            INTO answer USING u;
+        h[g + 1] := pg_catalog.split_part(answer, ':', 1)::bigint;
+        held := held || pg_catalog.string_to_array(NULLIF(pg_catalog.split_part(answer, ':', 2), ''), ',')::integer[];
     END LOOP;
-    IF failed IS NOT NULL THEN
-        RAISE EXCEPTION 'the change feed could not ask every worker where it stands: %', failed USING ERRCODE = '58000';
-    END IF;
     IF settled THEN
         FOREACH g IN ARRAY held LOOP
             h[g + 1] := 0;
@@ -114,7 +116,7 @@ BEGIN
     RETURN h;
 END $$;
 COMMENT ON FUNCTION deal_store_internal._horizons(boolean) IS
-    'Internal: each node''s horizon, element n + 1 for node n (the Citus group; one element on plain PostgreSQL): its entries below it are final. settled: 0 for a node while a worker holds a prepared transaction it began (its entries there are not yet visible).';
+    'Internal: each node''s horizon, element n + 1 for node n (the Citus group; one element on plain PostgreSQL; a worker asked through a query routed to one of its deal shards): its entries below it are final. settled: 0 for a node while a worker holds a prepared transaction it began (its entries there are not yet visible).';
 
 -- A consumer by name, locked, owned by the caller (admins may use any).
 CREATE FUNCTION deal_store_internal._consumer(name text) RETURNS deal_store.feed_consumers
