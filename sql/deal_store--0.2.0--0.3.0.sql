@@ -509,13 +509,13 @@ SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
 CREATE OR REPLACE FUNCTION deal_store_internal.run_output_seen() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    NEW.seen := CASE WHEN NEW.legacy_id IS NULL THEN pg_catalog.pg_current_snapshot() END;
+    NEW.seen := pg_catalog.pg_current_snapshot();
     RETURN NEW;
 END $$;
 COMMENT ON FUNCTION deal_store_internal.run_output_seen() IS
-    'Trigger (BEFORE INSERT OR UPDATE on run_output): a covered domain''s seen is the snapshot of the node holding the deal''s rows, taken as the row is written; a delivered row has none.';
+    'Trigger (BEFORE INSERT OR UPDATE of a covered domain''s row of run_output): its seen is the snapshot of the node holding the deal''s rows, taken as the row is written.';
 CREATE TRIGGER run_output_seen BEFORE INSERT OR UPDATE ON deal_store.run_output
-    FOR EACH ROW EXECUTE FUNCTION deal_store_internal.run_output_seen();
+    FOR EACH ROW WHEN (NEW.legacy_id IS NULL) EXECUTE FUNCTION deal_store_internal.run_output_seen();
 -- deal_store_internal._xid8: the current definition, from sql/runs.sql
 CREATE OR REPLACE FUNCTION deal_store_internal._xid8(x xid) RETURNS xid8
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -1833,6 +1833,8 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     h bigint[] := ARRAY[deal_store_internal._horizon()];
     held integer[] := ARRAY[]::integer[];
+    asked integer[] := ARRAY[]::integer[];
+    groups integer;
     g integer;
     u uuid;
     answer text;
@@ -1840,15 +1842,17 @@ BEGIN
     IF NOT deal_store_internal._distributed() THEN
         RETURN h;
     END IF;
-    -- for each worker group, a deal id whose shard it holds (the first of a fixed list)
-    FOR g, u IN EXECUTE format(
-        $q$SELECT DISTINCT ON (p.groupid) p.groupid, x.u
-           FROM pg_catalog.generate_series(1, 1024) i
-           CROSS JOIN LATERAL (SELECT pg_catalog.md5(i::pg_catalog.text)::pg_catalog.uuid AS u) x
-           JOIN %s p ON p.shardid = %s('deal_store.deals', x.u)
-           WHERE p.groupid > 0 ORDER BY p.groupid, i$q$,
-        'pg_catalog.pg_dist_placement', 'pg_catalog.get_shard_id_for_distribution_column')
-    LOOP
+    EXECUTE format($q$SELECT count(DISTINCT p.groupid)::integer FROM %s p JOIN %s s ON s.shardid = p.shardid
+                      WHERE s.logicalrelid = 'deal_store.deals'::regclass AND p.groupid > 0$q$,
+                   'pg_catalog.pg_dist_placement', 'pg_catalog.pg_dist_shard') INTO groups;
+    -- deal ids of a fixed list, until one falls in a shard of each worker group
+    FOR i IN 1 .. 100000 LOOP
+        EXIT WHEN cardinality(asked) >= groups;
+        u := pg_catalog.md5(i::pg_catalog.text)::pg_catalog.uuid;
+        EXECUTE format('SELECT p.groupid FROM %s p WHERE p.shardid = %s(''deal_store.deals'', $1) AND p.groupid > 0',
+                       'pg_catalog.pg_dist_placement', 'pg_catalog.get_shard_id_for_distribution_column') INTO g USING u;
+        CONTINUE WHEN g IS NULL OR g = ANY (asked);
+        asked := asked || g;
         EXECUTE 'SELECT deal_store_internal._node_horizon(pg_catalog.count(*)) FROM deal_store.deals d WHERE d.id = $1'
             INTO answer USING u;
         h[g + 1] := pg_catalog.split_part(answer, ':', 1)::bigint;

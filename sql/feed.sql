@@ -87,6 +87,8 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     h bigint[] := ARRAY[deal_store_internal._horizon()];
     held integer[] := ARRAY[]::integer[];
+    asked integer[] := ARRAY[]::integer[];
+    groups integer;
     g integer;
     u uuid;
     answer text;
@@ -94,15 +96,17 @@ BEGIN
     IF NOT deal_store_internal._distributed() THEN
         RETURN h;
     END IF;
-    -- for each worker group, a deal id whose shard it holds (the first of a fixed list)
-    FOR g, u IN EXECUTE format(
-        $q$SELECT DISTINCT ON (p.groupid) p.groupid, x.u
-           FROM pg_catalog.generate_series(1, 1024) i
-           CROSS JOIN LATERAL (SELECT pg_catalog.md5(i::pg_catalog.text)::pg_catalog.uuid AS u) x
-           JOIN %s p ON p.shardid = %s('deal_store.deals', x.u)
-           WHERE p.groupid > 0 ORDER BY p.groupid, i$q$,
-        'pg_catalog.pg_dist_placement', 'pg_catalog.get_shard_id_for_distribution_column')
-    LOOP
+    EXECUTE format($q$SELECT count(DISTINCT p.groupid)::integer FROM %s p JOIN %s s ON s.shardid = p.shardid
+                      WHERE s.logicalrelid = 'deal_store.deals'::regclass AND p.groupid > 0$q$,
+                   'pg_catalog.pg_dist_placement', 'pg_catalog.pg_dist_shard') INTO groups;
+    -- deal ids of a fixed list, until one falls in a shard of each worker group
+    FOR i IN 1 .. 100000 LOOP
+        EXIT WHEN cardinality(asked) >= groups;
+        u := pg_catalog.md5(i::pg_catalog.text)::pg_catalog.uuid;
+        EXECUTE format('SELECT p.groupid FROM %s p WHERE p.shardid = %s(''deal_store.deals'', $1) AND p.groupid > 0',
+                       'pg_catalog.pg_dist_placement', 'pg_catalog.get_shard_id_for_distribution_column') INTO g USING u;
+        CONTINUE WHEN g IS NULL OR g = ANY (asked);
+        asked := asked || g;
         EXECUTE 'SELECT deal_store_internal._node_horizon(pg_catalog.count(*)) FROM deal_store.deals d WHERE d.id = $1'
             INTO answer USING u;
         h[g + 1] := pg_catalog.split_part(answer, ':', 1)::bigint;

@@ -28,13 +28,13 @@ SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
 CREATE FUNCTION deal_store_internal.run_output_seen() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    NEW.seen := CASE WHEN NEW.legacy_id IS NULL THEN pg_catalog.pg_current_snapshot() END;
+    NEW.seen := pg_catalog.pg_current_snapshot();
     RETURN NEW;
 END $$;
 COMMENT ON FUNCTION deal_store_internal.run_output_seen() IS
-    'Trigger (BEFORE INSERT OR UPDATE on run_output): a covered domain''s seen is the snapshot of the node holding the deal''s rows, taken as the row is written; a delivered row has none.';
+    'Trigger (BEFORE INSERT OR UPDATE of a covered domain''s row of run_output): its seen is the snapshot of the node holding the deal''s rows, taken as the row is written.';
 CREATE TRIGGER run_output_seen BEFORE INSERT OR UPDATE ON deal_store.run_output
-    FOR EACH ROW EXECUTE FUNCTION deal_store_internal.run_output_seen();
+    FOR EACH ROW WHEN (NEW.legacy_id IS NULL) EXECUTE FUNCTION deal_store_internal.run_output_seen();
 
 -- A row version's xmin as the 64-bit transaction id the snapshot functions take:
 -- the epoch of the current snapshot's xmax, one less when the 32-bit value lies

@@ -433,13 +433,12 @@ fn carry(r: &Resolved, actor: Option<Uuid>) {
     let text = |s: Option<CString>| s.map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
     let now = [actor.map(|u| u.to_string()).unwrap_or_default(), text(settings::REASON.get()), text(settings::RUN_ID.get())];
     let names = ["deal_store.actor", "deal_store.reason", "deal_store.run_id"];
+    // the actor every time: a SET LOCAL of the setting that Citus passed on by itself
+    // since (to every connection, also those of API calls) is overwritten
     let changed: Vec<(&str, String)> = CARRIED.with(|c| match &*c.borrow() {
-        Some(was) => names.iter().zip(now.iter()).zip(was.iter()).filter(|((_, v), w)| v != w).map(|((n, v), _)| (*n, v.clone())).collect(),
+        Some(was) => names.iter().enumerate().filter(|&(i, _)| i == 0 || now[i] != was[i]).map(|(i, n)| (*n, now[i].clone())).collect(),
         None => names.iter().copied().zip(now.iter().cloned()).collect(),
     });
-    if changed.is_empty() {
-        return;
-    }
     as_owner(r.owner, || shard::carry(&changed));
     CARRIED.with(|c| *c.borrow_mut() = Some(now));
 }

@@ -70,7 +70,7 @@ COMMENT ON COLUMN deal_store.run_output.seen IS 'Of a covered domain: the snapsh
 SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
 -- @routine deal_store_internal.run_output_seen
 CREATE TRIGGER run_output_seen BEFORE INSERT OR UPDATE ON deal_store.run_output
-    FOR EACH ROW EXECUTE FUNCTION deal_store_internal.run_output_seen();
+    FOR EACH ROW WHEN (NEW.legacy_id IS NULL) EXECUTE FUNCTION deal_store_internal.run_output_seen();
 -- @routine deal_store_internal._xid8
 CREATE FUNCTION deal_store_internal._propose_removals(entity_type text, run_id uuid)
 RETURNS TABLE(change_type text, confidence_tier integer, proposed bigint, status text)

@@ -257,3 +257,25 @@ SELECT count(*) AS versions FROM deal_store.fact_history(:'f2');
 DELETE FROM deal_store.facts WHERE deal_id = :'deal' AND legacy_id = 'F-2' AND superseded_at IS NULL;
 SELECT deleted_at IS NOT NULL AS deleted, delete_reason FROM deal_store.facts WHERE deal_id = :'deal' AND id = :'f2' AND superseded_at IS NULL;
 ROLLBACK;
+
+-- a linked login's API writes name it on the workers, even after it cleared the
+-- actor setting in its transaction (a SET LOCAL Citus passes on by itself)
+\set VERBOSITY terse
+CREATE ROLE ds_citus_linked LOGIN;
+GRANT deal_store_analyst TO ds_citus_linked;
+INSERT INTO deal_store.users (id, email, db_role) VALUES ('00000000-0000-0000-0000-0000000000a9', 'linked@example.com', 'ds_citus_linked');
+BEGIN;
+SET LOCAL deal_store.actor = '00000000-0000-0000-0000-0000000000a1';
+SELECT deal_store.add_member(:'deal', '00000000-0000-0000-0000-0000000000a9', 'analyst');
+COMMIT;
+\c - ds_citus_linked
+SET client_min_messages = warning;
+BEGIN;
+SELECT deal_store.start_run(:'deal', domains => ARRAY['security']) AS r9 \gset
+SET LOCAL deal_store.actor = '';
+SELECT change_type, proposed FROM deal_store.propose_facts(:'r9', '[{"legacy_id": "S-9", "domain": "security", "item": "No SIEM", "confidence_score": 0.97}]');
+SELECT status FROM deal_store.complete_run(:'r9');
+COMMIT;
+\c - postgres
+SELECT entity_type, action, user_id = '00000000-0000-0000-0000-0000000000a9' AS by_the_linked_user, count(*)
+FROM deal_store.deal_activity_log WHERE deal_id = :'deal' AND (analysis_run_id = :'r9' OR entity_id = :'r9') GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
