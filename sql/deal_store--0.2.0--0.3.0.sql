@@ -1192,14 +1192,14 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a record;
     b record;
+    deal_a uuid := deal_store_internal._id_in_one_deal('deal_store.analysis_runs', run_a, 'read');
+    deal_b uuid := deal_store_internal._id_in_one_deal('deal_store.analysis_runs', run_b, 'read');
 BEGIN
-    PERFORM deal_store_internal._id_in_one_deal('deal_store.analysis_runs', run_a, 'read');
-    PERFORM deal_store_internal._id_in_one_deal('deal_store.analysis_runs', run_b, 'read');
-    SELECT r.deal_id, coalesce(r.completed_at, now()) AS at INTO a FROM deal_store.analysis_runs r WHERE r.id = run_a;
+    SELECT r.deal_id, coalesce(r.completed_at, now()) AS at INTO a FROM deal_store.analysis_runs r WHERE r.deal_id = deal_a AND r.id = run_a;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'analysis run % does not exist', run_a USING ERRCODE = 'P0002';
     END IF;
-    SELECT r.deal_id, coalesce(r.completed_at, now()) AS at INTO b FROM deal_store.analysis_runs r WHERE r.id = run_b;
+    SELECT r.deal_id, coalesce(r.completed_at, now()) AS at INTO b FROM deal_store.analysis_runs r WHERE r.deal_id = deal_b AND r.id = run_b;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'analysis run % does not exist', run_b USING ERRCODE = 'P0002';
     ELSIF a.deal_id <> b.deal_id THEN
@@ -1286,12 +1286,13 @@ CREATE OR REPLACE FUNCTION deal_store.document_changes(document_id uuid)
 RETURNS TABLE(legacy_id text, change text, changed_fields text[], item_then text, item_now text, run_number integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    deal uuid;
     doc record;
     since timestamptz;
     runs jsonb;
 BEGIN
-    PERFORM deal_store_internal._id_in_one_deal('deal_store.documents', document_id, 'read');
-    SELECT d.deal_id, d.id INTO doc FROM deal_store.documents d WHERE d.id = document_id;
+    deal := deal_store_internal._id_in_one_deal('deal_store.documents', document_id, 'read');
+    SELECT d.deal_id, d.id INTO doc FROM deal_store.documents d WHERE d.deal_id = deal AND d.id = document_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'document % does not exist', document_id USING ERRCODE = 'P0002';
     END IF;
@@ -1611,8 +1612,8 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deal uuid;
 BEGIN
-    PERFORM deal_store_internal._id_in_one_deal('deal_store.facts', fact_id, 'read');
-    SELECT f.deal_id INTO deal FROM deal_store.facts f WHERE f.id = fact_id AND f.superseded_at IS NULL;
+    deal := deal_store_internal._id_in_one_deal('deal_store.facts', fact_id, 'read');
+    PERFORM FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_id AND f.superseded_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
     END IF;
@@ -2637,7 +2638,7 @@ BEGIN
     ELSIF deal IS NOT NULL THEN
         PERFORM deal_store_internal._require_right(deal, needs);
     ELSE
-        PERFORM deal_store_internal._id_in_one_deal(entity, id, needs);
+        deal := deal_store_internal._id_in_one_deal(entity, id, needs);
     END IF;
     -- with the deal named, the lookup reads one deal (on Citus: one shard)
     EXECUTE format('SELECT %I FROM %s WHERE id = $1%s%s', deal_col, entity, current_only,

@@ -75,8 +75,8 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deal uuid;
 BEGIN
-    PERFORM deal_store_internal._id_in_one_deal('deal_store.facts', fact_id, 'read');
-    SELECT f.deal_id INTO deal FROM deal_store.facts f WHERE f.id = fact_id AND f.superseded_at IS NULL;
+    deal := deal_store_internal._id_in_one_deal('deal_store.facts', fact_id, 'read');
+    PERFORM FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_id AND f.superseded_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
     END IF;

@@ -99,7 +99,7 @@ BEGIN
     ELSIF deal IS NOT NULL THEN
         PERFORM deal_store_internal._require_right(deal, needs);
     ELSE
-        PERFORM deal_store_internal._id_in_one_deal(entity, id, needs);
+        deal := deal_store_internal._id_in_one_deal(entity, id, needs);
     END IF;
     -- with the deal named, the lookup reads one deal (on Citus: one shard)
     EXECUTE format('SELECT %I FROM %s WHERE id = $1%s%s', deal_col, entity, current_only,

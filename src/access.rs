@@ -150,8 +150,11 @@ thread_local! {
     static LAST_RELATION: Cell<Option<(Oid, Source)>> = const { Cell::new(None) };
     /// on a Citus coordinator, what [`carry`] passed on in this transaction
     /// (actor, reason, run; empty: unset, as a transaction starts on a worker);
-    /// None after a rolled-back savepoint, which may have undone some of it
+    /// None after a rolled-back savepoint, which may have undone some of it, and
+    /// after a statement that set one of the settings (see [`settings_touched`])
     static CARRIED: RefCell<Option<[String; 3]>> = RefCell::new(Some(Default::default()));
+    /// [`carry`] is running: its own SET LOCAL statements are not a session's
+    static CARRYING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The catalog and table lookups of this module, each a prepared statement.
@@ -433,14 +436,32 @@ fn carry(r: &Resolved, actor: Option<Uuid>) {
     let text = |s: Option<CString>| s.map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
     let now = [actor.map(|u| u.to_string()).unwrap_or_default(), text(settings::REASON.get()), text(settings::RUN_ID.get())];
     let names = ["deal_store.actor", "deal_store.reason", "deal_store.run_id"];
-    // the actor every time: a SET LOCAL of the setting that Citus passed on by itself
-    // since (to every connection, also those of API calls) is overwritten
     let changed: Vec<(&str, String)> = CARRIED.with(|c| match &*c.borrow() {
-        Some(was) => names.iter().enumerate().filter(|&(i, _)| i == 0 || now[i] != was[i]).map(|(i, n)| (*n, now[i].clone())).collect(),
+        Some(was) => names.iter().zip(now.iter()).zip(was.iter()).filter(|((_, v), w)| v != w).map(|((n, v), _)| (*n, v.clone())).collect(),
         None => names.iter().copied().zip(now.iter().cloned()).collect(),
     });
+    if changed.is_empty() {
+        return;
+    }
+    CARRYING.set(true);
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            CARRYING.set(false);
+        }
+    }
+    let _done = Done;
     as_owner(r.owner, || shard::carry(&changed));
     CARRIED.with(|c| *c.borrow_mut() = Some(now));
+}
+
+/// A statement set one of deal_store's settings (or reset all): Citus may have
+/// passed it on to the workers by itself, also to the connections of API calls,
+/// so the next [`carry`] passes on everything again. Its own statements aside.
+pub fn settings_touched() {
+    if !CARRYING.get() {
+        CARRIED.with(|c| *c.borrow_mut() = None);
+    }
 }
 
 /// The actor of a change: as [`actor`], and 42501 when there is none but one is

@@ -375,6 +375,25 @@ unsafe fn check_nested(query: &pg_sys::QueryDesc) {
     )
 }
 
+/// True for a SET, SET LOCAL or RESET of one of deal_store's settings, and a
+/// RESET ALL: statements Citus may pass on to the workers by itself.
+///
+/// # Safety
+/// `query` is an analyzed query.
+unsafe fn sets_own_setting(query: &pg_sys::Query) -> bool {
+    if query.commandType != pg_sys::CmdType::CMD_UTILITY || query.utilityStmt.is_null() {
+        return false;
+    }
+    // SAFETY: the caller's query; the node is a VariableSetStmt when its tag says so
+    unsafe {
+        if (*query.utilityStmt).type_ != pg_sys::NodeTag::T_VariableSetStmt {
+            return false;
+        }
+        let name = (*(query.utilityStmt as *const pg_sys::VariableSetStmt)).name;
+        name.is_null() || CStr::from_ptr(name).to_bytes().starts_with(b"deal_store.")
+    }
+}
+
 /// The name of `oid` when it is one of deal_store's tables (in schema
 /// deal_store, not one of its Citus shards, which end in `_<shard id>`).
 fn deal_store_table(oid: pg_sys::Oid) -> Option<String> {
@@ -394,6 +413,7 @@ fn deal_store_table(oid: pg_sys::Oid) -> Option<String> {
     (!shard).then_some(name)
 }
 
+/// A SET of one of deal_store's settings: [`crate::access::settings_touched`].
 /// An UPDATE or DELETE through one of deal_store's views on a database that
 /// Citus distributes: Citus does not modify views over its tables (an UPDATE
 /// fails in its planner, a DELETE on a worker), so it is refused here, before
@@ -403,6 +423,11 @@ unsafe extern "C-unwind" fn refuse_view_writes(pstate: *mut pg_sys::ParseState, 
     if let Some(previous) = PREVIOUS_ANALYZE.get() {
         // SAFETY: the hook installed before ours, with PostgreSQL's own arguments
         unsafe { previous(pstate, query, jstate) };
+    }
+    // SAFETY: PostgreSQL passes the analyzed query; a utility statement's node is read by its tag
+    if unsafe { sets_own_setting(&*query) } {
+        crate::access::settings_touched();
+        return;
     }
     // SAFETY: PostgreSQL passes the analyzed query; resultRelation indexes its range
     // table, a List of RangeTblEntry; only plain fields are read
