@@ -76,14 +76,11 @@ DECLARE
     deal uuid;
 BEGIN
     deal := deal_store_internal._id_in_one_deal('deal_store.facts', fact_id, 'read');
-    PERFORM FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_id AND f.superseded_at IS NULL;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
-    END IF;
     -- every table names the deal: Citus plans the recursive CTE on one shard
     RETURN QUERY
     WITH RECURSIVE chain AS (
-        SELECT f.*, 0 AS depth FROM deal_store.facts f WHERE f.deal_id = deal AND f.id = fact_history.fact_id
+        SELECT f.*, 0 AS depth FROM deal_store.facts f
+        WHERE f.deal_id = deal AND f.id = fact_history.fact_id AND f.superseded_at IS NULL
         UNION ALL
         SELECT f.*, c.depth + 1 FROM chain c
         JOIN deal_store.facts f ON f.deal_id = c.deal_id AND f.id = c.previous_version_id
@@ -95,6 +92,10 @@ BEGIN
     FROM chain c LEFT JOIN deal_store.analysis_runs r ON r.deal_id = deal AND r.id = c.analysis_run_id
     WHERE c.deal_id = deal
     ORDER BY c.depth;
+    -- no current version: no such fact (nothing is returned with the error)
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'fact % does not exist', fact_id USING ERRCODE = 'P0002';
+    END IF;
 END $$;
 COMMENT ON FUNCTION deal_store.fact_history(uuid) IS
     'A fact''s versions, newest first: version number (1 = oldest), the row holding it, its content and checksum, the run that wrote it, when it was written and when it was superseded. P0002 when the fact does not exist.';
