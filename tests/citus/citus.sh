@@ -92,12 +92,14 @@ citus_check() {
 # from PostgreSQL's where README "Running on Citus" says why. What varies from
 # run to run on Citus is written one way before comparing (citus_normalize):
 # shard ids (a random deal id picks the shard), the worker's port, temporary
-# schema numbers, and the frames of the Rust backtrace pgrx adds to an error that
+# schema numbers, the ids an error message names (some are random), and the
+# frames of the Rust backtrace pgrx adds to an error that
 # Citus raised inside a query deal_store's Rust code ran (paths, line numbers and
 # inlining differ by build). CITUS_FILL=1 rewrites the expected files from a run.
 citus_normalize() {
     sed -E -e 's/(\"?[a-z_]+)_1[0-9]{5}\b/\1_<shard>/g' -e 's/127\.0\.0\.1:5436[0-9]/<worker>/g' \
-        -e 's/pg_temp_[0-9]+/pg_temp_N/g' -e '/^ {2,}[0-9]{1,3}: /d' -e '/^ {8,}at /d' "$1"
+        -e 's/pg_temp_[0-9]+/pg_temp_N/g' -e '/^ {2,}[0-9]{1,3}: /d' -e '/^ {8,}at /d' \
+        -e '/^ERROR:/s/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/<uuid>/g' "$1"
 }
 
 citus_suite() {
