@@ -759,20 +759,34 @@ BEGIN ATOMIC SELECT * FROM deal_store_internal._propose_once('fact', run_id, fac
 COMMENT ON FUNCTION deal_store.propose_facts(uuid, jsonb, text[], text) IS
     'Diffs a running run''s facts against the deal''s current facts and writes one pending change (new, update) per difference, with old value, new value, base_checksum and a tier; tier 1 applies at once unless deal_store.auto_apply is off. A run may propose in as many calls as it likes: removals (delete) are proposed once, by complete_run, for the rows that no call delivered inside the domains the calls covered (each call: the domains it names, by default the domains of its rows; ARRAY[]::text[] covers none); an incremental run never removes. A row (or a named domain) outside the run''s domains is 22023 naming it and the run''s domains. Idempotent; a newer run supersedes an older run''s open change. Every element is checked first against its column (type, required, unknown keys unless the deal ignores them; the table''s CHECK constraints for the elements that become changes): 22023 naming the element, its legacy_id and the field, and nothing is proposed. Returns counts by change type, tier and what became of them (status pending, or accepted / conflict for tier 1 applied at once).';
 
--- Reads Citus routes to one deal's shards: the current_* views join the run
--- instead of a subquery under OR, deal_overview joins per-deal aggregates.
-CREATE OR REPLACE VIEW deal_store.current_facts AS
-    SELECT f.* FROM deal_store.active_facts f
-    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = f.deal_id AND r.id = f.analysis_run_id
-    WHERE f.analysis_run_id IS NULL OR r.status = 'completed';
-CREATE OR REPLACE VIEW deal_store.current_findings AS
-    SELECT f.* FROM deal_store.active_findings f
-    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = f.deal_id AND r.id = f.analysis_run_id
-    WHERE f.analysis_run_id IS NULL OR r.status = 'completed';
-CREATE OR REPLACE VIEW deal_store.current_gaps AS
-    SELECT g.* FROM deal_store.active_gaps g
-    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = g.deal_id AND r.id = g.analysis_run_id
-    WHERE g.analysis_run_id IS NULL OR r.status = 'completed';
+-- Reads Citus routes to one deal's shards: deal_overview joins per-deal
+-- aggregates; distribute() gives the current_* views a join (_current_views).
+-- deal_store_internal._current_views: the current definition, from sql/runs.sql
+CREATE OR REPLACE FUNCTION deal_store_internal._current_views(on_citus boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v record;
+BEGIN
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the statements are built from constant text and quote_ident'ed constant names only)
+    FOR v IN SELECT * FROM (VALUES ('current_facts', 'active_facts', 'f'), ('current_findings', 'active_findings', 'f'),
+                                   ('current_gaps', 'active_gaps', 'g')) AS x(name, base, a) LOOP
+        EXECUTE pg_catalog.format(CASE WHEN on_citus THEN
+            'CREATE OR REPLACE VIEW deal_store.%1$I WITH (security_invoker = true) AS
+                SELECT %3$I.* FROM deal_store.%2$I %3$I
+                LEFT JOIN deal_store.analysis_runs r ON r.deal_id = %3$I.deal_id AND r.id = %3$I.analysis_run_id
+                WHERE %3$I.analysis_run_id IS NULL OR r.status = ''completed'''
+        ELSE
+            'CREATE OR REPLACE VIEW deal_store.%1$I WITH (security_invoker = true) AS
+                SELECT %3$I.* FROM deal_store.%2$I %3$I
+                WHERE %3$I.analysis_run_id IS NULL
+                   OR EXISTS (SELECT 1 FROM deal_store.analysis_runs r
+                              WHERE r.deal_id = %3$I.deal_id AND r.id = %3$I.analysis_run_id AND r.status = ''completed'')'
+        END, v.name, v.base, v.a);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._current_views(boolean) IS
+    'Internal: (re)creates current_facts, current_findings and current_gaps: with a subquery on PostgreSQL (updatable views), or, on_citus, with a join to the run that Citus routes to the deal''s shard (deal_store.distribute() switches them).';
 CREATE OR REPLACE VIEW deal_store.deal_overview AS
     SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
            d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,
@@ -1525,6 +1539,8 @@ BEGIN
     WHERE k.connamespace = 'deal_store'::regnamespace AND k.contype = 'f' AND k.confdeltype <> 'n'
       AND k.conrelid NOT IN (SELECT x.table_name FROM deal_store_internal._placement() x WHERE x.distribution_column IS NULL);
     PERFORM deal_store_internal._distribute_prepare();
+    -- the views the coordinator plans (Citus allows no view DDL on a worker)
+    PERFORM deal_store_internal._current_views(true);
     EXECUTE format('SELECT string_agg(r.nodename || '':'' || r.nodeport || '': '' || r.result, ''; '') FROM %s(%L) r WHERE NOT r.success',
                    'pg_catalog.run_command_on_workers', 'SELECT deal_store_internal._distribute_prepare()')
         INTO failed;

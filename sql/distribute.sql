@@ -100,6 +100,8 @@ BEGIN
     WHERE k.connamespace = 'deal_store'::regnamespace AND k.contype = 'f' AND k.confdeltype <> 'n'
       AND k.conrelid NOT IN (SELECT x.table_name FROM deal_store_internal._placement() x WHERE x.distribution_column IS NULL);
     PERFORM deal_store_internal._distribute_prepare();
+    -- the views the coordinator plans (Citus allows no view DDL on a worker)
+    PERFORM deal_store_internal._current_views(true);
     EXECUTE format('SELECT string_agg(r.nodename || '':'' || r.nodeport || '': '' || r.result, ''; '') FROM %s(%L) r WHERE NOT r.success',
                    'pg_catalog.run_command_on_workers', 'SELECT deal_store_internal._distribute_prepare()')
         INTO failed;

@@ -165,25 +165,40 @@ COMMENT ON FUNCTION deal_store.latest_completed_run(uuid) IS
 -- Run-scoped views: active rows written by hand (analysis_run_id NULL) or by a
 -- completed run. Rows of a running or failed run stay stored but are not shown.
 
--- A join with the run (one at most: its key), not a subquery under OR: Citus
--- plans the join on the deal's shard, a subquery over every deal's runs apart.
-CREATE VIEW deal_store.current_facts AS
-    SELECT f.* FROM deal_store.active_facts f
-    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = f.deal_id AND r.id = f.analysis_run_id
-    WHERE f.analysis_run_id IS NULL OR r.status = 'completed';
+-- The current_* views: the rows entered by hand or written by a completed run.
+-- On PostgreSQL with a subquery, so the views stay updatable; on Citus, which
+-- plans a subquery under OR apart, over every deal's runs, with a join to the
+-- run (one at most: its key) that Citus runs on the deal's shard.
+-- deal_store.distribute() switches them.
+CREATE FUNCTION deal_store_internal._current_views(on_citus boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v record;
+BEGIN
+    -- @plpgsql_check_options: security_warnings = false
+    -- (the statements are built from constant text and quote_ident'ed constant names only)
+    FOR v IN SELECT * FROM (VALUES ('current_facts', 'active_facts', 'f'), ('current_findings', 'active_findings', 'f'),
+                                   ('current_gaps', 'active_gaps', 'g')) AS x(name, base, a) LOOP
+        EXECUTE pg_catalog.format(CASE WHEN on_citus THEN
+            'CREATE OR REPLACE VIEW deal_store.%1$I WITH (security_invoker = true) AS
+                SELECT %3$I.* FROM deal_store.%2$I %3$I
+                LEFT JOIN deal_store.analysis_runs r ON r.deal_id = %3$I.deal_id AND r.id = %3$I.analysis_run_id
+                WHERE %3$I.analysis_run_id IS NULL OR r.status = ''completed'''
+        ELSE
+            'CREATE OR REPLACE VIEW deal_store.%1$I WITH (security_invoker = true) AS
+                SELECT %3$I.* FROM deal_store.%2$I %3$I
+                WHERE %3$I.analysis_run_id IS NULL
+                   OR EXISTS (SELECT 1 FROM deal_store.analysis_runs r
+                              WHERE r.deal_id = %3$I.deal_id AND r.id = %3$I.analysis_run_id AND r.status = ''completed'')'
+        END, v.name, v.base, v.a);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION deal_store_internal._current_views(boolean) IS
+    'Internal: (re)creates current_facts, current_findings and current_gaps: with a subquery on PostgreSQL (updatable views), or, on_citus, with a join to the run that Citus routes to the deal''s shard (deal_store.distribute() switches them).';
+SELECT deal_store_internal._current_views(false);
 COMMENT ON VIEW deal_store.current_facts IS
     'Current live facts entered by hand or written by a completed run: the deterministic picture a reader should see.';
-
-CREATE VIEW deal_store.current_findings AS
-    SELECT f.* FROM deal_store.active_findings f
-    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = f.deal_id AND r.id = f.analysis_run_id
-    WHERE f.analysis_run_id IS NULL OR r.status = 'completed';
 COMMENT ON VIEW deal_store.current_findings IS
     'Live findings entered by hand or written by a completed run.';
-
-CREATE VIEW deal_store.current_gaps AS
-    SELECT g.* FROM deal_store.active_gaps g
-    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = g.deal_id AND r.id = g.analysis_run_id
-    WHERE g.analysis_run_id IS NULL OR r.status = 'completed';
 COMMENT ON VIEW deal_store.current_gaps IS
     'Live gaps entered by hand or written by a completed run.';

@@ -273,6 +273,22 @@ pub fn coordinating() -> bool {
 /// outside a transaction block. The coordinator's own settings are left as
 /// they were.
 pub fn carry(values: &[(&str, String)]) {
+    // the statements of the call run in a distributed transaction block on the workers,
+    // where the SET LOCALs arrive, whatever the session says (a function call opens
+    // one unless the session turned that off); for the rest of the transaction
+    // SAFETY: NUL-terminated constants; a SET LOCAL of a user-settable Citus setting
+    unsafe {
+        pg_sys::set_config_option(
+            c"citus.function_opens_transaction_block".as_ptr(),
+            c"on".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
     // SAFETY: a new GUC nest level; the abort-style AtEOXact_GUC below pops it and
     // every setting changed inside it (as PostgreSQL does around index builds)
     let level = unsafe { crate::settings::push_setting(c"citus.propagate_set_commands", c"local", pg_sys::GucContext::PGC_USERSET) };
@@ -375,6 +391,141 @@ unsafe fn check_nested(query: &pg_sys::QueryDesc) {
     )
 }
 
+/// A SET LOCAL, RESET or SET TRANSACTION that shares its query string with
+/// statements other than settings, while Citus passes such statements on to the workers
+/// (`citus.propagate_set_commands = local`): Citus sends the whole string, not
+/// the statement, to every connection the transaction has and will open there,
+/// also to the connections of API functions, which run as the extension's
+/// owner. The string would run there again, with the owner's rights; it is
+/// refused before it runs here.
+///
+/// # Safety
+/// `pstate` and `query` are the parse state and analyzed query of one statement.
+unsafe fn refuse_forwarded_strings(pstate: &pg_sys::ParseState, query: &pg_sys::Query) {
+    if query.commandType != pg_sys::CmdType::CMD_UTILITY || query.utilityStmt.is_null() || pstate.p_sourcetext.is_null() {
+        return;
+    }
+    // SAFETY: the caller's query; the node is a VariableSetStmt when its tag says so,
+    // and its name is NULL or a NUL-terminated string
+    let forwarded = unsafe {
+        if (*query.utilityStmt).type_ != pg_sys::NodeTag::T_VariableSetStmt {
+            return;
+        }
+        let set = &*(query.utilityStmt as *const pg_sys::VariableSetStmt);
+        use pg_sys::VariableSetKind::*;
+        match set.kind {
+            VAR_SET_VALUE | VAR_SET_CURRENT | VAR_SET_DEFAULT => set.is_local,
+            VAR_RESET | VAR_RESET_ALL => true,
+            _ => !set.name.is_null() && CStr::from_ptr(set.name).to_bytes() == b"TRANSACTION",
+        }
+    };
+    // SAFETY: a GUC lookup by a NUL-terminated name, missing_ok (NULL without Citus)
+    let mode = unsafe { pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false) };
+    // SAFETY: checked non-NULL; a GUC's value is NUL-terminated
+    if !forwarded || mode.is_null() || unsafe { CStr::from_ptr(mode) }.to_bytes() != b"local" {
+        return;
+    }
+    // SAFETY: the source text is NUL-terminated; the statement's location and length index it
+    let text = unsafe { CStr::from_ptr(pstate.p_sourcetext) }.to_bytes();
+    let from = usize::try_from(query.stmt_location).unwrap_or(0).min(text.len());
+    let to = match usize::try_from(query.stmt_len) {
+        Ok(0) | Err(_) => text.len(),
+        Ok(n) => (from + n).min(text.len()),
+    };
+    if only_blanks(&text[..from]) && only_blanks(&text[to..]) {
+        return;
+    }
+    // what Citus itself sends a worker as it opens a connection in a transaction
+    // (BEGIN, its distributed transaction id, every SET LOCAL so far) is harmless
+    // run again: settings, the start of a transaction or of a savepoint, and that id
+    // SAFETY: the source text is NUL-terminated and parsed again as it was; the
+    // result is a List of RawStmt whose stmt nodes are read by their tags
+    let harmless = unsafe {
+        let raw = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(pstate.p_sourcetext, pg_sys::RawParseMode::RAW_PARSE_DEFAULT));
+        let all = raw.iter_ptr().all(|r| !r.is_null() && replays_harmlessly((*r).stmt));
+        all
+    };
+    if harmless {
+        return;
+    }
+    crate::errors::raise_hinted(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        "on Citus, SET LOCAL, RESET and SET TRANSACTION must not share a query string with other statements",
+        Some("Citus passes the whole string such a statement came in on to every node the transaction uses, where it would run again.".into()),
+        Some("Send the statement alone, or use SELECT deal_store.set_actor(…) or set_config(…, true), which may share a string.".into()),
+    )
+}
+
+/// True for a raw statement that changes nothing but settings and transaction
+/// state when run again: a SET or RESET, BEGIN, START TRANSACTION, SAVEPOINT,
+/// or `SELECT assign_distributed_transaction_id(…)` (Citus's own).
+///
+/// # Safety
+/// `stmt` is NULL or a raw parse tree node.
+unsafe fn replays_harmlessly(stmt: *const pg_sys::Node) -> bool {
+    use pg_sys::NodeTag::*;
+    if stmt.is_null() {
+        return false;
+    }
+    // SAFETY: the caller's node, read by its tag; lists and strings of the raw parse tree
+    unsafe {
+        match (*stmt).type_ {
+            T_VariableSetStmt => true,
+            T_TransactionStmt => {
+                use pg_sys::TransactionStmtKind::*;
+                matches!((*(stmt as *const pg_sys::TransactionStmt)).kind, TRANS_STMT_BEGIN | TRANS_STMT_START | TRANS_STMT_SAVEPOINT)
+            }
+            T_SelectStmt => {
+                let select = &*(stmt as *const pg_sys::SelectStmt);
+                let targets = pgrx::PgList::<pg_sys::ResTarget>::from_pg(select.targetList);
+                if !select.fromClause.is_null() || targets.len() != 1 {
+                    return false;
+                }
+                let Some(target) = targets.get_ptr(0) else { return false };
+                let call = (*target).val;
+                if call.is_null() || (*call).type_ != T_FuncCall {
+                    return false;
+                }
+                let names = pgrx::PgList::<pg_sys::String>::from_pg((*(call as *const pg_sys::FuncCall)).funcname);
+                let last = names.get_ptr(names.len().saturating_sub(1));
+                last.is_some_and(|n| {
+                    !n.is_null()
+                        && (*n).type_ == T_String
+                        && !(*n).sval.is_null()
+                        && CStr::from_ptr((*n).sval).to_bytes() == b"assign_distributed_transaction_id"
+                })
+            }
+            _ => false,
+        }
+    }
+}
+
+/// True when `t` holds nothing but white space, semicolons and comments.
+fn only_blanks(mut t: &[u8]) -> bool {
+    loop {
+        while let [first, rest @ ..] = t {
+            if first.is_ascii_whitespace() || *first == b';' {
+                t = rest;
+            } else {
+                break;
+            }
+        }
+        if t.is_empty() {
+            return true;
+        }
+        if let Some(rest) = t.strip_prefix(b"--") {
+            t = rest.iter().position(|&b| b == b'\n').map_or(&[][..], |i| &rest[i + 1..]);
+        } else if let Some(rest) = t.strip_prefix(b"/*") {
+            match rest.windows(2).position(|w| w == b"*/") {
+                Some(i) => t = &rest[i + 2..],
+                None => return false,
+            }
+        } else {
+            return false;
+        }
+    }
+}
+
 /// True for a SET, SET LOCAL or RESET of one of deal_store's settings, and a
 /// RESET ALL: statements Citus may pass on to the workers by itself.
 ///
@@ -424,10 +575,14 @@ unsafe extern "C-unwind" fn refuse_view_writes(pstate: *mut pg_sys::ParseState, 
         // SAFETY: the hook installed before ours, with PostgreSQL's own arguments
         unsafe { previous(pstate, query, jstate) };
     }
-    // SAFETY: PostgreSQL passes the analyzed query; a utility statement's node is read by its tag
-    if unsafe { sets_own_setting(&*query) } {
-        crate::access::settings_touched();
-        return;
+    // SAFETY: PostgreSQL passes the parse state (its source text is the string the
+    // statement came in) and the analyzed query; a utility statement's node is read by its tag
+    unsafe {
+        refuse_forwarded_strings(&*pstate, &*query);
+        if sets_own_setting(&*query) {
+            crate::access::settings_touched();
+            return;
+        }
     }
     // SAFETY: PostgreSQL passes the analyzed query; resultRelation indexes its range
     // table, a List of RangeTblEntry; only plain fields are read

@@ -114,20 +114,9 @@ END $$;
 -- @routine deal_store.deals_for_user
 -- @routine deal_store.propose_facts
 
--- Reads Citus routes to one deal's shards: the current_* views join the run
--- instead of a subquery under OR, deal_overview joins per-deal aggregates.
-CREATE OR REPLACE VIEW deal_store.current_facts AS
-    SELECT f.* FROM deal_store.active_facts f
-    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = f.deal_id AND r.id = f.analysis_run_id
-    WHERE f.analysis_run_id IS NULL OR r.status = 'completed';
-CREATE OR REPLACE VIEW deal_store.current_findings AS
-    SELECT f.* FROM deal_store.active_findings f
-    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = f.deal_id AND r.id = f.analysis_run_id
-    WHERE f.analysis_run_id IS NULL OR r.status = 'completed';
-CREATE OR REPLACE VIEW deal_store.current_gaps AS
-    SELECT g.* FROM deal_store.active_gaps g
-    LEFT JOIN deal_store.analysis_runs r ON r.deal_id = g.deal_id AND r.id = g.analysis_run_id
-    WHERE g.analysis_run_id IS NULL OR r.status = 'completed';
+-- Reads Citus routes to one deal's shards: deal_overview joins per-deal
+-- aggregates; distribute() gives the current_* views a join (_current_views).
+-- @routine deal_store_internal._current_views
 CREATE OR REPLACE VIEW deal_store.deal_overview AS
     SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
            d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,

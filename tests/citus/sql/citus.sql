@@ -279,3 +279,27 @@ COMMIT;
 \c - postgres
 SELECT entity_type, action, user_id = '00000000-0000-0000-0000-0000000000a9' AS by_the_linked_user, count(*)
 FROM deal_store.deal_activity_log WHERE deal_id = :'deal' AND (analysis_run_id = :'r9' OR entity_id = :'r9') GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+
+-- ... also with Citus's function transaction blocks switched off for the session
+\c - ds_citus_linked
+SET client_min_messages = warning;
+SET citus.function_opens_transaction_block = off;
+SELECT deal_store.start_run(:'deal', domains => ARRAY['security']) AS r10 \gset
+SELECT change_type, proposed FROM deal_store.propose_facts(:'r10', '[{"legacy_id": "S-9", "domain": "security", "item": "No SIEM yet", "confidence_score": 0.97}]');
+RESET citus.function_opens_transaction_block;
+\c - postgres
+SELECT entity_type, action, user_id = '00000000-0000-0000-0000-0000000000a9' AS by_the_linked_user, count(*)
+FROM deal_store.deal_activity_log WHERE deal_id = :'deal' AND (analysis_run_id = :'r10' OR entity_id = :'r10') GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+
+-- a SET LOCAL in a string of statements: Citus would send the whole string on to
+-- every connection of the transaction (those of API calls run as the owner)
+\c - ds_citus_linked
+BEGIN;
+SELECT deal_store.deal_summary(:'deal') IS NOT NULL AS read;
+SET LOCAL work_mem = '64MB' \; SELECT 'this runs nowhere' AS payload;
+ROLLBACK;
+BEGIN;
+SET LOCAL work_mem = '64MB';
+SELECT 'a SET LOCAL of its own is passed on' AS alone;
+ROLLBACK;
+\c - postgres
