@@ -6,10 +6,10 @@
 //! trigger asks, and the role running it is a superuser, both outside any
 //! SECURITY DEFINER function and as the current user.** Rows another table's
 //! COPY writes through someone's trigger or function, a `COPY (…) TO`, and
-//! anything run through SPI inside another statement are ordinary writes. (On
-//! Citus a worker receives a superuser's restore through the coordinator as
-//! Citus's COPY into the shard, and takes it for what it is; a superuser's
-//! `INSERT … SELECT` that Citus copies the same way is taken for one too.)
+//! anything run through SPI inside another statement are ordinary writes, and
+//! so is the COPY Citus sends a worker for a statement on the coordinator (an
+//! `INSERT … SELECT` arrives so, and a restore too: a logical dump of a Citus
+//! database restores into plain PostgreSQL; a cluster is restored node by node).
 //! While it holds, deal_store's triggers take the rows as the dump holds them: no audit entry is written again, the
 //! who / when columns, checksums and fact histories are kept, and a deal's
 //! owner is not added to its team a second time (the team is in the dump). A
@@ -68,6 +68,11 @@ unsafe extern "C-unwind" fn on_subxact(
 /// The table that a superuser's `COPY … FROM`, the statement the active portal
 /// runs, loads: None for any other statement, role or caller.
 fn restore_target() -> Option<pg_sys::Oid> {
+    // on Citus a worker receives the coordinator's INSERT … SELECT (and COPY) as
+    // Citus's COPY into the shard: the coordinator's statement, an ordinary write
+    if crate::shard::citus_task() {
+        return None;
+    }
     // SAFETY: ActivePortal is this backend's running portal or NULL; its statement list
     // and the nodes in it are the portal's own, alive while it runs
     unsafe {
