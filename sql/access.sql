@@ -213,24 +213,12 @@ COMMENT ON FUNCTION deal_store_internal._create_policies(boolean) IS
     'Internal: (re)creates every row-level security policy of deal_store (users: a reader sees itself and the members of its deals): with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store_internal._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
 SELECT deal_store_internal._create_policies(false);
 
--- The extension's own settings for the rest of the transaction. A SET LOCAL of
--- its own, inside a call: Citus passes a SET LOCAL on to the workers only in a
--- transaction block or inside a function call, and a statement of a function a
--- client calls on its own (SELECT deal_store.purge(…)) is neither.
-CREATE FUNCTION deal_store_internal._set_local(setting text, value text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    -- @plpgsql_check_options: security_warnings = false
-    -- (the name is one of six constants, the value is quote_literal'ed)
-    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.run_id', 'deal_store.hard_delete',
-                                               'deal_store.audit_purge', 'deal_store.importing_history', 'deal_store.undeleting']) THEN
-        RAISE EXCEPTION 'deal_store_internal._set_local sets deal_store.actor, reason, run_id, hard_delete, audit_purge, importing_history or undeleting, not %', setting
-            USING ERRCODE = '22023';
-    END IF;
-    EXECUTE pg_catalog.format('SET LOCAL %s = %L', setting, coalesce(value, ''));
-END $$;
+-- The extension's own settings for the rest of the transaction: a SET LOCAL
+-- of its own (Rust, src/shard.rs), the one SET that Citus passes on to the
+-- workers, run inside a call (Citus passes a SET LOCAL on only in a
+-- transaction block or inside a function call).
 COMMENT ON FUNCTION deal_store_internal._set_local(text, text) IS
-    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, run_id, hard_delete, audit_purge, importing_history, undeleting; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
+    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, run_id, hard_delete, audit_purge, importing_history, undeleting; 22023 for another). On Citus the one SET passed on to the workers the transaction uses (any other stays on its node). Runs as the caller: the superuser-only settings stay superuser-only.';
 
 -- The actor for the rest of the transaction, from a uuid (a client binds a
 -- uuid parameter; SET cannot take one).

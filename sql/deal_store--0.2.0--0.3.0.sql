@@ -509,11 +509,14 @@ SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
 CREATE OR REPLACE FUNCTION deal_store_internal.run_output_seen() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    NEW.seen := pg_catalog.pg_current_snapshot();
+    -- a restore takes the row as the dump holds it
+    IF NOT deal_store_internal._restoring() THEN
+        NEW.seen := pg_catalog.pg_current_snapshot();
+    END IF;
     RETURN NEW;
 END $$;
 COMMENT ON FUNCTION deal_store_internal.run_output_seen() IS
-    'Trigger (BEFORE INSERT OR UPDATE of a covered domain''s row of run_output): its seen is the snapshot of the node holding the deal''s rows, taken as the row is written.';
+    'Trigger (BEFORE INSERT OR UPDATE of a covered domain''s row of run_output): its seen is the snapshot of the node holding the deal''s rows, taken as the row is written (a restore keeps the dumped one).';
 CREATE TRIGGER run_output_seen BEFORE INSERT OR UPDATE ON deal_store.run_output
     FOR EACH ROW WHEN (NEW.legacy_id IS NULL) EXECUTE FUNCTION deal_store_internal.run_output_seen();
 -- deal_store_internal._xid8: the current definition, from sql/runs.sql
@@ -787,6 +790,11 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store_internal._current_views(boolean) IS
     'Internal: (re)creates current_facts, current_findings and current_gaps: with a subquery on PostgreSQL (updatable views), or, on_citus, with a join to the run that Citus routes to the deal''s shard (deal_store.distribute() switches them).';
+
+-- deal_store's own SET LOCAL moves to Rust: on Citus the one SET passed on to the
+-- workers (any other stays on its node)
+CREATE OR REPLACE FUNCTION deal_store_internal._set_local(setting text, value text) RETURNS void
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'set_local_wrapper';
 CREATE OR REPLACE VIEW deal_store.deal_overview AS
     SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
            d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,
@@ -933,22 +941,6 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION deal_store_internal._create_policies(boolean) IS
     'Internal: (re)creates every row-level security policy of deal_store (users: a reader sees itself and the members of its deals): with subqueries evaluated once per statement (PostgreSQL), or, on_citus, with deal_store_internal._may / _acts_as per row (Citus allows no subquery in a policy on a distributed table).';
-
--- deal_store_internal._set_local: the current definition, from sql/access.sql
-CREATE OR REPLACE FUNCTION deal_store_internal._set_local(setting text, value text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    -- @plpgsql_check_options: security_warnings = false
-    -- (the name is one of six constants, the value is quote_literal'ed)
-    IF setting IS NULL OR setting <> ALL (ARRAY['deal_store.actor', 'deal_store.reason', 'deal_store.run_id', 'deal_store.hard_delete',
-                                               'deal_store.audit_purge', 'deal_store.importing_history', 'deal_store.undeleting']) THEN
-        RAISE EXCEPTION 'deal_store_internal._set_local sets deal_store.actor, reason, run_id, hard_delete, audit_purge, importing_history or undeleting, not %', setting
-            USING ERRCODE = '22023';
-    END IF;
-    EXECUTE pg_catalog.format('SET LOCAL %s = %L', setting, coalesce(value, ''));
-END $$;
-COMMENT ON FUNCTION deal_store_internal._set_local(text, text) IS
-    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, run_id, hard_delete, audit_purge, importing_history, undeleting; 22023 for another), run inside a call so that Citus passes it on to the workers. Runs as the caller: the superuser-only settings stay superuser-only.';
 
 -- deal_store.set_actor: the current definition, from sql/access.sql
 CREATE OR REPLACE FUNCTION deal_store.set_actor(user_id uuid) RETURNS uuid
@@ -2906,6 +2898,8 @@ COMMENT ON FUNCTION deal_store_internal.refuse_truncate() IS
 -- the comments of the library's routines, from sql/*.sql
 COMMENT ON FUNCTION deal_store_internal.access_changed() IS
     'Trigger (AFTER, FOR EACH STATEMENT on users and deal_members): forgets what this session resolved about actors, roles and teams.';
+COMMENT ON FUNCTION deal_store_internal._set_local(text, text) IS
+    'Internal: SET LOCAL of one of deal_store''s settings (actor, reason, run_id, hard_delete, audit_purge, importing_history, undeleting; 22023 for another). On Citus the one SET passed on to the workers the transaction uses (any other stays on its node). Runs as the caller: the superuser-only settings stay superuser-only.';
 COMMENT ON FUNCTION deal_store.sees_all_deals() IS
     'True when the caller sees and changes every deal: a superuser or a member of deal_store_admin. Used by the row-level security policies.';
 COMMENT ON FUNCTION deal_store.my_deals(text) IS

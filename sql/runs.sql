@@ -28,11 +28,14 @@ SELECT pg_catalog.pg_extension_config_dump('deal_store.run_output', '');
 CREATE FUNCTION deal_store_internal.run_output_seen() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    NEW.seen := pg_catalog.pg_current_snapshot();
+    -- a restore takes the row as the dump holds it
+    IF NOT deal_store_internal._restoring() THEN
+        NEW.seen := pg_catalog.pg_current_snapshot();
+    END IF;
     RETURN NEW;
 END $$;
 COMMENT ON FUNCTION deal_store_internal.run_output_seen() IS
-    'Trigger (BEFORE INSERT OR UPDATE of a covered domain''s row of run_output): its seen is the snapshot of the node holding the deal''s rows, taken as the row is written.';
+    'Trigger (BEFORE INSERT OR UPDATE of a covered domain''s row of run_output): its seen is the snapshot of the node holding the deal''s rows, taken as the row is written (a restore keeps the dumped one).';
 CREATE TRIGGER run_output_seen BEFORE INSERT OR UPDATE ON deal_store.run_output
     FOR EACH ROW WHEN (NEW.legacy_id IS NULL) EXECUTE FUNCTION deal_store_internal.run_output_seen();
 

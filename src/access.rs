@@ -455,6 +455,20 @@ fn carry(r: &Resolved, actor: Option<Uuid>) {
     CARRIED.with(|c| *c.borrow_mut() = Some(now));
 }
 
+/// After a SET of one of deal_store's settings in a transaction block on a
+/// Citus coordinator: the actor, reason and run it gives are passed on at once
+/// (your own INSERT, UPDATE and DELETE reach the workers without an API call);
+/// an actor this role may not name is passed on as none (and refused here at
+/// its first use).
+pub fn carry_resolved() {
+    let r = resolve();
+    if !r.coordinating {
+        return;
+    }
+    let actor = r.actor.clone().unwrap_or(None);
+    carry(&r, actor);
+}
+
 /// A statement set one of deal_store's settings (or reset all): Citus may have
 /// passed it on to the workers by itself, also to the connections of API calls,
 /// so the next [`carry`] passes on everything again. Its own statements aside.

@@ -109,7 +109,7 @@ extension_sql_file!("../sql/distribute.sql", name = "distribute", requires = ["c
 extension_sql_file!(
     "../sql/access.sql",
     name = "access",
-    requires = ["distribute", access::access_changed, access::sees_all_deals, access::my_deals, access::require_right_sql],
+    requires = ["distribute", access::access_changed, access::sees_all_deals, access::my_deals, access::require_right_sql, shard::set_local],
     finalize
 );
 

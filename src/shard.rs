@@ -273,33 +273,101 @@ pub fn coordinating() -> bool {
 /// outside a transaction block. The coordinator's own settings are left as
 /// they were.
 pub fn carry(values: &[(&str, String)]) {
-    // the statements of the call run in a distributed transaction block on the workers,
-    // where the SET LOCALs arrive, whatever the session says (a function call opens
-    // one unless the session turned that off); for the rest of the transaction
-    // SAFETY: NUL-terminated constants; a SET LOCAL of a user-settable Citus setting
-    unsafe {
-        pg_sys::set_config_option(
-            c"citus.function_opens_transaction_block".as_ptr(),
-            c"on".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
-    // SAFETY: a new GUC nest level; the abort-style AtEOXact_GUC below pops it and
-    // every setting changed inside it (as PostgreSQL does around index builds)
-    let level = unsafe { crate::settings::push_setting(c"citus.propagate_set_commands", c"local", pg_sys::GucContext::PGC_USERSET) };
     let set = format!("SELECT {}._set_local($1, $2)", crate::spi::internal_schema());
     for (name, value) in values {
         if let Err(e) = crate::spi::run(&set, &[(*name).into(), value.as_str().into()]) {
             raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("passing {name} on to the Citus workers: {e}"), None);
         }
     }
-    // SAFETY: pops exactly the nest level opened above, restoring what it changed here
-    unsafe { pg_sys::AtEOXact_GUC(false, level) };
+}
+
+thread_local! {
+    /// deal_store's own SET LOCAL is running (`_set_local`): the one Citus passes on
+    static FORWARDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `deal_store_internal._set_local(setting, value)`: `SET LOCAL` of one of
+/// deal_store's settings for the rest of the transaction, as the caller (the
+/// superuser-only ones stay superuser-only). On Citus it is the one SET that
+/// reaches the workers: it runs as a statement of its own, with Citus's
+/// passing-on switched on (`citus.propagate_set_commands = local`) and the
+/// call's statements kept in a distributed transaction block
+/// (`citus.function_opens_transaction_block = on`), whatever the session says.
+/// Any other SET stays on the node it runs on (see [`gate_settings`]).
+#[pg_extern(schema = "deal_store_internal", name = "_set_local", volatile)]
+fn set_local(setting: Option<&str>, value: Option<&str>) {
+    const OURS: [&str; 7] = [
+        "deal_store.actor",
+        "deal_store.reason",
+        "deal_store.run_id",
+        "deal_store.hard_delete",
+        "deal_store.audit_purge",
+        "deal_store.importing_history",
+        "deal_store.undeleting",
+    ];
+    let Some(setting) = setting.filter(|s| OURS.contains(s)) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "deal_store_internal._set_local sets deal_store.actor, reason, run_id, hard_delete, audit_purge, importing_history or undeleting, not {}",
+                setting.unwrap_or("NULL")
+            ),
+            None,
+        )
+    };
+    let sql = format!("SET LOCAL {setting} = {}", pgrx::spi::quote_literal(value.unwrap_or("")));
+    let citus = citus_metadata();
+    if citus {
+        // SAFETY: NUL-terminated constants; a SET LOCAL of a user-settable Citus setting,
+        // for the rest of the transaction
+        unsafe {
+            pg_sys::set_config_option(
+                c"citus.function_opens_transaction_block".as_ptr(),
+                c"on".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_LOCAL,
+                true,
+                0,
+                false,
+            );
+        }
+    }
+    // SAFETY: a new GUC nest level, popped below (an error pops it with the (sub)transaction)
+    let level = citus.then(|| unsafe { crate::settings::push_setting(c"citus.propagate_set_commands", c"local", pg_sys::GucContext::PGC_USERSET) });
+    struct Done(Option<i32>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            FORWARDING.set(false);
+        }
+    }
+    FORWARDING.set(true);
+    let done = Done(level);
+    if let Err(e) = crate::spi::run(&sql, &[]) {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{sql}: {e}"), None);
+    }
+    if let Some(level) = done.0 {
+        // SAFETY: pops exactly the nest level opened above; with isCommit the SET LOCAL
+        // made inside it stays, the pushed setting goes back
+        unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    }
+}
+
+/// The ProcessUtility hook's check for SET, RESET and SET TRANSACTION on
+/// Citus: Citus passes such a statement on to every connection the transaction
+/// has and will open on other nodes, those that API functions open as the
+/// extension's owner included, and it sends the whole query string the
+/// statement came in. Only deal_store's own `_set_local` is passed on; any
+/// other runs with `citus.propagate_set_commands = none` (it takes effect on
+/// this node alone). Returns the nest level to pop after the statement.
+fn gate_settings(stmt: *const pg_sys::Node) -> Option<i32> {
+    // SAFETY: the utility statement being run, read by its tag
+    let is_set = unsafe { !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_VariableSetStmt };
+    if !is_set || FORWARDING.get() || !citus_metadata() {
+        return None;
+    }
+    // SAFETY: a new GUC nest level, popped by the hook after the statement (or by the abort)
+    Some(unsafe { crate::settings::push_setting(c"citus.propagate_set_commands", c"none", pg_sys::GucContext::PGC_USERSET) })
 }
 
 /// True in a session Citus opened to run its tasks on this node (a query on a
@@ -315,9 +383,10 @@ thread_local! {
     /// the post-parse-analysis and executor-start hooks installed before ours
     static PREVIOUS_ANALYZE: Cell<pg_sys::post_parse_analyze_hook_type> = const { Cell::new(None) };
     static PREVIOUS_START: Cell<pg_sys::ExecutorStart_hook_type> = const { Cell::new(None) };
+    static PREVIOUS_UTILITY: Cell<pg_sys::ProcessUtility_hook_type> = const { Cell::new(None) };
 }
 
-/// Installs the checks of [`refuse_view_writes`] and [`refuse_nested`] (from
+/// Installs the checks of [`refuse_view_writes`], [`refuse_nested`] and [`utility`] (from
 /// `_PG_init`; on Citus the library is in `shared_preload_libraries`, so they
 /// see every statement). On plain PostgreSQL each returns at its first test.
 pub fn init() {
@@ -327,6 +396,10 @@ pub fn init() {
         pg_sys::post_parse_analyze_hook = Some(refuse_view_writes);
         PREVIOUS_START.set(pg_sys::ExecutorStart_hook);
         pg_sys::ExecutorStart_hook = Some(refuse_nested);
+        if citus_preloaded() {
+            PREVIOUS_UTILITY.set(pg_sys::ProcessUtility_hook);
+            pg_sys::ProcessUtility_hook = Some(utility);
+        }
     }
 }
 
@@ -391,138 +464,83 @@ unsafe fn check_nested(query: &pg_sys::QueryDesc) {
     )
 }
 
-/// A SET LOCAL, RESET or SET TRANSACTION that shares its query string with
-/// statements other than settings, while Citus passes such statements on to the workers
-/// (`citus.propagate_set_commands = local`): Citus sends the whole string, not
-/// the statement, to every connection the transaction has and will open there,
-/// also to the connections of API functions, which run as the extension's
-/// owner. The string would run there again, with the owner's rights; it is
-/// refused before it runs here.
+/// The ProcessUtility hook: a SET, RESET or SET TRANSACTION other than
+/// deal_store's own stays on this node ([`gate_settings`]); after a SET of one
+/// of deal_store's settings in a transaction block, the coordinator passes on
+/// the actor, reason and run it resolves from them, checked.
 ///
-/// # Safety
-/// `pstate` and `query` are the parse state and analyzed query of one statement.
-unsafe fn refuse_forwarded_strings(pstate: &pg_sys::ParseState, query: &pg_sys::Query) {
-    if query.commandType != pg_sys::CmdType::CMD_UTILITY || query.utilityStmt.is_null() || pstate.p_sourcetext.is_null() {
-        return;
-    }
-    // SAFETY: the caller's query; the node is a VariableSetStmt when its tag says so,
-    // and its name is NULL or a NUL-terminated string
-    let forwarded = unsafe {
-        if (*query.utilityStmt).type_ != pg_sys::NodeTag::T_VariableSetStmt {
-            return;
-        }
-        let set = &*(query.utilityStmt as *const pg_sys::VariableSetStmt);
-        use pg_sys::VariableSetKind::*;
-        match set.kind {
-            VAR_SET_VALUE | VAR_SET_CURRENT | VAR_SET_DEFAULT => set.is_local,
-            VAR_RESET | VAR_RESET_ALL => true,
-            _ => !set.name.is_null() && CStr::from_ptr(set.name).to_bytes() == b"TRANSACTION",
-        }
-    };
-    // SAFETY: a GUC lookup by a NUL-terminated name, missing_ok (NULL without Citus)
-    let mode = unsafe { pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false) };
-    // SAFETY: checked non-NULL; a GUC's value is NUL-terminated
-    if !forwarded || mode.is_null() || unsafe { CStr::from_ptr(mode) }.to_bytes() != b"local" {
-        return;
-    }
-    // SAFETY: the source text is NUL-terminated; the statement's location and length index it
-    let text = unsafe { CStr::from_ptr(pstate.p_sourcetext) }.to_bytes();
-    let from = usize::try_from(query.stmt_location).unwrap_or(0).min(text.len());
-    let to = match usize::try_from(query.stmt_len) {
-        Ok(0) | Err(_) => text.len(),
-        Ok(n) => (from + n).min(text.len()),
-    };
-    if only_blanks(&text[..from]) && only_blanks(&text[to..]) {
-        return;
-    }
-    // what Citus itself sends a worker as it opens a connection in a transaction
-    // (BEGIN, its distributed transaction id, every SET LOCAL so far) is harmless
-    // run again: settings, the start of a transaction or of a savepoint, and that id
-    // SAFETY: the source text is NUL-terminated and parsed again as it was; the
-    // result is a List of RawStmt whose stmt nodes are read by their tags
-    let harmless = unsafe {
-        let raw = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(pstate.p_sourcetext, pg_sys::RawParseMode::RAW_PARSE_DEFAULT));
-        let all = raw.iter_ptr().all(|r| !r.is_null() && replays_harmlessly((*r).stmt));
-        all
-    };
-    if harmless {
-        return;
-    }
-    crate::errors::raise_hinted(
-        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-        "on Citus, SET LOCAL, RESET and SET TRANSACTION must not share a query string with other statements",
-        Some("Citus passes the whole string such a statement came in on to every node the transaction uses, where it would run again.".into()),
-        Some("Send the statement alone, or use SELECT deal_store.set_actor(…) or set_config(…, true), which may share a string.".into()),
-    )
-}
-
-/// True for a raw statement that changes nothing but settings and transaction
-/// state when run again: a SET or RESET, BEGIN, START TRANSACTION, SAVEPOINT,
-/// or `SELECT assign_distributed_transaction_id(…)` (Citus's own).
-///
-/// # Safety
-/// `stmt` is NULL or a raw parse tree node.
-unsafe fn replays_harmlessly(stmt: *const pg_sys::Node) -> bool {
-    use pg_sys::NodeTag::*;
-    if stmt.is_null() {
-        return false;
-    }
-    // SAFETY: the caller's node, read by its tag; lists and strings of the raw parse tree
+/// Installed only where Citus is loaded with the server: plain PostgreSQL runs
+/// its utility statements without it.
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: a guarded call with the statement PostgreSQL is running
+    let level = unsafe { before_utility(pstmt) };
+    // SAFETY: the utility chain with PostgreSQL's own arguments (an error's abort pops
+    // the nest level)
     unsafe {
-        match (*stmt).type_ {
-            T_VariableSetStmt => true,
-            T_TransactionStmt => {
-                use pg_sys::TransactionStmtKind::*;
-                matches!((*(stmt as *const pg_sys::TransactionStmt)).kind, TRANS_STMT_BEGIN | TRANS_STMT_START | TRANS_STMT_SAVEPOINT)
-            }
-            T_SelectStmt => {
-                let select = &*(stmt as *const pg_sys::SelectStmt);
-                let targets = pgrx::PgList::<pg_sys::ResTarget>::from_pg(select.targetList);
-                if !select.fromClause.is_null() || targets.len() != 1 {
-                    return false;
-                }
-                let Some(target) = targets.get_ptr(0) else { return false };
-                let call = (*target).val;
-                if call.is_null() || (*call).type_ != T_FuncCall {
-                    return false;
-                }
-                let names = pgrx::PgList::<pg_sys::String>::from_pg((*(call as *const pg_sys::FuncCall)).funcname);
-                let last = names.get_ptr(names.len().saturating_sub(1));
-                last.is_some_and(|n| {
-                    !n.is_null()
-                        && (*n).type_ == T_String
-                        && !(*n).sval.is_null()
-                        && CStr::from_ptr((*n).sval).to_bytes() == b"assign_distributed_transaction_id"
-                })
-            }
-            _ => false,
+        match PREVIOUS_UTILITY.get() {
+            Some(previous) => previous(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+            None => pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
         }
+    }
+    if level >= 0 {
+        // SAFETY: a guarded call with the nest level before_utility opened
+        unsafe { after_utility(pstmt, level) };
     }
 }
 
-/// True when `t` holds nothing but white space, semicolons and comments.
-fn only_blanks(mut t: &[u8]) -> bool {
-    loop {
-        while let [first, rest @ ..] = t {
-            if first.is_ascii_whitespace() || *first == b';' {
-                t = rest;
-            } else {
-                break;
-            }
-        }
-        if t.is_empty() {
-            return true;
-        }
-        if let Some(rest) = t.strip_prefix(b"--") {
-            t = rest.iter().position(|&b| b == b'\n').map_or(&[][..], |i| &rest[i + 1..]);
-        } else if let Some(rest) = t.strip_prefix(b"/*") {
-            match rest.windows(2).position(|w| w == b"*/") {
-                Some(i) => t = &rest[i + 2..],
-                None => return false,
-            }
-        } else {
-            return false;
-        }
+/// True when the server loads Citus (`shared_preload_libraries`), read once in _PG_init.
+fn citus_preloaded() -> bool {
+    // SAFETY: a GUC lookup by a NUL-terminated name; the value is read at once, not kept
+    unsafe {
+        let v = pg_sys::GetConfigOption(c"shared_preload_libraries".as_ptr(), true, false);
+        !v.is_null() && CStr::from_ptr(v).to_string_lossy().split(',').any(|l| l.trim().trim_matches('"') == "citus")
+    }
+}
+
+/// [`gate_settings`] for the statement: the nest level to pop after it, or -1.
+#[pg_guard]
+unsafe extern "C-unwind" fn before_utility(pstmt: *mut pg_sys::PlannedStmt) -> i32 {
+    // SAFETY: the statement PostgreSQL is running; its utility node is read by its tag
+    let stmt = unsafe { if pstmt.is_null() { std::ptr::null() } else { (*pstmt).utilityStmt as *const pg_sys::Node } };
+    gate_settings(stmt).unwrap_or(-1)
+}
+
+/// Pops the nest level of [`gate_settings`] (the statement's own settings stay),
+/// then passes on deal_store's settings a SET in a transaction block named.
+#[pg_guard]
+unsafe extern "C-unwind" fn after_utility(pstmt: *mut pg_sys::PlannedStmt, level: i32) {
+    // SAFETY: pops exactly the nest level gate_settings opened; isCommit keeps what the
+    // statement set there, the pushed setting goes back
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    // SAFETY: gate_settings opened a level only for a VariableSetStmt
+    let ours = unsafe { names_own_setting((*pstmt).utilityStmt as *const pg_sys::VariableSetStmt) };
+    // SAFETY: reads this backend's transaction state
+    if ours && unsafe { pg_sys::IsTransactionBlock() } && !citus_task() && coordinating() {
+        crate::access::carry_resolved();
+    }
+}
+
+/// True when a VariableSetStmt names one of deal_store's settings (in any case,
+/// as PostgreSQL matches names) or resets them all.
+///
+/// # Safety
+/// `set` is a VariableSetStmt.
+unsafe fn names_own_setting(set: *const pg_sys::VariableSetStmt) -> bool {
+    // SAFETY: the caller's node; its name is NULL or NUL-terminated
+    unsafe {
+        let name = (*set).name;
+        name.is_null() || CStr::from_ptr(name).to_bytes().to_ascii_lowercase().starts_with(b"deal_store.")
     }
 }
 
@@ -537,11 +555,8 @@ unsafe fn sets_own_setting(query: &pg_sys::Query) -> bool {
     }
     // SAFETY: the caller's query; the node is a VariableSetStmt when its tag says so
     unsafe {
-        if (*query.utilityStmt).type_ != pg_sys::NodeTag::T_VariableSetStmt {
-            return false;
-        }
-        let name = (*(query.utilityStmt as *const pg_sys::VariableSetStmt)).name;
-        name.is_null() || CStr::from_ptr(name).to_bytes().starts_with(b"deal_store.")
+        (*query.utilityStmt).type_ == pg_sys::NodeTag::T_VariableSetStmt
+            && names_own_setting(query.utilityStmt as *const pg_sys::VariableSetStmt)
     }
 }
 
@@ -575,14 +590,10 @@ unsafe extern "C-unwind" fn refuse_view_writes(pstate: *mut pg_sys::ParseState, 
         // SAFETY: the hook installed before ours, with PostgreSQL's own arguments
         unsafe { previous(pstate, query, jstate) };
     }
-    // SAFETY: PostgreSQL passes the parse state (its source text is the string the
-    // statement came in) and the analyzed query; a utility statement's node is read by its tag
-    unsafe {
-        refuse_forwarded_strings(&*pstate, &*query);
-        if sets_own_setting(&*query) {
-            crate::access::settings_touched();
-            return;
-        }
+    // SAFETY: PostgreSQL passes the analyzed query; a utility statement's node is read by its tag
+    if unsafe { sets_own_setting(&*query) } {
+        crate::access::settings_touched();
+        return;
     }
     // SAFETY: PostgreSQL passes the analyzed query; resultRelation indexes its range
     // table, a List of RangeTblEntry; only plain fields are read

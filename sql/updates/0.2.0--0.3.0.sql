@@ -117,6 +117,11 @@ END $$;
 -- Reads Citus routes to one deal's shards: deal_overview joins per-deal
 -- aggregates; distribute() gives the current_* views a join (_current_views).
 -- @routine deal_store_internal._current_views
+
+-- deal_store's own SET LOCAL moves to Rust: on Citus the one SET passed on to the
+-- workers (any other stays on its node)
+CREATE OR REPLACE FUNCTION deal_store_internal._set_local(setting text, value text) RETURNS void
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'set_local_wrapper';
 CREATE OR REPLACE VIEW deal_store.deal_overview AS
     SELECT d.id AS deal_id, d.name, d.target_name, d.deal_type, d.status,
            d.user_id AS owner_id, u.email AS owner_email, u.display_name AS owner_name,

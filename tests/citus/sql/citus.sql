@@ -291,15 +291,14 @@ RESET citus.function_opens_transaction_block;
 SELECT entity_type, action, user_id = '00000000-0000-0000-0000-0000000000a9' AS by_the_linked_user, count(*)
 FROM deal_store.deal_activity_log WHERE deal_id = :'deal' AND (analysis_run_id = :'r10' OR entity_id = :'r10') GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
 
--- a SET LOCAL in a string of statements: Citus would send the whole string on to
--- every connection of the transaction (those of API calls run as the owner)
+-- a SET LOCAL of a session stays on the coordinator: Citus would send the whole
+-- string it came in on to every connection of the transaction, those of API calls
+-- (the owner's) included; only deal_store's own settings are passed on
 \c - ds_citus_linked
 BEGIN;
 SELECT deal_store.deal_summary(:'deal') IS NOT NULL AS read;
-SET LOCAL work_mem = '64MB' \; SELECT 'this runs nowhere' AS payload;
-ROLLBACK;
-BEGIN;
-SET LOCAL work_mem = '64MB';
-SELECT 'a SET LOCAL of its own is passed on' AS alone;
+SET LOCAL work_mem = '64MB' \; SELECT current_setting('work_mem') AS here;
+SELECT current_setting('work_mem') AS on_the_worker FROM deal_store.deals WHERE id = :'deal';
+SELECT deal_store.current_actor() = '00000000-0000-0000-0000-0000000000a9' AS acting_as_itself;
 ROLLBACK;
 \c - postgres
