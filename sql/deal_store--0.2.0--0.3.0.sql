@@ -1518,8 +1518,10 @@ BEGIN
     END IF;
     -- loaded with the server, deal_store refuses what Citus cannot run (UPDATE and
     -- DELETE through its views) before Citus plans it, in every session
-    IF 'deal_store' <> ALL (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ',')) THEN
-        RAISE EXCEPTION 'deal_store.distribute() needs deal_store in shared_preload_libraries' USING ERRCODE = '55000',
+    -- (after citus: its hooks then run inside deal_store's)
+    IF coalesce(array_position(string_to_array(replace(replace(current_setting('shared_preload_libraries'), ' ', ''), '"', ''), ','), 'deal_store'), 0)
+       <= coalesce(array_position(string_to_array(replace(replace(current_setting('shared_preload_libraries'), ' ', ''), '"', ''), ','), 'citus'), 0) THEN
+        RAISE EXCEPTION 'deal_store.distribute() needs deal_store in shared_preload_libraries, after citus' USING ERRCODE = '55000',
             HINT = 'Set shared_preload_libraries = ''citus,deal_store'' on every node and restart them, then call distribute() again.';
     END IF;
     -- the foreign keys Citus keeps: not ON DELETE SET NULL (column) (on Citus a

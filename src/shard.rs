@@ -315,6 +315,12 @@ fn set_local(setting: Option<&str>, value: Option<&str>) {
             None,
         )
     };
+    // the superuser-only ones are refused here, before Citus could pass them on
+    const SUPERUSER_ONLY: [&str; 4] = ["deal_store.hard_delete", "deal_store.audit_purge", "deal_store.importing_history", "deal_store.undeleting"];
+    // SAFETY: reads the current user's role attributes
+    if SUPERUSER_ONLY.contains(&setting) && !unsafe { pg_sys::superuser() } {
+        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied to set parameter \"{setting}\""), None);
+    }
     let sql = format!("SET LOCAL {setting} = {}", pgrx::spi::quote_literal(value.unwrap_or("")));
     let citus = citus_metadata();
     if citus {

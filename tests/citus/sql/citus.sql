@@ -302,3 +302,7 @@ SELECT current_setting('work_mem') AS on_the_worker FROM deal_store.deals WHERE 
 SELECT deal_store.current_actor() = '00000000-0000-0000-0000-0000000000a9' AS acting_as_itself;
 ROLLBACK;
 \c - postgres
+-- deal_store's superuser-only settings are refused before they could be passed on
+\c - ds_citus_linked
+SELECT deal_store_internal._set_local('deal_store.hard_delete', 'on');
+\c - postgres
