@@ -106,7 +106,7 @@ fn restore_target() -> Option<pg_sys::Oid> {
 }
 
 /// True when `rel` is one of deal_store's tables.
-fn in_deal_store(rel: pg_sys::Oid) -> bool {
+pub fn in_deal_store(rel: pg_sys::Oid) -> bool {
     // SAFETY: catalog lookups by oid and name, missing_ok
     unsafe {
         let schema = pg_sys::get_namespace_oid(c"deal_store".as_ptr(), true);

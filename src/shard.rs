@@ -566,21 +566,22 @@ unsafe fn sets_own_setting(query: &pg_sys::Query) -> bool {
     }
 }
 
+/// The name of relation `oid` when it is in schema deal_store.
+fn deal_store_relation(oid: pg_sys::Oid) -> Option<String> {
+    if !crate::operations::in_deal_store(oid) {
+        return None;
+    }
+    // SAFETY: a catalog lookup by oid (NULL for no such relation); the name is copied at once
+    unsafe {
+        let name = pg_sys::get_rel_name(oid);
+        (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
+    }
+}
+
 /// The name of `oid` when it is one of deal_store's tables (in schema
 /// deal_store, not one of its Citus shards, which end in `_<shard id>`).
 fn deal_store_table(oid: pg_sys::Oid) -> Option<String> {
-    // SAFETY: catalog lookups by oid and name (missing_ok); the name is copied at once
-    let name = unsafe {
-        let schema = pg_sys::get_namespace_oid(c"deal_store".as_ptr(), true);
-        if schema == pg_sys::InvalidOid || pg_sys::get_rel_namespace(oid) != schema {
-            return None;
-        }
-        let name = pg_sys::get_rel_name(oid);
-        if name.is_null() {
-            return None;
-        }
-        CStr::from_ptr(name).to_string_lossy().into_owned()
-    };
+    let name = deal_store_relation(oid)?;
     let shard = name.rsplit_once('_').is_some_and(|(_, id)| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
     (!shard).then_some(name)
 }
@@ -615,14 +616,8 @@ unsafe extern "C-unwind" fn refuse_view_writes(pstate: *mut pg_sys::ParseState, 
         }
         (*rte).relid
     };
-    // SAFETY: catalog lookups by oid and name (missing_ok); the names are copied at once
-    let (ours, name) = unsafe {
-        let schema = pg_sys::get_namespace_oid(c"deal_store".as_ptr(), true);
-        let name = pg_sys::get_rel_name(view);
-        let ours = schema != pg_sys::InvalidOid && pg_sys::get_rel_namespace(view) == schema && !name.is_null();
-        (ours, if ours { CStr::from_ptr(name).to_string_lossy().into_owned() } else { String::new() })
-    };
-    if !ours || !distributed("pending_changes") {
+    let Some(name) = deal_store_relation(view) else { return };
+    if !distributed("pending_changes") {
         return;
     }
     let table = name.strip_prefix("active_").unwrap_or(&name);
